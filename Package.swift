@@ -1,0 +1,108 @@
+// swift-tools-version:6.0
+//
+// GiantVM in Swift: one virtual machine over many physical nodes.
+// This manifest reads as the architecture: small targets with one job each.
+//
+//   PluginAPI      C headers: the versioned plugin ABI (the only host <-> plugin contract)
+//   PluginKit      Swift helper linked statically into each Swift plugin (never into the host)
+//   CSystem        C shims for what Swift cannot call directly (ioctl numbers, uffd/KVM structs)
+//   Config         the YAML config model, parser and validator
+//   PluginHost     plugin loader (dlopen + version checks) and the host-services tables
+//   Metrics        counters, HdrHistogram latency histograms, stop summaries, JSON stats
+//   UserfaultFD    typed layer over userfaultfd
+//   GuestMemory    guest RAM over userfaultfd, page operations, pin/unpin
+//   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
+//   KVM            typed layer over /dev/kvm ioctls
+//   Machine        vCPUs, user-space local APIC, the VM on one node
+//   Host           the `giantvm` executable (CLI)
+//   Plugins/*      plugins, each its own .so (dynamic library product)
+
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = []
+
+let package = Package(
+    name: "GiantVM",
+    products: [
+        .executable(name: "giantvm", targets: ["Host"]),
+        // Plugins: each product is one shared object, lib<name>.so, found by name at run time.
+        .library(name: "transport-tcp", type: .dynamic, targets: ["TransportTCP"]),
+        .library(name: "transport-rdma", type: .dynamic, targets: ["TransportRDMA"]),
+        .library(name: "dsm-ivy", type: .dynamic, targets: ["DsmIvy"]),
+        .library(name: "dsm-tso", type: .dynamic, targets: ["DsmTSO"]),
+        .library(name: "dsm-local", type: .dynamic, targets: ["DsmLocal"]),
+        .library(name: "devices", type: .dynamic, targets: ["Devices"]),
+        .library(name: "example-c", type: .dynamic, targets: ["ExampleC"]),
+        // Deliberately broken plugins the loader tests load (built like any plugin).
+        .library(name: "test-abi-too-old", type: .dynamic, targets: ["TestAbiTooOld"]),
+        .library(name: "test-abi-too-new", type: .dynamic, targets: ["TestAbiTooNew"]),
+        .library(name: "test-no-entry", type: .dynamic, targets: ["TestNoEntry"]),
+        .library(name: "test-swift-device", type: .dynamic, targets: ["TestSwiftDevice"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // --- the ABI and its Swift helper -------------------------------------------------
+        .target(name: "PluginAPI", path: "Sources/PluginAPI"),
+        .target(name: "PluginKit", dependencies: ["PluginAPI"], path: "Sources/PluginKit",
+                swiftSettings: swiftSettings),
+
+        // --- host libraries ------------------------------------------------------------------
+        .target(name: "CSystem", path: "Sources/CSystem"),
+        .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")],
+                path: "Sources/Config", swiftSettings: swiftSettings),
+        .target(name: "Metrics", dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
+                path: "Sources/Metrics", swiftSettings: swiftSettings),
+        .target(name: "PluginHost",
+                dependencies: ["PluginAPI", "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/PluginHost", swiftSettings: swiftSettings),
+        .target(name: "UserfaultFD", dependencies: ["CSystem"], path: "Sources/UserfaultFD",
+                swiftSettings: swiftSettings),
+        .target(name: "GuestMemory",
+                dependencies: ["UserfaultFD", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/GuestMemory", swiftSettings: swiftSettings),
+        .target(name: "Cluster",
+                dependencies: ["PluginAPI", "PluginHost", "Config", "Metrics", "CSystem",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/Cluster", swiftSettings: swiftSettings),
+        .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
+        .target(name: "Machine",
+                dependencies: ["KVM", "GuestMemory", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/Machine", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "Host",
+            dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster",
+                           "KVM", "Machine",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
+            path: "Sources/Host", swiftSettings: swiftSettings),
+
+        // --- plugins -------------------------------------------------------------------------
+        .target(name: "TransportTCP", dependencies: ["PluginKit", "CSystem"], path: "Plugins/transport-tcp",
+                swiftSettings: swiftSettings),
+        .target(name: "TransportRDMA", dependencies: ["PluginAPI"], path: "Plugins/transport-rdma"),
+        .target(name: "DsmIvy", dependencies: ["PluginKit"], path: "Plugins/dsm-ivy", swiftSettings: swiftSettings),
+        .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
+        .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
+        .target(name: "Devices", dependencies: ["PluginKit"], path: "Plugins/devices", swiftSettings: swiftSettings),
+        .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c"),
+        .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old"),
+        .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new"),
+        .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry"),
+        .target(name: "TestSwiftDevice", dependencies: ["PluginKit"], path: "Tests/Fixtures/swift-device",
+                swiftSettings: swiftSettings),
+
+        // --- tests ---------------------------------------------------------------------------
+        .testTarget(name: "ConfigTests", dependencies: ["Config"], path: "Tests/ConfigTests"),
+        .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config"],
+                    path: "Tests/PluginHostTests"),
+        .testTarget(name: "CLITests", dependencies: [], path: "Tests/CLITests"),
+    ],
+    swiftLanguageModes: [.v5]
+)

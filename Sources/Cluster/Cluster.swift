@@ -1,0 +1,1 @@
+// Cluster: see Package.swift for this target's job.

@@ -1,0 +1,1 @@
+// Config: see Package.swift for this target's job.

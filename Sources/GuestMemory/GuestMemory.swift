@@ -1,0 +1,1 @@
+// GuestMemory: see Package.swift for this target's job.

@@ -1,0 +1,1 @@
+// KVM: see Package.swift for this target's job.

@@ -1,0 +1,1 @@
+// Machine: see Package.swift for this target's job.

@@ -1,0 +1,1 @@
+// Metrics: see Package.swift for this target's job.

@@ -1,0 +1,527 @@
+/*
+ * giantvm_plugin.h — the GiantVM plugin ABI.
+ *
+ * This header is the whole contract between the `giantvm` host and its plugins. A plugin is a
+ * shared object (.so) that exports ONE symbol, `giantvm_plugin_entry` (GVM_PLUGIN_ENTRY_SYMBOL),
+ * returning a descriptor: the ABI version it was built against, its kind, its name and version,
+ * and a kind-specific table of function pointers ("ops"). The host hands each plugin instance
+ * tables of host services. Nothing but C types crosses this boundary: a plugin may be written in
+ * C, in Swift (see the PluginKit helper target) or in anything that can export a C symbol, and
+ * can be built out of tree against this header alone.
+ *
+ * Kinds:
+ *   GVM_PLUGIN_TRANSPORT  moves opaque frames between nodes (TCP, RDMA, ...)
+ *   GVM_PLUGIN_COHERENCE  the distributed-shared-memory protocol (Ivy, TSO, ...)
+ *   GVM_PLUGIN_DEVICE     one or more device models (UART, exit device, ...)
+ *
+ * Versioning. GVM_ABI_VERSION is the version this header describes. The host refuses a plugin
+ * whose descriptor says abi_version < GVM_ABI_MIN_VERSION ("too old: rebuild it against this
+ * header") or > GVM_ABI_VERSION ("too new: it needs a newer giantvm"). The ABI is pre-1.0 (the
+ * version is a plain integer and any bump may break plugins) until a VM runs across nodes.
+ * Every ops and services table begins with a `size` field holding sizeof() of the table as the
+ * side that filled it was compiled: hooks past the end of a shorter table are treated as absent.
+ *
+ * Conventions used by every hook below:
+ *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
+ *   - "Thread:" names the thread a hook is called on; "May block:" says what it may wait for.
+ *   - Strings passed to a plugin are NUL-terminated UTF-8 and borrowed: valid only for the call
+ *     unless stated otherwise. Strings a plugin returns in its descriptor must live as long as
+ *     the .so is loaded (string literals).
+ *   - Buffers passed in are borrowed for the duration of the call; copy what you keep.
+ *   - Status codes are gvm_status values: GVM_OK (0) or a negative error.
+ *   - Node ids are dense: 0 .. node_count-1. Guest frame numbers (gfn) are guest-physical
+ *     address / GVM_PAGE_SIZE.
+ *   - A plugin never unregisters or closes the host's userfaultfd, never calls exit(), and reports
+ *     unrecoverable errors through gvm_host_services.fatal so that every node stops cleanly.
+ */
+#ifndef GIANTVM_PLUGIN_H
+#define GIANTVM_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Versions, kinds, status codes
+ * ------------------------------------------------------------------------------------------- */
+
+/** The ABI version this header describes. Bumped on every incompatible change while pre-1.0. */
+#define GVM_ABI_VERSION 1u
+/** The oldest plugin ABI version a host built from this header still loads. */
+#define GVM_ABI_MIN_VERSION 1u
+
+/** Name of the one symbol every plugin exports (type: gvm_plugin_entry_fn). */
+#define GVM_PLUGIN_ENTRY_SYMBOL "giantvm_plugin_entry"
+
+/** Guest page size: the unit of coherence. */
+#define GVM_PAGE_SIZE 4096u
+
+/** Mark the entry symbol of a C plugin: default visibility even under -fvisibility=hidden. */
+#define GVM_EXPORT __attribute__((visibility("default")))
+
+typedef enum gvm_plugin_kind {
+    GVM_PLUGIN_TRANSPORT = 1,
+    GVM_PLUGIN_COHERENCE = 2,
+    GVM_PLUGIN_DEVICE = 3,
+} gvm_plugin_kind;
+
+typedef enum gvm_status {
+    GVM_OK = 0,
+    GVM_ERR_INVALID = -1,      /* bad argument (gfn out of range, unknown node, bad length) */
+    GVM_ERR_PINNED = -2,       /* page is pinned: retry from page_unpinned() */
+    GVM_ERR_NOT_PRESENT = -3,  /* page is not present (e.g. upgrade after a crossing drop) */
+    GVM_ERR_STATE = -4,        /* operation does not fit the page's current state */
+    GVM_ERR_IO = -5,           /* an OS call failed; the host has logged errno */
+    GVM_ERR_UNSUPPORTED = -6,  /* optional feature not offered by this side */
+    GVM_ERR_CLOSED = -7,       /* the peer, link or node is gone or stopping */
+    GVM_ERR_NOMEM = -8,        /* out of memory or buffer space */
+} gvm_status;
+
+typedef enum gvm_log_level {
+    GVM_LOG_TRACE = 0,
+    GVM_LOG_DEBUG = 1,
+    GVM_LOG_INFO = 2,
+    GVM_LOG_NOTICE = 3,
+    GVM_LOG_WARNING = 4,
+    GVM_LOG_ERROR = 5,
+} gvm_log_level;
+
+/** Returns a short English name for a status code. */
+static inline const char *gvm_status_name(int status) {
+    switch (status) {
+    case GVM_OK: return "ok";
+    case GVM_ERR_INVALID: return "invalid argument";
+    case GVM_ERR_PINNED: return "page pinned";
+    case GVM_ERR_NOT_PRESENT: return "page not present";
+    case GVM_ERR_STATE: return "wrong page state";
+    case GVM_ERR_IO: return "I/O error";
+    case GVM_ERR_UNSUPPORTED: return "unsupported";
+    case GVM_ERR_CLOSED: return "closed";
+    case GVM_ERR_NOMEM: return "out of memory";
+    default: return "unknown status";
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Plain data shared by every kind
+ * ------------------------------------------------------------------------------------------- */
+
+/** Opaque handle identifying one plugin instance to the host. Pass it back unchanged. */
+typedef struct gvm_host gvm_host;
+
+/** Where a plugin writes a human-readable reason when create() or start() fails. */
+#define GVM_ERROR_MAX 512
+typedef struct gvm_error {
+    char message[GVM_ERROR_MAX]; /* NUL-terminated; the host prefixes file/plugin/node itself */
+} gvm_error;
+
+/** One `key: value` pair from the plugin's `settings:` map in the YAML config. */
+typedef struct gvm_setting {
+    const char *key;
+    const char *value; /* scalars are passed as their YAML text; the plugin parses/validates */
+} gvm_setting;
+
+/** A gather/scatter element. */
+typedef struct gvm_iovec {
+    const void *base;
+    size_t len;
+} gvm_iovec;
+
+/** One node of the cluster, from the YAML `nodes:` list. */
+typedef struct gvm_node_info {
+    uint32_t id;           /* dense: equals its index in gvm_cluster_info.nodes */
+    uint16_t port;
+    uint16_t reserved;
+    const char *address;   /* host name or IP literal */
+    uint32_t vcpu_count;   /* vCPUs that run on this node */
+    uint32_t first_vcpu;   /* global index of its first vCPU (vCPUs are numbered node by node) */
+} gvm_node_info;
+
+/** The cluster as one node sees it. Valid from create() until destroy() returns. */
+typedef struct gvm_cluster_info {
+    const char *cluster_name;
+    uint32_t self_id;            /* this node's id */
+    uint32_t node_count;
+    const gvm_node_info *nodes;  /* node_count entries, indexed by id */
+    uint64_t guest_memory_bytes; /* a multiple of GVM_PAGE_SIZE */
+    uint32_t page_size;          /* GVM_PAGE_SIZE */
+    uint32_t total_vcpus;
+} gvm_cluster_info;
+
+/* ---------------------------------------------------------------------------------------------
+ * Host services common to every plugin kind
+ * ------------------------------------------------------------------------------------------- */
+
+/** A timer callback. Thread: the host's timer thread. May block: no (keep it short). */
+typedef void (*gvm_timer_fn)(void *ctx);
+
+typedef struct gvm_host_services {
+    uint32_t size;        /* sizeof(gvm_host_services) as the host was built */
+    uint32_t abi_version; /* GVM_ABI_VERSION of the host */
+    gvm_host *host;       /* pass to every service below */
+
+    /** Log a message under the plugin's name. Any thread. Never blocks for long. */
+    void (*log)(gvm_host *host, gvm_log_level level, const char *message);
+
+    /** Monotonic clock in nanoseconds (CLOCK_MONOTONIC). Any thread. */
+    uint64_t (*now_ns)(gvm_host *host);
+
+    /** Look up or create a named counter (e.g. "ivy.read_miss"); returns a handle. Any thread.
+     *  Counters are printed in the node's stop summary and written by --stats-out. */
+    uint32_t (*counter)(gvm_host *host, const char *name);
+    /** Add to a counter. Any thread, lock-free. */
+    void (*counter_add)(gvm_host *host, uint32_t counter, uint64_t delta);
+
+    /** Look up or create a named latency histogram (values in nanoseconds). Any thread. */
+    uint32_t (*histogram)(gvm_host *host, const char *name);
+    /** Record one value. Any thread; may take a short internal lock. */
+    void (*histogram_record)(gvm_host *host, uint32_t histogram, uint64_t value_ns);
+
+    /** Start a timer firing after delay_ns, then every period_ns (0 = once). Returns an id > 0,
+     *  or 0 on failure. Any thread. fn runs on the host timer thread. */
+    uint64_t (*timer_start)(gvm_host *host, uint64_t delay_ns, uint64_t period_ns,
+                            gvm_timer_fn fn, void *ctx);
+    /** Cancel a timer. After return, fn is not running and will not run again for it. Must not
+     *  be called from that timer's own callback (return is then immediate, without waiting). */
+    void (*timer_cancel)(gvm_host *host, uint64_t timer);
+
+    /** Report an unrecoverable error: the host logs it, stops this node and every other node
+     *  with it, and returns; the plugin should stop its own work. Any thread. */
+    void (*fatal)(gvm_host *host, const char *message);
+} gvm_host_services;
+
+/* ---------------------------------------------------------------------------------------------
+ * Transport plugins
+ *
+ * A transport moves opaque frames between nodes. It knows nothing of messages: the host
+ * multiplexes its channels (control, coherence, CPU/interrupt, I/O, heartbeat) on top.
+ * Frames travel on one of GVM_LANE_COUNT lanes; frames on one lane between one pair of nodes are
+ * delivered in order, exactly once, or the peer is reported down. Lanes are independent: a
+ * transport must not let bulk traffic on GVM_LANE_BULK delay GVM_LANE_URGENT (heartbeats and
+ * control), e.g. by giving each lane its own connection or queue.
+ * ------------------------------------------------------------------------------------------- */
+
+#define GVM_LANE_URGENT 0u
+#define GVM_LANE_BULK 1u
+#define GVM_LANE_COUNT 2u
+
+/** The largest frame any transport must carry (a page plus generous headers). */
+#define GVM_MAX_FRAME (64u * 1024u)
+
+typedef struct gvm_transport_host {
+    uint32_t size;
+    gvm_host *host;
+
+    /** A whole frame arrived from an authenticated peer. Thread: a transport receive thread.
+     *  May block: no — the host never blocks in deliver (it queues what must wait).
+     *  frame is borrowed for the call. len <= GVM_MAX_FRAME. */
+    void (*deliver)(gvm_host *host, uint32_t src, uint32_t lane, const void *frame, size_t len);
+
+    /** A peer became reachable on every lane (up = 1) or was lost (up = 0, reason says why,
+     *  e.g. "connection reset by peer"). Thread: any transport thread. May block: no.
+     *  A peer reported down is never reported up again in this run. */
+    void (*peer_state)(gvm_host *host, uint32_t node, int up, const char *reason);
+
+    /** Authentication, done by the transport's handshake with these two services so every
+     *  transport authenticates the same way. auth_sign writes this node's proof for a challenge
+     *  the peer chose (HMAC-SHA256 under the cluster key, or empty when no key is configured)
+     *  and returns its length (<= out_cap; 0 = no key). Any thread. */
+    size_t (*auth_sign)(gvm_host *host, const uint8_t *challenge, size_t challenge_len,
+                        uint8_t *out, size_t out_cap);
+    /** Checks a peer's proof over a challenge this node chose, and that the peer's claimed id
+     *  and cluster name are acceptable. Returns GVM_OK, or an error after logging why. */
+    int (*auth_verify)(gvm_host *host, uint32_t peer, const char *peer_cluster,
+                       const uint8_t *challenge, size_t challenge_len,
+                       const uint8_t *proof, size_t proof_len);
+} gvm_transport_host;
+
+/** Completion of an RDMA-style one-sided read. Thread: a transport thread. */
+typedef void (*gvm_read_done_fn)(void *ctx, int status);
+
+typedef struct gvm_transport_ops {
+    uint32_t size;
+
+    /** REQUIRED. Validate settings and allocate; do not open sockets yet. Thread: main.
+     *  Returns an instance, or NULL with err filled in. svc/th/cluster stay valid until
+     *  destroy(). */
+    void *(*create)(const gvm_host_services *svc, const gvm_transport_host *th,
+                    const gvm_cluster_info *cluster, const gvm_setting *settings,
+                    uint32_t setting_count, gvm_error *err);
+
+    /** REQUIRED. Start listening and connecting to every peer, retrying while peers start.
+     *  Returns at once; each peer is reported through peer_state. Thread: main. */
+    int (*start)(void *transport, gvm_error *err);
+
+    /** REQUIRED. Queue one frame (the concatenation of iov) to node dst on a lane. Any thread,
+     *  concurrently. The transport copies the bytes before returning; it never waits for the
+     *  peer to read (so a receive thread may call send without risk of deadlock), but may
+     *  block briefly on a local queue. Returns GVM_ERR_CLOSED if the peer is down,
+     *  GVM_ERR_INVALID if the frame exceeds GVM_MAX_FRAME. */
+    int (*send)(void *transport, uint32_t dst, uint32_t lane, const gvm_iovec *iov,
+                uint32_t iov_count);
+
+    /** OPTIONAL (RDMA). Register [addr, addr+len) for one-sided remote reads; writes a key the
+     *  peer needs. The region stays registered until stop(). Thread: main, before start(). */
+    int (*register_region)(void *transport, void *addr, size_t len, uint64_t *key_out);
+
+    /** OPTIONAL (RDMA). One-sided read of len bytes at offset within a region node dst
+     *  registered under key, into local (which must lie in a region registered here). done
+     *  runs once on completion. Any thread. */
+    int (*read_remote)(void *transport, uint32_t dst, uint64_t key, uint64_t offset,
+                       void *local, size_t len, gvm_read_done_fn done, void *ctx);
+
+    /** REQUIRED. Close every connection and join every thread: after return, deliver and
+     *  peer_state are never called again. Thread: main. */
+    void (*stop)(void *transport);
+
+    /** REQUIRED. Free the instance (after stop). Thread: main. */
+    void (*destroy)(void *transport);
+} gvm_transport_ops;
+
+/* ---------------------------------------------------------------------------------------------
+ * Coherence plugins
+ *
+ * The host owns the mechanics of guest memory (one userfaultfd-registered mapping per node, the
+ * fault-handler threads, waking waiters, pin/unpin); the coherence plugin owns the protocol: what
+ * to request when a page faults, what to do with a message from a peer. The host keeps one state
+ * per page, held exactly as the kernel holds it:
+ *
+ *   GVM_PAGE_INVALID   not present: any access faults
+ *   GVM_PAGE_SHARED    present, write-protected: reads proceed, writes fault
+ *   GVM_PAGE_MODIFIED  present, writable: nothing faults
+ *
+ * A faulting thread (a vCPU inside KVM_RUN, or a host thread) sleeps until the plugin calls
+ * page_wake for that page; it then retries, and faults again if the state still does not allow
+ * its access. Pins: host code that touches guest RAM directly (image loading, device DMA) pins
+ * pages first; a page pinned for reading cannot be dropped, a page pinned for writing cannot be
+ * downgraded or dropped: those page operations return GVM_ERR_PINNED and the plugin must defer
+ * the request that needed them (never block a receive thread) until page_unpinned() says the
+ * last pin is gone.
+ *
+ * Invalidation protocols (Ivy) use install / upgrade / downgrade / drop. Multiple-writer
+ * protocols (twins and diffs) additionally use page_read to make a twin, page_patch to apply a
+ * diff, and the fence hook, which the host calls at synchronisation points.
+ * ------------------------------------------------------------------------------------------- */
+
+#define GVM_PAGE_INVALID 0u
+#define GVM_PAGE_SHARED 1u
+#define GVM_PAGE_MODIFIED 2u
+
+#define GVM_ACCESS_READ 1u
+#define GVM_ACCESS_WRITE 2u
+
+/** fault() flags. */
+#define GVM_FAULT_FROM_PIN 1u   /* raised by the host's pin(), not by a thread's access */
+
+/** Fence kinds passed to the fence hook. */
+#define GVM_FENCE_RELEASE 1u    /* before an I/O exit, an IPI send, HLT: make writes visible */
+#define GVM_FENCE_ACQUIRE 2u    /* after an interrupt is taken: see others' released writes */
+#define GVM_FENCE_FULL 3u
+
+typedef struct gvm_coherence_host {
+    uint32_t size;
+    gvm_host *host;
+    uint64_t page_count; /* guest RAM pages: valid gfns are 0 .. page_count-1 */
+
+    /** Send one message to node dst on the coherence channel (bulk lane). Any thread; never
+     *  waits for the peer. Returns GVM_ERR_CLOSED when dst is gone. */
+    int (*send)(gvm_host *host, uint32_t dst, const gvm_iovec *iov, uint32_t iov_count);
+
+    /** Like send but on the urgent lane (small control messages that must not queue behind
+     *  page data, e.g. invalidation acks). */
+    int (*send_urgent)(gvm_host *host, uint32_t dst, const gvm_iovec *iov, uint32_t iov_count);
+
+    /** Make the page present with bytes (GVM_PAGE_SIZE of them; NULL = zeros) in state
+     *  GVM_PAGE_SHARED or GVM_PAGE_MODIFIED. A present page is dropped first (drop, then copy).
+     *  Does not wake waiters: call page_wake. Any thread. */
+    int (*page_install)(gvm_host *host, uint64_t gfn, const void *bytes, uint32_t state);
+
+    /** SHARED -> MODIFIED in place (clears write protection). Returns GVM_ERR_NOT_PRESENT if the
+     *  page is INVALID (an invalidation crossed the upgrade: fetch it instead). MODIFIED: no-op. */
+    int (*page_upgrade)(gvm_host *host, uint64_t gfn);
+
+    /** MODIFIED -> SHARED: write-protect first, then copy the bytes to out (if out != NULL), so
+     *  no store is lost. SHARED: copies only. INVALID: GVM_ERR_NOT_PRESENT. Pinned for write:
+     *  GVM_ERR_PINNED. */
+    int (*page_downgrade)(gvm_host *host, uint64_t gfn, void *out);
+
+    /** Any state -> INVALID: write-protect, copy the bytes to out (if out != NULL and the page
+     *  is present), then drop. Already INVALID: GVM_ERR_NOT_PRESENT (out untouched). Pinned:
+     *  GVM_ERR_PINNED. */
+    int (*page_drop)(gvm_host *host, uint64_t gfn, void *out);
+
+    /** Copy the bytes of a present page to out. INVALID: GVM_ERR_NOT_PRESENT. */
+    int (*page_read)(gvm_host *host, uint64_t gfn, void *out);
+
+    /** Write len bytes at offset into a present page whatever its protection (applying a diff).
+     *  INVALID: GVM_ERR_NOT_PRESENT. */
+    int (*page_patch)(gvm_host *host, uint64_t gfn, uint32_t offset, const void *bytes,
+                      uint32_t len);
+
+    /** The page's current state (GVM_PAGE_*). Any thread. */
+    uint32_t (*page_state)(gvm_host *host, uint64_t gfn);
+
+    /** 0 if not pinned, else GVM_ACCESS_READ or GVM_ACCESS_WRITE: the strongest pin held. */
+    uint32_t (*page_pinned)(gvm_host *host, uint64_t gfn);
+
+    /** Wake every thread (and pin) waiting on gfn: each retries its access. Any thread. */
+    void (*page_wake)(gvm_host *host, uint64_t gfn);
+} gvm_coherence_host;
+
+typedef struct gvm_coherence_ops {
+    uint32_t size;
+
+    /** REQUIRED. Validate settings, allocate per-page metadata. Thread: main. Returns an
+     *  instance or NULL with err filled in. The tables and cluster stay valid until destroy().
+     *  All guest pages start INVALID on every node; which node first owns a page is the
+     *  plugin's choice (e.g. its manager node, which serves it zero-filled on first touch). */
+    void *(*create)(const gvm_host_services *svc, const gvm_coherence_host *mem,
+                    const gvm_cluster_info *cluster, const gvm_setting *settings,
+                    uint32_t setting_count, gvm_error *err);
+
+    /** OPTIONAL. Every peer is connected; faults and messages may follow. Thread: main. */
+    int (*start)(void *coherence, gvm_error *err);
+
+    /** REQUIRED. A local access needs a better state: access is GVM_ACCESS_READ on an INVALID
+     *  page, or GVM_ACCESS_WRITE on an INVALID or SHARED one. Thread: a host fault-handler
+     *  thread (or the pinning thread with GVM_FAULT_FROM_PIN). May block: no network waits —
+     *  send a request and return; resolve later from receive() with page_install/upgrade and
+     *  page_wake. The host calls fault once per fault event: several threads faulting on one
+     *  page give several calls, which the plugin coalesces into one request. A call may be stale
+     *  (the page already has the state): check page_state and just page_wake. */
+    void (*fault)(void *coherence, uint64_t gfn, uint32_t access, uint32_t flags);
+
+    /** REQUIRED. A coherence message from node src (an authenticated peer; the content is
+     *  untrusted: validate lengths and fields, and report nonsense through fatal or by logging
+     *  and dropping it). Thread: a transport receive thread. May block: no. msg is borrowed. */
+    void (*receive)(void *coherence, uint32_t src, const void *msg, size_t len);
+
+    /** OPTIONAL (required if the plugin ever gets GVM_ERR_PINNED). The last pin on gfn went
+     *  away: resume requests deferred for it. Thread: the unpinning thread. May block: no. */
+    void (*page_unpinned)(void *coherence, uint64_t gfn);
+
+    /** OPTIONAL. A synchronisation point of vCPU vcpu (GVM_FENCE_*): multiple-writer protocols
+     *  flush diffs here. Thread: that vCPU's thread. May block: yes, until the flush is
+     *  acknowledged (the vCPU waits). Invalidation protocols leave it NULL. */
+    int (*fence)(void *coherence, uint32_t vcpu, uint32_t kind);
+
+    /** OPTIONAL. A peer was lost; the node is stopping. Fail nothing silently: the host will
+     *  stop every faulting thread. Thread: any. */
+    void (*peer_lost)(void *coherence, uint32_t node);
+
+    /** OPTIONAL. Write a human-readable description of the protocol (its state table) into buf
+     *  (cap bytes, NUL-terminated, truncated if needed); returns the length it needed. */
+    size_t (*describe)(void *coherence, char *buf, size_t cap);
+
+    /** OPTIONAL. No more faults or messages will arrive. Thread: main. */
+    void (*stop)(void *coherence);
+
+    /** REQUIRED. Free the instance. Thread: main, after stop. */
+    void (*destroy)(void *coherence);
+} gvm_coherence_ops;
+
+/* ---------------------------------------------------------------------------------------------
+ * Device plugins
+ *
+ * A device plugin offers one or more device models by name (e.g. "uart16550"). The YAML places
+ * each device instance on a home node; only the home node creates it. Accesses from vCPUs on
+ * other nodes are forwarded to the home node by the host, so a device never sees the network.
+ * ------------------------------------------------------------------------------------------- */
+
+#define GVM_SPACE_PIO 1u
+#define GVM_SPACE_MMIO 2u
+
+/** No interrupt line configured. */
+#define GVM_NO_IRQ 0xFFFFFFFFu
+
+/** Per-instance placement from the YAML. */
+typedef struct gvm_device_config {
+    const char *instance_name; /* the YAML `name:` of this device */
+    uint64_t base;             /* YAML `base:` (port or physical address), or the model default
+                                  when has_base == 0 */
+    uint32_t has_base;
+    uint32_t irq;              /* YAML `irq:` (IOAPIC pin), or GVM_NO_IRQ */
+} gvm_device_config;
+
+typedef struct gvm_device_host {
+    uint32_t size;
+    gvm_host *host;
+
+    /** Claim [base, base+length) in a space (GVM_SPACE_*). Only during create(). Fails with
+     *  GVM_ERR_INVALID on overlap with another device (the host reports both). */
+    int (*map_io)(gvm_host *host, uint32_t space, uint64_t base, uint64_t length);
+
+    /** Drive an interrupt line (IOAPIC pin): level 1 = asserted, 0 = deasserted. For an edge
+     *  interrupt assert then deassert. Any thread; the host forwards it to the IOAPIC's node. */
+    void (*set_irq)(gvm_host *host, uint32_t line, int level);
+
+    /** Write bytes to this node's console (stdout, in order). Any thread. */
+    void (*console_write)(gvm_host *host, const void *bytes, size_t len);
+
+    /** End the whole VM with a guest exit status (e.g. isa-debug-exit). Any thread; returns. */
+    void (*request_stop)(gvm_host *host, int32_t guest_status, const char *reason);
+
+    /** Guest-physical DMA through pin/unpin: the range is brought coherent, pinned, copied and
+     *  unpinned. May block: yes, on the DSM (never call from a timer callback). */
+    int (*dma_read)(gvm_host *host, uint64_t gpa, void *out, size_t len);
+    int (*dma_write)(gvm_host *host, uint64_t gpa, const void *bytes, size_t len);
+} gvm_device_host;
+
+typedef struct gvm_device_model {
+    const char *name;    /* model name used as `model:` in the YAML */
+    const char *summary; /* one line for `giantvm plugins list` */
+
+    /** REQUIRED. Create one instance on its home node and map its I/O ranges. Thread: main. */
+    void *(*create)(const gvm_host_services *svc, const gvm_device_host *dh,
+                    const gvm_device_config *config, const gvm_setting *settings,
+                    uint32_t setting_count, gvm_error *err);
+
+    /** REQUIRED. A guest access of len bytes (1, 2, 4 or 8) at offset from the mapped base that
+     *  contains it. Writes: data holds len bytes, little endian. Reads: fill data. Thread: a
+     *  vCPU thread of the home node or the host's I/O forwarding thread; calls into one instance
+     *  never overlap, but timer callbacks may run concurrently with them. May block: briefly. */
+    void (*io)(void *device, uint32_t space, uint64_t offset, uint8_t *data, uint32_t len,
+               int is_write);
+
+    /** OPTIONAL. Bytes typed on the host console, for devices that take input. Thread: the
+     *  host's console thread. */
+    void (*console_input)(void *device, const void *bytes, size_t len);
+
+    /** OPTIONAL. Return to power-on state. Thread: main or a vCPU thread. */
+    void (*reset)(void *device);
+
+    /** REQUIRED. Free the instance; cancel its timers first. Thread: main. */
+    void (*destroy)(void *device);
+} gvm_device_model;
+
+typedef struct gvm_device_ops {
+    uint32_t size;
+    uint32_t model_count;
+    const gvm_device_model *models;
+} gvm_device_ops;
+
+/* ---------------------------------------------------------------------------------------------
+ * The descriptor and the entry symbol
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct gvm_plugin_descriptor {
+    uint32_t abi_version; /* GVM_ABI_VERSION the plugin was built with; the first field, forever */
+    uint32_t kind;        /* gvm_plugin_kind: selects the type of ops */
+    const char *name;     /* unique among loaded plugins, e.g. "transport-tcp" */
+    const char *version;  /* the plugin's own version, e.g. "0.1.0" */
+    const char *summary;  /* one line */
+    const void *ops;      /* gvm_transport_ops*, gvm_coherence_ops* or gvm_device_ops* */
+} gvm_plugin_descriptor;
+
+/** The type of GVM_PLUGIN_ENTRY_SYMBOL. Called once, on the main thread, right after dlopen;
+ *  must not call back into the host. The descriptor must stay valid while the .so is loaded. */
+typedef const gvm_plugin_descriptor *(*gvm_plugin_entry_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GIANTVM_PLUGIN_H */

@@ -1,0 +1,1 @@
+// PluginHost: see Package.swift for this target's job.

@@ -1,0 +1,219 @@
+// Coherence plugins in Swift: conform one class to `CoherencePlugin`, then export
+//
+//     @_cdecl("giantvm_plugin_entry")
+//     public func giantvm_plugin_entry() -> UnsafeRawPointer {
+//         PluginEntry.coherence(MyProtocol.self, name: "dsm-mine", version: "0.1.0", summary: "...")
+//     }
+//
+// Threading rules are those of gvm_coherence_ops in giantvm_plugin.h; they are repeated on each
+// requirement below.
+
+/// Page states as the host holds them (GVM_PAGE_*).
+public enum PageState: UInt32, Sendable {
+    case invalid = 0, shared = 1, modified = 2
+}
+
+/// Access kinds (GVM_ACCESS_*).
+public enum Access: UInt32, Sendable {
+    case read = 1, write = 2
+}
+
+/// Result of a page operation: `.ok` or a `gvm_status` error.
+public struct PageStatus: Equatable, Sendable, CustomStringConvertible {
+    public let raw: Int32
+    public static let ok = PageStatus(raw: GVM_OK.rawValue)
+    public static let pinned = PageStatus(raw: GVM_ERR_PINNED.rawValue)
+    public static let notPresent = PageStatus(raw: GVM_ERR_NOT_PRESENT.rawValue)
+    public static let closed = PageStatus(raw: GVM_ERR_CLOSED.rawValue)
+    public static let invalid = PageStatus(raw: GVM_ERR_INVALID.rawValue)
+    public init(raw: Int32) { self.raw = raw }
+    public var description: String { String(cString: gvm_status_name(raw)) }
+}
+
+/// The guest-memory and messaging services the host gives a coherence plugin
+/// (`gvm_coherence_host`). Any thread.
+public struct CoherenceHost: @unchecked Sendable {
+    public let raw: UnsafePointer<gvm_coherence_host>
+    public init(_ raw: UnsafePointer<gvm_coherence_host>) { self.raw = raw }
+    var host: OpaquePointer? { raw.pointee.host }
+
+    public var pageCount: UInt64 { raw.pointee.page_count }
+
+    /// Sends one message (the concatenation of `parts`) on the coherence channel.
+    @discardableResult
+    public func send(to node: UInt32, _ parts: [UnsafeRawBufferPointer], urgent: Bool = false) -> PageStatus {
+        var iov = parts.map { gvm_iovec(base: $0.baseAddress, len: $0.count) }
+        let n = UInt32(iov.count)
+        let rc = iov.withUnsafeMutableBufferPointer { b in
+            urgent ? raw.pointee.send_urgent(host, node, b.baseAddress, n)
+                   : raw.pointee.send(host, node, b.baseAddress, n)
+        }
+        return PageStatus(raw: rc)
+    }
+
+    /// Sends one contiguous message.
+    @discardableResult
+    public func send(to node: UInt32, bytes: [UInt8], urgent: Bool = false) -> PageStatus {
+        bytes.withUnsafeBytes { send(to: node, [$0], urgent: urgent) }
+    }
+
+    /// Installs `bytes` (nil = zeros) as `state`. Drops a present page first.
+    @discardableResult
+    public func install(_ gfn: UInt64, bytes: UnsafeRawPointer?, state: PageState) -> PageStatus {
+        PageStatus(raw: raw.pointee.page_install(host, gfn, bytes, state.rawValue))
+    }
+
+    @discardableResult
+    public func upgrade(_ gfn: UInt64) -> PageStatus {
+        PageStatus(raw: raw.pointee.page_upgrade(host, gfn))
+    }
+
+    /// Write-protects, then copies into `out` if given.
+    @discardableResult
+    public func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus {
+        PageStatus(raw: raw.pointee.page_downgrade(host, gfn, out))
+    }
+
+    /// Write-protects, copies into `out` if given, then drops.
+    @discardableResult
+    public func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus {
+        PageStatus(raw: raw.pointee.page_drop(host, gfn, out))
+    }
+
+    @discardableResult
+    public func read(_ gfn: UInt64, into out: UnsafeMutableRawPointer) -> PageStatus {
+        PageStatus(raw: raw.pointee.page_read(host, gfn, out))
+    }
+
+    @discardableResult
+    public func patch(_ gfn: UInt64, offset: UInt32, bytes: UnsafeRawBufferPointer) -> PageStatus {
+        PageStatus(raw: raw.pointee.page_patch(host, gfn, offset, bytes.baseAddress, UInt32(bytes.count)))
+    }
+
+    public func state(_ gfn: UInt64) -> PageState {
+        PageState(rawValue: raw.pointee.page_state(host, gfn)) ?? .invalid
+    }
+
+    /// nil if not pinned, else the strongest pin held.
+    public func pinned(_ gfn: UInt64) -> Access? {
+        Access(rawValue: raw.pointee.page_pinned(host, gfn))
+    }
+
+    public func wake(_ gfn: UInt64) { raw.pointee.page_wake(host, gfn) }
+}
+
+/// A coherence protocol. One instance per node.
+public protocol CoherencePlugin: AnyObject {
+    /// Validate settings and allocate. Thread: main. Throw `PluginError` to refuse.
+    init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws
+
+    /// Every peer is connected. Thread: main.
+    func start() throws
+
+    /// A local access needs a better state (see gvm_coherence_ops.fault). Thread: a fault-handler
+    /// thread. Never wait for the network here.
+    func fault(gfn: UInt64, access: Access, fromPin: Bool)
+
+    /// A message from a peer; untrusted bytes. Thread: a transport receive thread. Never block.
+    func receive(from node: UInt32, message: UnsafeRawBufferPointer)
+
+    /// The last pin on gfn is gone: resume deferred requests.
+    func pageUnpinned(gfn: UInt64)
+
+    /// A peer was lost; the node is stopping.
+    func peerLost(node: UInt32)
+
+    /// The protocol's state table, for `giantvm plugins describe`.
+    func describe() -> String
+
+    /// No more faults or messages will arrive. Thread: main.
+    func stop()
+
+    /// Multiple-writer protocols only: set to true and implement `fence`.
+    static var handlesFences: Bool { get }
+    /// A synchronisation point of a vCPU; may block that vCPU until flushed.
+    func fence(vcpu: UInt32, kind: UInt32) -> PageStatus
+}
+
+public extension CoherencePlugin {
+    func start() throws {}
+    func pageUnpinned(gfn: UInt64) {}
+    func peerLost(node: UInt32) {}
+    func describe() -> String { "" }
+    func stop() {}
+    static var handlesFences: Bool { false }
+    func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { .ok }
+}
+
+final class CoherenceBox {
+    let plugin: any CoherencePlugin
+    init(_ p: any CoherencePlugin) { plugin = p }
+}
+
+nonisolated(unsafe) private var coherenceType: (any CoherencePlugin.Type)?
+
+@inline(__always)
+private func coherenceInstance(_ p: UnsafeMutableRawPointer?) -> any CoherencePlugin {
+    Unmanaged<CoherenceBox>.fromOpaque(p!).takeUnretainedValue().plugin
+}
+
+extension PluginEntry {
+    /// Builds (once) the descriptor of a coherence plugin whose protocol is `type`.
+    public static func coherence<P: CoherencePlugin>(_ type: P.Type, name: String, version: String,
+                                                     summary: String) -> UnsafeRawPointer {
+        once(name) {
+            coherenceType = type
+            let ops = UnsafeMutablePointer<gvm_coherence_ops>.allocate(capacity: 1)
+            ops.initialize(to: gvm_coherence_ops())
+            ops.pointee.size = UInt32(MemoryLayout<gvm_coherence_ops>.size)
+            ops.pointee.create = { svc, mem, cluster, settings, n, err in
+                do {
+                    let p = try coherenceType!.init(services: HostServices(svc!), memory: CoherenceHost(mem!),
+                                                    cluster: ClusterInfo(cluster!), settings: Settings(settings, count: n))
+                    return Unmanaged.passRetained(CoherenceBox(p)).toOpaque()
+                } catch {
+                    fill(err, "\(error)")
+                    return nil
+                }
+            }
+            ops.pointee.start = { inst, err in
+                do { try coherenceInstance(inst).start(); return GVM_OK.rawValue } catch {
+                    fill(err, "\(error)")
+                    return GVM_ERR_INVALID.rawValue
+                }
+            }
+            ops.pointee.fault = { inst, gfn, access, flags in
+                coherenceInstance(inst).fault(gfn: gfn, access: Access(rawValue: access) ?? .write,
+                                      fromPin: flags & UInt32(GVM_FAULT_FROM_PIN) != 0)
+            }
+            ops.pointee.receive = { inst, src, msg, len in
+                coherenceInstance(inst).receive(from: src, message: UnsafeRawBufferPointer(start: msg, count: len))
+            }
+            ops.pointee.page_unpinned = { inst, gfn in coherenceInstance(inst).pageUnpinned(gfn: gfn) }
+            if type.handlesFences {
+                ops.pointee.fence = { inst, vcpu, kind in coherenceInstance(inst).fence(vcpu: vcpu, kind: kind).raw }
+            }
+            ops.pointee.peer_lost = { inst, node in coherenceInstance(inst).peerLost(node: node) }
+            ops.pointee.describe = { inst, buf, cap in copyOut(coherenceInstance(inst).describe(), buf, cap) }
+            ops.pointee.stop = { inst in coherenceInstance(inst).stop() }
+            ops.pointee.destroy = { inst in
+                guard let inst else { return }
+                Unmanaged<CoherenceBox>.fromOpaque(inst).release()
+            }
+            return makeDescriptor(kind: GVM_PLUGIN_COHERENCE, name: name, version: version, summary: summary,
+                                  ops: UnsafeRawPointer(ops))
+        }
+    }
+}
+
+/// Copies a string into a C buffer of `cap` bytes (NUL-terminated, truncated); returns the length
+/// needed.
+func copyOut(_ s: String, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int) -> Int {
+    let bytes = Array(s.utf8)
+    if let buf, cap > 0 {
+        let n = min(bytes.count, cap - 1)
+        for i in 0..<n { buf[i] = CChar(bitPattern: bytes[i]) }
+        buf[n] = 0
+    }
+    return bytes.count
+}

@@ -1,0 +1,150 @@
+// Device plugins in Swift: one class per device model conforming to `DeviceModel`, exported
+// together by `PluginEntry.devices([UART.self, ExitDevice.self], ...)`.
+// Threading rules are those of gvm_device_model in giantvm_plugin.h.
+
+public enum IOSpace: UInt32, Sendable {
+    case pio = 1, mmio = 2
+}
+
+/// Services the host gives a device instance (`gvm_device_host`).
+public struct DeviceHost: @unchecked Sendable {
+    public let raw: UnsafePointer<gvm_device_host>
+    public init(_ raw: UnsafePointer<gvm_device_host>) { self.raw = raw }
+    var host: OpaquePointer? { raw.pointee.host }
+
+    /// Claims an I/O range. Only during init.
+    public func map(_ space: IOSpace, base: UInt64, length: UInt64) throws {
+        let rc = raw.pointee.map_io(host, space.rawValue, base, length)
+        if rc != GVM_OK.rawValue {
+            throw PluginError("cannot map \(space) range 0x\(String(base, radix: 16))+\(length): \(PageStatus(raw: rc))")
+        }
+    }
+
+    public func setIRQ(_ line: UInt32, level: Bool) { raw.pointee.set_irq(host, line, level ? 1 : 0) }
+
+    public func console(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { raw.pointee.console_write(host, $0.baseAddress, $0.count) }
+    }
+
+    public func requestStop(status: Int32, reason: String) { raw.pointee.request_stop(host, status, reason) }
+
+    @discardableResult
+    public func dmaRead(gpa: UInt64, into out: UnsafeMutableRawBufferPointer) -> PageStatus {
+        PageStatus(raw: raw.pointee.dma_read(host, gpa, out.baseAddress, out.count))
+    }
+
+    @discardableResult
+    public func dmaWrite(gpa: UInt64, _ bytes: UnsafeRawBufferPointer) -> PageStatus {
+        PageStatus(raw: raw.pointee.dma_write(host, gpa, bytes.baseAddress, bytes.count))
+    }
+}
+
+/// Placement of one device instance from the YAML.
+public struct DeviceConfig: Sendable {
+    public var name: String
+    public var base: UInt64?
+    public var irq: UInt32?
+    public init(_ c: UnsafePointer<gvm_device_config>) {
+        name = String(cString: c.pointee.instance_name)
+        base = c.pointee.has_base != 0 ? c.pointee.base : nil
+        irq = c.pointee.irq == GVM_NO_IRQ ? nil : c.pointee.irq
+    }
+}
+
+public protocol DeviceModel: AnyObject {
+    static var modelName: String { get }
+    static var summary: String { get }
+    /// Create on the home node and map I/O ranges. Thread: main.
+    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws
+    /// A guest access at `offset` from the mapped base; `data.count` is 1, 2, 4 or 8.
+    /// Calls never overlap for one instance; timers may run concurrently.
+    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool)
+    func consoleInput(_ bytes: UnsafeRawBufferPointer)
+    func reset()
+    /// Cancel timers; called before the instance is released.
+    func shutdown()
+}
+
+public extension DeviceModel {
+    func consoleInput(_ bytes: UnsafeRawBufferPointer) {}
+    func reset() {}
+    func shutdown() {}
+}
+
+final class DeviceBox {
+    let device: any DeviceModel
+    init(_ d: any DeviceModel) { device = d }
+}
+
+nonisolated(unsafe) private var deviceTypes: [any DeviceModel.Type] = []
+
+@inline(__always)
+private func deviceInstance(_ p: UnsafeMutableRawPointer?) -> any DeviceModel {
+    Unmanaged<DeviceBox>.fromOpaque(p!).takeUnretainedValue().device
+}
+
+private func createDevice(_ index: Int, _ svc: UnsafePointer<gvm_host_services>?, _ dh: UnsafePointer<gvm_device_host>?,
+                          _ cfg: UnsafePointer<gvm_device_config>?, _ settings: UnsafePointer<gvm_setting>?,
+                          _ n: UInt32, _ err: UnsafeMutablePointer<gvm_error>?) -> UnsafeMutableRawPointer? {
+    do {
+        let d = try deviceTypes[index].init(services: HostServices(svc!), host: DeviceHost(dh!),
+                                            config: DeviceConfig(cfg!), settings: Settings(settings, count: n))
+        return Unmanaged.passRetained(DeviceBox(d)).toOpaque()
+    } catch {
+        fill(err, "\(error)")
+        return nil
+    }
+}
+
+typealias DeviceCreateFn = @convention(c) (UnsafePointer<gvm_host_services>?, UnsafePointer<gvm_device_host>?,
+                                           UnsafePointer<gvm_device_config>?, UnsafePointer<gvm_setting>?,
+                                           UInt32, UnsafeMutablePointer<gvm_error>?) -> UnsafeMutableRawPointer?
+
+// One C entry point per model slot: a C function pointer cannot carry the model's index.
+private let createThunks: [DeviceCreateFn] = [
+    { createDevice(0, $0, $1, $2, $3, $4, $5) }, { createDevice(1, $0, $1, $2, $3, $4, $5) },
+    { createDevice(2, $0, $1, $2, $3, $4, $5) }, { createDevice(3, $0, $1, $2, $3, $4, $5) },
+    { createDevice(4, $0, $1, $2, $3, $4, $5) }, { createDevice(5, $0, $1, $2, $3, $4, $5) },
+    { createDevice(6, $0, $1, $2, $3, $4, $5) }, { createDevice(7, $0, $1, $2, $3, $4, $5) },
+    { createDevice(8, $0, $1, $2, $3, $4, $5) }, { createDevice(9, $0, $1, $2, $3, $4, $5) },
+    { createDevice(10, $0, $1, $2, $3, $4, $5) }, { createDevice(11, $0, $1, $2, $3, $4, $5) },
+    { createDevice(12, $0, $1, $2, $3, $4, $5) }, { createDevice(13, $0, $1, $2, $3, $4, $5) },
+    { createDevice(14, $0, $1, $2, $3, $4, $5) }, { createDevice(15, $0, $1, $2, $3, $4, $5) },
+]
+
+extension PluginEntry {
+    /// Builds the descriptor of a device plugin offering `models` (at most 16).
+    public static func devices(_ models: [any DeviceModel.Type], name: String, version: String,
+                               summary: String) -> UnsafeRawPointer {
+        precondition(models.count <= createThunks.count, "a device plugin offers at most 16 models")
+        return once(name) {
+            deviceTypes = models
+            let table = UnsafeMutablePointer<gvm_device_model>.allocate(capacity: max(models.count, 1))
+            for (i, m) in models.enumerated() {
+                var model = gvm_device_model()
+                model.name = permanentCString(m.modelName)
+                model.summary = permanentCString(m.summary)
+                model.create = createThunks[i]
+                model.io = { inst, space, offset, data, len, isWrite in
+                    deviceInstance(inst).io(space: IOSpace(rawValue: space) ?? .pio, offset: offset,
+                                    data: UnsafeMutableBufferPointer(start: data, count: Int(len)), isWrite: isWrite != 0)
+                }
+                model.console_input = { inst, bytes, len in
+                    deviceInstance(inst).consoleInput(UnsafeRawBufferPointer(start: bytes, count: len))
+                }
+                model.reset = { inst in deviceInstance(inst).reset() }
+                model.destroy = { inst in
+                    guard let inst else { return }
+                    deviceInstance(inst).shutdown()
+                    Unmanaged<DeviceBox>.fromOpaque(inst).release()
+                }
+                (table + i).initialize(to: model)
+            }
+            let ops = UnsafeMutablePointer<gvm_device_ops>.allocate(capacity: 1)
+            ops.initialize(to: gvm_device_ops(size: UInt32(MemoryLayout<gvm_device_ops>.size),
+                                              model_count: UInt32(models.count), models: table))
+            return makeDescriptor(kind: GVM_PLUGIN_DEVICE, name: name, version: version, summary: summary,
+                                  ops: UnsafeRawPointer(ops))
+        }
+    }
+}

@@ -1,0 +1,1 @@
+// UserfaultFD: see Package.swift for this target's job.

@@ -1,0 +1,1 @@
+#include "giantvm_plugin.h"

@@ -1,0 +1,2 @@
+import XCTest
+final class PluginHostTestsPlaceholder: XCTestCase { func testNothing() {} }
