@@ -1,0 +1,127 @@
+// The raw floor of a userfaultfd fault round trip: the least a handler can do (read one event,
+// one UFFDIO_COPY that also wakes the faulter), in C, with no bookkeeping. `giantvm bench fault`
+// runs it in the same process and wake mode as the GuestMemory path and prints both.
+#define _GNU_SOURCE
+#include "csystem_uffd.h"
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define FLOOR_PAGE 4096u
+
+typedef struct floor_ctx {
+    int uffd;
+    int kick;                /* eventfd: wakes the handler out of poll to stop it */
+    int wake_mode;
+    uint64_t spin_ns;
+    atomic_int stop;
+    int error;               /* first -errno the handler saw */
+    unsigned char *page;     /* the bytes copied in */
+} floor_ctx;
+
+static uint64_t floor_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *floor_handler(void *arg) {
+    floor_ctx *c = arg;
+    struct uffd_msg msg;
+    struct pollfd pfd[2] = { { .fd = c->uffd, .events = POLLIN }, { .fd = c->kick, .events = POLLIN } };
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        ssize_t n = read(c->uffd, &msg, sizeof msg);
+        if (n < 0 && errno == EAGAIN) {
+            if (c->wake_mode == 1) {
+                uint64_t until = floor_now() + c->spin_ns;
+                int got = 0;
+                while (floor_now() < until && !atomic_load_explicit(&c->stop, memory_order_relaxed)) {
+                    n = read(c->uffd, &msg, sizeof msg);
+                    if (n > 0 || (n < 0 && errno != EAGAIN)) { got = 1; break; }
+                    gvm_cpu_relax();
+                }
+                if (!got) { poll(pfd, 2, -1); continue; }
+            } else {
+                poll(pfd, 2, -1);
+                continue;
+            }
+        }
+        if (n < 0) { if (errno == EINTR) continue; c->error = -errno; break; }
+        if (n != (ssize_t)sizeof msg || msg.event != UFFD_EVENT_PAGEFAULT) continue;
+        uint64_t addr = msg.arg.pagefault.address & ~(uint64_t)(FLOOR_PAGE - 1);
+        int64_t copied;
+        int rc = gvm_uffd_copy(c->uffd, addr, c->page, FLOOR_PAGE, 0, &copied);
+        if (rc == -EEXIST) gvm_uffd_wake(c->uffd, addr, FLOOR_PAGE);
+        else if (rc < 0) { c->error = rc; break; }
+    }
+    return NULL;
+}
+
+int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, uint64_t *out_ns) {
+    if (iterations == 0) return 0;
+    int uffd = gvm_uffd_open_syscall();
+    if (uffd == -EPERM || uffd == -EACCES) uffd = gvm_uffd_open_device();
+    if (uffd < 0) return uffd;
+    uint64_t features = UFFD_FEATURE_PAGEFAULT_FLAG_WP, ioctls = 0;
+    int rc = gvm_uffd_api(uffd, &features, &ioctls);
+    if (rc < 0) { close(uffd); return rc; }
+
+    /* A window of pages reused round after round: drop them all between rounds. */
+    uint32_t window = iterations < 1024 ? iterations : 1024;
+    size_t len = (size_t)window * FLOOR_PAGE;
+    unsigned char *region = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region == MAP_FAILED) { rc = -errno; close(uffd); return rc; }
+    madvise(region, len, MADV_NOHUGEPAGE);
+    rc = gvm_uffd_register(uffd, (uint64_t)(uintptr_t)region, len,
+                           UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, &ioctls);
+    if (rc < 0) { munmap(region, len); close(uffd); return rc; }
+
+    floor_ctx c = { .uffd = uffd, .wake_mode = wake_mode, .spin_ns = spin_ns, .error = 0 };
+    atomic_init(&c.stop, 0);
+    c.kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c.page = aligned_alloc(FLOOR_PAGE, FLOOR_PAGE);
+    if (c.kick < 0 || !c.page) { rc = -ENOMEM; goto out_nothread; }
+    memset(c.page, 0xA5, FLOOR_PAGE);
+    pthread_t th;
+    if (pthread_create(&th, NULL, floor_handler, &c) != 0) { rc = -EAGAIN; goto out_nothread; }
+
+    volatile unsigned char sink = 0;
+    for (uint32_t i = 0; i < iterations && c.error == 0; i++) {
+        uint32_t slot = i % window;
+        if (slot == 0 && i > 0) madvise(region, len, MADV_DONTNEED);
+        uint64_t t0 = floor_now();
+        sink ^= ((volatile unsigned char *)region)[(size_t)slot * FLOOR_PAGE + 64];
+        out_ns[i] = floor_now() - t0;
+    }
+    (void)sink;
+    rc = c.error;
+
+    atomic_store_explicit(&c.stop, 1, memory_order_release);
+    uint64_t one = 1;
+    (void)!write(c.kick, &one, sizeof one);
+    pthread_join(th, NULL);
+out_nothread:
+    if (c.kick >= 0) close(c.kick);
+    free(c.page);
+    /* Nothing can fault now (the only faulting thread is this one): unmapping first and then
+     * closing the uffd leaves no fault to fall back to zero-fill. */
+    munmap(region, len);
+    close(uffd);
+    return rc;
+}
+
+int gvm_pagemap_entry(uint64_t addr, uint64_t *entry) {
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    off_t off = (off_t)(addr / FLOOR_PAGE) * 8;
+    ssize_t n = pread(fd, entry, 8, off);
+    int err = errno;
+    close(fd);
+    if (n != 8) return n < 0 ? -err : -EIO;
+    return 0;
+}
