@@ -137,20 +137,13 @@ public final class Userfaultfd: @unchecked Sendable {
     public init(features required: UFFDFeatures = [.pagefaultFlagWP]) throws {
         let viaSyscall = gvm_uffd_open_syscall()
         var fd = viaSyscall
-        var deviceErr: Int32 = 0
+        var viaDevice: Int32 = 1  // 1 = not tried
         if fd == -EPERM || fd == -EACCES {
             fd = gvm_uffd_open_device()
-            deviceErr = -fd
+            viaDevice = fd < 0 ? fd : 0
         }
         if fd < 0 {
-            if viaSyscall == -ENOSYS && (deviceErr == ENOENT || deviceErr == 0) {
-                throw UFFDError.unsupported(operation: "userfaultfd")
-            }
-            if viaSyscall == -EPERM || viaSyscall == -EACCES {
-                throw UFFDError.permissionDenied(detail: Userfaultfd.permissionHelp(
-                    syscallErrno: -viaSyscall, deviceErrno: deviceErr))
-            }
-            throw UFFDError(errno: -fd, operation: "userfaultfd")
+            throw Userfaultfd.openFailure(syscallResult: viaSyscall, deviceResult: viaDevice)
         }
         var feats = required.rawValue
         var ioctls: UInt64 = 0
@@ -172,6 +165,19 @@ public final class Userfaultfd: @unchecked Sendable {
     }
 
     deinit { Glibc.close(fd) }
+
+    /// The error for a failed open: `syscallResult` is userfaultfd(2)'s result (-errno) and
+    /// `deviceResult` that of the /dev/userfaultfd route (-errno, 0 = opened, 1 = not tried).
+    public static func openFailure(syscallResult: Int32, deviceResult: Int32) -> UFFDError {
+        if syscallResult == -ENOSYS && (deviceResult == -ENOENT || deviceResult == 1) {
+            return .unsupported(operation: "userfaultfd")
+        }
+        if syscallResult == -EPERM || syscallResult == -EACCES {
+            return .permissionDenied(detail: permissionHelp(syscallErrno: -syscallResult,
+                                                            deviceErrno: deviceResult == 1 ? 0 : -deviceResult))
+        }
+        return UFFDError(errno: -syscallResult, operation: "userfaultfd")
+    }
 
     /// The message for a process that may not use userfaultfd: what was tried, and the two ways
     /// to get the right.
@@ -231,12 +237,14 @@ public final class Userfaultfd: @unchecked Sendable {
 
     /// UFFDIO_WRITEPROTECT: sets (`enable`) or clears write protection on present pages of the
     /// range. Non-present pages are silently left alone (the kernel does not report them);
-    /// callers must know presence themselves. Wakes threads waiting on the range unless `wake`
-    /// is false (UFFDIO_WRITEPROTECT_MODE_DONTWAKE).
+    /// callers must know presence themselves. Clearing wakes threads waiting on the range unless
+    /// `wake` is false (UFFDIO_WRITEPROTECT_MODE_DONTWAKE); setting never wakes anyone.
     public func writeProtect(_ start: UnsafeMutableRawPointer, length: Int, enable: Bool, wake: Bool) throws {
         var mode: UInt64 = 0
+        // Setting protection wakes nobody, and the kernel refuses WP together with DONTWAKE
+        // (EINVAL): DONTWAKE only applies when clearing.
         if enable { mode |= UInt64(UFFDIO_WRITEPROTECT_MODE_WP) }
-        if !wake { mode |= UInt64(UFFDIO_WRITEPROTECT_MODE_DONTWAKE) }
+        else if !wake { mode |= UInt64(UFFDIO_WRITEPROTECT_MODE_DONTWAKE) }
         let rc = gvm_uffd_writeprotect(fd, UInt64(UInt(bitPattern: start)), UInt64(length), mode)
         if rc < 0 { throw UFFDError(errno: -rc, operation: "UFFDIO_WRITEPROTECT") }
     }
@@ -291,6 +299,11 @@ public struct KernelPageInfo: Equatable, Sendable {
     public var present: Bool
     /// Bit 57: the pte is userfaultfd write-protected.
     public var writeProtected: Bool
+
+    public init(present: Bool, writeProtected: Bool) {
+        self.present = present
+        self.writeProtected = writeProtected
+    }
 
     /// Reads the pagemap entry of the page at `address`.
     public init(address: UnsafeRawPointer) throws {

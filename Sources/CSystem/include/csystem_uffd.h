@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/eventfd.h>
 #include <linux/userfaultfd.h>
 
 #ifndef USERFAULTFD_IOC_NEW
@@ -22,6 +23,12 @@
 #ifndef UFFD_USER_MODE_ONLY
 #define UFFD_USER_MODE_ONLY 1
 #endif
+
+/// A non-blocking, close-on-exec eventfd (the kick that stops fault-handler threads), or -errno.
+static inline int gvm_uffd_kick_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
 
 /// Size of one `struct uffd_msg` (what one read(2) returns per event).
 static inline size_t gvm_uffd_msg_size(void) { return sizeof(struct uffd_msg); }
@@ -134,5 +141,10 @@ int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, u
 /// Reads the /proc/self/pagemap entry of the page at addr (bit 63 present, bit 57 uffd-wp).
 /// Returns 0 and fills *entry, or -errno.
 int gvm_pagemap_entry(uint64_t addr, uint64_t *entry);
+
+/// Test support: fork a child that drops to `uid` and tries userfaultfd(2) and /dev/userfaultfd;
+/// each result is 0 (opened) or -errno. Returns 0, or -errno if the probe could not run
+/// (-EPERM: this process cannot change uid).
+int gvm_uffd_probe_as_user(uint32_t uid, int *syscall_result, int *device_result);
 
 #endif

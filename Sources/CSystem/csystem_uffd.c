@@ -125,3 +125,38 @@ int gvm_pagemap_entry(uint64_t addr, uint64_t *entry) {
     if (n != 8) return n < 0 ? -err : -EIO;
     return 0;
 }
+
+/* Test support: in a forked child that drops to uid/gid `uid` (and no supplementary groups),
+ * try both ways of opening a userfaultfd and report each result (fd >= 0 -> 0, or -errno) back
+ * through a pipe. The child only makes async-signal-safe calls, so forking a threaded process is
+ * sound. Returns 0, or -errno if the probe itself could not run. */
+#include <grp.h>
+#include <sys/wait.h>
+int gvm_uffd_probe_as_user(uint32_t uid, int *syscall_result, int *device_result) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) return -errno;
+    pid_t pid = fork();
+    if (pid < 0) { int e = errno; close(p[0]); close(p[1]); return -e; }
+    if (pid == 0) {
+        int res[2] = { -EPERM, -EPERM };
+        if (setgroups(0, NULL) != 0 || setgid(uid) != 0 || setuid(uid) != 0) _exit(3);
+        int fd = gvm_uffd_open_syscall();
+        res[0] = fd < 0 ? fd : 0;
+        if (fd >= 0) close(fd);
+        fd = gvm_uffd_open_device();
+        res[1] = fd < 0 ? fd : 0;
+        if (fd >= 0) close(fd);
+        (void)!write(p[1], res, sizeof res);
+        _exit(0);
+    }
+    close(p[1]);
+    int res[2];
+    ssize_t n = read(p[0], res, sizeof res);
+    close(p[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (n != (ssize_t)sizeof res) return WIFEXITED(status) && WEXITSTATUS(status) == 3 ? -EPERM : -EIO;
+    *syscall_result = res[0];
+    *device_result = res[1];
+    return 0;
+}
