@@ -11,6 +11,35 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <sched.h>
+
+_Static_assert(sizeof(gvm_cpu_mask) >= sizeof(cpu_set_t), "gvm_cpu_mask must hold a cpu_set_t");
+
+int gvm_thread_get_affinity(gvm_cpu_mask *out) {
+    int rc = pthread_getaffinity_np(pthread_self(), sizeof(cpu_set_t), (cpu_set_t *)out->bits);
+    return -rc;
+}
+
+int gvm_thread_set_affinity(const gvm_cpu_mask *mask) {
+    int rc = pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), (const cpu_set_t *)mask->bits);
+    return -rc;
+}
+
+int gvm_thread_pin_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return -pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+int gvm_nth_available_cpu(int n) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &set) && n-- == 0) return cpu;
+    }
+    return -1;
+}
 
 #define FLOOR_PAGE 4096u
 
@@ -18,6 +47,7 @@ typedef struct floor_ctx {
     int uffd;
     int kick;                /* eventfd: wakes the handler out of poll to stop it */
     int wake_mode;
+    int handler_cpu;
     uint64_t spin_ns;
     atomic_int stop;
     int error;               /* first -errno the handler saw */
@@ -32,6 +62,7 @@ static uint64_t floor_now(void) {
 
 static void *floor_handler(void *arg) {
     floor_ctx *c = arg;
+    if (c->handler_cpu >= 0) gvm_thread_pin_cpu(c->handler_cpu);
     struct uffd_msg msg;
     struct pollfd pfd[2] = { { .fd = c->uffd, .events = POLLIN }, { .fd = c->kick, .events = POLLIN } };
     while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
@@ -62,7 +93,7 @@ static void *floor_handler(void *arg) {
     return NULL;
 }
 
-int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, uint64_t *out_ns) {
+int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, int handler_cpu, uint64_t *out_ns) {
     if (iterations == 0) return 0;
     int uffd = gvm_uffd_open_syscall();
     if (uffd == -EPERM || uffd == -EACCES) uffd = gvm_uffd_open_device();
@@ -81,7 +112,7 @@ int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, u
                            UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, &ioctls);
     if (rc < 0) { munmap(region, len); close(uffd); return rc; }
 
-    floor_ctx c = { .uffd = uffd, .wake_mode = wake_mode, .spin_ns = spin_ns, .error = 0 };
+    floor_ctx c = { .uffd = uffd, .wake_mode = wake_mode, .handler_cpu = handler_cpu, .spin_ns = spin_ns, .error = 0 };
     atomic_init(&c.stop, 0);
     c.kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c.page = aligned_alloc(FLOOR_PAGE, FLOOR_PAGE);

@@ -38,6 +38,8 @@ public struct FaultBenchmarkResult: Sendable {
     public var floor: LatencySummary
     public var guest: LatencySummary
     public var pluginName: String
+    /// (faulting thread, handler thread) CPUs, or nil when threads were not pinned.
+    public var cpus: (faulter: Int32, handler: Int32)?
     public var ratioP50: Double { Double(guest.p50) / Double(Swift.max(floor.p50, 1)) }
     public var ratioP99: Double { Double(guest.p99) / Double(Swift.max(floor.p99, 1)) }
 
@@ -53,7 +55,8 @@ public struct FaultBenchmarkResult: Sendable {
         func series(_ name: String, _ s: LatencySummary) -> String {
             row([name, "\(s.count)", us(s.min), us(s.p50), us(s.p90), us(s.p99), us(s.max), one(s.mean / 1000)])
         }
-        var out = "fault round trip: a host thread reads a missing page; handler wake mode \(mode)\n"
+        var out = "fault round trip: a host thread reads a missing page; handler wake mode \(mode); "
+        out += cpus.map { "faulting thread on CPU \($0.faulter), handler on CPU \($0.handler)\n" } ?? "threads not pinned\n"
         out += row(["series (microseconds)", "count", "min", "p50", "p90", "p99", "max", "mean"]) + "\n"
         out += series("floor: C handler, UFFDIO_COPY", floor) + "\n"
         out += series("GuestMemory + \(pluginName)", guest) + "\n"
@@ -83,13 +86,23 @@ public enum FaultBenchmark {
 
     /// Runs `iterations` timed faults of each series (after `warmup` untimed ones), in `rounds`
     /// alternating rounds, with the coherence plugin `ops` (named `pluginName`) bound to a fresh
-    /// single-node guest memory, handler threads in `mode`.
+    /// single-node guest memory, handler threads in `mode`. With `cpus`, the calling (faulting)
+    /// thread and both series' handler threads are pinned to those CPUs, so thread placement is
+    /// the same for floor and guest (the calling thread's affinity is restored afterwards).
     public static func run(mode: HandlerWakeMode, iterations: Int, rounds: Int = 10, warmup: Int = 200,
-                           pluginName: String, ops: UnsafePointer<gvm_coherence_ops>,
+                           cpus: (faulter: Int32, handler: Int32)? = defaultCPUs(), pluginName: String, ops: UnsafePointer<gvm_coherence_ops>,
                            services: UnsafePointer<gvm_host_services>) throws -> FaultBenchmarkResult {
         precondition(iterations > 0 && rounds > 0)
         let bytes = UInt64(window * guestPageSize)
+        var savedMask = gvm_cpu_mask()
+        if let cpus {
+            _ = gvm_thread_get_affinity(&savedMask)
+            let rc = gvm_thread_pin_cpu(cpus.faulter)
+            if rc < 0 { throw FaultBenchmarkError.plugin("cannot pin the faulting thread to CPU \(cpus.faulter): \(String(cString: strerror(-rc)))") }
+        }
+        defer { if cpus != nil { _ = gvm_thread_set_affinity(&savedMask) } }
         let memory = try GuestMemory(bytes: bytes, wakeMode: mode, handlerThreads: 1,
+                                     handlerCPUs: cpus.map { [$0.handler] } ?? [],
                                      send: { _, _ in GVM_ERR_CLOSED.rawValue },
                                      sendUrgent: { _, _ in GVM_ERR_CLOSED.rawValue })
         let cluster = SingleNodeClusterInfo(name: "bench", memoryBytes: bytes)
@@ -134,7 +147,7 @@ public enum FaultBenchmark {
 
         func floorFaults(_ n: Int, record: Bool) throws {
             var out = [UInt64](repeating: 0, count: n)
-            let rc = out.withUnsafeMutableBufferPointer { gvm_uffd_floor_bench(wakeModeC, UInt32(n), spinNs, $0.baseAddress) }
+            let rc = out.withUnsafeMutableBufferPointer { gvm_uffd_floor_bench(wakeModeC, UInt32(n), spinNs, cpus?.handler ?? -1, $0.baseAddress) }
             if rc < 0 { throw FaultBenchmarkError.floor(rc) }
             if record { for v in out { _ = floorHist.record(v) } }
         }
@@ -150,7 +163,13 @@ public enum FaultBenchmark {
             left -= n
         }
         return FaultBenchmarkResult(mode: mode, floor: LatencySummary(floorHist), guest: LatencySummary(guestHist),
-                                    pluginName: pluginName)
+                                    pluginName: pluginName, cpus: cpus)
+    }
+
+    /// The first two CPUs this process may use, or nil on a one-CPU machine.
+    public static func defaultCPUs() -> (faulter: Int32, handler: Int32)? {
+        let a = gvm_nth_available_cpu(0), b = gvm_nth_available_cpu(1)
+        return a >= 0 && b >= 0 ? (Int32(a), Int32(b)) : nil
     }
 }
 

@@ -139,6 +139,8 @@ public final class GuestMemory: @unchecked Sendable {
     public let pageCount: UInt64
     public let wakeMode: HandlerWakeMode
     public let handlerThreadCount: Int
+    /// CPUs the handler threads are pinned to (handler i on handlerCPUs[i % count]); empty: none.
+    public let handlerCPUs: [Int32]
     let uffd: Userfaultfd
     let logger: Logger
 
@@ -183,7 +185,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// registers the mapping in MISSING + WP mode. `send`/`sendUrgent` implement the coherence
     /// channel for the plugin (the Cluster layer owns messaging). No thread runs until `start`.
     public init(bytes: UInt64, wakeMode: HandlerWakeMode = .poll, handlerThreads: Int = 1,
-                logger: Logger = Logger(label: "giantvm.memory"),
+                handlerCPUs: [Int32] = [], logger: Logger = Logger(label: "giantvm.memory"),
                 send: @escaping CoherenceSender, sendUrgent: @escaping CoherenceSender) throws {
         guard bytes > 0, bytes % UInt64(guestPageSize) == 0 else {
             throw GuestMemoryError.mapping("size \(bytes) is not a positive multiple of \(guestPageSize) bytes")
@@ -219,6 +221,7 @@ public final class GuestMemory: @unchecked Sendable {
         self.pageCount = bytes / UInt64(guestPageSize)
         self.wakeMode = wakeMode
         self.handlerThreadCount = handlerThreads
+        self.handlerCPUs = handlerCPUs
         self.uffd = uffd
         self.logger = logger
         self.send = send
@@ -332,6 +335,11 @@ public final class GuestMemory: @unchecked Sendable {
         defer { buffer.deallocate() }
         var fds = [pollfd(fd: uffd.fd, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)]
+        if !handlerCPUs.isEmpty {
+            let cpu = handlerCPUs[index % handlerCPUs.count]
+            let rc = gvm_thread_pin_cpu(cpu)
+            if rc < 0 { logger.warning("fault handler \(index): cannot pin to CPU \(cpu): \(String(cString: strerror(-rc)))") }
+        }
         var spinUntil: UInt64 = 0
         while !stopping.load(ordering: .acquiring) {
             if handlersPaused.load(ordering: .relaxed) { usleep(500); continue }

@@ -37,6 +37,9 @@ struct BenchFault: ParsableCommand {
     @Option(name: .long, help: "Alternating floor/guest rounds the iterations are split into.")
     var rounds: Int = 10
 
+    @Option(name: .long, help: "CPUs for the faulting and handler threads, 'A,B' (default: the first two available), or 'none'.")
+    var cpus: String?
+
     @Option(name: .long, help: "Coherence plugin (name or path to the .so).")
     var plugin: String = "dsm-local"
 
@@ -48,6 +51,17 @@ struct BenchFault: ParsableCommand {
         }
         guard (1...10_000_000).contains(iterations) else { throw ValidationError("--iterations must be 1...10000000") }
         guard (1...1000).contains(rounds) else { throw ValidationError("--rounds must be 1...1000") }
+        _ = try parsedCPUs()
+    }
+
+    func parsedCPUs() throws -> (faulter: Int32, handler: Int32)? {
+        guard let cpus else { return FaultBenchmark.defaultCPUs() }
+        if cpus == "none" { return nil }
+        let parts = cpus.split(separator: ",").map { Int32($0.trimmingCharacters(in: .whitespaces)) }
+        guard parts.count == 2, let a = parts[0], let b = parts[1], a >= 0, b >= 0 else {
+            throw ValidationError("--cpus '\(cpus)' is not 'A,B' (two CPU numbers) or 'none'")
+        }
+        return (a, b)
     }
 
     func run() throws {
@@ -60,7 +74,7 @@ struct BenchFault: ParsableCommand {
                                          onFatal: { fail("plugin \(loaded.name): \($0)") })
         do {
             let result = try FaultBenchmark.run(mode: wake, iterations: iterations, rounds: rounds,
-                                                pluginName: loaded.name, ops: loaded.coherenceOps!,
+                                                cpus: try parsedCPUs(), pluginName: loaded.name, ops: loaded.coherenceOps!,
                                                 services: services.pointer)
             print(result.table(), terminator: "")
         } catch {

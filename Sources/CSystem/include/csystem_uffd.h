@@ -135,8 +135,20 @@ static inline void gvm_cpu_relax(void) {
 /// uffd-registered (MISSING|WP) anonymous mapping, another thread resolves it with one
 /// UFFDIO_COPY (which wakes the faulter). wake_mode 0 = handler blocks in poll(2); 1 = handler
 /// spins on non-blocking read(2) for up to spin_ns, then polls. Writes each round trip in ns to
-/// out_ns[i]. Returns 0 or -errno (after the fd, threads and mapping are cleaned up).
-int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, uint64_t *out_ns);
+/// out_ns[i]. handler_cpu >= 0 pins the handler thread to that CPU (the caller pins itself).
+/// Returns 0 or -errno (after the fd, threads and mapping are cleaned up).
+int gvm_uffd_floor_bench(int wake_mode, uint32_t iterations, uint64_t spin_ns, int handler_cpu, uint64_t *out_ns);
+
+/// A CPU affinity mask (cpu_set_t, opaque to Swift).
+typedef struct gvm_cpu_mask { unsigned char bits[128]; } gvm_cpu_mask;
+/// The calling thread's affinity into *out; 0 or -errno.
+int gvm_thread_get_affinity(gvm_cpu_mask *out);
+/// Restores a mask from gvm_thread_get_affinity; 0 or -errno.
+int gvm_thread_set_affinity(const gvm_cpu_mask *mask);
+/// Pins the calling thread to one CPU; 0 or -errno.
+int gvm_thread_pin_cpu(int cpu);
+/// The id of the n-th (from 0) CPU this process may run on (sched_getaffinity), or -1.
+int gvm_nth_available_cpu(int n);
 
 /// Reads the /proc/self/pagemap entry of the page at addr (bit 63 present, bit 57 uffd-wp).
 /// Returns 0 and fills *entry, or -errno.
