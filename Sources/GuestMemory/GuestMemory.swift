@@ -116,8 +116,7 @@ public struct FaultStats: Equatable, Sendable {
     /// Events the page's current state already satisfied (only woken, not passed on).
     public var staleEvents: UInt64 = 0
     /// Calls of the plugin's fault hook from handler threads.
-    public var pluginFaults: Int { Int(delivered) }
-    var delivered: UInt64 = 0
+    public var pluginFaults: UInt64 = 0
     /// Calls of the plugin's fault hook from pin().
     public var pinFaults: UInt64 = 0
     /// UFFDIO_COPY that found the page present (EEXIST) and was redone as drop-then-copy.
@@ -416,7 +415,7 @@ public final class GuestMemory: @unchecked Sendable {
         func g(_ c: Counter) -> UInt64 { gvm_atomic_load_u64(counters + c.rawValue) }
         var s = FaultStats()
         s.missingEvents = g(.missingEvents); s.writeProtectEvents = g(.wpEvents); s.staleEvents = g(.stale)
-        s.delivered = g(.delivered); s.pinFaults = g(.pinFaults); s.copyExists = g(.copyExists)
+        s.pluginFaults = g(.delivered); s.pinFaults = g(.pinFaults); s.copyExists = g(.copyExists)
         s.unexpectedEvents = g(.unexpected)
         return s
     }

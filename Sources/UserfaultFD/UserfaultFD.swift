@@ -295,7 +295,8 @@ public final class Userfaultfd: @unchecked Sendable {
 /// What /proc/self/pagemap says the kernel holds for one page: the ground truth the guest-memory
 /// page states must match.
 public struct KernelPageInfo: Equatable, Sendable {
-    /// Bit 63: a page is mapped (present).
+    /// Bit 63 (page present) or bit 62 (swapped out: still the process's page, swapped back in
+    /// by the kernel on access without a userfault).
     public var present: Bool
     /// Bit 57: the pte is userfaultfd write-protected.
     public var writeProtected: Bool
@@ -310,7 +311,7 @@ public struct KernelPageInfo: Equatable, Sendable {
         var entry: UInt64 = 0
         let rc = gvm_pagemap_entry(UInt64(UInt(bitPattern: address)), &entry)
         if rc < 0 { throw UFFDError(errno: -rc, operation: "read /proc/self/pagemap") }
-        present = entry & (1 << 63) != 0
+        present = entry & (1 << 63) != 0 || entry & (1 << 62) != 0
         writeProtected = entry & (1 << 57) != 0
     }
 }

@@ -40,7 +40,7 @@ final class GuestMemoryTests: XCTestCase {
         for g in UInt64(10)...21 { try assertState(h, g, S) }
         // One install per page: faults on page 5 beyond the first were stale or coalesced.
         let st = h.memory.stats
-        XCTAssertEqual(st.missingEvents, st.staleEvents + UInt64(st.pluginFaults))
+        XCTAssertEqual(st.missingEvents, st.staleEvents + st.pluginFaults)
         XCTAssertGreaterThanOrEqual(st.pluginFaults, 13)
         XCTAssertEqual(Set(scripted.faults.map(\.gfn)), Set([5] + Array(10...21)))
     }
