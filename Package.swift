@@ -86,7 +86,9 @@ let package = Package(
         // --- plugins -------------------------------------------------------------------------
         .target(name: "TransportTCP", dependencies: ["PluginKit", "CSystem"], path: "Plugins/transport-tcp",
                 swiftSettings: swiftSettings),
-        .target(name: "TransportRDMA", dependencies: ["PluginAPI"], path: "Plugins/transport-rdma"),
+        // Needs libibverbs-dev (scripts/setup.sh installs it); fails at create() without an RDMA device.
+        .target(name: "TransportRDMA", dependencies: ["PluginAPI"], path: "Plugins/transport-rdma",
+                linkerSettings: [.linkedLibrary("ibverbs")]),
         .target(name: "DsmIvy", dependencies: ["PluginKit"], path: "Plugins/dsm-ivy", swiftSettings: swiftSettings),
         .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
         .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
