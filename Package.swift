@@ -73,6 +73,7 @@ let package = Package(
                 path: "Sources/Cluster", swiftSettings: swiftSettings),
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
+        .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
         .target(name: "Machine",
                 dependencies: ["KVM", "GuestMemory", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
@@ -108,6 +109,7 @@ let package = Package(
                     path: "Tests/PluginHostTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
+        .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
     ],
     swiftLanguageModes: [.v5]
 )
