@@ -110,7 +110,7 @@ let package = Package(
                     path: "Tests/PluginHostTests"),
         .testTarget(name: "GuestMemoryTests",
                     dependencies: ["GuestMemory", "UserfaultFD", "CSystem", "PluginAPI", "DsmLocal", "PluginHost",
-                                   "Metrics", .product(name: "Logging", package: "swift-log")],
+                                   "Metrics", "TestSupport", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/GuestMemoryTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),

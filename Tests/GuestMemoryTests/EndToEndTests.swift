@@ -8,45 +8,13 @@ import Metrics
 import PluginAPI
 import PluginHost
 import Synchronization
+import TestSupport
 import XCTest
-
-/// The directory holding the built products (giantvm, lib*.so): the test bundle's directory.
-func productsDirectory() -> URL {
-    let bundle = Bundle.main.bundleURL
-    return bundle.pathExtension == "xctest" ? bundle.deletingLastPathComponent() : bundle
-}
-
-/// Runs a program with a hard timeout; returns (status, stdout, stderr). Kills it on timeout.
-func runProgram(_ path: String, _ args: [String], timeout: Double = 60) throws -> (Int32, String, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let outData = Mutex<Data>(Data()), errData = Mutex<Data>(Data())
-    let g = DispatchGroup()
-    g.enter(); DispatchQueue.global().async { let d = out.fileHandleForReading.readDataToEndOfFile(); outData.withLock { $0 = d }; g.leave() }
-    g.enter(); DispatchQueue.global().async { let d = err.fileHandleForReading.readDataToEndOfFile(); errData.withLock { $0 = d }; g.leave() }
-    let deadline = Date().addingTimeInterval(timeout)
-    while p.isRunning && Date() < deadline { usleep(10_000) }
-    if p.isRunning {
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
-        _ = g.wait(timeout: .now() + 5)
-        throw XCTSkip("\(path) \(args) did not finish within \(timeout) s (killed)")
-    }
-    p.waitUntilExit()
-    _ = g.wait(timeout: .now() + 5)
-    return (p.terminationStatus, String(decoding: outData.withLock { $0 }, as: UTF8.self),
-            String(decoding: errData.withLock { $0 }, as: UTF8.self))
-}
 
 final class EndToEndTests: XCTestCase {
     func testDsmLocalSharedObjectThroughThePluginLoader() throws {
         try requireUserfaultfd()
-        let dir = productsDirectory().path
+        let dir = Built.productsDirectory
         guard FileManager.default.fileExists(atPath: dir + "/libdsm-local.so") else {
             throw XCTSkip("libdsm-local.so not built in \(dir); run `swift build` first")
         }
@@ -81,7 +49,7 @@ final class EndToEndTests: XCTestCase {
 
     func testDsmLocalRefusesSeveralNodesAndSettings() throws {
         try requireUserfaultfd()
-        let dir = productsDirectory().path
+        let dir = Built.productsDirectory
         guard FileManager.default.fileExists(atPath: dir + "/libdsm-local.so") else {
             throw XCTSkip("libdsm-local.so not built in \(dir); run `swift build` first")
         }
@@ -102,10 +70,12 @@ final class EndToEndTests: XCTestCase {
 
     func testBenchFaultCommandPrintsFloorAndRatio() throws {
         try requireUserfaultfd()
-        let exe = productsDirectory().appendingPathComponent("giantvm").path
+        let exe = Built.giantvm
         guard FileManager.default.isExecutableFile(atPath: exe) else { throw XCTSkip("giantvm not built at \(exe)") }
         for mode in ["poll", "spin"] {
-            let (status, out, err) = try runProgram(exe, ["bench", "fault", "--mode", mode, "--iterations", "300", "--rounds", "3"])
+            let r = try TestSupport.run(exe, ["bench", "fault", "--mode", mode, "--iterations", "300", "--rounds", "3"])
+            XCTAssertFalse(r.timedOut)
+            let (status, out, err) = (r.status, r.stdout, r.stderr)
             XCTAssertEqual(status, 0, err)
             let lines = out.split(separator: "\n").map(String.init)
             XCTAssertEqual(lines.count, 5, out)
@@ -114,20 +84,23 @@ final class EndToEndTests: XCTestCase {
             XCTAssertTrue(lines[3].hasPrefix("GuestMemory + dsm-local         300 "), out)
             XCTAssertTrue(lines[4].hasPrefix("ratio GuestMemory/floor: p50 "), out)
         }
-        let (status, _, err) = try runProgram(exe, ["bench", "fault", "--mode", "busy"])
+        let bad = try TestSupport.run(exe, ["bench", "fault", "--mode", "busy"])
+        let (status, err) = (bad.status, bad.stderr)
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(err.contains("--mode 'busy' is not one of poll, spin, spin:<microseconds>"), err)
     }
 
     /// The whole path a user sees: giantvm run as nobody (no right to userfaultfd) says why.
     func testUnprivilegedBenchSaysWhatRightIsMissing() throws {
-        let exe = productsDirectory().appendingPathComponent("giantvm").path
+        let exe = Built.giantvm
         guard FileManager.default.isExecutableFile(atPath: exe) else { throw XCTSkip("giantvm not built at \(exe)") }
         guard getuid() == 0 else { throw XCTSkip("not root: cannot drop to another user to test the no-right case") }
         let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let setpriv else { throw XCTSkip("setpriv not installed") }
-        let (status, _, err) = try runProgram(setpriv, ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                                                        exe, "bench", "fault", "--iterations", "10"])
+        let r = try TestSupport.run(setpriv, ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                                  exe, "bench", "fault", "--iterations", "10"])
+        XCTAssertFalse(r.timedOut)
+        let (status, err) = (r.status, r.stderr)
         if err.contains("Permission denied") && err.contains("exec") {
             throw XCTSkip("user 65534 cannot execute \(exe) (directory permissions): \(err)")
         }
