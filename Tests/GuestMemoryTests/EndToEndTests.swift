@@ -47,7 +47,7 @@ final class EndToEndTests: XCTestCase {
         XCTAssertEqual(metrics.value("local.read_fault"), 1)
     }
 
-    func testDsmLocalRefusesSeveralNodesAndSettings() throws {
+    func testDsmLocalRefusesUnknownSettings() throws {
         try requireUserfaultfd()
         let dir = Built.productsDirectory
         guard FileManager.default.fileExists(atPath: dir + "/libdsm-local.so") else {

@@ -67,6 +67,59 @@ final class GuestMemoryTests: XCTestCase {
         for g in UInt64(4)...11 { try assertState(h, g, M) }
     }
 
+    /// Writers store while another thread keeps taking their pages away (drop with copy-out, or
+    /// downgrade): with write-protect-then-copy no store may be lost, and every page faulted back
+    /// in carries the last value each writer stored.
+    func testNoStoreIsLostWhilePagesAreDroppedAndDowngraded() throws {
+        try requireUserfaultfd()
+        let scripted = ScriptedCoherence(mode: .serve)
+        let h = try Harness(pages: 8, wakeMode: .spin(nanoseconds: 50_000), handlers: 2, scripted: scripted)
+        defer { h.close() }
+        let base = UInt(bitPattern: h.memory.base)
+        let writers = 3, rounds = 3000
+        let running = Atomic<Int>(writers)
+        let evictions = Atomic<Int>(0)
+        let group = DispatchGroup()
+        group.enter()
+        Thread {
+            var k = 0
+            while running.load(ordering: .acquiring) > 0 {
+                let g = UInt64(k % 8)
+                let rc = k % 3 == 0 ? scripted.downgrade(g) : scripted.evict(g)
+                if rc == GVM_OK.rawValue { evictions.add(1, ordering: .relaxed) }
+                k += 1
+                usleep(20)
+            }
+            group.leave()
+        }.start()
+        let lastWritten = Mutex<[[UInt32]]>(Array(repeating: Array(repeating: 0, count: 8), count: writers))
+        onThreads(writers, timeout: 40) { i in
+            let p = UnsafeMutableRawPointer(bitPattern: base)!
+            var last = [UInt32](repeating: 0, count: 8)
+            let deadline = Date().addingTimeInterval(10)
+            var r = 0
+            // At least `rounds` stores, and on until the evictor has taken pages away 300 times.
+            while r < rounds || (evictions.load(ordering: .relaxed) < 300 && Date() < deadline) {
+                r += 1
+                (p + (r % 8) * page + i * 8).storeBytes(of: UInt32(r), as: UInt32.self)
+                last[r % 8] = UInt32(r)
+                if r % 64 == 0 { usleep(10) }
+            }
+            lastWritten.withLock { $0[i] = last }
+            running.add(-1, ordering: .releasing)
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 10), .success)
+        XCTAssertGreaterThanOrEqual(evictions.load(ordering: .relaxed), 300, "the evictor barely ran")
+        let expected = lastWritten.withLock { $0 }
+        for g in 0..<8 {
+            for i in 0..<writers {
+                XCTAssertEqual(h.addr(UInt64(g), i * 8).load(as: UInt32.self), expected[i][g], "page \(g) writer \(i)")
+            }
+            let s = try h.states(UInt64(g))
+            XCTAssertEqual(s.host, s.kernel, "page \(g)")
+        }
+    }
+
     // MARK: one page through the states
 
     func testReadThenWriteGoesMissingSharedModifiedWithOneFaultEach() throws {

@@ -114,10 +114,17 @@ final class ScriptedCoherence: @unchecked Sendable {
 
     /// Drops the page, keeping its bytes as the home copy (as if another node took it).
     func evict(_ gfn: UInt64) -> Int32 {
-        var buf = [UInt8](repeating: 0, count: page)
-        let rc = buf.withUnsafeMutableBytes { memory.pointee.page_drop(memory.pointee.host, gfn, $0.baseAddress) }
-        if rc == GVM_OK.rawValue { state.withLock { $0.home[gfn] = buf } }
-        return rc
+        state.withLock { s in
+            var buf = [UInt8](repeating: 0, count: page)
+            let rc = buf.withUnsafeMutableBytes { memory.pointee.page_drop(memory.pointee.host, gfn, $0.baseAddress) }
+            if rc == GVM_OK.rawValue { s.home[gfn] = buf }
+            return rc
+        }
+    }
+
+    /// Write-protects the page (as when another node wants to read it).
+    func downgrade(_ gfn: UInt64) -> Int32 {
+        state.withLock { _ in memory.pointee.page_downgrade(memory.pointee.host, gfn, nil) }
     }
 }
 
