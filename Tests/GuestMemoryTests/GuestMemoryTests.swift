@@ -267,7 +267,9 @@ final class GuestMemoryTests: XCTestCase {
         let addr = UInt(bitPattern: h.addr(8, 33))
         let done = DispatchSemaphore(value: 0)
         Thread { got.store(Int(load(UnsafeMutableRawPointer(bitPattern: addr)!)), ordering: .relaxed); done.signal() }.start()
-        usleep(50_000)
+        // Wait until the fault is queued in the uffd (readable while the handlers are paused).
+        var pfd = pollfd(fd: h.memory.rawUserfaultfd.fd, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1, "the reader never faulted")
         let bytes = [UInt8](repeating: 0x6D, count: page)
         XCTAssertEqual(bytes.withUnsafeBytes { host.page_install(host.host, 8, $0.baseAddress, S) }, GVM_OK.rawValue)
         h.memory._setHandlersPaused(false)
