@@ -169,6 +169,8 @@ public final class GuestMemory: @unchecked Sendable {
 
     let send: CoherenceSender
     let sendUrgent: CoherenceSender
+    /// Called (once per dying handler thread) when fault handling cannot go on.
+    let onFatal: (String) -> Void
     private let table: UnsafeMutablePointer<gvm_coherence_host>
 
     // Handler threads.
@@ -182,9 +184,12 @@ public final class GuestMemory: @unchecked Sendable {
     /// Maps `bytes` of guest RAM (rounded check: must be a positive multiple of the page size),
     /// opens a userfaultfd (failing with a clear message when the process lacks the right) and
     /// registers the mapping in MISSING + WP mode. `send`/`sendUrgent` implement the coherence
-    /// channel for the plugin (the Cluster layer owns messaging). No thread runs until `start`.
+    /// channel for the plugin (the Cluster layer owns messaging); `onFatal` hears of a handler
+    /// thread that cannot go on (the node must stop). `handlerCPUs` pins handler threads. No
+    /// thread runs until `start`. Handler threads keep this object alive until `stop`.
     public init(bytes: UInt64, wakeMode: HandlerWakeMode = .poll, handlerThreads: Int = 1,
                 handlerCPUs: [Int32] = [], logger: Logger = Logger(label: "giantvm.memory"),
+                onFatal: @escaping (String) -> Void = { _ in },
                 send: @escaping CoherenceSender, sendUrgent: @escaping CoherenceSender) throws {
         guard bytes > 0, bytes % UInt64(guestPageSize) == 0 else {
             throw GuestMemoryError.mapping("size \(bytes) is not a positive multiple of \(guestPageSize) bytes")
@@ -225,6 +230,7 @@ public final class GuestMemory: @unchecked Sendable {
         self.logger = logger
         self.send = send
         self.sendUrgent = sendUrgent
+        self.onFatal = onFatal
         self.kickFD = kick
         let n = Int(pageCount)
         states = .allocate(capacity: n); states.initialize(repeating: UInt8(GVM_PAGE_INVALID), count: n)
@@ -344,7 +350,9 @@ public final class GuestMemory: @unchecked Sendable {
             if handlersPaused.load(ordering: .relaxed) { usleep(500); continue }
             let n: Int
             do { n = try uffd.readEvents(into: buffer, capacity: Self.eventBatch) } catch {
-                logger.critical("fault handler \(index): \(error); guest memory can no longer serve faults")
+                let message = "fault handler \(index): \(error); guest memory can no longer serve faults"
+                logger.critical("\(message)")
+                onFatal(message)
                 return
             }
             if n == 0 {
