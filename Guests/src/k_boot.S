@@ -37,6 +37,11 @@ mb_entry:
         cli
         cld
         mov     %ebx, %esi
+        /* mask the 8259 PICs (the BIOS left the PIT on IRQ 0): only the
+         * local APIC interrupts this guest. GiantVM has no 8259. */
+        mov     $0xff, %al
+        outb    %al, $0x21
+        outb    %al, $0xa1
         /* zero 0x2000..0x3fff (boot info + command line page) */
         mov     $BOOTINFO_ADDR, %edi
         xor     %eax, %eax

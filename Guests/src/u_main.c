@@ -80,14 +80,15 @@ static const struct workload *parse(u32 id)
         char *eq = tok;
         while (*eq && *eq != '=') eq++;
         const struct option *o = 0;
-        if (*eq) {
+        int has_eq = *eq == '=';
+        if (has_eq) {
             *eq = 0;
             for (u32 i = 0; i < NOPTIONS; i++)
                 if (streq(tok, options[i].key)) o = &options[i];
         }
         u64 v = 0;
-        int good = o && eq[1];
-        for (const char *q = eq + 1; good && *q; q++) {
+        int good = o && has_eq && eq[1];
+        for (const char *q = has_eq ? eq + 1 : eq; good && *q; q++) {
             if (*q < '0' || *q > '9' || v > 100000000000UL) good = 0;
             else v = v * 10 + (u64)(*q - '0');
         }
@@ -97,7 +98,7 @@ static const struct workload *parse(u32 id)
             struct buf b = BUF_INIT(m);
             buf_str(&b, "bad option '");
             buf_str(&b, tok);
-            if (*eq) { buf_char(&b, '='); buf_str(&b, eq + 1); }
+            if (has_eq) { buf_char(&b, '='); buf_str(&b, eq + 1); }
             buf_str(&b, "' (expected key=<decimal> with key one of iters, ipis, trials, total, ops, events, prime, timeout)");
             buf_term(&b);
             fail(m);
