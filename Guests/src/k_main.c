@@ -218,9 +218,17 @@ static int wait_online(u32 n, u64 ms)
     return 1;
 }
 
+/* quadword copy: every ring-0 instruction is emulated, so avoid byte loops */
+static void kcopy(void *dst, const void *src, u64 bytes)
+{
+    u64 *d = dst;
+    const u64 *s = src;
+    for (u64 i = 0; i < (bytes + 7) / 8; i++) d[i] = s[i];
+}
+
 static void start_aps(u32 n)
 {
-    memcpy((void *)TRAMPOLINE, tramp_start, (u64)(tramp_end - tramp_start));
+    kcopy((void *)TRAMPOLINE, tramp_start, (u64)(tramp_end - tramp_start));
     for (u32 i = 1; i < n; i++) send_icr(i, 0x4500);                 /* INIT */
     for (u32 i = 1; i < n; i++) send_icr(i, 0x4600 | SIPI_VECTOR);   /* SIPI */
     if (wait_online(n, 500)) return;
@@ -253,7 +261,7 @@ void kmain(struct bootinfo *bi)
     g_info.nodes = bi->node_count;
     g_info.memory_bytes = bi->memory_bytes;
     u32 len = bi->cmdline_len > CMDLINE_MAX ? CMDLINE_MAX : bi->cmdline_len;
-    memcpy(g_info.cmdline, (void *)bi->cmdline_gpa, len);
+    kcopy(g_info.cmdline, (void *)bi->cmdline_gpa, len);   /* may copy up to 7 extra bytes */
     g_info.cmdline[len] = 0;
     g_info.cmdline_len = len;
 
