@@ -110,22 +110,34 @@ static const struct workload *parse(u32 id)
     return w;
 }
 
-/* TSC frequency when CPUID did not give one (QEMU TCG): PIT channel 2 in
- * mode 0 for 50 ms; if the PIT does not answer, count APIC timer ticks. */
-static void calibrate_tsc(void)
+/* One PIT channel-2 one-shot (mode 0) of `count` input clocks; returns TSC
+ * cycles per second, or 0 when the PIT does not answer. */
+static u64 pit_once(u32 count)
 {
-    const u32 count = 59659;                 /* 50 ms at 1.193182 MHz */
     u8 v = inb(0x61);
     outb(0x61, (u8)((v & ~0x02) | 0x01));    /* gate on, speaker off */
     outb(0x43, 0xB0);                        /* ch 2, lo/hi, mode 0, binary */
     outb(0x42, count & 0xFF);
-    outb(0x42, count >> 8);
+    outb(0x42, (u8)(count >> 8));
     u64 t0 = rdtsc(), loops = 0;
     while (!(inb(0x61) & 0x20) && ++loops < 100000000) cpu_relax();
     u64 t1 = rdtsc();
-    u64 hz = muldiv(t1 - t0, 1193182, count);
-    if (loops > 10 && loops < 100000000 && hz > 10000000) {
-        g_info.tsc_hz = hz;
+    if (loops <= 10 || loops >= 100000000) return 0;
+    return muldiv(t1 - t0, 1193182, count);
+}
+
+/* TSC frequency when CPUID did not give one (QEMU TCG): median of three 30 ms
+ * PIT measurements (a vCPU descheduled mid-measurement skews one of them);
+ * if the PIT does not answer, count APIC timer ticks. */
+static void calibrate_tsc(void)
+{
+    u64 m[3];
+    for (int i = 0; i < 3; i++) {
+        m[i] = pit_once(35796);              /* 30 ms at 1.193182 MHz */
+        for (int k = i; k > 0 && m[k] < m[k - 1]; k--) { u64 t = m[k]; m[k] = m[k - 1]; m[k - 1] = t; }
+    }
+    if (m[1] > 10000000) {
+        g_info.tsc_hz = m[1];
         g_info.tsc_src = 4;
         return;
     }
