@@ -33,13 +33,6 @@ struct bootinfo {
     u8 vcpu_node[256];  /* node of each vCPU, indexed by APIC id */
 } __attribute__((packed));
 
-/* Syscalls: int $0x80, number in rax, args in rdi/rsi, result in rax. */
-enum {
-    SYS_SEND_IPI = 0,   /* rdi = destination APIC id, rsi = vector; rax = 0 or -1 */
-    SYS_TICKS = 1,      /* rax = APIC timer ticks taken by the calling vCPU */
-    SYS_IDLE = 2,       /* halt with interrupts on until the VM ends (never returns) */
-};
-
 /* Guest-wide information the kernel hands to ring 3 (user-readable page). */
 struct ginfo {
     u32 vcpus;

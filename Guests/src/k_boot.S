@@ -268,15 +268,21 @@ ipi_common:
 isr_spurious:
         iretq
 
-/* int $0x80 (DPL 3 interrupt gate): rax = number, rdi/rsi = arguments. */
+/* Syscall gate: `int $0x80` from ring 3 (DPL 3 interrupt gate, so IF is
+ * off); rax = number, rdi/rsi = arguments, rax = result. On PVM an `int n`
+ * from ring 3 raises #UD instead of taking the gate (measured), so isr_ud
+ * recognises the two bytes CD 80 at the faulting user rip, steps over them
+ * and comes here with the same frame. Exceptions from ring 3 are delivered
+ * normally there. (SYSCALL is no alternative: PVM jumps to LSTAR without
+ * leaving CPL 3.) */
         .globl isr_syscall
         .balign 16
 isr_syscall:
-        cmp     $0, %rax
+        cmp     $SYS_SEND_IPI, %rax
         je      sys_send_ipi
-        cmp     $1, %rax
+        cmp     $SYS_TICKS, %rax
         je      sys_ticks
-        cmp     $2, %rax
+        cmp     $SYS_IDLE, %rax
         je      sys_idle
         mov     $-1, %rax
         iretq
@@ -308,6 +314,25 @@ sys_idle:
         sti
 1:      hlt
         jmp     1b
+
+/* #UD: `int $0x80` from ring 3 on PVM (see above), else a real #UD. */
+        .globl isr_ud
+        .balign 16
+isr_ud:
+        push    %rax
+        testb   $3, 16(%rsp)                    /* frame: rax, rip, cs, ... */
+        jz      1f
+        mov     8(%rsp), %rax
+        cmpw    $0x80CD, (%rax)                 /* int $0x80 */
+        jne     1f
+        add     $2, %rax
+        mov     %rax, 8(%rsp)
+        pop     %rax
+        jmp     isr_syscall
+1:      pop     %rax
+        pushq   $0
+        pushq   $6
+        jmp     exc_common
 
 /* Exceptions 0..31: uniform frame (dummy error code where the CPU pushes
  * none), then k_exception(frame), which reports and ends the VM. */

@@ -19,18 +19,22 @@ struct tss {
 } __attribute__((packed));
 
 /* One page per vCPU for the TSS and one for the kernel stack (DSM: no false sharing). */
-static struct ktss { struct tss t; } PAGE_ALIGNED k_tss[MAX_VCPUS];
+/* I/O permission bitmap right after the TSS: all zero = ports 0..IOBITMAP_PORTS-1
+ * allowed from ring 3 even if IOPL were 0 (PVM does not keep the guest's IOPL
+ * on iretq); the 0xFF byte after it is the terminator the CPU requires. Ports
+ * above are governed by IOPL alone. Static zero bytes: no ring-0 stores. */
+#define IOBITMAP_PORTS 0x400
+static struct ktss { struct tss t; u8 iobitmap[IOBITMAP_PORTS / 8]; u8 end; } PAGE_ALIGNED k_tss[MAX_VCPUS];
 u8 k_stacks[MAX_VCPUS][PAGE] PAGE_ALIGNED;
 
 struct idt_entry { u16 off0, sel; u8 ist, type; u16 off1; u32 off2, zero; } __attribute__((packed));
 static struct idt_entry k_idt[256] PAGE_ALIGNED;
 
 /* user stacks live in the user part of the image (u_main.c) */
-#define USTACK_SIZE (4 * PAGE)
 extern u8 u_stacks[MAX_VCPUS][USTACK_SIZE];
 
 extern u64 k_gdt[];
-extern char isr_exc[], isr_ipi[], isr_timer[], isr_syscall[], isr_spurious[];
+extern char isr_exc[], isr_ud[], isr_ipi[], isr_timer[], isr_syscall[], isr_spurious[];
 extern char tramp_start[], tramp_end[];
 extern char __image_end[];
 void enter_user(u64 id, void (*rip)(u64), u64 rsp) NORETURN;
@@ -137,13 +141,13 @@ static void cpu_init(u32 id)
 {
     struct tss *t = &k_tss[id].t;
     t->rsp0 = (u64)&k_stacks[id][PAGE - 16];
-    t->iomap_base = sizeof(struct tss);           /* no I/O bitmap: IOPL 3 governs */
-    u64 base = (u64)t, limit = sizeof(struct tss) - 1;
+    t->iomap_base = sizeof(struct tss);           /* bitmap follows (IOPL is 3 too) */
+    k_tss[id].end = 0xFF;
+    u64 base = (u64)t, limit = sizeof(struct tss) + IOBITMAP_PORTS / 8;
     k_gdt[6 + 2 * id] = (limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | (0x89UL << 40) |
                         (((base >> 24) & 0xFF) << 56);
     k_gdt[6 + 2 * id + 1] = base >> 32;
     __asm__ volatile("ltr %w0" ::"r"(SEL_TSS0 + 16 * id));
-
     lapic_w(0x80, 0);                             /* TPR: accept everything */
     lapic_w(0xF0, 0x100 | VEC_SPURIOUS);          /* SVR: software enable */
     lapic_w(0x350, 0x10000);                      /* LINT0 masked: no 8259 ExtINT */
@@ -285,10 +289,10 @@ void kmain(struct bootinfo *bi)
     }
     for (u32 i = 0; i < n; i++) g_info.vcpu_node[i] = bi->vcpu_node[i];
 
-    for (u32 v = 0; v < 32; v++) set_gate(v, isr_exc + 16 * v, 0);
+    for (u32 v = 0; v < 32; v++) set_gate(v, v == 6 ? isr_ud : isr_exc + 16 * v, 0);
+    set_gate(VEC_SYSCALL, isr_syscall, 3);
     for (u32 s = 0; s < n; s++) set_gate(VEC_IPI_BASE + s, isr_ipi + 16 * s, 0);
     set_gate(VEC_TIMER, isr_timer, 0);
-    set_gate(VEC_SYSCALL, isr_syscall, 3);
     set_gate(VEC_SPURIOUS, isr_spurious, 0);
     load_idt();
 

@@ -34,6 +34,15 @@
 #define VEC_SYSCALL     0x80
 #define VEC_SPURIOUS    0xFF
 
+/* Syscall numbers (int $0x80; rax = number, rdi/rsi = arguments). */
+#define SYS_SEND_IPI    0   /* rdi = destination APIC id, rsi = vector; rax = 0 */
+#define SYS_TICKS       1   /* rax = APIC timer ticks taken by the calling vCPU */
+#define SYS_IDLE        2   /* halt with interrupts on until the VM ends (never returns) */
+
+/* User stacks: 16 KiB per vCPU (u_stacks in u_main.c). */
+#define USTACK_SHIFT    14
+#define USTACK_SIZE     (1 << USTACK_SHIFT)
+
 /* Offsets in struct ucpu (guest.h) used by the assembly handlers. */
 #define UCPU_TICKS      0
 #define UCPU_IPI        8

@@ -3,7 +3,6 @@
 #include "u_lib.h"
 #include "u_work.h"
 
-#define USTACK_SIZE (4 * PAGE)
 u8 u_stacks[MAX_VCPUS][USTACK_SIZE] PAGE_ALIGNED;
 
 struct config g_cfg;
