@@ -24,7 +24,7 @@ static const struct option {
     {"iters", &g_cfg.iters, 100000},     /* counter: increments per vCPU */
     {"ipis", &g_cfg.ipis, 100},          /* ipi: IPIs per ordered vCPU pair */
     {"trials", &g_cfg.trials, 1000},     /* litmus: trials per test and group */
-    {"total", &g_cfg.total_mib, 32},     /* memory: MiB per vCPU per case */
+    {"total", &g_cfg.total_mib, 64},     /* memory: MiB per vCPU per case */
     {"ops", &g_cfg.ops, 20000},          /* mutex: lock/unlock pairs per vCPU per case */
     {"events", &g_cfg.events, 20},       /* cpu: events per vCPU */
     {"prime", &g_cfg.prime, 10000},      /* cpu: primes up to this per event */
