@@ -284,6 +284,8 @@ isr_syscall:
         je      sys_ticks
         cmp     $SYS_IDLE, %rax
         je      sys_idle
+        cmp     $SYS_TRIPLE_FAULT, %rax
+        je      sys_triple_fault
         mov     $-1, %rax
         iretq
 sys_send_ipi:                                   /* rdi = APIC id, rsi = vector */
@@ -314,6 +316,15 @@ sys_idle:
         sti
 1:      hlt
         jmp     1b
+/* test hook for the VMM's triple-fault handling: no IDT, then an exception
+ * (#UD -> #GP for the missing gate -> #DF -> shutdown) */
+sys_triple_fault:
+        lidt    empty_idtr
+        ud2
+        .balign 16
+empty_idtr:
+        .word   0
+        .quad   0
 
 /* #UD: `int $0x80` from ring 3 on PVM (see above), else a real #UD. */
         .globl isr_ud

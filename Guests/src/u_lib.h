@@ -61,6 +61,13 @@ static inline void sys_idle(void)
     __builtin_unreachable();
 }
 
+static inline void sys_triple_fault(void) NORETURN;
+static inline void sys_triple_fault(void)
+{
+    __asm__ volatile("int $0x80" ::"a"((u64)SYS_TRIPLE_FAULT) : "memory");
+    __builtin_unreachable();
+}
+
 /* ---- time ---- */
 u64 muldiv(u64 a, u64 b, u64 c);       /* a*b/c with a 128-bit intermediate */
 u64 tsc_deadline(u64 seconds);         /* rdtsc() value `seconds` from now */

@@ -13,6 +13,7 @@ static const struct workload {
 } workloads[] = {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
+    {"fault", w_fault}, {"triplefault", w_triplefault},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

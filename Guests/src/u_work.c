@@ -526,3 +526,25 @@ int w_cpu(u32 id)
     emit_result(&j);
     return ok;
 }
+
+/* ------------------------------------------------------------------ */
+/* Failure hooks for testing the VMM (not benchmarks):                  */
+/*  fault:       vCPU 0 reads a supervisor page from ring 3 -> #PF ->   */
+/*               the guest reports FATAL ... vCPU 0 ... and exits 3;     */
+/*  triplefault: vCPU 0 loads an empty IDT and raises #UD -> shutdown   */
+/*               (no RESULT line: the VMM must report the triple fault). */
+/* ------------------------------------------------------------------ */
+int w_fault(u32 id)
+{
+    if (id == 0) {
+        volatile u64 *kernel = (volatile u64 *)0x100000;
+        g_ucpu[0].val[0] = *kernel;
+    }
+    sys_idle();
+}
+
+int w_triplefault(u32 id)
+{
+    if (id == 0) sys_triple_fault();
+    sys_idle();
+}

@@ -10,4 +10,6 @@ int w_litmus(u32 id);
 int w_memory(u32 id);
 int w_mutex(u32 id);
 int w_cpu(u32 id);
+int w_fault(u32 id);
+int w_triplefault(u32 id);
 #endif

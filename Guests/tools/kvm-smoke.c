@@ -56,6 +56,7 @@ static struct vcpu vcpus[MAXV];
 static __thread struct vcpu *self;
 static pthread_mutex_t console = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t t_start;
+static atomic_int first_byte;
 
 static uint64_t now_ns(void)
 {
@@ -188,6 +189,9 @@ static void *vcpu_thread(void *arg)
             uint16_t port = run->io.port;
             if (run->io.direction == KVM_EXIT_IO_OUT) {
                 if (port == 0x3F8) {
+                    if (!atomic_exchange(&first_byte, 1))
+                        fprintf(stderr, "kvm-smoke: first serial byte %.1f ms after the first KVM_RUN\n",
+                                (now_ns() - t_start) / 1e6);
                     pthread_mutex_lock(&console);
                     fwrite(d, 1, run->io.count * run->io.size, stdout);
                     fflush(stdout);
