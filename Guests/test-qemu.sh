@@ -45,7 +45,7 @@ run() {
         timeout "$timeout_s" "$qemu" -kernel "$elf" -smp "$smp" -m 64 -nographic -no-reboot \
             -device isa-debug-exit,iobase=0xf4,iosize=4 -accel tcg -append "$cmdline" >"$log" 2>&1 </dev/null
     else
-        timeout "$timeout_s" "$here/build/kvm-smoke" "$elf" "$cmdline" "$smp" 64 >"$log" 2>&1 </dev/null
+        timeout "$timeout_s" "$here/build/kvm-smoke" "$elf" "$cmdline" "$smp" 64 "${NODES:-1}" >"$log" 2>&1 </dev/null
     fi
     local st=$?
     local verdict
@@ -79,7 +79,8 @@ EOF
     fi
 }
 
-lit_ok='r["ok"] and r["forbidden"] == 0 and all(sum(t["outcomes"].values()) == t["groups"] * r["trials"] and t["forbidden"] == 0 for t in r["tests"].values())'
+lit_ok='r["ok"] and r["forbidden"] == 0 and all(sum(t["outcomes"].values()) == t["groups"] * r["trials"] and t["forbidden"] == 0 and t["cross_node"] == 0 for t in r["tests"].values())'
+NODES=1
 
 run hello-smp1   1 0 "hello" \
     'r == {"workload":"hello","vcpus":1,"greeted":1,"ticks_min":r["ticks_min"],"ok":True} and r["ticks_min"] >= 2 and "hello from vCPU 0" in out'
@@ -112,6 +113,11 @@ run bad-option   4 1 "counter iters=12x" \
     'not r["ok"] and "bad option" in r["error"]'
 run empty-cmdline 2 1 "" \
     'not r["ok"] and "empty command line" in r["error"]'
+if [[ $mode == kvm ]]; then
+    # boot info says 2 nodes (vCPUs 0-1 on node 0, 2-3 on node 1): every litmus group spans both
+    NODES=2 run litmus-2nodes 4 0 "litmus trials=100" \
+        'r["ok"] and r["forbidden"] == 0 and [t["cross_node"] for t in r["tests"].values()] == [2, 2, 2, 2, 1] and "nodes=2" in out'
+fi
 # a ring-3 exception is reported by the guest with vCPU and registers: exit value 3
 run fault        4 3 "fault" \
     'not r["ok"] and "exception 14 #PF on vCPU 0" in r["error"] and "cr2=0x100000" in r["error"]'

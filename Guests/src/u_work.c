@@ -310,6 +310,12 @@ int w_litmus(u32 id)
         buf_str(&j, test_names[test]);
         buf_str(&j, "\":{");
         buf_kv_u64(&j, "groups", groups_of[test]);
+        /* groups whose members are not all on one node (boot info vcpu_node) */
+        u64 cross = 0;
+        for (u32 g = 0; g < groups_of[test]; g++)
+            for (u32 k = 1; k < test_threads[test]; k++)
+                if (g_info.vcpu_node[g + k * groups_of[test]] != g_info.vcpu_node[g]) { cross++; break; }
+        buf_kv_u64(&j, "cross_node", cross);
         buf_str(&j, ",\"outcomes\":{");
         int first = 1;
         for (u32 o = 0; o < 16; o++) {

@@ -17,7 +17,9 @@
  * Threads: one per vCPU (owns its fd and kvm_run), one ticker. Shared state:
  * the pending bitmaps and SIPI fields (atomics), the console mutex.
  *
- * usage: kvm-smoke ELF "cmdline" [vcpus (1)] [memory_mib (64)]
+ * usage: kvm-smoke ELF "cmdline" [vcpus (1)] [memory_mib (64)] [nodes (1)]
+ * (nodes only fills the boot info's node_count and vcpu_node[], consecutive
+ * vCPUs per node: everything still runs in this one process)
  * exit status: the guest's port-0xF4 value (0 = pass), 100+ on runner errors. */
 #define _GNU_SOURCE
 #include <elf.h>
@@ -245,12 +247,14 @@ static void *ticker(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: kvm-smoke ELF \"cmdline\" [vcpus] [memory_mib]\n");
+        fprintf(stderr, "usage: kvm-smoke ELF \"cmdline\" [vcpus] [memory_mib] [nodes]\n");
         return 100;
     }
     nvcpu = argc > 3 ? atoi(argv[3]) : 1;
     if (nvcpu < 1 || nvcpu > MAXV) { fprintf(stderr, "kvm-smoke: vcpus must be 1..%d\n", MAXV); return 100; }
     mem_size = (argc > 4 ? strtoull(argv[4], 0, 10) : 64) << 20;
+    int nodes = argc > 5 ? atoi(argv[5]) : 1;
+    if (nodes < 1 || nodes > nvcpu) { fprintf(stderr, "kvm-smoke: nodes must be 1..vcpus\n"); return 100; }
     kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0) die("open /dev/kvm");
     vm = ioctl(kvm, KVM_CREATE_VM, 0);
@@ -291,7 +295,8 @@ int main(int argc, char **argv)
     u32v = 0x47564D42; memcpy(bi + 0, &u32v, 4);
     u32v = 1; memcpy(bi + 4, &u32v, 4);
     u32v = (uint32_t)nvcpu; memcpy(bi + 8, &u32v, 4);
-    u32v = 1; memcpy(bi + 12, &u32v, 4);          /* node_count; vcpu_node[] = 0 */
+    u32v = (uint32_t)nodes; memcpy(bi + 12, &u32v, 4);
+    for (int i = 0; i < nvcpu; i++) bi[40 + i] = (uint8_t)(i * nodes / nvcpu);   /* vcpu_node[] */
     memcpy(bi + 16, &mem_size, 8);
     u64v = 0x3000; memcpy(bi + 24, &u64v, 8);
     u32v = (uint32_t)strlen(cmd); memcpy(bi + 32, &u32v, 4);
