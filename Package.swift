@@ -115,6 +115,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
+        .testTarget(name: "GuestTests", dependencies: [], path: "Tests/GuestTests"),
     ],
     swiftLanguageModes: [.v5]
 )
