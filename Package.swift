@@ -79,7 +79,8 @@ let package = Package(
         .executableTarget(
             name: "Host",
             dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster",
-                           "KVM", "Machine",
+                           "KVM", "Machine", "CSystem", "PluginAPI",
+                           .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Sources/Host", swiftSettings: swiftSettings),
