@@ -105,6 +105,11 @@ let package = Package(
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config"],
                     path: "Tests/PluginHostTests"),
         .testTarget(name: "CLITests", dependencies: [], path: "Tests/CLITests"),
+        // Multi-process and unit tests of the network layer. TransportWire.swift is a symlink to
+        // the plugin's pure wire code (the plugin itself is only loaded as a .so, never linked).
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Config", "PluginHost", "PluginAPI", "Metrics",
+                                                         .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/ClusterTests"),
     ],
     swiftLanguageModes: [.v5]
 )

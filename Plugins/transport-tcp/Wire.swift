@@ -1,4 +1,4 @@
-import PluginKit
+import PluginAPI
 
 // Wire format of transport-tcp: every byte on a connection belongs to a length-prefixed frame.
 //
