@@ -5,6 +5,7 @@ import Cluster
 import Config
 import Foundation
 import Glibc
+import CSystem
 import Logging
 import PluginAPI
 import PluginHost
@@ -50,6 +51,11 @@ struct NodeCommand: ParsableCommand {
         let logger = global.bootstrapLogging(label: "giantvm.node")
         // Signals are taken by one dedicated thread (sigwait); every other thread blocks them.
         let signals = SignalWaiter.blockTerminationSignals()
+        // Started by `giantvm up`: stop (SIGTERM) if `up` dies, so no node is left behind.
+        if let parent = ProcessInfo.processInfo.environment["GIANTVM_UP_PID"], let ppid = Int32(parent) {
+            _ = gvm_net_parent_death_signal(SIGTERM)
+            if getppid() != ppid { fail("node \(id): `giantvm up` (pid \(ppid)) is gone") }
+        }
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         guard Int(id) < cfg.nodes.count else {

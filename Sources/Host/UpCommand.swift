@@ -82,7 +82,11 @@ final class ClusterLauncher: @unchecked Sendable {
             posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
             let argv = ([exe] + args).map { strdup($0) } + [nil]
             var pid: pid_t = 0
-            let rc = posix_spawn(&pid, exe, &actions, &attr, argv, environ)
+            var env = ProcessInfo.processInfo.environment
+            env["GIANTVM_UP_PID"] = "\(getpid())"
+            let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+            defer { envp.forEach { free($0) } }
+            let rc = posix_spawn(&pid, exe, &actions, &attr, argv, envp)
             argv.forEach { free($0) }
             posix_spawn_file_actions_destroy(&actions)
             posix_spawnattr_destroy(&attr)

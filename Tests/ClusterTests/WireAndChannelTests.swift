@@ -46,7 +46,7 @@ final class WireTests: XCTestCase {
 
     func testGarbageIsMalformed() {
         XCTAssertEqual(parseFrame(Array("GET / HTTP/1.1\r\n".utf8)),
-                       .malformed("bad frame magic 0x202f (not a giantvm transport-tcp peer?)"))
+                       .malformed("bad frame magic 0x2f20 (not a giantvm transport-tcp peer?)"))
         XCTAssertEqual(parseFrame([0, 0, 0, 0, 0x47, 0x56, 9, 0]), .malformed("unknown frame kind 9"))
         XCTAssertEqual(parseFrame([0, 0, 0, 0, 0x47, 0x56, 0, 1]), .malformed("non-zero frame flags 0x01"))
     }
@@ -174,7 +174,7 @@ final class FaultPlanTests: XCTestCase {
                        "transport.faults.rules[0].channel: 'disk' is not one of control, coherence, cpu, io, heartbeat")
         XCTAssertEqual(msg("- {action: drop, to: 5}"), "transport.faults.rules[0].to: '5' is not a node id of this cluster (0-1)")
         XCTAssertEqual(msg("- {action: delay}"), "transport.faults.rules[0].delay: a delay rule needs delay (or jitter) > 0")
-        XCTAssertEqual(msg("- {action: drop, probability: 2}"), "transport.faults.rules[0].probability: '2.0' is not between 0 and 1")
+        XCTAssertEqual(msg("- {action: drop, probability: 2}"), "transport.faults.rules[0].probability: '2' is not between 0 and 1")
         XCTAssertEqual(msg("- {action: drop, colour: red}"),
                        "transport.faults.rules[0]: unknown field 'colour' (expected one of: channel, type, from, to, lane, action, delay, jitter, probability, after, count)")
     }

@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <signal.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 
 // Declared here because _GNU_SOURCE may come too late once other headers are in.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
@@ -38,4 +39,6 @@ static inline int gvm_net_accept(int fd) { return accept4(fd, 0, 0, SOCK_CLOEXEC
 static inline int gvm_net_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
 /// Ignores SIGPIPE process-wide (writes to a closed socket then fail with EPIPE).
 static inline void gvm_net_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
+/// Asks the kernel to send `sig` to this process when its parent exits (prctl is variadic).
+static inline int gvm_net_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
 #endif
