@@ -188,8 +188,16 @@ public final class Node: TransportEvents, @unchecked Sendable {
         }
         if let failure {
             logger.error("\(failure)")
-            transport.stop()
-            mon.withLock { finished = true }
+            // Tell the peers already met why this node gives up, so they name the same cause.
+            let r: StopReason = mon.withLock {
+                if reason == nil {
+                    let missing = peers.first { !up[Int($0)] || lost[Int($0)] }
+                    reason = StopReason(status: 1, message: failure, origin: id, lostNode: missing)
+                    mon.broadcast()
+                }
+                return reason!
+            }
+            shutdown(r)
             throw ClusterError(failure)
         }
         let now = clusterNowNanoseconds()
@@ -387,6 +395,13 @@ public final class Node: TransportEvents, @unchecked Sendable {
         heartbeatThread?.join()
         let alreadyDone = mon.withLock { finished }
         if alreadyDone { return r }
+        shutdown(r)
+        return r
+    }
+
+    /// Sends STOP to every live peer, waits (at most 2 s) for each to acknowledge, send its own
+    /// STOP or go, then stops the transport.
+    private func shutdown(_ r: StopReason) {
         // Tell every live peer, unless it told us first (then it is stopping already).
         let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] } }
         var w = MessageWriter(type: 0x01)
@@ -403,11 +418,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
                     && targets.contains(where: { !acked[Int($0)] && !peerStopping[Int($0)] && !lost[Int($0)] }) {
                 mon.wait(until: deadline)
             }
-            // Peers that told us STOP wait for our ack: give the ack frame a moment to leave.
         }
         transport.stop()
         mon.withLock { finished = true }
-        return r
     }
 }
 

@@ -82,7 +82,7 @@ final class ClusterProcessTests: XCTestCase {
             XCTAssertTrue(n.stderr.contains("giantvm: error: node \(i): "), n.stderr, file: file, line: line)
             XCTAssertTrue(n.stderr.contains("lost node \(lost)"), "node \(i) does not name node \(lost): \(n.stderr)",
                           file: file, line: line)
-            XCTAssertLessThanOrEqual(elapsed, failureSeconds + slack, "node \(i) took \(elapsed) s", file: file, line: line)
+            XCTAssertLessThanOrEqual(elapsed, failureSeconds + slack, "node \(i) took \(elapsed) s: \(n.stderr)", file: file, line: line)
             XCTAssertFalse(n.output.contains("Fatal error"), n.output, file: file, line: line)
         }
     }

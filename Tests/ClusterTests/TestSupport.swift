@@ -157,7 +157,7 @@ func clusterTestNow() -> Double {
 
 /// Starts `giantvm node` for node `id`, optionally inside a network namespace.
 func startNode(_ config: String, id: Int, dir: TempDir, netns: String? = nil, extra: [String] = []) throws -> Child {
-    let args = ["node", "--config", config, "--id", "\(id)", "--log-level", "notice"] + extra
+    let args = ["node", "--config", config, "--id", "\(id)", "--log-level", "info"] + extra
     if let netns {
         return try Child(name: "node\(id)", executable: "/usr/sbin/ip", arguments: ["netns", "exec", netns, Paths.giantvm] + args, dir: dir)
     }
