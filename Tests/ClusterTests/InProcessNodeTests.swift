@@ -1,0 +1,108 @@
+import Cluster
+import Config
+import Foundation
+import Logging
+import PluginAPI
+import PluginHost
+import XCTest
+
+/// Two `Node`s in this process over the real transport-tcp plugin (.so loaded by the loader):
+/// the Node API, lane independence, in-order delivery and size limits.
+final class InProcessNodeTests: XCTestCase {
+    private func makePair(ports: [Int]) throws -> [Node] {
+        try Paths.requireBinaries()
+        let yaml = clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: ports, heartbeat: "100ms", failure: "3s")
+        let cfg = try ConfigLoader.parse(yaml: yaml, path: "inprocess.yaml")
+        var logger = Logger(label: "inprocess")
+        logger.logLevel = .error
+        return try (0..<2).map { id in
+            let loader = PluginLoader(searchPath: [Paths.productsDirectory.path])
+            return try Node(config: cfg, id: UInt32(id), loader: loader, logger: logger)
+        }
+    }
+
+    /// Starts both nodes (each start waits for the other).
+    private func startBoth(_ nodes: [Node]) throws {
+        let err1 = Box<Error>()
+        let done = DispatchSemaphore(value: 0)
+        let t = Thread { do { try nodes[1].start() } catch { err1.value = error }; done.signal() }
+        t.start()
+        try nodes[0].start()
+        XCTAssertEqual(done.wait(timeout: .now() + 15), .success)
+        if let e = err1.value { throw e }
+    }
+
+    private func stopBoth(_ nodes: [Node]) -> [StopReason] {
+        nodes[0].stop(reason: "test finished")
+        let r1 = Box<StopReason>()
+        let done = DispatchSemaphore(value: 0)
+        let t = Thread { r1.value = nodes[1].waitUntilStopped(); done.signal() }
+        t.start()
+        let r0 = nodes[0].waitUntilStopped()
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        return [r0, r1.value!]
+    }
+
+    func testUrgentLaneIsNotBlockedByABlockedBulkLaneAndBulkStaysInOrder() throws {
+        let nodes = try makePair(ports: [17290, 17291])
+        let release = DispatchSemaphore(value: 0)
+        let lock = NSLock()
+        var bulkSeqs: [UInt32] = []
+        var urgentAt: Double?
+        var firstBulkAt: Double?
+        nodes[1].register(channel: .coherence) { _, payload in
+            let seq = UInt32(payload[1]) | UInt32(payload[2]) << 8 | UInt32(payload[3]) << 16
+            lock.lock()
+            let first = bulkSeqs.isEmpty
+            bulkSeqs.append(seq)
+            if first { firstBulkAt = clusterTestNow() }
+            lock.unlock()
+            if first { _ = release.wait(timeout: .now() + 10) }  // blocks the bulk receive thread
+        }
+        nodes[1].register(channel: .cpu) { _, payload in
+            lock.lock(); if payload.first == 0x90 { urgentAt = clusterTestNow() }; lock.unlock()
+        }
+        try startBoth(nodes)
+        let frames = 200
+        for i in 0..<frames {
+            var f = [UInt8](repeating: 0xC3, count: 60 * 1024)
+            f[0] = 0x81; f[1] = UInt8(i & 0xff); f[2] = UInt8((i >> 8) & 0xff); f[3] = 0
+            XCTAssertEqual(nodes[0].send(channel: .coherence, to: 1, f), GVM_OK.rawValue)
+        }
+        XCTAssertEqual(nodes[0].send(channel: .cpu, to: 1, [0x90, 1, 2, 3]), GVM_OK.rawValue)
+        // The urgent frame arrives while the bulk lane's receiver is still blocked.
+        let t0 = clusterTestNow()
+        while clusterTestNow() - t0 < 5 {
+            lock.lock(); let got = urgentAt != nil; lock.unlock()
+            if got { break }
+            usleep(2_000)
+        }
+        lock.lock()
+        XCTAssertNotNil(urgentAt, "urgent frame did not arrive while bulk was blocked")
+        XCTAssertNotNil(firstBulkAt)
+        XCTAssertEqual(bulkSeqs.count, 1, "bulk receiver should be blocked on its first frame")
+        lock.unlock()
+        release.signal()
+        while clusterTestNow() - t0 < 10 {
+            lock.lock(); let n = bulkSeqs.count; lock.unlock()
+            if n == frames { break }
+            usleep(5_000)
+        }
+        lock.lock()
+        XCTAssertEqual(bulkSeqs, (0..<UInt32(frames)).map { $0 }, "bulk frames lost, duplicated or out of order")
+        lock.unlock()
+        // Limits: a frame over GVM_MAX_FRAME (with the 4-byte channel header) is refused.
+        XCTAssertEqual(nodes[0].send(channel: .coherence, to: 1, [UInt8](repeating: 0, count: Int(GVM_MAX_FRAME) - 4)), GVM_OK.rawValue)
+        XCTAssertEqual(nodes[0].send(channel: .coherence, to: 1, [UInt8](repeating: 0, count: Int(GVM_MAX_FRAME) - 3)), GVM_ERR_INVALID.rawValue)
+        XCTAssertEqual(nodes[0].send(channel: .io, to: 7, [1]), GVM_ERR_INVALID.rawValue)
+        let reasons = stopBoth(nodes)
+        XCTAssertEqual(reasons[0].status, 0)
+        XCTAssertEqual(reasons[0].message, "test finished")
+        XCTAssertEqual(reasons[1].status, 0)
+        XCTAssertEqual(reasons[1].message, "node 0 finished: test finished")
+        XCTAssertEqual(nodes[0].send(channel: .io, to: 1, [1]), GVM_ERR_CLOSED.rawValue)
+    }
+}
+
+/// A value shared with another thread (written before a semaphore signal, read after the wait).
+final class Box<T>: @unchecked Sendable { var value: T? }
