@@ -1,1 +1,0 @@
-// Machine: see Package.swift for this target's job.
