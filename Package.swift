@@ -103,6 +103,8 @@ let package = Package(
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config"],
                     path: "Tests/PluginHostTests"),
         .testTarget(name: "CLITests", dependencies: [], path: "Tests/CLITests"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"], path: "Tests/MachineTests"),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "PluginKit"], path: "Tests/DevicesTests"),
     ],
     swiftLanguageModes: [.v5]
 )

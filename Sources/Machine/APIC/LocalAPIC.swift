@@ -146,6 +146,8 @@ public struct VectorSet: Equatable, Sendable {
     var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     public init() {}
 
+    public static func == (a: VectorSet, b: VectorSet) -> Bool { a.words == b.words }
+
     public subscript(_ v: UInt8) -> Bool {
         get { word(Int(v) >> 6) & (1 << UInt64(v & 63)) != 0 }
         set {

@@ -83,7 +83,7 @@ public struct ELFImage: Sendable {
                 try ram.write(src, at: s.physicalAddress)
             }
             if s.memorySize > s.fileSize {
-                try ram.withPinned(gpa: s.physicalAddress + s.fileSize, length: Int(s.memorySize - s.fileSize), write: true) {
+                _ = try ram.withPinned(gpa: s.physicalAddress + s.fileSize, length: Int(s.memorySize - s.fileSize), write: true) {
                     $0.initializeMemory(as: UInt8.self, repeating: 0)
                 }
             }
