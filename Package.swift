@@ -72,6 +72,8 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Cluster", swiftSettings: swiftSettings),
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
+        .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
+        .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
         .target(name: "Machine",
                 dependencies: ["KVM", "GuestMemory", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
@@ -86,7 +88,9 @@ let package = Package(
         // --- plugins -------------------------------------------------------------------------
         .target(name: "TransportTCP", dependencies: ["PluginKit", "CSystem"], path: "Plugins/transport-tcp",
                 swiftSettings: swiftSettings),
-        .target(name: "TransportRDMA", dependencies: ["PluginAPI"], path: "Plugins/transport-rdma"),
+        // Needs libibverbs-dev (scripts/setup.sh installs it); fails at create() without an RDMA device.
+        .target(name: "TransportRDMA", dependencies: ["PluginAPI"], path: "Plugins/transport-rdma",
+                linkerSettings: [.linkedLibrary("ibverbs")]),
         .target(name: "DsmIvy", dependencies: ["PluginKit"], path: "Plugins/dsm-ivy", swiftSettings: swiftSettings),
         .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
         .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
@@ -99,11 +103,14 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         // --- tests ---------------------------------------------------------------------------
-        .testTarget(name: "ConfigTests", dependencies: ["Config"], path: "Tests/ConfigTests"),
-        .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config"],
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], path: "Tests/ConfigTests"),
+        .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
-        .testTarget(name: "CLITests", dependencies: [], path: "Tests/CLITests"),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"], path: "Tests/MachineTests"),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
+        .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
+        .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "PluginKit"], path: "Tests/DevicesTests"),
     ],
     swiftLanguageModes: [.v5]
