@@ -84,6 +84,24 @@ final class KVMBootTests: XCTestCase {
         XCTAssertTrue(m.interruptState(of: 1)!.apicSnapshot.softwareEnabled)
     }
 
+    /// Periodic APIC timer ticks wake a halted vCPU: five 1 ms ticks, then exit with the count.
+    func testAPICTimerTicksWakeHaltedVCPU() throws {
+        try requireKVM()
+        let (m, _) = try makeMachine(vcpus: 1)
+        try m.load(image: ELFImage(bytes: ELFImage.build(code: TinyGuests.apicTimer, loadAddress: 0x100000), name: "timer"))
+        var idt = [UInt8](repeating: 0, count: 0x1000)
+        idt.replaceSubrange((0x40 * 16)..<(0x41 * 16), with: TinyGuests.idtGate(0x100100))
+        try m.loadRaw(idt, at: 0x20000)
+        try m.loadRaw([0xFF, 0x0F, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0], at: 0x21000)
+        let start = Date()
+        let stop = m.run(timeout: 20)
+        let elapsed = Date().timeIntervalSince(start)
+        guard case let .guestExit(status, _) = stop else { return XCTFail("unexpected stop: \(stop)") }
+        XCTAssertEqual(status, (5 << 1) | 1)
+        XCTAssertGreaterThanOrEqual(elapsed, 0.0045, "five 1 ms periods cannot end sooner")
+        XCTAssertGreaterThanOrEqual(m.exitCounts[0]?["hlt"] ?? 0, 5)
+    }
+
     func testKVMErrorsNameTheIoctl() throws {
         try requireKVM()
         let sys = try KVMSystem()

@@ -81,6 +81,23 @@ enum TinyGuests {
             """)),
     ])
 
+    /// 64-bit BSP at 0x100000: APIC timer, periodic, vector 0x40, divide by 1, initial count
+    /// 100000 (1 ms at the 100 MHz bus); counts ticks at 0x504 and exits with the count at 5.
+    ///   mov $0x80000,%esp; lidt 0x21000; mov $0xfee00000,%ebx; movl $0x1ff,0xf0(%rbx)
+    ///   movl $0xb,0x3e0(%rbx); movl $0x20040,0x320(%rbx); movl $100000,0x380(%rbx)
+    ///   wait: cli; cmpl $5,0x504; jae done; sti; hlt; jmp wait
+    ///   done: movl $0,0x380(%rbx); mov 0x504,%eax; out %eax,$0xf4; hlt
+    ///   .org 0x100; handler: incl 0x504; movl $0,0xb0(%rbx); iretq
+    static let apicTimer = blob([
+        (0, bytes("""
+            BC 00 00 08 00 0F 01 1C 25 00 10 02 00 BB 00 00 E0 FE C7 83 F0 00 00 00 FF 01 00 00 C7
+            83 E0 03 00 00 0B 00 00 00 C7 83 20 03 00 00 40 00 02 00 C7 83 80 03 00 00 A0 86 01 00
+            FA 83 3C 25 04 05 00 00 05 73 04 FB F4 EB F1 C7 83 80 03 00 00 00 00 00 00 8B 04 25 04
+            05 00 00 E7 F4 F4
+            """)),
+        (0x100, bytes("FF 04 25 04 05 00 00 C7 83 B0 00 00 00 00 00 00 00 48 CF")),
+    ])
+
     /// A 64-bit interrupt gate (present, DPL0, type 0xE) for `handler` with selector 0x08.
     static func idtGate(_ handler: UInt64) -> [UInt8] {
         var g = [UInt8](repeating: 0, count: 16)
