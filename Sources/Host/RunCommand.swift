@@ -101,6 +101,8 @@ struct Run: ParsableCommand {
                                            keepAlive: [services, settings])
                 machine.addDevice(dev)
                 keep.append(dev)
+            } catch let e as DeviceError {
+                fail("\(config): \(e)")
             } catch {
                 fail("\(config): device '\(d.name)': \(error)")
             }

@@ -97,7 +97,9 @@ public final class PluginDevice: IODevice, @unchecked Sendable {
         }
         guard let inst else {
             let msg = withUnsafeBytes(of: &err.message) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            throw DeviceError(device: name, model: modelName, message: msg.isEmpty ? "create() failed" : msg)
+            // The host's own reason (e.g. an overlap naming both devices) comes first.
+            let parts = mapErrors + [msg.isEmpty ? "create() failed" : msg]
+            throw DeviceError(device: name, model: modelName, message: parts.joined(separator: "; plugin says: "))
         }
         instance = inst
         if !mapErrors.isEmpty {
