@@ -75,7 +75,7 @@ let package = Package(
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
         .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
         .target(name: "Machine",
-                dependencies: ["KVM", "GuestMemory", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["KVM", "GuestMemory", "Interrupts", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",

@@ -11,6 +11,7 @@ import Logging
 import PluginAPI
 import Synchronization
 import Glibc
+import Interrupts
 
 /// Machine-level settings (what the config says about this VM, seen from one node).
 public struct MachineConfiguration: Sendable {
@@ -24,7 +25,9 @@ public struct MachineConfiguration: Sendable {
     public var cmdline: String = ""
     /// APIC bus (timer input) frequency, advertised in CPUID 0x40000010.
     public var apicBusHz: UInt64 = 100_000_000
-    /// First vector of the legacy-IRQ route (line n -> vector base+n on vCPU 0) until the IOAPIC.
+    /// Emulate the IOAPIC at 0xFEC00000 on this node (device lines go through it). When false,
+    /// the legacy route is used: line n -> fixed vector `legacyIRQVectorBase + n` on vCPU 0.
+    public var ioapic: Bool = true
     public var legacyIRQVectorBase: UInt8 = 0x20
 
     public init(memoryBytes: UInt64, vcpus: Int, cmdline: String = "") {
@@ -112,6 +115,8 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     let irqLevels = Mutex<[UInt32: Bool]>([:])
     public let clock: () -> UInt64
     var entryPoint: UInt64?
+    /// The IOAPIC, when this node emulates it.
+    public private(set) var ioapic: IOAPIC?
 
     /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
     public init(config: MachineConfiguration, ram: any GuestRAM, kvm: KVMSystem? = nil,
@@ -163,6 +168,18 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         let clock = self.clock
         timer = APICTimerThread(vcpus: localIRQ, clock: clock)
 
+        if config.ioapic {
+            let log = logger
+            let router = self.router
+            let io = IOAPIC(deliver: { router.deliver(ioapic: $0) },
+                            onBadAccess: { log.warning("IOAPIC: \($0)") })
+            ioapic = io
+            do {
+                try bus.map(.mmio, base: IOAPIC.defaultBase, length: IOAPIC.mmioLength, device: IOAPICDevice(io))
+            } catch {
+                throw MachineError.config("\(error)")
+            }
+        }
         do {
             try VCPU.installKickHandler()
             let supported = try self.kvm.supportedCPUID()
@@ -331,9 +348,18 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         try bus.map(space, base: base, length: length, device: device)
     }
 
-    /// Until the IOAPIC exists, a legacy line goes straight to vCPU 0's local APIC as a fixed,
-    /// edge-triggered vector `legacyIRQVectorBase + line`, on the rising edge.
+    /// A device line: to the IOAPIC pin `line` when it is emulated; otherwise (legacy route)
+    /// straight to vCPU 0's local APIC as fixed, edge-triggered vector
+    /// `legacyIRQVectorBase + line`, on the rising edge.
     public func setIRQ(line: UInt32, level: Bool, from device: String) {
+        if let ioapic {
+            guard line < UInt32(IOAPIC.pinCount) else {
+                logger.warning("device '\(device)' drives interrupt line \(line): the IOAPIC has pins 0-\(IOAPIC.pinCount - 1)")
+                return
+            }
+            ioapic.setLine(Int(line), asserted: level)
+            return
+        }
         let rising = irqLevels.withLock { levels -> Bool in
             let was = levels[line] ?? false
             levels[line] = level

@@ -52,6 +52,15 @@ final class RunCommandTests: XCTestCase {
         XCTAssertEqual(RunExitStatusMirror.forGuest(1000), 127)
     }
 
+    /// The UART's THR-empty interrupt travels device -> set_irq -> IOAPIC pin 4 -> vector 0x44
+    /// on vCPU 0, waking it from HLT; the handler's EOI reaches the local APIC.
+    func testUARTInterruptThroughIOAPICWakesHaltedVCPU() throws {
+        let r = try giantvm(["run", "--config", setup(code: TinyGuests.uartInterruptViaIOAPIC), "--timeout", "20", "--stats"],
+                            timeout: 40)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertEqual(r.stdout, "Q")
+    }
+
     func testTripleFaultExitsTwoNamingVCPUAndRegisters() throws {
         let r = try giantvm(["run", "--config", setup(code: TinyGuests.tripleFault)], timeout: 40)
         XCTAssertEqual(r.status, 2, r.output)

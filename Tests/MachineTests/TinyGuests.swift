@@ -98,6 +98,32 @@ enum TinyGuests {
         (0x100, bytes("FF 04 25 04 05 00 00 C7 83 B0 00 00 00 00 00 00 00 48 CF")),
     ])
 
+    /// 64-bit, one ELF segment at 0x100000 carrying its own IDT (+0x1000) and IDTR (+0x2000):
+    /// programs IOAPIC pin 4 -> vector 0x44, fixed, edge, physical APIC 0; enables the UART's
+    /// THR-empty interrupt (IER = 2); waits with sti/hlt until the handler ran once; prints 'Q';
+    /// exits 0.
+    ///   mov $0x80000,%esp; lidt 0x102000; mov $0xfee00000,%ebx; movl $0x1ff,0xf0(%rbx)
+    ///   mov $0xfec00000,%ecx; movl $0x18,(%rcx); movl $0x44,0x10(%rcx); movl $0x19,(%rcx); movl $0,0x10(%rcx)
+    ///   mov $0x3f9,%dx; mov $2,%al; out %al,%dx
+    ///   wait: cli; cmpl $1,0x504; jae done; sti; hlt; jmp wait
+    ///   done: mov $0x3f8,%dx; mov $'Q',%al; out %al,%dx; xor %eax,%eax; out %eax,$0xf4; hlt
+    ///   .org 0x100; handler: mov $0x3fa,%dx; in %dx,%al (IIR); incl 0x504; movl $0,0xb0(%rbx); iretq
+    static let uartInterruptViaIOAPIC: [UInt8] = {
+        var idt = [UInt8](repeating: 0, count: 0x1000)
+        idt.replaceSubrange((0x44 * 16)..<(0x45 * 16), with: idtGate(0x100100))
+        return blob([
+            (0, bytes("""
+                BC 00 00 08 00 0F 01 1C 25 00 20 10 00 BB 00 00 E0 FE C7 83 F0 00 00 00 FF 01 00 00 B9
+                00 00 C0 FE C7 01 18 00 00 00 C7 41 10 44 00 00 00 C7 01 19 00 00 00 C7 41 10 00 00 00
+                00 66 BA F9 03 B0 02 EE FA 83 3C 25 04 05 00 00 01 73 04 FB F4 EB F1 66 BA F8 03 B0 51
+                EE 31 C0 E7 F4 F4
+                """)),
+            (0x100, bytes("66 BA FA 03 EC FF 04 25 04 05 00 00 C7 83 B0 00 00 00 00 00 00 00 48 CF")),
+            (0x1000, idt),
+            (0x2000, [0xFF, 0x0F, 0x00, 0x10, 0x10, 0, 0, 0, 0, 0]), // IDTR: limit 0xfff, base 0x101000
+        ])
+    }()
+
     /// A 64-bit interrupt gate (present, DPL0, type 0xE) for `handler` with selector 0x08.
     static func idtGate(_ handler: UInt64) -> [UInt8] {
         var g = [UInt8](repeating: 0, count: 16)

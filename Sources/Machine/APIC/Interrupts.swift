@@ -111,6 +111,17 @@ public final class InterruptRouter: @unchecked Sendable {
         if target.receive(m) && kick { target.vcpu?.kick() }
     }
 
+    /// Delivers a message addressed the way the IOAPIC (or an MSI) addresses it: physical APIC
+    /// id or logical destination, fixed or lowest priority (then one target).
+    public func deliver(_ m: InterruptMessage, destination: UInt8, logical: Bool) {
+        var low = UInt32(m.mode.rawValue) << 8 | UInt32(m.vector) | (1 << 14)
+        if logical { low |= 1 << 11 }
+        if m.levelTriggered { low |= 1 << 15 }
+        let cmd = InterruptCommand(low: low, high: UInt32(destination) << 24)
+        let targets = addresses.withLock { DestinationResolver.resolve(cmd, source: -1, apics: $0) }
+        for t in targets { deliver(to: t, m) }
+    }
+
     /// Refreshes vCPU `index`'s entry in the destination tables.
     func updateAddress(of index: Int, _ a: APICAddress) {
         addresses.withLock { $0[index] = a }

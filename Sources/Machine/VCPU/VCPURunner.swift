@@ -291,8 +291,8 @@ final class VCPURunner: @unchecked Sendable {
                 switch e {
                 case let .sendIPI(cmd):
                     machine.router.send(cmd, from: index)
-                case .levelEOI:
-                    break // the IOAPIC (a later issue) will take level EOIs
+                case let .levelEOI(vector):
+                    machine.ioapic?.eoi(vector: vector)
                 case .timerChanged:
                     machine.apicChanged(index, addressing: false, timer: true)
                 case .addressingChanged:
