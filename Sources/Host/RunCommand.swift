@@ -2,6 +2,7 @@
 import ArgumentParser
 import Config
 import Foundation
+import Glibc
 import KVM
 import Logging
 import Machine
@@ -108,6 +109,21 @@ struct Run: ParsableCommand {
             }
         }
         do { try machine.load(image: image) } catch { fail("\(error)") }
+
+        // Host console input goes to every device that takes it (the UART's receive FIFO).
+        let inputDevices = keep.compactMap { $0 as? PluginDevice }.filter { $0.takesConsoleInput }
+        if !inputDevices.isEmpty {
+            let reader = Thread {
+                var buf = [UInt8](repeating: 0, count: 256)
+                while true {
+                    let n = buf.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+                    if n <= 0 { break }
+                    for d in inputDevices { d.consoleInput(Array(buf[0..<n])) }
+                }
+            }
+            reader.name = "console-input"
+            reader.start()
+        }
 
         // Ctrl-C stops the VM cleanly.
         signal(SIGINT, SIG_IGN)

@@ -61,6 +61,15 @@ final class RunCommandTests: XCTestCase {
         XCTAssertEqual(r.stdout, "Q")
     }
 
+    /// A guest spinning forever (`jmp .`) is kicked out of KVM_RUN by --timeout: exit 124.
+    func testTimeoutStopsASpinningGuest() throws {
+        let start = Date()
+        let r = try giantvm(["run", "--config", setup(code: [0xEB, 0xFE]), "--timeout", "1"], timeout: 30)
+        XCTAssertEqual(r.status, 124, r.output)
+        XCTAssertTrue(r.stderr.contains("VM stopped: timed out after 1.0 s"), r.stderr)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 15)
+    }
+
     func testTripleFaultExitsTwoNamingVCPUAndRegisters() throws {
         let r = try giantvm(["run", "--config", setup(code: TinyGuests.tripleFault)], timeout: 40)
         XCTAssertEqual(r.status, 2, r.output)

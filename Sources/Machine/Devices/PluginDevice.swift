@@ -121,6 +121,10 @@ public final class PluginDevice: IODevice, @unchecked Sendable {
                          UInt32(data.count), isWrite ? 1 : 0)
     }
 
+    /// Whether the model takes host console input (has console_input).
+    public var takesConsoleInput: Bool { model.pointee.console_input != nil }
+
+    /// Bytes typed on the host console. Thread: the host's console thread.
     public func consoleInput(_ bytes: [UInt8]) {
         guard let fn = model.pointee.console_input else { return }
         lock.lock()
