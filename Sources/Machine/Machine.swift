@@ -73,7 +73,7 @@ public enum MachineStop: CustomStringConvertible, Sendable {
     }
 }
 
-/// Serialises console output (UART bytes and result lines) to one sink.
+/// Serialises console output (UART bytes and result lines) to one sink. Any thread.
 public final class ConsoleOutput: @unchecked Sendable {
     let lock = NSLock()
     let sink: (UnsafeRawBufferPointer) -> Void

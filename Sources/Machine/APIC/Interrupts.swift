@@ -82,8 +82,11 @@ public final class InterruptRouter: @unchecked Sendable {
     let local: [VCPUInterrupts?]
     /// Destination-resolution view of every APIC (kept in step by `addressingChanged`).
     let addresses: Mutex<[APICAddress]>
-    /// Hook for vCPUs that are not local: (global index, message).
+    /// Hook for vCPUs that are not local: (global index, message). Set before the VM runs.
     public var remoteDelivery: ((Int, InterruptMessage) -> Void)?
+    /// Hook called when a local APIC's ID, LDR or DFR changed (global index, new address), so
+    /// the change can be broadcast to the other nodes. Set before the VM runs.
+    public var addressingChanged: ((Int, APICAddress) -> Void)?
     /// Counters for the stop summary.
     let delivered = Atomic<UInt64>(0)
 
@@ -122,9 +125,12 @@ public final class InterruptRouter: @unchecked Sendable {
         for t in targets { deliver(to: t, m) }
     }
 
-    /// Refreshes vCPU `index`'s entry in the destination tables.
-    func updateAddress(of index: Int, _ a: APICAddress) {
+    /// Refreshes vCPU `index`'s entry in the destination tables (a local APIC write, or a
+    /// change broadcast by another node).
+    public func updateAddress(of index: Int, _ a: APICAddress) {
+        guard index >= 0 && index < local.count else { return }
         addresses.withLock { $0[index] = a }
+        if local[index] != nil { addressingChanged?(index, a) }
     }
 }
 
