@@ -84,6 +84,24 @@ final class KVMBootTests: XCTestCase {
         XCTAssertTrue(m.interruptState(of: 1)!.apicSnapshot.softwareEnabled)
     }
 
+    /// 1000 IPIs from the AP to a BSP that halts between them: none may be lost (each is
+    /// counted before the next is sent), and the halted BSP must wake for every one.
+    func testThousandIPIsToAHaltingVCPUAreAllDelivered() throws {
+        try requireKVM()
+        let (m, _) = try makeMachine(vcpus: 2)
+        try m.load(image: ELFImage(bytes: ELFImage.build(code: TinyGuests.ipiStressBSP, loadAddress: 0x100000), name: "bsp"))
+        try m.loadRaw(TinyGuests.ipiStressAP, at: 0x10000)
+        var idt = [UInt8](repeating: 0, count: 0x1000)
+        idt.replaceSubrange((0x41 * 16)..<(0x42 * 16), with: TinyGuests.idtGate(0x100100))
+        try m.loadRaw(idt, at: 0x20000)
+        try m.loadRaw([0xFF, 0x0F, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0], at: 0x21000)
+        let stop = m.run(timeout: 40)
+        guard case let .guestExit(status, _) = stop else { return XCTFail("unexpected stop: \(stop)") }
+        XCTAssertEqual(status, 1)
+        XCTAssertEqual(try m.ram.read(0x504, count: 4), [0xE8, 0x03, 0, 0], "exactly 1000 counted")
+        XCTAssertGreaterThan(m.exitCounts[0]?["hlt"] ?? 0, 0)
+    }
+
     /// Periodic APIC timer ticks wake a halted vCPU: five 1 ms ticks, then exit with the count.
     func testAPICTimerTicksWakeHaltedVCPU() throws {
         try requireKVM()

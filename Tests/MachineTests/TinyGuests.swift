@@ -124,6 +124,31 @@ enum TinyGuests {
         ])
     }()
 
+    /// IPI stress, BSP at 0x100000: starts the AP, then sleeps (sti; hlt) until its handler
+    /// (vector 0x41, +0x100: incl 0x504; EOI; iretq) has counted 1000 IPIs; exits 0.
+    static let ipiStressBSP = blob([
+        (0, bytes("""
+            BC 00 00 08 00 0F 01 1C 25 00 10 02 00 BB 00 00 E0 FE C7 83 F0 00 00 00 FF 01 00 00 C7
+            83 10 03 00 00 00 00 00 01 C7 83 00 03 00 00 00 45 00 00 C7 83 00 03 00 00 10 46 00 00
+            FA 81 3C 25 04 05 00 00 E8 03 00 00 73 04 FB F4 EB EE 31 C0 E7 F4 F4
+            """)),
+        (0x100, bytes("FF 04 25 04 05 00 00 C7 83 B0 00 00 00 00 00 00 00 48 CF")),
+    ])
+
+    /// IPI stress, AP: the smpAP trampoline, then in long mode sends fixed IPI 0x41 to APIC 0
+    /// and waits until the BSP counted it, 1000 times:
+    ///   mov $1,%esi; loop: movl $0,0x310(%rbx); movl $0x4041,0x300(%rbx)
+    ///   wait: cmpl %esi,0x504; jb wait; inc %esi; cmp $1001,%esi; jb loop; 1: cli; hlt; jmp 1b
+    /// A lost IPI (or a lost wake-up of the halted BSP) hangs it: the test's timeout catches that.
+    static let ipiStressAP = blob([
+        (0, Array(smpAP[0..<0x100])),
+        (0x100, bytes("""
+            BB 00 00 E0 FE C7 83 F0 00 00 00 FF 01 00 00 C7 04 25 00 05 00 00 01 00 00 00 BE 01 00
+            00 00 C7 83 10 03 00 00 00 00 00 00 C7 83 00 03 00 00 41 40 00 00 39 34 25 04 05 00 00
+            72 F7 FF C6 81 FE E9 03 00 00 72 D9 FA F4 EB FC
+            """)),
+    ])
+
     /// A 64-bit interrupt gate (present, DPL0, type 0xE) for `handler` with selector 0x08.
     static func idtGate(_ handler: UInt64) -> [UInt8] {
         var g = [UInt8](repeating: 0, count: 16)
