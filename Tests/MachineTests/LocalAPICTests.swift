@@ -235,6 +235,21 @@ final class InterruptRouterTests: XCTestCase {
         XCTAssertNil(a.locked { $0.sipiVector }, "SIPI to a running CPU is ignored")
     }
 
+    func testLowestPriorityUsesLiveTPR() {
+        let a = VCPUInterrupts(index: 0, busHz: 100_000_000, state: .running)
+        let b = VCPUInterrupts(index: 1, busHz: 100_000_000, state: .running)
+        for v in [a, b] { v.locked { _ = $0.apic.write(APICRegister.svr, 0x1FF, now: 0) } }
+        a.locked { _ = $0.apic.write(APICRegister.tpr, 0x30, now: 0) }
+        b.locked { _ = $0.apic.write(APICRegister.tpr, 0x10, now: 0) }
+        let r = InterruptRouter(local: [a, b])
+        r.send(InterruptCommand(low: 0x0150, high: 0xFF00_0000), from: 0) // lowest priority, vector 0x50, broadcast
+        XCTAssertNil(a.apicSnapshot.irr.highest)
+        XCTAssertEqual(b.apicSnapshot.irr.highest, 0x50)
+        a.locked { _ = $0.apic.write(APICRegister.tpr, 0x00, now: 0) }
+        r.send(InterruptCommand(low: 0x0151, high: 0xFF00_0000), from: 1)
+        XCTAssertEqual(a.apicSnapshot.irr.highest, 0x51)
+    }
+
     func testRemoteDeliveryHookGetsGlobalIndex() {
         let a = VCPUInterrupts(index: 0, busHz: 100_000_000, state: .running)
         let r = InterruptRouter(local: [a, nil, nil])

@@ -98,7 +98,7 @@ public final class InterruptRouter: @unchecked Sendable {
     /// Sends an IPI from vCPU `source` (an ICR write).
     func send(_ cmd: InterruptCommand, from source: Int) {
         if cmd.isINITDeassert { return }
-        let targets = addresses.withLock { DestinationResolver.resolve(cmd, source: source, apics: $0) }
+        let targets = resolve(cmd, source: source)
         let m = InterruptMessage(mode: cmd.mode, vector: cmd.vector, levelTriggered: cmd.levelTriggered)
         for t in targets { deliver(to: t, m, kick: t != source) }
     }
@@ -121,8 +121,17 @@ public final class InterruptRouter: @unchecked Sendable {
         if logical { low |= 1 << 11 }
         if m.levelTriggered { low |= 1 << 15 }
         let cmd = InterruptCommand(low: low, high: UInt32(destination) << 24)
-        let targets = addresses.withLock { DestinationResolver.resolve(cmd, source: -1, apics: $0) }
-        for t in targets { deliver(to: t, m) }
+        for t in resolve(cmd, source: -1) { deliver(to: t, m) }
+    }
+
+    /// Destination resolution over the address table; for lowest priority, local vCPUs'
+    /// current TPRs are read first (no vCPU lock is held by callers of send/deliver).
+    func resolve(_ cmd: InterruptCommand, source: Int) -> [Int] {
+        var table = addresses.withLock { $0 }
+        if cmd.mode == .lowestPriority {
+            for case let irq? in local { table[irq.index].tpr = irq.locked { $0.apic.tpr } }
+        }
+        return DestinationResolver.resolve(cmd, source: source, apics: table)
     }
 
     /// Refreshes vCPU `index`'s entry in the destination tables (a local APIC write, or a
