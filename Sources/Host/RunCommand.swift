@@ -49,6 +49,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Stop the VM after this many seconds (exit 124).")
     var timeout: Double?
 
+    @Option(name: .long, help: "Guest command line, instead of the config's guest.cmdline.")
+    var cmdline: String?
+
     @Flag(name: .long, help: "Print per-vCPU exit counts and device counters to stderr at the end.")
     var stats = false
 
@@ -71,7 +74,7 @@ struct Run: ParsableCommand {
         let image: ELFImage
         do { image = try ELFImage(bytes: imageBytes, name: guest.image) } catch { fail("\(error)") }
 
-        var mc = MachineConfiguration(memoryBytes: cfg.memoryBytes, vcpus: cfg.totalVCPUs, cmdline: guest.cmdline)
+        var mc = MachineConfiguration(memoryBytes: cfg.memoryBytes, vcpus: cfg.totalVCPUs, cmdline: cmdline ?? guest.cmdline)
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = 0
         let machine: Machine
@@ -141,6 +144,7 @@ struct Run: ParsableCommand {
             for (i, c) in machine.exitCounts.sorted(by: { $0.key < $1.key }) {
                 lines.append("vCPU \(i) exits: " + c.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
             }
+            lines.append("interrupt messages delivered: \(machine.router.deliveredCount)")
             lines.append(metrics.snapshot().table(title: "device counters"))
             FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
         }

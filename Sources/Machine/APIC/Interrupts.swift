@@ -89,6 +89,8 @@ public final class InterruptRouter: @unchecked Sendable {
     public var addressingChanged: ((Int, APICAddress) -> Void)?
     /// Counters for the stop summary.
     let delivered = Atomic<UInt64>(0)
+    /// Interrupt messages delivered to vCPUs so far (IPIs, timer excluded, IOAPIC included).
+    public var deliveredCount: UInt64 { delivered.load(ordering: .relaxed) }
 
     init(local: [VCPUInterrupts?]) {
         self.local = local

@@ -279,6 +279,11 @@ final class VCPURunner: @unchecked Sendable {
     func apicAccess(offset: UInt32, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
         let reg = offset & ~0xF
         let shift = (offset & 0x3) * 8
+        if offset & 0xC != 0 {
+            // Bytes 4-15 of each 16-byte slot are reserved: reads 0, writes ignored.
+            if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0) }
+            return
+        }
         let now = machine.clock()
         if isWrite {
             var value: UInt32 = 0
