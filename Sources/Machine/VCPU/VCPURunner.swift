@@ -35,8 +35,29 @@ final class VCPURunner: @unchecked Sendable {
     var logger: Logger
     var warnedPorts = Set<UInt16>()
     var warnedMMIO = Set<UInt64>()
-    /// Exit counts for the stop summary.
-    var exits: [String: UInt64] = [:]
+    /// Exit counts for the stop summary (indexed by ExitKind; only this vCPU's thread writes).
+    var exitCounts = [UInt64](repeating: 0, count: ExitKind.allCases.count)
+    /// The TPR class last written to kvm_run.cr8 / read back (avoids a lock when unchanged).
+    var lastCR8: UInt64 = 0
+
+    enum ExitKind: Int, CaseIterable {
+        case io, mmio, hlt, irqWindow = 3, interrupted
+        var name: String {
+            switch self {
+            case .io: return "io"
+            case .mmio: return "mmio"
+            case .hlt: return "hlt"
+            case .irqWindow: return "irq_window"
+            case .interrupted: return "interrupted"
+            }
+        }
+    }
+
+    var exits: [String: UInt64] {
+        var d: [String: UInt64] = [:]
+        for k in ExitKind.allCases where exitCounts[k.rawValue] > 0 { d[k.name] = exitCounts[k.rawValue] }
+        return d
+    }
 
     init(index: Int, vcpu: VCPU, irq: VCPUInterrupts, machine: Machine, logger: Logger) throws {
         self.index = index
@@ -161,7 +182,8 @@ final class VCPURunner: @unchecked Sendable {
                             wantWindow = true
                         }
                     }
-                    vcpu.cr8 = irq.apic.cr8
+                    lastCR8 = irq.apic.cr8
+                    vcpu.cr8 = lastCR8
                 }
             }
             let state = irq.state
@@ -187,7 +209,10 @@ final class VCPURunner: @unchecked Sendable {
             let exit = try vcpu.runOnce()
             vcpu.clearImmediateExit()
             let cr8 = vcpu.cr8
-            irq.locked { $0.apic.setCR8(cr8) }
+            if cr8 != lastCR8 {
+                lastCR8 = cr8
+                irq.locked { $0.apic.setCR8(cr8) }
+            }
 
             // 3. The exit.
             switch try handle(exit) {
@@ -202,30 +227,30 @@ final class VCPURunner: @unchecked Sendable {
         }
     }
 
-    func count(_ name: String) { exits[name, default: 0] += 1 }
+    @inline(__always) func count(_ k: ExitKind) { exitCounts[k.rawValue] &+= 1 }
 
     /// Decides what one exit means.
     func handle(_ exit: VCPUExit) throws -> ExitOutcome {
         switch exit {
         case let .io(port, size, count, isWrite, data):
-            self.count("io")
+            self.count(.io)
             for i in 0..<count {
                 let item = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
                 portIO(port: port, data: item, isWrite: isWrite)
             }
             return machine.isStopping ? .stopped : .handled
         case let .mmio(address, isWrite, data):
-            self.count("mmio")
+            self.count(.mmio)
             mmio(address: address, data: data, isWrite: isWrite)
             return machine.isStopping ? .stopped : .handled
         case .hlt:
-            self.count("hlt")
+            self.count(.hlt)
             return .halted
         case .interruptWindowOpen:
-            self.count("irq_window")
+            self.count(.irqWindow)
             return .handled
         case .interrupted:
-            self.count("interrupted")
+            self.count(.interrupted)
             return .interrupted
         case .shutdown:
             throw failure("triple fault (KVM_EXIT_SHUTDOWN)")
