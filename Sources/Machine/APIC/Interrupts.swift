@@ -47,7 +47,9 @@ public final class VCPUInterrupts: @unchecked Sendable {
     public var runState: VCPURunState { locked { $0.state } }
 
     /// Applies an interrupt message (the local half of delivery). Returns true when the vCPU
-    /// should be kicked.
+    /// must be kicked out of KVM_RUN: only when it is running. A halted or SIPI-waiting vCPU is
+    /// not in KVM_RUN and re-checks its state under this lock before sleeping, so the broadcast
+    /// is enough.
     func receive(_ m: InterruptMessage) -> Bool {
         cond.lock()
         defer { cond.unlock() }
@@ -70,7 +72,7 @@ public final class VCPUInterrupts: @unchecked Sendable {
             wake = false
         }
         if wake { cond.broadcast() }
-        return wake
+        return wake && state == .running
     }
 }
 
@@ -193,8 +195,10 @@ final class APICTimerThread: @unchecked Sendable {
                 v.cond.lock()
                 var fired = false
                 if let d = v.apic.timerDeadline, d <= now {
-                    fired = v.apic.timerExpired(now: now)
-                    if fired { v.cond.broadcast() }
+                    if v.apic.timerExpired(now: now) {
+                        v.cond.broadcast()
+                        fired = v.state == .running
+                    }
                 }
                 if let d = v.apic.timerDeadline { earliest = min(earliest ?? d, d) }
                 v.cond.unlock()
