@@ -70,6 +70,18 @@ final class RunCommandTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(start), 15)
     }
 
+    /// Ctrl-C (SIGINT) stops a spinning guest cleanly: exit 130, no stack trace.
+    func testSIGINTStopsTheVM() throws {
+        let child = try Child(Built.giantvm, ["run", "--config", setup(code: [0xEB, 0xFE]), "--log-level", "info"])
+        XCTAssertTrue(child.waitForOutput(timeout: 20) { $0.contains("booting") }, child.stderrSoFar)
+        usleep(200_000)
+        child.signal(SIGINT)
+        let r = child.wait(timeout: 20)
+        XCTAssertFalse(r.timedOut)
+        XCTAssertEqual(r.status, 130, r.output)
+        XCTAssertTrue(r.stderr.contains("VM stopped: interrupted (SIGINT)"), r.stderr)
+    }
+
     func testTripleFaultExitsTwoNamingVCPUAndRegisters() throws {
         let r = try giantvm(["run", "--config", setup(code: TinyGuests.tripleFault)], timeout: 40)
         XCTAssertEqual(r.status, 2, r.output)
