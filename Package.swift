@@ -95,7 +95,9 @@ let package = Package(
         .target(name: "DsmIvy", dependencies: ["PluginKit"], path: "Plugins/dsm-ivy", swiftSettings: swiftSettings),
         .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
         .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
-        .target(name: "Devices", dependencies: ["PluginKit"], path: "Plugins/devices", swiftSettings: swiftSettings),
+        .target(name: "DeviceModels", dependencies: ["PluginKit"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
+        .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
+                swiftSettings: swiftSettings),
         .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c"),
         .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old"),
         .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new"),
@@ -116,7 +118,7 @@ let package = Package(
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "PluginKit"], path: "Tests/DevicesTests"),
+        .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
     ],
     swiftLanguageModes: [.v5]
 )

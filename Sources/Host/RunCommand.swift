@@ -3,6 +3,7 @@ import ArgumentParser
 import Config
 import Foundation
 import Glibc
+import GuestMemory
 import KVM
 import Logging
 import Machine
@@ -52,6 +53,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Guest command line, instead of the config's guest.cmdline.")
     var cmdline: String?
 
+    @Option(name: .long, help: "Guest RAM: 'uffd' (userfaultfd + the config's coherence plugin, the default) or 'anonymous' (a plain mapping, no coherence; for comparison).")
+    var memory: String = "uffd"
+
     @Flag(name: .long, help: "Print per-vCPU exit counts and device counters to stderr at the end.")
     var stats = false
 
@@ -74,20 +78,60 @@ struct Run: ParsableCommand {
         let image: ELFImage
         do { image = try ELFImage(bytes: imageBytes, name: guest.image) } catch { fail("\(error)") }
 
+        guard memory == "uffd" || memory == "anonymous" else {
+            fail("--memory '\(memory)' is not one of uffd, anonymous")
+        }
+        let metrics = MetricsRegistry()
+        let loader = PluginLoader(searchPath: PluginLoader.defaultSearchPath(config: cfg))
+
+        // Guest RAM: userfaultfd-backed GuestMemory with the coherence plugin, or a plain mapping.
+        let ram: any GuestRAM
+        var guestMemory: GuestMemory?
+        var coherence: CoherencePluginInstance?
+        var keepMemory: [AnyObject] = []
+        if memory == "uffd" {
+            do {
+                let plugin = try loader.load(cfg.coherence.plugin, kind: .coherence)
+                guard let ops = plugin.coherenceOps else { fail("\(config): coherence.plugin: \(plugin.name) has no coherence ops") }
+                let mem = try GuestMemory(bytes: cfg.memoryBytes, logger: logger,
+                                          send: { _, _ in GVM_ERR_CLOSED.rawValue },
+                                          sendUrgent: { _, _ in GVM_ERR_CLOSED.rawValue })
+                let services = HostServicesTable(pluginName: plugin.name, metrics: metrics, logger: logger) { msg in
+                    FileHandle.standardError.write(Data("giantvm: error: coherence plugin fatal: \(msg)\n".utf8))
+                    Foundation.exit(RunExitStatus.machineFailure)
+                }
+                let cluster = ClusterInfoTable(config: cfg, selfID: 0)
+                let settings = SettingsTable(cfg.coherence.settings)
+                let inst = try CoherencePluginInstance(name: plugin.name, ops: ops, services: services.pointer, memory: mem,
+                                                       cluster: cluster.pointer, settings: settings.pointer,
+                                                       settingCount: settings.count)
+                try inst.start()
+                try mem.start()
+                keepMemory = [services, cluster, settings]
+                guestMemory = mem
+                coherence = inst
+                ram = mem
+            } catch {
+                fail("\(config): guest memory (userfaultfd, coherence plugin \(cfg.coherence.plugin)): \(error)",
+                     code: RunExitStatus.machineFailure)
+            }
+        } else {
+            do { ram = try AnonymousGuestRAM(size: cfg.memoryBytes) } catch {
+                fail("cannot map guest RAM: \(error)", code: RunExitStatus.machineFailure)
+            }
+        }
+
         var mc = MachineConfiguration(memoryBytes: cfg.memoryBytes, vcpus: cfg.totalVCPUs, cmdline: cmdline ?? guest.cmdline)
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = 0
         let machine: Machine
         do {
-            let ram = try AnonymousGuestRAM(size: cfg.memoryBytes)
             machine = try Machine(config: mc, ram: ram, logger: logger)
         } catch {
             fail("cannot create the VM: \(error)", code: RunExitStatus.machineFailure)
         }
 
         // Devices on this node, each from its plugin.
-        let metrics = MetricsRegistry()
-        let loader = PluginLoader(searchPath: PluginLoader.defaultSearchPath(config: cfg))
         var keep: [AnyObject] = []
         for d in cfg.devices where d.node == 0 {
             do {
@@ -139,12 +183,17 @@ struct Run: ParsableCommand {
         let stop = machine.run(timeout: timeout)
         let elapsed = Double(monotonicNanoseconds() - started) / 1e9
         machine.shutdownDevices()
+        // Stop order: no vCPU runs any more; stop the fault handlers, then the protocol.
+        guestMemory?.stop()
+        coherence?.stop()
+        withExtendedLifetime(keepMemory) {}
         if stats {
             var lines = ["run time: \(String(format: "%.3f", elapsed)) s"]
             for (i, c) in machine.exitCounts.sorted(by: { $0.key < $1.key }) {
                 lines.append("vCPU \(i) exits: " + c.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
             }
             lines.append("interrupt messages delivered: \(machine.router.deliveredCount)")
+            lines.append("guest memory: \(memory == "uffd" ? "userfaultfd + \(cfg.coherence.plugin)" : "anonymous mapping")")
             lines.append(metrics.snapshot().table(title: "device counters"))
             FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
         }

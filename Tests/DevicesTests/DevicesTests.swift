@@ -1,6 +1,6 @@
 // Register behaviour of the device models in libdevices.so, without a VM.
 import XCTest
-@testable import Devices
+@testable import DeviceModels
 
 final class UARTRegisterTests: XCTestCase {
     func testPowerOnState() {

@@ -128,16 +128,16 @@ struct UARTRegisters: Equatable {
     }
 }
 
-final class UART16550: DeviceModel {
-    static let modelName = "uart16550"
-    static let summary = "16550A UART (COM1 default 0x3f8, irq 4): output to the console, interrupts"
+public final class UART16550: DeviceModel {
+    public static let modelName = "uart16550"
+    public static let summary = "16550A UART (COM1 default 0x3f8, irq 4): output to the console, interrupts"
     let host: DeviceHost
     let irq: UInt32?
     var regs = UARTRegisters()
     var irqLevel = false
     let txCounter: Counter
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly([])
         self.host = host
         irq = config.irq
@@ -145,7 +145,7 @@ final class UART16550: DeviceModel {
         try host.map(.pio, base: config.base ?? 0x3F8, length: 8)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         if isWrite {
             if offset == UARTRegisters.Offset.rbrThrDll && !regs.dlab, let irq, irqLevel {
                 // Writing THR clears the THRE interrupt before the (instant) transmission sets it
@@ -164,12 +164,12 @@ final class UART16550: DeviceModel {
         updateIRQ()
     }
 
-    func consoleInput(_ bytes: UnsafeRawBufferPointer) {
+    public func consoleInput(_ bytes: UnsafeRawBufferPointer) {
         regs.receive(Array(bytes))
         updateIRQ()
     }
 
-    func reset() {
+    public func reset() {
         regs = UARTRegisters()
         updateIRQ()
     }
