@@ -39,10 +39,27 @@ final class RunCommandTests: XCTestCase {
     }
 
     func testHelloPrintsUARTAndResultAndExitsZero() throws {
-        let r = try giantvm(["run", "--config", setup(code: TinyGuests.hello(exitValue: 0)), "--timeout", "20"], timeout: 40)
+        try Requirement.userfaultfd()
+        let r = try giantvm(["run", "--config", setup(code: TinyGuests.hello(exitValue: 0)), "--timeout", "20", "--stats"],
+                            timeout: 40)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertEqual(r.stdout, "Hi\n{\"result\":{\"t\":1}}\n")
         XCTAssertTrue(r.stderr.contains("guest passed (isa-debug-exit value 0, status 1)"), r.stderr)
+        // Guest RAM went through userfaultfd and dsm-local: the image load and the guest faulted pages in.
+        XCTAssertTrue(r.stderr.contains("guest memory: userfaultfd + dsm-local"), r.stderr)
+        let faults = r.stderr.split(separator: "\n").first { $0.hasPrefix("local.write_fault") }
+        XCTAssertNotNil(faults, r.stderr)
+        XCTAssertNotEqual(faults.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0, 0, r.stderr)
+    }
+
+    func testAnonymousMemoryOption() throws {
+        let r = try giantvm(["run", "--config", setup(code: TinyGuests.hello(exitValue: 0)), "--memory", "anonymous", "--stats"],
+                            timeout: 40)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stderr.contains("guest memory: anonymous mapping"), r.stderr)
+        let bad = try giantvm(["run", "--config", setup(code: [0xF4]), "--memory", "swap"], timeout: 40)
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("--memory 'swap' is not one of uffd, anonymous"), bad.stderr)
     }
 
     func testNonZeroExitValueMapsToDistinctCode() throws {
