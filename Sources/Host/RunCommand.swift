@@ -84,6 +84,9 @@ struct Run: ParsableCommand {
         let metrics = MetricsRegistry()
         let loader = PluginLoader(searchPath: PluginLoader.defaultSearchPath(config: cfg))
 
+        final class FatalTarget: @unchecked Sendable { weak var machine: Machine? }
+        let fatalTarget = FatalTarget()
+
         // Guest RAM: userfaultfd-backed GuestMemory with the coherence plugin, or a plain mapping.
         let ram: any GuestRAM
         var guestMemory: GuestMemory?
@@ -97,8 +100,13 @@ struct Run: ParsableCommand {
                                           send: { _, _ in GVM_ERR_CLOSED.rawValue },
                                           sendUrgent: { _, _ in GVM_ERR_CLOSED.rawValue })
                 let services = HostServicesTable(pluginName: plugin.name, metrics: metrics, logger: logger) { msg in
-                    FileHandle.standardError.write(Data("giantvm: error: coherence plugin fatal: \(msg)\n".utf8))
-                    Foundation.exit(RunExitStatus.machineFailure)
+                    // Stop the VM (once it exists) so every thread ends cleanly.
+                    if let m = fatalTarget.machine {
+                        m.requestStop(.failure("coherence plugin fatal: \(msg)"))
+                    } else {
+                        FileHandle.standardError.write(Data("giantvm: error: coherence plugin fatal: \(msg)\n".utf8))
+                        Foundation.exit(RunExitStatus.machineFailure)
+                    }
                 }
                 let cluster = ClusterInfoTable(config: cfg, selfID: 0)
                 let settings = SettingsTable(cfg.coherence.settings)
@@ -127,6 +135,7 @@ struct Run: ParsableCommand {
         let machine: Machine
         do {
             machine = try Machine(config: mc, ram: ram, logger: logger)
+            fatalTarget.machine = machine
         } catch {
             fail("cannot create the VM: \(error)", code: RunExitStatus.machineFailure)
         }
