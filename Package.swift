@@ -99,10 +99,11 @@ let package = Package(
                 swiftSettings: swiftSettings),
 
         // --- tests ---------------------------------------------------------------------------
-        .testTarget(name: "ConfigTests", dependencies: ["Config"], path: "Tests/ConfigTests"),
-        .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config"],
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], path: "Tests/ConfigTests"),
+        .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
-        .testTarget(name: "CLITests", dependencies: [], path: "Tests/CLITests"),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
     ],
     swiftLanguageModes: [.v5]
 )

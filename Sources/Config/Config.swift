@@ -1,1 +1,124 @@
-// Config: see Package.swift for this target's job.
+// Config: the cluster's YAML file as Swift values. One file describes the whole VM; every node
+// reads the same file and picks its own entry by id.
+//
+// The reader collects every problem it finds (it does not stop at the first) and reports each as
+// `file:line:column: field.path: message`, e.g. `demo.yaml:7:11: nodes[1].port: 70000 is not a port`.
+
+import Foundation
+
+/// One node of the cluster (`nodes:` list entry).
+public struct NodeConfig: Equatable, Sendable {
+    public var id: UInt32
+    public var address: String
+    public var port: UInt16
+    public var vcpus: UInt32
+    public init(id: UInt32, address: String, port: UInt16, vcpus: UInt32) {
+        self.id = id; self.address = address; self.port = port; self.vcpus = vcpus
+    }
+}
+
+/// A plugin named in the config, with its `settings:` as ordered key/value text.
+public struct PluginRef: Sendable {
+    public var plugin: String
+    public var settings: [(key: String, value: String)]
+    public init(plugin: String, settings: [(key: String, value: String)] = []) {
+        self.plugin = plugin; self.settings = settings
+    }
+    public func setting(_ key: String) -> String? { settings.first { $0.key == key }?.value }
+}
+
+/// A device instance and where it lives (`devices:` list entry).
+public struct DeviceConfig: Sendable {
+    public var name: String
+    public var plugin: String
+    public var model: String
+    public var node: UInt32
+    public var base: UInt64?
+    public var irq: UInt32?
+    public var settings: [(key: String, value: String)]
+}
+
+/// The guest to boot (`guest:`).
+public struct GuestConfig: Sendable {
+    public var image: String
+    public var cmdline: String
+}
+
+/// Timeouts in seconds (`timeouts:`).
+public struct Timeouts: Sendable, Equatable {
+    /// How long a node waits for all peers to be reachable at start.
+    public var connect: Double = 10
+    /// Interval between heartbeats.
+    public var heartbeat: Double = 0.2
+    /// Silence after which a peer is declared lost and every node stops.
+    public var failure: Double = 3
+    public init() {}
+}
+
+/// The whole cluster configuration.
+public struct ClusterConfig: Sendable {
+    public var sourcePath: String
+    public var cluster: String
+    public var nodes: [NodeConfig]
+    public var memoryBytes: UInt64
+    public var pluginPath: [String]
+    public var transport: PluginRef
+    public var coherence: PluginRef
+    public var devices: [DeviceConfig]
+    public var ioapicNode: UInt32
+    public var guest: GuestConfig?
+    public var keyFile: String?
+    public var timeouts: Timeouts
+    /// Extra top-level sections that belong to tools (e.g. `bench:`), kept as raw YAML text.
+    public var extra: [String: String]
+
+    public var totalVCPUs: Int { nodes.reduce(0) { $0 + Int($1.vcpus) } }
+
+    /// Global index of the first vCPU of `node` (vCPUs are numbered node by node).
+    public func firstVCPU(of node: UInt32) -> UInt32 {
+        nodes.prefix(Int(node)).reduce(0) { $0 + $1.vcpus }
+    }
+
+    /// The node that runs global vCPU `index`.
+    public func node(ofVCPU index: UInt32) -> UInt32? {
+        var first: UInt32 = 0
+        for n in nodes {
+            if index < first + n.vcpus { return n.id }
+            first += n.vcpus
+        }
+        return nil
+    }
+
+    public init(sourcePath: String = "<memory>", cluster: String, nodes: [NodeConfig],
+                memoryBytes: UInt64 = 64 << 20, pluginPath: [String] = [],
+                transport: PluginRef = PluginRef(plugin: "transport-tcp"),
+                coherence: PluginRef = PluginRef(plugin: "dsm-ivy"), devices: [DeviceConfig] = [],
+                ioapicNode: UInt32 = 0, guest: GuestConfig? = nil, keyFile: String? = nil,
+                timeouts: Timeouts = Timeouts(), extra: [String: String] = [:]) {
+        self.sourcePath = sourcePath; self.cluster = cluster; self.nodes = nodes
+        self.memoryBytes = memoryBytes; self.pluginPath = pluginPath; self.transport = transport
+        self.coherence = coherence; self.devices = devices; self.ioapicNode = ioapicNode
+        self.guest = guest; self.keyFile = keyFile; self.timeouts = timeouts; self.extra = extra
+    }
+}
+
+/// One problem in a config file.
+public struct Diagnostic: Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    public var path: String
+    public var message: String
+    public var description: String {
+        let location = line > 0 ? "\(file):\(line):\(column)" : file
+        return path.isEmpty ? "\(location): \(message)" : "\(location): \(path): \(message)"
+    }
+}
+
+/// Every problem found in a config file.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public var diagnostics: [Diagnostic]
+    public var description: String {
+        diagnostics.map(\.description).joined(separator: "\n")
+    }
+}

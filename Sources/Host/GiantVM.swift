@@ -1,0 +1,66 @@
+// The `giantvm` command: one root command, one file per subcommand.
+
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct GiantVM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "giantvm",
+        abstract: "A distributed hypervisor: many machines run one virtual machine.",
+        discussion: """
+            Each physical node runs one `giantvm node` process on stock KVM. Together they present a
+            single x86-64 VM: vCPUs are spread over the nodes, guest memory is kept coherent by a
+            distributed shared memory over userfaultfd, and interrupts and I/O are forwarded between
+            nodes. Transports, coherence protocols and devices are plugins (.so files) named in one
+            YAML file that every node reads.
+
+            Start here:
+              giantvm validate examples/cluster-3node.yaml     check a config, every problem with line:column
+              giantvm plugins list                             what plugins are installed, with ABI versions
+            """,
+        version: "0.1.0",
+        subcommands: [Validate.self, Plugins.self]
+    )
+}
+
+/// Options every subcommand takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "notice"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+
+    /// Sends swift-log output to stderr at the chosen level. Call once, first thing in run().
+    func bootstrapLogging(label: String = "giantvm") -> Logger {
+        let level = Logger.Level(rawValue: logLevel) ?? .notice
+        LoggingBootstrapOnce.run(level: level)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+enum LoggingBootstrapOnce {
+    nonisolated(unsafe) private static var done = false
+    static func run(level: Logger.Level) {
+        guard !done else { return }
+        done = true
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+    }
+}
+
+/// Prints to stderr and exits with `code`: for errors the user must read, without a stack trace.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    FileHandle.standardError.write(Data("giantvm: error: \(message)\n".utf8))
+    exit(code)
+}

@@ -1,1 +1,0 @@
-// PluginHost: see Package.swift for this target's job.

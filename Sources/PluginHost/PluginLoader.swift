@@ -1,0 +1,252 @@
+// PluginLoader: finds a plugin .so by name or path, dlopen()s it, calls its entry symbol and checks
+// the descriptor (ABI version window, kind, name). Every failure is a distinct PluginLoadError
+// whose message names the file and says what to do.
+
+import Foundation
+import PluginAPI
+import Config
+
+public enum PluginKind: UInt32, Sendable, CustomStringConvertible {
+    case transport = 1, coherence = 2, device = 3
+    public var description: String {
+        switch self {
+        case .transport: return "transport"
+        case .coherence: return "coherence"
+        case .device: return "device"
+        }
+    }
+}
+
+public enum PluginLoadError: Error, CustomStringConvertible, Equatable {
+    case notFound(name: String, searched: [String])
+    case fileMissing(path: String)
+    case cannotOpen(path: String, reason: String)
+    case noEntrySymbol(path: String)
+    case nullDescriptor(path: String)
+    case abiTooOld(path: String, name: String, abi: UInt32)
+    case abiTooNew(path: String, name: String, abi: UInt32)
+    case unknownKind(path: String, kind: UInt32)
+    case wrongKind(path: String, name: String, found: PluginKind, expected: PluginKind)
+    case duplicateName(name: String, path: String, firstPath: String)
+    case badDescriptor(path: String, problem: String)
+
+    public var description: String {
+        switch self {
+        case let .notFound(name, searched):
+            return "plugin '\(name)' not found: looked for lib\(name).so in \(searched.isEmpty ? "(no directories)" : searched.joined(separator: ", ")); build it (swift build) or give a path to the .so"
+        case let .fileMissing(path):
+            return "plugin file '\(path)' does not exist"
+        case let .cannotOpen(path, reason):
+            return "cannot load plugin '\(path)': \(reason)"
+        case let .noEntrySymbol(path):
+            return "'\(path)' is not a GiantVM plugin: it does not export the entry symbol \(GVM_PLUGIN_ENTRY_SYMBOL)"
+        case let .nullDescriptor(path):
+            return "plugin '\(path)': its \(GVM_PLUGIN_ENTRY_SYMBOL) returned no descriptor"
+        case let .abiTooOld(path, name, abi):
+            return "plugin '\(name)' (\(path)) was built for plugin ABI \(abi), older than the oldest this giantvm supports (\(GVM_ABI_MIN_VERSION)): rebuild it against the current giantvm_plugin.h (ABI \(GVM_ABI_VERSION))"
+        case let .abiTooNew(path, name, abi):
+            return "plugin '\(name)' (\(path)) was built for plugin ABI \(abi), newer than this giantvm supports (\(GVM_ABI_VERSION)): use a newer giantvm or rebuild the plugin against ABI \(GVM_ABI_VERSION)"
+        case let .unknownKind(path, kind):
+            return "plugin '\(path)' declares an unknown kind \(kind) (expected 1 transport, 2 coherence or 3 device)"
+        case let .wrongKind(path, name, found, expected):
+            return "plugin '\(name)' (\(path)) is a \(found) plugin, but a \(expected) plugin is needed here"
+        case let .duplicateName(name, path, firstPath):
+            return "two plugins are named '\(name)': '\(path)' and '\(firstPath)'; plugin names must be unique"
+        case let .badDescriptor(path, problem):
+            return "plugin '\(path)' has a malformed descriptor: \(problem)"
+        }
+    }
+}
+
+/// A loaded, version-checked plugin. The .so stays loaded for the life of the process.
+public struct LoadedPlugin: @unchecked Sendable {
+    public let name: String
+    public let version: String
+    public let summary: String
+    public let path: String
+    public let kind: PluginKind
+    public let abiVersion: UInt32
+    public let descriptor: UnsafePointer<gvm_plugin_descriptor>
+
+    public var transportOps: UnsafePointer<gvm_transport_ops>? {
+        kind == .transport ? descriptor.pointee.ops.assumingMemoryBound(to: gvm_transport_ops.self) : nil
+    }
+    public var coherenceOps: UnsafePointer<gvm_coherence_ops>? {
+        kind == .coherence ? descriptor.pointee.ops.assumingMemoryBound(to: gvm_coherence_ops.self) : nil
+    }
+    public var deviceOps: UnsafePointer<gvm_device_ops>? {
+        kind == .device ? descriptor.pointee.ops.assumingMemoryBound(to: gvm_device_ops.self) : nil
+    }
+
+    /// Names of the device models a device plugin offers.
+    public var deviceModels: [(name: String, summary: String)] {
+        guard let ops = deviceOps else { return [] }
+        return (0..<Int(ops.pointee.model_count)).map { i in
+            let m = ops.pointee.models[i]
+            return (m.name.map { String(cString: $0) } ?? "?", m.summary.map { String(cString: $0) } ?? "")
+        }
+    }
+
+    public func deviceModel(named model: String) -> UnsafePointer<gvm_device_model>? {
+        guard let ops = deviceOps else { return nil }
+        for i in 0..<Int(ops.pointee.model_count) {
+            let m = ops.pointee.models + i
+            if let n = m.pointee.name, String(cString: n) == model { return m }
+        }
+        return nil
+    }
+}
+
+/// Loads plugins by name (lib<name>.so in the search path) or by path (anything containing '/'
+/// or ending in .so). Not thread-safe: load plugins from the main thread at start-up.
+public final class PluginLoader {
+    public let searchPath: [String]
+    private var loadedByName: [String: LoadedPlugin] = [:]
+    private var loadedByPath: [String: LoadedPlugin] = [:]
+
+    public init(searchPath: [String]) {
+        self.searchPath = searchPath
+    }
+
+    /// The directories searched, in order: the config's `plugin_path`, $GIANTVM_PLUGIN_PATH
+    /// (colon-separated), and the directory holding the giantvm executable (where `swift build`
+    /// puts the in-tree plugins).
+    public static func defaultSearchPath(config: ClusterConfig?) -> [String] {
+        var dirs = config?.pluginPath ?? []
+        if let env = ProcessInfo.processInfo.environment["GIANTVM_PLUGIN_PATH"] {
+            dirs += env.split(separator: ":").map(String.init).filter { !$0.isEmpty }
+        }
+        dirs.append(executableDirectory())
+        var seen = Set<String>()
+        return dirs.filter { seen.insert($0).inserted }
+    }
+
+    /// The directory of the running executable.
+    public static func executableDirectory() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
+        return (exe as NSString).deletingLastPathComponent
+    }
+
+    /// Resolves a plugin reference to a file path.
+    public func resolve(_ nameOrPath: String) throws -> String {
+        if nameOrPath.contains("/") || nameOrPath.hasSuffix(".so") {
+            let path = nameOrPath.hasPrefix("/") ? nameOrPath
+                : FileManager.default.currentDirectoryPath + "/" + nameOrPath
+            guard FileManager.default.fileExists(atPath: path) else { throw PluginLoadError.fileMissing(path: path) }
+            return (path as NSString).standardizingPath
+        }
+        for dir in searchPath {
+            let candidate = (dir as NSString).appendingPathComponent("lib\(nameOrPath).so")
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+        }
+        throw PluginLoadError.notFound(name: nameOrPath, searched: searchPath)
+    }
+
+    /// Loads (or returns the already loaded) plugin and checks its kind when `kind` is given.
+    public func load(_ nameOrPath: String, kind: PluginKind? = nil) throws -> LoadedPlugin {
+        let path = try resolve(nameOrPath)
+        if let p = loadedByPath[path] {
+            if let kind, p.kind != kind { throw PluginLoadError.wrongKind(path: path, name: p.name, found: p.kind, expected: kind) }
+            return p
+        }
+        let plugin = try Self.open(path: path)
+        if let first = loadedByName[plugin.name], first.path != path {
+            throw PluginLoadError.duplicateName(name: plugin.name, path: path, firstPath: first.path)
+        }
+        loadedByName[plugin.name] = plugin
+        loadedByPath[path] = plugin
+        if let kind, plugin.kind != kind {
+            throw PluginLoadError.wrongKind(path: path, name: plugin.name, found: plugin.kind, expected: kind)
+        }
+        return plugin
+    }
+
+    /// Every plugin file in the search path (lib*.so exporting the entry symbol), loaded and
+    /// checked; failures are returned beside the successes so `plugins list` can show both.
+    /// Test fixtures (lib test-*.so, deliberately broken plugins) are skipped unless asked for.
+    public func loadAll(includeTestFixtures: Bool = false) -> [Result<LoadedPlugin, PluginLoadError>] {
+        var results: [Result<LoadedPlugin, PluginLoadError>] = []
+        var seen = Set<String>()
+        for dir in searchPath {
+            guard let files = try? FileManager.default.contentsOfDirectory(atPath: dir) else { continue }
+            for f in files.sorted() where f.hasPrefix("lib") && f.hasSuffix(".so") {
+                if !includeTestFixtures && f.hasPrefix("libtest-") { continue }
+                let path = (dir as NSString).appendingPathComponent(f)
+                guard seen.insert(path).inserted, Self.exportsEntry(path: path) else { continue }
+                do { results.append(.success(try load(path))) }
+                catch let e as PluginLoadError { results.append(.failure(e)) }
+                catch { results.append(.failure(.cannotOpen(path: path, reason: "\(error)"))) }
+            }
+        }
+        return results
+    }
+
+    /// True if the file is a shared object exporting the entry symbol (checked without running
+    /// its code: RTLD_LAZY | RTLD_LOCAL, then dlsym).
+    static func exportsEntry(path: String) -> Bool {
+        guard let h = dlopen(path, RTLD_LAZY | RTLD_LOCAL) else { return false }
+        return dlsym(h, GVM_PLUGIN_ENTRY_SYMBOL) != nil
+    }
+
+    static func open(path: String) throws -> LoadedPlugin {
+        // RTLD_LOCAL: each plugin keeps its own copy of PluginKit's symbols; RTLD_NOW: report
+        // missing libraries (e.g. libibverbs) here, not at the first call.
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            let reason = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
+            throw PluginLoadError.cannotOpen(path: path, reason: reason)
+        }
+        guard let sym = dlsym(handle, GVM_PLUGIN_ENTRY_SYMBOL) else {
+            throw PluginLoadError.noEntrySymbol(path: path)
+        }
+        let entry = unsafeBitCast(sym, to: gvm_plugin_entry_fn.self)
+        guard let d = entry() else { throw PluginLoadError.nullDescriptor(path: path) }
+        // The first field is the ABI version and never moves: check it before reading anything else.
+        let abi = d.pointee.abi_version
+        let name = d.pointee.name.map { String(cString: $0) } ?? ""
+        if abi < GVM_ABI_MIN_VERSION { throw PluginLoadError.abiTooOld(path: path, name: name.isEmpty ? path : name, abi: abi) }
+        if abi > GVM_ABI_VERSION { throw PluginLoadError.abiTooNew(path: path, name: name.isEmpty ? path : name, abi: abi) }
+        guard !name.isEmpty else { throw PluginLoadError.badDescriptor(path: path, problem: "empty name") }
+        guard let kind = PluginKind(rawValue: d.pointee.kind) else {
+            throw PluginLoadError.unknownKind(path: path, kind: d.pointee.kind)
+        }
+        guard d.pointee.ops != nil else { throw PluginLoadError.badDescriptor(path: path, problem: "no ops table") }
+        try checkOps(d, kind: kind, path: path)
+        return LoadedPlugin(name: name, version: d.pointee.version.map { String(cString: $0) } ?? "?",
+                            summary: d.pointee.summary.map { String(cString: $0) } ?? "",
+                            path: path, kind: kind, abiVersion: abi, descriptor: d)
+    }
+
+    /// Required hooks must be present.
+    static func checkOps(_ d: UnsafePointer<gvm_plugin_descriptor>, kind: PluginKind, path: String) throws {
+        func missing(_ hook: String) -> PluginLoadError {
+            .badDescriptor(path: path, problem: "required hook '\(hook)' is NULL")
+        }
+        switch kind {
+        case .transport:
+            let o = d.pointee.ops.assumingMemoryBound(to: gvm_transport_ops.self).pointee
+            if o.create == nil { throw missing("create") }
+            if o.start == nil { throw missing("start") }
+            if o.send == nil { throw missing("send") }
+            if o.stop == nil { throw missing("stop") }
+            if o.destroy == nil { throw missing("destroy") }
+        case .coherence:
+            let o = d.pointee.ops.assumingMemoryBound(to: gvm_coherence_ops.self).pointee
+            if o.create == nil { throw missing("create") }
+            if o.fault == nil { throw missing("fault") }
+            if o.receive == nil { throw missing("receive") }
+            if o.destroy == nil { throw missing("destroy") }
+        case .device:
+            let o = d.pointee.ops.assumingMemoryBound(to: gvm_device_ops.self).pointee
+            if o.model_count > 0 && o.models == nil { throw missing("models") }
+            for i in 0..<Int(o.model_count) {
+                let m = o.models[i]
+                let n = m.name.map { String(cString: $0) } ?? "model \(i)"
+                if m.name == nil { throw missing("models[\(i)].name") }
+                if m.create == nil { throw missing("\(n).create") }
+                if m.io == nil { throw missing("\(n).io") }
+                if m.destroy == nil { throw missing("\(n).destroy") }
+            }
+        }
+    }
+}
