@@ -103,6 +103,8 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], path: "Tests/ConfigTests"),
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
+        .target(name: "CoherenceKit", dependencies: ["PluginAPI"], path: "Tests/CoherenceKit"),
+        .testTarget(name: "DsmIvyTests", dependencies: ["DsmIvy", "CoherenceKit"], path: "Tests/DsmIvyTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
     ],
     swiftLanguageModes: [.v5]

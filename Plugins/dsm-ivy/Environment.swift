@@ -35,6 +35,12 @@ public protocol ProtocolServices {
     func makeCounter(_ name: String) -> (UInt64) -> Void
     /// A named latency histogram (nanoseconds); the closure records one value. Any thread.
     func makeHistogram(_ name: String) -> (UInt64) -> Void
+    /// A one-shot timer calling `fn(context)` on the host's timer thread after `delay` ns.
+    /// Returns an id > 0, or 0 if the host offers no timers.
+    func startOneShot(afterNanoseconds delay: UInt64, _ fn: @convention(c) (UnsafeMutableRawPointer?) -> Void,
+                      context: UnsafeMutableRawPointer) -> UInt64
+    /// Cancels a timer; after return its callback is not running and will not run.
+    func cancelOneShot(_ id: UInt64)
 }
 
 extension HostServices: ProtocolServices {
@@ -47,4 +53,13 @@ extension HostServices: ProtocolServices {
         let h = histogram(name)
         return { h.record(nanoseconds: $0) }
     }
+
+    // The raw C call, not PluginKit's closure timers: those keep a box per timer for the life of
+    // the plugin, and the hold window starts one timer per busy period.
+    public func startOneShot(afterNanoseconds delay: UInt64, _ fn: @convention(c) (UnsafeMutableRawPointer?) -> Void,
+                             context: UnsafeMutableRawPointer) -> UInt64 {
+        raw.pointee.timer_start(raw.pointee.host, delay, 0, fn, context)
+    }
+
+    public func cancelOneShot(_ id: UInt64) { raw.pointee.timer_cancel(raw.pointee.host, id) }
 }

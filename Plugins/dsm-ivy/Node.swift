@@ -40,8 +40,12 @@ public struct IvyConfig: Sendable, Equatable {
     /// How many times the manager re-forwards a refused request before declaring the cluster
     /// inconsistent.
     public var maxRefusals: Int = 16
+    /// Mirage-style hold window: after a fault is resolved, forwards and invalidations for that
+    /// page wait this long, so the woken threads get to use the page before it is taken away
+    /// (without it, a page can bounce forever between nodes that each never get to access it).
+    public var holdNanoseconds: UInt64 = 20_000
 
-    public static let settingKeys = ["manager_chunk"]
+    public static let settingKeys = ["manager_chunk", "hold_time"]
 
     /// `manager_chunk`: "auto" (default: contiguous ranges, one per node) or a size that is a
     /// multiple of 4 KiB ("4KiB", "64KiB", "2MiB", "8192"): interleave chunks over the nodes.
@@ -49,17 +53,35 @@ public struct IvyConfig: Sendable, Equatable {
         for key in settings.keys.sorted() where !settingKeys.contains(key) {
             throw PluginError("unknown setting '\(key)' (accepted: \(settingKeys.joined(separator: ", ")))")
         }
+        var config: IvyConfig
         let text = settings["manager_chunk"] ?? "auto"
         if text == "auto" {
-            return IvyConfig(managerMap: .blocks(pageCount: pageCount, nodeCount: nodeCount))
+            config = IvyConfig(managerMap: .blocks(pageCount: pageCount, nodeCount: nodeCount))
+        } else {
+            guard let bytes = parseSize(text) else {
+                throw PluginError("setting 'manager_chunk': '\(text)' is not 'auto' or a size like 4KiB, 64KiB, 2MiB")
+            }
+            guard bytes > 0, bytes % UInt64(GVM_PAGE_SIZE) == 0 else {
+                throw PluginError("setting 'manager_chunk': \(bytes) bytes is not a positive multiple of 4096")
+            }
+            config = IvyConfig(managerMap: ManagerMap(chunkPages: bytes / UInt64(GVM_PAGE_SIZE), nodeCount: nodeCount))
         }
-        guard let bytes = parseSize(text) else {
-            throw PluginError("setting 'manager_chunk': '\(text)' is not 'auto' or a size like 4KiB, 64KiB, 2MiB")
+        if let h = settings["hold_time"] {
+            guard let ns = parseDuration(h), ns <= 1_000_000_000 else {
+                throw PluginError("setting 'hold_time': '\(h)' is not a duration up to 1s like 0, 20us, 1ms")
+            }
+            config.holdNanoseconds = ns
         }
-        guard bytes > 0, bytes % UInt64(GVM_PAGE_SIZE) == 0 else {
-            throw PluginError("setting 'manager_chunk': \(bytes) bytes is not a positive multiple of 4096")
+        return config
+    }
+
+    static func parseDuration(_ s: String) -> UInt64? {
+        let t = s.trimmingSpaces
+        for (u, m) in [("ns", UInt64(1)), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)] where t.hasSuffix(u) {
+            if let v = UInt64(String(t.dropLast(u.count)).trimmingSpaces) { return v.multipliedReportingOverflow(by: m).overflow ? nil : v * m }
+            return nil
         }
-        return IvyConfig(managerMap: ManagerMap(chunkPages: bytes / UInt64(GVM_PAGE_SIZE), nodeCount: nodeCount))
+        return t == "0" ? 0 : nil
     }
 
     static func parseSize(_ s: String) -> UInt64? {
@@ -109,7 +131,7 @@ final class IvyStats {
     let msgCount: [(UInt64) -> Void]   // indexed by type raw value
     let msgBytes: [(UInt64) -> Void]
     let coalesced, stale, pagesSent, zeroPagesSent, pinDeferred, stalled, invalidationsSent,
-        upgradeLostCopy, upgradeRefetch, managerQueued, refusals, localFaults, malformed: (UInt64) -> Void
+        upgradeLostCopy, upgradeRefetch, managerQueued, refusals, localFaults, malformed, held: (UInt64) -> Void
 
     init(_ s: ProtocolServices) {
         faults = FaultKind.allCases.map { s.makeCounter("ivy.fault.\($0.name)") }
@@ -137,6 +159,7 @@ final class IvyStats {
         managerQueued = s.makeCounter("ivy.manager_queued")
         refusals = s.makeCounter("ivy.refusals")
         malformed = s.makeCounter("ivy.rx_malformed")
+        held = s.makeCounter("ivy.held")
     }
 }
 
@@ -157,6 +180,9 @@ public final class IvyNode: @unchecked Sendable {
     var ownerTxn: [UInt64: OwnerTxn] = [:]                 // owner in OM_A / OI_A
     var stash: [StashKey: [UInt8]] = [:]                   // bytes of pages granted without data
     var stalled: [UInt64: [Input]] = [:]                   // deferred (pinned) or stalled inputs
+    var heldUntil: [UInt64: UInt64] = [:]                  // hold window end (ns) after a resolved fault
+    var held: [UInt64: [Input]] = [:]                      // forwards/invalidations waiting for it
+    var holdTimer: UInt64 = 0                              // the pending one-shot timer, 0 = none
 
     // ---- manager state (per managed page; arrays are indexed by gfn, used for managed pages)
     var owner: [UInt32]
@@ -251,6 +277,7 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     deinit {
+        if holdTimer != 0 { services.cancelOneShot(holdTimer) }
         scratch.deallocate()
         pthread_mutex_destroy(&lock)
     }
@@ -310,7 +337,14 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     public func stop() {
-        withLock { failed = true }
+        let t: UInt64 = withLock {
+            failed = true
+            let t = holdTimer
+            holdTimer = 0
+            return t
+        }
+        // Outside the lock: cancel waits for a running callback, which takes the lock.
+        if t != 0 { services.cancelOneShot(t) }
     }
 
     /// The number of pages with a request outstanding (tests, diagnostics).
@@ -405,6 +439,13 @@ public final class IvyNode: @unchecked Sendable {
 
         let g = Int(m.gfn)
         var ctx = Context(gfn: m.gfn, src: src, msg: m, input: .message(m, src, nil))
+        if [.fwdGetS, .fwdGetX, .inv].contains(m.type), let until = heldUntil[m.gfn] {
+            if services.nowNanoseconds() < until || held[m.gfn] != nil {
+                hold(ctx, until: until)
+                return
+            }
+            heldUntil[m.gfn] = nil
+        }
         let event: CacheEvent
         switch m.type {
         case .fwdGetS:
@@ -469,6 +510,52 @@ public final class IvyNode: @unchecked Sendable {
             state[g] = next
             if next != from, stalled[ctx.gfn] != nil { replayPending.append(ctx.gfn) }
         }
+    }
+
+    /// Keeps a forward or invalidation until the page's hold window ends (in arrival order).
+    func hold(_ ctx: Context, until: UInt64) {
+        stats.held(1)
+        held[ctx.gfn, default: []].append(ctx.input)
+        armHoldTimer(until)
+    }
+
+    func armHoldTimer(_ until: UInt64) {
+        guard holdTimer == 0 else { return }
+        let now = services.nowNanoseconds()
+        let delay = until > now ? until - now : 1
+        holdTimer = services.startOneShot(afterNanoseconds: delay, { ctx in
+            Unmanaged<IvyNode>.fromOpaque(ctx!).takeUnretainedValue().holdTimerFired()
+        }, context: Unmanaged.passUnretained(self).toOpaque())
+        if holdTimer == 0 {
+            // No timers: release at once rather than risk waiting forever.
+            releaseHeld(upTo: .max)
+        }
+    }
+
+    func holdTimerFired() {
+        withLock {
+            holdTimer = 0
+            guard !failed else { return }
+            releaseHeld(upTo: services.nowNanoseconds())
+            drain()
+        }
+    }
+
+    /// Releases every held page whose window ended by `now`; re-arms for the rest.
+    func releaseHeld(upTo now: UInt64) {
+        var next: UInt64 = .max
+        for g in held.keys.sorted() {
+            let until = heldUntil[g] ?? 0
+            if until <= now {
+                heldUntil[g] = nil
+                let inputs = held.removeValue(forKey: g)!
+                stalled[g, default: []].insert(contentsOf: inputs, at: 0)
+                replayPending.append(g)
+            } else {
+                next = min(next, until)
+            }
+        }
+        if next != .max { armHoldTimer(next) }
     }
 
     /// Keeps an input for later; a message's borrowed payload is copied.
@@ -557,6 +644,7 @@ public final class IvyNode: @unchecked Sendable {
             stats.latencyAll(dt)
             stats.hops[min(Int(ctx.hops), 5)](1)
             if ctx.hops == 0 { stats.localFaults(1) }
+            if config.holdNanoseconds > 0 { heldUntil[gfn] = services.nowNanoseconds() &+ config.holdNanoseconds }
         case .r_sendConfirm:
             let m = try message(ctx)
             send(Message(type: .confirm, flags: (event == .dataS) ? [] : .exclusive, node: selfID, gfn: gfn,
@@ -595,8 +683,13 @@ public final class IvyNode: @unchecked Sendable {
             let targets = copyset[g] & ~bit(requester)
             try require(targets != 0, "no sharer to invalidate")
             try require(ownerTxn[gfn] == nil, "a second invalidation round on one page")
+            // The owner's own upgrade is not serialized by the manager: a read copy it just sent
+            // (Data_S, bulk lane) may still be in flight to a sharer, so its Inv must follow on the
+            // same lane (per-pair FIFO) and never overtake the data. During a manager transaction
+            // every sharer has confirmed its copy, so the Inv may take the urgent lane.
+            let lane: Bool = ctx.msg != nil
             for n in 0..<nodeCount where targets & bit(n) != 0 {
-                send(Message(type: .inv, node: selfID, gfn: gfn, txn: t.txn), to: n)
+                send(Message(type: .inv, node: selfID, gfn: gfn, txn: t.txn), to: n, urgent: lane)
                 t.acksLeft += 1
                 stats.invalidationsSent(1)
             }
@@ -685,7 +778,7 @@ public final class IvyNode: @unchecked Sendable {
 
     // MARK: - sending
 
-    func send(_ m: Message, to dst: UInt32) {
+    func send(_ m: Message, to dst: UInt32, urgent: Bool? = nil) {
         if dst == selfID {
             precondition(!m.hasPayload, "page data is never sent to this node itself")
             localQueue.append(m)
@@ -694,7 +787,7 @@ public final class IvyNode: @unchecked Sendable {
         var mm = m
         mm.hops = m.hops == .max ? .max : m.hops + 1
         let header = IvyWire.header(mm)
-        let st = header.withUnsafeBytes { host.send(to: dst, [$0], urgent: m.type.urgent) }
+        let st = header.withUnsafeBytes { host.send(to: dst, [$0], urgent: urgent ?? m.type.urgent) }
         account(mm.type, IvyWire.headerSize)
         if st != .ok { fail("sending \(m.type.name) for gfn \(m.gfn) to node \(dst): \(st)") }
     }

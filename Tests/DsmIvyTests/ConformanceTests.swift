@@ -1,0 +1,87 @@
+// dsm-ivy against the CoherenceKit conformance suite: exact results over thousands of seeded
+// schedules (random interleavings, random delays, reordering across senders and lanes), on 2, 3
+// and 4 nodes, with both manager layouts.
+
+import XCTest
+import CoherenceKit
+@testable import DsmIvy
+
+/// The plugin under test, through its real C entry point.
+let ivy = giantvm_plugin_entry()
+
+func assertOK(_ r: ScenarioResult, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertTrue(r.ok, "\(what): \(r)", file: file, line: line)
+}
+
+/// Runs `body` for `count` seeds; stops at the first failure and reports its seed.
+func sweep(_ what: String, seeds count: Int, base: UInt64 = 1000, file: StaticString = #filePath, line: UInt = #line,
+           _ body: (UInt64) throws -> ScenarioResult) rethrows -> (steps: Int, messages: Int) {
+    var steps = 0
+    var messages = 0
+    for i in 0..<UInt64(count) {
+        let r = try body(base + i)
+        if !r.ok {
+            XCTFail("\(what), seed \(base + i): \(r)", file: file, line: line)
+            break
+        }
+        steps += r.report.steps
+        messages += r.messages
+    }
+    return (steps, messages)
+}
+
+final class ConformanceTests: XCTestCase {
+    func testLockedCounterExactOnTwoThreeFourNodes() throws {
+        for nodes in 2...4 {
+            let r = try Conformance.lockedCounter(ivy, nodes: nodes, threadsPerNode: 2, increments: 15, seed: 7)
+            assertOK(r, "counter on \(nodes) nodes")
+            XCTAssertGreaterThan(r.messages, 50, "pages must have crossed nodes")
+        }
+    }
+
+    func testLockedCounterManySchedules() throws {
+        let (steps, messages) = try sweep("locked counter", seeds: 600) { seed in
+            let nodes = 2 + Int(seed % 3)
+            return try Conformance.lockedCounter(ivy, nodes: nodes, threadsPerNode: 1 + Int(seed % 2), increments: 4,
+                                                 seed: seed, options: .init(maxDelay: Int(seed % 4) * 3,
+                                                                           threadBias: 20 + Int(seed % 7) * 10))
+        }
+        XCTAssertGreaterThan(messages, 600 * 20)
+        XCTAssertGreaterThan(steps, 0)
+    }
+
+    func testRandomCheckerManySchedules() throws {
+        let (_, messages) = try sweep("random", seeds: 800, base: 5000) { seed in
+            let nodes = 2 + Int(seed % 3)
+            let settings: [(String, String)] = seed % 2 == 0 ? [] : [("manager_chunk", "4KiB")]
+            return try Conformance.random(ivy, nodes: nodes, threadsPerNode: 2, pages: 3, ops: 12,
+                                          writePercent: 30 + seed % 50, seed: seed,
+                                          options: .init(settings: settings, maxDelay: Int(seed % 5) * 2,
+                                                         threadBias: 10 + Int(seed % 9) * 10))
+        }
+        XCTAssertGreaterThan(messages, 800 * 10)
+    }
+
+    func testRandomCheckerLargerRuns() throws {
+        _ = try sweep("random large", seeds: 20, base: 90_000) { seed in
+            try Conformance.random(ivy, nodes: 4, threadsPerNode: 3, pages: 6, ops: 150, writePercent: 40, seed: seed,
+                                   options: .init(settings: [("manager_chunk", "8KiB")], maxDelay: 5))
+        }
+    }
+
+    func testPingPongMovesThePageEveryRound() throws {
+        let r = try Conformance.pingPong(ivy, rounds: 50, seed: 3)
+        assertOK(r, "pingpong")
+        _ = try sweep("pingpong", seeds: 200, base: 300) { seed in
+            try Conformance.pingPong(ivy, nodes: 2 + Int(seed % 3), rounds: 6, seed: seed,
+                                     options: .init(maxDelay: Int(seed % 3) * 4))
+        }
+    }
+
+    func testPinHoldsOffAnotherNodesWrite() throws {
+        _ = try sweep("pin", seeds: 200, base: 700) { seed in
+            try Conformance.pinHoldsOffWrites(ivy, nodes: 2 + Int(seed % 3), holdSteps: 10 + Int(seed % 30), seed: seed,
+                                              options: .init(maxDelay: Int(seed % 3) * 3))
+        }
+    }
+}
