@@ -14,6 +14,8 @@ public struct ScenarioResult: CustomStringConvertible {
     /// Pages (data replies) that crossed between nodes, by the plugin's own accounting if it
     /// reports `ivy.pages_sent` style counters, else delivered messages.
     public var messages: Int
+    /// Every counter the plugin reported, summed over the nodes (e.g. "ivy.pages_sent").
+    public var totals: [String: UInt64] = [:]
     public var ok: Bool { problems.isEmpty }
     public var description: String {
         problems.isEmpty ? "ok: \(report)" : "FAILED: \(report)\n  " + problems.joined(separator: "\n  ")
@@ -54,7 +56,9 @@ public enum Conformance {
             problems += v.violations
             final.steps += v.steps
         }
-        return ScenarioResult(report: final, problems: problems, messages: c.network.delivered)
+        var totals: [String: UInt64] = [:]
+        for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
+        return ScenarioResult(report: final, problems: problems, messages: c.network.delivered, totals: totals)
     }
 
     /// Threads on every node add to one counter under a spinlock in shared memory.

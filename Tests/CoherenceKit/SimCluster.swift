@@ -199,6 +199,9 @@ public final class SimCluster {
     public var hold: ((SimMessage) -> Bool)?
     /// Called with each message as it is delivered (for tests that watch the protocol).
     public var onDeliver: ((SimMessage) -> Void)?
+    /// Called with each message as it is sent: return it (possibly changed) to queue it, or nil
+    /// to lose it (for tests that redirect a message on purpose).
+    public var onSend: ((SimMessage) -> SimMessage?)?
     /// Probability weight (0...100) of picking a thread step over a delivery when both exist.
     public var threadBias = 50
 

@@ -188,6 +188,14 @@ public final class SimNode {
         bytes.withUnsafeBytes { ops.pointee.receive(instance, src, $0.baseAddress, $0.count) }
     }
 
+    /// The host's peer_lost call.
+    public func callPeerLost(_ node: UInt32) {
+        ops.pointee.peer_lost?(instance, node)
+    }
+
+    /// Faults raised on this node and not yet handed to the plugin.
+    public var pendingFaults: Int { faultQueue.count }
+
     func callUnpinned(_ gfn: UInt64) {
         ops.pointee.page_unpinned?(instance, gfn)
     }
@@ -214,7 +222,12 @@ public final class SimNode {
         }
         guard frame.count <= Int(GVM_MAX_FRAME) else { return GVM_ERR_INVALID.rawValue }
         if cluster.deadNodes.contains(dst) { return GVM_ERR_CLOSED.rawValue }
-        cluster.network.enqueue(SimMessage(src: id, dst: dst, lane: lane, bytes: frame), now: cluster.now, rng: &cluster.rng)
+        var m = SimMessage(src: id, dst: dst, lane: lane, bytes: frame)
+        if let f = cluster.onSend {
+            guard let changed = f(m) else { return GVM_OK.rawValue }
+            m = changed
+        }
+        cluster.network.enqueue(m, now: cluster.now, rng: &cluster.rng)
         return GVM_OK.rawValue
     }
 
@@ -291,6 +304,13 @@ public final class SimNode {
         guard gfn < UInt64(pageCount) else { return 0 }
         let g = Int(gfn)
         return pinWrite[g] > 0 ? GVM_ACCESS_WRITE : (pinRead[g] > 0 ? GVM_ACCESS_READ : 0)
+    }
+
+    /// Drops a page behind the protocol's back (as a crossing host-side invalidation would),
+    /// to provoke page_upgrade's GVM_ERR_NOT_PRESENT.
+    public func forceDrop(_ gfn: UInt64) {
+        pageState[Int(gfn)] = GVM_PAGE_INVALID
+        page(gfn).initializeMemory(as: UInt8.self, repeating: 0xA5, count: pageSize)
     }
 
     // MARK: - word access for threads

@@ -15,9 +15,10 @@ func assertOK(_ r: ScenarioResult, _ what: String, file: StaticString = #filePat
 
 /// Runs `body` for `count` seeds; stops at the first failure and reports its seed.
 func sweep(_ what: String, seeds count: Int, base: UInt64 = 1000, file: StaticString = #filePath, line: UInt = #line,
-           _ body: (UInt64) throws -> ScenarioResult) rethrows -> (steps: Int, messages: Int) {
+           _ body: (UInt64) throws -> ScenarioResult) rethrows -> (steps: Int, messages: Int, totals: [String: UInt64]) {
     var steps = 0
     var messages = 0
+    var totals: [String: UInt64] = [:]
     for i in 0..<UInt64(count) {
         let r = try body(base + i)
         if !r.ok {
@@ -26,8 +27,9 @@ func sweep(_ what: String, seeds count: Int, base: UInt64 = 1000, file: StaticSt
         }
         steps += r.report.steps
         messages += r.messages
+        for (k, v) in r.totals { totals[k, default: 0] += v }
     }
-    return (steps, messages)
+    return (steps, messages, totals)
 }
 
 final class ConformanceTests: XCTestCase {
@@ -40,7 +42,7 @@ final class ConformanceTests: XCTestCase {
     }
 
     func testLockedCounterManySchedules() throws {
-        let (steps, messages) = try sweep("locked counter", seeds: 600) { seed in
+        let (steps, messages, totals) = try sweep("locked counter", seeds: 600) { seed in
             let nodes = 2 + Int(seed % 3)
             return try Conformance.lockedCounter(ivy, nodes: nodes, threadsPerNode: 1 + Int(seed % 2), increments: 4,
                                                  seed: seed, options: .init(maxDelay: Int(seed % 4) * 3,
@@ -48,10 +50,18 @@ final class ConformanceTests: XCTestCase {
         }
         XCTAssertGreaterThan(messages, 600 * 20)
         XCTAssertGreaterThan(steps, 0)
+        // The sweep must have exercised the protocol's hard paths, not just the easy ones.
+        for c in ["ivy.fault.read_miss", "ivy.fault.write_miss", "ivy.fault.upgrade", "ivy.fault.coalesced",
+                  "ivy.manager_queued", "ivy.invalidations_sent", "ivy.upgrade_lost_copy", "ivy.stalled",
+                  "ivy.held", "ivy.pages_sent", "ivy.zero_pages_sent", "ivy.msg.Grant", "ivy.msg.Release"] {
+            XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 600 schedules")
+        }
+        print("locked-counter sweep coverage:", totals.filter { !$0.key.hasPrefix("ivy.bytes") }.sorted { $0.key < $1.key }
+            .map { "\($0.key)=\($0.value)" }.joined(separator: " "))
     }
 
     func testRandomCheckerManySchedules() throws {
-        let (_, messages) = try sweep("random", seeds: 800, base: 5000) { seed in
+        let (_, messages, totals) = try sweep("random", seeds: 800, base: 5000) { seed in
             let nodes = 2 + Int(seed % 3)
             let settings: [(String, String)] = seed % 2 == 0 ? [] : [("manager_chunk", "4KiB")]
             return try Conformance.random(ivy, nodes: nodes, threadsPerNode: 2, pages: 3, ops: 12,
@@ -60,6 +70,12 @@ final class ConformanceTests: XCTestCase {
                                                          threadBias: 10 + Int(seed % 9) * 10))
         }
         XCTAssertGreaterThan(messages, 800 * 10)
+        for c in ["ivy.fault.read_miss", "ivy.fault.write_miss", "ivy.fault.upgrade", "ivy.fault.stale",
+                  "ivy.manager_queued", "ivy.invalidations_sent", "ivy.upgrade_lost_copy", "ivy.stalled", "ivy.msg.Grant"] {
+            XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 800 schedules")
+        }
+        print("random sweep coverage:", totals.filter { !$0.key.hasPrefix("ivy.bytes") }.sorted { $0.key < $1.key }
+            .map { "\($0.key)=\($0.value)" }.joined(separator: " "))
     }
 
     func testRandomCheckerLargerRuns() throws {
@@ -79,9 +95,10 @@ final class ConformanceTests: XCTestCase {
     }
 
     func testPinHoldsOffAnotherNodesWrite() throws {
-        _ = try sweep("pin", seeds: 200, base: 700) { seed in
+        let (_, _, totals) = try sweep("pin", seeds: 200, base: 700) { seed in
             try Conformance.pinHoldsOffWrites(ivy, nodes: 2 + Int(seed % 3), holdSteps: 10 + Int(seed % 30), seed: seed,
                                               options: .init(maxDelay: Int(seed % 3) * 3))
         }
+        XCTAssertGreaterThan(totals["ivy.pin_deferred"] ?? 0, 0, "no request was ever deferred by a pin")
     }
 }
