@@ -103,8 +103,9 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], path: "Tests/ConfigTests"),
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
+        .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),
         .target(name: "CoherenceKit", dependencies: ["PluginAPI"], path: "Tests/CoherenceKit"),
-        .testTarget(name: "DsmIvyTests", dependencies: ["DsmIvy", "CoherenceKit"], path: "Tests/DsmIvyTests"),
+        .testTarget(name: "DsmIvyTests", dependencies: ["DsmIvy", "CoherenceKit", "DsmWorkloads"], path: "Tests/DsmIvyTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
     ],
     swiftLanguageModes: [.v5]
