@@ -3,11 +3,14 @@
 // and 4 nodes, with both manager layouts.
 
 import XCTest
+import Foundation
+import PluginAPI
+import TestSupport
 import CoherenceKit
-@testable import DsmIvy
+@testable import IvyCore
 
-/// The plugin under test, through its real C entry point.
-let ivy = giantvm_plugin_entry()
+/// The plugin under test, through its C descriptor (the .so's own entry is tested below).
+let ivy = IvyDescriptor.make()
 
 func assertOK(_ r: ScenarioResult, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertTrue(r.ok, "\(what): \(r)", file: file, line: line)
@@ -100,5 +103,28 @@ final class ConformanceTests: XCTestCase {
                                               options: .init(maxDelay: Int(seed % 3) * 3))
         }
         XCTAssertGreaterThan(totals["ivy.pin_deferred"] ?? 0, 0, "no request was ever deferred by a pin")
+    }
+
+    /// The built libdsm-ivy.so, loaded as the host loads it (dlopen + giantvm_plugin_entry), runs
+    /// the same scenarios.
+    func testTheBuiltSharedObjectPassesToo() throws {
+        let path = Built.plugin("dsm-ivy")
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw XCTSkip("\(path) is not built (run `swift build` first)")
+        }
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            return XCTFail("dlopen \(path): \(String(cString: dlerror()))")
+        }
+        guard let sym = dlsym(handle, GVM_PLUGIN_ENTRY_SYMBOL) else { return XCTFail("no entry symbol in \(path)") }
+        let entry = unsafeBitCast(sym, to: (@convention(c) () -> UnsafeRawPointer).self)
+        let d = entry()
+        let desc = d.assumingMemoryBound(to: gvm_plugin_descriptor.self).pointee
+        XCTAssertEqual(String(cString: desc.name), "dsm-ivy")
+        XCTAssertEqual(desc.abi_version, GVM_ABI_VERSION)
+        _ = try sweep("shared object", seeds: 100, base: 40_000) { seed in
+            try Conformance.random(d, nodes: 3, threadsPerNode: 2, pages: 3, ops: 15, seed: seed,
+                                   options: .init(maxDelay: Int(seed % 4)))
+        }
+        assertOK(try Conformance.lockedCounter(d, nodes: 3, threadsPerNode: 2, increments: 10, seed: 77), "counter via .so")
     }
 }

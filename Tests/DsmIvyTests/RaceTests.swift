@@ -5,7 +5,7 @@
 import XCTest
 import PluginAPI
 import CoherenceKit
-@testable import DsmIvy
+@testable import IvyCore
 
 func ivyType(_ m: SimMessage) -> MessageType? { m.bytes.count > 1 ? MessageType(rawValue: m.bytes[1]) : nil }
 

@@ -4,7 +4,7 @@
 import XCTest
 import PluginAPI
 import CoherenceKit
-@testable import DsmIvy
+@testable import IvyCore
 
 final class WireTests: XCTestCase {
     let map = ManagerMap(chunkPages: 2, nodeCount: 3)   // gfn 0,1 -> node 0; 2,3 -> node 1; 4,5 -> node 2
