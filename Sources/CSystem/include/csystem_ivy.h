@@ -19,5 +19,5 @@ static inline uint64_t gvm_fetch_add64(void *p, uint64_t v) {
     return __atomic_fetch_add((uint64_t *)p, v, __ATOMIC_SEQ_CST);
 }
 static inline void gvm_fence_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-static inline void gvm_cpu_relax(void) { __builtin_ia32_pause(); }
+// gvm_cpu_relax comes from csystem_uffd.h (merge fix: both headers defined it).
 #endif
