@@ -79,10 +79,15 @@ let package = Package(
         .target(name: "Machine",
                 dependencies: ["KVM", "GuestMemory", "Interrupts", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
+        // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
+        .target(name: "Distributed",
+                dependencies: ["Cluster", "Config", "GuestMemory", "KVM", "Machine", "Metrics", "PluginAPI", "PluginHost",
+                               "CSystem", "TimeSync", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/Distributed", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
             dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster",
-                           "KVM", "Machine", "CSystem", "PluginAPI",
+                           "KVM", "Machine", "CSystem", "PluginAPI", "Distributed",
                            .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
@@ -131,6 +136,8 @@ let package = Package(
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "Cluster", "TestSupport"],
+                    path: "Tests/DistributedTests"),
         .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
     ],
     swiftLanguageModes: [.v5]

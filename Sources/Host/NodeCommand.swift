@@ -37,6 +37,16 @@ struct NodeCommand: ParsableCommand {
     @Flag(name: .long, help: .hidden)
     var bench = false
 
+    // [dist] Options of a node running its part of the VM (config with `guest:`).
+    @Option(name: .long, help: "VM: stop the VM after this many seconds (exit 124).")
+    var timeout: Double?
+    @Option(name: .long, help: "VM: guest command line instead of the config's guest.cmdline.")
+    var cmdline: String?
+    @Option(name: .long, help: "VM: inject a TSC skew of this many ticks on this node (tests the time sync).")
+    var tscSkew: Int64 = 0
+    @Flag(name: .long, help: "VM: do not align this node's TSC with node 0's.")
+    var noTimeSync = false
+
     @Option(name: .long, help: .hidden)
     var benchRoundTrips: Int = 2000
 
@@ -62,6 +72,9 @@ struct NodeCommand: ParsableCommand {
             fail("\(config): there is no node \(id) (nodes: 0-\(cfg.nodes.count - 1))")
         }
         let loader = PluginLoader(searchPath: PluginLoader.defaultSearchPath(config: cfg))
+        if cfg.guest != nil && !bench {   // [dist] a config with a guest: run this node's part of the VM
+            runVMNode(config: cfg, loader: loader, logger: logger, signals: signals)
+        }
         let node: Node
         do { node = try Node(config: cfg, id: id, loader: loader, logger: logger) } catch {
             fail("node \(id): \(error)")

@@ -25,12 +25,20 @@ struct Up: ParsableCommand {
     @Option(name: .long, help: "Stop the cluster cleanly after this many seconds (default: run until stopped).")
     var duration: Double?
 
+    // [dist] passed to every node of a VM config.
+    @Option(name: .long, help: "VM: stop the VM after this many seconds (nodes exit 124).")
+    var timeout: Double?
+    @Option(name: .long, help: "VM: guest command line instead of the config's guest.cmdline.")
+    var cmdline: String?
+
     func run() throws {
         _ = global.bootstrapLogging()
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         var extra: [String] = []
         if let duration { extra += ["--duration", "\(duration)"] }
+        if let timeout { extra += ["--timeout", "\(timeout)"] }
+        if let cmdline { extra += ["--cmdline", cmdline] }
         let launcher = ClusterLauncher(config: cfg, configPath: config, logLevel: global.logLevel, extraArguments: extra)
         let status = launcher.run()
         Glibc.exit(status)

@@ -117,6 +117,12 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     var entryPoint: UInt64?
     /// The IOAPIC, when this node emulates it.
     public private(set) var ioapic: IOAPIC?
+    /// [dist hook] Device line changes on a node without the IOAPIC (line, level, device name):
+    /// the distributed layer forwards them to `ioapic_node`. Set before the VM runs.
+    public var forwardIRQLine: ((UInt32, Bool, String) -> Void)?
+    /// [dist hook] Level-triggered EOIs on a node without the IOAPIC (vector): forwarded to
+    /// `ioapic_node`. Set before the VM runs.
+    public var forwardEOI: ((UInt8) -> Void)?
 
     /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
     public init(config: MachineConfiguration, ram: any GuestRAM, kvm: KVMSystem? = nil,
@@ -332,6 +338,15 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// Interrupt state of vCPU i (tests, diagnostics).
     public func interruptState(of i: Int) -> VCPUInterrupts? { interrupts.first { $0.index == i } }
 
+    /// [dist hook] A level-triggered EOI from a local APIC: to the IOAPIC here, or forwarded.
+    func levelEOI(_ vector: UInt8) {
+        if let ioapic { ioapic.eoi(vector: vector) } else { forwardEOI?(vector) }
+    }
+
+    /// [dist hook] Every local vCPU with its global index (time sync programs their TSC before
+    /// the VM runs; never while run() is in progress).
+    public var localVCPUs: [(index: Int, vcpu: VCPU)] { runners.map { ($0.index, $0.vcpu) } }
+
     /// Exit counts of every local vCPU (valid after run()).
     public var exitCounts: [Int: [String: UInt64]] {
         Dictionary(uniqueKeysWithValues: runners.map { ($0.index, $0.exits) })
@@ -352,6 +367,10 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// straight to vCPU 0's local APIC as fixed, edge-triggered vector
     /// `legacyIRQVectorBase + line`, on the rising edge.
     public func setIRQ(line: UInt32, level: Bool, from device: String) {
+        if ioapic == nil, let forwardIRQLine {   // [dist hook] the IOAPIC lives on another node
+            forwardIRQLine(line, level, device)
+            return
+        }
         if let ioapic {
             guard line < UInt32(IOAPIC.pinCount) else {
                 logger.warning("device '\(device)' drives interrupt line \(line): the IOAPIC has pins 0-\(IOAPIC.pinCount - 1)")

@@ -7,4 +7,5 @@
 #include "csystem_kvm.h"
 #include "csystem_net.h"
 #include "csystem_ivy.h"
+#include "csystem_dist.h"
 #endif

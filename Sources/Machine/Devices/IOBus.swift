@@ -17,6 +17,13 @@ public protocol IODevice: AnyObject {
     func io(space: IOSpaceKind, offset: UInt64, data: UnsafeMutableRawBufferPointer, isWrite: Bool)
 }
 
+/// [dist hook] A device that takes a string (rep ins/outs) access whole: `data` holds
+/// `data.count / itemSize` items of `itemSize` bytes at the same offset (forwarded devices send
+/// them in one message).
+public protocol IOStringDevice: IODevice {
+    func ioString(space: IOSpaceKind, offset: UInt64, itemSize: Int, data: UnsafeMutableRawBufferPointer, isWrite: Bool)
+}
+
 public enum IOBusError: Error, CustomStringConvertible, Equatable {
     case overlap(space: IOSpaceKind, base: UInt64, length: UInt64, device: String, existingBase: UInt64,
                  existingLength: UInt64, existingDevice: String)

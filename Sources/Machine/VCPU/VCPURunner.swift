@@ -234,6 +234,11 @@ final class VCPURunner: @unchecked Sendable {
         switch exit {
         case let .io(port, size, count, isWrite, data):
             self.count(.io)
+            // [dist hook] string/rep I/O to a device that takes it whole (forwarded devices).
+            if count > 1, let r = machine.bus.lookup(.pio, UInt64(port)), let s = r.device as? IOStringDevice {
+                s.ioString(space: .pio, offset: UInt64(port) - r.base, itemSize: size, data: data, isWrite: isWrite)
+                return machine.isStopping ? .stopped : .handled
+            }
             for i in 0..<count {
                 let item = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
                 portIO(port: port, data: item, isWrite: isWrite)
@@ -322,7 +327,7 @@ final class VCPURunner: @unchecked Sendable {
                 case let .sendIPI(cmd):
                     machine.router.send(cmd, from: index)
                 case let .levelEOI(vector):
-                    machine.ioapic?.eoi(vector: vector)
+                    machine.levelEOI(vector)   // [dist hook] local IOAPIC or forwarded
                 case .timerChanged:
                     machine.apicChanged(index, addressing: false, timer: true)
                 case .addressingChanged:

@@ -1,0 +1,113 @@
+// CPU and interrupt forwarding on the `cpu` channel.
+//
+// Every node holds the APIC addressing state (ID, LDR, DFR) of every vCPU of the VM; a local
+// APIC's change is broadcast, so the sender of an IPI resolves its destination (physical,
+// logical, shorthand) against the same table on every node and sends one IPI message per remote
+// target vCPU to that vCPU's node, which injects it there — exactly once: each message is sent
+// once over an ordered, reliable transport and never retried. Device interrupt lines of a node
+// without the IOAPIC go to `ioapic_node`; the IOAPIC's messages reach remote vCPUs as IPIs above;
+// level-triggered EOIs go back to `ioapic_node`.
+//
+// Threading: the router's hooks run on vCPU threads, the APIC timer thread or the IOAPIC
+// caller; `handle` on transport receive threads. Nothing here blocks (sends never wait).
+
+import Cluster
+import Foundation
+import Logging
+import Machine
+import Metrics
+
+final class CPUForwarder: @unchecked Sendable {
+    let node: Node
+    let machine: Machine
+    /// Node of each global vCPU index.
+    let vcpuNode: [UInt32]
+    let ioapicNode: UInt32
+    let logger: Logger
+    let metrics: MetricsRegistry
+    let cIPIOut: UInt32, cIPIIn: UInt32, cAddr: UInt32, cLinesOut: UInt32, cLinesIn: UInt32, cEOIOut: UInt32, cEOIIn: UInt32
+    /// Time-sync replies go to the follower's clock aligner.
+    var onTimeReply: ((UInt32, CPUMessage) -> Void)?
+    var onTimeRequest: ((UInt32, UInt32) -> Void)?
+
+    init(node: Node, machine: Machine, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
+        self.node = node
+        self.machine = machine
+        self.vcpuNode = vcpuNode
+        self.ioapicNode = ioapicNode
+        self.metrics = metrics
+        self.logger = logger
+        cIPIOut = metrics.counter("cpu.ipi_forwarded")
+        cIPIIn = metrics.counter("cpu.ipi_received")
+        cAddr = metrics.counter("cpu.apic_address_updates")
+        cLinesOut = metrics.counter("cpu.irq_lines_forwarded")
+        cLinesIn = metrics.counter("cpu.irq_lines_received")
+        cEOIOut = metrics.counter("cpu.eoi_forwarded")
+        cEOIIn = metrics.counter("cpu.eoi_received")
+    }
+
+    /// Sets the machine's forwarding hooks (before the VM runs).
+    func install() {
+        machine.router.remoteDelivery = { [unowned self] index, m in
+            let target = vcpuNode[index]
+            metrics.add(cIPIOut, 1)
+            node.send(channel: .cpu, to: target,
+                      CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
+                                     level: m.levelTriggered).encode())
+        }
+        machine.router.addressingChanged = { [unowned self] index, a in
+            let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
+            for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
+        }
+        if machine.ioapic == nil {
+            machine.forwardIRQLine = { [unowned self] line, level, device in
+                metrics.add(cLinesOut, 1)
+                node.send(channel: .cpu, to: ioapicNode, CPUMessage.irqLine(line: line, level: level, device: device).encode())
+            }
+            machine.forwardEOI = { [unowned self] vector in
+                metrics.add(cEOIOut, 1)
+                node.send(channel: .cpu, to: ioapicNode, CPUMessage.eoi(vector: vector).encode())
+            }
+        }
+    }
+
+    /// A cpu-channel message from a peer (transport receive thread).
+    func handle(from: UInt32, _ payload: UnsafeRawBufferPointer) {
+        let m: CPUMessage
+        do { m = try CPUMessage.decode(payload) } catch {
+            logger.error("dropped a cpu message from node \(from): \(error)")
+            return
+        }
+        switch m {
+        case let .ipi(target, _, mode, vector, level):
+            guard Int(target) < vcpuNode.count, vcpuNode[Int(target)] == node.id,
+                  let dm = DeliveryMode(rawValue: mode) else {
+                logger.error("IPI from node \(from) for vCPU \(target), which is not on this node: dropped")
+                return
+            }
+            metrics.add(cIPIIn, 1)
+            machine.router.deliver(to: Int(target), InterruptMessage(mode: dm, vector: vector, levelTriggered: level))
+        case let .apicAddress(vcpu, id, ldr, dfr):
+            guard Int(vcpu) < vcpuNode.count, vcpuNode[Int(vcpu)] == from else {
+                logger.error("APIC address of vCPU \(vcpu) from node \(from), which does not run it: dropped")
+                return
+            }
+            metrics.add(cAddr, 1)
+            machine.router.updateAddress(of: Int(vcpu), APICAddress(id: id, ldr: ldr, dfr: dfr))
+        case let .irqLine(line, level, device):
+            guard let io = machine.ioapic else {
+                logger.error("interrupt line \(line) of device '\(device)' from node \(from), but the IOAPIC is not here: dropped")
+                return
+            }
+            metrics.add(cLinesIn, 1)
+            io.setLine(Int(line), asserted: level)
+        case let .eoi(vector):
+            metrics.add(cEOIIn, 1)
+            machine.ioapic?.eoi(vector: vector)
+        case let .timeRequest(seq):
+            onTimeRequest?(from, seq)
+        case .timeReply:
+            onTimeReply?(from, m)
+        }
+    }
+}

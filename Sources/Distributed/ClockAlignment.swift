@@ -1,0 +1,138 @@
+// One TSC across nodes (GiantVM section 4.4). KVM gives each vCPU guest_tsc = host_tsc + offset,
+// with the offset chosen when the vCPU is created — in another process, at another moment, and
+// on another machine against another host TSC. Node 0 is the leader: before its guest runs it
+// measures its guest offset against its host clock. Each follower asks the leader for its host
+// clock several times, keeps the sample with the smallest round trip (TimeSync.ClockSync:
+// the reply is assumed read half-way through it) and programs every local vCPU's TSC
+// (IA32_TSC via KVM_SET_MSRS) to host_clock + (leader_host - local_host) + leader_offset.
+//
+// `skew` (giantvm node --tsc-skew) injects a difference on purpose: this node then acts as if its
+// host TSC ran `skew` ticks ahead (every host-clock reading, and its vCPUs' initial TSC), since
+// nodes on one machine otherwise share one TSC. The same-machine check at the end compares the
+// real guest offsets (against the raw RDTSC), which only means something when nodes share a host.
+//
+// Threading: `measureLeader`/`sync` on the main thread before the VM runs (they issue vCPU
+// ioctls, which must not race with KVM_RUN); `answer`/`reply` on transport receive threads.
+
+import Cluster
+import CSystem
+import Foundation
+import KVM
+import Logging
+import Machine
+import TimeSync
+
+final class ClockAligner: @unchecked Sendable {
+    static let tscMSR: UInt32 = 0x10
+    let node: Node
+    let machine: Machine
+    let skew: Int64
+    let logger: Logger
+    let cond = NSCondition()
+    var replies: [UInt32: (localReceive: UInt64, hostClock: UInt64, guestOffset: Int64, real: Int64)] = [:]
+    /// Leader: its guest offset against its host clock, and against the raw RDTSC.
+    var leaderOffset: Int64 = 0
+    var leaderRealOffset: Int64 = 0
+    var leaderReady = false
+
+    init(node: Node, machine: Machine, skew: Int64, logger: Logger) {
+        self.node = node; self.machine = machine; self.skew = skew; self.logger = logger
+    }
+
+    func hostClock() -> UInt64 { UInt64(bitPattern: Int64(bitPattern: gvm_host_rdtsc()) &+ skew) }
+
+    /// (guest TSC - host clock, guest TSC - raw RDTSC) of a local vCPU, read between two host
+    /// readings (the midpoint is taken).
+    func measure(_ v: VCPU) throws -> (Int64, Int64) {
+        let t0 = gvm_host_rdtsc()
+        let g = try v.msrs([Self.tscMSR])[0]
+        let t1 = gvm_host_rdtsc()
+        let mid = Int64(bitPattern: t0 / 2 + t1 / 2)
+        let real = Int64(bitPattern: g) &- mid
+        return (real &- skew, real)
+    }
+
+    /// Applies the injected skew to every local vCPU's TSC (as a host with another TSC would).
+    func injectSkew() throws {
+        guard skew != 0 else { return }
+        for (_, v) in machine.localVCPUs {
+            let g = try v.msrs([Self.tscMSR])[0]
+            try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: Int64(bitPattern: g) &+ skew))])
+        }
+    }
+
+    /// Leader: records its offsets so it can answer followers.
+    func measureLeader() throws {
+        guard let v = machine.localVCPUs.first?.vcpu else { return }
+        let (o, r) = try measure(v)
+        cond.lock()
+        leaderOffset = o
+        leaderRealOffset = r
+        leaderReady = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Leader, receive thread: answers a follower's request at once.
+    func answer(from: UInt32, seq: UInt32) {
+        cond.lock()
+        let ready = leaderReady, o = leaderOffset, r = leaderRealOffset
+        cond.unlock()
+        guard ready else {
+            logger.error("time request from node \(from) before this node measured its TSC: not answered")
+            return
+        }
+        node.send(channel: .cpu, to: from, CPUMessage.timeReply(seq: seq, hostClock: hostClock(), guestOffset: o, realGuestOffset: r).encode())
+    }
+
+    /// Follower, receive thread.
+    func reply(from: UInt32, _ m: CPUMessage) {
+        let now = hostClock()
+        guard case let .timeReply(seq, clock, off, real) = m else { return }
+        cond.lock()
+        replies[seq] = (now, clock, off, real)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    struct Result {
+        var estimate: ClockEstimate
+        var beforeTicks: Int64
+        var afterTicks: Int64
+        var tscKHz: UInt32
+    }
+
+    /// Follower: samples the leader, programs every local vCPU's TSC, checks the result.
+    func sync(leader: UInt32, samples: Int = 16, timeout: Double) throws -> Result {
+        guard let first = machine.localVCPUs.first?.vcpu else { throw WireError("no local vCPU to program") }
+        let khz = (try? first.tscKHz()) ?? 0
+        let (_, realBefore) = try measure(first)
+        var list: [ClockSample] = []
+        var leaderOff: Int64 = 0, leaderReal: Int64 = 0
+        for seq in 0..<UInt32(samples) {
+            let sent = hostClock()
+            node.send(channel: .cpu, to: leader, CPUMessage.timeRequest(seq: seq).encode())
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            cond.lock()
+            while replies[seq] == nil && node.stopReason == nil {
+                if !cond.wait(until: deadline) { break }
+            }
+            let r = replies[seq]
+            cond.unlock()
+            guard let r else { throw WireError("time sync: no answer from node \(leader) within \(timeout) s") }
+            list.append(ClockSample(localSend: Int64(bitPattern: sent), remote: Int64(bitPattern: r.hostClock),
+                                    localReceive: Int64(bitPattern: r.localReceive)))
+            leaderOff = r.guestOffset
+            leaderReal = r.real
+        }
+        let est = try ClockSync.estimate(list)
+        // guest TSC := local host clock + (leader host - local host) + leader's guest offset.
+        let target = ClockSync.followerTSCOffset(leaderGuestOffset: leaderOff, hostOffset: est.offset)
+        for (_, v) in machine.localVCPUs {
+            let value = Int64(bitPattern: hostClock()) &+ target
+            try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: value))])
+        }
+        let (_, realAfter) = try measure(first)
+        return Result(estimate: est, beforeTicks: realBefore &- leaderReal, afterTicks: realAfter &- leaderReal, tscKHz: khz)
+    }
+}
