@@ -381,6 +381,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
         stop(StopReason(status: status, message: message, origin: id))
     }
 
+    /// [dist hook] True once `node` said it is stopping (its STOP arrived) or this node is
+    /// stopping: a send to it that fails as closed is then expected, not a fault. Any thread.
+    public func isStopping(peer node: UInt32) -> Bool {
+        mon.withLock { reason != nil || (Int(node) < peerStopping.count && peerStopping[Int(node)]) }
+    }
+
     /// The stop reason once a stop was requested.
     public var stopReason: StopReason? { mon.withLock { reason } }
 

@@ -41,32 +41,46 @@ final class ClockAligner: @unchecked Sendable {
 
     func hostClock() -> UInt64 { UInt64(bitPattern: Int64(bitPattern: gvm_host_rdtsc()) &+ skew) }
 
-    /// (guest TSC - host clock, guest TSC - raw RDTSC) of a local vCPU, read between two host
-    /// readings (the midpoint is taken).
-    func measure(_ v: VCPU) throws -> (Int64, Int64) {
+    /// A vCPU's real TSC offset (guest TSC = host TSC + offset): KVM_VCPU_TSC_OFFSET, or, where
+    /// the kernel lacks it, measured from IA32_TSC between two host readings.
+    func realOffset(_ v: VCPU) throws -> Int64 {
+        var off: Int64 = 0
+        // Sound: v.fd is an open vCPU fd; the attribute's addr points at `off`, an Int64 that
+        // lives across the call.
+        let rc = gvm_vcpu_get_tsc_offset(v.fd, &off)
+        if rc == 0 { return off }
         let t0 = gvm_host_rdtsc()
         let g = try v.msrs([Self.tscMSR])[0]
         let t1 = gvm_host_rdtsc()
-        let mid = Int64(bitPattern: t0 / 2 + t1 / 2)
-        let real = Int64(bitPattern: g) &- mid
-        return (real &- skew, real)
+        return Int64(bitPattern: g) &- Int64(bitPattern: t0 / 2 + t1 / 2)
     }
 
-    /// Applies the injected skew to every local vCPU's TSC (as a host with another TSC would).
+    /// Sets a vCPU's real TSC offset: KVM_VCPU_TSC_OFFSET, or, where the kernel lacks it, a
+    /// host write of IA32_TSC. KVM treats a host TSC write within one second of the expected
+    /// value as "synchronising vCPUs" and keeps the old offset, so the fallback first writes a
+    /// value far away, then the target.
+    func setRealOffset(_ v: VCPU, _ off: Int64) throws {
+        // Sound: as above; the kernel copies the Int64 at addr.
+        let rc = gvm_vcpu_set_tsc_offset(v.fd, off)
+        if rc == 0 { return }
+        let far = Int64(bitPattern: gvm_host_rdtsc()) &+ off &+ (Int64(1) << 40)
+        try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: far))])
+        try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: Int64(bitPattern: gvm_host_rdtsc()) &+ off))])
+    }
+
+    /// Applies the injected skew to every local vCPU's TSC (as a host whose TSC runs `skew`
+    /// ahead, with the same KVM offset, would show it).
     func injectSkew() throws {
         guard skew != 0 else { return }
-        for (_, v) in machine.localVCPUs {
-            let g = try v.msrs([Self.tscMSR])[0]
-            try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: Int64(bitPattern: g) &+ skew))])
-        }
+        for (_, v) in machine.localVCPUs { try setRealOffset(v, try realOffset(v) &+ skew) }
     }
 
-    /// Leader: records its offsets so it can answer followers.
+    /// Leader: records its offsets (against its host clock, and real) so it can answer followers.
     func measureLeader() throws {
         guard let v = machine.localVCPUs.first?.vcpu else { return }
-        let (o, r) = try measure(v)
+        let r = try realOffset(v)
         cond.lock()
-        leaderOffset = o
+        leaderOffset = r &- skew
         leaderRealOffset = r
         leaderReady = true
         cond.broadcast()
@@ -100,13 +114,17 @@ final class ClockAligner: @unchecked Sendable {
         var beforeTicks: Int64
         var afterTicks: Int64
         var tscKHz: UInt32
+        /// The real offset programmed, and whether KVM kept it (PVM ignores TSC offset writes:
+        /// its guests read the host TSC directly).
+        var programmed: Int64
+        var applied: Bool
     }
 
     /// Follower: samples the leader, programs every local vCPU's TSC, checks the result.
     func sync(leader: UInt32, samples: Int = 16, timeout: Double) throws -> Result {
         guard let first = machine.localVCPUs.first?.vcpu else { throw WireError("no local vCPU to program") }
         let khz = (try? first.tscKHz()) ?? 0
-        let (_, realBefore) = try measure(first)
+        let realBefore = try realOffset(first)
         var list: [ClockSample] = []
         var leaderOff: Int64 = 0, leaderReal: Int64 = 0
         for seq in 0..<UInt32(samples) {
@@ -126,13 +144,15 @@ final class ClockAligner: @unchecked Sendable {
             leaderReal = r.real
         }
         let est = try ClockSync.estimate(list)
-        // guest TSC := local host clock + (leader host - local host) + leader's guest offset.
-        let target = ClockSync.followerTSCOffset(leaderGuestOffset: leaderOff, hostOffset: est.offset)
-        for (_, v) in machine.localVCPUs {
-            let value = Int64(bitPattern: hostClock()) &+ target
-            try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: value))])
+        // guest = host clock + model offset on both; leader host = local host + est.offset.
+        let model = ClockSync.followerTSCOffset(leaderGuestOffset: leaderOff, hostOffset: est.offset)
+        for (_, v) in machine.localVCPUs { try setRealOffset(v, model &+ skew) }
+        let realAfter = try realOffset(first)
+        let applied = abs(realAfter &- (model &+ skew)) <= 1000  // exact with the attribute; ~µs with the MSR fallback
+        if !applied {
+            logger.warning("time: KVM kept the vCPUs' TSC offset at \(realAfter) instead of \(model &+ skew): this KVM ignores TSC offset changes (PVM guests read the host TSC directly)")
         }
-        let (_, realAfter) = try measure(first)
-        return Result(estimate: est, beforeTicks: realBefore &- leaderReal, afterTicks: realAfter &- leaderReal, tscKHz: khz)
+        return Result(estimate: est, beforeTicks: realBefore &- leaderReal, afterTicks: realAfter &- leaderReal, tscKHz: khz,
+                      programmed: model &+ skew, applied: applied)
     }
 }

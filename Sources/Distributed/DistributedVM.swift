@@ -125,8 +125,8 @@ public final class DistributedVM: @unchecked Sendable {
         do {
             mem = try GuestMemory(bytes: cfg.memoryBytes, logger: logger,
                                   onFatal: { why in fatal.vm?.fail("guest memory: \(why)") },
-                                  send: { dst, iov in n.send(channel: .coherence, to: dst, iov: iov) },
-                                  sendUrgent: { dst, iov in n.send(channel: .coherence, to: dst, iov: iov, lane: GVM_LANE_URGENT) })
+                                  send: { dst, iov in DistributedVM.coherenceSend(n, dst, iov, lane: nil) },
+                                  sendUrgent: { dst, iov in DistributedVM.coherenceSend(n, dst, iov, lane: GVM_LANE_URGENT) })
         } catch {
             throw WireError("node \(id): guest memory (userfaultfd): \(error)")
         }
@@ -218,6 +218,15 @@ public final class DistributedVM: @unchecked Sendable {
             ioF.failAll("node \(id) is stopping: \(r.message)")
             m?.requestStop(.requested("cluster stopping: \(r.message)"))
         }
+    }
+
+    /// The coherence plugin's sends. Once the cluster stops, a peer that already closed its
+    /// connections refuses them: that is the stop, not a protocol fault, so the message is
+    /// dropped quietly instead of making the plugin call `fatal`.
+    static func coherenceSend(_ n: Node, _ dst: UInt32, _ iov: UnsafeBufferPointer<gvm_iovec>, lane: UInt32?) -> Int32 {
+        let rc = n.send(channel: .coherence, to: dst, iov: iov, lane: lane)
+        if rc == GVM_ERR_CLOSED.rawValue && n.isStopping(peer: dst) { return GVM_OK.rawValue }
+        return rc
     }
 
     /// Stops the VM with a failure (any thread).
@@ -316,9 +325,10 @@ public final class DistributedVM: @unchecked Sendable {
         if id != 0 && options.timeSync {
             let r = try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))
             let us = { (t: Int64) -> String in r.tscKHz > 0 ? String(format: "%.1f µs", Double(t) * 1000 / Double(r.tscKHz)) : "?" }
-            say("node \(id): time: TSC aligned with node 0 over \(r.estimate.samples) samples (best round trip \(r.estimate.roundTrip) ticks, "
-                + "± \(us(r.estimate.uncertainty))); guest TSC minus node 0's: before \(r.beforeTicks) ticks (\(us(r.beforeTicks))), "
-                + "after \(r.afterTicks) ticks (\(us(r.afterTicks)))")
+            say("node \(id): time: host clock of node 0 minus this node's: \(r.estimate.offset) ticks over \(r.estimate.samples) samples "
+                + "(best round trip \(r.estimate.roundTrip) ticks, ± \(us(r.estimate.uncertainty))); injected skew \(options.tscSkew) ticks; "
+                + "TSC offset \(r.programmed) \(r.applied ? "applied" : "ignored by this KVM (guest TSC = host TSC)"); "
+                + "guest TSC minus node 0's: before \(r.beforeTicks) ticks (\(us(r.beforeTicks))), after \(r.afterTicks) ticks (\(us(r.afterTicks)))")
         }
 
         // READY barrier: node 0 boots the guest once every node is ready.
