@@ -236,3 +236,64 @@ final class VMProcessTests: XCTestCase {
         XCTAssertFalse(r1.stdout.contains("time:"), r1.stdout)
     }
 }
+
+/// The demo with each node in its own network namespace, joined by a veth pair.
+final class VMNamespaceTests: XCTestCase {
+    let names = ["gvm-dist-a", "gvm-dist-b"]
+    let addresses = ["10.231.0.1", "10.231.0.2"]
+
+    func sh(_ args: [String]) -> Int32 {
+        (try? TestSupport.run("/usr/bin/env", args, timeout: 10).status) ?? -1
+    }
+
+    override func setUpWithError() throws {
+        try Requirement.builtGiantVM()
+        try Requirement.kvm()
+        try Requirement.root()
+        if !FileManager.default.fileExists(atPath: Built.packageRoot + "/Guests/build/testguest.elf") {
+            throw XCTSkip("the test guest is not built: run `make -C Guests`")
+        }
+        tearDownNamespaces()
+        var ok = sh(["ip", "netns", "add", names[0]]) == 0 && sh(["ip", "netns", "add", names[1]]) == 0
+        ok = ok && sh(["ip", "link", "add", "gvmdist0", "netns", names[0], "type", "veth", "peer", "name", "gvmdist1", "netns", names[1]]) == 0
+        for i in 0..<2 where ok {
+            ok = sh(["ip", "-n", names[i], "addr", "add", addresses[i] + "/24", "dev", "gvmdist\(i)"]) == 0
+                && sh(["ip", "-n", names[i], "link", "set", "gvmdist\(i)", "up"]) == 0
+                && sh(["ip", "-n", names[i], "link", "set", "lo", "up"]) == 0
+        }
+        if !ok {
+            tearDownNamespaces()
+            throw XCTSkip("cannot create network namespaces and a veth pair here (ip netns / ip link failed)")
+        }
+    }
+
+    override func tearDown() { tearDownNamespaces() }
+
+    func tearDownNamespaces() {
+        for n in names { _ = sh(["ip", "netns", "del", n]) }
+    }
+
+    func testDemoInSeparateNamespaces() throws {
+        let cfg = vmConfig(port: 20300, addresses: addresses)
+        let n0 = try Child("/usr/bin/env", ["ip", "netns", "exec", names[0], Built.giantvm, "node", "--config", cfg, "--id", "0", "--timeout", "30"])
+        let n1 = try Child("/usr/bin/env", ["ip", "netns", "exec", names[1], Built.giantvm, "node", "--config", cfg, "--id", "1", "--timeout", "30"])
+        defer { n0.signal(SIGKILL); n1.signal(SIGKILL) }
+        let r0 = n0.wait(timeout: 45), r1 = n1.wait(timeout: 10)
+        XCTAssertEqual(r0.status, 0, r0.output)
+        XCTAssertEqual(r1.status, 0, r1.output)
+        let out0 = r0.stdout.split(separator: "\n").map(String.init)
+        let out1 = r1.stdout.split(separator: "\n").map(String.init)
+        let guest = out0.filter { $0.hasPrefix("guest: ") || $0.hasPrefix("hello from") || $0.hasPrefix("RESULT") || $0.hasPrefix("SUMMARY") }
+        XCTAssertEqual(guest.count, 7, "\(out0)")
+        guard guest.count == 7 else { return }
+        XCTAssertTrue(guest[0].hasPrefix("guest: workload=hello vcpus=4 nodes=2 mem_mib=32 "), guest[0])
+        XCTAssertEqual(Set(guest[1...4]), Set((0..<4).map { "hello from vCPU \($0)" }))
+        XCTAssertTrue(guest[5].hasPrefix(#"RESULT {"workload":"hello","vcpus":4,"greeted":4,"#) && guest[5].hasSuffix(#""ok":true}"#), guest[5])
+        XCTAssertTrue(guest[6].hasPrefix("SUMMARY workload=hello vcpus=4 ok=true elapsed_ms="), guest[6])
+        XCTAssertTrue(out0.contains { $0.hasPrefix("node 0: met node 1 over transport-tcp") }, "\(out0)")
+        XCTAssertTrue(out0.contains("node 0: stopped cleanly: guest passed (isa-debug-exit value 0, status 1) [exit: guest wrote 0 to isa-debug-exit (status 1)]"))
+        XCTAssertTrue(out1.contains("node 1: stopped cleanly: node 0 finished: guest passed (isa-debug-exit value 0, status 1) [exit: guest wrote 0 to isa-debug-exit (status 1)]"), "\(out1)")
+        XCTAssertTrue(out1.contains { $0.hasPrefix("node 1: DSM stats: read_miss=") })
+        XCTAssertGreaterThan(stat(r1.stdout, node: 1, "io_forwarded") ?? 0, 0)
+    }
+}
