@@ -8,3 +8,12 @@ echo "== giantvm validate examples/cluster-3node.yaml"
 $GVM validate examples/cluster-3node.yaml
 echo "== giantvm plugins list --config examples/cluster-3node.yaml"
 $GVM plugins list --config examples/cluster-3node.yaml
+
+# One VM over two node processes (2 nodes x 2 vCPUs, dsm-ivy over transport-tcp on loopback):
+# every vCPU says hello through the one UART (node 0), IPIs and a shared counter across nodes
+# give exact results, the guest powers off through the exit device; each node prints its DSM
+# stats. Every run is bounded (--timeout; `timeout` as a backstop).
+for cmd in "hello" "ipi ipis=20" "counter iters=2000"; do
+    echo "== giantvm up examples/vm-2node.yaml --cmdline \"$cmd\""
+    timeout 90 $GVM up examples/vm-2node.yaml --timeout 60 --cmdline "$cmd"
+done

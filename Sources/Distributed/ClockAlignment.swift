@@ -160,7 +160,7 @@ final class ClockAligner: @unchecked Sendable {
         let realAfter = try realOffset(first)
         let applied = try honoursOffsets(first) && abs(realAfter &- (model &+ skew)) <= 100_000
         if !applied {
-            logger.warning("time: KVM kept the vCPUs' TSC offset at \(realAfter) instead of \(model &+ skew): this KVM ignores TSC offset changes (PVM guests read the host TSC directly)")
+            logger.info("time: KVM kept the vCPUs' TSC offset at \(realAfter) instead of \(model &+ skew): this KVM ignores TSC offset changes (PVM guests read the host TSC directly)")
         }
         return Result(estimate: est, beforeTicks: realBefore &- leaderReal, afterTicks: realAfter &- leaderReal, tscKHz: khz,
                       programmed: model &+ skew, applied: applied)

@@ -291,7 +291,7 @@ public final class DistributedVM: @unchecked Sendable {
         return DistributedOutcome(status: final.status, message: final.message)
     }
 
-    private func startUp() throws {
+    func startUp() throws {
         try coherence.start()
         try memory.start()
         io.startServer()
@@ -341,7 +341,7 @@ public final class DistributedVM: @unchecked Sendable {
         }
     }
 
-    private func shutdown() {
+    func shutdown() {
         machine.shutdownDevices()
         memory.stop()
         coherence.stop()
