@@ -119,6 +119,7 @@ let package = Package(
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
         .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
+        .testTarget(name: "GuestTests", dependencies: [], path: "Tests/GuestTests"),
     ],
     swiftLanguageModes: [.v5]
 )
