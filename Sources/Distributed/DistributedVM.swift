@@ -158,6 +158,12 @@ public final class DistributedVM: @unchecked Sendable {
             throw WireError("node \(id): cannot create the VM: \(error)")
         }
         machine = m
+        // Multiple-writer protocols flush at the VMM's synchronisation points (as `giantvm run`).
+        let fenceEnd = MemoryLayout<gvm_coherence_ops>.offset(of: \.fence)! + MemoryLayout<UnsafeRawPointer>.size
+        if Int(ops.pointee.size) >= fenceEnd, let fence = ops.pointee.fence {
+            let instance = coherence.instance
+            m.fenceHook = { vcpu, kind in _ = fence(instance, UInt32(vcpu), kind) }
+        }
 
         // 4. Local devices.
         var kept: [AnyObject] = [services, clusterInfo, settings]

@@ -136,6 +136,14 @@ struct Run: ParsableCommand {
         do {
             machine = try Machine(config: mc, ram: ram, logger: logger)
             fatalTarget.machine = machine
+            // Multiple-writer protocols flush at the VMM's synchronisation points.
+            if let c = coherence {
+                let fenceEnd = MemoryLayout<gvm_coherence_ops>.offset(of: \.fence)! + MemoryLayout<UnsafeRawPointer>.size
+                if Int(c.ops.pointee.size) >= fenceEnd, let fence = c.ops.pointee.fence {
+                    let inst = c.instance
+                    machine.fenceHook = { vcpu, kind in _ = fence(inst, UInt32(vcpu), kind) }
+                }
+            }
         } catch {
             fail("cannot create the VM: \(error)", code: RunExitStatus.machineFailure)
         }

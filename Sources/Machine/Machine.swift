@@ -123,6 +123,11 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// [dist hook] Level-triggered EOIs on a node without the IOAPIC (vector): forwarded to
     /// `ioapic_node`. Set before the VM runs.
     public var forwardEOI: ((UInt8) -> Void)?
+    /// Synchronisation points for multiple-writer coherence protocols (the plugin's optional
+    /// `fence` hook): called on the vCPU's thread with GVM_FENCE_RELEASE before the VMM acts on
+    /// an I/O or MMIO exit (device access, IPI send) and on HLT, and with GVM_FENCE_ACQUIRE when
+    /// an interrupt is injected. Set before `run()`; nil (the default) costs one check per exit.
+    public var fenceHook: ((_ vcpu: Int, _ kind: UInt32) -> Void)?
 
     /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
     public init(config: MachineConfiguration, ram: any GuestRAM, kvm: KVMSystem? = nil,

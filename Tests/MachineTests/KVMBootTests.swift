@@ -73,6 +73,8 @@ final class KVMBootTests: XCTestCase {
         idt.replaceSubrange((0x41 * 16)..<(0x42 * 16), with: TinyGuests.idtGate(0x100100))
         try m.loadRaw(idt, at: 0x20000)
         try m.loadRaw([0xFF, 0x0F, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0], at: 0x21000) // IDTR: limit 0xfff, base 0x20000
+        let fences = FenceLog()
+        m.fenceHook = { fences.add($0, $1) }
         let stop = m.run(timeout: 30)
         guard case let .guestExit(status, _) = stop else { return XCTFail("unexpected stop: \(stop)") }
         XCTAssertEqual(status, 1)
@@ -82,6 +84,10 @@ final class KVMBootTests: XCTestCase {
         XCTAssertTrue(bsp.isr.isEmpty, "EOI cleared the in-service vector")
         XCTAssertFalse(bsp.irr[0x41])
         XCTAssertTrue(m.interruptState(of: 1)!.apicSnapshot.softwareEnabled)
+        // Synchronisation points: the AP released before its ICR write, the BSP acquired when
+        // the IPI was injected.
+        XCTAssertTrue(fences.contains(vcpu: 1, kind: 1), "\(fences.all)")
+        XCTAssertTrue(fences.contains(vcpu: 0, kind: 2), "\(fences.all)")
     }
 
     /// 1000 IPIs from the AP to a BSP that halts between them: none may be lost (each is
@@ -132,4 +138,11 @@ final class KVMBootTests: XCTestCase {
             XCTAssertTrue("\(k)".hasPrefix("KVM_CREATE_VCPU failed: EEXIST"), "\(k)")
         }
     }
+}
+
+final class FenceLog: @unchecked Sendable {
+    let lock = NSLock()
+    var all: [(Int, UInt32)] = []
+    func add(_ v: Int, _ k: UInt32) { lock.lock(); all.append((v, k)); lock.unlock() }
+    func contains(vcpu: Int, kind: UInt32) -> Bool { lock.lock(); defer { lock.unlock() }; return all.contains { $0 == (vcpu, kind) } }
 }

@@ -8,6 +8,7 @@
 import Foundation
 import KVM
 import Logging
+import PluginAPI
 
 /// The outcome of handling one exit.
 public enum ExitOutcome: Equatable {
@@ -204,7 +205,10 @@ final class VCPURunner: @unchecked Sendable {
 
             // 2. Injection (one vector per entry) and entry.
             if nmi { try vcpu.nmi() }
-            if let v = inject { try vcpu.interrupt(vector: v) }
+            if let v = inject {
+                try vcpu.interrupt(vector: v)
+                machine.fenceHook?(index, GVM_FENCE_ACQUIRE)
+            }
             vcpu.requestInterruptWindow(wantWindow)
             let exit = try vcpu.runOnce()
             vcpu.clearImmediateExit()
@@ -234,6 +238,7 @@ final class VCPURunner: @unchecked Sendable {
         switch exit {
         case let .io(port, size, count, isWrite, data):
             self.count(.io)
+            machine.fenceHook?(index, GVM_FENCE_RELEASE)
             // [dist hook] string/rep I/O to a device that takes it whole (forwarded devices).
             if count > 1, let r = machine.bus.lookup(.pio, UInt64(port)), let s = r.device as? IOStringDevice {
                 s.ioString(space: .pio, offset: UInt64(port) - r.base, itemSize: size, data: data, isWrite: isWrite)
@@ -246,10 +251,12 @@ final class VCPURunner: @unchecked Sendable {
             return machine.isStopping ? .stopped : .handled
         case let .mmio(address, isWrite, data):
             self.count(.mmio)
+            machine.fenceHook?(index, GVM_FENCE_RELEASE)
             mmio(address: address, data: data, isWrite: isWrite)
             return machine.isStopping ? .stopped : .handled
         case .hlt:
             self.count(.hlt)
+            machine.fenceHook?(index, GVM_FENCE_RELEASE)
             return .halted
         case .interruptWindowOpen:
             self.count(.irqWindow)
