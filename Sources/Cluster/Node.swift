@@ -403,7 +403,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
     /// STOP or go, then stops the transport.
     private func shutdown(_ r: StopReason) {
         // Tell every live peer, unless it told us first (then it is stopping already).
-        let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] } }
+        // The node whose loss caused the stop (possibly unknown to this node yet, when a peer
+        // told us) will not answer: do not wait for it.
+        let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] && $0 != r.lostNode } }
         var w = MessageWriter(type: 0x01)
         w.i32(r.status)
         w.u32(r.origin)

@@ -216,6 +216,24 @@ final class ClusterProcessTests: XCTestCase {
         }
     }
 
+    // MARK: fault injection through the config
+
+    func testConfiguredFaultInjectionDropsTheChosenMessages() throws {
+        let dir = try TempDir()
+        // Drop node 0's test ping (type 0xE0) on the io channel to node 1, nothing else.
+        let faults = "rules:\n  - {channel: io, type: 0xE0, from: 0, to: 1, action: drop}"
+        let cfg = try dir.write("c.yaml", clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: [17285, 17286],
+                                                     faults: faults))
+        let nodes = try (0..<2).map { try startNode(cfg, id: $0, dir: dir) }
+        for n in nodes { XCTAssertEqual(n.wait(timeout: 20), 1, n.output) }
+        XCTAssertTrue(nodes[0].stderr.contains("fault injection on: 1 rule(s), seed 1"), nodes[0].stderr)
+        // Node 0 got no answer on io; node 1 got no ping on io; every other channel worked.
+        XCTAssertTrue(nodes[0].stderr.contains("giantvm: error: node 0: test exchange failed: no test exchange on io with node 1")
+                      || nodes[0].stderr.contains("node 1 failed: test exchange failed: no test exchange on io with node 0"),
+                      nodes[0].stderr)
+        XCTAssertTrue(nodes[1].stderr.contains("no test exchange on io with node 0"), nodes[1].stderr)
+    }
+
     // MARK: authentication
 
     func testUnauthenticatedWrongKeyAndWrongClusterPeersAreRefused() throws {
