@@ -164,7 +164,7 @@ final class TCPTransport: TransportPlugin {
         }
         guard let conns else { return }
         for c in conns { c.shutdownNow() }
-        services.log(.warning, "node \(peer) is down: \(reason)")
+        services.log(.info, "node \(peer) is down: \(reason)")
         host.peerDown(peer, reason: reason)
     }
 
