@@ -53,7 +53,8 @@ struct Reader {
 
     init(file: String) {
         self.file = file
-        let dir = (file as NSString).deletingLastPathComponent
+        // (NSString.deletingLastPathComponent traps on some one-character paths.)
+        let dir = file.lastIndex(of: "/").map { String(file[..<$0]) } ?? ""
         let absolute = dir.hasPrefix("/") ? dir : FileManager.default.currentDirectoryPath + (dir.isEmpty ? "" : "/" + dir)
         baseDirectory = absolute
     }
@@ -218,7 +219,7 @@ struct Reader {
 
     func resolve(_ p: String) -> String {
         if p.hasPrefix("/") { return p }
-        return (baseDirectory as NSString).appendingPathComponent(p)
+        return baseDirectory.hasSuffix("/") ? baseDirectory + p : baseDirectory + "/" + p
     }
 
     // MARK: - sections
@@ -281,11 +282,11 @@ struct Reader {
         }
 
         var devices: [DeviceConfig] = []
-        if let d = top["devices"]?.value { devices = deviceList(d, nodeCount: nodes.count) }
+        if let d = top["devices"]?.value { devices = deviceList(d, nodeCount: max(nodes.count, rawNodeCount(top["nodes"]?.value))) }
 
         var ioapicNode: UInt32 = 0
         if let n = top["ioapic_node"]?.value,
-           let v = integer(n, "ioapic_node", range: 0...UInt64(max(nodes.count, 1) - 1), what: "a node id of this cluster") {
+           let v = integer(n, "ioapic_node", range: 0...UInt64(max(nodes.count, rawNodeCount(top["nodes"]?.value), 1) - 1), what: "a node id of this cluster") {
             ioapicNode = UInt32(v)
         }
 
@@ -340,6 +341,13 @@ struct Reader {
             ref.settings.append(("__faults", (try? Yams.serialize(node: f)) ?? ""))
         }
         return ref
+    }
+
+    /// Number of entries in the `nodes:` list, valid or not (so a bad node does not also make
+    /// every device on it "not a node of this cluster").
+    func rawNodeCount(_ node: Node?) -> Int {
+        if case .sequence(let s)? = node { return s.count }
+        return 0
     }
 
     mutating func nodeList(_ node: Node) -> [NodeConfig] {

@@ -1,2 +1,0 @@
-import XCTest
-final class PluginHostTestsPlaceholder: XCTestCase { func testNothing() {} }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+GVM=.build/debug/giantvm
+echo "== giantvm validate examples/cluster-3node.yaml"
+$GVM validate examples/cluster-3node.yaml
+echo "== giantvm plugins list --config examples/cluster-3node.yaml"
+$GVM plugins list --config examples/cluster-3node.yaml
