@@ -59,6 +59,21 @@ final class ClusterProcessTests: XCTestCase {
         }
     }
 
+    func testBadTransportSettingsAreAClearError() throws {
+        let dir = try TempDir()
+        let cfg = try dir.write("c.yaml", clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: [17287, 17288],
+                                                     transportSettings: ["connect_timeout": "soon"]))
+        let n = try startNode(cfg, id: 0, dir: dir)
+        XCTAssertEqual(n.wait(timeout: 10), 1, n.output)
+        XCTAssertTrue(n.stderr.contains("giantvm: error: node 0: \(cfg): transport.settings: transport-tcp refused its settings: setting 'connect_timeout': 'soon' is not a duration (e.g. 500ms, 10s)"), n.stderr)
+        let cfg2 = try dir.write("d.yaml", clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: [17287, 17288],
+                                                      transportSettings: ["colour": "red"]))
+        let n2 = try startNode(cfg2, id: 1, dir: dir)
+        XCTAssertEqual(n2.wait(timeout: 10), 1, n2.output)
+        XCTAssertTrue(n2.stderr.contains("unknown setting 'colour' (accepted: connect_timeout, handshake_timeout, listen_address, max_pending_handshakes, nodelay, retry_interval, send_queue_limit)"), n2.stderr)
+        XCTAssertFalse(n.output.contains("crashed") || n2.output.contains("crashed"))
+    }
+
     // MARK: failure detection
 
     /// Starts 3 nodes (no duration) and waits until each has exchanged test frames.
