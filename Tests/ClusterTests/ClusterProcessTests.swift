@@ -205,6 +205,12 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertTrue(readUntilClosed(h, timeout: 3).closed)
         close(h)
 
+        // A burst of 60 connections of random bytes (a port scan): each is closed, none sticks.
+        var rng = SystemRandomNumberGenerator()
+        let burst = (0..<60).map { _ in connectLoopback(ports[1]) }
+        for fd in burst { writeBytes(fd, (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) }) }
+        for fd in burst { XCTAssertTrue(readUntilClosed(fd, timeout: 5).closed); close(fd) }
+
         XCTAssertTrue(n1.running, "node 1 died: \(n1.output)")
         let err = n1.stderr
         XCTAssertTrue(err.contains("bad frame magic"), err)
