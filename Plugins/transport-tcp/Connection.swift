@@ -8,7 +8,10 @@ import PluginKit
 /// `onFrame` (borrowed bytes); a dedicated writer thread drains the send queue with sendmsg
 /// (scatter-gather over several queued frames). `enqueue` may be called from any thread: it only
 /// copies into the queue under a short lock and never waits for the peer, so two nodes whose
-/// socket buffers are full cannot deadlock through their receive threads. `onFailure` runs at
+/// socket buffers are full cannot deadlock through their receive threads. When the queue is
+/// empty and no thread is writing, `enqueue` first tries one non-blocking sendmsg itself (no copy,
+/// no hand-off); `writing` keeps that fast path and the writer thread from interleaving bytes.
+/// `onFailure` runs at
 /// most once, on the reader or writer thread. `shutdownNow` (any thread) wakes both threads;
 /// `join` (main thread, after shutdownNow) waits for them and closes the socket.
 final class Connection {
@@ -21,6 +24,8 @@ final class Connection {
     private var queuedBytes = 0
     private var closed = false
     private var failed = false
+    /// A thread (the writer, or a sender on the fast path) is inside sendmsg on this socket.
+    private var writing = false
     private var reader: OSThread?
     private var writer: OSThread?
     private var onFailure: ((String) -> Void)?
@@ -36,30 +41,71 @@ final class Connection {
         writer = try OSThread(name: "tcp-tx-\(peer)-\(lane)") { [self] in writeLoop() }
     }
 
-    /// Copies one frame (header + concatenated iov) into the queue. Returns a gvm_status.
+    /// Sends one frame (header + concatenated iov) or copies it into the queue; never waits for
+    /// the peer. Fast path: when nothing is queued and no thread is writing, the caller tries one
+    /// non-blocking sendmsg straight from its buffers (no copy, no thread hand-off); whatever the
+    /// socket does not take at once is copied into the queue for the writer thread. Returns a
+    /// gvm_status.
     func enqueue(_ iov: UnsafeBufferPointer<gvm_iovec>, total: Int) -> Int32 {
         let size = frameHeaderSize + total
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
-        let header = encodeFrameHeader(kind: .data, length: total)
-        header.withUnsafeBytes { buf.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: frameHeaderSize) }
-        var off = frameHeaderSize
-        for v in iov where v.len > 0 {
-            guard let base = v.base else { continue }
-            (buf.baseAddress! + off).copyMemory(from: base, byteCount: v.len)
-            off += v.len
-        }
+        var header = encodeFrameHeader(kind: .data, length: total)
+        var sent = 0
         mon.lock()
         if closed {
-            mon.unlock(); buf.deallocate()
+            mon.unlock()
             return GVM_ERR_CLOSED.rawValue
         }
-        if queuedBytes + size > queueLimit {
-            mon.unlock(); buf.deallocate()
+        if !writing && queue.isEmpty && iov.count < 64 {
+            writing = true
+            mon.unlock()
+            sent = header.withUnsafeMutableBytes { h in
+                withUnsafeTemporaryAllocation(of: iovec.self, capacity: iov.count + 1) { v in
+                    v[0] = iovec(iov_base: h.baseAddress, iov_len: frameHeaderSize)
+                    var n = 1
+                    for e in iov where e.len > 0 {
+                        v[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: e.base), iov_len: e.len)
+                        n += 1
+                    }
+                    var msg = msghdr()
+                    msg.msg_iov = v.baseAddress
+                    msg.msg_iovlen = n
+                    let w = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                    return max(w, 0)  // errors: the writer thread retries and reports them
+                }
+            }
+            mon.lock()
+            writing = false
+            if sent == size {
+                if !queue.isEmpty { mon.broadcast() }
+                mon.unlock()
+                return GVM_OK.rawValue
+            }
+        }
+        // Slow path (lock held): copy what was not sent. A partial frame goes first in the queue:
+        // frames queued meanwhile by other threads were sent after it.
+        let rest = size - sent
+        if sent == 0 && queuedBytes + size > queueLimit {
+            mon.unlock()
             return GVM_ERR_NOMEM.rawValue
         }
-        queue.append(buf)
-        queuedBytes += size
-        if queue.count == 1 { mon.broadcast() }
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: rest, alignment: 8)
+        var out = 0, pos = 0
+        func copy(_ base: UnsafeRawPointer, _ len: Int) {
+            // Copies the part of [pos, pos+len) at or after `sent`.
+            let from = max(sent, pos)
+            if from < pos + len {
+                (buf.baseAddress! + out).copyMemory(from: base + (from - pos), byteCount: pos + len - from)
+                out += pos + len - from
+            }
+            pos += len
+        }
+        header.withUnsafeBytes { copy($0.baseAddress!, frameHeaderSize) }
+        for v in iov where v.len > 0 {
+            if let base = v.base { copy(base, v.len) }
+        }
+        if sent > 0 { queue.insert(buf, at: 0) } else { queue.append(buf) }
+        queuedBytes += rest
+        mon.broadcast()
         mon.unlock()
         return GVM_OK.rawValue
     }
@@ -147,13 +193,17 @@ final class Connection {
         let maxIov = 64
         let iovs = UnsafeMutablePointer<iovec>.allocate(capacity: maxIov)
         defer { iovs.deallocate() }
+        var finishedBatch = false
         while true {
             mon.lock()
-            while queue.isEmpty && !closed { mon.wait() }
+            if finishedBatch { writing = false }
+            finishedBatch = true
+            while (queue.isEmpty || writing) && !closed { mon.wait() }
             if closed { mon.unlock(); return }
             let batch = queue
             queue.removeAll(keepingCapacity: true)
             queuedBytes = 0
+            writing = true
             mon.unlock()
 
             var idx = 0, off = 0

@@ -29,8 +29,8 @@ public func giantvm_plugin_entry() -> UnsafeRawPointer {
 }
 
 /// Threading: `start`/`stop` on main; `send` from any thread. Internal threads: one accept
-/// thread, one connector thread per (higher peer, lane) until connected, one handshake thread per
-/// accepted connection, and the reader/writer pair of every established `Connection`. `mon`
+/// thread, one connector thread per (higher peer, lane) until connected, one detached handshake
+/// thread per accepted connection (counted in `handshaking`), and the reader/writer pair of every established `Connection`. `mon`
 /// guards every mutable field below; host callbacks are made without it held.
 final class TCPTransport: TransportPlugin {
     let services: HostServices
@@ -56,6 +56,8 @@ final class TCPTransport: TransportPlugin {
     private var threads: [OSThread] = []
     private var connections: [Connection] = []
     private var handshakeFDs: Set<Int32> = []
+    /// Accepted connections whose (detached) handshake thread has not ended yet.
+    private var handshaking = 0
 
     init(services: HostServices, host: TransportHost, cluster: ClusterInfo, settings: Settings) throws {
         try settings.allowOnly(["connect_timeout", "handshake_timeout", "retry_interval", "send_queue_limit",
@@ -119,16 +121,21 @@ final class TCPTransport: TransportPlugin {
     }
 
     func stop() {
-        let (ts, conns, hs): ([OSThread], [Connection], Set<Int32>) = mon.withLock {
+        let (ts, conns): ([OSThread], [Connection]) = mon.withLock {
             stopping = true
             mon.broadcast()
-            return (threads, connections, handshakeFDs)
+            return (threads, connections)
         }
         if wake[1] >= 0 { var b: UInt8 = 1; _ = write(wake[1], &b, 1) }
         mon.withLock { for fd in handshakeFDs { Glibc.shutdown(fd, Int32(SHUT_RDWR)) } }
-        _ = hs
         for c in conns { c.shutdownNow() }
         for t in ts { t.join() }
+        // Accepted connections still in their handshake: their sockets are shut down, so each
+        // thread ends promptly (it may still install its connection, shut down below).
+        mon.withLock {
+            for fd in handshakeFDs { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+            while handshaking > 0 { mon.wait() }
+        }
         // Handshake threads may have established connections while we were stopping: take the
         // final list after every other thread is gone.
         let all = mon.withLock { connections }
@@ -164,7 +171,7 @@ final class TCPTransport: TransportPlugin {
         }
         guard let conns else { return }
         for c in conns { c.shutdownNow() }
-        services.log(.warning, "node \(peer) is down: \(reason)")
+        services.log(.info, "node \(peer) is down: \(reason)")
         host.peerDown(peer, reason: reason)
     }
 
@@ -247,8 +254,6 @@ final class TCPTransport: TransportPlugin {
     // MARK: accepting
 
     private func acceptLoop() {
-        var pending = 0
-        let pendingMon = Monitor()
         while true {
             var p = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
                      pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
@@ -265,18 +270,26 @@ final class TCPTransport: TransportPlugin {
                 break
             }
             let from = peerName(fd)
-            let admitted: Bool = pendingMon.withLock {
-                guard pending < maxPendingHandshakes else { return false }
-                pending += 1
+            let admitted: Bool = mon.withLock {
+                guard handshaking < maxPendingHandshakes else { return false }
+                handshaking += 1
                 return true
             }
-            guard admitted, track(fd) else {
+            guard admitted else {
                 services.log(.warning, "refused connection from \(from): too many handshakes in progress")
                 close(fd)
                 continue
             }
+            guard track(fd) else {
+                close(fd)
+                handshakeEnded()
+                continue
+            }
             do {
-                let t = try OSThread(name: "tcp-handshake") { [self] in
+                // Detached: a port scan must not pile up unjoined threads. stop() waits for
+                // `handshaking` to reach 0 instead of joining them.
+                _ = try OSThread(name: "tcp-handshake", detached: true) { [self] in
+                    defer { handshakeEnded() }
                     let result = handshakeAsAcceptor(fd: fd)
                     untrack(fd)
                     switch result {
@@ -288,15 +301,20 @@ final class TCPTransport: TransportPlugin {
                         }
                         close(fd)
                     }
-                    pendingMon.withLock { pending -= 1 }
                 }
-                mon.withLock { threads.append(t) }
             } catch {
                 untrack(fd)
                 close(fd)
-                pendingMon.withLock { pending -= 1 }
+                handshakeEnded()
                 services.log(.error, "\(error)")
             }
+        }
+    }
+
+    private func handshakeEnded() {
+        mon.withLock {
+            handshaking -= 1
+            mon.broadcast()
         }
     }
 

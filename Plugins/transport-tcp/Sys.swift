@@ -14,7 +14,9 @@ final class OSThread {
     private var tid = pthread_t()
     private var joined = false
 
-    init(name: String, _ body: @escaping () -> Void) throws {
+    /// Starts the thread. A `detached` thread frees itself when it ends and cannot be joined:
+    /// its owner tracks its end itself (e.g. with a counter under a Monitor).
+    init(name: String, detached: Bool = false, _ body: @escaping () -> Void) throws {
         let box = Unmanaged.passRetained(Box(name, body)).toOpaque()
         let rc = pthread_create(&tid, nil, { arg in
             let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
@@ -25,6 +27,10 @@ final class OSThread {
         if rc != 0 {
             Unmanaged<Box>.fromOpaque(box).release()
             throw TransportError("cannot start thread \(name): \(String(cString: strerror(rc)))")
+        }
+        if detached {
+            pthread_detach(tid)
+            joined = true
         }
     }
 

@@ -221,10 +221,11 @@ public final class Node: TransportEvents, @unchecked Sendable {
     /// Any thread; never waits for the peer.
     @discardableResult
     public func send(channel: Channel, to node: UInt32, parts: [UnsafeRawBufferPointer], lane: UInt32? = nil) -> Int32 {
-        var iov = [gvm_iovec](repeating: gvm_iovec(), count: parts.count + 1)
-        iov[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
-        for (i, p) in parts.enumerated() { iov[i + 1] = gvm_iovec(base: p.baseAddress, len: p.count) }
-        return iov.withUnsafeBufferPointer { transport.send(to: node, lane: lane ?? channel.defaultLane, $0) }
+        withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: parts.count + 1) { iov in
+            iov[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
+            for (i, p) in parts.enumerated() { iov[i + 1] = gvm_iovec(base: p.baseAddress, len: p.count) }
+            return transport.send(to: node, lane: lane ?? channel.defaultLane, UnsafeBufferPointer(iov))
+        }
     }
 
     @discardableResult
@@ -235,10 +236,11 @@ public final class Node: TransportEvents, @unchecked Sendable {
     /// Sends a gather list as given by a plugin (e.g. gvm_coherence_host.send).
     @discardableResult
     public func send(channel: Channel, to node: UInt32, iov: UnsafeBufferPointer<gvm_iovec>, lane: UInt32? = nil) -> Int32 {
-        var all = [gvm_iovec](repeating: gvm_iovec(), count: iov.count + 1)
-        all[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
-        for (i, v) in iov.enumerated() { all[i + 1] = v }
-        return all.withUnsafeBufferPointer { transport.send(to: node, lane: lane ?? channel.defaultLane, $0) }
+        withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: iov.count + 1) { all in
+            all[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
+            for (i, v) in iov.enumerated() { all[i + 1] = v }
+            return transport.send(to: node, lane: lane ?? channel.defaultLane, UnsafeBufferPointer(all))
+        }
     }
 
     // MARK: TransportEvents (transport threads)
@@ -409,7 +411,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
     /// STOP or go, then stops the transport.
     private func shutdown(_ r: StopReason) {
         // Tell every live peer, unless it told us first (then it is stopping already).
-        let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] } }
+        // The node whose loss caused the stop (possibly unknown to this node yet, when a peer
+        // told us) will not answer: do not wait for it.
+        let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] && $0 != r.lostNode } }
         var w = MessageWriter(type: 0x01)
         w.i32(r.status)
         w.u32(r.origin)

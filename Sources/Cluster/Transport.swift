@@ -88,8 +88,7 @@ public final class PluginTransport: FrameTransport, @unchecked Sendable {
         guard let inst = ops.pointee.create(services.pointer, UnsafePointer(hostTable), clusterTable.pointer,
                                             settingsTable.pointer, settingsTable.count, &err) else {
             let why = errorMessage(&err)
-            hostTable.deinitialize(count: 1)
-            hostTable.deallocate()
+            // deinit still runs (every stored property is set) and frees the host table.
             throw ClusterError("\(config.sourcePath): transport.settings: \(plugin.name) refused its settings: \(why)")
         }
         instance = inst

@@ -59,6 +59,21 @@ final class ClusterProcessTests: XCTestCase {
         }
     }
 
+    func testBadTransportSettingsAreAClearError() throws {
+        let dir = try TempDir()
+        let cfg = try dir.write("c.yaml", clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: [17287, 17288],
+                                                     transportSettings: ["connect_timeout": "soon"]))
+        let n = try startNode(cfg, id: 0, dir: dir)
+        XCTAssertEqual(n.wait(timeout: 10), 1, n.output)
+        XCTAssertTrue(n.stderr.contains("giantvm: error: node 0: \(cfg): transport.settings: transport-tcp refused its settings: setting 'connect_timeout': 'soon' is not a duration (e.g. 500ms, 10s)"), n.stderr)
+        let cfg2 = try dir.write("d.yaml", clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: [17287, 17288],
+                                                      transportSettings: ["colour": "red"]))
+        let n2 = try startNode(cfg2, id: 1, dir: dir)
+        XCTAssertEqual(n2.wait(timeout: 10), 1, n2.output)
+        XCTAssertTrue(n2.stderr.contains("unknown setting 'colour' (accepted: connect_timeout, handshake_timeout, listen_address, max_pending_handshakes, nodelay, retry_interval, send_queue_limit)"), n2.stderr)
+        XCTAssertFalse(n.output.contains("crashed") || n2.output.contains("crashed"))
+    }
+
     // MARK: failure detection
 
     /// Starts 3 nodes (no duration) and waits until each has exchanged test frames.
@@ -190,6 +205,12 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertTrue(readUntilClosed(h, timeout: 3).closed)
         close(h)
 
+        // A burst of 60 connections of random bytes (a port scan): each is closed, none sticks.
+        var rng = SystemRandomNumberGenerator()
+        let burst = (0..<60).map { _ in connectLoopback(ports[1]) }
+        for fd in burst { writeBytes(fd, (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) }) }
+        for fd in burst { XCTAssertTrue(readUntilClosed(fd, timeout: 5).closed); close(fd) }
+
         XCTAssertTrue(n1.running, "node 1 died: \(n1.output)")
         let err = n1.stderr
         XCTAssertTrue(err.contains("bad frame magic"), err)
@@ -214,6 +235,26 @@ final class ClusterProcessTests: XCTestCase {
             XCTAssertTrue(n.stdout.contains("node \(i): stopped cleanly"), n.output)
             XCTAssertFalse(n.output.contains("Fatal error"), n.output)
         }
+    }
+
+    // MARK: fault injection through the config
+
+    func testConfiguredFaultInjectionDropsTheChosenMessages() throws {
+        let dir = try TempDir()
+        // Drop node 0's test ping (type 0xE0) on the io channel to node 1, nothing else.
+        let faults = "rules:\n  - {channel: io, type: 0xE0, from: 0, to: 1, action: drop}"
+        let cfg = try dir.write("c.yaml", clusterYAML(addresses: ["127.0.0.1", "127.0.0.1"], ports: [17285, 17286],
+                                                     faults: faults))
+        let nodes = try (0..<2).map { try startNode(cfg, id: $0, dir: dir) }
+        for n in nodes { XCTAssertEqual(n.wait(timeout: 20), 1, n.output) }
+        XCTAssertTrue(nodes[0].stderr.contains("fault injection on: 1 rule(s), seed 1"), nodes[0].stderr)
+        // Node 0 got no answer on io; node 1 got no ping on io; every other channel worked.
+        XCTAssertTrue(nodes[0].stderr.contains("giantvm: error: node 0: test exchange failed: no test exchange on io with node 1")
+                      || nodes[0].stderr.contains("node 1 failed: test exchange failed: no test exchange on io with node 0"),
+                      nodes[0].stderr)
+        XCTAssertTrue(nodes[1].stderr.contains("no test exchange on io with node 0")
+                      || nodes[1].stderr.contains("node 0 failed: test exchange failed: no test exchange on io with node 1"),
+                      nodes[1].stderr)
     }
 
     // MARK: authentication

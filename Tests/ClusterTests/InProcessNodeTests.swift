@@ -102,6 +102,49 @@ final class InProcessNodeTests: XCTestCase {
         XCTAssertEqual(reasons[1].message, "node 0 finished: test finished")
         XCTAssertEqual(nodes[0].send(channel: .io, to: 1, [1]), GVM_ERR_CLOSED.rawValue)
     }
+
+    /// Both nodes flood each other with bulk frames and answer every frame from their receive
+    /// thread: with full socket buffers both ways, nothing deadlocks (send only queues).
+    func testTwoNodesFloodingEachOtherWithRepliesFromReceiveThreadsDoNotDeadlock() throws {
+        let nodes = try makePair(ports: [17292, 17293])
+        let frames = 300
+        let lock = NSLock()
+        var replies = [0, 0]
+        var requests = [0, 0]
+        for id in 0..<2 {
+            let me = nodes[id]
+            me.register(channel: .coherence) { from, payload in
+                if payload.first == 0x81 {
+                    var r = [UInt8](payload)
+                    r[0] = 0x82
+                    XCTAssertEqual(me.send(channel: .coherence, to: from, r), GVM_OK.rawValue)
+                    lock.lock(); requests[id] += 1; lock.unlock()
+                } else if payload.first == 0x82 {
+                    lock.lock(); replies[id] += 1; lock.unlock()
+                }
+            }
+        }
+        try startBoth(nodes)
+        let frame = [0x81] + [UInt8](repeating: 0x11, count: 60 * 1024)
+        let senders = (0..<2).map { id in
+            Thread {
+                for _ in 0..<frames { XCTAssertEqual(nodes[id].send(channel: .coherence, to: UInt32(1 - id), frame), GVM_OK.rawValue) }
+            }
+        }
+        senders.forEach { $0.start() }
+        let t0 = clusterTestNow()
+        while clusterTestNow() - t0 < 30 {
+            lock.lock(); let done = replies == [frames, frames]; lock.unlock()
+            if done { break }
+            usleep(10_000)
+        }
+        lock.lock()
+        XCTAssertEqual(replies, [frames, frames], "replies missing after \(clusterTestNow() - t0) s")
+        XCTAssertEqual(requests, [frames, frames])
+        lock.unlock()
+        let reasons = stopBoth(nodes)
+        XCTAssertEqual(reasons.map(\.status), [0, 0])
+    }
 }
 
 /// A value shared with another thread (written before a semaphore signal, read after the wait).
