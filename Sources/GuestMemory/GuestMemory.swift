@@ -1,1 +1,797 @@
-// GuestMemory: see Package.swift for this target's job.
+// GuestMemory: one node's guest RAM over userfaultfd.
+//
+// One anonymous private mapping, registered with userfaultfd (MISSING + WP) and given to KVM as
+// the memory slot. Each page is held in one of three states, exactly as the kernel holds it:
+//
+//   INVALID   not present                  (MADV_DONTNEED dropped it, or never installed)
+//   SHARED    present, uffd write-protected (UFFDIO_COPY with MODE_WP, or WRITEPROTECT set)
+//   MODIFIED  present, writable             (UFFDIO_COPY, or WRITEPROTECT cleared)
+//
+// The host side of the coherence ABI (`gvm_coherence_host`) lives here; the protocol lives in the
+// coherence plugin. Fault events are read by dedicated handler threads and handed to the plugin's
+// `fault` hook; the plugin resolves them with the page operations below and `page_wake`.
+//
+// Threading rules:
+//  - every page operation (install/upgrade/downgrade/drop/read/patch/state/pinned/wake) may be
+//    called from any thread, concurrently: per-page consistency is kept by a striped mutex (the
+//    stripe of gfn), held only around the uffd/madvise calls of that one page, never while calling
+//    into the plugin;
+//  - the plugin's `fault` hook is called on a handler thread (or on the pinning thread with
+//    GVM_FAULT_FROM_PIN), and `page_unpinned` on the unpinning thread, with no lock held;
+//  - `attach` before `start`; `start` and `stop` from one controlling thread.
+//
+// Traps handled (ARCHITECTURE.md, "Memory"): Modified pages are write-protected before their
+// bytes are copied out; WRITEPROTECT on a non-present page is never trusted (the page state says
+// INVALID and the call returns GVM_ERR_NOT_PRESENT); EEXIST from UFFDIO_COPY is a state mismatch
+// handled by drop-then-copy; UFFDIO_ZEROPAGE is never used (a zero buffer is copied with MODE_WP);
+// every event is re-checked against the page's current state; the uffd is never unregistered
+// or closed while the mapping exists (stop is a flag plus an eventfd kick).
+
+import CSystem
+import Glibc
+import Logging
+import PluginAPI
+import Synchronization
+import UserfaultFD
+
+public let guestPageSize = Int(GVM_PAGE_SIZE)
+
+/// How a fault-handler thread waits for the next event.
+public enum HandlerWakeMode: Equatable, Sendable, CustomStringConvertible {
+    /// Block in poll(2) on the uffd: no CPU while idle, about 3x the wake-up latency here.
+    case poll
+    /// Spin on non-blocking reads for up to `nanoseconds` after the last event, then poll.
+    case spin(nanoseconds: UInt64)
+
+    /// The default spin budget: long enough to catch back-to-back faults, short enough that an
+    /// idle handler soon stops burning a core.
+    public static let defaultSpinNanoseconds: UInt64 = 200_000
+
+    /// Parses "poll", "spin" or "spin:<microseconds>".
+    public init?(parsing text: String) {
+        if text == "poll" { self = .poll; return }
+        if text == "spin" { self = .spin(nanoseconds: Self.defaultSpinNanoseconds); return }
+        if text.hasPrefix("spin:"), let us = UInt64(text.dropFirst(5)), us > 0 {
+            self = .spin(nanoseconds: us * 1000); return
+        }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .poll: return "poll"
+        case .spin(let ns): return "spin(\(ns / 1000)us)"
+        }
+    }
+}
+
+/// Errors of the host-side guest-memory API (pin/unpin, read/write, set-up).
+public enum GuestMemoryError: Error, CustomStringConvertible, Equatable {
+    case userfaultfd(UFFDError)
+    case mapping(String)
+    case outOfRange(gpa: UInt64, length: Int, size: UInt64)
+    case noCoherencePlugin
+    case stopped
+    case pinTimeout(gfn: UInt64, access: String, seconds: Double)
+
+    public var description: String {
+        switch self {
+        case .userfaultfd(let e): return e.description
+        case .mapping(let m): return "guest memory: \(m)"
+        case .outOfRange(let gpa, let len, let size):
+            return "guest memory: range 0x\(String(gpa, radix: 16))+\(len) is outside guest RAM (\(size) bytes)"
+        case .noCoherencePlugin: return "guest memory: no coherence plugin attached (attach one before pinning)"
+        case .stopped: return "guest memory: stopped"
+        case .pinTimeout(let gfn, let access, let s):
+            return "guest memory: page \(gfn) did not become \(access)-accessible within \(s) s"
+        }
+    }
+}
+
+/// What a pin asks for.
+public enum PinAccess: UInt32, Sendable {
+    /// The page must be SHARED or MODIFIED; it cannot be dropped while pinned.
+    case read = 1
+    /// The page must be MODIFIED; it cannot be downgraded or dropped while pinned.
+    case write = 2
+}
+
+/// A pinned guest-physical range. Give it back to `GuestMemory.unpin` exactly once.
+public struct PinnedRange: @unchecked Sendable {
+    public let gpa: UInt64
+    public let length: Int
+    public let access: PinAccess
+    /// The host address of `gpa`: read (and, for a write pin, write) `length` bytes here.
+    public let pointer: UnsafeMutableRawPointer
+    let firstGfn: UInt64
+    let lastGfn: UInt64
+}
+
+/// Counters of the fault path (monotonic since creation). Read with `GuestMemory.stats`.
+public struct FaultStats: Equatable, Sendable {
+    /// Fault events read from the uffd for a missing page.
+    public var missingEvents: UInt64 = 0
+    /// Fault events read for a write to a write-protected page.
+    public var writeProtectEvents: UInt64 = 0
+    /// Events the page's current state already satisfied (only woken, not passed on).
+    public var staleEvents: UInt64 = 0
+    /// Calls of the plugin's fault hook from handler threads.
+    public var pluginFaults: UInt64 = 0
+    /// Calls of the plugin's fault hook from pin().
+    public var pinFaults: UInt64 = 0
+    /// UFFDIO_COPY that found the page present (EEXIST) and was redone as drop-then-copy.
+    public var copyExists: UInt64 = 0
+    /// Events of a kind other than page fault, or outside guest RAM (logged and ignored).
+    public var unexpectedEvents: UInt64 = 0
+}
+
+/// Signature of the caller-supplied coherence-channel senders (`send` / `send_urgent`).
+/// Called from any thread; must never wait for the peer.
+public typealias CoherenceSender = (_ destination: UInt32, _ parts: UnsafeBufferPointer<gvm_iovec>) -> Int32
+
+/// One node's guest RAM. See the file header for the threading rules.
+public final class GuestMemory: @unchecked Sendable {
+    /// Host address of guest-physical address 0.
+    public let base: UnsafeMutableRawPointer
+    /// Bytes of guest RAM (a multiple of the page size).
+    public let size: UInt64
+    public let pageCount: UInt64
+    public let wakeMode: HandlerWakeMode
+    public let handlerThreadCount: Int
+    /// CPUs the handler threads are pinned to (handler i on handlerCPUs[i % count]); empty: none.
+    public let handlerCPUs: [Int32]
+    let uffd: Userfaultfd
+    let logger: Logger
+
+    // Per-page tables (pageCount entries each). states: atomic loads anywhere, stores under the
+    // page's stripe lock. Pin counts and wake generations: under the stripe lock.
+    let states: UnsafeMutablePointer<UInt8>
+    let readPins: UnsafeMutablePointer<UInt32>
+    let writePins: UnsafeMutablePointer<UInt32>
+    let wakeGens: UnsafeMutablePointer<UInt32>
+
+    // Lock stripes: gfn & stripeMask selects the mutex (and condition for pin waiters).
+    static let stripeCount = 1024
+    let stripeMask: UInt64 = UInt64(GuestMemory.stripeCount - 1)
+    let mutexes: UnsafeMutablePointer<pthread_mutex_t>
+    let conds: UnsafeMutablePointer<pthread_cond_t>
+    let pinWaiters: UnsafeMutablePointer<Int32>
+
+    /// A page of zeros, the source of every zero-filled install (never UFFDIO_ZEROPAGE).
+    let zeroPage: UnsafeMutableRawPointer
+    // Counters: indexes into `counters` (atomic adds).
+    let counters: UnsafeMutablePointer<UInt64>
+
+    // The coherence plugin, set by attach() before start().
+    private(set) var pluginInstance: UnsafeMutableRawPointer?
+    private var faultHook: (@convention(c) (UnsafeMutableRawPointer?, UInt64, UInt32, UInt32) -> Void)?
+    private var unpinnedHook: (@convention(c) (UnsafeMutableRawPointer?, UInt64) -> Void)?
+
+    let send: CoherenceSender
+    let sendUrgent: CoherenceSender
+    /// Called (once per dying handler thread) when fault handling cannot go on.
+    let onFatal: (String) -> Void
+    private let table: UnsafeMutablePointer<gvm_coherence_host>
+
+    // Handler threads.
+    let stopping = Atomic<Bool>(false)
+    /// Test hook: while true, handler threads leave events queued in the uffd.
+    let handlersPaused = Atomic<Bool>(false)
+    let kickFD: Int32
+    private var threads: [pthread_t] = []
+    private var started = false
+
+    /// Maps `bytes` of guest RAM (rounded check: must be a positive multiple of the page size),
+    /// opens a userfaultfd (failing with a clear message when the process lacks the right) and
+    /// registers the mapping in MISSING + WP mode. `send`/`sendUrgent` implement the coherence
+    /// channel for the plugin (the Cluster layer owns messaging); `onFatal` hears of a handler
+    /// thread that cannot go on (the node must stop). `handlerCPUs` pins handler threads. No
+    /// thread runs until `start`. Handler threads keep this object alive until `stop`.
+    public init(bytes: UInt64, wakeMode: HandlerWakeMode = .poll, handlerThreads: Int = 1,
+                handlerCPUs: [Int32] = [], logger: Logger = Logger(label: "giantvm.memory"),
+                onFatal: @escaping (String) -> Void = { _ in },
+                send: @escaping CoherenceSender, sendUrgent: @escaping CoherenceSender) throws {
+        guard bytes > 0, bytes % UInt64(guestPageSize) == 0 else {
+            throw GuestMemoryError.mapping("size \(bytes) is not a positive multiple of \(guestPageSize) bytes")
+        }
+        guard handlerThreads >= 1, handlerThreads <= 64 else {
+            throw GuestMemoryError.mapping("handler thread count \(handlerThreads) is not in 1...64")
+        }
+        let uffd: Userfaultfd
+        do { uffd = try Userfaultfd(features: [.pagefaultFlagWP]) } catch let e as UFFDError {
+            throw GuestMemoryError.userfaultfd(e)
+        }
+        let length = Int(bytes)
+        guard let map = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              map != MAP_FAILED else {
+            throw GuestMemoryError.mapping("mmap of \(bytes) bytes failed: \(String(cString: strerror(errno)))")
+        }
+        // No transparent huge pages (a 2 MiB page would bypass per-page states) and not inherited
+        // by forked children (helpers we spawn must not share or COW guest RAM).
+        _ = madvise(map, length, MADV_NOHUGEPAGE)
+        _ = madvise(map, length, MADV_DONTFORK)
+        do { try uffd.register(map, length: length, mode: [.missing, .writeProtect]) } catch let e as UFFDError {
+            munmap(map, length)
+            throw GuestMemoryError.userfaultfd(e)
+        }
+        let kick = gvm_uffd_kick_eventfd()
+        guard kick >= 0 else {
+            munmap(map, length)
+            throw GuestMemoryError.mapping("eventfd: \(String(cString: strerror(-kick)))")
+        }
+
+        self.base = map
+        self.size = bytes
+        self.pageCount = bytes / UInt64(guestPageSize)
+        self.wakeMode = wakeMode
+        self.handlerThreadCount = handlerThreads
+        self.handlerCPUs = handlerCPUs
+        self.uffd = uffd
+        self.logger = logger
+        self.send = send
+        self.sendUrgent = sendUrgent
+        self.onFatal = onFatal
+        self.kickFD = kick
+        let n = Int(pageCount)
+        states = .allocate(capacity: n); states.initialize(repeating: UInt8(GVM_PAGE_INVALID), count: n)
+        readPins = .allocate(capacity: n); readPins.initialize(repeating: 0, count: n)
+        writePins = .allocate(capacity: n); writePins.initialize(repeating: 0, count: n)
+        wakeGens = .allocate(capacity: n); wakeGens.initialize(repeating: 0, count: n)
+        mutexes = .allocate(capacity: Self.stripeCount)
+        conds = .allocate(capacity: Self.stripeCount)
+        pinWaiters = .allocate(capacity: Self.stripeCount); pinWaiters.initialize(repeating: 0, count: Self.stripeCount)
+        var cattr = pthread_condattr_t()
+        pthread_condattr_init(&cattr)
+        pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC)
+        for i in 0..<Self.stripeCount {
+            pthread_mutex_init(mutexes + i, nil)
+            pthread_cond_init(conds + i, &cattr)
+        }
+        pthread_condattr_destroy(&cattr)
+        zeroPage = UnsafeMutableRawPointer.allocate(byteCount: guestPageSize, alignment: guestPageSize)
+        zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: guestPageSize)
+        counters = .allocate(capacity: Counter.count)
+        counters.initialize(repeating: 0, count: Counter.count)
+        table = .allocate(capacity: 1)
+        table.initialize(to: gvm_coherence_host())
+        fillCoherenceHostTable()
+    }
+
+    deinit {
+        stop()
+        // Nothing can fault on the mapping once it is unmapped, so the uffd (closed after this
+        // body, when `uffd` is released) never turns a pending fault into zero-fill.
+        munmap(base, Int(size))
+        close(kickFD)
+        for i in 0..<Self.stripeCount {
+            pthread_mutex_destroy(mutexes + i)
+            pthread_cond_destroy(conds + i)
+        }
+        states.deallocate(); readPins.deallocate(); writePins.deallocate(); wakeGens.deallocate()
+        mutexes.deallocate(); conds.deallocate(); pinWaiters.deallocate()
+        zeroPage.deallocate(); counters.deallocate(); table.deallocate()
+    }
+
+    // MARK: - The coherence plugin
+
+    /// The `gvm_coherence_host` table to pass to the plugin's `create`. Valid while this object
+    /// lives.
+    public var coherenceHost: UnsafePointer<gvm_coherence_host> { UnsafePointer(table) }
+
+    /// Binds the plugin instance that receives fault events. Call once, before `start`.
+    public func attach(ops: UnsafePointer<gvm_coherence_ops>, instance: UnsafeMutableRawPointer?) {
+        precondition(!started, "GuestMemory.attach must be called before start")
+        pluginInstance = instance
+        faultHook = ops.pointee.fault
+        // Hooks past the end of a shorter (older) ops table are absent.
+        let unpinnedEnd = MemoryLayout<gvm_coherence_ops>.offset(of: \.page_unpinned)! + MemoryLayout<UnsafeRawPointer>.size
+        unpinnedHook = Int(ops.pointee.size) >= unpinnedEnd ? ops.pointee.page_unpinned : nil
+    }
+
+    // MARK: - Handler threads
+
+    /// Starts the fault-handler threads.
+    public func start() throws {
+        precondition(!started, "GuestMemory.start called twice")
+        guard faultHook != nil else { throw GuestMemoryError.noCoherencePlugin }
+        started = true
+        for i in 0..<handlerThreadCount {
+            let ctx = Unmanaged.passRetained(HandlerContext(memory: self, index: i)).toOpaque()
+            var tid = pthread_t()
+            let rc = pthread_create(&tid, nil, { arg in
+                let c = Unmanaged<HandlerContext>.fromOpaque(arg!).takeRetainedValue()
+                c.memory.handlerLoop(index: c.index)
+                return nil
+            }, ctx)
+            if rc != 0 {
+                Unmanaged<HandlerContext>.fromOpaque(ctx).release()
+                stop()
+                throw GuestMemoryError.mapping("cannot start fault-handler thread: \(String(cString: strerror(rc)))")
+            }
+            threads.append(tid)
+        }
+    }
+
+    /// Stops the handler threads (flag + eventfd kick, then join) and fails every pin waiter
+    /// with `.stopped`. Never unregisters or closes the uffd. Idempotent.
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        var one: UInt64 = 1
+        _ = Glibc.write(kickFD, &one, 8)
+        for t in threads { pthread_join(t, nil) }
+        threads.removeAll()
+        for i in 0..<Self.stripeCount {
+            pthread_mutex_lock(mutexes + i)
+            pthread_cond_broadcast(conds + i)
+            pthread_mutex_unlock(mutexes + i)
+        }
+    }
+
+    final class HandlerContext {
+        let memory: GuestMemory
+        let index: Int
+        init(memory: GuestMemory, index: Int) { self.memory = memory; self.index = index }
+    }
+
+    static let eventBatch = 16
+
+    func handlerLoop(index: Int) {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.eventBatch * Userfaultfd.messageSize, alignment: 8)
+        defer { buffer.deallocate() }
+        var fds = [pollfd(fd: uffd.fd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)]
+        if !handlerCPUs.isEmpty {
+            let cpu = handlerCPUs[index % handlerCPUs.count]
+            let rc = gvm_thread_pin_cpu(cpu)
+            if rc < 0 { logger.warning("fault handler \(index): cannot pin to CPU \(cpu): \(String(cString: strerror(-rc)))") }
+        }
+        var spinUntil: UInt64 = 0
+        while !stopping.load(ordering: .acquiring) {
+            if handlersPaused.load(ordering: .relaxed) { usleep(500); continue }
+            let n: Int
+            do { n = try uffd.readEvents(into: buffer, capacity: Self.eventBatch) } catch {
+                let message = "fault handler \(index): \(error); guest memory can no longer serve faults"
+                logger.critical("\(message)")
+                onFatal(message)
+                return
+            }
+            if n == 0 {
+                if case .spin(let budget) = wakeMode {
+                    let now = monotonicNanoseconds()
+                    if spinUntil == 0 { spinUntil = now + budget }
+                    if now < spinUntil { gvm_cpu_relax(); continue }
+                }
+                spinUntil = 0
+                _ = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, 2, -1) }
+                continue
+            }
+            spinUntil = 0
+            for i in 0..<n { handle(Userfaultfd.event(in: buffer, at: i)) }
+        }
+    }
+
+    @inline(__always)
+    func handle(_ event: UFFDEvent) {
+        guard case .pageFault(let address, let write, let wp, _) = event else {
+            bump(.unexpected)
+            logger.warning("userfaultfd: unexpected event \(event)")
+            return
+        }
+        let start = UInt64(UInt(bitPattern: base))
+        guard address >= start, address - start < size else {
+            bump(.unexpected)
+            logger.warning("userfaultfd: fault at 0x\(String(address, radix: 16)) outside guest RAM")
+            return
+        }
+        let gfn = (address - start) / UInt64(guestPageSize)
+        let access = (write || wp) ? GVM_ACCESS_WRITE : GVM_ACCESS_READ
+        bump(wp ? .wpEvents : .missingEvents)
+        // Re-check the event against the page as it is now (under its lock, so a page being
+        // patched is seen only before or after): it may have been resolved since it was queued.
+        lock(gfn)
+        let st = UInt32(states[Int(gfn)])
+        unlock(gfn)
+        if Self.satisfies(st, access) {
+            bump(.stale)
+            wakeKernel(gfn)
+            return
+        }
+        bump(.delivered)
+        faultHook!(pluginInstance, gfn, access, 0)
+    }
+
+    @inline(__always)
+    static func satisfies(_ state: UInt32, _ access: UInt32) -> Bool {
+        access == GVM_ACCESS_READ ? state != GVM_PAGE_INVALID : state == GVM_PAGE_MODIFIED
+    }
+
+    // MARK: - Locks and counters
+
+    @inline(__always) func lock(_ gfn: UInt64) { pthread_mutex_lock(mutexes + Int(gfn & stripeMask)) }
+    @inline(__always) func unlock(_ gfn: UInt64) { pthread_mutex_unlock(mutexes + Int(gfn & stripeMask)) }
+    @inline(__always) func pageAddress(_ gfn: UInt64) -> UnsafeMutableRawPointer { base + Int(gfn) * guestPageSize }
+    @inline(__always) func setState(_ gfn: UInt64, _ s: UInt32) { gvm_atomic_store_u8(states + Int(gfn), UInt8(s)) }
+
+    enum Counter: Int {
+        case missingEvents, wpEvents, stale, delivered, pinFaults, copyExists, unexpected
+        static let count = 7
+    }
+    @inline(__always) func bump(_ c: Counter) { _ = gvm_atomic_add_u64(counters + c.rawValue, 1) }
+
+    /// A snapshot of the fault-path counters.
+    public var stats: FaultStats {
+        func g(_ c: Counter) -> UInt64 { gvm_atomic_load_u64(counters + c.rawValue) }
+        var s = FaultStats()
+        s.missingEvents = g(.missingEvents); s.writeProtectEvents = g(.wpEvents); s.staleEvents = g(.stale)
+        s.pluginFaults = g(.delivered); s.pinFaults = g(.pinFaults); s.copyExists = g(.copyExists)
+        s.unexpectedEvents = g(.unexpected)
+        return s
+    }
+
+    func wakeKernel(_ gfn: UInt64) {
+        do { try uffd.wake(pageAddress(gfn), length: guestPageSize) } catch {
+            logger.error("page \(gfn): \(error)")
+        }
+    }
+
+    // MARK: - Page operations (the gvm_coherence_host services)
+
+    /// The page's state (GVM_PAGE_*), or INVALID for a gfn out of range.
+    public func pageState(_ gfn: UInt64) -> UInt32 {
+        guard gfn < pageCount else { return GVM_PAGE_INVALID }
+        return UInt32(gvm_atomic_load_u8(states + Int(gfn)))
+    }
+
+    /// Makes the page present with `bytes` (nil = zeros) in SHARED or MODIFIED. A present page is
+    /// dropped first; a pinned present page is refused (GVM_ERR_PINNED). Does not wake.
+    public func install(_ gfn: UInt64, bytes: UnsafeRawPointer?, state: UInt32) -> gvm_status {
+        guard gfn < pageCount, state == GVM_PAGE_SHARED || state == GVM_PAGE_MODIFIED else { return GVM_ERR_INVALID }
+        lock(gfn); defer { unlock(gfn) }
+        let i = Int(gfn)
+        let page = pageAddress(gfn)
+        if UInt32(states[i]) != GVM_PAGE_INVALID {
+            if readPins[i] != 0 || writePins[i] != 0 { return GVM_ERR_PINNED }
+            // Fresh bytes over a present page: drop, then copy (COPY onto it would fail EEXIST).
+            if !dropLocked(gfn) { return GVM_ERR_IO }
+        }
+        let src = bytes ?? UnsafeRawPointer(zeroPage)
+        let wp = state == GVM_PAGE_SHARED
+        do {
+            try uffd.copy(to: page, from: src, length: guestPageSize, writeProtect: wp, wake: false)
+        } catch UFFDError.exists {
+            // The kernel holds a page our state says is absent: a mismatch, not a crash. Drop
+            // whatever is there and copy again.
+            bump(.copyExists)
+            logger.warning("page \(gfn): UFFDIO_COPY found it present (state INVALID); dropping and copying again")
+            guard dropLocked(gfn) else { return GVM_ERR_IO }
+            do { try uffd.copy(to: page, from: src, length: guestPageSize, writeProtect: wp, wake: false) } catch {
+                logger.error("page \(gfn): install after drop: \(error)")
+                return GVM_ERR_IO
+            }
+        } catch {
+            logger.error("page \(gfn): install: \(error)")
+            return GVM_ERR_IO
+        }
+        setState(gfn, state)
+        return GVM_OK
+    }
+
+    /// SHARED -> MODIFIED in place. INVALID: GVM_ERR_NOT_PRESENT (WRITEPROTECT would silently do
+    /// nothing on a missing page). MODIFIED: no-op.
+    public func upgrade(_ gfn: UInt64) -> gvm_status {
+        guard gfn < pageCount else { return GVM_ERR_INVALID }
+        lock(gfn); defer { unlock(gfn) }
+        switch UInt32(states[Int(gfn)]) {
+        case GVM_PAGE_INVALID: return GVM_ERR_NOT_PRESENT
+        case GVM_PAGE_MODIFIED: return GVM_OK
+        default:
+            do { try uffd.writeProtect(pageAddress(gfn), length: guestPageSize, enable: false, wake: false) } catch {
+                logger.error("page \(gfn): upgrade: \(error)")
+                return GVM_ERR_IO
+            }
+            setState(gfn, GVM_PAGE_MODIFIED)
+            return GVM_OK
+        }
+    }
+
+    /// MODIFIED -> SHARED: write-protect first, then copy out, so no store is lost. SHARED: copy
+    /// only. INVALID: GVM_ERR_NOT_PRESENT. Pinned for write: GVM_ERR_PINNED.
+    public func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> gvm_status {
+        guard gfn < pageCount else { return GVM_ERR_INVALID }
+        lock(gfn); defer { unlock(gfn) }
+        let i = Int(gfn)
+        switch UInt32(states[i]) {
+        case GVM_PAGE_INVALID: return GVM_ERR_NOT_PRESENT
+        case GVM_PAGE_MODIFIED:
+            if writePins[i] != 0 { return GVM_ERR_PINNED }
+            do { try uffd.writeProtect(pageAddress(gfn), length: guestPageSize, enable: true, wake: false) } catch {
+                logger.error("page \(gfn): downgrade: \(error)")
+                return GVM_ERR_IO
+            }
+            setState(gfn, GVM_PAGE_SHARED)
+        default: break
+        }
+        if let out { out.copyMemory(from: pageAddress(gfn), byteCount: guestPageSize) }
+        return GVM_OK
+    }
+
+    /// Any state -> INVALID: write-protect, copy out (if asked), drop. INVALID:
+    /// GVM_ERR_NOT_PRESENT. Pinned (read or write): GVM_ERR_PINNED.
+    public func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> gvm_status {
+        guard gfn < pageCount else { return GVM_ERR_INVALID }
+        lock(gfn); defer { unlock(gfn) }
+        let i = Int(gfn)
+        let st = UInt32(states[i])
+        if st == GVM_PAGE_INVALID { return GVM_ERR_NOT_PRESENT }
+        if readPins[i] != 0 || writePins[i] != 0 { return GVM_ERR_PINNED }
+        if st == GVM_PAGE_MODIFIED {
+            do { try uffd.writeProtect(pageAddress(gfn), length: guestPageSize, enable: true, wake: false) } catch {
+                logger.error("page \(gfn): drop (write-protect): \(error)")
+                return GVM_ERR_IO
+            }
+            setState(gfn, GVM_PAGE_SHARED)
+        }
+        if let out { out.copyMemory(from: pageAddress(gfn), byteCount: guestPageSize) }
+        return dropLocked(gfn) ? GVM_OK : GVM_ERR_IO
+    }
+
+    /// MADV_DONTNEED of one page and state INVALID. Caller holds the page's lock.
+    private func dropLocked(_ gfn: UInt64) -> Bool {
+        do { try Userfaultfd.dontNeed(pageAddress(gfn), length: guestPageSize) } catch {
+            logger.error("page \(gfn): drop: \(error)")
+            return false
+        }
+        setState(gfn, GVM_PAGE_INVALID)
+        return true
+    }
+
+    /// Copies a present page to `out`. INVALID: GVM_ERR_NOT_PRESENT.
+    public func readPage(_ gfn: UInt64, into out: UnsafeMutableRawPointer) -> gvm_status {
+        guard gfn < pageCount else { return GVM_ERR_INVALID }
+        lock(gfn); defer { unlock(gfn) }
+        if UInt32(states[Int(gfn)]) == GVM_PAGE_INVALID { return GVM_ERR_NOT_PRESENT }
+        out.copyMemory(from: pageAddress(gfn), byteCount: guestPageSize)
+        return GVM_OK
+    }
+
+    /// Writes `length` bytes at `offset` into a present page whatever its protection. A SHARED
+    /// page is rewritten as read-modify-drop-copy(MODE_WP) under its lock, so no thread can write
+    /// it while the protection would be open; threads reading it meanwhile fault and are woken
+    /// once it is back. INVALID: GVM_ERR_NOT_PRESENT.
+    public func patch(_ gfn: UInt64, offset: UInt32, bytes: UnsafeRawPointer?, length: UInt32) -> gvm_status {
+        guard gfn < pageCount, Int(offset) + Int(length) <= guestPageSize, bytes != nil || length == 0 else {
+            return GVM_ERR_INVALID
+        }
+        lock(gfn); defer { unlock(gfn) }
+        let page = pageAddress(gfn)
+        switch UInt32(states[Int(gfn)]) {
+        case GVM_PAGE_INVALID: return GVM_ERR_NOT_PRESENT
+        case GVM_PAGE_MODIFIED:
+            if length > 0 { (page + Int(offset)).copyMemory(from: bytes!, byteCount: Int(length)) }
+            return GVM_OK
+        default:
+            if length == 0 { return GVM_OK }
+            let tmp = UnsafeMutableRawPointer.allocate(byteCount: guestPageSize, alignment: guestPageSize)
+            defer { tmp.deallocate() }
+            tmp.copyMemory(from: page, byteCount: guestPageSize)
+            (tmp + Int(offset)).copyMemory(from: bytes!, byteCount: Int(length))
+            guard dropLocked(gfn) else { return GVM_ERR_IO }
+            do { try uffd.copy(to: page, from: tmp, length: guestPageSize, writeProtect: true, wake: false) } catch {
+                logger.error("page \(gfn): patch: \(error); the page is now INVALID")
+                return GVM_ERR_IO
+            }
+            setState(gfn, GVM_PAGE_SHARED)
+            return GVM_OK
+        }
+    }
+
+    /// 0, or the strongest pin held on the page (GVM_ACCESS_READ / GVM_ACCESS_WRITE).
+    public func pinned(_ gfn: UInt64) -> UInt32 {
+        guard gfn < pageCount else { return 0 }
+        lock(gfn); defer { unlock(gfn) }
+        if writePins[Int(gfn)] != 0 { return GVM_ACCESS_WRITE }
+        return readPins[Int(gfn)] != 0 ? GVM_ACCESS_READ : 0
+    }
+
+    /// Wakes every thread stopped on a fault on the page (they retry their access) and every pin
+    /// waiting for it.
+    public func wake(_ gfn: UInt64) {
+        guard gfn < pageCount else { return }
+        let s = Int(gfn & stripeMask)
+        lock(gfn)
+        wakeGens[Int(gfn)] &+= 1
+        if pinWaiters[s] > 0 { pthread_cond_broadcast(conds + s) }
+        unlock(gfn)
+        wakeKernel(gfn)
+    }
+
+    // MARK: - Consistency with the kernel (tests, diagnostics)
+
+    /// What the kernel holds for the page, as a GVM_PAGE_* value read from /proc/self/pagemap.
+    public func kernelState(_ gfn: UInt64) throws -> UInt32 {
+        let info = try KernelPageInfo(address: pageAddress(gfn))
+        if !info.present { return GVM_PAGE_INVALID }
+        return info.writeProtected ? GVM_PAGE_SHARED : GVM_PAGE_MODIFIED
+    }
+
+    // MARK: - Test hooks
+
+    /// Test hook: the raw uffd, to create state mismatches on purpose.
+    var rawUserfaultfd: Userfaultfd { uffd }
+
+    /// Test hook: pause (true) or resume (false) event reading by the handler threads.
+    public func _setHandlersPaused(_ paused: Bool) { handlersPaused.store(paused, ordering: .relaxed) }
+
+    // MARK: - Pin / unpin
+
+    /// Brings every page of [gpa, gpa+length) to a state allowing `access` and pins it, taking
+    /// pages in ascending gfn order (so two pins never deadlock). Blocks (on this thread) while
+    /// the coherence plugin fetches pages: call from a thread that may wait on the DSM, never from
+    /// a receive thread or a timer. `timeout` (seconds, per page) bounds each wait.
+    public func pin(gpa: UInt64, length: Int, for access: PinAccess, timeout: Double? = nil) throws -> PinnedRange {
+        guard length > 0, gpa < size, UInt64(length) <= size - gpa else {
+            throw GuestMemoryError.outOfRange(gpa: gpa, length: length, size: size)
+        }
+        guard let faultHook else { throw GuestMemoryError.noCoherencePlugin }
+        let first = gpa / UInt64(guestPageSize)
+        let last = (gpa + UInt64(length) - 1) / UInt64(guestPageSize)
+        var gfn = first
+        while gfn <= last {
+            do { try pinPage(gfn, access: access.rawValue, fault: faultHook, timeout: timeout) } catch {
+                if gfn > first { unpinPages(first, gfn - 1, access: access.rawValue) }
+                throw error
+            }
+            gfn += 1
+        }
+        return PinnedRange(gpa: gpa, length: length, access: access, pointer: base + Int(gpa), firstGfn: first, lastGfn: last)
+    }
+
+    private func pinPage(_ gfn: UInt64, access: UInt32,
+                         fault: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt32, UInt32) -> Void,
+                         timeout: Double?) throws {
+        let i = Int(gfn)
+        let s = Int(gfn & stripeMask)
+        let deadline = timeout.map { monotonicNanoseconds() + UInt64($0 * 1e9) }
+        while true {
+            if stopping.load(ordering: .acquiring) { throw GuestMemoryError.stopped }
+            lock(gfn)
+            if Self.satisfies(UInt32(states[i]), access) {
+                if access == GVM_ACCESS_WRITE { writePins[i] += 1 } else { readPins[i] += 1 }
+                unlock(gfn)
+                return
+            }
+            let gen = wakeGens[i]
+            unlock(gfn)
+            bump(.pinFaults)
+            fault(pluginInstance, gfn, access, GVM_FAULT_FROM_PIN)
+            lock(gfn)
+            pinWaiters[s] += 1
+            while wakeGens[i] == gen && !stopping.load(ordering: .acquiring) {
+                var ts = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &ts)
+                let now = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+                if let deadline, now >= deadline {
+                    pinWaiters[s] -= 1
+                    unlock(gfn)
+                    throw GuestMemoryError.pinTimeout(gfn: gfn, access: access == GVM_ACCESS_WRITE ? "write" : "read",
+                                                      seconds: timeout ?? 0)
+                }
+                // Wake at least every 100 ms to notice stop() and the deadline.
+                var until = min(now + 100_000_000, deadline ?? UInt64.max)
+                until = max(until, now + 1)
+                ts.tv_sec = Int(until / 1_000_000_000); ts.tv_nsec = Int(until % 1_000_000_000)
+                pthread_cond_timedwait(conds + s, mutexes + s, &ts)
+            }
+            pinWaiters[s] -= 1
+            unlock(gfn)
+        }
+    }
+
+    /// Releases a pin. After the last pin of a page goes, the plugin's page_unpinned hook runs
+    /// (on this thread) so it can resume requests it deferred.
+    public func unpin(_ range: PinnedRange) {
+        unpinPages(range.firstGfn, range.lastGfn, access: range.access.rawValue)
+    }
+
+    private func unpinPages(_ first: UInt64, _ last: UInt64, access: UInt32) {
+        var gfn = first
+        while gfn <= last {
+            let i = Int(gfn)
+            lock(gfn)
+            if access == GVM_ACCESS_WRITE { precondition(writePins[i] > 0, "unpin of page \(gfn) not pinned for write"); writePins[i] -= 1 }
+            else { precondition(readPins[i] > 0, "unpin of page \(gfn) not pinned for read"); readPins[i] -= 1 }
+            let last = readPins[i] == 0 && writePins[i] == 0
+            unlock(gfn)
+            if last, let unpinnedHook { unpinnedHook(pluginInstance, gfn) }
+            gfn += 1
+        }
+    }
+
+    /// How many pages one chunk of `read`/`write` pins at a time.
+    static let chunkPages = 64
+
+    /// Copies guest RAM [gpa, gpa+out.count) to `out` through pin/unpin (chunk by chunk).
+    public func read(gpa: UInt64, into out: UnsafeMutableRawBufferPointer, timeout: Double? = nil) throws {
+        try chunks(gpa: gpa, length: out.count) { at, offset, n in
+            let r = try pin(gpa: at, length: n, for: .read, timeout: timeout)
+            defer { unpin(r) }
+            (out.baseAddress! + offset).copyMemory(from: r.pointer, byteCount: n)
+        }
+    }
+
+    /// Returns `count` bytes of guest RAM at `gpa`, read through pin/unpin.
+    public func read(gpa: UInt64, count: Int, timeout: Double? = nil) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(gpa: gpa, into: $0, timeout: timeout) }
+        return out
+    }
+
+    /// Writes `bytes` into guest RAM at `gpa` through pin/unpin (write pins, chunk by chunk).
+    public func write(gpa: UInt64, bytes: UnsafeRawBufferPointer, timeout: Double? = nil) throws {
+        try chunks(gpa: gpa, length: bytes.count) { at, offset, n in
+            let r = try pin(gpa: at, length: n, for: .write, timeout: timeout)
+            defer { unpin(r) }
+            r.pointer.copyMemory(from: bytes.baseAddress! + offset, byteCount: n)
+        }
+    }
+
+    public func write(gpa: UInt64, bytes: [UInt8], timeout: Double? = nil) throws {
+        try bytes.withUnsafeBytes { try write(gpa: gpa, bytes: $0, timeout: timeout) }
+    }
+
+    private func chunks(gpa: UInt64, length: Int, _ body: (UInt64, Int, Int) throws -> Void) throws {
+        if length == 0 { return }
+        guard gpa < size, UInt64(length) <= size - gpa else {
+            throw GuestMemoryError.outOfRange(gpa: gpa, length: length, size: size)
+        }
+        let chunk = UInt64(Self.chunkPages * guestPageSize)
+        var at = gpa
+        let end = gpa + UInt64(length)
+        while at < end {
+            let chunkEnd = min(end, (at / chunk + 1) * chunk)
+            try body(at, Int(at - gpa), Int(chunkEnd - at))
+            at = chunkEnd
+        }
+    }
+
+    // MARK: - The C table
+
+    private func fillCoherenceHostTable() {
+        table.pointee.size = UInt32(MemoryLayout<gvm_coherence_host>.size)
+        table.pointee.host = OpaquePointer(Unmanaged.passUnretained(self).toOpaque())
+        table.pointee.page_count = pageCount
+        table.pointee.send = { h, dst, iov, n in
+            GuestMemory.from(h).send(dst, UnsafeBufferPointer(start: iov, count: Int(n)))
+        }
+        table.pointee.send_urgent = { h, dst, iov, n in
+            GuestMemory.from(h).sendUrgent(dst, UnsafeBufferPointer(start: iov, count: Int(n)))
+        }
+        table.pointee.page_install = { h, gfn, bytes, state in GuestMemory.from(h).install(gfn, bytes: bytes, state: state).rawValue }
+        table.pointee.page_upgrade = { h, gfn in GuestMemory.from(h).upgrade(gfn).rawValue }
+        table.pointee.page_downgrade = { h, gfn, out in GuestMemory.from(h).downgrade(gfn, into: out).rawValue }
+        table.pointee.page_drop = { h, gfn, out in GuestMemory.from(h).drop(gfn, into: out).rawValue }
+        table.pointee.page_read = { h, gfn, out in
+            guard let out else { return GVM_ERR_INVALID.rawValue }
+            return GuestMemory.from(h).readPage(gfn, into: out).rawValue
+        }
+        table.pointee.page_patch = { h, gfn, off, bytes, len in
+            GuestMemory.from(h).patch(gfn, offset: off, bytes: bytes, length: len).rawValue
+        }
+        table.pointee.page_state = { h, gfn in GuestMemory.from(h).pageState(gfn) }
+        table.pointee.page_pinned = { h, gfn in GuestMemory.from(h).pinned(gfn) }
+        table.pointee.page_wake = { h, gfn in GuestMemory.from(h).wake(gfn) }
+    }
+
+    @inline(__always)
+    static func from(_ h: OpaquePointer?) -> GuestMemory {
+        Unmanaged<GuestMemory>.fromOpaque(UnsafeRawPointer(h!)).takeUnretainedValue()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
