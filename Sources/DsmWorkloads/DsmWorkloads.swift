@@ -118,10 +118,10 @@ public final class DsmWorkload: @unchecked Sendable {
     // MARK: memory helpers (acquire loads, release stores: plain MOVs on x86)
 
     @inline(__always) func word(_ page: Int, _ index: Int) -> UnsafeMutableRawPointer { base + page * 4096 + index * 8 }
-    @inline(__always) func load(_ page: Int, _ i: Int) -> UInt64 { gvm_load_acquire64(word(page, i)) }
-    @inline(__always) func store(_ page: Int, _ i: Int, _ v: UInt64) { gvm_store_release64(word(page, i), v) }
-    @inline(__always) func cas(_ page: Int, _ i: Int, _ e: UInt64, _ n: UInt64) -> Bool { gvm_cas64(word(page, i), e, n) != 0 }
-    @inline(__always) func add(_ page: Int, _ i: Int, _ v: UInt64) -> UInt64 { gvm_fetch_add64(word(page, i), v) }
+    @inline(__always) func load(_ page: Int, _ i: Int) -> UInt64 { gvm_ivy_load_acquire64(word(page, i)) }
+    @inline(__always) func store(_ page: Int, _ i: Int, _ v: UInt64) { gvm_ivy_store_release64(word(page, i), v) }
+    @inline(__always) func cas(_ page: Int, _ i: Int, _ e: UInt64, _ n: UInt64) -> Bool { gvm_ivy_cas64(word(page, i), e, n) != 0 }
+    @inline(__always) func add(_ page: Int, _ i: Int, _ v: UInt64) -> UInt64 { gvm_ivy_fetch_add64(word(page, i), v) }
 
     func now() -> UInt64 {
         var ts = timespec()
@@ -140,7 +140,7 @@ public final class DsmWorkload: @unchecked Sendable {
                 if now() - start > limit { throw Deadline(what: what()) }
                 sched_yield()
             } else {
-                gvm_cpu_relax()
+                gvm_ivy_pause()
             }
         }
     }
@@ -344,6 +344,9 @@ public final class DsmWorkload: @unchecked Sendable {
 
     func litmus(tid: Int, local: Int, _ box: ResultBox) throws {
         let leader = tid == 0
+        // Each role waits a random few microseconds before acting, so every interleaving of the
+        // roles' accesses (and every ordering of their page faults) gets its chance.
+        var jitter = SplitMix(seed: params.seed &* 7_919 &+ UInt64(tid))
         for (name, roles) in Self.litmusTests {
             var outcomes: [String: Int] = [:]
             for _ in 0..<params.iterations {
@@ -354,6 +357,7 @@ public final class DsmWorkload: @unchecked Sendable {
                 try barrier("\(name) reset")
                 // Role r runs on node r % nodes, local thread (r / nodes) % threadsPerNode.
                 for r in 0..<roles where node == r % params.nodes && local == (r / params.nodes) % params.threadsPerNode {
+                    for _ in 0..<(jitter.next() % 4000) { gvm_ivy_pause() }
                     try role(name, r)
                 }
                 try barrier("\(name) run")

@@ -215,6 +215,7 @@ public enum Conformance {
                 let s = samples[Int(rng.next(UInt64(samples.count)))]
                 bytes = s.bytes
                 for _ in 0..<(1 + Int(rng.next(4))) {
+                    guard !bytes.isEmpty else { break }
                     let at = Int(rng.next(UInt64(min(bytes.count, 24))))
                     bytes[at] ^= UInt8(1) << UInt8(rng.next(8))
                 }
@@ -226,7 +227,7 @@ public enum Conformance {
                 src = s.src; dst = s.dst
             default:
                 bytes = (0..<(24 + Int(rng.next(4200)))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
-                if !bytes.isEmpty { bytes[0] = 1 }
+                if bytes.count > 1 { bytes[1] = 1 }   // a plausible version byte (Ivy's layout)
             }
             let before = c.nodes[Int(dst)].fatals.count
             c.inject(from: src, to: dst, bytes)

@@ -7,7 +7,7 @@ import PluginAPI
 import CoherenceKit
 @testable import IvyCore
 
-func ivyType(_ m: SimMessage) -> MessageType? { m.bytes.count > 1 ? MessageType(rawValue: m.bytes[1]) : nil }
+func ivyType(_ m: SimMessage) -> MessageType? { m.bytes.isEmpty ? nil : MessageType(rawValue: m.bytes[0]) }
 
 func ivyGfn(_ m: SimMessage) -> UInt64 {
     var v: UInt64 = 0

@@ -28,7 +28,7 @@ final class WireTests: XCTestCase {
         let m = Message(type: .fwdGetX, flags: .holdsCopy, hops: 2, node: 2, gfn: 1, txn: 0x0102_0304_0506_0708)
         let b = IvyWire.encode(m)
         XCTAssertEqual(b.count, 24)
-        XCTAssertEqual(Array(b[0..<4]), [1, 4, 1, 2])
+        XCTAssertEqual(Array(b[0..<4]), [4, 1, 1, 2])
         XCTAssertEqual(Array(b[4..<8]), [2, 0, 0, 0])
         XCTAssertEqual(Array(b[8..<16]), [1, 0, 0, 0, 0, 0, 0, 0])
         XCTAssertEqual(Array(b[16..<24]), [8, 7, 6, 5, 4, 3, 2, 1])
@@ -55,9 +55,9 @@ final class WireTests: XCTestCase {
     func testEveryFieldIsValidated() {
         let getS = Message(type: .getS, node: 2, gfn: 0)
         XCTAssertNil(error(decode(getS, src: 2, selfID: 0)))
-        XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[0] = 9 }), "wire version 9, expected 1")
-        XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[1] = 0 }), "unknown message type 0")
-        XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[1] = 200 }), "unknown message type 200")
+        XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[1] = 9 }), "wire version 9, expected 1")
+        XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[0] = 0 }), "unknown message type 0")
+        XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[0] = 200 }), "unknown message type 200")
         XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[2] = 0x80 }), "GetS: unknown flag bits 0x80")
         XCTAssertEqual(error(decode(getS, src: 2, selfID: 0) { $0[2] = 2 }), "GetS: flags 0x2 not allowed")
         XCTAssertEqual(error(decode(Message(type: .getS, node: 2, gfn: 6), src: 2, selfID: 0)), "GetS: gfn 6 out of range (6 pages)")
@@ -86,7 +86,7 @@ final class WireTests: XCTestCase {
 
     func testMalformedMessageIsReportedThroughFatalWithItsCause() throws {
         let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1)
-        c.inject(from: 1, to: 0, [1, 99] + [UInt8](repeating: 0, count: 22))
+        c.inject(from: 1, to: 0, [99, 1] + [UInt8](repeating: 0, count: 22))
         XCTAssertEqual(c.nodes[0].fatals, ["dsm-ivy node 0: malformed message from node 1: unknown message type 99"])
         XCTAssertEqual(c.nodes[0].counter("ivy.rx_malformed"), 1)
     }

@@ -2,8 +2,8 @@
 // messages that do not carry the zero flag. Little endian throughout.
 //
 //   offset size field
-//   0      1    version   (IvyWire.version)
-//   1      1    type      (MessageType)
+//   0      1    type      (MessageType; first, so a fault-injecting transport can select by it)
+//   1      1    version   (IvyWire.version)
 //   2      1    flags     (MessageFlags)
 //   3      1    hops      network hops so far on the fault's critical path
 //   4      4    node      the node the message speaks for (see MessageType)
@@ -106,8 +106,8 @@ public enum IvyWire {
     /// Encodes the header of `m` into 24 bytes.
     public static func header(_ m: Message) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: headerSize)
-        b[0] = version
-        b[1] = m.type.rawValue
+        b[0] = m.type.rawValue
+        b[1] = version
         b[2] = m.flags.rawValue
         b[3] = m.hops
         put32(&b, 4, m.node)
@@ -134,9 +134,9 @@ public enum IvyWire {
             throw WireError("message of \(buf.count) bytes is shorter than the \(headerSize)-byte header")
         }
         guard src < nodeCount, src != selfID else { throw WireError("message from invalid source node \(src)") }
-        let v = buf[0]
+        let v = buf[1]
         guard v == version else { throw WireError("wire version \(v), expected \(version)") }
-        guard let type = MessageType(rawValue: buf[1]) else { throw WireError("unknown message type \(buf[1])") }
+        guard let type = MessageType(rawValue: buf[0]) else { throw WireError("unknown message type \(buf[0])") }
         let flags = MessageFlags(rawValue: buf[2])
         guard MessageFlags.all.isSuperset(of: flags) else {
             throw WireError("\(type.name): unknown flag bits 0x\(String(buf[2], radix: 16))")

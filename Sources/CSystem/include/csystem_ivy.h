@@ -6,18 +6,18 @@
 #define GVM_CSYSTEM_IVY_H
 #include <stdint.h>
 
-static inline uint64_t gvm_load_acquire64(const void *p) {
+static inline uint64_t gvm_ivy_load_acquire64(const void *p) {
     return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
 }
-static inline void gvm_store_release64(void *p, uint64_t v) {
+static inline void gvm_ivy_store_release64(void *p, uint64_t v) {
     __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE);
 }
-static inline int gvm_cas64(void *p, uint64_t expect, uint64_t desired) {
+static inline int gvm_ivy_cas64(void *p, uint64_t expect, uint64_t desired) {
     return __atomic_compare_exchange_n((uint64_t *)p, &expect, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
-static inline uint64_t gvm_fetch_add64(void *p, uint64_t v) {
+static inline uint64_t gvm_ivy_fetch_add64(void *p, uint64_t v) {
     return __atomic_fetch_add((uint64_t *)p, v, __ATOMIC_SEQ_CST);
 }
-static inline void gvm_fence_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-// gvm_cpu_relax comes from csystem_uffd.h (merge fix: both headers defined it).
+static inline void gvm_ivy_fence_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void gvm_ivy_pause(void) { __builtin_ia32_pause(); }
 #endif
