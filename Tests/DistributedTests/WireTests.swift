@@ -14,3 +14,49 @@ final class WireTests: XCTestCase {
         for m in all { XCTAssertEqual(try CPUMessage.decode(m.encode()), m) }
     }
 }
+
+final class IOWireTests: XCTestCase {
+    func testIOMessagesRoundTrip() throws {
+        let all: [IOMessage] = [
+            .deviceMap([DeviceRange(space: 1, base: 0x3F8, length: 8, name: "com1"),
+                        DeviceRange(space: 2, base: 0xFEC0_0000, length: 0x1000, name: "ioapic")]),
+            .deviceMap([]),
+            .request(id: 42, space: 1, address: 0x3F8, itemSize: 1, count: 3, isWrite: true, data: [0x61, 0x62, 0x0A]),
+            .request(id: 43, space: 2, address: 0xFEC0_0010, itemSize: 4, count: 1, isWrite: false, data: []),
+            .reply(id: 43, status: 0, data: [1, 2, 3, 4]),
+            .reply(id: 42, status: 0, data: []),
+            .ready,
+        ]
+        for m in all { XCTAssertEqual(try IOMessage.decode(m.encode()), m) }
+    }
+
+    func testMalformedIOMessagesAreRejectedWithAReason() {
+        func reject(_ bytes: [UInt8], _ fragment: String, line: UInt = #line) {
+            XCTAssertThrowsError(try IOMessage.decode(bytes), line: line) { e in
+                XCTAssertTrue("\(e)".contains(fragment), "\(e)", line: line)
+            }
+        }
+        reject([], "empty")
+        reject([0x7F], "unknown io message type 0x7f")
+        var req = IOMessage.request(id: 1, space: 1, address: 0x3F8, itemSize: 1, count: 2, isWrite: true, data: [1, 2]).encode()
+        reject(Array(req.dropLast()), "1 data bytes, expected 2")
+        req[18] = 3  // item size 3 (type 1 + id 8 + space 1 + address 8)
+        reject(req, "truncated or invalid")
+        let big = IOMessage.request(id: 1, space: 1, address: 0, itemSize: 8, count: UInt32(IOMessage.maxData), isWrite: false, data: []).encode()
+        reject(big, "exceeds")
+        reject(IOMessage.ready.encode() + [0], "trailing")
+        var map = IOMessage.deviceMap([DeviceRange(space: 1, base: 0, length: 1, name: "x")]).encode()
+        map[5] = 9  // space 9
+        reject(map, "range 0")
+    }
+
+    func testMalformedCPUMessages() {
+        XCTAssertThrowsError(try CPUMessage.decode([0x01, 0, 0]))
+        XCTAssertThrowsError(try CPUMessage.decode(CPUMessage.eoi(vector: 1).encode() + [0]))
+        XCTAssertThrowsError(try CPUMessage.decode([0x55]))
+        // Delivery mode 8 does not exist.
+        var ipi = CPUMessage.ipi(target: 1, source: 0, mode: 0, vector: 0x40, level: false).encode()
+        ipi[9] = 8
+        XCTAssertThrowsError(try CPUMessage.decode(ipi))
+    }
+}
