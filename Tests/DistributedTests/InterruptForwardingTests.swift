@@ -151,6 +151,40 @@ final class InterruptForwardingTests: XCTestCase {
         waitUntil("SIPI recorded for vCPU 3") { vms[1].machine.interruptState(of: 3)!.locked { $0.sipiVector } == 0x10 }
         XCTAssertNil(vms[1].machine.interruptState(of: 2)!.locked { $0.sipiVector })
     }
+
+    /// A string (rep outsb / insb) access to a device of node 0 crosses as one message and
+    /// completes with the reply; the maps were exchanged at start; an address the home node
+    /// has no device for reads all-ones.
+    func testStringIOForwardedWholeAndNoDeviceReadsAllOnes() throws {
+        let bus = vms[1].machine.bus
+        guard let r = bus.lookup(.pio, 0x3FF), let dev = r.device as? RemoteDevice else {
+            return XCTFail("node 1 has no forwarding stub for the UART of node 0")
+        }
+        XCTAssertEqual(dev.home, 0)
+        XCTAssertEqual(dev.name, "com1")
+        XCTAssertNotNil(bus.lookup(.mmio, 0xFEC0_0000)?.device as? RemoteDevice, "the IOAPIC page of node 0 is forwarded")
+        XCTAssertNil(vms[0].machine.bus.lookup(.pio, 0x3F8)?.device as? RemoteDevice, "node 0 serves its UART itself")
+        // rep outsb of 4 bytes to the scratch register: one message, the last byte stays.
+        var out: [UInt8] = [0x11, 0x22, 0x33, 0x44]
+        out.withUnsafeMutableBytes { dev.ioString(space: .pio, offset: 0x3FF - r.base, itemSize: 1, data: $0, isWrite: true) }
+        XCTAssertEqual(counter(vms[1], "io.forwarded"), 1)
+        XCTAssertEqual(counter(vms[0], "io.served_for_peers"), 1)
+        // rep insb of 3 bytes from it, then a single read of the line status (THR empty).
+        var back = [UInt8](repeating: 0, count: 3)
+        back.withUnsafeMutableBytes { dev.ioString(space: .pio, offset: 0x3FF - r.base, itemSize: 1, data: $0, isWrite: false) }
+        XCTAssertEqual(back, [0x44, 0x44, 0x44])
+        var lsr: [UInt8] = [0]
+        lsr.withUnsafeMutableBytes { dev.io(space: .pio, offset: 0x3FD - r.base, data: $0, isWrite: false) }
+        XCTAssertNotEqual(lsr[0] & 0x20, 0, "THRE")
+        XCTAssertEqual(counter(vms[1], "io.forwarded"), 3)
+        // A port node 0 has no device at (the maps disagree): all-ones, no failure.
+        var word: [UInt8] = [0, 0, 0, 0]
+        try word.withUnsafeMutableBytes {
+            try vms[1].io.call(home: 0, space: .pio, address: 0x510, itemSize: 4, data: $0, isWrite: false)
+        }
+        XCTAssertEqual(word, [0xFF, 0xFF, 0xFF, 0xFF])
+        XCTAssertFalse(vms[1].machine.isStopping)
+    }
 }
 
 final class Box: @unchecked Sendable {
