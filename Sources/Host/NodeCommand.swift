@@ -21,6 +21,9 @@ struct NodeCommand: ParsableCommand {
             until it is stopped: Ctrl-C or SIGTERM, --duration, another node stopping, or a lost
             peer (timeouts.failure). A node that stops tells the others, so they all stop together.
             Exit status: 0 after a clean stop, non-zero after a failure anywhere in the cluster.
+            With `guest:` in the config the node instead runs its part of one VM spread over every
+            node (its vCPUs, its devices, guest RAM through the coherence plugin) until the guest
+            exits; exit status as for `giantvm run` (docs/distributed.md).
             """)
 
     @OptionGroup var global: GlobalOptions
