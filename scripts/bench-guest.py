@@ -18,9 +18,9 @@ IMAGE = os.path.join(ROOT, "Guests/build/testguest.elf")
 PORT = 20600
 
 WORKLOADS = {
-    "memory": "memory total=8",
-    "mutex": "mutex ops=5000",
-    "cpu": "cpu events=8 prime=10000",
+    "memory": "memory total=32",
+    "mutex": "mutex ops=100000",
+    "cpu": "cpu events=40 prime=10000",
 }
 
 
