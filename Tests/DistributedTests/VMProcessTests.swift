@@ -172,6 +172,48 @@ final class VMProcessTests: XCTestCase {
         XCTAssertTrue(n1.contains { $0.hasPrefix("SUMMARY workload=hello vcpus=4 ok=true") }, r.stdout)
     }
 
+    /// Three nodes (1 + 2 + 1 vCPUs), the UART on node 2, the exit device and the IOAPIC on
+    /// node 1: hello from every vCPU on node 2's console, exact IPIs, every node exits 0.
+    func testThreeNodesDevicesSpreadOut() throws {
+        let image = Built.packageRoot + "/Guests/build/testguest.elf"
+        let cfg = temporaryFile("""
+            cluster: vm3
+            nodes:
+              - {id: 0, address: 127.0.0.1, port: 20310, vcpus: 1}
+              - {id: 1, address: 127.0.0.1, port: 20311, vcpus: 2}
+              - {id: 2, address: 127.0.0.1, port: 20312, vcpus: 1}
+            memory: 32MiB
+            transport: {plugin: transport-tcp}
+            coherence: {plugin: dsm-ivy}
+            devices:
+              - {name: com1, model: uart16550, node: 2, base: 0x3f8, irq: 4}
+              - {name: exit, model: isa-debug-exit, node: 1, base: 0xf4}
+              - {name: results, model: results, node: 0, base: 0xe0}
+            ioapic_node: 1
+            timeouts: {connect: 10s, heartbeat: 100ms, failure: 2s}
+            guest: {image: \(image), cmdline: hello}
+            """)
+        let r = try up(cfg)
+        XCTAssertEqual(r.status, 0, r.output)
+        let n2 = lines(r.stdout, "[node 2] ")
+        XCTAssertEqual(Set(n2.filter { $0.hasPrefix("hello from") }), Set((0..<4).map { "hello from vCPU \($0)" }), r.stdout)
+        XCTAssertTrue(lines(r.stdout, "[node 1] ").contains { $0.hasPrefix("node 1: met node 0, node 2 over transport-tcp; vCPUs 1-2 here, IOAPIC here") }, r.stdout)
+        XCTAssertTrue(r.stdout.hasSuffix("[up] all 3 nodes stopped cleanly\n"), r.stdout)
+        let ipi = try up(cfg, cmdline: "ipi ipis=10")
+        XCTAssertEqual(ipi.status, 0, ipi.output)
+        XCTAssertTrue(ipi.stdout.contains(#"[node 2] RESULT {"workload":"ipi","vcpus":4,"per_pair":10,"expected":120,"total":120,"#), ipi.stdout)
+    }
+
+    /// A guest failure (exception report, exit value 3) ends every node with the same status.
+    func testGuestFailureStatusOnEveryNode() throws {
+        let r = try up(vmConfig(port: 20320), cmdline: "fault")
+        XCTAssertEqual(r.status, 1, r.output)
+        XCTAssertTrue(r.stderr.contains("[node 0] giantvm: error: node 0: guest failed: isa-debug-exit value 3 (status 7); giantvm exits 35"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("[up] node 0 exited with status 35"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("[up] node 1 exited with status 35"), r.stderr)
+        XCTAssertTrue(r.stdout.contains(#"[node 0] RESULT {"workload":"fault","vcpus":4,"ok":false,"error":"exception 14 #PF on vCPU 0 at "#), r.stdout)
+    }
+
     /// A node killed in the middle of the guest stops every other node with a clear error.
     func testNodeKilledMidGuestStopsEveryNode() throws {
         let cfg = vmConfig(port: 20260, cmdline: "counter iters=100000000")
