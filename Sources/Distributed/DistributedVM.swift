@@ -369,6 +369,11 @@ public final class DistributedVM: @unchecked Sendable {
                      + "apic_updates_in=\(v("cpu.apic_address_updates")) io_forwarded=\(v("io.forwarded")) "
                      + "io_served=\(v("io.served_for_peers")) irq_lines_out=\(v("cpu.irq_lines_forwarded")) "
                      + "eoi_out=\(v("cpu.eoi_forwarded")); ran \(String(format: "%.3f", elapsed)) s")
+        if let h = snap.histograms["io.forward_round_trip"], h.count > 0 {
+            func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
+            lines.append("node \(id): forwarded I/O round trip (µs): count=\(h.count) p50=\(us(h.p50)) p90=\(us(h.p90)) "
+                         + "p99=\(us(h.p99)) max=\(us(h.max))")
+        }
         return lines.joined(separator: "\n")
     }
 }
