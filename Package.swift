@@ -139,7 +139,7 @@ let package = Package(
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "Cluster", "Config", "Machine", "PluginHost", "TestSupport", .product(name: "Logging", package: "swift-log")],
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "Cluster", "Config", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DistributedTests"),
         .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
     ],
