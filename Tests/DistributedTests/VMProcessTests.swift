@@ -230,6 +230,26 @@ final class VMProcessTests: XCTestCase {
         _ = n1.wait(timeout: 5)
     }
 
+    /// The node with the BSP and every device killed mid-guest: node 1's vCPUs (blocked in page
+    /// faults or running) stop at once, non-zero, naming the lost node.
+    func testBSPNodeKilledMidGuestStopsNode1() throws {
+        let cfg = vmConfig(port: 20290, cmdline: "counter iters=100000000")
+        let n1 = try Child(Built.giantvm, ["node", "--config", cfg, "--id", "1", "--timeout", "40"])
+        let n0 = try Child(Built.giantvm, ["node", "--config", cfg, "--id", "0", "--timeout", "40"])
+        defer { n0.signal(SIGKILL); n1.signal(SIGKILL) }
+        XCTAssertTrue(n0.waitForOutput(timeout: 20) { $0.contains("guest: workload=counter") }, n0.stdoutSoFar + n0.stderrSoFar)
+        usleep(500_000)
+        n0.signal(SIGKILL)
+        let start = Date()
+        let r1 = n1.wait(timeout: 20)
+        XCTAssertFalse(r1.timedOut, "node 1 did not stop after node 0 died: \(r1.output)")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+        XCTAssertEqual(r1.status, 1, r1.output)
+        XCTAssertTrue(r1.stderr.contains("giantvm: error: node 1: lost node 0"), r1.output)
+        XCTAssertTrue(r1.stdout.contains("node 1: DSM stats: "), r1.output)
+        _ = n0.wait(timeout: 5)
+    }
+
     /// Time: node 1 acts as if its host TSC ran 1e9 ticks ahead of node 0's. The sync must
     /// measure that difference over the network (to within the best round trip) and program it;
     /// where KVM applies TSC offsets, node 1's guest TSC must then match node 0's (checked against
