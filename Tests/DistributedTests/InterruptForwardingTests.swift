@@ -150,6 +150,15 @@ final class InterruptForwardingTests: XCTestCase {
         vms[0].machine.router.send(InterruptCommand(low: 0x10 | (6 << 8) | (1 << 14), high: 3 << 24), from: 0)
         waitUntil("SIPI recorded for vCPU 3") { vms[1].machine.interruptState(of: 3)!.locked { $0.sipiVector } == 0x10 }
         XCTAssertNil(vms[1].machine.interruptState(of: 2)!.locked { $0.sipiVector })
+        // NMI to APIC id 2 and INIT to APIC id 3, physical: each lands on its vCPU only.
+        vms[0].machine.router.send(InterruptCommand(low: (4 << 8) | (1 << 14), high: 2 << 24), from: 0)
+        vms[0].machine.router.send(InterruptCommand(low: (5 << 8) | (1 << 14), high: 3 << 24), from: 0)
+        waitUntil("NMI on vCPU 2, INIT on vCPU 3") {
+            vms[1].machine.interruptState(of: 2)!.locked { $0.pendingNMI } && vms[1].machine.interruptState(of: 3)!.locked { $0.pendingINIT }
+        }
+        XCTAssertFalse(vms[1].machine.interruptState(of: 3)!.locked { $0.pendingNMI })
+        XCTAssertFalse(vms[1].machine.interruptState(of: 2)!.locked { $0.pendingINIT })
+        XCTAssertEqual(counter(vms[1], "cpu.ipi_received"), 5)
     }
 
     /// A string (rep outsb / insb) access to a device of node 0 crosses as one message and
