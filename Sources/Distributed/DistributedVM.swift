@@ -98,11 +98,15 @@ public final class DistributedVM: @unchecked Sendable {
         let bspNode = owners[0]
 
         // The image: read on every node (so a bad path fails everywhere at once), loaded by the BSP's.
-        do {
-            let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: guest.image)))
-            image = try ELFImage(bytes: bytes, name: guest.image)
-        } catch {
-            throw WireError("\(cfg.sourcePath): guest.image: \(guest.image): \(error)")
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: guest.image) else {
+            throw WireError("\(cfg.sourcePath): guest.image: \(guest.image): no such file (build the test guest with `make -C Guests`)")
+        }
+        guard let data = fm.contents(atPath: guest.image) else {
+            throw WireError("\(cfg.sourcePath): guest.image: \(guest.image): cannot be read (permissions, or a directory)")
+        }
+        do { image = try ELFImage(bytes: Array(data), name: guest.image) } catch {
+            throw WireError("\(cfg.sourcePath): guest.image: \(error)")
         }
         _ = bspNode
 

@@ -214,6 +214,25 @@ final class VMProcessTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains(#"[node 0] RESULT {"workload":"fault","vcpus":4,"ok":false,"error":"exception 14 #PF on vCPU 0 at "#), r.stdout)
     }
 
+    /// Bad input fails fast on every node with the file, the field and the cause.
+    func testBadGuestImageAndSingleNodeCoherence() throws {
+        let missing = vmConfig(port: 20330).replacingOccurrences(of: "", with: "")
+        let text = try String(contentsOfFile: missing, encoding: .utf8)
+            .replacingOccurrences(of: Built.packageRoot + "/Guests/build/testguest.elf", with: "/nonexistent/guest.elf")
+        try text.write(toFile: missing, atomically: true, encoding: .utf8)
+        let r = try giantvm(["up", missing, "--timeout", "20"], timeout: 30)
+        XCTAssertEqual(r.status, 1, r.output)
+        for n in 0..<2 {
+            XCTAssertTrue(r.stderr.contains("[node \(n)] giantvm: error: node \(n): \(missing): guest.image: /nonexistent/guest.elf: no such file"), r.stderr)
+        }
+        let local = vmConfig(port: 20340)
+        let t2 = try String(contentsOfFile: local, encoding: .utf8).replacingOccurrences(of: "dsm-ivy", with: "dsm-local")
+        try t2.write(toFile: local, atomically: true, encoding: .utf8)
+        let r2 = try giantvm(["up", local, "--timeout", "20"], timeout: 30)
+        XCTAssertEqual(r2.status, 1, r2.output)
+        XCTAssertTrue(r2.stderr.contains("coherence.plugin: coherence plugin dsm-local: dsm-local serves one node only, but the cluster has 2 nodes"), r2.stderr)
+    }
+
     /// A node killed in the middle of the guest stops every other node with a clear error.
     func testNodeKilledMidGuestStopsEveryNode() throws {
         let cfg = vmConfig(port: 20260, cmdline: "counter iters=100000000")
