@@ -216,7 +216,7 @@ final class VMProcessTests: XCTestCase {
 
     /// Bad input fails fast on every node with the file, the field and the cause.
     func testBadGuestImageAndSingleNodeCoherence() throws {
-        let missing = vmConfig(port: 20330).replacingOccurrences(of: "", with: "")
+        let missing = vmConfig(port: 20330)
         let text = try String(contentsOfFile: missing, encoding: .utf8)
             .replacingOccurrences(of: Built.packageRoot + "/Guests/build/testguest.elf", with: "/nonexistent/guest.elf")
         try text.write(toFile: missing, atomically: true, encoding: .utf8)
