@@ -64,7 +64,7 @@ final class ClusterLauncher: @unchecked Sendable {
         for node in config.nodes {
             let args = ["node", "--config", configPath, "--id", "\(node.id)", "--log-level", logLevel] + extraArguments
             var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
-            guard pipe2(&outPipe, O_CLOEXEC) == 0, pipe2(&errPipe, O_CLOEXEC) == 0 else {
+            guard gvm_net_pipe_cloexec(&outPipe) == 0, gvm_net_pipe_cloexec(&errPipe) == 0 else {
                 killAll(pids, SIGKILL)
                 fail("cannot create pipes: \(String(cString: strerror(errno)))")
             }
