@@ -25,12 +25,16 @@ struct Up: ParsableCommand {
     @Option(name: .long, help: "Stop the cluster cleanly after this many seconds (default: run until stopped).")
     var duration: Double?
 
+    @Flag(name: .long, help: "Each node prints its counters at the end (see `giantvm node --stats`).")
+    var stats = false
+
     func run() throws {
         _ = global.bootstrapLogging()
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         var extra: [String] = []
         if let duration { extra += ["--duration", "\(duration)"] }
+        if stats { extra.append("--stats") }
         let launcher = ClusterLauncher(config: cfg, configPath: config, logLevel: global.logLevel, extraArguments: extra)
         let status = launcher.run()
         Glibc.exit(status)
