@@ -8,6 +8,8 @@ echo "== giantvm validate examples/cluster-3node.yaml"
 $GVM validate examples/cluster-3node.yaml
 echo "== giantvm plugins list --config examples/cluster-3node.yaml"
 $GVM plugins list --config examples/cluster-3node.yaml
+echo "== giantvm up examples/cluster-3node.yaml --duration 3   (3 nodes meet, traffic on every channel, clean stop)"
+$GVM up examples/cluster-3node.yaml --duration 3
 
 # One VM over two node processes (2 nodes x 2 vCPUs, dsm-ivy over transport-tcp on loopback):
 # every vCPU says hello through the one UART (node 0), IPIs and a shared counter across nodes

@@ -230,13 +230,19 @@ final class TCPTransport: TransportPlugin {
                 switch result {
                 case .success:
                     establish(fd: fd, peer: peer.id, lane: lane)
+                    return
                 case let .failure(err):
                     close(fd)
                     if mon.withLock({ stopping }) { return }
-                    services.log(.error, "handshake with node \(peer.id) at \(addr) (lane \(lane)) failed: \(err)")
-                    peerFailed(peer.id, "handshake with node \(peer.id) at \(addr) failed: \(err)")
+                    if err.final {
+                        services.log(.error, "handshake with node \(peer.id) at \(addr) (lane \(lane)) failed: \(err)")
+                        peerFailed(peer.id, "handshake with node \(peer.id) at \(addr) failed: \(err)")
+                        return
+                    }
+                    // Closed or timed out mid-handshake (e.g. the peer was busy): try again.
+                    services.log(.warning, "handshake with node \(peer.id) at \(addr) (lane \(lane)) failed, retrying: \(err)")
+                    lastError = "handshake failed: \(err)"
                 }
-                return
             } catch {
                 lastError = "\(error)"
             }
@@ -365,13 +371,13 @@ final class TCPTransport: TransportPlugin {
                                                           lane: UInt8(lane), verifierNonce: theirs.nonce, signerNonce: nonce))
             try sendFrame(fd, .proof, encodeProof(proof))
             let (ok, why) = try decodeVerdict(readHandshakeFrame(fd, .verdict, deadline: deadline)).get()
-            guard ok else { throw HandshakeError("node \(peer) refused this node: \(why)") }
+            guard ok else { throw HandshakeError("node \(peer) refused this node: \(why)", final: true) }
             let theirProof = try decodeProof(readHandshakeFrame(fd, .proof, deadline: deadline)).get()
             let material = authMaterial(cluster: theirs.cluster, signer: peer, verifier: selfID, lane: UInt8(lane),
                                         verifierNonce: nonce, signerNonce: theirs.nonce)
             guard host.verify(peer: peer, cluster: theirs.cluster, challenge: material, proof: theirProof) else {
                 try? sendFrame(fd, .verdict, encodeVerdict(ok: false, reason: "authentication failed"))
-                throw HandshakeError("node \(peer) failed authentication (wrong cluster or key)")
+                throw HandshakeError("node \(peer) failed authentication (wrong cluster or key)", final: true)
             }
             try sendFrame(fd, .verdict, encodeVerdict(ok: true, reason: ""))
             return .success(())

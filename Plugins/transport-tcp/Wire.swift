@@ -166,7 +166,10 @@ public struct Hello: Equatable, Sendable {
 
 public struct HandshakeError: Error, CustomStringConvertible, Equatable, Sendable {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// A decision (refused verdict, failed proof) rather than a transport accident: retrying
+    /// the same peer cannot succeed.
+    public var final: Bool
+    public init(_ message: String, final: Bool = false) { self.message = message; self.final = final }
     public var description: String { message }
 }
 

@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 import CSystem
 import Logging
+import Metrics
 import PluginAPI
 import PluginHost
 
@@ -36,6 +37,9 @@ struct NodeCommand: ParsableCommand {
 
     @Option(name: .long, help: "Stop the cluster cleanly after this many seconds (default: run until stopped).")
     var duration: Double?
+
+    @Flag(name: .long, help: "Print the node's counters (frames, bytes, heartbeats, injected faults) to stderr at the end.")
+    var stats = false
 
     @Flag(name: .long, help: .hidden)
     var bench = false
@@ -79,7 +83,8 @@ struct NodeCommand: ParsableCommand {
             runVMNode(config: cfg, loader: loader, logger: logger, signals: signals)
         }
         let node: Node
-        do { node = try Node(config: cfg, id: id, loader: loader, logger: logger) } catch {
+        let metrics = MetricsRegistry()
+        do { node = try Node(config: cfg, id: id, loader: loader, logger: logger, metrics: metrics) } catch {
             fail("node \(id): \(error)")
         }
         let benchResponder = bench ? NetBenchResponder(node: node) : nil
@@ -117,6 +122,9 @@ struct NodeCommand: ParsableCommand {
             _ = t
         }
         let reason = node.waitUntilStopped()
+        if stats {
+            FileHandle.standardError.write(Data((metrics.snapshot().table(title: "node \(id) counters") + "\n").utf8))
+        }
         if reason.status == 0 {
             say("node \(id): stopped cleanly: \(reason.message)")
             Glibc.exit(0)

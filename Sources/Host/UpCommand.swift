@@ -25,6 +25,8 @@ struct Up: ParsableCommand {
     @Option(name: .long, help: "Stop the cluster cleanly after this many seconds (default: run until stopped).")
     var duration: Double?
 
+    @Flag(name: .long, help: "Each node prints its counters at the end (see `giantvm node --stats`).")
+    var stats = false
     // [dist] passed to every node of a VM config.
     @Option(name: .long, help: "VM: stop the VM after this many seconds (nodes exit 124).")
     var timeout: Double?
@@ -37,6 +39,7 @@ struct Up: ParsableCommand {
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         var extra: [String] = []
         if let duration { extra += ["--duration", "\(duration)"] }
+        if stats { extra.append("--stats") }
         if let timeout { extra += ["--timeout", "\(timeout)"] }
         if let cmdline { extra += ["--cmdline", cmdline] }
         let launcher = ClusterLauncher(config: cfg, configPath: config, logLevel: global.logLevel, extraArguments: extra)
@@ -72,7 +75,7 @@ final class ClusterLauncher: @unchecked Sendable {
         for node in config.nodes {
             let args = ["node", "--config", configPath, "--id", "\(node.id)", "--log-level", logLevel] + extraArguments
             var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
-            guard pipe2(&outPipe, O_CLOEXEC) == 0, pipe2(&errPipe, O_CLOEXEC) == 0 else {
+            guard gvm_net_pipe_cloexec(&outPipe) == 0, gvm_net_pipe_cloexec(&errPipe) == 0 else {
                 killAll(pids, SIGKILL)
                 fail("cannot create pipes: \(String(cString: strerror(errno)))")
             }

@@ -36,6 +36,9 @@ extension NodeCommand {
             }
         }
         let outcome = vm.run()
+        if stats {
+            FileHandle.standardError.write(Data((vm.metrics.snapshot().table(title: "node \(id) counters") + "\n").utf8))
+        }
         if outcome.status == 0 {
             say("node \(id): stopped cleanly: \(outcome.message)")
             Glibc.exit(0)

@@ -141,8 +141,9 @@ final class ClusterProcessTests: XCTestCase {
         let up = try Child(name: "up", executable: Paths.giantvm, arguments: ["up", cfg], dir: dir)
         XCTAssertTrue(up.waitForOutput("[node 2] node 2: \(Self.exchanged)", timeout: 20), up.output)
         // Find node 1's process: a child of `up` whose command line says --id 1.
-        let (_, ps) = runCommand("/usr/bin/pgrep", ["-P", "\(up.pid)", "-f", "node --config .* --id 1 "])
-        guard let pid = Int32(ps.split(separator: "\n").first ?? "") else { return XCTFail("no node 1 process: \(ps)") }
+        guard let pid = childProcess(of: up.pid, argumentsContain: ["node", "--id", "1"]) else {
+            return XCTFail("no node 1 process under up (pid \(up.pid))")
+        }
         kill(pid, SIGKILL)
         XCTAssertEqual(up.wait(timeout: 20), 1, up.output)
         XCTAssertTrue(up.stderr.contains("[up] node 1 was killed by signal 9"), up.stderr)

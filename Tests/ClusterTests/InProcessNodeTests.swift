@@ -149,3 +149,56 @@ final class InProcessNodeTests: XCTestCase {
 
 /// A value shared with another thread (written before a semaphore signal, read after the wait).
 final class Box<T>: @unchecked Sendable { var value: T? }
+
+/// The in-memory test double: three Nodes in one process, no sockets.
+final class InMemoryNetworkTests: XCTestCase {
+    func testThreeNodesMeetExchangeAndStopNamingACutNode() throws {
+        let yaml = clusterYAML(addresses: ["127.0.0.1", "127.0.0.1", "127.0.0.1"], ports: [1, 2, 3],
+                               heartbeat: "50ms", failure: "1s")
+        let cfg = try ConfigLoader.parse(yaml: yaml, path: "mem.yaml")
+        var logger = Logger(label: "mem")
+        logger.logLevel = .critical
+        let net = InMemoryNetwork(nodeCount: 3)
+        let nodes = try (0..<3).map { id in
+            try Node(config: cfg, id: UInt32(id), logger: logger) { node in net.endpoint(UInt32(id), events: node) }
+        }
+        let lock = NSLock()
+        var got: [String] = []
+        for (id, n) in nodes.enumerated() {
+            n.register(channel: .io) { from, payload in
+                lock.lock(); got.append("\(from)->\(id):\(Array(payload))"); lock.unlock()
+            }
+        }
+        let starters = (1..<3).map { i in Thread { try? nodes[i].start() } }
+        starters.forEach { $0.start() }
+        try nodes[0].start()
+        // Wait until 1 and 2 have met everyone too (a send to an unmet peer is refused).
+        let t0 = clusterTestNow()
+        while clusterTestNow() - t0 < 5 {
+            if nodes[1].send(channel: .io, to: 2, [0x80, 12]) == GVM_OK.rawValue { break }
+            usleep(10_000)
+        }
+        XCTAssertEqual(nodes[0].send(channel: .io, to: 1, [0x80, 1]), GVM_OK.rawValue)
+        XCTAssertEqual(nodes[0].send(channel: .io, to: 2, [0x80, 2]), GVM_OK.rawValue)
+        XCTAssertEqual(nodes[2].send(channel: .io, to: 0, [0x80, 20]), GVM_OK.rawValue)
+        while clusterTestNow() - t0 < 5 {
+            lock.lock(); let n = got.count; lock.unlock()
+            if n == 4 { break }
+            usleep(10_000)
+        }
+        lock.lock()
+        XCTAssertEqual(Set(got), ["1->2:[128, 12]", "0->1:[128, 1]", "0->2:[128, 2]", "2->0:[128, 20]"])
+        lock.unlock()
+        net.cut(2)
+        let r2 = Box<StopReason>()
+        let w = Thread { r2.value = nodes[2].waitUntilStopped() }
+        nodes[2].stop(reason: "cut off", status: 1)
+        w.start()
+        let r0 = nodes[0].waitUntilStopped()
+        let r1 = nodes[1].waitUntilStopped()
+        for r in [r0, r1] {
+            XCTAssertEqual(r.status, 1)
+            XCTAssertTrue(r.message.contains("lost node 2"), r.message)
+        }
+    }
+}

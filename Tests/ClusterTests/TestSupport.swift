@@ -262,3 +262,20 @@ func readUntilClosed(_ fd: Int32, timeout: Double) -> (bytes: [UInt8], closed: B
     }
     return (out, false)
 }
+
+/// A direct child of `parent` whose argv contains every string of `args` (read from /proc).
+func childProcess(of parent: pid_t, argumentsContain args: [String]) -> pid_t? {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+    for e in entries {
+        guard let pid = pid_t(e),
+              let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { continue }
+        // Fields after "(comm)": state ppid ...
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 1, pid_t(fields[1]) == parent,
+              let raw = FileManager.default.contents(atPath: "/proc/\(e)/cmdline") else { continue }
+        let argv = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        if args.allSatisfy(argv.contains) { return pid }
+    }
+    return nil
+}

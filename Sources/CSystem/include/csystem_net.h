@@ -9,9 +9,8 @@
 #include <pthread.h>
 #include <sys/prctl.h>
 
-// Declared here because _GNU_SOURCE may come too late once other headers are in.
-extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
-extern int pipe2(int fds[2], int flags);
+// Declared here because _GNU_SOURCE may come too late once other headers are in (same
+// prototypes as glibc's, so a second declaration is harmless).
 extern int pthread_setname_np(pthread_t thread, const char *name);
 extern ssize_t getrandom(void *buf, size_t len, unsigned int flags);
 
@@ -33,10 +32,29 @@ static inline int gvm_net_set_nonblocking(int fd, int on) {
     flags = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
     return fcntl(fd, F_SETFL, flags);
 }
-/// accept(2) with SOCK_CLOEXEC, not keeping the peer address.
-static inline int gvm_net_accept(int fd) { return accept4(fd, 0, 0, SOCK_CLOEXEC); }
-/// pipe(2) with O_CLOEXEC | O_NONBLOCK on both ends (wake-up pipes).
-static inline int gvm_net_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
+/// accept(2), then close-on-exec, not keeping the peer address. (accept4 is not declared
+/// without _GNU_SOURCE, and redeclaring it clashes with glibc's transparent-union form.)
+static inline int gvm_net_accept(int fd) {
+    int c = accept(fd, 0, 0);
+    if (c >= 0) fcntl(c, F_SETFD, FD_CLOEXEC);
+    return c;
+}
+/// pipe(2) with close-on-exec and O_NONBLOCK on both ends (wake-up pipes).
+static inline int gvm_net_pipe(int fds[2]) {
+    if (pipe(fds) != 0) return -1;
+    for (int i = 0; i < 2; i++) {
+        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL, 0) | O_NONBLOCK);
+    }
+    return 0;
+}
+/// pipe(2) with close-on-exec on both ends (blocking: child output relays).
+static inline int gvm_net_pipe_cloexec(int fds[2]) {
+    if (pipe(fds) != 0) return -1;
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+}
 /// Ignores SIGPIPE process-wide (writes to a closed socket then fail with EPIPE).
 static inline void gvm_net_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 /// Asks the kernel to send `sig` to this process when its parent exits (prctl is variadic).
