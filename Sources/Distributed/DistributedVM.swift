@@ -28,6 +28,7 @@ import Machine
 import Metrics
 import PluginAPI
 import PluginHost
+import Synchronization
 
 public struct DistributedOptions {
     /// Stop the VM after this many seconds (exit status 124).
@@ -216,9 +217,13 @@ public final class DistributedVM: @unchecked Sendable {
             mon.lock(); readyPeers.insert(from); mon.broadcast(); mon.unlock()
         }
         let bus = m.bus
-        io.serve = { space, address, size, data, isWrite in
+        let warned = Mutex<Set<UInt64>>([])
+        io.serve = { [logger] space, address, size, data, isWrite in
             guard let r = bus.lookup(space, address), !(r.device is RemoteDevice) else {
                 if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+                if warned.withLock({ $0.insert(UInt64(space.rawValue) << 60 | address).inserted }) {
+                    logger.warning("forwarded \(space) access 0x\(String(address, radix: 16)) matches no device here (the device maps disagree): \(isWrite ? "ignored" : "reads all-ones")")
+                }
                 return .noDevice
             }
             r.device.io(space: space, offset: address - r.base, data: data, isWrite: isWrite)
