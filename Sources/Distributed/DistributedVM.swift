@@ -96,7 +96,6 @@ public final class DistributedVM: @unchecked Sendable {
         for n in cfg.nodes { owners += Array(repeating: n.id, count: Int(n.vcpus)) }
         vcpuNode = owners
         guard !owners.isEmpty else { throw WireError("\(cfg.sourcePath): no node has a vCPU") }
-        let bspNode = owners[0]
 
         // The image: read on every node (so a bad path fails everywhere at once), loaded by the BSP's.
         let fm = FileManager.default
@@ -109,7 +108,6 @@ public final class DistributedVM: @unchecked Sendable {
         do { image = try ELFImage(bytes: Array(data), name: guest.image) } catch {
             throw WireError("\(cfg.sourcePath): guest.image: \(error)")
         }
-        _ = bspNode
 
         // 1. The node.
         let n: Node
@@ -337,7 +335,7 @@ public final class DistributedVM: @unchecked Sendable {
         logger.info("device map: \(mine.count) local range(s), \(remote) forwarded to other nodes")
 
         // Time.
-        if id != 0 && options.timeSync {
+        if id != 0 && options.timeSync && !machine.localVCPUs.isEmpty {   // a device-only node has no TSC to set
             let r = try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))
             let us = { (t: Int64) -> String in r.tscKHz > 0 ? String(format: "%.1f µs", Double(t) * 1000 / Double(r.tscKHz)) : "?" }
             say("node \(id): time: host clock of node 0 minus this node's: \(r.estimate.offset) ticks over \(r.estimate.samples) samples "

@@ -172,6 +172,19 @@ final class VMProcessTests: XCTestCase {
         XCTAssertTrue(n1.contains { $0.hasPrefix("SUMMARY workload=hello vcpus=4 ok=true") }, r.stdout)
     }
 
+    /// A node with no vCPU that only hosts the UART (an I/O node): every console byte of the
+    /// guest crosses to it, and it needs no time sync.
+    func testDeviceOnlyNode() throws {
+        let r = try up(vmConfig(port: 20350, vcpus: [2, 0], uartNode: 1))
+        XCTAssertEqual(r.status, 0, r.output)
+        let n1 = lines(r.stdout, "[node 1] ")
+        XCTAssertEqual(Set(n1.filter { $0.hasPrefix("hello from") }), ["hello from vCPU 0", "hello from vCPU 1"], r.stdout)
+        XCTAssertTrue(n1.contains { $0.hasPrefix("SUMMARY workload=hello vcpus=2 ok=true") }, r.stdout)
+        XCTAssertFalse(r.stdout.contains("node 1: time:"), r.stdout)
+        XCTAssertEqual(stat(r.stdout, node: 0, "io_forwarded"), stat(r.stdout, node: 1, "io_served"))
+        XCTAssertEqual(stat(r.stdout, node: 1, "uffd_missing"), 0, "node 1 runs no vCPU and touches no guest page")
+    }
+
     /// Three nodes (1 + 2 + 1 vCPUs), the UART on node 2, the exit device and the IOAPIC on
     /// node 1: hello from every vCPU on node 2's console, exact IPIs, every node exits 0.
     func testThreeNodesDevicesSpreadOut() throws {
