@@ -81,7 +81,7 @@ let package = Package(
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
-            dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster",
+            dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster", "DsmWorkloads",
                            "KVM", "Machine", "CSystem", "PluginAPI",
                            .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
