@@ -86,7 +86,7 @@ let package = Package(
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
-            dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster",
+            dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster", "DsmWorkloads",
                            "KVM", "Machine", "CSystem", "PluginAPI", "Distributed",
                            .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
