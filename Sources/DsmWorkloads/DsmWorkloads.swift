@@ -129,18 +129,20 @@ public final class DsmWorkload: @unchecked Sendable {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
-    /// Spins until `cond` holds; throws after the timeout.
+    /// Waits until `cond` holds; throws after the timeout. Spins briefly, then sleeps between
+    /// checks: on a machine with few cores, spinning waiters would steal the CPU from the threads
+    /// (and the fault handlers) they wait for, and inflate every latency measured meanwhile.
     func spin(_ what: @autoclosure () -> String, _ cond: () -> Bool) throws {
         var n = 0
         let start = now()
         let limit = UInt64(params.timeoutSeconds * 1e9)
         while !cond() {
             n += 1
-            if n & 0x3FF == 0 {
-                if now() - start > limit { throw Deadline(what: what()) }
-                sched_yield()
-            } else {
+            if n < 200 {
                 gvm_ivy_pause()
+            } else {
+                if n & 0xFF == 0 && now() - start > limit { throw Deadline(what: what()) }
+                usleep(20)
             }
         }
     }

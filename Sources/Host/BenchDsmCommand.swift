@@ -407,6 +407,13 @@ struct Summary {
                 out += "\(what): n=\(s.count) p50 \(us(s.p50)) us, p90 \(us(s.p90)) us, p99 \(us(s.p99)) us, max \(us(s.max)) us; "
                     + String(format: "p50 ratio to floor %.2fx\n", Double(s.p50) / Double(max(f.p50, 1)))
             }
+            for h in 0...5 {
+                let name = h == 5 ? "ivy.latency.hops_5plus" : "ivy.latency.hops_\(h)"
+                if let s = reports.first(where: { $0.node == 0 })?.histograms[name], s.count > 0 {
+                    out += "node 0 faults resolved in \(h == 5 ? "5+" : "\(h)") hops: n=\(s.count) p50 \(us(s.p50)) us, p99 \(us(s.p99)) us, "
+                        + String(format: "p50 ratio to floor %.2fx\n", Double(s.p50) / Double(max(f.p50, 1)))
+                }
+            }
             for kind in ["read_miss", "write_miss", "upgrade"] {
                 if let h = reports.first(where: { $0.node == 0 })?.histograms["ivy.latency.\(kind)"], h.count > 0 {
                     out += "node 0 plugin \(kind): n=\(h.count) p50 \(us(h.p50)) us, p99 \(us(h.p99)) us, "

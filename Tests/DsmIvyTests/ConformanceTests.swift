@@ -16,13 +16,16 @@ func assertOK(_ r: ScenarioResult, _ what: String, file: StaticString = #filePat
     XCTAssertTrue(r.ok, "\(what): \(r)", file: file, line: line)
 }
 
-/// Runs `body` for `count` seeds; stops at the first failure and reports its seed.
+/// IVY_SWEEP_FACTOR=N in the environment multiplies every sweep's seed count (longer hunts).
+let sweepFactor = max(1, Int(ProcessInfo.processInfo.environment["IVY_SWEEP_FACTOR"] ?? "1") ?? 1)
+
+/// Runs `body` for `count` seeds (times IVY_SWEEP_FACTOR); stops at the first failure and reports its seed.
 func sweep(_ what: String, seeds count: Int, base: UInt64 = 1000, file: StaticString = #filePath, line: UInt = #line,
            _ body: (UInt64) throws -> ScenarioResult) rethrows -> (steps: Int, messages: Int, totals: [String: UInt64]) {
     var steps = 0
     var messages = 0
     var totals: [String: UInt64] = [:]
-    for i in 0..<UInt64(count) {
+    for i in 0..<UInt64(count * sweepFactor) {
         let r = try body(base + i)
         if !r.ok {
             XCTFail("\(what), seed \(base + i): \(r)", file: file, line: line)
@@ -45,26 +48,26 @@ final class ConformanceTests: XCTestCase {
     }
 
     func testLockedCounterManySchedules() throws {
-        let (steps, messages, totals) = try sweep("locked counter", seeds: 600) { seed in
+        let (steps, messages, totals) = try sweep("locked counter", seeds: 1000) { seed in
             let nodes = 2 + Int(seed % 3)
             return try Conformance.lockedCounter(ivy, nodes: nodes, threadsPerNode: 1 + Int(seed % 2), increments: 4,
                                                  seed: seed, options: .init(maxDelay: Int(seed % 4) * 3,
                                                                            threadBias: 20 + Int(seed % 7) * 10))
         }
-        XCTAssertGreaterThan(messages, 600 * 20)
+        XCTAssertGreaterThan(messages, 1000 * 20)
         XCTAssertGreaterThan(steps, 0)
         // The sweep must have exercised the protocol's hard paths, not just the easy ones.
         for c in ["ivy.fault.read_miss", "ivy.fault.write_miss", "ivy.fault.upgrade", "ivy.fault.coalesced",
                   "ivy.manager_queued", "ivy.invalidations_sent", "ivy.upgrade_lost_copy", "ivy.stalled",
                   "ivy.held", "ivy.pages_sent", "ivy.zero_pages_sent", "ivy.msg.Grant", "ivy.msg.Release"] {
-            XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 600 schedules")
+            XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 1000 schedules")
         }
         print("locked-counter sweep coverage:", totals.filter { !$0.key.hasPrefix("ivy.bytes") }.sorted { $0.key < $1.key }
             .map { "\($0.key)=\($0.value)" }.joined(separator: " "))
     }
 
     func testRandomCheckerManySchedules() throws {
-        let (_, messages, totals) = try sweep("random", seeds: 800, base: 5000) { seed in
+        let (_, messages, totals) = try sweep("random", seeds: 1500, base: 5000) { seed in
             let nodes = 2 + Int(seed % 3)
             let settings: [(String, String)] = seed % 2 == 0 ? [] : [("manager_chunk", "4KiB")]
             return try Conformance.random(ivy, nodes: nodes, threadsPerNode: 2, pages: 3, ops: 12,
@@ -72,10 +75,10 @@ final class ConformanceTests: XCTestCase {
                                           options: .init(settings: settings, maxDelay: Int(seed % 5) * 2,
                                                          threadBias: 10 + Int(seed % 9) * 10))
         }
-        XCTAssertGreaterThan(messages, 800 * 10)
+        XCTAssertGreaterThan(messages, 1500 * 10)
         for c in ["ivy.fault.read_miss", "ivy.fault.write_miss", "ivy.fault.upgrade", "ivy.fault.stale",
                   "ivy.manager_queued", "ivy.invalidations_sent", "ivy.upgrade_lost_copy", "ivy.stalled", "ivy.msg.Grant"] {
-            XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 800 schedules")
+            XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 1500 schedules")
         }
         print("random sweep coverage:", totals.filter { !$0.key.hasPrefix("ivy.bytes") }.sorted { $0.key < $1.key }
             .map { "\($0.key)=\($0.value)" }.joined(separator: " "))

@@ -6,7 +6,7 @@ import PluginAPI
 import CoherenceKit
 @testable import IvyCore
 
-final class WireTests: XCTestCase {
+final class IvyWireTests: XCTestCase {
     let map = ManagerMap(chunkPages: 2, nodeCount: 3)   // gfn 0,1 -> node 0; 2,3 -> node 1; 4,5 -> node 2
 
     func decode(_ m: Message, src: UInt32, selfID: UInt32, pages: UInt64 = 6, patch: ((inout [UInt8]) -> Void)? = nil) -> Result<Message, WireError> {

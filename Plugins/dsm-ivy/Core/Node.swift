@@ -127,6 +127,7 @@ final class IvyStats {
     let faults: [(UInt64) -> Void]
     let latency: [(UInt64) -> Void]
     let latencyAll: (UInt64) -> Void
+    let latencyByHops: [(UInt64) -> Void]  // 0, 1, 2, 3, 4, 5+
     let hops: [(UInt64) -> Void]  // 0, 1, 2, 3, 4, 5+
     let msgCount: [(UInt64) -> Void]   // indexed by type raw value
     let msgBytes: [(UInt64) -> Void]
@@ -137,6 +138,7 @@ final class IvyStats {
         faults = FaultKind.allCases.map { s.makeCounter("ivy.fault.\($0.name)") }
         latency = FaultKind.allCases.map { s.makeHistogram("ivy.latency.\($0.name)") }
         latencyAll = s.makeHistogram("ivy.latency.all")
+        latencyByHops = (0...5).map { s.makeHistogram($0 == 5 ? "ivy.latency.hops_5plus" : "ivy.latency.hops_\($0)") }
         hops = (0...5).map { s.makeCounter($0 == 5 ? "ivy.hops.5plus" : "ivy.hops.\($0)") }
         var counts: [(UInt64) -> Void] = [{ _ in }]
         var bytes: [(UInt64) -> Void] = [{ _ in }]
@@ -643,6 +645,7 @@ public final class IvyNode: @unchecked Sendable {
             stats.latency[o.kind.rawValue](dt)
             stats.latencyAll(dt)
             stats.hops[min(Int(ctx.hops), 5)](1)
+            stats.latencyByHops[min(Int(ctx.hops), 5)](dt)
             if ctx.hops == 0 { stats.localFaults(1) }
             if config.holdNanoseconds > 0 { heldUntil[gfn] = services.nowNanoseconds() &+ config.holdNanoseconds }
         case .r_sendConfirm:
