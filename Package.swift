@@ -14,6 +14,7 @@
 //   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
 //   KVM            typed layer over /dev/kvm ioctls
 //   Machine        vCPUs, user-space local APIC, the VM on one node
+//   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
 
@@ -75,6 +76,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
         .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
+        .target(name: "Firmware", path: "Sources/Firmware", swiftSettings: swiftSettings),
         .target(name: "Machine",
                 dependencies: ["KVM", "GuestMemory", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
@@ -115,6 +117,8 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
+        .testTarget(name: "PCDevicesTests", dependencies: ["Devices", "PluginKit"], path: "Tests/PCDevicesTests"),
     ],
     swiftLanguageModes: [.v5]
 )
