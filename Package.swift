@@ -78,7 +78,7 @@ let package = Package(
         .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
         .target(name: "Firmware", path: "Sources/Firmware", swiftSettings: swiftSettings),
         .target(name: "Machine",
-                dependencies: ["KVM", "GuestMemory", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["KVM", "GuestMemory", "Interrupts", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
@@ -97,7 +97,9 @@ let package = Package(
         .target(name: "DsmIvy", dependencies: ["PluginKit"], path: "Plugins/dsm-ivy", swiftSettings: swiftSettings),
         .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
         .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
-        .target(name: "Devices", dependencies: ["PluginKit"], path: "Plugins/devices", swiftSettings: swiftSettings),
+        .target(name: "DeviceModels", dependencies: ["PluginKit"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
+        .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
+                swiftSettings: swiftSettings),
         .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c"),
         .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old"),
         .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new"),
@@ -117,8 +119,11 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
+        .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
+        .testTarget(name: "GuestTests", dependencies: [], path: "Tests/GuestTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
-        .testTarget(name: "PCDevicesTests", dependencies: ["Devices", "PluginKit"], path: "Tests/PCDevicesTests"),
+        .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -26,6 +26,6 @@ test -x .build/debug/giantvm || { echo "setup: swift build failed" >&2; exit 1; 
 
 if [ -f Guests/Makefile ]; then
     echo "== building the test guest (make -C Guests)"
-    make -s -C Guests
+    make -s -C Guests all kvm-smoke
 fi
 echo "== setup done: .build/debug/giantvm"

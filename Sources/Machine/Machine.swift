@@ -1,1 +1,390 @@
-// Machine: see Package.swift for this target's job.
+// Machine: one VM on one node. Creates the KVM VM without an in-kernel irqchip, gives it guest
+// RAM, sets CPUID/MSRs per vCPU, fills the entry contract's low memory, loads the guest image,
+// owns the I/O bus and the device-plugin host side, and runs one thread per vCPU plus the APIC
+// timer thread until the guest (or an error, or the user) stops it.
+//
+// Threading: build and configure on one thread (init, addDevice, load*); `run()` blocks that
+// thread until the machine stops; `requestStop` and the device-host callbacks are any-thread.
+import Foundation
+import KVM
+import Logging
+import PluginAPI
+import Synchronization
+import Glibc
+import Interrupts
+
+/// Machine-level settings (what the config says about this VM, seen from one node).
+public struct MachineConfiguration: Sendable {
+    public var memoryBytes: UInt64
+    /// Global vCPU count of the VM.
+    public var totalVCPUs: Int
+    /// (first vCPU, vCPU count) per node, by node id.
+    public var nodes: [(first: UInt32, count: UInt32)]
+    /// This node's id.
+    public var nodeID: UInt32 = 0
+    public var cmdline: String = ""
+    /// APIC bus (timer input) frequency, advertised in CPUID 0x40000010.
+    public var apicBusHz: UInt64 = 100_000_000
+    /// Emulate the IOAPIC at 0xFEC00000 on this node (device lines go through it). When false,
+    /// the legacy route is used: line n -> fixed vector `legacyIRQVectorBase + n` on vCPU 0.
+    public var ioapic: Bool = true
+    public var legacyIRQVectorBase: UInt8 = 0x20
+
+    public init(memoryBytes: UInt64, vcpus: Int, cmdline: String = "") {
+        self.memoryBytes = memoryBytes
+        self.totalVCPUs = vcpus
+        self.nodes = [(0, UInt32(vcpus))]
+        self.cmdline = cmdline
+    }
+
+    public var localVCPUs: Range<Int> {
+        let n = nodes[Int(nodeID)]
+        return Int(n.first)..<Int(n.first + n.count)
+    }
+}
+
+public enum MachineError: Error, CustomStringConvertible {
+    case config(String)
+    case kvm(KVMError)
+
+    public var description: String {
+        switch self {
+        case let .config(m): return m
+        case let .kvm(e): return "\(e)"
+        }
+    }
+}
+
+/// Why the machine stopped.
+public enum MachineStop: CustomStringConvertible, Sendable {
+    /// The guest asked (exit device): status is (v << 1) | 1 for isa-debug-exit value v.
+    case guestExit(status: Int32, reason: String)
+    /// A vCPU could not continue (triple fault, emulation failure, KVM error).
+    case failure(String)
+    /// The host asked (signal, timeout, test).
+    case requested(String)
+
+    public var description: String {
+        switch self {
+        case let .guestExit(s, r): return "guest exit status \(s) (\(r))"
+        case let .failure(m): return m
+        case let .requested(r): return "stopped: \(r)"
+        }
+    }
+}
+
+/// Serialises console output (UART bytes and result lines) to one sink. Any thread.
+public final class ConsoleOutput: @unchecked Sendable {
+    let lock = NSLock()
+    let sink: (UnsafeRawBufferPointer) -> Void
+    /// Default: stdout, unbuffered.
+    public init(sink: ((UnsafeRawBufferPointer) -> Void)? = nil) {
+        self.sink = sink ?? { b in
+            var off = 0
+            while off < b.count {
+                let n = Glibc.write(1, b.baseAddress! + off, b.count - off)
+                if n <= 0 { break }
+                off += n
+            }
+        }
+    }
+    public func write(_ b: UnsafeRawBufferPointer) {
+        lock.lock()
+        defer { lock.unlock() }
+        sink(b)
+    }
+}
+
+public final class Machine: DeviceHostDelegate, @unchecked Sendable {
+    public let config: MachineConfiguration
+    public let ram: any GuestRAM
+    public let kvm: KVMSystem
+    public let vm: VirtualMachine
+    public let bus = IOBus()
+    public let router: InterruptRouter
+    public let console: ConsoleOutput
+    let interrupts: [VCPUInterrupts]
+    var runners: [VCPURunner] = []
+    var devices: [PluginDevice] = []
+    var builtinDevices: [IODevice] = []
+    let timer: APICTimerThread
+    var logger: Logger
+    let stopState = Mutex<MachineStop?>(nil)
+    let stopFlag = Atomic<Bool>(false)
+    let stopCond = NSCondition()
+    let irqLevels = Mutex<[UInt32: Bool]>([:])
+    public let clock: () -> UInt64
+    var entryPoint: UInt64?
+    /// The IOAPIC, when this node emulates it.
+    public private(set) var ioapic: IOAPIC?
+    /// Synchronisation points for multiple-writer coherence protocols (the plugin's optional
+    /// `fence` hook): called on the vCPU's thread with GVM_FENCE_RELEASE before the VMM acts on
+    /// an I/O or MMIO exit (device access, IPI send) and on HLT, and with GVM_FENCE_ACQUIRE when
+    /// an interrupt is injected. Set before `run()`; nil (the default) costs one check per exit.
+    public var fenceHook: ((_ vcpu: Int, _ kind: UInt32) -> Void)?
+
+    /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
+    public init(config: MachineConfiguration, ram: any GuestRAM, kvm: KVMSystem? = nil,
+                console: ConsoleOutput = ConsoleOutput(), logger: Logger = Logger(label: "giantvm.machine")) throws {
+        self.config = config
+        self.ram = ram
+        self.console = console
+        self.logger = logger
+        self.clock = { Machine.monotonicNow() }
+        guard config.totalVCPUs >= 1 && config.totalVCPUs <= 255 else {
+            throw MachineError.config("vCPU count \(config.totalVCPUs) is out of range 1...255 (xAPIC ids)")
+        }
+        guard ram.size == config.memoryBytes else {
+            throw MachineError.config("guest RAM is \(ram.size) bytes but the machine was configured for \(config.memoryBytes)")
+        }
+        guard config.memoryBytes >= 2 << 20 && config.memoryBytes % 4096 == 0 else {
+            throw MachineError.config("memory \(config.memoryBytes) must be at least 2 MiB and a multiple of 4096")
+        }
+        guard config.memoryBytes <= 0xC000_0000 else {
+            throw MachineError.config("memory above 3 GiB is not supported yet (RAM would overlap the 0xfec00000 device window)")
+        }
+        guard BootLayout.firstPDAddress + UInt64(BootLayout.pageDirectoryCount(memoryBytes: config.memoryBytes)) * 4096 <= BootLayout.pageTablesEnd else {
+            throw MachineError.config("memory \(config.memoryBytes) needs more boot page directories than fit below 0x10000")
+        }
+        do {
+            self.kvm = try kvm ?? KVMSystem()
+            vm = try self.kvm.createVM()
+            // Real-mode support pages for VMX, placed just below the device window.
+            try vm.setTSSAddress(0xFFFB_D000)
+            try vm.setIdentityMapAddress(0xFFFB_C000)
+            try vm.setMemory(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: ram.size, hostAddress: ram.hostBase))
+        } catch let e as KVMError {
+            throw MachineError.kvm(e)
+        }
+        let local = config.localVCPUs
+        var all: [VCPUInterrupts?] = []
+        var localIRQ: [VCPUInterrupts] = []
+        for i in 0..<config.totalVCPUs {
+            if local.contains(i) {
+                let s = VCPUInterrupts(index: i, busHz: config.apicBusHz, state: i == 0 ? .running : .waitingForSIPI)
+                all.append(s)
+                localIRQ.append(s)
+            } else {
+                all.append(nil)
+            }
+        }
+        interrupts = localIRQ
+        router = InterruptRouter(local: all)
+        let clock = self.clock
+        timer = APICTimerThread(vcpus: localIRQ, clock: clock)
+
+        if config.ioapic {
+            let log = logger
+            let router = self.router
+            let io = IOAPIC(deliver: { router.deliver(ioapic: $0) },
+                            onBadAccess: { log.warning("IOAPIC: \($0)") })
+            ioapic = io
+            do {
+                try bus.map(.mmio, base: IOAPIC.defaultBase, length: IOAPIC.mmioLength, device: IOAPICDevice(io))
+            } catch {
+                throw MachineError.config("\(error)")
+            }
+        }
+        do {
+            try VCPU.installKickHandler()
+            let supported = try self.kvm.supportedCPUID()
+            for irq in localIRQ {
+                let v = try vm.createVCPU(id: UInt32(irq.index))
+                irq.vcpu = v
+                let tsc = (try? v.tscKHz()) ?? 0
+                let policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
+                                         apicBusKHz: UInt32(config.apicBusHz / 1000))
+                try v.setCPUID(policy.entries(supported: supported, vcpu: UInt32(irq.index)))
+                try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
+                runners.append(try VCPURunner(index: irq.index, vcpu: v, irq: irq, machine: self, logger: logger))
+            }
+        } catch let e as KVMError {
+            throw MachineError.kvm(e)
+        }
+    }
+
+    static func monotonicNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    // ---- setup ---------------------------------------------------------------------------------
+
+    /// Adds a device-plugin instance (it maps its own ranges through map_io during create).
+    public func addDevice(_ d: PluginDevice) { devices.append(d) }
+
+    /// Adds a built-in device on fixed ranges.
+    public func addDevice(_ d: IODevice, ranges: [(IOSpaceKind, UInt64, UInt64)]) throws {
+        for (s, b, l) in ranges { try bus.map(s, base: b, length: l, device: d) }
+        builtinDevices.append(d)
+    }
+
+    /// Fills the entry contract's low memory: GDT, boot info, command line, page tables.
+    public func writeBootStructures() throws {
+        let cmd = Array(config.cmdline.utf8)
+        guard cmd.count <= BootLayout.cmdlineMax else {
+            throw MachineError.config("guest command line is \(cmd.count) bytes; at most \(BootLayout.cmdlineMax) fit at 0x3000")
+        }
+        try ram.write(BootLayout.gdt(), at: BootLayout.gdtAddress)
+        var nodeOf: [UInt8] = []
+        for v in 0..<config.totalVCPUs {
+            let n = config.nodes.firstIndex { UInt32(v) >= $0.first && UInt32(v) < $0.first + $0.count } ?? 0
+            nodeOf.append(UInt8(n))
+        }
+        try ram.write(BootLayout.bootInfo(totalVCPUs: UInt32(config.totalVCPUs), nodeCount: UInt32(config.nodes.count),
+                                          memoryBytes: config.memoryBytes, cmdlineLength: UInt32(cmd.count),
+                                          thisVCPU: 0, vcpuNode: nodeOf), at: BootLayout.bootInfoAddress)
+        try ram.write(cmd + [0], at: BootLayout.cmdlineAddress)
+        try ram.write(BootLayout.pageTables(memoryBytes: config.memoryBytes), at: BootLayout.pml4Address)
+    }
+
+    /// Loads an ELF64 image and remembers its entry point for the BSP.
+    public func load(image: ELFImage) throws {
+        try writeBootStructures()
+        try image.load(into: ram)
+        entryPoint = image.entry
+    }
+
+    /// Writes raw bytes into guest RAM (tests, tools) and optionally sets the BSP entry point.
+    public func loadRaw(_ bytes: [UInt8], at gpa: UInt64, entry: UInt64? = nil) throws {
+        try ram.write(bytes, at: gpa)
+        if let entry { entryPoint = entry }
+    }
+
+    // ---- running -------------------------------------------------------------------------------
+
+    public var isStopping: Bool { stopFlag.load(ordering: .acquiring) }
+
+    /// Stops the machine (first reason wins). Any thread; returns at once.
+    public func requestStop(_ reason: MachineStop) {
+        let first = stopState.withLock { s -> Bool in
+            if s != nil { return false }
+            s = reason
+            return true
+        }
+        guard first else { return }
+        stopFlag.store(true, ordering: .releasing)
+        for irq in interrupts {
+            irq.cond.lock()
+            irq.cond.broadcast()
+            irq.cond.unlock()
+            irq.vcpu?.kick()
+        }
+        stopCond.lock()
+        stopCond.broadcast()
+        stopCond.unlock()
+    }
+
+    /// Called by a vCPU thread after its APIC changed in a way others must see.
+    func apicChanged(_ index: Int, addressing: Bool, timer rearm: Bool) {
+        if addressing, let irq = interrupts.first(where: { $0.index == index }) {
+            router.updateAddress(of: index, irq.apicSnapshot.address)
+        }
+        if rearm { timer.rearm() }
+    }
+
+    /// Boots the BSP at the entry point and runs every local vCPU on its own thread until the
+    /// machine stops; returns why. `timeout` (seconds) stops it with `.requested`.
+    public func run(timeout: Double? = nil) -> MachineStop {
+        bus.seal()
+        if config.localVCPUs.contains(0) {
+            guard let entry = entryPoint else { return .failure("no guest image loaded (no entry point)") }
+            do { try runners[0].enterLongMode(entry: entry) } catch {
+                return .failure("vCPU 0: cannot set the 64-bit entry state: \(error)")
+            }
+        }
+        timer.start()
+        let group = DispatchGroup()
+        for r in runners {
+            group.enter()
+            let t = Thread { [self] in
+                do {
+                    try r.run()
+                } catch let f as VCPUFailure {
+                    requestStop(.failure("\(f)"))
+                } catch {
+                    requestStop(.failure("vCPU \(r.index): \(error)\n\(r.registerDump())"))
+                }
+                group.leave()
+            }
+            t.name = "vcpu\(r.index)"
+            t.stackSize = 1 << 20
+            t.start()
+        }
+        stopCond.lock()
+        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
+        while !isStopping {
+            if let deadline {
+                if !stopCond.wait(until: deadline) && !isStopping {
+                    stopCond.unlock()
+                    requestStop(.requested("timed out after \(timeout!) s"))
+                    stopCond.lock()
+                }
+            } else {
+                stopCond.wait()
+            }
+        }
+        stopCond.unlock()
+        // Every vCPU leaves KVM_RUN on its kick; wait for the threads (bounded).
+        if group.wait(timeout: .now() + 10) == .timedOut {
+            logger.error("some vCPU threads did not stop within 10 s")
+        }
+        timer.stop()
+        return stopState.withLock { $0! }
+    }
+
+    /// Interrupt state of vCPU i (tests, diagnostics).
+    public func interruptState(of i: Int) -> VCPUInterrupts? { interrupts.first { $0.index == i } }
+
+    /// Exit counts of every local vCPU (valid after run()).
+    public var exitCounts: [Int: [String: UInt64]] {
+        Dictionary(uniqueKeysWithValues: runners.map { ($0.index, $0.exits) })
+    }
+
+    /// Destroys device instances (their timers stop first).
+    public func shutdownDevices() {
+        for d in devices { d.destroy() }
+    }
+
+    // ---- DeviceHostDelegate --------------------------------------------------------------------
+
+    public func mapIO(_ space: IOSpaceKind, base: UInt64, length: UInt64, device: IODevice) throws {
+        try bus.map(space, base: base, length: length, device: device)
+    }
+
+    /// A device line: to the IOAPIC pin `line` when it is emulated; otherwise (legacy route)
+    /// straight to vCPU 0's local APIC as fixed, edge-triggered vector
+    /// `legacyIRQVectorBase + line`, on the rising edge.
+    public func setIRQ(line: UInt32, level: Bool, from device: String) {
+        if let ioapic {
+            guard line < UInt32(IOAPIC.pinCount) else {
+                logger.warning("device '\(device)' drives interrupt line \(line): the IOAPIC has pins 0-\(IOAPIC.pinCount - 1)")
+                return
+            }
+            ioapic.setLine(Int(line), asserted: level)
+            return
+        }
+        let rising = irqLevels.withLock { levels -> Bool in
+            let was = levels[line] ?? false
+            levels[line] = level
+            return level && !was
+        }
+        guard rising, line < 224 else { return }
+        router.deliver(to: 0, InterruptMessage(mode: .fixed, vector: config.legacyIRQVectorBase &+ UInt8(line)))
+    }
+
+    public func consoleWrite(_ bytes: UnsafeRawBufferPointer) { console.write(bytes) }
+
+    public func requestStop(guestStatus: Int32, reason: String) {
+        requestStop(.guestExit(status: guestStatus, reason: reason))
+    }
+
+    public func dmaRead(gpa: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+        try ram.withPinned(gpa: gpa, length: out.count, write: false) { out.copyMemory(from: UnsafeRawBufferPointer($0)) }
+    }
+
+    public func dmaWrite(gpa: UInt64, _ bytes: UnsafeRawBufferPointer) throws {
+        try ram.withPinned(gpa: gpa, length: bytes.count, write: true) { $0.copyMemory(from: bytes) }
+    }
+}

@@ -121,13 +121,13 @@ private extension String {
     }
 }
 
-final class FwCfgDevice: DeviceModel {
-    static let modelName = "fw-cfg"
-    static let summary = "QEMU fw_cfg (selector 0x510, data 0x511): signature, CPU count, RAM size, cmdline, files"
+public final class FwCfgDevice: DeviceModel {
+    public static let modelName = "fw-cfg"
+    public static let summary = "QEMU fw_cfg (selector 0x510, data 0x511): signature, CPU count, RAM size, cmdline, files"
     static let settingKeys = ["cpus", "max_cpus", "memory", "cmdline", "boot_fail_wait"]
     var state: FwCfgState
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly(FwCfgDevice.settingKeys)
         guard settings.values["cpus"] != nil, let mem = settings.values["memory"] else {
             throw PluginError("fw-cfg needs settings 'cpus' and 'memory' (the host fills them from the cluster config)")
@@ -140,9 +140,9 @@ final class FwCfgDevice: DeviceModel {
         try host.map(.pio, base: config.base ?? 0x510, length: 2)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         state.io(offset: offset, data: data, isWrite: isWrite)
     }
 
-    func reset() { state.select(0) }
+    public func reset() { state.select(0) }
 }

@@ -204,9 +204,9 @@ struct PITState: Equatable {
     }
 }
 
-final class PIT8254: DeviceModel {
-    static let modelName = "i8254"
-    static let summary = "8254 PIT (ports 0x40-0x43, 0x61): counters 0-2, modes 0/2/3, IRQ from counter 0"
+public final class PIT8254: DeviceModel {
+    public static let modelName = "i8254"
+    public static let summary = "8254 PIT (ports 0x40-0x43, 0x61): counters 0-2, modes 0/2/3, IRQ from counter 0"
     let services: HostServices
     let host: DeviceHost
     let irq: UInt32?
@@ -215,7 +215,7 @@ final class PIT8254: DeviceModel {
     let ticksCounter: Counter
     let base: UInt64
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly([])
         self.services = services
         self.host = host
@@ -231,7 +231,7 @@ final class PIT8254: DeviceModel {
         return UInt64((Double(ns) * Double(PITState.hz) / 1e9).rounded(.down))
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         let port = portFor(offset)
         let now = nowTicks
         if isWrite {
@@ -268,12 +268,12 @@ final class PIT8254: DeviceModel {
         host.setIRQ(irq, level: false)
     }
 
-    func reset() {
+    public func reset() {
         state.withLock { $0 = PITState() }
         planTimer()
     }
 
-    func shutdown() {
+    public func shutdown() {
         let old = timerID.withLock { id -> UInt64 in let o = id; id = 0; return o }
         if old != 0 { services.cancelTimer(old) }
     }

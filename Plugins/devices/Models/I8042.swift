@@ -94,16 +94,16 @@ struct I8042State: Equatable {
     }
 }
 
-final class I8042: DeviceModel {
-    static let modelName = "i8042"
-    static let summary = "i8042 keyboard controller (0x60, 0x64): self-test, command byte, 0xFE resets the VM"
+public final class I8042: DeviceModel {
+    public static let modelName = "i8042"
+    public static let summary = "i8042 keyboard controller (0x60, 0x64): self-test, command byte, 0xFE resets the VM"
     let host: DeviceHost
     let irq: UInt32?
     let name: String
     var state = I8042State()
     var irqLevel = false
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly([])
         self.host = host
         irq = config.irq
@@ -113,7 +113,7 @@ final class I8042: DeviceModel {
         try host.map(.pio, base: base + 4, length: 1)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         if isWrite {
             state.write(offset, data[0])
             if state.resetRequested {
@@ -130,5 +130,5 @@ final class I8042: DeviceModel {
         }
     }
 
-    func reset() { state = I8042State() }
+    public func reset() { state = I8042State() }
 }

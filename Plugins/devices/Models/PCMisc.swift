@@ -4,13 +4,13 @@ import PluginKit
 
 /// Port 0x80 (POST codes) and 0xED (the I/O delay port Linux may use): writes are accepted
 /// and counted, reads return 0xFF — so that these frequent accesses are cheap and silent.
-final class PostPorts: DeviceModel {
-    static let modelName = "post-ports"
-    static let summary = "POST code port 0x80 and delay port 0xED: writes ignored (counted), reads 0xFF"
+public final class PostPorts: DeviceModel {
+    public static let modelName = "post-ports"
+    public static let summary = "POST code port 0x80 and delay port 0xED: writes ignored (counted), reads 0xFF"
     let writes: Counter
     var lastCode: UInt8 = 0
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly([])
         writes = services.counter("post.\(config.name).writes")
         let base = config.base ?? 0x80
@@ -18,7 +18,7 @@ final class PostPorts: DeviceModel {
         try host.map(.pio, base: 0xED, length: 1)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         if isWrite {
             if offset == 0 { lastCode = data[0] }
             writes.add()
@@ -75,14 +75,14 @@ struct PCIConfigState: Equatable {
     }
 }
 
-final class PCIHostBridge: DeviceModel {
-    static let modelName = "pci-host"
-    static let summary = "PCI config mechanism #1 (0xCF8/0xCFC): host bridge at 00:00.0, no other devices; 0xCF9 reset"
+public final class PCIHostBridge: DeviceModel {
+    public static let modelName = "pci-host"
+    public static let summary = "PCI config mechanism #1 (0xCF8/0xCFC): host bridge at 00:00.0, no other devices; 0xCF9 reset"
     let host: DeviceHost
     let name: String
     var state = PCIConfigState()
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly(["host_bridge"])
         self.host = host
         name = config.name
@@ -90,7 +90,7 @@ final class PCIHostBridge: DeviceModel {
         try host.map(.pio, base: config.base ?? 0xCF8, length: 8)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         if isWrite {
             var v: UInt32 = 0
             for (i, b) in data.prefix(4).enumerated() { v |= UInt32(b) << (8 * UInt32(i)) }
@@ -105,5 +105,5 @@ final class PCIHostBridge: DeviceModel {
 }
 
 /// The PC device models of this file set, for the plugin's model list (Plugin.swift).
-let pcDeviceModels: [any DeviceModel.Type] = [FwCfgDevice.self, PIT8254.self, CMOSRTC.self, I8042.self,
+public let pcDeviceModels: [any DeviceModel.Type] = [FwCfgDevice.self, PIT8254.self, CMOSRTC.self, I8042.self,
                                                PIC8259.self, PostPorts.self, PCIHostBridge.self]

@@ -173,9 +173,9 @@ struct PICPair: Equatable {
     }
 }
 
-final class PIC8259: DeviceModel {
-    static let modelName = "i8259"
-    static let summary = "8259A PIC pair (0x20-0x21, 0xA0-0xA1): ICW/OCW, IMR/IRR/ISR, EOI; INT as ExtINT on LINT0"
+public final class PIC8259: DeviceModel {
+    public static let modelName = "i8259"
+    public static let summary = "8259A PIC pair (0x20-0x21, 0xA0-0xA1): ICW/OCW, IMR/IRR/ISR, EOI; INT as ExtINT on LINT0"
     static let lint0Line: UInt32 = 0xFFFF_0000
     static let hostInputOffset: UInt64 = 0x1_0000
     static let hostAckOffset: UInt64 = 0x1_0001
@@ -183,7 +183,7 @@ final class PIC8259: DeviceModel {
     var pair = PICPair()
     var outputLevel = false
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly([])
         self.host = host
         let base = config.base ?? 0x20
@@ -191,7 +191,7 @@ final class PIC8259: DeviceModel {
         try host.map(.pio, base: base + 0x80, length: 2)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         switch (offset, isWrite) {
         case (PIC8259.hostInputOffset, true) where data.count >= 2:
             pair.setInput(Int(data[0] & 15), data[1] != 0)
@@ -209,5 +209,5 @@ final class PIC8259: DeviceModel {
         }
     }
 
-    func reset() { pair = PICPair() }
+    public func reset() { pair = PICPair() }
 }

@@ -110,12 +110,12 @@ struct CMOSState: Equatable {
     }
 }
 
-final class CMOSRTC: DeviceModel {
-    static let modelName = "cmos-rtc"
-    static let summary = "CMOS RTC/NVRAM (ports 0x70-0x71): UTC time in BCD, status A-D, memory size bytes"
+public final class CMOSRTC: DeviceModel {
+    public static let modelName = "cmos-rtc"
+    public static let summary = "CMOS RTC/NVRAM (ports 0x70-0x71): UTC time in BCD, status A-D, memory size bytes"
     var state: CMOSState
 
-    init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly(["memory"])
         guard let mem = settings.values["memory"] else {
             throw PluginError("cmos-rtc needs the setting 'memory' (the host fills it from the cluster config)")
@@ -124,7 +124,7 @@ final class CMOSRTC: DeviceModel {
         try host.map(.pio, base: config.base ?? 0x70, length: 2)
     }
 
-    func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         let now = Int(time(nil))
         if isWrite { state.write(offset, data[0], now: now) } else {
             data[0] = state.read(offset, now: now)

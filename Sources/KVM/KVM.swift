@@ -1,1 +1,0 @@
-// KVM: see Package.swift for this target's job.

@@ -1,0 +1,376 @@
+// The vCPU run loop as an explicit state machine. Each KVM exit becomes `.handled`,
+// `.interrupted`, `.halted` or `.stopped`; anything the VMM cannot continue from is a
+// `VCPUFailure` naming the vCPU and dumping its registers.
+//
+// Threading: one runner per local vCPU, on its own dedicated thread (never a Swift task). It is
+// the only thread that issues ioctls on its vCPU; other threads reach it through its
+// VCPUInterrupts (under that lock) and `VCPU.kick()`.
+import Foundation
+import KVM
+import Logging
+import PluginAPI
+
+/// The outcome of handling one exit.
+public enum ExitOutcome: Equatable {
+    case handled
+    case interrupted
+    case halted
+    case stopped
+}
+
+/// A vCPU the VMM cannot continue: which one, why, and its registers at that moment.
+public struct VCPUFailure: Error, CustomStringConvertible {
+    public var vcpu: Int
+    public var reason: String
+    public var registers: String
+    public var description: String { "vCPU \(vcpu): \(reason)\n\(registers)" }
+}
+
+final class VCPURunner: @unchecked Sendable {
+    let index: Int
+    let vcpu: VCPU
+    let irq: VCPUInterrupts
+    unowned let machine: Machine
+    let resetRegisters: Registers
+    let resetSpecialRegisters: SpecialRegisters
+    var logger: Logger
+    var warnedPorts = Set<UInt16>()
+    var warnedMMIO = Set<UInt64>()
+    /// Exit counts for the stop summary (indexed by ExitKind; only this vCPU's thread writes).
+    var exitCounts = [UInt64](repeating: 0, count: ExitKind.allCases.count)
+    /// The TPR class last written to kvm_run.cr8 / read back (avoids a lock when unchanged).
+    var lastCR8: UInt64 = 0
+
+    enum ExitKind: Int, CaseIterable {
+        case io, mmio, hlt, irqWindow = 3, interrupted
+        var name: String {
+            switch self {
+            case .io: return "io"
+            case .mmio: return "mmio"
+            case .hlt: return "hlt"
+            case .irqWindow: return "irq_window"
+            case .interrupted: return "interrupted"
+            }
+        }
+    }
+
+    var exits: [String: UInt64] {
+        var d: [String: UInt64] = [:]
+        for k in ExitKind.allCases where exitCounts[k.rawValue] > 0 { d[k.name] = exitCounts[k.rawValue] }
+        return d
+    }
+
+    init(index: Int, vcpu: VCPU, irq: VCPUInterrupts, machine: Machine, logger: Logger) throws {
+        self.index = index
+        self.vcpu = vcpu
+        self.irq = irq
+        self.machine = machine
+        self.logger = logger
+        self.logger[metadataKey: "vcpu"] = "\(index)"
+        // KVM's power-on state, used for INIT (a CPU reset done by hand).
+        resetRegisters = try vcpu.registers()
+        resetSpecialRegisters = try vcpu.specialRegisters()
+    }
+
+    var apicBaseMSR: UInt64 { localAPICBase | 0x800 | (index == 0 ? 0x100 : 0) }
+
+    // ---- entry states --------------------------------------------------------------------------
+
+    /// The entry contract's 64-bit state for the BSP.
+    func enterLongMode(entry: UInt64) throws {
+        var s = resetSpecialRegisters
+        let code = Segment(base: 0, limit: 0xFFFF_FFFF, selector: BootLayout.codeSelector, type: 0xB,
+                           db: false, s: true, l: true, g: true)
+        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: BootLayout.dataSelector, type: 0x3,
+                           db: true, s: true, l: false, g: true)
+        s.cs = code
+        s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
+        s.tr = Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false)
+        s.ldt = Segment(base: 0, limit: 0, selector: 0, type: 0x2, s: false)
+        s.gdt = DescriptorTable(base: BootLayout.gdtAddress, limit: 23)
+        s.idt = DescriptorTable(base: 0, limit: 0)
+        s.cr0 = 0x8001_0033 // PG | WP | NE | ET | MP | PE
+        s.cr3 = BootLayout.pml4Address
+        s.cr4 = 0x20        // PAE
+        s.efer = 0xD00      // NXE | LMA | LME
+        s.apicBase = apicBaseMSR
+        try vcpu.setSpecialRegisters(s)
+        var r = Registers()
+        r.rip = entry
+        r.rdi = BootLayout.bootInfoAddress
+        r.rsp = 0
+        r.rflags = 0x2
+        try vcpu.setRegisters(r)
+    }
+
+    /// INIT: back to KVM's power-on state (the registers captured at creation).
+    func resetCPU() throws {
+        var s = resetSpecialRegisters
+        s.apicBase = apicBaseMSR
+        try vcpu.setSpecialRegisters(s)
+        try vcpu.setRegisters(resetRegisters)
+        try vcpu.resetFPU()
+    }
+
+    /// SIPI: real mode at vector << 12 (CS = vector << 8, IP = 0).
+    func startAt(sipiVector v: UInt8) throws {
+        var s = resetSpecialRegisters
+        s.cs.selector = UInt16(v) << 8
+        s.cs.base = UInt64(v) << 12
+        s.cs.limit = 0xFFFF
+        s.apicBase = apicBaseMSR
+        try vcpu.setSpecialRegisters(s)
+        var r = resetRegisters
+        r.rip = 0
+        try vcpu.setRegisters(r)
+    }
+
+    // ---- the loop ------------------------------------------------------------------------------
+
+    /// Runs until the machine stops. Throws a VCPUFailure when this vCPU cannot go on.
+    func run() throws {
+        vcpu.bindToCurrentThread()
+        defer { vcpu.unbindThread() }
+        while !machine.isStopping {
+            // 1. Control events and parking, under the interrupt lock.
+            var doReset = false
+            var startVector: UInt8?
+            var nmi = false
+            var inject: UInt8?
+            var wantWindow = false
+            irq.cond.lock()
+            if irq.pendingINIT {
+                irq.pendingINIT = false
+                irq.state = .waitingForSIPI
+                irq.apic.reset()
+                irq.pendingNMI = false
+                doReset = true
+            }
+            if !doReset {
+                while !machine.isStopping {
+                    switch irq.state {
+                    case .waitingForSIPI:
+                        if irq.pendingINIT { break }
+                        if let v = irq.sipiVector {
+                            irq.sipiVector = nil
+                            irq.state = .running
+                            startVector = v
+                            continue
+                        }
+                        irq.cond.wait()
+                        continue
+                    case let .halted(ifOn):
+                        if irq.pendingNMI || irq.pendingINIT || (ifOn && irq.apic.deliverableVector != nil) {
+                            irq.state = .running
+                            continue
+                        }
+                        irq.cond.wait()
+                        continue
+                    case .running:
+                        break
+                    }
+                    break
+                }
+                if irq.state == .running && !irq.pendingINIT {
+                    nmi = irq.pendingNMI
+                    irq.pendingNMI = false
+                    if let v = irq.apic.deliverableVector {
+                        if vcpu.readyForInterruptInjection && vcpu.interruptFlag {
+                            irq.apic.acknowledge(v)
+                            inject = v
+                            wantWindow = irq.apic.deliverableVector != nil
+                        } else {
+                            wantWindow = true
+                        }
+                    }
+                    lastCR8 = irq.apic.cr8
+                    vcpu.cr8 = lastCR8
+                }
+            }
+            let state = irq.state
+            let initPending = irq.pendingINIT
+            irq.cond.unlock()
+            if machine.isStopping { break }
+            if doReset {
+                try resetCPU()
+                machine.apicChanged(index, addressing: true, timer: true)
+                continue
+            }
+            if initPending { continue }
+            if let v = startVector {
+                logger.debug("SIPI vector 0x\(String(v, radix: 16)): starting in real mode at 0x\(String(UInt64(v) << 12, radix: 16))")
+                try startAt(sipiVector: v)
+            }
+            guard state == .running else { continue }
+
+            // 2. Injection (one vector per entry) and entry.
+            if nmi { try vcpu.nmi() }
+            if let v = inject {
+                try vcpu.interrupt(vector: v)
+                machine.fenceHook?(index, GVM_FENCE_ACQUIRE)
+            }
+            vcpu.requestInterruptWindow(wantWindow)
+            let exit = try vcpu.runOnce()
+            vcpu.clearImmediateExit()
+            let cr8 = vcpu.cr8
+            if cr8 != lastCR8 {
+                lastCR8 = cr8
+                irq.locked { $0.apic.setCR8(cr8) }
+            }
+
+            // 3. The exit.
+            switch try handle(exit) {
+            case .handled, .interrupted:
+                break
+            case .halted:
+                let ifOn = vcpu.interruptFlag
+                irq.locked { $0.state = .halted(interruptsEnabled: ifOn) }
+            case .stopped:
+                return
+            }
+        }
+    }
+
+    @inline(__always) func count(_ k: ExitKind) { exitCounts[k.rawValue] &+= 1 }
+
+    /// Decides what one exit means.
+    func handle(_ exit: VCPUExit) throws -> ExitOutcome {
+        switch exit {
+        case let .io(port, size, count, isWrite, data):
+            self.count(.io)
+            machine.fenceHook?(index, GVM_FENCE_RELEASE)
+            for i in 0..<count {
+                let item = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
+                portIO(port: port, data: item, isWrite: isWrite)
+            }
+            return machine.isStopping ? .stopped : .handled
+        case let .mmio(address, isWrite, data):
+            self.count(.mmio)
+            machine.fenceHook?(index, GVM_FENCE_RELEASE)
+            mmio(address: address, data: data, isWrite: isWrite)
+            return machine.isStopping ? .stopped : .handled
+        case .hlt:
+            self.count(.hlt)
+            machine.fenceHook?(index, GVM_FENCE_RELEASE)
+            return .halted
+        case .interruptWindowOpen:
+            self.count(.irqWindow)
+            return .handled
+        case .interrupted:
+            self.count(.interrupted)
+            return .interrupted
+        case .shutdown:
+            throw failure("triple fault (KVM_EXIT_SHUTDOWN)")
+        case let .failEntry(reason):
+            throw failure("VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason 0x\(String(reason, radix: 16)))")
+        case let .internalError(sub, data):
+            let what = sub == 1 ? "instruction emulation failed" : "KVM internal error, suberror \(sub)"
+            throw failure("\(what) (KVM_EXIT_INTERNAL_ERROR; data \(data.map { "0x" + String($0, radix: 16) }.joined(separator: " ")))")
+        case let .systemEvent(type):
+            throw failure("system event \(type) (KVM_EXIT_SYSTEM_EVENT)")
+        case let .exception(vector, code):
+            throw failure("exception \(vector) error code 0x\(String(code, radix: 16)) (KVM_EXIT_EXCEPTION)")
+        case .debug:
+            throw failure("debug exit (KVM_EXIT_DEBUG) without a debugger")
+        case let .hypercall(nr):
+            throw failure("hypercall \(nr) (KVM_EXIT_HYPERCALL) is not supported")
+        case let .unknown(reason):
+            throw failure("unexpected exit reason \(reason)")
+        }
+    }
+
+    func portIO(port: UInt16, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
+        if let r = machine.bus.lookup(.pio, UInt64(port)) {
+            r.device.io(space: .pio, offset: UInt64(port) - r.base, data: data, isWrite: isWrite)
+            return
+        }
+        if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+        if warnedPorts.insert(port).inserted {
+            logger.debug("\(isWrite ? "write to" : "read from") unassigned port 0x\(String(port, radix: 16)) (ignored\(isWrite ? "" : ", reads 0xff"))")
+        }
+    }
+
+    func mmio(address: UInt64, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
+        if address >= localAPICBase && address < localAPICBase + localAPICSize {
+            apicAccess(offset: UInt32(address - localAPICBase), data: data, isWrite: isWrite)
+            return
+        }
+        if let r = machine.bus.lookup(.mmio, address) {
+            r.device.io(space: .mmio, offset: address - r.base, data: data, isWrite: isWrite)
+            return
+        }
+        if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+        let page = address & ~0xFFF
+        if warnedMMIO.insert(page).inserted {
+            let what = page >= 0xFEC0_0000 && page < 0xFEC0_1000 ? " (IOAPIC not emulated yet)" : ""
+            logger.warning("\(isWrite ? "write to" : "read from") unassigned MMIO 0x\(String(address, radix: 16))\(what): ignored")
+        }
+    }
+
+    /// A guest access to its own local APIC (32-bit registers on 16-byte boundaries).
+    func apicAccess(offset: UInt32, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
+        let reg = offset & ~0xF
+        let shift = (offset & 0x3) * 8
+        if offset & 0xC != 0 {
+            // Bytes 4-15 of each 16-byte slot are reserved: reads 0, writes ignored.
+            if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0) }
+            return
+        }
+        let now = machine.clock()
+        if isWrite {
+            var value: UInt32 = 0
+            for (i, b) in data.prefix(4).enumerated() { value |= UInt32(b) << (8 * UInt32(i)) }
+            value <<= shift
+            let (effects, address) = irq.locked { s -> ([APICEffect], APICAddress) in
+                (s.apic.write(reg, value, now: now), s.apic.address)
+            }
+            for e in effects {
+                switch e {
+                case let .sendIPI(cmd):
+                    machine.router.send(cmd, from: index)
+                case let .levelEOI(vector):
+                    machine.ioapic?.eoi(vector: vector)
+                case .timerChanged:
+                    machine.apicChanged(index, addressing: false, timer: true)
+                case .addressingChanged:
+                    machine.router.updateAddress(of: index, address)
+                }
+            }
+        } else {
+            let v = irq.locked { $0.apic.read(reg, now: now) } >> shift
+            for i in 0..<data.count { data[i] = i < 4 ? UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) : 0 }
+        }
+    }
+
+    // ---- failures ------------------------------------------------------------------------------
+
+    func failure(_ reason: String) -> VCPUFailure {
+        VCPUFailure(vcpu: index, reason: reason, registers: registerDump())
+    }
+
+    func registerDump() -> String {
+        func h(_ v: UInt64) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: max(0, 16 - s.count)) + s
+        }
+        var lines: [String] = []
+        if let r = try? vcpu.registers() {
+            lines.append("  RAX=\(h(r.rax)) RBX=\(h(r.rbx)) RCX=\(h(r.rcx)) RDX=\(h(r.rdx))")
+            lines.append("  RSI=\(h(r.rsi)) RDI=\(h(r.rdi)) RBP=\(h(r.rbp)) RSP=\(h(r.rsp))")
+            lines.append("  R8 =\(h(r.r8)) R9 =\(h(r.r9)) R10=\(h(r.r10)) R11=\(h(r.r11))")
+            lines.append("  R12=\(h(r.r12)) R13=\(h(r.r13)) R14=\(h(r.r14)) R15=\(h(r.r15))")
+            lines.append("  RIP=\(h(r.rip)) RFLAGS=\(h(r.rflags))")
+        } else {
+            lines.append("  (general registers unavailable)")
+        }
+        if let s = try? vcpu.specialRegisters() {
+            func seg(_ n: String, _ g: Segment) -> String {
+                "\(n)=\(String(g.selector, radix: 16)) base=\(h(g.base)) limit=\(String(g.limit, radix: 16)) type=\(g.type) l=\(g.l ? 1 : 0) dpl=\(g.dpl)"
+            }
+            lines.append("  CR0=\(h(s.cr0)) CR2=\(h(s.cr2)) CR3=\(h(s.cr3)) CR4=\(h(s.cr4)) EFER=\(h(s.efer))")
+            lines.append("  \(seg("CS", s.cs))  \(seg("SS", s.ss))")
+            lines.append("  GDT=\(h(s.gdt.base))/\(String(s.gdt.limit, radix: 16)) IDT=\(h(s.idt.base))/\(String(s.idt.limit, radix: 16))")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
