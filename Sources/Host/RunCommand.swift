@@ -242,6 +242,7 @@ struct Run: ParsableCommand {
             lines.append("interrupt messages delivered: \(machine.router.deliveredCount)")
             lines.append("guest memory: \(memory == "uffd" ? "userfaultfd + \(cfg.coherence.plugin)" : "anonymous mapping")")
             lines.append(metrics.snapshot().table(title: "device counters"))
+            if case .requested = stop { lines.append(machine.registerDumps()) }
             FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
         }
         switch stop {

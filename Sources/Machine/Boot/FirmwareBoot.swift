@@ -61,3 +61,11 @@ extension VCPURunner {
         try vcpu.setRegisters(r)
     }
 }
+
+extension Machine {
+    /// Registers of every local vCPU (after `run()` returned: the threads no longer run them),
+    /// for "how far did the guest get" reports.
+    public func registerDumps() -> String {
+        runners.map { "vCPU \($0.index):\n\($0.registerDump())" }.joined(separator: "\n")
+    }
+}
