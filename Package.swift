@@ -124,6 +124,10 @@ let package = Package(
         .testTarget(name: "GuestTests", dependencies: [], path: "Tests/GuestTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
         .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
+        .testTarget(name: "BootTests",
+                    dependencies: ["DeviceModels", "PluginKit", "PluginHost", "Metrics", "TestSupport",
+                                   .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/BootTests"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -52,7 +52,7 @@ public enum Bootloader {
     /// Picks the format; throws a FirmwareError naming the file when nothing fits.
     public static func detect(_ bytes: [UInt8], file: String, bootProtocol: BootProtocol = .auto) throws -> ImageFormat {
         func fail(_ m: String) -> FirmwareError { FirmwareError(file: file, message: m) }
-        guard bytes.count >= 64 else { throw fail("truncated: \(bytes.count) bytes is too short to be a kernel image") }
+        guard bytes.count >= 16 else { throw fail("truncated: \(bytes.count) bytes is too short to be a kernel image") }
         let bz = LinuxBoot.isBzImage(bytes)
         let elf = isELF(bytes)
         let elf64 = elf && bytes[4] == 2
