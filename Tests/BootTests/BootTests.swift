@@ -139,7 +139,7 @@ final class StandardGuestTests: XCTestCase {
 
     /// A stock Debian kernel (linux-image-cloud-amd64), booted as a bzImage: its banner and
     /// command line reach the UART. Ring 0 is emulated here (~1 µs an instruction), so the
-    /// LZ4 decompression alone takes about a minute; see docs/boot.md for how far it gets.
+    /// LZ4 decompression alone takes about two minutes (145 s measured under load); see docs/boot.md for how far it gets.
     func testDebianKernelPrintsBannerAndCommandLine() throws {
         guard let name = (try? FileManager.default.contentsOfDirectory(atPath: "/boot"))?.sorted().last(where: { $0.hasPrefix("vmlinuz-") }) else {
             throw XCTSkip("no /boot/vmlinuz-* (apt-get install -y linux-image-cloud-amd64)")
@@ -150,9 +150,9 @@ final class StandardGuestTests: XCTestCase {
         let cmdline = "earlyprintk=serial,ttyS0,115200 console=ttyS0 nokaslr"
         let cfg = temporaryFile(config(image: "/boot/" + name, vcpus: 1, memory: "256MiB", cmdline: cmdline,
                                        devices: [Self.uart, Self.exit] + Self.pc))
-        let child = try Child(Built.giantvm, ["run", "--config", cfg, "--timeout", "170"])
+        let child = try Child(Built.giantvm, ["run", "--config", cfg, "--timeout", "320"])
         defer { child.signal(SIGKILL); _ = child.wait(timeout: 10) }
-        let bound: TimeInterval = 170
+        let bound: TimeInterval = 300
         XCTAssertTrue(child.waitForOutput(timeout: bound) { $0.contains("Command line: \(cmdline)") },
                       "no command line within \(bound) s:\n" + child.stdoutSoFar.suffix(2000))
         XCTAssertTrue(child.stdoutSoFar.contains("Linux version "), child.stdoutSoFar)

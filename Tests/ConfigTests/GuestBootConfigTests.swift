@@ -1,5 +1,6 @@
 // guest.initrd and guest.protocol (standard guests, docs/boot.md).
 import XCTest
+import Foundation
 import Config
 import TestSupport
 
