@@ -79,7 +79,7 @@ final class StandardGuestTests: XCTestCase {
 
     func write(_ bytes: [UInt8], next cfg: String, name: String) -> String {
         let path = (cfg as NSString).deletingLastPathComponent + "/" + name
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
         return path
     }
 
