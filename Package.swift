@@ -71,7 +71,8 @@ let package = Package(
         .target(name: "Cluster",
                 dependencies: ["PluginAPI", "PluginHost", "Config", "Metrics", "CSystem",
                                .product(name: "Crypto", package: "swift-crypto"),
-                               .product(name: "Logging", package: "swift-log")],
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "Yams", package: "Yams")],
                 path: "Sources/Cluster", swiftSettings: swiftSettings),
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
@@ -83,7 +84,8 @@ let package = Package(
         .executableTarget(
             name: "Host",
             dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster",
-                           "KVM", "Machine", "Firmware",
+                           "KVM", "Machine", "CSystem", "PluginAPI", "Firmware",
+                           .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Sources/Host", swiftSettings: swiftSettings),
@@ -122,6 +124,11 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
         .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
         .testTarget(name: "GuestTests", dependencies: [], path: "Tests/GuestTests"),
+        // Multi-process and unit tests of the network layer. TransportWire.swift is a symlink to
+        // the plugin's pure wire code (the plugin itself is only loaded as a .so, never linked).
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Config", "PluginHost", "PluginAPI", "Metrics",
+                                                         .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/ClusterTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
         .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
         .testTarget(name: "BootTests",

@@ -8,3 +8,5 @@ echo "== giantvm validate examples/cluster-3node.yaml"
 $GVM validate examples/cluster-3node.yaml
 echo "== giantvm plugins list --config examples/cluster-3node.yaml"
 $GVM plugins list --config examples/cluster-3node.yaml
+echo "== giantvm up examples/cluster-3node.yaml --duration 3   (3 nodes meet, traffic on every channel, clean stop)"
+$GVM up examples/cluster-3node.yaml --duration 3

@@ -1,1 +1,0 @@
-// Cluster: see Package.swift for this target's job.
