@@ -160,6 +160,76 @@ final class StandardGuestTests: XCTestCase {
     }
 }
 
+/// The Debian kernel's uncompressed vmlinux, extracted from the installed bzImage: the payload
+/// (payload_offset/payload_length in the setup header, protocol 2.08+) decompressed with the
+/// tool its magic names (lz4, gzip, xz, zstd). Cached under /tmp.
+func extractDebianVmlinux() throws -> (vmlinux: String, kernel: String) {
+    guard let name = (try? FileManager.default.contentsOfDirectory(atPath: "/boot"))?.sorted().last(where: { $0.hasPrefix("vmlinuz-") }) else {
+        throw XCTSkip("no /boot/vmlinuz-* (apt-get install -y linux-image-cloud-amd64)")
+    }
+    let out = "/tmp/giantvm-boot-vmlinux-" + name.dropFirst("vmlinuz-".count)
+    if FileManager.default.fileExists(atPath: out) { return (out, name) }
+    let b = Array(try Data(contentsOf: URL(fileURLWithPath: "/boot/" + name)))
+    func u32(_ o: Int) -> Int { Int(b[o]) | Int(b[o + 1]) << 8 | Int(b[o + 2]) << 16 | Int(b[o + 3]) << 24 }
+    let setup = (b[0x1F1] == 0 ? 4 : Int(b[0x1F1])) + 1
+    let start = setup * 512 + u32(0x248), length = u32(0x24C)
+    let payload = Array(b[start..<start + length])
+    let tool: [String]
+    switch (payload[0], payload[1], payload[2], payload[3]) {
+    case (0x02, 0x21, 0x4C, 0x18): tool = ["/usr/bin/lz4", "-d", "-f"]
+    case (0x1F, 0x8B, _, _): tool = ["/bin/sh", "-c", "gzip -dc \"$0\" > \"$1\""]
+    case (0xFD, 0x37, 0x7A, 0x58): tool = ["/bin/sh", "-c", "xz -dc \"$0\" > \"$1\""]
+    case (0x28, 0xB5, 0x2F, 0xFD): tool = ["/bin/sh", "-c", "zstd -dc \"$0\" > \"$1\""]
+    default: throw XCTSkip("unknown payload compression in /boot/\(name)")
+    }
+    let packed = out + ".payload"
+    _ = FileManager.default.createFile(atPath: packed, contents: Data(payload))
+    defer { try? FileManager.default.removeItem(atPath: packed) }
+    let r = try TestSupport.run(tool[0], Array(tool.dropFirst()) + [packed, out], timeout: 60)
+    guard r.status == 0, FileManager.default.fileExists(atPath: out) else {
+        throw XCTSkip("cannot decompress the payload of /boot/\(name): \(r.output)")
+    }
+    return (out, name)
+}
+
+final class DebianVmlinuxTests: XCTestCase {
+    /// The uncompressed kernel skips the ring-0 decompressor: banner and command line within 60 s.
+    func testDebianVmlinuxPrintsBannerAndCommandLine() throws {
+        try Requirement.kvm()
+        try Requirement.userfaultfd()
+        try Requirement.builtGiantVM()
+        let (vmlinux, _) = try extractDebianVmlinux()
+        let cmdline = "earlyprintk=serial,ttyS0,115200 console=ttyS0"
+        let cfg = temporaryFile("""
+            cluster: debian
+            nodes:
+              - {id: 0, address: 127.0.0.1, port: 19530, vcpus: 1}
+            memory: 256MiB
+            transport: {plugin: transport-tcp}
+            coherence: {plugin: dsm-local}
+            devices:
+              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+              - {name: fwcfg, model: fw-cfg, node: 0}
+              - {name: pit, model: i8254, node: 0, irq: 2}
+              - {name: rtc, model: cmos-rtc, node: 0}
+              - {name: kbd, model: i8042, node: 0, irq: 1}
+            guest:
+              image: \(vmlinux)
+              cmdline: "\(cmdline)"
+            """)
+        let child = try Child(Built.giantvm, ["run", "--config", cfg, "--timeout", "90"])
+        defer { child.signal(SIGKILL); _ = child.wait(timeout: 10) }
+        let bound: TimeInterval = 60
+        let started = Date()
+        XCTAssertTrue(child.waitForOutput(timeout: bound) { $0.contains("Command line: \(cmdline)") },
+                      "no command line within \(bound) s:\n" + child.stdoutSoFar.suffix(2000))
+        print("Debian vmlinux: command line on the console after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        XCTAssertTrue(child.stdoutSoFar.contains("Linux version "), child.stdoutSoFar)
+        XCTAssertTrue(child.stdoutSoFar.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"), child.stdoutSoFar)
+    }
+}
+
 // ---- the PIT against the host's real timer thread -----------------------------------------------
 
 nonisolated(unsafe) var pitRises = 0
