@@ -182,8 +182,10 @@ func extractDebianVmlinux() throws -> (vmlinux: String, kernel: String) {
     case (0x28, 0xB5, 0x2F, 0xFD): tool = ["/bin/sh", "-c", "zstd -dc \"$0\" > \"$1\""]
     default: throw XCTSkip("unknown payload compression in /boot/\(name)")
     }
+    // Except for gzip, the kernel build appends the decompressed size (4 bytes) to the stream.
+    let stream = payload[0] == 0x1F ? payload : Array(payload.dropLast(4))
     let packed = out + ".payload"
-    _ = FileManager.default.createFile(atPath: packed, contents: Data(payload))
+    _ = FileManager.default.createFile(atPath: packed, contents: Data(stream))
     defer { try? FileManager.default.removeItem(atPath: packed) }
     let r = try TestSupport.run(tool[0], Array(tool.dropFirst()) + [packed, out], timeout: 60)
     guard r.status == 0, FileManager.default.fileExists(atPath: out) else {
@@ -226,7 +228,8 @@ final class DebianVmlinuxTests: XCTestCase {
                       "no command line within \(bound) s:\n" + child.stdoutSoFar.suffix(2000))
         print("Debian vmlinux: command line on the console after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
         XCTAssertTrue(child.stdoutSoFar.contains("Linux version "), child.stdoutSoFar)
-        XCTAssertTrue(child.stdoutSoFar.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"), child.stdoutSoFar)
+        XCTAssertTrue(child.waitForOutput(timeout: 30) { $0.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable") },
+                      child.stdoutSoFar)
     }
 }
 
