@@ -1,5 +1,5 @@
 // SMP description for the guest: the Intel MultiProcessor Specification 1.4 tables (floating
-// pointer + configuration table) and ACPI (RSDP 2.0, RSDT, XSDT, MADT, FADT, DSDT), with every
+// pointer + configuration table) and ACPI (RSDP 2.0, RSDT, XSDT, MADT; optionally FADT, DSDT), with every
 // checksum filled in. APIC id of vCPU i is i; the IOAPIC sits at 0xFEC00000 with GSI base 0 and
 // 24 pins; ISA IRQ 0 (the PIT) is wired to GSI 2 (the PC convention QEMU also follows).
 
@@ -12,6 +12,12 @@ public struct SMPTables {
     public static let oemID = "GVMSWF"          // 6 bytes
     public static let oemTableID = "GIANTVM "   // 8 bytes
     public static let creatorID: UInt32 = 0x534D_5647 // "GVMS"
+
+    /// Also write a hardware-reduced FADT 6.0 and an empty DSDT (listed before the MADT). Off by
+    /// default: Linux on a hardware-reduced ACPI platform drops the legacy PIC and the PIT timer
+    /// (x86's reduced-hardware init), and with no TSC-deadline or kvmclock here it would then have
+    /// no timer at all. Without a FADT Linux takes the MADT for SMP and keeps the PC timer.
+    public var hardwareReducedFADT = false
 
     public init(vcpus: Int) {
         self.vcpus = vcpus
@@ -168,6 +174,7 @@ public struct SMPTables {
 
     /// Where each table went.
     public struct Placement: Equatable, Sendable {
+        /// `fadt` and `dsdt` are 0 unless `hardwareReducedFADT` is set.
         public var rsdp: UInt64, rsdt: UInt64, xsdt: UInt64, madt: UInt64, fadt: UInt64, dsdt: UInt64
         public var mpFloating: UInt64, mpConfig: UInt64
     }
@@ -180,11 +187,18 @@ public struct SMPTables {
         }
         func align16(_ v: UInt64) -> UInt64 { (v + 15) & ~15 }
         var at = FirmwareLayout.acpiTables
-        let dsdtAddr = at; let d = SMPTables.dsdt(); at = align16(at + UInt64(d.count))
-        let fadtAddr = at; let f = SMPTables.fadt(dsdt: dsdtAddr); at = align16(at + UInt64(f.count))
-        let madtAddr = at; let m = madt(); at = align16(at + UInt64(m.count))
-        let rsdtAddr = at; let r = SMPTables.rsdt([fadtAddr, madtAddr]); at = align16(at + UInt64(r.count))
-        let xsdtAddr = at; let x = SMPTables.xsdt([fadtAddr, madtAddr]); at = align16(at + UInt64(x.count))
+        var written: [(UInt64, [UInt8])] = []
+        var dsdtAddr: UInt64 = 0, fadtAddr: UInt64 = 0
+        var listed: [UInt64] = []
+        if hardwareReducedFADT {
+            dsdtAddr = at; let d = SMPTables.dsdt(); written.append((at, d)); at = align16(at + UInt64(d.count))
+            fadtAddr = at; let f = SMPTables.fadt(dsdt: dsdtAddr); written.append((at, f)); at = align16(at + UInt64(f.count))
+            listed.append(fadtAddr)
+        }
+        let madtAddr = at; let m = madt(); written.append((at, m)); at = align16(at + UInt64(m.count))
+        listed.append(madtAddr)
+        let rsdtAddr = at; let r = SMPTables.rsdt(listed); written.append((at, r)); at = align16(at + UInt64(r.count))
+        let xsdtAddr = at; let x = SMPTables.xsdt(listed); written.append((at, x)); at = align16(at + UInt64(x.count))
         guard at <= FirmwareLayout.rsdp else {
             throw FirmwareError(file: "ACPI tables", message: "\(vcpus) vCPUs need more than 64 KiB of ACPI tables")
         }
@@ -192,7 +206,7 @@ public struct SMPTables {
         guard FirmwareLayout.mpConfig + UInt64(mp.count) <= FirmwareLayout.biosEnd else {
             throw FirmwareError(file: "MP table", message: "\(vcpus) vCPUs do not fit in the MP configuration table area")
         }
-        for (a, b) in [(dsdtAddr, d), (fadtAddr, f), (madtAddr, m), (rsdtAddr, r), (xsdtAddr, x),
+        for (a, b) in written + [
                        (FirmwareLayout.rsdp, SMPTables.rsdp(rsdt: rsdtAddr, xsdt: xsdtAddr)),
                        (FirmwareLayout.mpFloating, SMPTables.mpFloatingPointer(configAddress: FirmwareLayout.mpConfig)),
                        (FirmwareLayout.mpConfig, mp)] {

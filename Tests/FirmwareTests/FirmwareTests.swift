@@ -126,9 +126,24 @@ final class SMPTableTests: XCTestCase {
         XCTAssertEqual(Array(m[90..<96]), [4, 6, 0xFF, 0, 0, 1], "LINT1 NMI")
     }
 
-    func testInstalledTablesChainAndChecksum() throws {
+    func testInstalledTablesDefaultToMADTOnly() throws {
         let mem = ByteArrayMemory(size: 2 << 20)
         let p = try SMPTables(vcpus: 4).install(into: mem)
+        XCTAssertEqual(p.fadt, 0)
+        XCTAssertEqual(p.madt, 0xE0000)
+        XCTAssertEqual(mem.u32(p.rsdt + 4), 36 + 4)
+        XCTAssertEqual(UInt64(mem.u32(p.rsdt + 36)), p.madt)
+        XCTAssertEqual(mem.u32(p.xsdt + 4), 36 + 8)
+        XCTAssertEqual(mem.u64(p.xsdt + 36), p.madt)
+        for a in [p.rsdt, p.xsdt, p.madt] { XCTAssertEqual(sum(mem.read(a, Int(mem.u32(a + 4)))), 0) }
+        XCTAssertEqual(sum(mem.read(p.rsdp, 36)), 0)
+    }
+
+    func testInstalledTablesChainAndChecksum() throws {
+        let mem = ByteArrayMemory(size: 2 << 20)
+        var t = SMPTables(vcpus: 4)
+        t.hardwareReducedFADT = true
+        let p = try t.install(into: mem)
         let rsdp = mem.read(p.rsdp, 36)
         XCTAssertEqual(sum(rsdp), 0)
         XCTAssertEqual(UInt64(mem.u32(p.rsdp + 16)), p.rsdt)
