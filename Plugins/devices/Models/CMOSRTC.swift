@@ -10,6 +10,8 @@
 //   0x15/0x16 base memory KiB (640), 0x17/0x18 and 0x30/0x31 KiB above 1 MiB (max 0xFFFF),
 //   0x34/0x35 64 KiB blocks above 16 MiB (max 0xFFFF), 0x5B-0x5D 64 KiB blocks above 4 GiB;
 //   0x2E/0x2F is the checksum of 0x10-0x2D. Other bytes are plain NVRAM (128 bytes).
+// Threading: io() calls into one instance never overlap (the host serialises them) and these
+// models start no timers, so their state needs no lock.
 import Glibc
 import PluginKit
 

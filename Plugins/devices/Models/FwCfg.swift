@@ -15,6 +15,8 @@
 //   cpus (vCPU count, 1-255), memory (guest RAM bytes; K/M/G, KiB/MiB/GiB suffixes allowed),
 //   cmdline (kernel command line; absent = no 0x14/0x15 items), max_cpus (default cpus),
 //   boot_fail_wait (seconds, default -1 = never reboot, as QEMU's -boot reboot-timeout).
+// Threading: io() calls into one instance never overlap (the host serialises them) and these
+// models start no timers, so their state needs no lock.
 import PluginKit
 
 /// The item store and the selector/data logic, free of the ABI (unit-tested directly).

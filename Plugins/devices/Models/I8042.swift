@@ -13,6 +13,8 @@
 // with guest status `I8042State.resetStatus` (0x100: even, so never an isa-debug-exit status);
 // `giantvm run` reports it as "guest requested a reset".
 // IRQ: keyboard data with command-byte bit 0 set raises `irq:` (1 on a PC; 12 for AUX is unused).
+// Threading: io() calls into one instance never overlap (the host serialises them) and these
+// models start no timers, so their state needs no lock.
 import PluginKit
 
 struct I8042State: Equatable {

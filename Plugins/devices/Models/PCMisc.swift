@@ -1,5 +1,7 @@
 // Small PC ports: the POST / delay ports (0x80, 0xED) and a PCI host bridge on the type-1
 // configuration mechanism (0xCF8 address, 0xCFC-0xCFF data, 0xCF9 reset control).
+// Threading: io() calls into one instance never overlap (the host serialises them) and these
+// models start no timers, so their state needs no lock.
 import PluginKit
 
 /// Port 0x80 (POST codes) and 0xED (the I/O delay port Linux may use): writes are accepted

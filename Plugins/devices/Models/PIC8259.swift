@@ -13,6 +13,8 @@
 //   at offset `PIC8259.hostAckOffset`, which returns the vector (IRR -> ISR, cascade resolved).
 // Until the host routes device lines into the PIC, its inputs stay low: guests that program and
 // mask it (Linux with an IOAPIC, the test guest) see a complete register model.
+// Threading: io() calls into one instance never overlap (the host serialises them) and these
+// models start no timers, so their state needs no lock.
 import PluginKit
 
 struct PICChip: Equatable {
