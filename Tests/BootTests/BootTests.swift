@@ -156,7 +156,8 @@ final class StandardGuestTests: XCTestCase {
         XCTAssertTrue(child.waitForOutput(timeout: bound) { $0.contains("Command line: \(cmdline)") },
                       "no command line within \(bound) s:\n" + child.stdoutSoFar.suffix(2000))
         XCTAssertTrue(child.stdoutSoFar.contains("Linux version "), child.stdoutSoFar)
-        XCTAssertTrue(child.stdoutSoFar.contains("ACPI: RSDP 0x00000000000F0000 000024 (v02 GVMSWF)"), child.stdoutSoFar)
+        XCTAssertTrue(child.waitForOutput(timeout: 60) { $0.contains("ACPI: RSDP 0x00000000000F0000 000024 (v02 GVMSWF)") },
+                      child.stdoutSoFar)
     }
 }
 
