@@ -66,7 +66,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "GuestMemory",
                 dependencies: ["UserfaultFD", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log"),
-                               .product(name: "Histogram", package: "hdrhistogram-swift")],
+                               .product(name: "Histogram", package: "hdrhistogram-swift"), "Metrics"],
                 path: "Sources/GuestMemory", swiftSettings: swiftSettings),
         .target(name: "Cluster",
                 dependencies: ["PluginAPI", "PluginHost", "Config", "Metrics", "CSystem",
