@@ -14,6 +14,7 @@
 //   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
 //   KVM            typed layer over /dev/kvm ioctls
 //   Machine        vCPUs, user-space local APIC, the VM on one node
+//   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
 
@@ -65,7 +66,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "GuestMemory",
                 dependencies: ["UserfaultFD", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log"),
-                               .product(name: "Histogram", package: "hdrhistogram-swift")],
+                               .product(name: "Histogram", package: "hdrhistogram-swift"), "Metrics"],
                 path: "Sources/GuestMemory", swiftSettings: swiftSettings),
         .target(name: "Cluster",
                 dependencies: ["PluginAPI", "PluginHost", "Config", "Metrics", "CSystem",
@@ -76,8 +77,9 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
         .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
+        .target(name: "Firmware", path: "Sources/Firmware", swiftSettings: swiftSettings),
         .target(name: "Machine",
-                dependencies: ["KVM", "GuestMemory", "Interrupts", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["KVM", "GuestMemory", "Interrupts", "Firmware", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
         .target(name: "Distributed",
@@ -87,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "Host",
             dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster", "DsmWorkloads",
-                           "KVM", "Machine", "CSystem", "PluginAPI", "Distributed",
+                           "KVM", "Machine", "CSystem", "PluginAPI", "Distributed", "Firmware",
                            .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
@@ -132,16 +134,24 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
+        .testTarget(name: "DistributedTests",
+                    dependencies: ["Distributed", "Cluster", "Config", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport",
+                                   .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/DistributedTests"),
+        .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
         .testTarget(name: "GuestTests", dependencies: [], path: "Tests/GuestTests"),
         // Multi-process and unit tests of the network layer. TransportWire.swift is a symlink to
         // the plugin's pure wire code (the plugin itself is only loaded as a .so, never linked).
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Config", "PluginHost", "PluginAPI", "Metrics",
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "Cluster", "Config", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport", .product(name: "Logging", package: "swift-log")],
-                    path: "Tests/DistributedTests"),
-        .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
+        .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
+        .testTarget(name: "BootTests",
+                    dependencies: ["DeviceModels", "PluginKit", "PluginHost", "Metrics", "TestSupport",
+                                   .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/BootTests"),
     ],
     swiftLanguageModes: [.v5]
 )

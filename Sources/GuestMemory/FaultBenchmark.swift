@@ -10,28 +10,12 @@
 import CSystem
 import Glibc
 import Histogram
+import Metrics
 import PluginAPI
 
-/// Percentiles of one series of round trips, in nanoseconds.
-public struct LatencySummary: Sendable {
-    public var count: UInt64
-    public var min: UInt64
-    public var p50: UInt64
-    public var p90: UInt64
-    public var p99: UInt64
-    public var max: UInt64
-    public var mean: Double
-
-    init(_ h: Histogram<UInt64>) {
-        count = h.totalCount
-        min = h.min
-        p50 = h.valueAtPercentile(50)
-        p90 = h.valueAtPercentile(90)
-        p99 = h.valueAtPercentile(99)
-        max = h.max
-        mean = h.mean
-    }
-}
+/// Percentiles of one series of round trips, in nanoseconds (the same summary every benchmark
+/// and the node stop tables use).
+public typealias LatencySummary = HistogramSummary
 
 public struct FaultBenchmarkResult: Sendable {
     public var mode: HandlerWakeMode
