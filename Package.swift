@@ -14,6 +14,7 @@
 //   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
 //   KVM            typed layer over /dev/kvm ioctls
 //   Machine        vCPUs, user-space local APIC, the VM on one node
+//   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
 
@@ -76,13 +77,14 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
         .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
+        .target(name: "Firmware", path: "Sources/Firmware", swiftSettings: swiftSettings),
         .target(name: "Machine",
-                dependencies: ["KVM", "GuestMemory", "Interrupts", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["KVM", "GuestMemory", "Interrupts", "Firmware", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
             dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster", "DsmWorkloads",
-                           "KVM", "Machine", "CSystem", "PluginAPI",
+                           "KVM", "Machine", "CSystem", "PluginAPI", "Firmware",
                            .product(name: "Histogram", package: "hdrhistogram-swift"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
@@ -135,6 +137,12 @@ let package = Package(
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Config", "PluginHost", "PluginAPI", "Metrics",
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
+        .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
+        .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
+        .testTarget(name: "BootTests",
+                    dependencies: ["DeviceModels", "PluginKit", "PluginHost", "Metrics", "TestSupport",
+                                   .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/BootTests"),
     ],
     swiftLanguageModes: [.v5]
 )

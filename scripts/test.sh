@@ -12,6 +12,13 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq qemu-system-x86 >/dev/null) \
         || echo "warning: could not install qemu-system-x86; the QEMU reference tests will skip"
 fi
+# A stock Debian kernel for the Linux boot-protocol test (its vmlinux is extracted by the test).
+if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
+    echo "== installing linux-image-cloud-amd64 (stock kernel for the Linux boot test)"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends linux-image-cloud-amd64 >/dev/null) \
+        || echo "warning: could not install linux-image-cloud-amd64; the Linux boot test will skip"
+fi
 echo "== swift build --build-tests"
 swift build --build-tests 2>&1 | grep --line-buffered -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Planning|Wrapping)' || true
 echo "== swift test"

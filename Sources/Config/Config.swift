@@ -42,6 +42,10 @@ public struct DeviceConfig: Sendable {
 public struct GuestConfig: Sendable {
     public var image: String
     public var cmdline: String
+    /// `guest.initrd`: an initial ramdisk (Linux) or extra module (multiboot), resolved absolute.
+    public var initrd: String? = nil
+    /// `guest.protocol`: auto (default: picked from the image), multiboot, linux or giantvm.
+    public var bootProtocol: String = "auto"
 }
 
 /// Timeouts in seconds (`timeouts:`).

@@ -291,13 +291,25 @@ struct Reader {
         }
 
         var guest: GuestConfig?
-        if let g = top["guest"]?.value, let m = mapping(g, "guest", allowed: ["image", "cmdline"]) {
+        if let g = top["guest"]?.value, let m = mapping(g, "guest", allowed: ["image", "cmdline", "initrd", "protocol"]) {
             var image = ""
             if let i = m["image"]?.value { image = string(i, "guest.image").map(resolve) ?? "" }
             else { report(g, "guest.image", "missing (path of the guest image)") }
             let cmdline = m["cmdline"].flatMap { string($0.value, "guest.cmdline") } ?? ""
             if cmdline.utf8.count > 4095 { report(m["cmdline"]?.value, "guest.cmdline", "longer than 4095 bytes") }
-            guest = GuestConfig(image: image, cmdline: cmdline)
+            var initrd: String?
+            if let i = m["initrd"]?.value, let path = string(i, "guest.initrd").map(resolve) {
+                if !FileManager.default.isReadableFile(atPath: path) { report(i, "guest.initrd", "cannot read '\(path)'") }
+                initrd = path
+            }
+            var proto = "auto"
+            if let p = m["protocol"]?.value, let text = string(p, "guest.protocol") {
+                let known = ["auto", "multiboot", "linux", "giantvm"]
+                if known.contains(text) { proto = text } else {
+                    report(p, "guest.protocol", "'\(text)' is not one of \(known.joined(separator: ", "))")
+                }
+            }
+            guest = GuestConfig(image: image, cmdline: cmdline, initrd: initrd, bootProtocol: proto)
         }
 
         var keyFile: String?

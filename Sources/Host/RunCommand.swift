@@ -7,6 +7,7 @@ import GuestMemory
 import KVM
 import Logging
 import Machine
+import Firmware
 import Metrics
 import PluginAPI
 import PluginHost
@@ -18,11 +19,14 @@ enum RunExitStatus {
     static let machineFailure: Int32 = 2     // triple fault, emulation failure, KVM error
     static let guestFailureBase: Int32 = 32  // value v != 0: 32 + v (v >= 95 -> 127)
     static let timeout: Int32 = 124
+    static let guestReset: Int32 = 3          // i8042 0xFE / 0xCF9 reset: guest status 0x100
+    static let guestResetStatus: Int32 = 0x100
     static let interrupted: Int32 = 130
 
     /// (exit code, message) for a guest exit status from the exit device.
     static func forGuest(status: Int32) -> (Int32, String) {
         if status == 1 { return (guestSuccess, "guest passed (isa-debug-exit value 0, status 1)") }
+        if status == guestResetStatus { return (guestReset, "guest requested a reset (i8042 pulse or 0xCF9); the VM stopped") }
         guard status & 1 == 1 else {
             return (guestFailureBase + 95, "guest stopped with status \(status) (not an isa-debug-exit status)")
         }
@@ -75,8 +79,23 @@ struct Run: ParsableCommand {
         } catch {
             fail("\(config): guest.image: cannot read \(guest.image): \(error.localizedDescription)")
         }
-        let image: ELFImage
-        do { image = try ELFImage(bytes: imageBytes, name: guest.image) } catch { fail("\(error)") }
+        // The boot protocol, from the image (or guest.protocol): GiantVM's own 64-bit entry for
+        // a plain ELF64, the firmware loaders for multiboot and Linux images.
+        let format: ImageFormat
+        do {
+            format = try Bootloader.detect(imageBytes, file: guest.image, bootProtocol: BootProtocol(rawValue: guest.bootProtocol) ?? .auto)
+        } catch { fail("\(config): guest.image: \(error)") }
+        var image: ELFImage?
+        if format == .giantvm {
+            do { image = try ELFImage(bytes: imageBytes, name: guest.image) } catch { fail("\(error)") }
+        }
+        var initrd: BootModule?
+        if let path = guest.initrd {
+            do { initrd = BootModule(name: path, bytes: Array(try Data(contentsOf: URL(fileURLWithPath: path))), cmdline: path) } catch {
+                fail("\(config): guest.initrd: cannot read \(path): \(error.localizedDescription)")
+            }
+        }
+        let kernelCmdline = cmdline ?? guest.cmdline
 
         guard memory == "uffd" || memory == "anonymous" else {
             fail("--memory '\(memory)' is not one of uffd, anonymous")
@@ -160,7 +179,8 @@ struct Run: ParsableCommand {
                 let services = HostServicesTable(pluginName: "\(plugin.name)/\(d.name)", metrics: metrics, logger: logger) {
                     [weak machine] msg in machine?.requestStop(.failure("device plugin fatal: \(msg)"))
                 }
-                let settings = SettingsTable(d.settings)
+                let settings = SettingsTable(FirmwareDeviceSettings.fill(model: d.model, settings: d.settings, vcpus: cfg.totalVCPUs,
+                                                                         memoryBytes: cfg.memoryBytes, cmdline: kernelCmdline))
                 let dev = try PluginDevice(name: d.name, model: model, services: services.pointer, base: d.base, irq: d.irq,
                                            settings: settings.pointer, settingCount: settings.count, delegate: machine,
                                            keepAlive: [services, settings])
@@ -172,7 +192,17 @@ struct Run: ParsableCommand {
                 fail("\(config): device '\(d.name)': \(error)")
             }
         }
-        do { try machine.load(image: image) } catch { fail("\(error)") }
+        var bootSummary: String
+        if let image {
+            do { try machine.load(image: image) } catch { fail("\(error)") }
+            bootSummary = "GiantVM 64-bit entry 0x\(String(image.entry, radix: 16))"
+        } else {
+            do {
+                let plan = try machine.boot(BootRequest(file: guest.image, image: imageBytes, cmdline: kernelCmdline, initrd: initrd,
+                                                        vcpus: cfg.totalVCPUs, bootProtocol: BootProtocol(rawValue: guest.bootProtocol) ?? .auto))
+                bootSummary = plan.summary
+            } catch { fail("\(error)") }
+        }
 
         // Host console input goes to every device that takes it (the UART's receive FIFO).
         let inputDevices = keep.compactMap { $0 as? PluginDevice }.filter { $0.takesConsoleInput }
@@ -195,7 +225,7 @@ struct Run: ParsableCommand {
         sigint.setEventHandler { machine.requestStop(.requested("interrupted (SIGINT)")) }
         sigint.resume()
 
-        logger.info("booting \(guest.image) (entry 0x\(String(image.entry, radix: 16))) on \(cfg.totalVCPUs) vCPU(s), \(cfg.memoryBytes) bytes")
+        logger.info("booting \(guest.image) (\(bootSummary)) on \(cfg.totalVCPUs) vCPU(s), \(cfg.memoryBytes) bytes")
         let started = monotonicNanoseconds()
         let stop = machine.run(timeout: timeout)
         let elapsed = Double(monotonicNanoseconds() - started) / 1e9
@@ -212,6 +242,7 @@ struct Run: ParsableCommand {
             lines.append("interrupt messages delivered: \(machine.router.deliveredCount)")
             lines.append("guest memory: \(memory == "uffd" ? "userfaultfd + \(cfg.coherence.plugin)" : "anonymous mapping")")
             lines.append(metrics.snapshot().table(title: "device counters"))
+            if case .requested = stop { lines.append(machine.registerDumps()) }
             FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
         }
         switch stop {

@@ -12,6 +12,7 @@ import PluginAPI
 import Synchronization
 import Glibc
 import Interrupts
+import Firmware
 
 /// Machine-level settings (what the config says about this VM, seen from one node).
 public struct MachineConfiguration: Sendable {
@@ -115,6 +116,8 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     let irqLevels = Mutex<[UInt32: Bool]>([:])
     public let clock: () -> UInt64
     var entryPoint: UInt64?
+    /// The boot vCPU's entry state when a firmware loader (multiboot, Linux) booted the image.
+    var firmwareEntry: EntryState?
     /// The IOAPIC, when this node emulates it.
     public private(set) var ioapic: IOAPIC?
     /// Synchronisation points for multiple-writer coherence protocols (the plugin's optional
@@ -289,10 +292,13 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     public func run(timeout: Double? = nil) -> MachineStop {
         bus.seal()
         if config.localVCPUs.contains(0) {
-            guard let entry = entryPoint else { return .failure("no guest image loaded (no entry point)") }
-            do { try runners[0].enterLongMode(entry: entry) } catch {
-                return .failure("vCPU 0: cannot set the 64-bit entry state: \(error)")
-            }
+            if let e = firmwareEntry {
+                do { try runners[0].enter(e) } catch { return .failure("vCPU 0: cannot set the firmware entry state: \(error)") }
+            } else if let entry = entryPoint {
+                do { try runners[0].enterLongMode(entry: entry) } catch {
+                    return .failure("vCPU 0: cannot set the 64-bit entry state: \(error)")
+                }
+            } else { return .failure("no guest image loaded (no entry point)") }
         }
         timer.start()
         let group = DispatchGroup()

@@ -50,7 +50,10 @@ public final class PluginDevice: IODevice, @unchecked Sendable {
                 return GVM_ERR_INVALID.rawValue
             }
             do {
-                try d.delegate?.mapIO(s, base: base, length: length, device: d)
+                // Each range gets an adapter so offsets reach the plugin from the lowest base
+                // the instance mapped in that space (giantvm_plugin.h, io()).
+                try d.delegate?.mapIO(s, base: base, length: length, device: RangeOffsetAdapter(device: d, base: base))
+                d.lowestBase[s] = min(d.lowestBase[s] ?? base, base)
                 return GVM_OK.rawValue
             } catch {
                 d.mapErrors.append("\(error)")
@@ -121,6 +124,15 @@ public final class PluginDevice: IODevice, @unchecked Sendable {
                          UInt32(data.count), isWrite ? 1 : 0)
     }
 
+    /// Lowest base mapped per space (set during create, read-only afterwards).
+    var lowestBase: [IOSpaceKind: UInt64] = [:]
+
+    /// A host-side access to the instance at an offset from its lowest base (e.g. a PIC's
+    /// acknowledge window); serialised like guest accesses.
+    public func hostAccess(space: IOSpaceKind, offset: UInt64, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
+        io(space: space, offset: offset, data: data, isWrite: isWrite)
+    }
+
     /// Whether the model takes host console input (has console_input).
     public var takesConsoleInput: Bool { model.pointee.console_input != nil }
 
@@ -153,4 +165,16 @@ public struct DeviceError: Error, CustomStringConvertible {
     public var model: String
     public var message: String
     public var description: String { "device '\(device)' (model \(model)): \(message)" }
+}
+
+/// One mapped range of a plugin device on the bus: turns the bus's offset (from this range's
+/// base) into the ABI's offset (from the lowest base the instance mapped in that space).
+final class RangeOffsetAdapter: IODevice {
+    unowned let device: PluginDevice
+    let base: UInt64
+    init(device: PluginDevice, base: UInt64) { self.device = device; self.base = base }
+    var name: String { device.name }
+    func io(space: IOSpaceKind, offset: UInt64, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
+        device.io(space: space, offset: offset + base - (device.lowestBase[space] ?? base), data: data, isWrite: isWrite)
+    }
 }

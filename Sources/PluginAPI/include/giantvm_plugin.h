@@ -479,8 +479,9 @@ typedef struct gvm_device_model {
                     const gvm_device_config *config, const gvm_setting *settings,
                     uint32_t setting_count, gvm_error *err);
 
-    /** REQUIRED. A guest access of len bytes (1, 2, 4 or 8) at offset from the mapped base that
-     *  contains it. Writes: data holds len bytes, little endian. Reads: fill data. Thread: a
+    /** REQUIRED. A guest access of len bytes (1, 2, 4 or 8) at offset from the LOWEST base the
+     *  instance mapped in that space (for a device with one range: from its base; a device with
+     *  several ranges, e.g. ports 0x60 and 0x64, sees offsets 0 and 4). Writes: data holds len bytes, little endian. Reads: fill data. Thread: a
      *  vCPU thread of the home node or the host's I/O forwarding thread; calls into one instance
      *  never overlap, but timer callbacks may run concurrently with them. May block: briefly. */
     void (*io)(void *device, uint32_t space, uint64_t offset, uint8_t *data, uint32_t len,

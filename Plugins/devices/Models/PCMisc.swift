@@ -1,0 +1,111 @@
+// Small PC ports: the POST / delay ports (0x80, 0xED) and a PCI host bridge on the type-1
+// configuration mechanism (0xCF8 address, 0xCFC-0xCFF data, 0xCF9 reset control).
+// Threading: io() calls into one instance never overlap (the host serialises them) and these
+// models start no timers, so their state needs no lock.
+import PluginKit
+
+/// Port 0x80 (POST codes) and 0xED (the I/O delay port Linux may use): writes are accepted
+/// and counted, reads return 0xFF — so that these frequent accesses are cheap and silent.
+public final class PostPorts: DeviceModel {
+    public static let modelName = "post-ports"
+    public static let summary = "POST code port 0x80 and delay port 0xED: writes ignored (counted), reads 0xFF"
+    let writes: Counter
+    var lastCode: UInt8 = 0
+
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+        try settings.allowOnly([])
+        writes = services.counter("post.\(config.name).writes")
+        let base = config.base ?? 0x80
+        try host.map(.pio, base: base, length: 1)
+        try host.map(.pio, base: 0xED, length: 1)
+    }
+
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+        if isWrite {
+            if offset == 0 { lastCode = data[0] }
+            writes.add()
+        } else {
+            for i in 0..<data.count { data[i] = 0xFF }
+        }
+    }
+}
+
+/// PCI configuration mechanism #1 with one device: an Intel 440FX-like host bridge at 00:00.0
+/// (vendor 0x8086, device 0x1237, class 06/00/00, header type 0) unless `host_bridge: false`.
+/// Every other function reads all ones (no device). Config writes are ignored. CONFIG_ADDRESS
+/// is latched by 32-bit writes to 0xCF8 only. A byte write to 0xCF9 with bit 2 set (the PIIX
+/// reset control register) resets the machine: request_stop with I8042State.resetStatus.
+struct PCIConfigState: Equatable {
+    var address: UInt32 = 0
+    var hostBridge = true
+    var resetControl: UInt8 = 0
+
+    /// Host-bridge config space dword at register `reg` (dword aligned).
+    func hostBridgeDword(_ reg: UInt32) -> UInt32 {
+        switch reg {
+        case 0x00: return 0x1237_8086           // device, vendor
+        case 0x04: return 0x0000_0006           // status 0, command: memory + bus master
+        case 0x08: return 0x0600_0002           // class 06 (bridge) 00 (host) 00, revision 2
+        case 0x0C: return 0x0000_0000           // header type 0, single function
+        case 0x2C: return 0x1100_1AF4           // subsystem: QEMU-like ids
+        default: return 0
+        }
+    }
+
+    /// A read at offset (0-7 from 0xCF8) of `size` bytes.
+    func read(_ offset: UInt64, _ size: Int) -> UInt32 {
+        if offset == 0 && size == 4 { return address }
+        if offset == 1 && size == 1 { return UInt32(resetControl) }
+        guard offset >= 4 else { return 0xFFFF_FFFF }
+        guard address & 0x8000_0000 != 0 else { return 0xFFFF_FFFF }
+        let bus = (address >> 16) & 0xFF, dev = (address >> 11) & 0x1F, fn = (address >> 8) & 7
+        let reg = address & 0xFC
+        guard hostBridge, bus == 0, dev == 0, fn == 0 else { return 0xFFFF_FFFF }
+        let shift = UInt32(offset - 4) * 8
+        let v = hostBridgeDword(reg) >> shift
+        return size == 4 ? v : v & ((1 << (UInt32(size) * 8)) - 1)
+    }
+
+    /// A write; returns true when it asks for a machine reset.
+    mutating func write(_ offset: UInt64, _ size: Int, _ value: UInt32) -> Bool {
+        if offset == 0 && size == 4 { address = value & 0x80FF_FFFC; return false }
+        if offset == 1 && size == 1 {
+            resetControl = UInt8(value & 0x0E)
+            return value & 0x04 != 0
+        }
+        return false
+    }
+}
+
+public final class PCIHostBridge: DeviceModel {
+    public static let modelName = "pci-host"
+    public static let summary = "PCI config mechanism #1 (0xCF8/0xCFC): host bridge at 00:00.0, no other devices; 0xCF9 reset"
+    let host: DeviceHost
+    let name: String
+    var state = PCIConfigState()
+
+    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+        try settings.allowOnly(["host_bridge"])
+        self.host = host
+        name = config.name
+        state.hostBridge = try settings.bool("host_bridge", default: true)
+        try host.map(.pio, base: config.base ?? 0xCF8, length: 8)
+    }
+
+    public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+        if isWrite {
+            var v: UInt32 = 0
+            for (i, b) in data.prefix(4).enumerated() { v |= UInt32(b) << (8 * UInt32(i)) }
+            if state.write(offset, data.count, v) {
+                host.requestStop(status: I8042State.resetStatus, reason: "\(name): guest requested a reset (write to 0xCF9)")
+            }
+        } else {
+            let v = state.read(offset, data.count)
+            for i in 0..<data.count { data[i] = i < 4 ? UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) : 0 }
+        }
+    }
+}
+
+/// The PC device models of this file set, for the plugin's model list (Plugin.swift).
+public let pcDeviceModels: [any DeviceModel.Type] = [FwCfgDevice.self, PIT8254.self, CMOSRTC.self, I8042.self,
+                                               PIC8259.self, PostPorts.self, PCIHostBridge.self]
