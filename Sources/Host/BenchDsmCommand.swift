@@ -103,6 +103,9 @@ struct BenchDsm: ParsableCommand {
     func runParent(_ cfg: ClusterConfig) {
         let n = cfg.nodes.count
         let p = params(nodes: n)
+        guard n >= 2 else {
+            fail("\(config): bench dsm needs at least 2 nodes (the config has \(n)): pages must cross nodes")
+        }
         guard UInt64(p.requiredBytes) <= cfg.memoryBytes else {
             fail("\(config): memory \(cfg.memoryBytes) bytes is too small for workload \(workload) (needs \(p.requiredBytes))")
         }
