@@ -13,7 +13,7 @@ import PluginHost
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Micro-benchmarks, each printed beside a floor measured in the same run.",
-        subcommands: [BenchFault.self])
+        subcommands: [BenchFault.self, BenchDsm.self])
 }
 
 struct BenchFault: ParsableCommand {

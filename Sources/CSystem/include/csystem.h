@@ -6,4 +6,5 @@
 #include "csystem_uffd.h"
 #include "csystem_kvm.h"
 #include "csystem_net.h"
+#include "csystem_ivy.h"
 #endif

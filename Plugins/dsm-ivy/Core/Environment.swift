@@ -1,0 +1,65 @@
+// The two small Swift protocols the Ivy state machine is written against, so the same code runs
+// inside the plugin (over the C tables, via PluginKit) and in-process in tests (over a fake page
+// store and a simulated network).
+//
+// Threading: implementations must allow calls from any thread. IvyNode calls them while holding
+// its own lock, so an implementation must never call back into the IvyNode synchronously.
+
+import PluginKit
+
+/// Page operations and messaging: exactly the shape of PluginKit's `CoherenceHost`
+/// (`gvm_coherence_host`), which conforms as is.
+public protocol PageHost {
+    var pageCount: UInt64 { get }
+    /// One message to `node` (never this node). `urgent` selects the urgent lane.
+    func send(to node: UInt32, _ parts: [UnsafeRawBufferPointer], urgent: Bool) -> PageStatus
+    func install(_ gfn: UInt64, bytes: UnsafeRawPointer?, state: PageState) -> PageStatus
+    func upgrade(_ gfn: UInt64) -> PageStatus
+    func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
+    func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
+    func read(_ gfn: UInt64, into out: UnsafeMutableRawPointer) -> PageStatus
+    func state(_ gfn: UInt64) -> PageState
+    func pinned(_ gfn: UInt64) -> Access?
+    func wake(_ gfn: UInt64)
+}
+
+extension CoherenceHost: PageHost {}
+
+/// Logging, clock, statistics and `fatal`: what `HostServices` offers, reduced to closures so a
+/// test can implement it without the C table.
+public protocol ProtocolServices {
+    func log(_ level: LogLevel, _ message: String)
+    func nowNanoseconds() -> UInt64
+    func fatal(_ message: String)
+    /// A named counter; the closure adds to it. Any thread.
+    func makeCounter(_ name: String) -> (UInt64) -> Void
+    /// A named latency histogram (nanoseconds); the closure records one value. Any thread.
+    func makeHistogram(_ name: String) -> (UInt64) -> Void
+    /// A one-shot timer calling `fn(context)` on the host's timer thread after `delay` ns.
+    /// Returns an id > 0, or 0 if the host offers no timers.
+    func startOneShot(afterNanoseconds delay: UInt64, _ fn: @convention(c) (UnsafeMutableRawPointer?) -> Void,
+                      context: UnsafeMutableRawPointer) -> UInt64
+    /// Cancels a timer; after return its callback is not running and will not run.
+    func cancelOneShot(_ id: UInt64)
+}
+
+extension HostServices: ProtocolServices {
+    public func makeCounter(_ name: String) -> (UInt64) -> Void {
+        let c = counter(name)
+        return { c.add($0) }
+    }
+
+    public func makeHistogram(_ name: String) -> (UInt64) -> Void {
+        let h = histogram(name)
+        return { h.record(nanoseconds: $0) }
+    }
+
+    // The raw C call, not PluginKit's closure timers: those keep a box per timer for the life of
+    // the plugin, and the hold window starts one timer per busy period.
+    public func startOneShot(afterNanoseconds delay: UInt64, _ fn: @convention(c) (UnsafeMutableRawPointer?) -> Void,
+                             context: UnsafeMutableRawPointer) -> UInt64 {
+        raw.pointee.timer_start(raw.pointee.host, delay, 0, fn, context)
+    }
+
+    public func cancelOneShot(_ id: UInt64) { raw.pointee.timer_cancel(raw.pointee.host, id) }
+}

@@ -1,0 +1,211 @@
+// Wire format of the Ivy protocol: one fixed 24-byte header, then 4096 page bytes for `data`
+// messages that do not carry the zero flag. Little endian throughout.
+//
+//   offset size field
+//   0      1    type      (MessageType; first, so a fault-injecting transport can select by it)
+//   1      1    version   (IvyWire.version)
+//   2      1    flags     (MessageFlags)
+//   3      1    hops      network hops so far on the fault's critical path
+//   4      4    node      the node the message speaks for (see MessageType)
+//   8      8    gfn       guest frame number, < page count
+//   16     8    txn       the manager's transaction number for this page (0 where unused)
+//   24     4096 payload   only `data` without `zero`
+//
+// Every received message is validated (length, version, type, flags, gfn range, node ids and
+// who may send it) before the protocol sees it: hostile bytes give a `WireError`, never a crash.
+//
+// Threading: value types only; safe anywhere.
+
+import PluginKit
+
+/// Message types. `node` names: the requester for getS/getX/fwdGetS/fwdGetX/confirm, the sender
+/// for invAck/nack/fetch/release, the owner (who must be acked) for inv, the old owner for
+/// data/grant.
+public enum MessageType: UInt8, CaseIterable, Sendable {
+    case getS = 1       // requester -> manager: read miss
+    case getX = 2       // requester -> manager: write miss or upgrade (flag holdsCopy)
+    case fwdGetS = 3    // manager -> owner: serve a reader
+    case fwdGetX = 4    // manager -> owner: hand the page to a writer (flag holdsCopy)
+    case inv = 5        // owner -> sharer: drop your copy, then ack
+    case invAck = 6     // sharer -> owner
+    case data = 7       // owner -> requester: page bytes (flags exclusive, zero)
+    case grant = 8      // owner -> requester: ownership without bytes (requester holds a valid copy)
+    case confirm = 9    // requester -> manager: installed; the manager may serve the next request
+    case nack = 10      // non-owner -> manager: a forward reached me but I do not own the page
+    case fetch = 11     // new owner -> old owner: my copy was gone at upgrade time: send the bytes
+    case release = 12   // new owner -> old owner: upgrade done, forget the stashed bytes
+
+    public var name: String {
+        switch self {
+        case .getS: "GetS"
+        case .getX: "GetX"
+        case .fwdGetS: "FwdGetS"
+        case .fwdGetX: "FwdGetX"
+        case .inv: "Inv"
+        case .invAck: "InvAck"
+        case .data: "Data"
+        case .grant: "Grant"
+        case .confirm: "Confirm"
+        case .nack: "Nack"
+        case .fetch: "Fetch"
+        case .release: "Release"
+        }
+    }
+
+    /// Page data travels on the bulk lane; everything small on the urgent lane.
+    public var urgent: Bool { self != .data }
+}
+
+public struct MessageFlags: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// getX/fwdGetX: the requester holds a valid read-only copy (an upgrade).
+    public static let holdsCopy = MessageFlags(rawValue: 1)
+    /// data: the page is all zeros; no payload follows.
+    public static let zero = MessageFlags(rawValue: 2)
+    /// data/confirm: exclusive (ownership moves); otherwise a read-only copy.
+    public static let exclusive = MessageFlags(rawValue: 4)
+    static let all: MessageFlags = [.holdsCopy, .zero, .exclusive]
+}
+
+/// A decoded message. `payload` points into the received buffer (borrowed for the call).
+public struct Message {
+    public var type: MessageType
+    public var flags: MessageFlags
+    public var hops: UInt8
+    public var node: UInt32
+    public var gfn: UInt64
+    public var txn: UInt64
+    public var payload: UnsafeRawPointer?
+
+    public init(type: MessageType, flags: MessageFlags = [], hops: UInt8 = 0, node: UInt32, gfn: UInt64,
+                txn: UInt64 = 0, payload: UnsafeRawPointer? = nil) {
+        self.type = type
+        self.flags = flags
+        self.hops = hops
+        self.node = node
+        self.gfn = gfn
+        self.txn = txn
+        self.payload = payload
+    }
+
+    public var hasPayload: Bool { type == .data && !flags.contains(.zero) }
+}
+
+public struct WireError: Error, CustomStringConvertible, Equatable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+public enum IvyWire {
+    public static let version: UInt8 = 1
+    public static let headerSize = 24
+    public static let pageSize = Int(GVM_PAGE_SIZE)
+
+    /// Encodes the header of `m` into 24 bytes.
+    public static func header(_ m: Message) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: headerSize)
+        b[0] = m.type.rawValue
+        b[1] = version
+        b[2] = m.flags.rawValue
+        b[3] = m.hops
+        put32(&b, 4, m.node)
+        put64(&b, 8, m.gfn)
+        put64(&b, 16, m.txn)
+        return b
+    }
+
+    /// The whole message as bytes (header plus payload when it has one), for tests and tools.
+    public static func encode(_ m: Message) -> [UInt8] {
+        var b = header(m)
+        if m.hasPayload, let p = m.payload {
+            b.append(contentsOf: UnsafeRawBufferPointer(start: p, count: pageSize))
+        }
+        return b
+    }
+
+    /// Decodes and validates one message from `src` received by `selfID`.
+    /// - Parameters:
+    ///   - managerOf: the manager of a gfn (checks who may send manager-bound and forwarded messages)
+    public static func decode(_ buf: UnsafeRawBufferPointer, src: UInt32, selfID: UInt32, nodeCount: UInt32,
+                              pageCount: UInt64, managerOf: (UInt64) -> UInt32) throws -> Message {
+        guard buf.count >= headerSize, let base = buf.baseAddress else {
+            throw WireError("message of \(buf.count) bytes is shorter than the \(headerSize)-byte header")
+        }
+        guard src < nodeCount, src != selfID else { throw WireError("message from invalid source node \(src)") }
+        let v = buf[1]
+        guard v == version else { throw WireError("wire version \(v), expected \(version)") }
+        guard let type = MessageType(rawValue: buf[0]) else { throw WireError("unknown message type \(buf[0])") }
+        let flags = MessageFlags(rawValue: buf[2])
+        guard MessageFlags.all.isSuperset(of: flags) else {
+            throw WireError("\(type.name): unknown flag bits 0x\(String(buf[2], radix: 16))")
+        }
+        let hops = buf[3]
+        let node = get32(buf, 4)
+        let gfn = get64(buf, 8)
+        let txn = get64(buf, 16)
+        guard gfn < pageCount else { throw WireError("\(type.name): gfn \(gfn) out of range (\(pageCount) pages)") }
+        guard node < nodeCount else { throw WireError("\(type.name): node \(node) out of range (\(nodeCount) nodes)") }
+
+        // Which flags each type may carry.
+        let allowed: MessageFlags
+        switch type {
+        case .getX, .fwdGetX: allowed = .holdsCopy
+        case .data: allowed = [.zero, .exclusive]
+        case .confirm: allowed = .exclusive
+        default: allowed = []
+        }
+        guard allowed.isSuperset(of: flags) else {
+            throw WireError("\(type.name): flags 0x\(String(flags.rawValue, radix: 16)) not allowed")
+        }
+
+        // Who may send it and about whom.
+        let manager = managerOf(gfn)
+        switch type {
+        case .getS, .getX, .confirm, .nack:
+            guard manager == selfID else { throw WireError("\(type.name) for gfn \(gfn) sent to node \(selfID), but its manager is node \(manager)") }
+            guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
+        case .fwdGetS, .fwdGetX:
+            guard manager == src else { throw WireError("\(type.name) for gfn \(gfn) from node \(src), but its manager is node \(manager)") }
+            guard node != selfID else { throw WireError("\(type.name) for gfn \(gfn) names this node as requester") }
+        case .inv, .invAck, .data, .grant, .fetch, .release:
+            guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
+        }
+
+        // Exact length.
+        let expected = headerSize + ((type == .data && !flags.contains(.zero)) ? pageSize : 0)
+        guard buf.count == expected else {
+            throw WireError("\(type.name): \(buf.count) bytes, expected \(expected)")
+        }
+        let payload: UnsafeRawPointer? = expected > headerSize ? UnsafeRawPointer(base + headerSize) : nil
+        return Message(type: type, flags: flags, hops: hops, node: node, gfn: gfn, txn: txn, payload: payload)
+    }
+
+    static func put32(_ b: inout [UInt8], _ at: Int, _ v: UInt32) {
+        for i in 0..<4 { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) }
+    }
+
+    static func put64(_ b: inout [UInt8], _ at: Int, _ v: UInt64) {
+        for i in 0..<8 { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+    }
+
+    static func get32(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
+        var v: UInt32 = 0
+        for i in 0..<4 { v |= UInt32(b[at + i]) << (8 * UInt32(i)) }
+        return v
+    }
+
+    static func get64(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for i in 0..<8 { v |= UInt64(b[at + i]) << (8 * UInt64(i)) }
+        return v
+    }
+
+    /// True if the 4096 bytes at p are all zero.
+    public static func isZeroPage(_ p: UnsafeRawPointer) -> Bool {
+        var acc: UInt64 = 0
+        for i in 0..<(pageSize / 8) { acc |= p.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) }
+        return acc == 0
+    }
+}

@@ -1,0 +1,238 @@
+// The conformance suite: standard scenarios every coherence plugin that promises page-granular
+// sequential consistency must pass, given only its descriptor (as swift-log's conformance tests
+// take only a LogHandler). Each returns a `ScenarioResult` whose `problems` is empty on success;
+// the caller (an XCTest) asserts on it. Plugin-specific races (which need to recognise the
+// plugin's own messages) are built from the same pieces: SimCluster.hold / onDeliver / inject.
+//
+// Threading: single-threaded (see SimNode).
+
+import PluginAPI
+
+public struct ScenarioResult: CustomStringConvertible {
+    public var report: RunReport
+    public var problems: [String]
+    /// Pages (data replies) that crossed between nodes, by the plugin's own accounting if it
+    /// reports `ivy.pages_sent` style counters, else delivered messages.
+    public var messages: Int
+    /// Every counter the plugin reported, summed over the nodes (e.g. "ivy.pages_sent").
+    public var totals: [String: UInt64] = [:]
+    public var ok: Bool { problems.isEmpty }
+    public var description: String {
+        problems.isEmpty ? "ok: \(report)" : "FAILED: \(report)\n  " + problems.joined(separator: "\n  ")
+    }
+}
+
+public struct ConformanceOptions {
+    public var settings: [(String, String)] = []
+    public var maxDelay = 0
+    public var threadBias = 50
+    public var maxSteps = 400_000
+    public init(settings: [(String, String)] = [], maxDelay: Int = 0, threadBias: Int = 50, maxSteps: Int = 400_000) {
+        self.settings = settings
+        self.maxDelay = maxDelay
+        self.threadBias = threadBias
+        self.maxSteps = maxSteps
+    }
+}
+
+public enum Conformance {
+    static func make(_ d: UnsafeRawPointer, nodes: Int, pages: Int, seed: UInt64, _ o: ConformanceOptions) throws -> SimCluster {
+        let c = try SimCluster(descriptor: d, nodes: nodes, pages: pages, seed: seed, settings: o.settings)
+        c.network.maxDelay = o.maxDelay
+        c.threadBias = o.threadBias
+        return c
+    }
+
+    static func finish(_ c: SimCluster, _ r: RunReport, _ extra: [String], verify: Bool = true) -> ScenarioResult {
+        var problems = extra
+        if let s = r.stuck { problems.append("stuck: \(s)") }
+        problems += r.fatals.map { "fatal: \($0)" }
+        problems += r.violations
+        var final = r
+        if problems.isEmpty && verify {
+            let v = c.verifyFromEveryNode()
+            if let s = v.stuck { problems.append("verification stuck: \(s)") }
+            problems += v.fatals.map { "fatal during verification: \($0)" }
+            problems += v.violations
+            final.steps += v.steps
+        }
+        var totals: [String: UInt64] = [:]
+        for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
+        return ScenarioResult(report: final, problems: problems, messages: c.network.delivered, totals: totals)
+    }
+
+    /// Threads on every node add to one counter under a spinlock in shared memory.
+    public static func lockedCounter(_ d: UnsafeRawPointer, nodes: Int, threadsPerNode: Int, increments: Int,
+                                     seed: UInt64, options: ConformanceOptions = .init(),
+                                     lockPage: UInt64 = 0, counterPage: UInt64 = 1, pages: Int = 4) throws -> ScenarioResult {
+        let c = try make(d, nodes: nodes, pages: pages, seed: seed, options)
+        let cs = LockedCounterProgram.CriticalSection()
+        for n in 0..<nodes {
+            for _ in 0..<threadsPerNode {
+                c.addThread(node: UInt32(n), LockedCounterProgram(lockPage: lockPage, counterPage: counterPage,
+                                                                  increments: increments, section: cs))
+            }
+        }
+        let r = c.run(maxSteps: options.maxSteps)
+        var extra = cs.violations
+        let expected = UInt64(nodes * threadsPerNode * increments)
+        if r.ok && c.latest(counterPage, 0) != expected {
+            extra.append("counter is \(c.latest(counterPage, 0)), expected \(expected)")
+        }
+        return finish(c, r, extra)
+    }
+
+    /// Random reads, writes and CAS increments; checks every read, every copy and the totals.
+    public static func random(_ d: UnsafeRawPointer, nodes: Int, threadsPerNode: Int, pages: Int, ops: Int,
+                              writePercent: UInt64 = 50, seed: UInt64, options: ConformanceOptions = .init()) throws -> ScenarioResult {
+        let c = try make(d, nodes: nodes, pages: pages, seed: seed, options)
+        var programs: [RandomProgram] = []
+        for n in 0..<nodes {
+            for i in 0..<threadsPerNode {
+                let p = RandomProgram(pages: (0..<UInt64(pages)).map { $0 }, slots: 3, ops: ops, writePercent: writePercent,
+                                      seed: seed &* 31 &+ UInt64(n * 7 + i))
+                programs.append(p)
+                c.addThread(node: UInt32(n), p)
+            }
+        }
+        let r = c.run(maxSteps: options.maxSteps)
+        var extra: [String] = []
+        if r.ok {
+            for g in 0..<UInt64(pages) {
+                let expected = programs.reduce(0) { $0 + ($1.increments[g] ?? 0) }
+                if c.latest(g, 0) != expected { extra.append("gfn \(g): increments total \(c.latest(g, 0)), expected \(expected) (lost update)") }
+            }
+        }
+        return finish(c, r, extra)
+    }
+
+    /// Two nodes alternately write one page.
+    public static func pingPong(_ d: UnsafeRawPointer, nodes: Int = 2, rounds: Int, seed: UInt64,
+                                options: ConformanceOptions = .init()) throws -> ScenarioResult {
+        let c = try make(d, nodes: nodes, pages: 2, seed: seed, options)
+        c.addThread(node: 0, PingPongProgram(page: 1, parity: 0, rounds: rounds))
+        c.addThread(node: UInt32(nodes - 1), PingPongProgram(page: 1, parity: 1, rounds: rounds))
+        let r = c.run(maxSteps: options.maxSteps)
+        var extra: [String] = []
+        if r.ok && c.latest(1, 0) != UInt64(2 * rounds) { extra.append("final \(c.latest(1, 0)), expected \(2 * rounds)") }
+        return finish(c, r, extra)
+    }
+
+    /// Node `pinner` pins a page for writing (host DMA), holds it while node `writer` tries to
+    /// write it, stores through the pin, and unpins. The writer's store must land after the DMA
+    /// store (the pin held it off), so the final value is the writer's and the writer read the
+    /// DMA value first.
+    public static func pinHoldsOffWrites(_ d: UnsafeRawPointer, nodes: Int = 2, holdSteps: Int = 40, seed: UInt64,
+                                         options: ConformanceOptions = .init()) throws -> ScenarioResult {
+        let c = try make(d, nodes: nodes, pages: 2, seed: seed, options)
+        let gfn: UInt64 = 1
+        var pinned = false
+        var unpinned = false
+        var held = 0
+        var writerSawDuringPin: [String] = []
+        // The pinner: pin (bringing the page in), DMA-store 0xD, hold, unpin.
+        c.addThread(node: 0, ClosureProgram { t in
+            if !pinned {
+                guard t.pin(gfn, write: true) else { return true }
+                pinned = true
+                t.dmaStore(gfn, 0, 0xD)
+                return true
+            }
+            if held < holdSteps {
+                held += 1
+                if t.pageState(gfn) != GVM_PAGE_MODIFIED {
+                    writerSawDuringPin.append("pinned page left MODIFIED while pinned")
+                }
+                return true
+            }
+            t.unpin(gfn, write: true)
+            unpinned = true
+            return false
+        })
+        // The writer: wait until the pin is taken, then read-modify-write.
+        var phase = 0
+        var readValue: UInt64 = 0
+        c.addThread(node: UInt32(nodes - 1), ClosureProgram { t in
+            switch phase {
+            case 0:
+                if pinned { phase = 1 }
+                return true
+            case 1:
+                guard let v = t.load(gfn, 0) else { return true }
+                if !unpinned && v != 0xD { writerSawDuringPin.append("writer read \(v) while pinned") }
+                readValue = v
+                phase = 2
+                return true
+            default:
+                guard t.store(gfn, 0, readValue + 1) else { return true }
+                if !unpinned { writerSawDuringPin.append("writer's store completed while the page was pinned on node 0") }
+                return false
+            }
+        })
+        let r = c.run(maxSteps: options.maxSteps)
+        var extra = writerSawDuringPin
+        if r.ok && c.latest(gfn, 0) != 0xE { extra.append("final value \(c.latest(gfn, 0)), expected 0xe") }
+        return finish(c, r, extra)
+    }
+
+    /// Records every message a short random run delivers, for fuzzing with realistic shapes.
+    public static func sampleMessages(_ d: UnsafeRawPointer, nodes: Int, seed: UInt64) throws -> [SimMessage] {
+        let c = try make(d, nodes: nodes, pages: 4, seed: seed, .init())
+        var seen: [SimMessage] = []
+        c.onDeliver = { seen.append($0) }
+        for n in 0..<nodes {
+            c.addThread(node: UInt32(n), RandomProgram(pages: [0, 1, 2, 3], slots: 2, ops: 20, writePercent: 50, seed: seed + UInt64(n)))
+        }
+        _ = c.run()
+        return seen
+    }
+
+    /// Hands `iterations` hostile messages (random bytes, truncations, bit flips and field changes
+    /// of real messages) to fresh clusters. The plugin must neither crash nor hang; it may call
+    /// fatal. Returns how many were reported through fatal and how many were accepted silently.
+    public static func fuzzReceive(_ d: UnsafeRawPointer, nodes: Int, seed: UInt64, iterations: Int,
+                                   samples: [SimMessage]) throws -> (fatal: Int, silent: Int) {
+        var rng = SplitMix64(seed: seed)
+        var fatal = 0
+        var silent = 0
+        var c = try make(d, nodes: nodes, pages: 4, seed: seed, .init())
+        for i in 0..<iterations {
+            if c.nodes.contains(where: { !$0.fatals.isEmpty }) || i % 50 == 0 {
+                c = try make(d, nodes: nodes, pages: 4, seed: seed &+ UInt64(i), .init())
+            }
+            var bytes: [UInt8]
+            var src = UInt32(rng.next(UInt64(nodes)))
+            var dst = UInt32(rng.next(UInt64(nodes)))
+            if dst == src { dst = (src + 1) % UInt32(nodes) }
+            switch rng.next(5) {
+            case 0:
+                bytes = (0..<Int(rng.next(64))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            case 1 where !samples.isEmpty:
+                let s = samples[Int(rng.next(UInt64(samples.count)))]
+                bytes = Array(s.bytes.prefix(Int(rng.next(UInt64(s.bytes.count + 1)))))
+                src = s.src; dst = s.dst
+            case 2 where !samples.isEmpty:
+                let s = samples[Int(rng.next(UInt64(samples.count)))]
+                bytes = s.bytes
+                for _ in 0..<(1 + Int(rng.next(4))) {
+                    guard !bytes.isEmpty else { break }
+                    let at = Int(rng.next(UInt64(min(bytes.count, 24))))
+                    bytes[at] ^= UInt8(1) << UInt8(rng.next(8))
+                }
+                src = s.src; dst = s.dst
+            case 3 where !samples.isEmpty:
+                // a real message, replayed out of context
+                let s = samples[Int(rng.next(UInt64(samples.count)))]
+                bytes = s.bytes
+                src = s.src; dst = s.dst
+            default:
+                bytes = (0..<(24 + Int(rng.next(4200)))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                if bytes.count > 1 { bytes[1] = 1 }   // a plausible version byte (Ivy's layout)
+            }
+            let before = c.nodes[Int(dst)].fatals.count
+            c.inject(from: src, to: dst, bytes)
+            if c.nodes[Int(dst)].fatals.count > before { fatal += 1 } else { silent += 1 }
+        }
+        return (fatal, silent)
+    }
+}
