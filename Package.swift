@@ -84,7 +84,7 @@ let package = Package(
         // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
         .target(name: "Distributed",
                 dependencies: ["Cluster", "Config", "GuestMemory", "KVM", "Machine", "Metrics", "PluginAPI", "PluginHost",
-                               "CSystem", "TimeSync", .product(name: "Logging", package: "swift-log")],
+                               "CSystem", "TimeSync", "Firmware", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",

@@ -19,6 +19,7 @@
 
 import Cluster
 import Config
+import Firmware
 import Foundation
 import Glibc
 import GuestMemory
@@ -39,6 +40,9 @@ public struct DistributedOptions {
     public var tscSkew: Int64 = 0
     /// Align TSCs with node 0 (default on).
     public var timeSync = true
+    /// Fills in host-provided device settings (fw-cfg's cpus/memory/cmdline, ...) as `giantvm run`
+    /// does: (model, YAML settings, vCPUs, memory bytes, kernel command line) -> settings.
+    public var deviceSettings: ((String, [(key: String, value: String)], Int, UInt64, String) -> [(key: String, value: String)])?
     public init() {}
 }
 
@@ -58,6 +62,8 @@ public final class DistributedVM: @unchecked Sendable {
     let coherence: CoherencePluginInstance
     let keep: [AnyObject]
     let image: ELFImage?
+    /// A firmware-loaded image (multiboot, Linux) instead of a GiantVM ELF: loaded by machine.boot.
+    let firmwareBoot: BootRequest?
     let logger: Logger
     let options: DistributedOptions
     let cpu: CPUForwarder
@@ -105,7 +111,27 @@ public final class DistributedVM: @unchecked Sendable {
         guard let data = fm.contents(atPath: guest.image) else {
             throw WireError("\(cfg.sourcePath): guest.image: \(guest.image): cannot be read (permissions, or a directory)")
         }
-        do { image = try ELFImage(bytes: Array(data), name: guest.image) } catch {
+        let bytes = Array(data)
+        let proto = BootProtocol(rawValue: guest.bootProtocol) ?? .auto
+        let kernelCmdline = options.cmdline ?? guest.cmdline
+        do {
+            let format = try Bootloader.detect(bytes, file: guest.image, bootProtocol: proto)
+            if format == .giantvm {
+                image = try ELFImage(bytes: bytes, name: guest.image)
+                firmwareBoot = nil
+            } else {
+                var initrd: BootModule?
+                if let path = guest.initrd {
+                    guard let d = fm.contents(atPath: path) else {
+                        throw WireError("guest.initrd: \(path): cannot be read")
+                    }
+                    initrd = BootModule(name: path, bytes: Array(d), cmdline: path)
+                }
+                image = nil
+                firmwareBoot = BootRequest(file: guest.image, image: bytes, cmdline: kernelCmdline, initrd: initrd,
+                                           vcpus: cfg.totalVCPUs, bootProtocol: proto)
+            }
+        } catch {
             throw WireError("\(cfg.sourcePath): guest.image: \(error)")
         }
 
@@ -181,7 +207,8 @@ public final class DistributedVM: @unchecked Sendable {
                 let s = HostServicesTable(pluginName: "\(p.name)/\(d.name)", metrics: metrics, logger: logger) { [weak m] msg in
                     m?.requestStop(.failure("device '\(d.name)' plugin fatal: \(msg)"))
                 }
-                let st = SettingsTable(d.settings)
+                let filled = options.deviceSettings?(d.model, d.settings, cfg.totalVCPUs, cfg.memoryBytes, kernelCmdline) ?? d.settings
+                let st = SettingsTable(filled)
                 let dev = try PluginDevice(name: d.name, model: model, services: s.pointer, base: d.base, irq: d.irq,
                                            settings: st.pointer, settingCount: st.count, delegate: m, keepAlive: [s, st])
                 m.addDevice(dev)
@@ -348,9 +375,14 @@ public final class DistributedVM: @unchecked Sendable {
         for p in node.peers { node.send(channel: .io, to: p, IOMessage.ready.encode()) }
         try waitFor("every node to be ready", timeout: config.timeouts.connect) { self.readyPeers.count == self.node.peers.count }
 
-        if machine.config.localVCPUs.contains(0), let image {
-            try machine.load(image: image)
-            logger.info("loaded \(image.name) (entry 0x\(String(image.entry, radix: 16)))")
+        if machine.config.localVCPUs.contains(0) {
+            if let image {
+                try machine.load(image: image)
+                logger.info("loaded \(image.name) (entry 0x\(String(image.entry, radix: 16)))")
+            } else if let firmwareBoot {
+                let plan = try machine.boot(firmwareBoot)
+                logger.info("loaded \(firmwareBoot.file): \(plan.summary)")
+            }
         }
     }
 

@@ -17,6 +17,7 @@ extension NodeCommand {
         options.cmdline = cmdline
         options.tscSkew = tscSkew
         options.timeSync = !noTimeSync
+        options.deviceSettings = { FirmwareDeviceSettings.fill(model: $0, settings: $1, vcpus: $2, memoryBytes: $3, cmdline: $4) }
         let vm: DistributedVM
         do {
             vm = try DistributedVM(config: cfg, id: id, loader: loader, logger: logger, options: options,

@@ -185,6 +185,23 @@ final class VMProcessTests: XCTestCase {
         XCTAssertEqual(stat(r.stdout, node: 1, "uffd_missing"), 0, "node 1 runs no vCPU and touches no guest page")
     }
 
+    /// The same guest through its multiboot entry (firmware loader on the BSP's node, vCPU count
+    /// from fw-cfg): the APs on node 1 start by SIPI and every vCPU says hello.
+    func testMultibootGuestAcrossNodes() throws {
+        let path = vmConfig(port: 20360)
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = text.replacingOccurrences(of: "  cmdline: \"hello\"", with: "  protocol: multiboot\n  cmdline: \"hello\"")
+        text = text.replacingOccurrences(of: "  - {name: results, model: results, node: 0, base: 0xe0}",
+                                         with: "  - {name: results, model: results, node: 0, base: 0xe0}\n  - {name: fwcfg, model: fw-cfg, node: 0}")
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let r = try up(path)
+        XCTAssertEqual(r.status, 0, r.output)
+        let n0 = lines(r.stdout, "[node 0] ")
+        XCTAssertEqual(Set(n0.filter { $0.hasPrefix("hello from") }), Set((0..<4).map { "hello from vCPU \($0)" }), r.stdout)
+        XCTAssertTrue(n0.contains { $0.hasPrefix("SUMMARY workload=hello vcpus=4 ok=true") }, r.stdout)
+        XCTAssertGreaterThanOrEqual(stat(r.stdout, node: 1, "ipi_in") ?? 0, 4, r.stdout)
+    }
+
     /// Three nodes (1 + 2 + 1 vCPUs), the UART on node 2, the exit device and the IOAPIC on
     /// node 1: hello from every vCPU on node 2's console, exact IPIs, every node exits 0.
     func testThreeNodesDevicesSpreadOut() throws {
