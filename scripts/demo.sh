@@ -10,6 +10,9 @@ echo "== giantvm plugins list --config examples/cluster-3node.yaml"
 $GVM plugins list --config examples/cluster-3node.yaml
 echo "== giantvm up examples/cluster-3node.yaml --duration 3   (3 nodes meet, traffic on every channel, clean stop)"
 $GVM up examples/cluster-3node.yaml --duration 3
+echo "== giantvm run --config examples/vm-1node.yaml   (the test guest on 1 node x 2 vCPUs, memory over userfaultfd)"
+$GVM run --config examples/vm-1node.yaml --timeout 60 </dev/null
+$GVM run --config examples/vm-1node.yaml --cmdline "counter iters=20000" --timeout 60 </dev/null
 
 # One VM over two node processes (2 nodes x 2 vCPUs, dsm-ivy over transport-tcp on loopback):
 # every vCPU says hello through the one UART (node 0), IPIs and a shared counter across nodes
