@@ -46,3 +46,39 @@ final class DebianTwoNodeTests: XCTestCase {
         XCTAssertTrue(r.output.contains("[node 1]") && r.output.contains("node 0 failed") || r.status == 0, r.output.suffix(3000).description)
     }
 }
+
+/// The SMP test guest through its multiboot entry on 2 nodes x 1 vCPU: the firmware loader runs on
+/// the BSP's node, the guest reads its vCPU count (2) from fw-cfg, starts the AP on node 1 by SIPI
+/// and IPIs it; the guest powers off through the exit device and every node exits 0.
+final class MultibootTwoNodeTests: XCTestCase {
+    func testMultibootGuestOnTwoNodesOneVCPUEach() throws {
+        try Requirement.kvm()
+        try Requirement.userfaultfd()
+        try Requirement.builtGiantVM()
+        let elf = Built.packageRoot + "/Guests/build/testguest.elf"
+        guard FileManager.default.fileExists(atPath: elf) else { throw XCTSkip("Guests/build/testguest.elf not built (make -C Guests)") }
+        for (workload, check) in [("hello", "SUMMARY workload=hello vcpus=2 ok=true"), ("ipi ipis=20", "SUMMARY workload=ipi vcpus=2 ok=true")] {
+            let cfg = temporaryFile("""
+                cluster: mb2
+                nodes:
+                  - {id: 0, address: 127.0.0.1, port: 19550, vcpus: 1}
+                  - {id: 1, address: 127.0.0.1, port: 19551, vcpus: 1}
+                memory: 32MiB
+                transport: {plugin: transport-tcp}
+                coherence: {plugin: dsm-ivy}
+                devices:
+                  - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+                  - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+                  - {name: fwcfg, model: fw-cfg, node: 0}
+                guest:
+                  image: \(elf)
+                  protocol: multiboot
+                  cmdline: "\(workload)"
+                """)
+            let r = try giantvm(["up", cfg], timeout: 90)
+            XCTAssertEqual(r.status, 0, r.output.suffix(3000).description)
+            XCTAssertTrue(r.stdout.contains("[node 0] hello from vCPU 1") || workload != "hello", r.stdout)
+            XCTAssertTrue(r.stdout.contains("[node 0] \(check)"), r.stdout.suffix(3000).description)
+        }
+    }
+}
