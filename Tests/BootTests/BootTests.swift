@@ -195,6 +195,33 @@ func extractDebianVmlinux() throws -> (vmlinux: String, kernel: String) {
     return (out, name)
 }
 
+/// A config booting the Debian vmlinux with a UART, the exit device and the PC devices Linux
+/// probes, all on node 0; one node per entry of `vcpusPerNode`.
+func debianConfig(cluster: String, vmlinux: String, cmdline: String, vcpusPerNode: [Int], firstPort: Int,
+                  coherence: String) -> String {
+    let nodes = vcpusPerNode.enumerated().map { i, v in
+        "  - {id: \(i), address: 127.0.0.1, port: \(firstPort + i), vcpus: \(v)}"
+    }.joined(separator: "\n")
+    return """
+        cluster: \(cluster)
+        nodes:
+        \(nodes)
+        memory: 256MiB
+        transport: {plugin: transport-tcp}
+        coherence: {plugin: \(coherence)}
+        devices:
+          - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+          - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+          - {name: fwcfg, model: fw-cfg, node: 0}
+          - {name: pit, model: i8254, node: 0, irq: 2}
+          - {name: rtc, model: cmos-rtc, node: 0}
+          - {name: kbd, model: i8042, node: 0, irq: 1}
+        guest:
+          image: \(vmlinux)
+          cmdline: "\(cmdline)"
+        """
+}
+
 final class DebianVmlinuxTests: XCTestCase {
     /// The uncompressed kernel skips the ring-0 decompressor: banner and command line within 60 s.
     func testDebianVmlinuxPrintsBannerAndCommandLine() throws {
@@ -203,24 +230,8 @@ final class DebianVmlinuxTests: XCTestCase {
         try Requirement.builtGiantVM()
         let (vmlinux, _) = try extractDebianVmlinux()
         let cmdline = "earlyprintk=serial,ttyS0,115200 console=ttyS0"
-        let cfg = temporaryFile("""
-            cluster: debian
-            nodes:
-              - {id: 0, address: 127.0.0.1, port: 19530, vcpus: 1}
-            memory: 256MiB
-            transport: {plugin: transport-tcp}
-            coherence: {plugin: dsm-local}
-            devices:
-              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
-              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
-              - {name: fwcfg, model: fw-cfg, node: 0}
-              - {name: pit, model: i8254, node: 0, irq: 2}
-              - {name: rtc, model: cmos-rtc, node: 0}
-              - {name: kbd, model: i8042, node: 0, irq: 1}
-            guest:
-              image: \(vmlinux)
-              cmdline: "\(cmdline)"
-            """)
+        let cfg = temporaryFile(debianConfig(cluster: "debian", vmlinux: vmlinux, cmdline: cmdline,
+                                             vcpusPerNode: [1], firstPort: 19530, coherence: "dsm-local"))
         let child = try Child(Built.giantvm, ["run", "--config", cfg, "--timeout", "90"])
         defer { child.signal(SIGKILL); _ = child.wait(timeout: 10) }
         let bound: TimeInterval = 60

@@ -12,25 +12,8 @@ final class DebianTwoNodeTests: XCTestCase {
         try Requirement.builtGiantVM()
         let (vmlinux, _) = try extractDebianVmlinux()
         let cmdline = "earlyprintk=serial,ttyS0,115200 console=ttyS0"
-        let cfg = temporaryFile("""
-            cluster: debian2
-            nodes:
-              - {id: 0, address: 127.0.0.1, port: 19540, vcpus: 1}
-              - {id: 1, address: 127.0.0.1, port: 19541, vcpus: 1}
-            memory: 256MiB
-            transport: {plugin: transport-tcp}
-            coherence: {plugin: dsm-ivy}
-            devices:
-              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
-              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
-              - {name: fwcfg, model: fw-cfg, node: 0}
-              - {name: pit, model: i8254, node: 0, irq: 2}
-              - {name: rtc, model: cmos-rtc, node: 0}
-              - {name: kbd, model: i8042, node: 0, irq: 1}
-            guest:
-              image: \(vmlinux)
-              cmdline: "\(cmdline)"
-            """)
+        let cfg = temporaryFile(debianConfig(cluster: "debian2", vmlinux: vmlinux, cmdline: cmdline,
+                                             vcpusPerNode: [1, 1], firstPort: 19540, coherence: "dsm-ivy"))
         let child = try Child(Built.giantvm, ["up", cfg])
         defer { child.signal(SIGTERM); _ = child.wait(timeout: 15) }
         let bound: TimeInterval = 120
