@@ -79,7 +79,8 @@ let package = Package(
         .target(name: "TimeSync", path: "Sources/TimeSync", swiftSettings: swiftSettings),
         .target(name: "Firmware", path: "Sources/Firmware", swiftSettings: swiftSettings),
         .target(name: "Machine",
-                dependencies: ["KVM", "GuestMemory", "Interrupts", "Firmware", "PluginAPI", "CSystem", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["KVM", "GuestMemory", "Interrupts", "Firmware", "PluginAPI", "PluginHost", "Config", "Metrics",
+                               "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
         .target(name: "Distributed",

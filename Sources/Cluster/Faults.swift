@@ -267,7 +267,7 @@ public final class FaultInjectingTransport: FrameTransport, @unchecked Sendable 
         case .delay?:
             let r = rule!
             let jitter = r.jitterNanoseconds > 0 ? UInt64(random() * Double(r.jitterNanoseconds)) : 0
-            timed.append(Timed(due: clusterNowNanoseconds() + r.delayNanoseconds + jitter, dst: node, lane: lane,
+            timed.append(Timed(due: monotonicNanoseconds() + r.delayNanoseconds + jitter, dst: node, lane: lane,
                                bytes: bytes, heldToken: nil))
             metrics.add(delayed, 1)
             mon.broadcast()
@@ -276,7 +276,7 @@ public final class FaultInjectingTransport: FrameTransport, @unchecked Sendable 
             let token = nextToken
             nextToken += 1
             held[key] = (bytes, token)
-            timed.append(Timed(due: clusterNowNanoseconds() + rule!.delayNanoseconds, dst: node, lane: lane,
+            timed.append(Timed(due: monotonicNanoseconds() + rule!.delayNanoseconds, dst: node, lane: lane,
                                bytes: [], heldToken: token))
             metrics.add(reordered, 1)
             mon.broadcast()
@@ -296,7 +296,7 @@ public final class FaultInjectingTransport: FrameTransport, @unchecked Sendable 
                 mon.wait()
                 continue
             }
-            let now = clusterNowNanoseconds()
+            let now = monotonicNanoseconds()
             if timed[next].due > now {
                 mon.wait(until: timed[next].due)
                 continue

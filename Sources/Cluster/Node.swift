@@ -170,7 +170,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
     public func start() throws {
         started = true
         try transport.start()
-        let deadline = clusterNowNanoseconds() + UInt64(config.timeouts.connect * 1e9)
+        let deadline = monotonicNanoseconds() + UInt64(config.timeouts.connect * 1e9)
         let failure: String? = mon.withLock {
             while true {
                 if let i = lost.indices.first(where: { lost[$0] && $0 != Int(id) }) {
@@ -179,7 +179,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
                 if let reason { return "stopped while meeting peers: \(reason.message)" }
                 let missing = peers.filter { !up[Int($0)] }
                 if missing.isEmpty { return nil }
-                if clusterNowNanoseconds() >= deadline {
+                if monotonicNanoseconds() >= deadline {
                     let names = missing.map { "node \($0) (\(address($0)))" }.joined(separator: ", ")
                     return "cannot reach \(names) within \(format(config.timeouts.connect)) s (timeouts.connect)"
                 }
@@ -200,7 +200,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
             shutdown(r)
             throw ClusterError(failure)
         }
-        let now = clusterNowNanoseconds()
+        let now = monotonicNanoseconds()
         mon.withLock {
             for i in lastHeard.indices { lastHeard[i] = now }
             running = true
@@ -272,7 +272,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
         if isUp {
             mon.withLock {
                 up[Int(node)] = true
-                lastHeard[Int(node)] = clusterNowNanoseconds()
+                lastHeard[Int(node)] = monotonicNanoseconds()
                 mon.broadcast()
             }
             logger.info("node \(node) is connected")
@@ -304,7 +304,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
         switch (channel, type) {
         case (.heartbeat, 0x01):
             metrics.add(cBeats, 1)
-            mon.withLock { lastHeard[Int(node)] = clusterNowNanoseconds() }
+            mon.withLock { lastHeard[Int(node)] = monotonicNanoseconds() }
         case (.control, 0x01):
             guard let status = r.i32(), let origin = r.u32(), let lostNode = r.u32(), let message = r.text() else {
                 logger.error("malformed STOP message from node \(node)")
@@ -333,12 +333,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
         let interval = UInt64(config.timeouts.heartbeat * 1e9)
         let failure = UInt64(config.timeouts.failure * 1e9)
         var seq: UInt64 = 0
-        var next = clusterNowNanoseconds()
+        var next = monotonicNanoseconds()
         while true {
             let silent: [(UInt32, UInt64)]? = mon.withLock {
-                while reason == nil && clusterNowNanoseconds() < next { mon.wait(until: next) }
+                while reason == nil && monotonicNanoseconds() < next { mon.wait(until: next) }
                 if reason != nil { return nil }
-                let now = clusterNowNanoseconds()
+                let now = monotonicNanoseconds()
                 return peers.compactMap { p in
                     let i = Int(p)
                     guard !lost[i], !peerStopping[i], now > lastHeard[i], now - lastHeard[i] > failure else { return nil }
@@ -353,12 +353,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
             seq += 1
             var w = MessageWriter(type: 0x01)
             w.u64(seq)
-            w.u64(clusterNowNanoseconds())
+            w.u64(monotonicNanoseconds())
             for p in peers where !mon.withLock({ lost[Int(p)] }) {
                 send(channel: .heartbeat, to: p, w.bytes, lane: GVM_LANE_URGENT)
             }
             next += interval
-            let now = clusterNowNanoseconds()
+            let now = monotonicNanoseconds()
             if next < now { next = now + interval }
         }
     }
@@ -422,9 +422,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
         for p in targets where send(channel: .control, to: p, w.bytes) != GVM_OK.rawValue {
             mon.withLock { lost[Int(p)] = true }
         }
-        let deadline = clusterNowNanoseconds() + 2_000_000_000
+        let deadline = monotonicNanoseconds() + 2_000_000_000
         mon.withLock {
-            while clusterNowNanoseconds() < deadline
+            while monotonicNanoseconds() < deadline
                     && targets.contains(where: { !acked[Int($0)] && !peerStopping[Int($0)] && !lost[Int($0)] }) {
                 mon.wait(until: deadline)
             }

@@ -71,13 +71,7 @@ public final class Monitor: @unchecked Sendable {
     public func broadcast() { pthread_cond_broadcast(c) }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-@inline(__always)
-public func clusterNowNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+
 
 /// An error of the node runtime, with a message a person can act on.
 public struct ClusterError: Error, CustomStringConvertible, Sendable {

@@ -188,34 +188,17 @@ public final class DistributedVM: @unchecked Sendable {
         }
         machine = m
         // Multiple-writer protocols flush at the VMM's synchronisation points (as `giantvm run`).
-        let fenceEnd = MemoryLayout<gvm_coherence_ops>.offset(of: \.fence)! + MemoryLayout<UnsafeRawPointer>.size
-        if Int(ops.pointee.size) >= fenceEnd, let fence = ops.pointee.fence {
-            let instance = coherence.instance
-            m.fenceHook = { vcpu, kind in _ = fence(instance, UInt32(vcpu), kind) }
-        }
+        m.fenceHook = coherence.fenceHook
 
         // 4. Local devices.
         var kept: [AnyObject] = [services, clusterInfo, settings]
-        var devs: [PluginDevice] = []
-        for d in cfg.devices where d.node == id {
-            do {
-                let p = try loader.load(d.plugin, kind: .device)
-                guard let model = p.deviceModel(named: d.model) else {
-                    let offered = p.deviceModels.map(\.name).joined(separator: ", ")
-                    throw WireError("device '\(d.name)': plugin \(p.name) has no model '\(d.model)' (it offers: \(offered))")
-                }
-                let s = HostServicesTable(pluginName: "\(p.name)/\(d.name)", metrics: metrics, logger: logger) { [weak m] msg in
-                    m?.requestStop(.failure("device '\(d.name)' plugin fatal: \(msg)"))
-                }
-                let filled = options.deviceSettings?(d.model, d.settings, cfg.totalVCPUs, cfg.memoryBytes, kernelCmdline) ?? d.settings
-                let st = SettingsTable(filled)
-                let dev = try PluginDevice(name: d.name, model: model, services: s.pointer, base: d.base, irq: d.irq,
-                                           settings: st.pointer, settingCount: st.count, delegate: m, keepAlive: [s, st])
-                m.addDevice(dev)
-                devs.append(dev)
-            } catch {
-                throw WireError("\(cfg.sourcePath): device '\(d.name)' (node \(id)): \(error)")
+        let devs: [PluginDevice]
+        do {
+            devs = try m.addDevices(of: cfg, onNode: id, loader: loader, metrics: metrics, logger: logger) { [options] d in
+                options.deviceSettings?(d.model, d.settings, cfg.totalVCPUs, cfg.memoryBytes, kernelCmdline) ?? d.settings
             }
+        } catch {
+            throw WireError("\(cfg.sourcePath) (node \(id)): \(error)")
         }
         devices = devs
         kept.append(contentsOf: devs)
@@ -309,9 +292,9 @@ public final class DistributedVM: @unchecked Sendable {
             shutdown()
             return DistributedOutcome(status: r.status == 0 ? 1 : r.status, message: r.message)
         }
-        let started = clusterNowNanoseconds()
+        let started = monotonicNanoseconds()
         let stop = machine.run(timeout: options.timeout)
-        let elapsed = Double(clusterNowNanoseconds() - started) / 1e9
+        let elapsed = Double(monotonicNanoseconds() - started) / 1e9
         let reason: StopReason
         switch stop {
         case let .guestExit(status, why):

@@ -84,7 +84,7 @@ public final class IOForwarder: @unchecked Sendable {
         let count = data.count / itemSize
         let msg = IOMessage.request(id: id, space: UInt8(space.rawValue), address: address, itemSize: UInt8(itemSize),
                                     count: UInt32(count), isWrite: isWrite, data: isWrite ? Array(UnsafeRawBufferPointer(data)) : [])
-        let start = clusterNowNanoseconds()
+        let start = monotonicNanoseconds()
         let rc = node.send(channel: .io, to: home, msg.encode())
         if rc != 0 {
             _ = lock.withLock { pending.removeValue(forKey: id) }
@@ -97,7 +97,7 @@ public final class IOForwarder: @unchecked Sendable {
         if let f = w.failure { throw IOForwardError(message: f) }
         metrics.add(cCalls, 1)
         metrics.add(cBytes, UInt64(data.count))
-        metrics.record(hRoundTrip, nanoseconds: clusterNowNanoseconds() - start)
+        metrics.record(hRoundTrip, nanoseconds: monotonicNanoseconds() - start)
         if !isWrite {
             if w.status == .ok && w.data.count == data.count {
                 w.data.withUnsafeBytes { data.copyMemory(from: $0) }

@@ -42,6 +42,15 @@ public final class CoherencePluginInstance {
         memory.attach(ops: ops, instance: inst)
     }
 
+    /// The plugin's optional `fence` hook as a closure for the VMM's synchronisation points, or nil
+    /// when the plugin has none (or its ops table is too short to hold it).
+    public var fenceHook: ((_ vcpu: Int, _ kind: UInt32) -> Void)? {
+        let fenceEnd = MemoryLayout<gvm_coherence_ops>.offset(of: \.fence)! + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(ops.pointee.size) >= fenceEnd, let fence = ops.pointee.fence else { return nil }
+        let inst = instance
+        return { vcpu, kind in _ = fence(inst, UInt32(vcpu), kind) }
+    }
+
     /// Calls the optional `start` hook.
     public func start() throws {
         guard let start = ops.pointee.start else { return }

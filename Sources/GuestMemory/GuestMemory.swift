@@ -27,6 +27,7 @@
 // every event is re-checked against the page's current state; the uffd is never unregistered
 // or closed while the mapping exists (stop is a flag plus an eventfd kick).
 
+import Metrics
 import CSystem
 import Glibc
 import Logging
@@ -667,9 +668,7 @@ public final class GuestMemory: @unchecked Sendable {
             lock(gfn)
             pinWaiters[s] += 1
             while wakeGens[i] == gen && !stopping.load(ordering: .acquiring) {
-                var ts = timespec()
-                clock_gettime(CLOCK_MONOTONIC, &ts)
-                let now = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+                let now = monotonicNanoseconds()
                 if let deadline, now >= deadline {
                     pinWaiters[s] -= 1
                     unlock(gfn)
@@ -679,7 +678,7 @@ public final class GuestMemory: @unchecked Sendable {
                 // Wake at least every 100 ms to notice stop() and the deadline.
                 var until = min(now + 100_000_000, deadline ?? UInt64.max)
                 until = max(until, now + 1)
-                ts.tv_sec = Int(until / 1_000_000_000); ts.tv_nsec = Int(until % 1_000_000_000)
+                var ts = timespec(tv_sec: Int(until / 1_000_000_000), tv_nsec: Int(until % 1_000_000_000))
                 pthread_cond_timedwait(conds + s, mutexes + s, &ts)
             }
             pinWaiters[s] -= 1
@@ -788,10 +787,4 @@ public final class GuestMemory: @unchecked Sendable {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+

@@ -1,6 +1,7 @@
 // `giantvm net-bench F`: round-trip latency and one-way bandwidth between node 0 and every other
 // node through the configured transport, beside a raw-TCP floor measured in the same run.
 
+import Metrics
 import ArgumentParser
 import Cluster
 import Config
@@ -146,18 +147,18 @@ struct NetBenchDriver {
         for i in 0..<(warmup + roundTrips) {
             let seq = UInt64(i + 1) | (UInt64(peer) << 48) | (UInt64(size) << 32)
             for b in 0..<8 { frame[2 + b] = UInt8(truncatingIfNeeded: seq >> (8 * UInt64(b))) }
-            let t0 = clusterNowNanoseconds()
+            let t0 = monotonicNanoseconds()
             let rc = node.send(channel: .control, to: peer, frame, lane: lane)
             guard rc == GVM_OK.rawValue else { throw ClusterError("send to node \(peer): \(String(cString: gvm_status_name(rc)))") }
             let deadline = t0 + 5_000_000_000
             let ok: Bool = responder.mon.withLock {
-                while responder.lastPong != seq && clusterNowNanoseconds() < deadline && node.stopReason == nil {
+                while responder.lastPong != seq && monotonicNanoseconds() < deadline && node.stopReason == nil {
                     responder.mon.wait(until: deadline)
                 }
                 return responder.lastPong == seq
             }
             guard ok else { throw ClusterError("no answer from node \(peer) within 5 s (round trip \(i))") }
-            if i >= warmup { _ = h.record(clusterNowNanoseconds() - t0) }
+            if i >= warmup { _ = h.record(monotonicNanoseconds() - t0) }
         }
         return Latency(p50: Double(h.valueAtPercentile(50)), p99: Double(h.valueAtPercentile(99)), mean: h.mean)
     }
@@ -168,7 +169,7 @@ struct NetBenchDriver {
         frame[0] = bData
         let frames = (megabytes << 20) / frameSize
         responder.mon.withLock { responder.done = nil }
-        let t0 = clusterNowNanoseconds()
+        let t0 = monotonicNanoseconds()
         for _ in 0..<frames {
             while true {
                 let rc = node.send(channel: .control, to: peer, frame, lane: GVM_LANE_BULK)
@@ -182,14 +183,14 @@ struct NetBenchDriver {
         var w = MessageWriter(type: bEnd)
         w.u64(UInt64(frames))
         node.send(channel: .control, to: peer, w.bytes, lane: GVM_LANE_BULK)
-        let deadline = clusterNowNanoseconds() + 60_000_000_000
+        let deadline = monotonicNanoseconds() + 60_000_000_000
         let done: (frames: UInt64, bytes: UInt64)? = responder.mon.withLock {
-            while responder.done == nil && clusterNowNanoseconds() < deadline && node.stopReason == nil {
+            while responder.done == nil && monotonicNanoseconds() < deadline && node.stopReason == nil {
                 responder.mon.wait(until: deadline)
             }
             return responder.done
         }
-        let t1 = clusterNowNanoseconds()
+        let t1 = monotonicNanoseconds()
         guard let done else { throw ClusterError("node \(peer) did not confirm the bandwidth run") }
         guard done.frames == UInt64(frames) else {
             throw ClusterError("node \(peer) received \(done.frames) of \(frames) frames")
@@ -291,11 +292,11 @@ final class RawTCPFloor {
         var scratch: [UInt8] = []
         let warmup = min(200, roundTrips)
         for i in 0..<(warmup + roundTrips) {
-            let t0 = clusterNowNanoseconds()
+            let t0 = monotonicNanoseconds()
             guard RawTCPFloor.writeAll(client, msg), RawTCPFloor.readN(client, msg.count, &scratch) != nil else {
                 throw ClusterError("floor: loopback echo failed")
             }
-            if i >= warmup { _ = h.record(clusterNowNanoseconds() - t0) }
+            if i >= warmup { _ = h.record(monotonicNanoseconds() - t0) }
         }
         return NetBenchDriver.Latency(p50: Double(h.valueAtPercentile(50)), p99: Double(h.valueAtPercentile(99)), mean: h.mean)
     }
@@ -306,7 +307,7 @@ final class RawTCPFloor {
         var hdr: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF]
         for b in 0..<8 { hdr.append(UInt8(truncatingIfNeeded: total >> (8 * UInt64(b)))) }
         let chunk = [UInt8](repeating: 0xA5, count: 60 * 1024)
-        let t0 = clusterNowNanoseconds()
+        let t0 = monotonicNanoseconds()
         guard RawTCPFloor.writeAll(client, hdr) else { throw ClusterError("floor: write failed") }
         var left = total
         while left > 0 {
@@ -316,7 +317,7 @@ final class RawTCPFloor {
         }
         var scratch: [UInt8] = []
         guard RawTCPFloor.readN(client, 1, &scratch) != nil else { throw ClusterError("floor: no ack") }
-        return Double(total) / 1048576 / (Double(clusterNowNanoseconds() - t0) / 1e9)
+        return Double(total) / 1048576 / (Double(monotonicNanoseconds() - t0) / 1e9)
     }
 
     func close() {

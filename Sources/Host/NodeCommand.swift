@@ -115,8 +115,8 @@ struct NodeCommand: ParsableCommand {
         }
         if let duration {
             let t = try OSThread(name: "duration") {
-                let deadline = clusterNowNanoseconds() + UInt64(duration * 1e9)
-                while clusterNowNanoseconds() < deadline && node.stopReason == nil { usleep(20_000) }
+                let deadline = monotonicNanoseconds() + UInt64(duration * 1e9)
+                while monotonicNanoseconds() < deadline && node.stopReason == nil { usleep(20_000) }
                 node.stop(reason: "finished after --duration \(duration) s")
             }
             _ = t
@@ -224,11 +224,11 @@ final class ChannelProbe: @unchecked Sendable {
             }
         }
         let want = Channel.allCases.count * node.peers.count
-        let deadline = clusterNowNanoseconds() + UInt64(timeout * 1e9)
+        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
         return mon.withLock {
             while (answered.count < want || pinged.count < want) && wrong.isEmpty
-                    && node.stopReason == nil && clusterNowNanoseconds() < deadline {
-                mon.wait(until: min(deadline, clusterNowNanoseconds() + 100_000_000))
+                    && node.stopReason == nil && monotonicNanoseconds() < deadline {
+                mon.wait(until: min(deadline, monotonicNanoseconds() + 100_000_000))
             }
             if !wrong.isEmpty { return .failure(ClusterError(wrong.joined(separator: "; "))) }
             if answered.count < want || pinged.count < want {

@@ -156,41 +156,20 @@ struct Run: ParsableCommand {
             machine = try Machine(config: mc, ram: ram, logger: logger)
             fatalTarget.machine = machine
             // Multiple-writer protocols flush at the VMM's synchronisation points.
-            if let c = coherence {
-                let fenceEnd = MemoryLayout<gvm_coherence_ops>.offset(of: \.fence)! + MemoryLayout<UnsafeRawPointer>.size
-                if Int(c.ops.pointee.size) >= fenceEnd, let fence = c.ops.pointee.fence {
-                    let inst = c.instance
-                    machine.fenceHook = { vcpu, kind in _ = fence(inst, UInt32(vcpu), kind) }
-                }
-            }
+            machine.fenceHook = coherence?.fenceHook
         } catch {
             fail("cannot create the VM: \(error)", code: RunExitStatus.machineFailure)
         }
 
         // Devices on this node, each from its plugin.
-        var keep: [AnyObject] = []
-        for d in cfg.devices where d.node == 0 {
-            do {
-                let plugin = try loader.load(d.plugin, kind: .device)
-                guard let model = plugin.deviceModel(named: d.model) else {
-                    let offered = plugin.deviceModels.map(\.name).joined(separator: ", ")
-                    fail("\(config): device '\(d.name)': plugin \(plugin.name) has no model '\(d.model)' (it offers: \(offered))")
-                }
-                let services = HostServicesTable(pluginName: "\(plugin.name)/\(d.name)", metrics: metrics, logger: logger) {
-                    [weak machine] msg in machine?.requestStop(.failure("device plugin fatal: \(msg)"))
-                }
-                let settings = SettingsTable(FirmwareDeviceSettings.fill(model: d.model, settings: d.settings, vcpus: cfg.totalVCPUs,
-                                                                         memoryBytes: cfg.memoryBytes, cmdline: kernelCmdline))
-                let dev = try PluginDevice(name: d.name, model: model, services: services.pointer, base: d.base, irq: d.irq,
-                                           settings: settings.pointer, settingCount: settings.count, delegate: machine,
-                                           keepAlive: [services, settings])
-                machine.addDevice(dev)
-                keep.append(dev)
-            } catch let e as DeviceError {
-                fail("\(config): \(e)")
-            } catch {
-                fail("\(config): device '\(d.name)': \(error)")
+        let keep: [PluginDevice]
+        do {
+            keep = try machine.addDevices(of: cfg, onNode: 0, loader: loader, metrics: metrics, logger: logger) { d in
+                FirmwareDeviceSettings.fill(model: d.model, settings: d.settings, vcpus: cfg.totalVCPUs,
+                                            memoryBytes: cfg.memoryBytes, cmdline: kernelCmdline)
             }
+        } catch {
+            fail("\(config): \(error)")
         }
         var bootSummary: String
         if let image {
@@ -205,7 +184,7 @@ struct Run: ParsableCommand {
         }
 
         // Host console input goes to every device that takes it (the UART's receive FIFO).
-        let inputDevices = keep.compactMap { $0 as? PluginDevice }.filter { $0.takesConsoleInput }
+        let inputDevices = keep.filter { $0.takesConsoleInput }
         if !inputDevices.isEmpty {
             let reader = Thread {
                 var buf = [UInt8](repeating: 0, count: 256)

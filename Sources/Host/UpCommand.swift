@@ -1,5 +1,6 @@
 // `giantvm up F`: starts every node of the config on this machine as separate processes.
 
+import Metrics
 import ArgumentParser
 import Cluster
 import Config
@@ -131,12 +132,12 @@ final class ClusterLauncher: @unchecked Sendable {
                 if code != 0 {
                     let what = (st & 0x7f) == 0 ? "exited with status \(code)" : "was killed by signal \(st & 0x7f)"
                     emit("[up] node \(idx) \(what)\n", to: 2)
-                    if firstFailure == nil { firstFailure = clusterNowNanoseconds() }
+                    if firstFailure == nil { firstFailure = monotonicNanoseconds() }
                 }
                 continue
             }
             if pid < 0 && errno == ECHILD { break }
-            if let f = firstFailure, !killed, clusterNowNanoseconds() - f > grace {
+            if let f = firstFailure, !killed, monotonicNanoseconds() - f > grace {
                 emit("[up] killing nodes still running \(Int(config.timeouts.failure + 5)) s after the first failure\n", to: 2)
                 killAll(pids.filter { statuses[$0] == nil }, SIGKILL)
                 killed = true

@@ -1,6 +1,7 @@
 // `giantvm node --config F --id N` for a config with `guest:`: this node's part of one VM
 // spread over every node of the config (Sources/Distributed).
 
+import Metrics
 import Cluster
 import Config
 import Distributed
@@ -31,8 +32,8 @@ extension NodeCommand {
         }
         if let duration {
             _ = try? OSThread(name: "duration") {
-                let deadline = clusterNowNanoseconds() + UInt64(duration * 1e9)
-                while clusterNowNanoseconds() < deadline && node.stopReason == nil { usleep(20_000) }
+                let deadline = monotonicNanoseconds() + UInt64(duration * 1e9)
+                while monotonicNanoseconds() < deadline && node.stopReason == nil { usleep(20_000) }
                 node.stop(reason: "finished after --duration \(duration) s")
             }
         }

@@ -5,6 +5,7 @@
 //
 // Threading: build and configure on one thread (init, addDevice, load*); `run()` blocks that
 // thread until the machine stops; `requestStop` and the device-host callbacks are any-thread.
+import Metrics
 import Foundation
 import KVM
 import Logging
@@ -139,7 +140,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         self.ram = ram
         self.console = console
         self.logger = logger
-        self.clock = { Machine.monotonicNow() }
+        self.clock = { monotonicNanoseconds() }
         guard config.totalVCPUs >= 1 && config.totalVCPUs <= 255 else {
             throw MachineError.config("vCPU count \(config.totalVCPUs) is out of range 1...255 (xAPIC ids)")
         }
@@ -212,11 +213,6 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         }
     }
 
-    static func monotonicNow() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
 
     // ---- setup ---------------------------------------------------------------------------------
 

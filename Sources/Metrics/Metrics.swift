@@ -3,8 +3,20 @@
 // take a short lock per record.
 
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Histogram
 import Synchronization
+
+/// CLOCK_MONOTONIC in nanoseconds: the one clock every latency, timeout and deadline in the host
+/// is measured with.
+@inlinable
+public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
 
 /// Percentiles of one latency histogram, in nanoseconds.
 public struct HistogramSummary: Codable, Sendable, Equatable {

@@ -88,12 +88,6 @@ public final class HostServicesTable: @unchecked Sendable {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
 
 /// `gvm_cluster_info` for one node, with stable C strings.
 public final class ClusterInfoTable: @unchecked Sendable {

@@ -2,6 +2,7 @@
 // one at a time on that thread; cancel() waits for a running callback of the same timer unless it
 // is called from the timer thread itself.
 
+import Metrics
 import Foundation
 import Synchronization
 
