@@ -54,7 +54,8 @@ public final class Node: TransportEvents, @unchecked Sendable {
 
     private var transport: FrameTransport!
     private let mon = Monitor()
-    private var handlers: [Handler?] = Array(repeating: nil, count: Channel.allCases.count)
+    /// Handlers by channel and type byte (256 per channel), filled before `start`.
+    private var handlers: [Handler?] = Array(repeating: nil, count: Channel.allCases.count * 256)
     private var stopObservers: [(StopReason) -> Void] = []
     private var lostObservers: [(UInt32) -> Void] = []
     private var started = false
@@ -144,10 +145,27 @@ public final class Node: TransportEvents, @unchecked Sendable {
 
     // MARK: wiring (main thread, before start)
 
-    /// Sets the handler for a channel's messages (control and heartbeat: types >= 0x80 only).
+    /// Sets the handler for every message type of a channel that no other handler took (control
+    /// and heartbeat: types >= 0x80 only; types below belong to the runtime).
     public func register(channel: Channel, handler: @escaping Handler) {
         precondition(!started, "Node.register must be called before start()")
-        handlers[Int(channel.rawValue)] = handler
+        let first = channel == .control || channel == .heartbeat ? 0x80 : 0
+        for t in first...0xFF where handlers[Int(channel.rawValue) * 256 + t] == nil {
+            handlers[Int(channel.rawValue) * 256 + t] = handler
+        }
+    }
+
+    /// Sets the handler for the given type bytes of a channel (MessageType hands them out). A
+    /// type taken twice is a programming error and stops the process.
+    public func register(channel: Channel, types: some Sequence<UInt8>, handler: @escaping Handler) {
+        precondition(!started, "Node.register must be called before start()")
+        for t in types {
+            precondition((channel != .control && channel != .heartbeat) || t >= 0x80 || MessageType.probe.contains(t),
+                         "\(channel) types below 0x80 belong to the node runtime")
+            precondition(handlers[Int(channel.rawValue) * 256 + Int(t)] == nil,
+                         "\(channel) message type 0x\(String(t, radix: 16)) registered twice")
+            handlers[Int(channel.rawValue) * 256 + Int(t)] = handler
+        }
     }
 
     /// Called once, on the thread that first requests the stop, when the node starts stopping.
@@ -258,7 +276,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
             let type: UInt8 = payload.isEmpty ? 0 : payload[0]
             if (channel == .control || channel == .heartbeat) && type < 0x80 {
                 runtimeMessage(channel, from: node, type: type, payload)
-            } else if let h = handlers[Int(channel.rawValue)] {
+            } else if !payload.isEmpty, let h = handlers[Int(channel.rawValue) * 256 + Int(type)] {
                 h(node, payload)
             } else {
                 metrics.add(cUnhandled, 1)
@@ -302,16 +320,16 @@ public final class Node: TransportEvents, @unchecked Sendable {
         var r = MessageReader(payload)
         _ = r.u8()
         switch (channel, type) {
-        case (.heartbeat, 0x01):
+        case (.heartbeat, MessageType.Heartbeat.beat.rawValue):
             metrics.add(cBeats, 1)
             mon.withLock { lastHeard[Int(node)] = monotonicNanoseconds() }
-        case (.control, 0x01):
+        case (.control, MessageType.Control.stop.rawValue):
             guard let status = r.i32(), let origin = r.u32(), let lostNode = r.u32(), let message = r.text() else {
                 logger.error("malformed STOP message from node \(node)")
                 return
             }
             mon.withLock { peerStopping[Int(node)] = true; mon.broadcast() }
-            send(channel: .control, to: node, [0x02])
+            send(channel: .control, to: node, [MessageType.Control.stopAck.rawValue])
             let lostID: UInt32? = lostNode == UInt32.max ? nil : lostNode
             let text: String
             if origin == node {
@@ -320,7 +338,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
                 text = "node \(node) is stopping (decided by node \(origin)): \(message)"
             }
             stop(StopReason(status: status, message: text, origin: origin, lostNode: lostID))
-        case (.control, 0x02):
+        case (.control, MessageType.Control.stopAck.rawValue):
             mon.withLock { acked[Int(node)] = true; mon.broadcast() }
         default:
             logger.warning("unknown \(channel) message type 0x\(String(type, radix: 16)) from node \(node): dropped")
@@ -351,7 +369,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
                             + "(timeouts.failure \(format(config.timeouts.failure)) s): stopped, hung or unreachable")
             }
             seq += 1
-            var w = MessageWriter(type: 0x01)
+            var w = MessageWriter(type: MessageType.Heartbeat.beat.rawValue)
             w.u64(seq)
             w.u64(monotonicNanoseconds())
             for p in peers where !mon.withLock({ lost[Int(p)] }) {
@@ -414,7 +432,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
         // The node whose loss caused the stop (possibly unknown to this node yet, when a peer
         // told us) will not answer: do not wait for it.
         let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] && $0 != r.lostNode } }
-        var w = MessageWriter(type: 0x01)
+        var w = MessageWriter(type: MessageType.Control.stop.rawValue)
         w.i32(r.status)
         w.u32(r.origin)
         w.u32(r.lostNode ?? UInt32.max)
