@@ -82,6 +82,8 @@ let package = Package(
                 dependencies: ["KVM", "GuestMemory", "Interrupts", "Firmware", "PluginAPI", "PluginHost", "Config", "Metrics",
                                "CSystem", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Machine", swiftSettings: swiftSettings),
+        // Starting node processes: the one launcher (spawn, relay, stop together).
+        .target(name: "Launch", dependencies: ["CSystem"], path: "Sources/Launch", swiftSettings: swiftSettings),
         // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
         .target(name: "Distributed",
                 dependencies: ["Cluster", "Config", "GuestMemory", "KVM", "Machine", "Metrics", "PluginAPI", "PluginHost",
@@ -147,6 +149,7 @@ let package = Package(
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Config", "PluginHost", "PluginAPI", "Metrics",
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
+        .testTarget(name: "LaunchTests", dependencies: ["Launch"], path: "Tests/LaunchTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
         .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
         .testTarget(name: "BootTests",
