@@ -84,16 +84,29 @@ let package = Package(
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         // Starting node processes: the one launcher (spawn, relay, stop together).
         .target(name: "Launch", dependencies: ["CSystem"], path: "Sources/Launch", swiftSettings: swiftSettings),
-        // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
+        // One VM across nodes, one component per sub-protocol: interrupt forwarding, clock
+        // alignment, the start-up barrier (device maps, READY), I/O forwarding.
         .target(name: "Distributed",
-                dependencies: ["Cluster", "Config", "GuestMemory", "KVM", "Machine", "Metrics", "PluginAPI", "PluginHost",
-                               "CSystem", "TimeSync", "Firmware", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["Cluster", "Machine", "Metrics", "KVM", "CSystem", "TimeSync",
+                               .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
+        // One node from a config: cluster node, guest memory + coherence plugin, machine, devices,
+        // the distributed components; typed stop causes and the exit-status mapping.
+        .target(name: "NodeAssembly",
+                dependencies: ["Cluster", "Config", "Distributed", "Firmware", "GuestMemory", "Machine", "Metrics",
+                               "PluginAPI", "PluginHost", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/NodeAssembly", swiftSettings: swiftSettings),
+        // Tools run on a cluster, testable without the binary: the channel probe, net-bench, the
+        // bench dsm node driver, its control protocol and report models.
+        .target(name: "Bench",
+                dependencies: ["Cluster", "Config", "DsmWorkloads", "GuestMemory", "Metrics", "NodeAssembly", "PluginAPI",
+                               "PluginHost", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/Bench", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
-            dependencies: ["Config", "PluginHost", "Metrics", "UserfaultFD", "GuestMemory", "Cluster", "DsmWorkloads",
-                           "KVM", "Machine", "CSystem", "PluginAPI", "Distributed", "Firmware",
-                           .product(name: "Histogram", package: "hdrhistogram-swift"),
+            dependencies: ["Bench", "Cluster", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
+                           "PluginAPI", "PluginHost",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Sources/Host", swiftSettings: swiftSettings),

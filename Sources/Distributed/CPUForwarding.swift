@@ -17,7 +17,7 @@ import Logging
 import Machine
 import Metrics
 
-final class CPUForwarder: @unchecked Sendable {
+public final class CPUForwarder: @unchecked Sendable {
     let node: Node
     let machine: Machine
     /// Node of each global vCPU index.
@@ -26,11 +26,8 @@ final class CPUForwarder: @unchecked Sendable {
     let logger: Logger
     let metrics: MetricsRegistry
     let cIPIOut: UInt32, cIPIIn: UInt32, cAddr: UInt32, cLinesOut: UInt32, cLinesIn: UInt32, cEOIOut: UInt32, cEOIIn: UInt32
-    /// Time-sync replies go to the follower's clock aligner.
-    var onTimeReply: ((UInt32, CPUMessage) -> Void)?
-    var onTimeRequest: ((UInt32, UInt32) -> Void)?
 
-    init(node: Node, machine: Machine, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
+    public init(node: Node, machine: Machine, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
         self.node = node
         self.machine = machine
         self.vcpuNode = vcpuNode
@@ -46,8 +43,12 @@ final class CPUForwarder: @unchecked Sendable {
         cEOIIn = metrics.counter("cpu.eoi_received")
     }
 
-    /// Sets the machine's forwarding hooks (before the VM runs).
-    func install() {
+    /// Sets the machine's forwarding hooks and registers IPI, APIC_ADDR, IRQ_LINE and EOI on the
+    /// cpu channel (before `node.start()`).
+    public func install() {
+        node.register(channel: .cpu, types: [CPUMessageType.ipi, .apicAddress, .irqLine, .eoi].map(\.rawValue)) {
+            [unowned self] from, p in handle(from: from, p)
+        }
         machine.router.remoteDelivery = { [unowned self] index, m in
             let target = vcpuNode[index]
             metrics.add(cIPIOut, 1)
@@ -104,10 +105,8 @@ final class CPUForwarder: @unchecked Sendable {
         case let .eoi(vector):
             metrics.add(cEOIIn, 1)
             machine.ioapic?.eoi(vector: vector)
-        case let .timeRequest(seq):
-            onTimeRequest?(from, seq)
-        case .timeReply:
-            onTimeReply?(from, m)
+        case .timeRequest, .timeReply:
+            logger.error("time message from node \(from) reached the interrupt forwarder: dropped")
         }
     }
 }

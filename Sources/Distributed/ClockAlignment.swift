@@ -22,7 +22,7 @@ import Logging
 import Machine
 import TimeSync
 
-final class ClockAligner: @unchecked Sendable {
+public final class ClockAligner: @unchecked Sendable {
     static let tscMSR: UInt32 = 0x10
     let node: Node
     let machine: Machine
@@ -35,8 +35,17 @@ final class ClockAligner: @unchecked Sendable {
     var leaderRealOffset: Int64 = 0
     var leaderReady = false
 
-    init(node: Node, machine: Machine, skew: Int64, logger: Logger) {
+    /// Registers TIME_REQ and TIME_REP on the cpu channel: call before `node.start()`.
+    public init(node: Node, machine: Machine, skew: Int64, logger: Logger) {
         self.node = node; self.machine = machine; self.skew = skew; self.logger = logger
+        node.register(channel: .cpu, types: [CPUMessageType.timeRequest.rawValue, CPUMessageType.timeReply.rawValue]) {
+            [unowned self] from, payload in
+            switch try? CPUMessage.decode(payload) {
+            case let .timeRequest(seq)?: answer(from: from, seq: seq)
+            case let m?: reply(from: from, m)
+            case nil: logger.error("dropped a malformed time message from node \(from)")
+            }
+        }
     }
 
     func hostClock() -> UInt64 { UInt64(bitPattern: Int64(bitPattern: gvm_host_rdtsc()) &+ skew) }
@@ -80,13 +89,13 @@ final class ClockAligner: @unchecked Sendable {
 
     /// Applies the injected skew to every local vCPU's TSC (as a host whose TSC runs `skew`
     /// ahead, with the same KVM offset, would show it).
-    func injectSkew() throws {
+    public func injectSkew() throws {
         guard skew != 0 else { return }
         for (_, v) in machine.localVCPUs { try setRealOffset(v, try realOffset(v) &+ skew) }
     }
 
     /// Leader: records its offsets (against its host clock, and real) so it can answer followers.
-    func measureLeader() throws {
+    public func measureLeader() throws {
         guard let v = machine.localVCPUs.first?.vcpu else { return }
         let r = try realOffset(v)
         cond.lock()
@@ -119,19 +128,19 @@ final class ClockAligner: @unchecked Sendable {
         cond.unlock()
     }
 
-    struct Result {
-        var estimate: ClockEstimate
-        var beforeTicks: Int64
-        var afterTicks: Int64
-        var tscKHz: UInt32
+    public struct Result {
+        public var estimate: ClockEstimate
+        public var beforeTicks: Int64
+        public var afterTicks: Int64
+        public var tscKHz: UInt32
         /// The real offset programmed, and whether KVM kept it (PVM ignores TSC offset writes:
         /// its guests read the host TSC directly).
-        var programmed: Int64
-        var applied: Bool
+        public var programmed: Int64
+        public var applied: Bool
     }
 
     /// Follower: samples the leader, programs every local vCPU's TSC, checks the result.
-    func sync(leader: UInt32, samples: Int = 16, timeout: Double) throws -> Result {
+    public func sync(leader: UInt32, samples: Int = 16, timeout: Double) throws -> Result {
         guard let first = machine.localVCPUs.first?.vcpu else { throw WireError("no local vCPU to program") }
         let khz = (try? first.tscKHz()) ?? 0
         let realBefore = try realOffset(first)

@@ -29,11 +29,8 @@ public final class IOForwarder: @unchecked Sendable {
     let node: Node
     let logger: Logger
     let timeout: Double
-    /// Resolves a local access for the server (set by the VM: the machine's bus).
+    /// Resolves a local access for the server (`serve(bus:)` sets it to the machine's bus).
     var serve: ((_ space: IOSpaceKind, _ address: UInt64, _ itemSize: Int, _ data: UnsafeMutableRawBufferPointer, _ isWrite: Bool) -> IOReplyStatus)?
-    /// Called when a peer's READY or DEVMAP arrives (the start-up waits on these).
-    var onDeviceMap: ((UInt32, [DeviceRange]) -> Void)?
-    var onReady: ((UInt32) -> Void)?
 
     final class Waiter {
         let sem = DispatchSemaphore(value: 0)
@@ -56,7 +53,9 @@ public final class IOForwarder: @unchecked Sendable {
     let cCalls: UInt32, cServed: UInt32, cBytes: UInt32, hRoundTrip: UInt32
     let metrics: MetricsRegistry
 
-    init(node: Node, metrics: MetricsRegistry, timeout: Double, logger: Logger) {
+    /// Registers the I/O forwarding messages (IO_REQ, IO_REP) on the io channel: call before
+    /// `node.start()`. `timeout`: how long a vCPU waits for a reply.
+    public init(node: Node, metrics: MetricsRegistry, timeout: Double, logger: Logger) {
         self.node = node
         self.metrics = metrics
         self.timeout = timeout
@@ -65,6 +64,26 @@ public final class IOForwarder: @unchecked Sendable {
         cServed = metrics.counter("io.served_for_peers")
         cBytes = metrics.counter("io.forwarded_bytes")
         hRoundTrip = metrics.histogram("io.forward_round_trip")
+        node.register(channel: .io, types: [IOMessageType.request.rawValue, IOMessageType.reply.rawValue]) { [unowned self] from, p in
+            handle(from: from, p)
+        }
+    }
+
+    /// Serves peers' accesses with the local devices of `bus` (forwarding stubs excluded: a
+    /// request for one means the device maps disagree; it is answered all-ones and logged once).
+    public func serve(bus: IOBus) {
+        let warned = Mutex<Set<UInt64>>([])
+        serve = { [logger] space, address, size, data, isWrite in
+            guard let r = bus.lookup(space, address), !(r.device is RemoteDevice) else {
+                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+                if warned.withLock({ $0.insert(UInt64(space.rawValue) << 60 | address).inserted }) {
+                    logger.warning("forwarded \(space) access 0x\(String(address, radix: 16)) matches no device here (the device maps disagree): \(isWrite ? "ignored" : "reads all-ones")")
+                }
+                return .noDevice
+            }
+            r.device.io(space: space, offset: address - r.base, data: data, isWrite: isWrite)
+            return .ok
+        }
     }
 
     // MARK: client
@@ -108,7 +127,7 @@ public final class IOForwarder: @unchecked Sendable {
     }
 
     /// Fails every waiting and future call (the node is stopping). Any thread.
-    func failAll(_ why: String) {
+    public func failAll(_ why: String) {
         let waiters: [Waiter] = lock.withLock {
             if failed == nil { failed = why }
             let w = Array(pending.values)
@@ -131,10 +150,8 @@ public final class IOForwarder: @unchecked Sendable {
             return
         }
         switch m {
-        case let .deviceMap(ranges):
-            onDeviceMap?(from, ranges)
-        case .ready:
-            onReady?(from)
+        case .deviceMap, .ready:
+            logger.error("io message \(m) from node \(from) reached the I/O forwarder: dropped")
         case let .reply(id, status, data):
             guard let w = lock.withLock({ pending.removeValue(forKey: id) }) else {
                 logger.warning("io reply \(id) from node \(from) matches no waiting access (late or duplicate): dropped")
@@ -158,7 +175,7 @@ public final class IOForwarder: @unchecked Sendable {
 
     // MARK: server
 
-    func startServer() {
+    public func startServer() {
         let t = Thread { [self] in serverLoop() }
         t.name = "io-server"
         t.stackSize = 1 << 20

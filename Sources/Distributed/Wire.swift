@@ -1,7 +1,9 @@
 // Message formats of the distributed VM on the cluster's `cpu` and `io` channels.
 //
 // Every message is `type:u8` followed by little-endian fields (Cluster.MessageWriter/Reader).
-// Types 0xE0/0xE1 are left to the node's channel probe; everything here is below 0x80.
+// The type bytes are handed out in Cluster's MessageType registry; each component registers
+// the types it owns on its channel (InterruptForwarder: IPI..EOI; ClockAligner: TIME_*;
+// StartupBarrier: DEVMAP, READY; IOForwarder: IO_REQ, IO_REP).
 //
 // cpu channel
 //   0x01 IPI        target:u32 source:i32 mode:u8 vector:u8 level:u8
@@ -20,13 +22,8 @@
 
 import Cluster
 
-public enum CPUMessageType: UInt8 {
-    case ipi = 0x01, apicAddress = 0x02, irqLine = 0x03, eoi = 0x04, timeRequest = 0x10, timeReply = 0x11
-}
-
-public enum IOMessageType: UInt8 {
-    case deviceMap = 0x01, request = 0x02, reply = 0x03, ready = 0x04
-}
+public typealias CPUMessageType = MessageType.CPU
+public typealias IOMessageType = MessageType.IO
 
 /// A decoding failure: which message and why (from untrusted bytes).
 public struct WireError: Error, CustomStringConvertible, Equatable {
@@ -101,6 +98,8 @@ public enum CPUMessage: Equatable {
             if let s = r.u32(), let c = r.u64(), let o = r.u64(), let real = r.u64() {
                 m = .timeReply(seq: s, hostClock: c, guestOffset: Int64(bitPattern: o), realGuestOffset: Int64(bitPattern: real))
             } else { m = nil }
+        case .probePing, .probePong:
+            throw WireError("cpu message type 0x\(String(t, radix: 16)) belongs to the channel probe")
         }
         guard let m else { throw WireError("truncated or invalid cpu message \(type) (\(b.count) bytes)") }
         guard r.remaining == 0 else { throw WireError("cpu message \(type) has \(r.remaining) trailing bytes") }
@@ -188,6 +187,8 @@ public enum IOMessage: Equatable {
         case .ready:
             guard r.remaining == 0 else { throw WireError("ready has trailing bytes") }
             return .ready
+        case .probePing, .probePong:
+            throw WireError("io message type 0x\(String(t, radix: 16)) belongs to the channel probe")
         }
     }
 

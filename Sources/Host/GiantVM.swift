@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import Foundation
+import Glibc
 import Logging
 
 @main
@@ -64,3 +65,58 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     FileHandle.standardError.write(Data("giantvm: error: \(message)\n".utf8))
     exit(code)
 }
+
+/// Prints a line to stdout at once (stdout may be a pipe to a launcher).
+@Sendable func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// The range every duration option of the CLI accepts (seconds).
+let secondsRange: ClosedRange<Double> = 0.001...(30 * 86_400)
+
+/// Checks a duration option (seconds) before any arithmetic uses it.
+func checkSeconds(_ value: Double, option: String) throws {
+    guard value.isFinite, secondsRange.contains(value) else {
+        throw ValidationError("\(option) \(value) is out of range: give seconds from \(secondsRange.lowerBound) to \(Int(secondsRange.upperBound)) (30 days)")
+    }
+}
+
+/// Calls `body` once, `seconds` from now, on its own thread.
+func stopAfter(_ seconds: Double, _ body: @escaping @Sendable () -> Void) {
+    let t = Thread {
+        Thread.sleep(forTimeInterval: seconds)
+        body()
+    }
+    t.name = "duration"
+    t.start()
+}
+
+/// Turns SIGINT/SIGTERM into a callback on a dedicated thread.
+/// Threading: `blockTerminationSignals` on the main thread before any other thread starts.
+final class SignalWaiter: @unchecked Sendable {
+    private var set = sigset_t()
+
+    static func blockTerminationSignals() -> SignalWaiter {
+        let w = SignalWaiter()
+        sigemptyset(&w.set)
+        sigaddset(&w.set, SIGINT)
+        sigaddset(&w.set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &w.set, nil)
+        return w
+    }
+
+    /// Calls `body` with the signal number for every SIGINT/SIGTERM, on its own thread.
+    func start(_ body: @escaping (Int32) -> Void) {
+        let blocked = set
+        let t = Thread {
+            var s = blocked
+            while true {
+                var sig: Int32 = 0
+                if sigwait(&s, &sig) == 0 { body(sig) }
+            }
+        }
+        t.name = "signals"
+        t.start()
+    }
+}
+

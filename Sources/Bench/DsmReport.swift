@@ -1,0 +1,155 @@
+// bench dsm's report models: what each node reports (one `RESULT {json}` line), and the summary
+// the launcher prints and writes as JSON (--stats-out), with its checks.
+
+import DsmWorkloads
+import Foundation
+import GuestMemory
+import Metrics
+
+
+public struct FloorReport: Codable, Sendable {
+    public var faultP50: UInt64, faultP99: UInt64
+    public var rttP50: UInt64, rttP99: UInt64
+    public var p50: UInt64 { faultP50 + rttP50 }
+    public init(faultP50: UInt64, faultP99: UInt64, rttP50: UInt64, rttP99: UInt64) {
+        self.faultP50 = faultP50; self.faultP99 = faultP99; self.rttP50 = rttP50; self.rttP99 = rttP99
+    }
+}
+
+public struct MemoryReport: Codable, Sendable {
+    public var missingEvents: UInt64, writeProtectEvents: UInt64, staleEvents: UInt64, pluginFaults: UInt64
+    public init(_ s: FaultStats) {
+        missingEvents = s.missingEvents
+        writeProtectEvents = s.writeProtectEvents
+        staleEvents = s.staleEvents
+        pluginFaults = s.pluginFaults
+    }
+}
+
+public struct NodeReport: Codable {
+    public var node: Int
+    public var result: NodeResult
+    public var counters: [String: UInt64]
+    public var histograms: [String: HistogramSummary]
+    public var floor: FloorReport?
+    public var memory: MemoryReport
+    public init(node: Int, result: NodeResult, counters: [String: UInt64], histograms: [String: HistogramSummary],
+                floor: FloorReport?, memory: MemoryReport) {
+        self.node = node; self.result = result; self.counters = counters; self.histograms = histograms
+        self.floor = floor; self.memory = memory
+    }
+}
+
+public struct DsmBenchSummary {
+    public var workload: String
+    public var config: String
+    public var nodes: Int
+    public var threadsPerNode: Int
+    public var mode: String
+    public var cpus: Int
+    public var reports: [NodeReport]
+    public init(workload: String, config: String, nodes: Int, threadsPerNode: Int, mode: String, cpus: Int, reports: [NodeReport]) {
+        self.workload = workload; self.config = config; self.nodes = nodes; self.threadsPerNode = threadsPerNode
+        self.mode = mode; self.cpus = cpus; self.reports = reports
+    }
+
+    func total(_ name: String) -> UInt64 { reports.reduce(0) { $0 + ($1.counters[name] ?? 0) } }
+    var pagesCrossed: UInt64 { total("ivy.pages_sent") + total("ivy.zero_pages_sent") }
+
+    public var problems: [String] {
+        var p: [String] = []
+        for r in reports { p += r.result.errors.map { "node \(r.node): \($0)" } }
+        if reports.count == nodes && pagesCrossed == 0 && total("dsm.pages_sent") == 0 {
+            p.append("no page crossed between nodes: the run shared nothing")
+        }
+        for r in reports where r.result.operations.reduce(0, +) == 0 && workloadNeedsAll {
+            p.append("node \(r.node) did no work")
+        }
+        return p
+    }
+
+    var workloadNeedsAll: Bool { workload == "counter" || workload == "random" }
+
+    public var stats: [String: AnyCodable] {
+        var perNode: [String: AnyCodable] = [:]
+        var totals: [String: UInt64] = [:]
+        for r in reports {
+            perNode["node\(r.node)"] = AnyCodable(["counters": AnyCodable(r.counters), "histograms": AnyCodable(r.histograms),
+                                                   "operations": AnyCodable(r.result.operations), "checks": AnyCodable(r.result.checks)])
+            for (k, v) in r.counters { totals[k, default: 0] += v }
+        }
+        var s: [String: AnyCodable] = ["workload": AnyCodable(workload), "nodes": AnyCodable(nodes),
+                                       "threads_per_node": AnyCodable(threadsPerNode), "pages_crossed": AnyCodable(pagesCrossed),
+                                       "per_node": AnyCodable(perNode), "total": AnyCodable(totals), "cpus": AnyCodable(cpus)]
+        if let f = reports.first(where: { $0.floor != nil })?.floor { s["floor"] = AnyCodable(f) }
+        if let lit = reports.first(where: { !$0.result.litmus.isEmpty })?.result.litmus { s["litmus"] = AnyCodable(lit) }
+        return s
+    }
+
+    func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
+    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+
+    public func table() -> String {
+        var out = "bench dsm \(workload): \(nodes) nodes x \(threadsPerNode) threads, wake mode \(mode), \(cpus) CPUs on this machine (threads unpinned), config \(config)\n"
+        out += "pages crossed between nodes: \(pagesCrossed) (\(total("ivy.pages_sent")) with data, \(total("ivy.zero_pages_sent")) zero)\n"
+        out += pad("node", 6) + pad("ops", 10) + pad("read_miss", 11) + pad("write_miss", 11) + pad("upgrade", 9)
+            + pad("msgs", 9) + pad("bytes", 12) + "fault p50/p99 us\n"
+        for r in reports.sorted(by: { $0.node < $1.node }) {
+            let msgs = r.counters.filter { $0.key.hasPrefix("ivy.msg.") }.values.reduce(0, +)
+            let bytes = r.counters.filter { $0.key.hasPrefix("ivy.bytes.") }.values.reduce(0, +)
+            let lat = r.histograms["ivy.latency.all"]
+            out += pad("\(r.node)", 6) + pad("\(r.result.operations.reduce(0, +))", 10)
+                + pad("\(r.counters["ivy.fault.read_miss"] ?? 0)", 11) + pad("\(r.counters["ivy.fault.write_miss"] ?? 0)", 11)
+                + pad("\(r.counters["ivy.fault.upgrade"] ?? 0)", 9) + pad("\(msgs)", 9) + pad("\(bytes)", 12)
+                + (lat.map { "\(us($0.p50)) / \(us($0.p99))" } ?? "-") + "\n"
+        }
+        let faults = total("ivy.fault.read_miss") + total("ivy.fault.write_miss") + total("ivy.fault.upgrade")
+        let seconds = reports.map(\.result.seconds).max() ?? 0
+        if seconds > 0 {
+            out += String(format: "throughput: %llu faults in %.3f s = %.0f faults/s (all nodes), %llu operations\n",
+                          faults, seconds, Double(faults) / seconds,
+                          UInt64(reports.reduce(0) { $0 + $1.result.operations.reduce(0, +) }))
+        }
+        let hops = (0...5).map { h in (h, total(h == 5 ? "ivy.hops.5plus" : "ivy.hops.\(h)")) }.filter { $0.1 > 0 }
+        if !hops.isEmpty { out += "faults by network hops: " + hops.map { "\($0.0 == 5 ? "5+" : "\($0.0)"): \($0.1)" }.joined(separator: ", ") + "\n" }
+        for r in reports {
+            for (k, v) in r.result.checks.sorted(by: { $0.key < $1.key }) { out += "check node \(r.node): \(k) = \(v) (exact)\n" }
+        }
+        if let lit = reports.first(where: { !$0.result.litmus.isEmpty })?.result.litmus {
+            for (name, outcomes) in lit.sorted(by: { $0.key < $1.key }) {
+                out += "litmus \(name): " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "\n"
+            }
+        }
+        if let f = reports.first(where: { $0.floor != nil })?.floor {
+            out += "floor (node 0, same run): uffd fault p50 \(us(f.faultP50)) us + 4 KiB transport round trip p50 \(us(f.rttP50)) us = \(us(f.p50)) us\n"
+            if let r0 = reports.first(where: { $0.node == 0 }), !r0.result.latencies.isEmpty {
+                let s = HistogramSummary(samples: r0.result.latencies)
+                let what = workload == "readmiss" ? "read miss (node 0 reads a page the last node wrote)" : "pingpong round (two page moves)"
+                out += "\(what): n=\(s.count) p50 \(us(s.p50)) us, p90 \(us(s.p90)) us, p99 \(us(s.p99)) us, max \(us(s.max)) us; "
+                    + String(format: "p50 ratio to floor %.2fx\n", Double(s.p50) / Double(max(f.p50, 1)))
+            }
+            for h in 0...5 {
+                let name = h == 5 ? "ivy.latency.hops_5plus" : "ivy.latency.hops_\(h)"
+                if let s = reports.first(where: { $0.node == 0 })?.histograms[name], s.count > 0 {
+                    out += "node 0 faults resolved in \(h == 5 ? "5+" : "\(h)") hops: n=\(s.count) p50 \(us(s.p50)) us, p99 \(us(s.p99)) us, "
+                        + String(format: "p50 ratio to floor %.2fx\n", Double(s.p50) / Double(max(f.p50, 1)))
+                }
+            }
+            for kind in ["read_miss", "write_miss", "upgrade"] {
+                if let h = reports.first(where: { $0.node == 0 })?.histograms["ivy.latency.\(kind)"], h.count > 0 {
+                    out += "node 0 plugin \(kind): n=\(h.count) p50 \(us(h.p50)) us, p99 \(us(h.p99)) us, "
+                        + String(format: "p50 ratio to floor %.2fx\n", Double(h.p50) / Double(max(f.p50, 1)))
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// A tiny Codable wrapper for heterogeneous JSON.
+public struct AnyCodable: Encodable {
+    let encodeBody: (Encoder) throws -> Void
+    public init<T: Encodable>(_ v: T) { encodeBody = { try v.encode(to: $0) } }
+    public func encode(to encoder: Encoder) throws { try encodeBody(encoder) }
+}
+

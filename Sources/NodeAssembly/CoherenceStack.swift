@@ -1,0 +1,104 @@
+// Guest memory with its coherence plugin, wired once: load the plugin, map guest RAM over
+// userfaultfd with the plugin's sends going out on the cluster's coherence channel, build the
+// host-services, cluster-info and settings tables (kept alive here as long as the instance),
+// create the instance, deliver coherence frames and peer losses to it, and start and stop the
+// pieces in their order.
+//
+// Start order: plugin `start`, then guest memory's fault handlers (a fault may need the plugin).
+// Stop order: no vCPU or workload thread touches guest RAM any more; guest memory's handlers
+// stop, then the plugin.
+//
+// Threading: `init`, `start`, `stop` on the node's main thread; the plugin's sends come from
+// fault-handler and receive threads; `onFatal` from any thread.
+
+import Cluster
+import Config
+import GuestMemory
+import Logging
+import Metrics
+import PluginAPI
+import PluginHost
+
+public final class CoherenceStack: @unchecked Sendable {
+    public let memory: GuestMemory
+    public let instance: CoherencePluginInstance
+    public let pluginName: String
+    private let tables: [AnyObject]
+    private var started = false
+
+    /// Builds the stack for node `selfID`. With a `node`, coherence frames travel over it (and the
+    /// channel handler and peer-lost hook are registered: call before `node.start()`); without
+    /// one (a single node) every send fails with GVM_ERR_CLOSED, which no single-node protocol
+    /// issues. `onFatal` hears of a plugin's or a fault handler's fatal error.
+    public init(config cfg: ClusterConfig, selfID: UInt32, node: Node?, loader: PluginLoader, metrics: MetricsRegistry,
+                logger: Logger, wakeMode: HandlerWakeMode = .poll, handlerThreads: Int = 1,
+                onFatal: @escaping @Sendable (_ who: String, _ why: String) -> Void) throws {
+        let plugin: LoadedPlugin
+        do { plugin = try loader.load(cfg.coherence.plugin, kind: .coherence) } catch {
+            throw AssemblyError("\(cfg.sourcePath): coherence.plugin: \(error)")
+        }
+        guard let ops = plugin.coherenceOps else {
+            throw AssemblyError("\(cfg.sourcePath): coherence.plugin: \(plugin.name) has no coherence ops")
+        }
+        pluginName = plugin.name
+        let send: CoherenceSender, sendUrgent: CoherenceSender
+        if let node {
+            send = { dst, iov in CoherenceStack.send(node, dst, iov, lane: GVM_LANE_BULK) }
+            sendUrgent = { dst, iov in CoherenceStack.send(node, dst, iov, lane: GVM_LANE_URGENT) }
+        } else {
+            send = { _, _ in GVM_ERR_CLOSED.rawValue }
+            sendUrgent = { _, _ in GVM_ERR_CLOSED.rawValue }
+        }
+        do {
+            memory = try GuestMemory(bytes: cfg.memoryBytes, wakeMode: wakeMode, handlerThreads: handlerThreads, logger: logger,
+                                     onFatal: { why in onFatal("guest memory", why) }, send: send, sendUrgent: sendUrgent)
+        } catch {
+            throw AssemblyError("node \(selfID): guest memory (userfaultfd, \(cfg.memoryBytes) bytes): \(error)")
+        }
+        let name = plugin.name
+        let services = HostServicesTable(pluginName: name, metrics: metrics, logger: logger) { msg in
+            onFatal("coherence plugin \(name)", msg)
+        }
+        let info = ClusterInfoTable(config: cfg, selfID: selfID)
+        let settings = SettingsTable(cfg.coherence.settings)
+        do {
+            instance = try CoherencePluginInstance(name: name, ops: ops, services: services.pointer, memory: memory,
+                                                   cluster: info.pointer, settings: settings.pointer,
+                                                   settingCount: settings.count)
+        } catch {
+            throw AssemblyError("\(cfg.sourcePath): coherence.plugin: \(error)")
+        }
+        tables = [services, info, settings]
+        if let node {
+            let inst = instance
+            node.register(channel: .coherence) { from, payload in inst.receive(from: from, payload) }
+            node.onPeerLost { peer in _ = inst.ops.pointee.peer_lost?(inst.instance, peer) }
+        }
+    }
+
+    /// The coherence plugin's sends. Once the cluster stops, a peer that already closed its
+    /// connections refuses them: that is the stop, not a protocol fault, so the message is
+    /// dropped quietly instead of making the plugin call `fatal`.
+    static func send(_ n: Node, _ dst: UInt32, _ iov: UnsafeBufferPointer<gvm_iovec>, lane: UInt32) -> Int32 {
+        let rc = n.send(channel: .coherence, to: dst, iov: iov, lane: lane)
+        if rc == GVM_ERR_CLOSED.rawValue && n.isStopping(peer: dst) { return GVM_OK.rawValue }
+        return rc
+    }
+
+    /// The plugin's fence hook for the VMM's synchronisation points (nil if it has none).
+    public var fenceHook: ((_ vcpu: Int, _ kind: UInt32) -> Void)? { instance.fenceHook }
+
+    /// Starts the plugin, then the fault handlers.
+    public func start() throws {
+        try instance.start()
+        try memory.start()
+        started = true
+    }
+
+    /// Stops the fault handlers, then the plugin (once; no thread may touch guest RAM any more).
+    public func stop() {
+        memory.stop()
+        instance.stop()
+        withExtendedLifetime(tables) {}
+    }
+}

@@ -1,0 +1,322 @@
+// One node of a VM, assembled from a config: the cluster node, guest memory with the coherence
+// plugin, the machine (this node's vCPUs; the others as APIC state), this node's devices, and —
+// when the VM spans nodes — the distributed components, each on its own message types:
+// interrupt forwarding (IPI, APIC_ADDR, IRQ_LINE, EOI), clock alignment (TIME_*), the start-up
+// barrier (DEVMAP, READY) and I/O forwarding (IO_REQ, IO_REP). `giantvm run` is the one-node
+// case: the same assembly over an in-process transport with no peers, and no distributed part.
+//
+// Start-up, on every node:
+//   1. the cluster node (transport plugin; not started yet);
+//   2. guest RAM over userfaultfd with the coherence plugin (CoherenceStack);
+//   3. the machine, then this node's devices (YAML `node:`), from their plugins;
+//   4. the distributed components register their message types;
+//   5. coherence start, node start (meets every peer), device maps exchanged, time aligned,
+//      READY barrier;
+//   6. the BSP's node loads the image;
+//   7. every node runs its vCPUs until the guest exits, a vCPU fails, or the cluster stops: the
+//      first cause stops every node (`StopCause`).
+//
+// Threading: `init`, `startUp`, `run` and `shutdown` on the main thread; `stop` from any thread
+// (signals); the fatal hooks from plugin and handler threads.
+
+import Cluster
+import Config
+import Distributed
+import Firmware
+import Foundation
+import Glibc
+import GuestMemory
+import Logging
+import Machine
+import Metrics
+import PluginHost
+import Synchronization
+
+public struct VMOptions: Sendable {
+    /// Stop the VM after this many seconds (StopCause.timeout, exit status 124).
+    public var timeout: Double?
+    /// Guest command line instead of the config's.
+    public var cmdline: String?
+    /// Inject a TSC skew on this node (ticks), to test the time sync.
+    public var tscSkew: Int64 = 0
+    /// Align TSCs with node 0.
+    public var timeSync = true
+    /// Guest RAM: userfaultfd + the coherence plugin (true), or a plain anonymous mapping
+    /// (`giantvm run --memory anonymous`, one node only, for comparison).
+    public var coherentMemory = true
+    /// Copy this process's stdin to the devices that take console input (the UART).
+    public var consoleInput = false
+    public init() {}
+}
+
+/// How a node's run ended.
+public struct NodeOutcome: Sendable {
+    /// This node's own cause, when it decided the stop (nil when a peer did).
+    public var cause: StopCause?
+    /// The cluster-wide stop: its status is the process exit status.
+    public var status: Int32
+    public var message: String
+    /// Seconds the vCPUs ran.
+    public var elapsed: Double
+}
+
+public final class VMNode: @unchecked Sendable {
+    public let config: ClusterConfig
+    public let id: UInt32
+    public let node: Node
+    public let machine: Machine
+    public let metrics: MetricsRegistry
+    public let coherence: CoherenceStack?
+    public let devices: [PluginDevice]
+    public let image: GuestImage
+    let logger: Logger
+    let options: VMOptions
+    let say: @Sendable (String) -> Void
+    // The distributed components (nil on a one-node VM).
+    let interrupts: CPUForwarder?
+    let io: IOForwarder?
+    let clock: ClockAligner?
+    let barrier: StartupBarrier?
+    private let localCause = Mutex<StopCause?>(nil)
+
+    /// Assembles node `id` of `cfg` (nothing runs yet). Errors name the file, field, node and cause.
+    public init(config cfg: ClusterConfig, id: UInt32, loader: PluginLoader, logger: Logger, options: VMOptions = VMOptions(),
+                say: @escaping @Sendable (String) -> Void) throws {
+        config = cfg
+        self.id = id
+        self.logger = logger
+        self.options = options
+        self.say = say
+        let metrics = MetricsRegistry()
+        self.metrics = metrics
+        guard Int(id) < cfg.nodes.count else {
+            throw AssemblyError("\(cfg.sourcePath): there is no node \(id) (nodes: 0-\(cfg.nodes.count - 1))")
+        }
+        guard Int(cfg.ioapicNode) < cfg.nodes.count else {
+            throw AssemblyError("\(cfg.sourcePath): ioapic_node \(cfg.ioapicNode) is not a node (nodes: 0-\(cfg.nodes.count - 1))")
+        }
+        guard cfg.totalVCPUs > 0 else { throw AssemblyError("\(cfg.sourcePath): no node has a vCPU") }
+        guard options.coherentMemory || cfg.nodes.count == 1 else {
+            throw AssemblyError("\(cfg.sourcePath): plain anonymous guest RAM is for one node only (the config has \(cfg.nodes.count))")
+        }
+        image = try GuestImage(config: cfg, cmdline: options.cmdline)
+        let distributed = cfg.nodes.count > 1
+
+        // 1. The cluster node: the configured transport, or none for a one-node VM.
+        let n: Node
+        do {
+            if distributed {
+                n = try Node(config: cfg, id: id, loader: loader, logger: logger, metrics: metrics)
+            } else {
+                let net = InMemoryNetwork(nodeCount: 1)
+                n = try Node(config: cfg, id: id, logger: logger, metrics: metrics) { net.endpoint(id, events: $0) }
+            }
+        } catch {
+            throw AssemblyError("node \(id): \(error)")
+        }
+        node = n
+
+        // 2. Guest memory and the coherence plugin; their fatal errors stop the VM.
+        final class Target: @unchecked Sendable { weak var vm: VMNode? }
+        let target = Target()
+        let ram: any GuestRAM
+        if options.coherentMemory {
+            let stack = try CoherenceStack(config: cfg, selfID: id, node: distributed ? n : nil, loader: loader, metrics: metrics,
+                                           logger: logger) { who, why in
+                if let vm = target.vm { vm.stop(.pluginFatal(plugin: who, why)) } else {
+                    n.stop(StopCause.pluginFatal(plugin: who, why).stopReason(origin: id))
+                }
+            }
+            coherence = stack
+            ram = stack.memory
+        } else {
+            coherence = nil
+            do { ram = try AnonymousGuestRAM(size: cfg.memoryBytes) } catch {
+                throw AssemblyError("node \(id): cannot map guest RAM: \(error)")
+            }
+        }
+
+        // 3. The machine and this node's devices.
+        var mc = MachineConfiguration(memoryBytes: cfg.memoryBytes, vcpus: cfg.totalVCPUs,
+                                      cmdline: options.cmdline ?? cfg.guest?.cmdline ?? "")
+        mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
+        mc.nodeID = id
+        mc.ioapic = id == cfg.ioapicNode
+        let m: Machine
+        do { m = try Machine(config: mc, ram: ram, logger: logger) } catch {
+            throw AssemblyError("node \(id): cannot create the VM: \(error)")
+        }
+        machine = m
+        // Multiple-writer protocols flush at the VMM's synchronisation points.
+        m.fenceHook = coherence?.fenceHook
+        let kernelCmdline = options.cmdline ?? cfg.guest?.cmdline ?? ""
+        do {
+            devices = try m.addDevices(of: cfg, onNode: id, loader: loader, metrics: metrics, logger: logger) { d in
+                FirmwareDeviceSettings.fill(model: d.model, settings: d.settings, vcpus: cfg.totalVCPUs,
+                                            memoryBytes: cfg.memoryBytes, cmdline: kernelCmdline)
+            }
+        } catch {
+            throw AssemblyError("\(cfg.sourcePath) (node \(id)): \(error)")
+        }
+
+        // 4. The distributed components, each registering its own message types.
+        if distributed {
+            var owners: [UInt32] = []
+            for node in cfg.nodes { owners += Array(repeating: node.id, count: Int(node.vcpus)) }
+            let cpu = CPUForwarder(node: n, machine: m, vcpuNode: owners, ioapicNode: cfg.ioapicNode, metrics: metrics, logger: logger)
+            cpu.install()
+            let forwarder = IOForwarder(node: n, metrics: metrics, timeout: max(5, cfg.timeouts.failure * 2), logger: logger)
+            forwarder.serve(bus: m.bus)
+            interrupts = cpu
+            io = forwarder
+            clock = ClockAligner(node: n, machine: m, skew: options.tscSkew, logger: logger)
+            barrier = StartupBarrier(node: n, logger: logger)
+        } else {
+            interrupts = nil; io = nil; clock = nil; barrier = nil
+        }
+        target.vm = self
+        n.onStop { [weak m, io] r in
+            io?.failAll("node \(id) is stopping: \(r.message)")
+            m?.requestStop(.requested("cluster stopping: \(r.message)"))
+        }
+    }
+
+    /// Stops this node's VM for `cause` (any thread). The first cause wins; the cluster hears it.
+    public func stop(_ cause: StopCause) {
+        let first = localCause.withLock { c -> Bool in
+            guard c == nil else { return false }
+            c = cause
+            return true
+        }
+        guard first else { return }
+        switch cause {
+        case .vcpuFailure, .pluginFatal: machine.requestStop(.failure(cause.description))
+        default: machine.requestStop(.requested(cause.description))
+        }
+        node.stop(cause.stopReason(origin: id))
+    }
+
+    /// Starts the pieces in order and meets every peer; the BSP's node loads the image.
+    public func startUp() throws {
+        try coherence?.start()
+        io?.startServer()
+        if let clock {
+            if id == 0 { try clock.measureLeader() } else if options.tscSkew != 0 { try clock.injectSkew() }
+        }
+        try node.start()
+        if let barrier, let io, let clock {
+            say("node \(id): met \(node.peers.map { "node \($0)" }.joined(separator: ", ")) over \(node.transportName); "
+                + "vCPUs \(machine.config.localVCPUs.lowerBound)-\(machine.config.localVCPUs.upperBound - 1) here"
+                + (machine.ioapic != nil ? ", IOAPIC here" : ""))
+            let counts = try barrier.exchangeDeviceMaps(bus: machine.bus, forwarder: io, timeout: config.timeouts.connect) {
+                [weak self] why in self?.stop(.vcpuFailure(node: self?.id ?? 0, "I/O forwarding: \(why)"))
+            }
+            logger.info("device map: \(counts.local) local range(s), \(counts.remote) forwarded to other nodes")
+            if id != 0 && options.timeSync && !machine.localVCPUs.isEmpty {   // a device-only node has no TSC to set
+                say(timeLine(try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))))
+            }
+            try barrier.arriveAndWait(timeout: config.timeouts.connect)
+        }
+        if machine.config.localVCPUs.contains(0) {
+            let summary = try image.load(into: machine)
+            logger.info("loaded \(image.path): \(summary)")
+        }
+        if options.consoleInput { startConsoleInput() }
+    }
+
+    private func timeLine(_ r: ClockAligner.Result) -> String {
+        let us = { (t: Int64) -> String in r.tscKHz > 0 ? String(format: "%.1f µs", Double(t) * 1000 / Double(r.tscKHz)) : "?" }
+        return "node \(id): time: host clock of node 0 minus this node's: \(r.estimate.offset) ticks over \(r.estimate.samples) samples "
+            + "(best round trip \(r.estimate.roundTrip) ticks, ± \(us(r.estimate.uncertainty))); injected skew \(options.tscSkew) ticks; "
+            + "TSC offset \(r.programmed) \(r.applied ? "applied" : "ignored by this KVM (guest TSC = host TSC)"); "
+            + "guest TSC minus node 0's: before \(r.beforeTicks) ticks (\(us(r.beforeTicks))), after \(r.afterTicks) ticks (\(us(r.afterTicks)))"
+    }
+
+    /// Host console input to every device that takes it (the UART's receive FIFO).
+    private func startConsoleInput() {
+        let inputDevices = devices.filter { $0.takesConsoleInput }
+        guard !inputDevices.isEmpty else { return }
+        let reader = Thread {
+            var buf = [UInt8](repeating: 0, count: 256)
+            while true {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                for d in inputDevices { d.consoleInput(Array(buf[0..<n])) }
+            }
+        }
+        reader.name = "console-input"
+        reader.start()
+    }
+
+    /// Runs this node's part of the VM until the cluster stops.
+    public func run() -> NodeOutcome {
+        do {
+            try startUp()
+        } catch {
+            stop(.setupFailed(node: id, "\(error)"))
+            let r = node.waitUntilStopped()
+            shutdown()
+            return NodeOutcome(cause: localCause.withLock { $0 }, status: r.status == 0 ? 1 : r.status, message: r.message, elapsed: 0)
+        }
+        if let timeout = options.timeout {
+            let t = Thread { [weak self] in
+                let deadline = Date(timeIntervalSinceNow: timeout)
+                while Date() < deadline {
+                    guard let self, !self.machine.isStopping else { return }
+                    usleep(10_000)
+                }
+                self?.stop(.timeout(seconds: timeout))
+            }
+            t.name = "vm-timeout"
+            t.start()
+        }
+        let started = monotonicNanoseconds()
+        let stopped = machine.run()
+        let elapsed = Double(monotonicNanoseconds() - started) / 1e9
+        let recorded = localCause.withLock { $0 }
+        let cause: StopCause
+        switch stopped {
+        case let .guestExit(status, why): cause = .guestExit(status: status, detail: why)
+        case let .failure(text): cause = recorded ?? .vcpuFailure(node: id, text)
+        case let .requested(why): cause = recorded ?? .finished(why)
+        }
+        stop(cause)   // the first cause wins: a peer's STOP may have come first
+        let final = node.waitUntilStopped()
+        io?.failAll("node \(id) stopped")
+        shutdown()
+        let mine: StopCause? = final.origin == id ? localCause.withLock { $0 } : nil
+        return NodeOutcome(cause: mine, status: final.status, message: final.message, elapsed: elapsed)
+    }
+
+    /// Stops the devices, then guest memory and the plugin (no vCPU runs any more).
+    public func shutdown() {
+        machine.shutdownDevices()
+        coherence?.stop()
+    }
+}
+
+extension VMNode {
+    /// DSM and forwarding statistics of this node, as printed when a distributed VM stops.
+    public func statsReport(elapsed: Double) -> String {
+        let snap = metrics.snapshot()
+        var lines: [String] = []
+        let c = snap.counters
+        func v(_ k: String) -> UInt64 { c[k] ?? 0 }
+        if let s = coherence?.memory.stats {
+            lines.append("node \(id): DSM stats: read_miss=\(v("ivy.fault.read_miss")) write_miss=\(v("ivy.fault.write_miss")) "
+                         + "upgrade=\(v("ivy.fault.upgrade")) pages_sent=\(v("ivy.pages_sent")) zero_pages_sent=\(v("ivy.zero_pages_sent")) "
+                         + "invalidations_sent=\(v("ivy.invalidations_sent")) uffd_missing=\(s.missingEvents) uffd_wp=\(s.writeProtectEvents) "
+                         + "pin_faults=\(s.pinFaults)")
+        }
+        lines.append("node \(id): forwarding: ipi_out=\(v("cpu.ipi_forwarded")) ipi_in=\(v("cpu.ipi_received")) "
+                     + "apic_updates_in=\(v("cpu.apic_address_updates")) io_forwarded=\(v("io.forwarded")) "
+                     + "io_served=\(v("io.served_for_peers")) irq_lines_out=\(v("cpu.irq_lines_forwarded")) "
+                     + "eoi_out=\(v("cpu.eoi_forwarded")); ran \(String(format: "%.3f", elapsed)) s")
+        if let h = snap.histograms["io.forward_round_trip"], h.count > 0 {
+            func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
+            lines.append("node \(id): forwarded I/O round trip (µs): count=\(h.count) p50=\(us(h.p50)) p90=\(us(h.p90)) "
+                         + "p99=\(us(h.p99)) max=\(us(h.max))")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
