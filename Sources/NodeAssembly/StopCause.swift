@@ -12,6 +12,7 @@
 //   128+n     stopped by signal n (130 for Ctrl-C)
 
 import Cluster
+import Glibc
 
 public enum StopCause: Equatable, Sendable, CustomStringConvertible {
     /// The guest wrote to the exit device: `status` as the device reports it (isa-debug-exit:
@@ -58,12 +59,17 @@ public enum StopCause: Equatable, Sendable, CustomStringConvertible {
             guard status & 1 == 1 else { return "guest stopped with status \(status) (not an isa-debug-exit status) [\(detail)]" }
             let v = UInt32(bitPattern: status) >> 1
             return "guest failed: isa-debug-exit value \(v) (status \(status)); giantvm exits \(exitStatus) [\(detail)]"
-        case let .timeout(s): return "timed out after --timeout \(s) s"
+        case let .timeout(s): return "timed out after \(s) s"
         case let .finished(why): return why
         case let .peerLost(node, cause): return "lost node \(node): \(cause)"
         case let .vcpuFailure(node, why): return "VM failed on node \(node): \(why)"
         case let .pluginFatal(plugin, why): return "\(plugin) fatal: \(why)"
-        case let .signal(n): return "interrupted by signal \(n)"
+        case let .signal(n):
+            switch n {
+            case SIGINT: return "interrupted (SIGINT)"
+            case SIGTERM: return "interrupted (SIGTERM)"
+            default: return "interrupted by signal \(n)"
+            }
         case let .setupFailed(node, why): return "node \(node): start-up failed: \(why)"
         }
     }

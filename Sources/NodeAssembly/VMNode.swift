@@ -78,6 +78,8 @@ public final class VMNode: @unchecked Sendable {
     let clock: ClockAligner?
     let barrier: StartupBarrier?
     private let localCause = Mutex<StopCause?>(nil)
+    /// The in-process transport of a one-node VM (its endpoint holds it weakly).
+    private let loopback: InMemoryNetwork?
 
     /// Assembles node `id` of `cfg` (nothing runs yet). Errors name the file, field, node and cause.
     public init(config cfg: ClusterConfig, id: UInt32, loader: PluginLoader, logger: Logger, options: VMOptions = VMOptions(),
@@ -104,12 +106,13 @@ public final class VMNode: @unchecked Sendable {
 
         // 1. The cluster node: the configured transport, or none for a one-node VM.
         let n: Node
+        let net = distributed ? nil : InMemoryNetwork(nodeCount: 1)
+        loopback = net
         do {
-            if distributed {
-                n = try Node(config: cfg, id: id, loader: loader, logger: logger, metrics: metrics)
-            } else {
-                let net = InMemoryNetwork(nodeCount: 1)
+            if let net {
                 n = try Node(config: cfg, id: id, logger: logger, metrics: metrics) { net.endpoint(id, events: $0) }
+            } else {
+                n = try Node(config: cfg, id: id, loader: loader, logger: logger, metrics: metrics)
             }
         } catch {
             throw AssemblyError("node \(id): \(error)")

@@ -10,6 +10,7 @@ import Metrics
 import PluginAPI
 @testable import Distributed
 @testable import Machine
+import TestSupport
 import XCTest
 
 /// Frames from one node go straight to the other on a delivery thread (per-pair FIFO).
@@ -135,7 +136,7 @@ final class IORPCTests: XCTestCase {
 
     func testConcurrentCallersGetTheirOwnReplies() throws {
         let group = DispatchGroup()
-        let bad = Box()
+        let bad = LockedValue<String>()
         for t in 0..<4 {
             group.enter()
             Thread { [self] in

@@ -163,3 +163,41 @@ public enum Requirement {
         }
     }
 }
+
+/// A value set on one thread and read on another (tests' failure messages).
+public final class LockedValue<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T?
+    public init() {}
+    public func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    public func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// Writes a 2-node VM config (ports from this area's range 20000-20999).
+public func vmConfig(port: Int, vcpus: [Int] = [2, 2], addresses: [String]? = nil, memory: String = "32MiB",
+              cmdline: String = "hello", ioapicNode: Int = 0, uartNode: Int = 0) -> String {
+    let image = Built.packageRoot + "/Guests/build/testguest.elf"
+    var nodes = ""
+    for (i, n) in vcpus.enumerated() {
+        let addr = addresses?[i] ?? "127.0.0.1"
+        nodes += "  - {id: \(i), address: \(addr), port: \(port + i), vcpus: \(n)}\n"
+    }
+    return temporaryFile("""
+        cluster: disttest
+        nodes:
+        \(nodes)
+        memory: \(memory)
+        transport: {plugin: transport-tcp}
+        coherence: {plugin: dsm-ivy}
+        devices:
+          - {name: com1, model: uart16550, node: \(uartNode), base: 0x3f8, irq: 4}
+          - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+          - {name: results, model: results, node: 0, base: 0xe0}
+        ioapic_node: \(ioapicNode)
+        timeouts: {connect: 10s, heartbeat: 100ms, failure: 2s}
+        guest:
+          image: \(image)
+          cmdline: "\(cmdline)"
+        """)
+}
+

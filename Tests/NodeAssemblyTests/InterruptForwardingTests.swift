@@ -8,13 +8,14 @@ import Config
 import Foundation
 import Logging
 @testable import Distributed
+@testable import NodeAssembly
 @testable import Machine
 import PluginHost
 import TestSupport
 import XCTest
 
 final class InterruptForwardingTests: XCTestCase {
-    var vms: [DistributedVM] = []
+    var vms: [VMNode] = []
 
     override func setUpWithError() throws {
         try Requirement.builtGiantVM()
@@ -28,11 +29,10 @@ final class InterruptForwardingTests: XCTestCase {
         var logger = Logger(label: "dist-test")
         logger.logLevel = .error
         vms = try (0..<2).map { id in
-            try DistributedVM(config: cfg, id: UInt32(id), loader: PluginLoader(searchPath: [Built.productsDirectory]),
-                              logger: logger, options: DistributedOptions(),
-                              guestStatus: { ($0, "guest status \($0)") }, say: { _ in })
+            try VMNode(config: cfg, id: UInt32(id), loader: PluginLoader(searchPath: [Built.productsDirectory]),
+                       logger: logger, options: VMOptions(), say: { _ in })
         }
-        let failure = Box()
+        let failure = LockedValue<String>()
         let done = DispatchSemaphore(value: 0)
         let t = Thread { [vms] in
             do { try vms[1].startUp() } catch { failure.set("\(error)") }
@@ -72,11 +72,11 @@ final class InterruptForwardingTests: XCTestCase {
         return io.read(offset: 0x10, length: 4)
     }
 
-    func pending(_ vm: DistributedVM, vcpu: Int, _ vector: UInt8) -> Bool {
+    func pending(_ vm: VMNode, vcpu: Int, _ vector: UInt8) -> Bool {
         vm.machine.interruptState(of: vcpu)?.apicSnapshot.irr[vector] ?? false
     }
 
-    func clear(_ vm: DistributedVM, vcpu: Int, _ vector: UInt8) {
+    func clear(_ vm: VMNode, vcpu: Int, _ vector: UInt8) {
         vm.machine.interruptState(of: vcpu)!.locked { $0.apic.irr[vector] = false }
     }
 
@@ -86,7 +86,7 @@ final class InterruptForwardingTests: XCTestCase {
         XCTAssertTrue(cond(), "timed out waiting for \(what)")
     }
 
-    func counter(_ vm: DistributedVM, _ name: String) -> UInt64 { vm.metrics.snapshot().counters[name] ?? 0 }
+    func counter(_ vm: VMNode, _ name: String) -> UInt64 { vm.metrics.snapshot().counters[name] ?? 0 }
 
     /// Line of a device on node 1 -> IOAPIC on node 0 -> level message to vCPU 2 on node 1 ->
     /// its EOI back to node 0 (remote IRR cleared; still asserted: fires again; deasserted: not).
@@ -189,16 +189,9 @@ final class InterruptForwardingTests: XCTestCase {
         // A port node 0 has no device at (the maps disagree): all-ones, no failure.
         var word: [UInt8] = [0, 0, 0, 0]
         try word.withUnsafeMutableBytes {
-            try vms[1].io.call(home: 0, space: .pio, address: 0x510, itemSize: 4, data: $0, isWrite: false)
+            try vms[1].io!.call(home: 0, space: .pio, address: 0x510, itemSize: 4, data: $0, isWrite: false)
         }
         XCTAssertEqual(word, [0xFF, 0xFF, 0xFF, 0xFF])
         XCTAssertFalse(vms[1].machine.isStopping)
     }
-}
-
-final class Box: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: String?
-    func set(_ v: String) { lock.lock(); value = v; lock.unlock() }
-    func get() -> String? { lock.lock(); defer { lock.unlock() }; return value }
 }
