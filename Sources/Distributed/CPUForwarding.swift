@@ -47,25 +47,29 @@ public final class CPUForwarder: @unchecked Sendable {
     /// cpu channel (before `node.start()`).
     public func install() {
         node.register(channel: .cpu, types: [CPUMessageType.ipi, .apicAddress, .irqLine, .eoi].map(\.rawValue)) {
-            [unowned self] from, p in handle(from: from, p)
+            [weak self] from, p in self?.handle(from: from, p)
         }
-        machine.router.remoteDelivery = { [unowned self] index, m in
+        machine.router.remoteDelivery = { [weak self] index, m in
+            guard let self else { return }
             let target = vcpuNode[index]
             metrics.add(cIPIOut, 1)
             node.send(channel: .cpu, to: target,
                       CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
                                      level: m.levelTriggered).encode())
         }
-        machine.router.addressingChanged = { [unowned self] index, a in
+        machine.router.addressingChanged = { [weak self] index, a in
+            guard let self else { return }
             let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
             for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
         }
         if machine.ioapic == nil {
-            machine.forwardIRQLine = { [unowned self] line, level, device in
+            machine.forwardIRQLine = { [weak self] line, level, device in
+                guard let self else { return }
                 metrics.add(cLinesOut, 1)
                 node.send(channel: .cpu, to: ioapicNode, CPUMessage.irqLine(line: line, level: level, device: device).encode())
             }
-            machine.forwardEOI = { [unowned self] vector in
+            machine.forwardEOI = { [weak self] vector in
+                guard let self else { return }
                 metrics.add(cEOIOut, 1)
                 node.send(channel: .cpu, to: ioapicNode, CPUMessage.eoi(vector: vector).encode())
             }

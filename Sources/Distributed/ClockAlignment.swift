@@ -39,7 +39,8 @@ public final class ClockAligner: @unchecked Sendable {
     public init(node: Node, machine: Machine, skew: Int64, logger: Logger) {
         self.node = node; self.machine = machine; self.skew = skew; self.logger = logger
         node.register(channel: .cpu, types: [CPUMessageType.timeRequest.rawValue, CPUMessageType.timeReply.rawValue]) {
-            [unowned self] from, payload in
+            [weak self] from, payload in
+            guard let self else { return }
             switch try? CPUMessage.decode(payload) {
             case let .timeRequest(seq)?: answer(from: from, seq: seq)
             case let m?: reply(from: from, m)

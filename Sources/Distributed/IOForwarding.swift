@@ -64,7 +64,8 @@ public final class IOForwarder: @unchecked Sendable {
         cServed = metrics.counter("io.served_for_peers")
         cBytes = metrics.counter("io.forwarded_bytes")
         hRoundTrip = metrics.histogram("io.forward_round_trip")
-        node.register(channel: .io, types: [IOMessageType.request.rawValue, IOMessageType.reply.rawValue]) { [unowned self] from, p in
+        node.register(channel: .io, types: [IOMessageType.request.rawValue, IOMessageType.reply.rawValue]) { [weak self] from, p in
+            guard let self else { return }
             handle(from: from, p)
         }
     }

@@ -24,7 +24,7 @@ public final class StartupBarrier: @unchecked Sendable {
         self.node = node
         self.logger = logger
         node.register(channel: .io, types: [IOMessageType.deviceMap.rawValue, IOMessageType.ready.rawValue]) {
-            [unowned self] from, p in handle(from: from, p)
+            [weak self] from, p in self?.handle(from: from, p)
         }
     }
 

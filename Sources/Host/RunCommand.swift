@@ -42,13 +42,11 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         if let timeout { try checkSeconds(timeout, option: "--timeout") }
-        guard memory == "uffd" || memory == "anonymous" else {
-            throw ValidationError("--memory '\(memory)' is not one of uffd, anonymous")
-        }
     }
 
     func run() throws {
         let logger = global.bootstrapLogging()
+        guard memory == "uffd" || memory == "anonymous" else { fail("--memory '\(memory)' is not one of uffd, anonymous") }
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         guard cfg.nodes.count == 1 else {

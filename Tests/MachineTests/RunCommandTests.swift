@@ -125,7 +125,7 @@ final class RunCommandTests: XCTestCase {
         let missing = temporaryFile(config(image: "nope.elf"))
         let r2 = try giantvm(["run", "--config", missing], timeout: 40)
         XCTAssertEqual(r2.status, 1)
-        XCTAssertTrue(r2.stderr.contains("guest.image: cannot read"), r2.stderr)
+        XCTAssertTrue(r2.stderr.contains("guest.image: ") && r2.stderr.contains("nope.elf: no such file"), r2.stderr)
     }
 
     // ---- the SMP test guest (Guests/) ----------------------------------------------------------
