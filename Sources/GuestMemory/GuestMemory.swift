@@ -20,7 +20,7 @@
 //    GVM_FAULT_FROM_PIN), and `page_unpinned` on the unpinning thread, with no lock held;
 //  - `attach` before `start`; `start` and `stop` from one controlling thread.
 //
-// Traps handled (ARCHITECTURE.md, "Memory"): Modified pages are write-protected before their
+// Traps handled: Modified pages are write-protected before their
 // bytes are copied out; WRITEPROTECT on a non-present page is never trusted (the page state says
 // INVALID and the call returns GVM_ERR_NOT_PRESENT); EEXIST from UFFDIO_COPY is a state mismatch
 // handled by drop-then-copy; UFFDIO_ZEROPAGE is never used (a zero buffer is copied with MODE_WP);

@@ -1,6 +1,6 @@
 import KVM
 
-/// What the guest is told about its CPUs (ARCHITECTURE.md, "CPUs and interrupts"): the host's
+/// What the guest is told about its CPUs: the host's
 /// supported set, minus x2APIC and TSC-deadline (the APIC is an xAPIC in user space), minus
 /// every KVM paravirtual leaf (PV EOI, PV send-IPI, PV unhalt, async PF, steal time and PV TLB
 /// flush need an in-kernel APIC or let KVM write guest pages behind the DSM), plus our own
