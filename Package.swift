@@ -55,7 +55,7 @@ let package = Package(
 
         // --- host libraries ------------------------------------------------------------------
         .target(name: "CSystem", path: "Sources/CSystem"),
-        .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")],
+        .target(name: "Config", dependencies: ["PluginAPI", .product(name: "Yams", package: "Yams")],
                 path: "Sources/Config", swiftSettings: swiftSettings),
         .target(name: "Metrics", dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
                 path: "Sources/Metrics", swiftSettings: swiftSettings),
@@ -119,7 +119,8 @@ let package = Package(
 
         // --- tests ---------------------------------------------------------------------------
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], path: "Tests/ConfigTests"),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "PluginAPI", "PluginKit", "IvyCore", "Firmware", "TestSupport"],
+                    path: "Tests/ConfigTests"),
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
         .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),
