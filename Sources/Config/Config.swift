@@ -133,6 +133,9 @@ public struct Diagnostic: Sendable, Equatable, CustomStringConvertible {
     public var column: Int
     public var path: String
     public var message: String
+    public init(file: String, line: Int, column: Int, path: String, message: String) {
+        self.file = file; self.line = line; self.column = column; self.path = path; self.message = message
+    }
     public var description: String {
         let location = line > 0 ? "\(file):\(line):\(column)" : file
         return path.isEmpty ? "\(location): \(message)" : "\(location): \(path): \(message)"

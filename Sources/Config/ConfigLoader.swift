@@ -20,6 +20,24 @@ public enum ConfigLoader {
         return try parse(yaml: text, path: path)
     }
 
+    /// What `giantvm validate` runs: `load`, and also every file the config names must exist now
+    /// (`guest.image`; `load` lets a missing image through for the run to report, but refuses
+    /// one that exists and is a directory, a device or unreadable). Warnings are in `warnings`.
+    public static func validate(path: String) throws -> ClusterConfig {
+        let config = try load(path: path)
+        if let image = config.guest?.image, let problem = fileProblem(image) {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            var reader = Reader(file: path)
+            let node = (try? Yams.compose(yaml: text)).flatMap { root -> Node? in
+                guard case .mapping(let m) = root, let g = m["guest"], case .mapping(let gm) = g else { return nil }
+                return gm["image"]
+            }
+            reader.report(node, "guest.image", "cannot read '\(image)': it \(problem)")
+            throw ConfigError(diagnostics: reader.problems)
+        }
+        return config
+    }
+
     /// Largest config file read, in bytes.
     public static var maxConfigBytes: Int { YAMLBounds.maxBytes }
 
@@ -196,8 +214,8 @@ struct Reader {
     }
 
     /// A file the config names: it must exist, be a regular file (after symlinks) and be readable.
-    mutating func checkFile(_ node: Node, _ path: String, _ file: String, what: String) {
-        if let problem = fileProblem(file) { report(node, path, "\(what) '\(file)' \(problem)") }
+    mutating func checkFile(_ node: Node, _ path: String, _ file: String) {
+        if let problem = fileProblem(file) { report(node, path, "cannot read '\(file)': it \(problem)") }
     }
 
     mutating func settings(_ node: Node, _ path: String) -> [(key: String, value: String)] {
@@ -306,14 +324,16 @@ struct Reader {
         if let g = top["guest"]?.value, let m = mapping(g, "guest", allowed: ["image", "cmdline", "initrd", "protocol"]) {
             var image = ""
             if let i = m["image"]?.value, let path = string(i, "guest.image").map(resolve) {
-                checkFile(i, "guest.image", path, what: "image")
+                if let problem = fileProblem(path), problem != FileProblems.missing {
+                    report(i, "guest.image", "cannot read '\(path)': it \(problem)")  // a missing one: validate(path:)
+                }
                 image = path
             } else if m["image"] == nil { report(g, "guest.image", "missing (path of the guest image)") }
             let cmdline = m["cmdline"].flatMap { string($0.value, "guest.cmdline") } ?? ""
             if cmdline.utf8.count > 4095 { report(m["cmdline"]?.value, "guest.cmdline", "longer than 4095 bytes") }
             var initrd: String?
             if let i = m["initrd"]?.value, let path = string(i, "guest.initrd").map(resolve) {
-                checkFile(i, "guest.initrd", path, what: "initrd")
+                checkFile(i, "guest.initrd", path)
                 initrd = path
             }
             var proto = "auto"
@@ -330,7 +350,7 @@ struct Reader {
         if let k = top["key_file"]?.value, let s = string(k, "key_file") {
             let path = resolve(s)
             if let problem = fileProblem(path) {
-                report(k, "key_file", "key file '\(path)' \(problem)")
+                report(k, "key_file", "cannot read '\(path)': it \(problem)")
             } else if let mode = permissions(path), mode & 0o004 != 0 {
                 warn(k, "key_file", "'\(path)' is readable by every user (mode \(String(mode & 0o777, radix: 8))): "
                      + "anyone on this machine can join the cluster; chmod 600 it")

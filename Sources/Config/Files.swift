@@ -7,15 +7,19 @@ import Glibc
 
 struct FileProblem: Error { var message: String }
 
+enum FileProblems {
+    static let missing = "does not exist"
+}
+
 /// What is wrong with `path` as a file to read (nil: a readable regular file).
 func fileProblem(_ path: String) -> String? {
     var st = stat()
     guard stat(path, &st) == 0 else {
         switch errno {
-        case ENOENT: return "does not exist"
+        case ENOENT: return FileProblems.missing
         case EACCES: return "cannot be reached (permission denied on a directory of its path)"
         case ENOTDIR: return "does not exist (a component of the path is not a directory)"
-        default: return "cannot be read: \(String(cString: strerror(errno)))"
+        default: return "cannot be opened (\(String(cString: strerror(errno))))"
         }
     }
     switch st.st_mode & S_IFMT {
@@ -41,7 +45,7 @@ func permissions(_ path: String) -> UInt32? {
 /// Reads a regular file of at most `limit` bytes.
 func readBounded(_ path: String, limit: Int) -> Result<[UInt8], FileProblem> {
     if let problem = fileProblem(path) {
-        return .failure(FileProblem(message: problem == "does not exist" ? "no such file" : "the config file \(problem)"))
+        return .failure(FileProblem(message: problem == FileProblems.missing ? "no such file" : "the config file \(problem)"))
     }
     let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { return .failure(FileProblem(message: "cannot open: \(String(cString: strerror(errno)))")) }

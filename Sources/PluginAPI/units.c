@@ -283,22 +283,20 @@ size_t gvm_unit_message(int status, gvm_unit_kind kind, const char *text, uint64
     const char *what = durations ? "a duration" : "a size";
     const char *units = durations ? "duration units: ns, us, ms, s, m, h; a bare number is seconds"
                                   : "size units: B, KiB, MiB, GiB, TiB (or K, M, G, T); a bare number is bytes";
-    const char *example = durations ? "200ms or 3s" : "4KiB or 64MiB";
+    const char *example = durations ? "500ms, 10s" : "4KiB, 64MiB";
     int n;
     switch (status) {
     case GVM_UNIT_OK: n = snprintf(buf, cap, "%s is valid", q); break;
-    case GVM_UNIT_EMPTY: n = snprintf(buf, cap, "empty: expected %s like %s", what, example); break;
+    case GVM_UNIT_EMPTY: n = snprintf(buf, cap, "empty: expected %s (e.g. %s)", what, example); break;
     case GVM_UNIT_NOT_NUMBER:
-        n = snprintf(buf, cap, "%s is not %s: expected a number and a unit like %s (%s)", q, what, example, units);
+        n = snprintf(buf, cap, "%s is not %s (e.g. %s): a number and a unit (%s)", q, what, example, units);
         break;
     case GVM_UNIT_NEGATIVE: n = snprintf(buf, cap, "%s is negative: expected %s >= %s", q, what, lo); break;
     case GVM_UNIT_NOT_FINITE: n = snprintf(buf, cap, "%s is not a finite number (%s)", q, range); break;
     case GVM_UNIT_BAD_UNIT: n = snprintf(buf, cap, "%s has an unknown unit or trailing text (%s)", q, units); break;
-    case GVM_UNIT_OVERFLOW:
-        n = snprintf(buf, cap, "%s is too large for 64 bits of %s (%s)", q, durations ? "nanoseconds" : "bytes", range);
-        break;
-    case GVM_UNIT_TOO_SMALL: n = snprintf(buf, cap, "%s is below the minimum %s (%s)", q, lo, range); break;
+    case GVM_UNIT_OVERFLOW: /* beyond 64 bits: above any maximum, said the same way */
     case GVM_UNIT_TOO_LARGE: n = snprintf(buf, cap, "%s is above the maximum %s (%s)", q, hi, range); break;
+    case GVM_UNIT_TOO_SMALL: n = snprintf(buf, cap, "%s is below the minimum %s (%s)", q, lo, range); break;
     case GVM_UNIT_FRACTION: n = snprintf(buf, cap, "%s is not a whole number of bytes", q); break;
     case GVM_UNIT_AMBIGUOUS:
         n = snprintf(buf, cap, "%s: KB, MB, GB and TB are ambiguous (1000 or 1024?): write KiB, MiB, GiB, TiB", q);

@@ -21,7 +21,8 @@
  *
  * The number is decimal, converted exactly (no floating point): "1.5s" is 1500000000 ns, "0.5KiB"
  * is 512 bytes. A duration is rounded to the nearest nanosecond; a size must come out a whole
- * number of bytes ("1.3KiB" is refused). Refused with a distinct status: an empty value, no number,
+ * number of bytes ("1.3KiB" is refused). Digits past the 19th significant one are dropped from a
+ * duration (under 1 part in 10^18) and refused in a size unless they are zeros. Refused with a distinct status: an empty value, no number,
  * a minus sign, nan/inf, an unknown unit or trailing text, a value that does not fit 64 bits of
  * nanoseconds or bytes, and a value outside the caller's [min, max]. Nothing is clamped.
  *
