@@ -251,6 +251,9 @@ struct Reader {
 
     // MARK: - sections
 
+    /// Largest key file accepted (a key is 16 bytes or more; a few dozen is plenty).
+    static let maxKeyFileBytes: Int64 = 64 << 10
+
     static let topLevel = ["cluster", "nodes", "memory", "plugin_path", "transport", "coherence",
                            "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench"]
 
@@ -351,6 +354,9 @@ struct Reader {
             let path = resolve(s)
             if let problem = fileProblem(path) {
                 report(k, "key_file", "cannot read '\(path)': it \(problem)")
+            } else if let size = fileSize(path), size > Self.maxKeyFileBytes {
+                report(k, "key_file", "'\(path)' is \(size) bytes: a key file holds at most \(Self.maxKeyFileBytes) "
+                       + "(e.g. head -c 32 /dev/urandom | base64 > cluster.key)")
             } else if let mode = permissions(path), mode & 0o004 != 0 {
                 warn(k, "key_file", "'\(path)' is readable by every user (mode \(String(mode & 0o777, radix: 8))): "
                      + "anyone on this machine can join the cluster; chmod 600 it")

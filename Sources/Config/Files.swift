@@ -42,6 +42,13 @@ func permissions(_ path: String) -> UInt32? {
     return UInt32(st.st_mode) & 0o7777
 }
 
+/// Size of `path` in bytes (after symlinks), nil when it cannot be stat'ed.
+func fileSize(_ path: String) -> Int64? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return Int64(st.st_size)
+}
+
 /// Reads a regular file of at most `limit` bytes.
 func readBounded(_ path: String, limit: Int) -> Result<[UInt8], FileProblem> {
     if let problem = fileProblem(path) {

@@ -176,5 +176,10 @@ final class HostileConfigTests: XCTestCase {
         chmod(key, 0o600)
         XCTAssertEqual(try ConfigLoader.parse(yaml: twoNodes + "key_file: cluster.key\n", path: dir + "/c.yaml").warnings, [])
         XCTAssertEqual(diagnostics(twoNodes + "key_file: /tmp\n").map(\.message), ["cannot read '/tmp': it is a directory, not a file"])
+        XCTAssertEqual(diagnostics(twoNodes + "key_file: /dev/zero\n").map(\.message),
+                       ["cannot read '/dev/zero': it is a character device, not a regular file"])
+        let huge = temporaryFile(String(repeating: "k", count: 70_000), name: "huge.key")
+        XCTAssertEqual(diagnostics(twoNodes + "key_file: \(huge)\n").map(\.message),
+                       ["'\(huge)' is 70000 bytes: a key file holds at most 65536 (e.g. head -c 32 /dev/urandom | base64 > cluster.key)"])
     }
 }
