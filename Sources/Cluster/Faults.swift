@@ -111,6 +111,11 @@ public final class FaultInjectingTransport: FrameTransport, @unchecked Sendable 
         return nil
     }
 
+    /// Uniform 0..<jitter ns (jitter capped at 2^62 ns so the Double product always converts). Lock held.
+    private func randomJitter(_ jitter: UInt64) -> UInt64 {
+        jitter > 0 ? UInt64(random() * Double(min(jitter, 1 << 62))) : 0
+    }
+
     /// `now + a + b`, saturating (the rule's durations are at most an hour each).
     private func deadline(_ a: UInt64, _ b: UInt64 = 0) -> UInt64 {
         let (x, o1) = monotonicNanoseconds().addingReportingOverflow(a)
@@ -180,7 +185,7 @@ public final class FaultInjectingTransport: FrameTransport, @unchecked Sendable 
             return GVM_OK.rawValue
         case (.delay?, false):
             let r = rule!
-            let jitter = r.jitterNanoseconds > 0 ? UInt64(random() * Double(r.jitterNanoseconds)) : 0
+            let jitter = randomJitter(r.jitterNanoseconds)
             metrics.add(delayed, 1)
             rc = enqueue(bytes, key, due: max(deadline(r.delayNanoseconds, jitter), 1))
         case (.reorder?, false):
@@ -188,7 +193,7 @@ public final class FaultInjectingTransport: FrameTransport, @unchecked Sendable 
             rc = enqueue(bytes, key, due: deadline(rule!.delayNanoseconds), holdForOtherLane: true)
         case (.delay?, true):
             let r = rule!
-            let jitter = r.jitterNanoseconds > 0 ? UInt64(random() * Double(r.jitterNanoseconds)) : 0
+            let jitter = randomJitter(r.jitterNanoseconds)
             loose.append(Loose(due: deadline(r.delayNanoseconds, jitter), key: key, bytes: bytes, heldToken: nil))
             metrics.add(delayed, 1)
             mon.broadcast()

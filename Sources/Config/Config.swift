@@ -3,6 +3,10 @@
 //
 // The reader collects every problem it finds (it does not stop at the first) and reports each as
 // `file:line:column: field.path: message`, e.g. `demo.yaml:7:11: nodes[1].port: 70000 is not a port`.
+// Durations and sizes use the one grammar of giantvm_units.h (Units.swift: a bare number is
+// seconds or bytes), each duration field with a stated range. The document is bounded before it
+// is composed (YAMLBounds.swift: size, nesting, alias expansion); fault rules are typed
+// (Faults.swift); files the config names are checked with stat (Files.swift).
 
 import Foundation
 
