@@ -38,6 +38,7 @@ public enum Durations {
     /// Checks a CLI option given in seconds (`--duration 5`, `--timeout 2.5`) and returns it in
     /// nanoseconds. Throws `UnitError` with a message naming the option and the range, e.g.
     /// "--timeout: '1e+10 s' is above the maximum 720h (range 1ms to 720h)": never traps.
+    @discardableResult
     public static func checkCLI(_ seconds: Double, option: String, range: ClosedRange<UInt64> = cliRange) throws -> UInt64 {
         var ns: UInt64 = 0
         let rc = gvm_check_seconds(seconds, range.lowerBound, range.upperBound, &ns)

@@ -78,6 +78,9 @@ final class HostileConfigTests: XCTestCase {
                                             .replacingOccurrences(of: "bench: &b {threads: 2}", with: ""), path: "/cfg/h.yaml")
         XCTAssertEqual(ok.faults.rules.count, 2)
         XCTAssertEqual(ok.extra["bench"], "&slow {channel: coherence, action: delay, delay: 2ms}", "the file's own text, not re-serialized")
+        let block = try ConfigLoader.parse(yaml: head + "transport: transport-tcp\nbench:\n  threads: 2   # two\n  pages: [1, 2]\ntimeouts: {connect: 1s}\n",
+                                           path: "/cfg/h.yaml")
+        XCTAssertEqual(block.extra["bench"]?.trimmingCharacters(in: .whitespacesAndNewlines), "threads: 2   # two\n  pages: [1, 2]")
     }
 
     func testDeepNestingIsRefused() {
