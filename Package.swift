@@ -55,7 +55,7 @@ let package = Package(
 
         // --- host libraries ------------------------------------------------------------------
         .target(name: "CSystem", path: "Sources/CSystem"),
-        .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")],
+        .target(name: "Config", dependencies: ["PluginAPI", .product(name: "Yams", package: "Yams")],
                 path: "Sources/Config", swiftSettings: swiftSettings),
         .target(name: "Metrics", dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
                 path: "Sources/Metrics", swiftSettings: swiftSettings),
@@ -71,8 +71,7 @@ let package = Package(
         .target(name: "Cluster",
                 dependencies: ["PluginAPI", "PluginHost", "Config", "Metrics", "CSystem",
                                .product(name: "Crypto", package: "swift-crypto"),
-                               .product(name: "Logging", package: "swift-log"),
-                               .product(name: "Yams", package: "Yams")],
+                               .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Cluster", swiftSettings: swiftSettings),
         .target(name: "KVM", dependencies: ["CSystem"], path: "Sources/KVM", swiftSettings: swiftSettings),
         .target(name: "Interrupts", path: "Sources/Interrupts", swiftSettings: swiftSettings),
@@ -134,7 +133,8 @@ let package = Package(
 
         // --- tests ---------------------------------------------------------------------------
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], path: "Tests/ConfigTests"),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "PluginAPI", "PluginKit", "IvyCore", "Firmware", "TestSupport"],
+                    path: "Tests/ConfigTests"),
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
         .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),

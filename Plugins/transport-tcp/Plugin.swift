@@ -13,11 +13,12 @@ import PluginKit
 // connection with a logged error; it never reaches the host. Before the handshake completes the
 // connection is anonymous and its failure affects no peer; after it, the peer is reported down.
 //
-// Settings (all optional):
-//   connect_timeout    how long to retry connecting to a peer that is not up yet (default 10s)
-//   handshake_timeout  how long a new connection may take to finish its handshake (default 5s)
-//   retry_interval     pause between connection attempts (default 100ms)
-//   send_queue_limit   bytes queued per connection before send returns GVM_ERR_NOMEM (64 MiB)
+// Settings (all optional; durations and sizes in the grammar of giantvm_units.h: a bare number is
+// seconds for a duration, bytes for a size):
+//   connect_timeout    how long to retry connecting to a peer that is not up yet (default 10s, 1ms-24h)
+//   handshake_timeout  how long a new connection may take to finish its handshake (default 5s, 1ms-24h)
+//   retry_interval     pause between connection attempts (default 100ms, 1ms-1h)
+//   send_queue_limit   bytes queued per connection before send returns GVM_ERR_NOMEM (default 64MiB; 2 frames to 16GiB)
 //   listen_address     address to bind (default: this node's `address` from the config)
 //   nodelay            TCP_NODELAY on every connection (default true)
 //   max_pending_handshakes  unauthenticated connections handled at once (default 32)
@@ -62,21 +63,24 @@ final class TCPTransport: TransportPlugin {
     init(services: HostServices, host: TransportHost, cluster: ClusterInfo, settings: Settings) throws {
         try settings.allowOnly(["connect_timeout", "handshake_timeout", "retry_interval", "send_queue_limit",
                                 "listen_address", "nodelay", "max_pending_handshakes"])
-        func duration(_ key: String, _ def: UInt64) throws -> UInt64 {
-            guard let text = settings.values[key] else { return def }
-            guard let ns = parseDurationNanoseconds(text), ns > 0 else {
-                throw PluginError("setting '\(key)': '\(text)' is not a duration (e.g. 500ms, 10s)")
+        /// Durations: the shared grammar (giantvm_units.h; bare number = seconds) and each
+        /// setting's range (TCPDurationSetting, Wire.swift).
+        func duration(_ setting: TCPDurationSetting) throws -> UInt64 {
+            guard let text = settings.values[setting.rawValue] else { return setting.defaultNanoseconds }
+            switch setting.parse(text) {
+            case .success(let ns): return ns
+            case .failure(let e): throw PluginError(e.message)
             }
-            return ns
         }
         self.services = services
         self.host = host
         self.cluster = cluster
         self.selfID = cluster.selfID
-        connectTimeout = try duration("connect_timeout", 10_000_000_000)
-        handshakeTimeout = try duration("handshake_timeout", 5_000_000_000)
-        retryInterval = try duration("retry_interval", 100_000_000)
-        queueLimit = try settings.int("send_queue_limit", default: 64 << 20, range: (2 * Int(GVM_MAX_FRAME + 8))...(1 << 34))
+        connectTimeout = try duration(.connectTimeout)
+        handshakeTimeout = try duration(.handshakeTimeout)
+        retryInterval = try duration(.retryInterval)
+        queueLimit = Int(try settings.size("send_queue_limit", default: 64 << 20,
+                                           range: UInt64(2 * Int(GVM_MAX_FRAME + 8))...(1 << 34)))
         noDelay = try settings.bool("nodelay", default: true)
         maxPendingHandshakes = try settings.int("max_pending_handshakes", default: 32, range: 1...1024)
         guard Int(selfID) < cluster.nodes.count else {

@@ -219,19 +219,52 @@ public func authMaterial(cluster: String, signer: UInt32, verifier: UInt32, lane
     return m
 }
 
-/// Parses a duration setting: "250ms", "2s", "1.5s", "100us", or a bare number of milliseconds.
-/// Returns nanoseconds, or nil when the text is not a duration.
-public func parseDurationNanoseconds(_ text: String) -> UInt64? {
-    var s = Substring(text)
-    while s.first == " " { s.removeFirst() }
-    while s.last == " " { s.removeLast() }
-    let units: [(String, Double)] = [("ms", 1e6), ("us", 1e3), ("ns", 1), ("s", 1e9), ("m", 60e9)]
-    var scale = 1e6
-    for (suffix, factor) in units where s.hasSuffix(suffix) {
-        s = s.dropLast(suffix.count)
-        scale = factor
-        break
+/// transport-tcp's duration settings: name, default and accepted range, in nanoseconds. Values
+/// use the one grammar of giantvm_units.h (a bare number is seconds, like every duration field).
+public enum TCPDurationSetting: String, CaseIterable, Sendable {
+    case connectTimeout = "connect_timeout"
+    case handshakeTimeout = "handshake_timeout"
+    case retryInterval = "retry_interval"
+
+    public var defaultNanoseconds: UInt64 {
+        switch self {
+        case .connectTimeout: return 10 * GVM_NS_PER_S
+        case .handshakeTimeout: return 5 * GVM_NS_PER_S
+        case .retryInterval: return 100 * GVM_NS_PER_MS
+        }
     }
-    guard let v = Double(s), v >= 0, v.isFinite, v * scale < 1e18 else { return nil }
-    return UInt64(v * scale)
+
+    public var range: ClosedRange<UInt64> {
+        switch self {
+        case .connectTimeout, .handshakeTimeout: return GVM_NS_PER_MS...GVM_NS_PER_DAY
+        case .retryInterval: return GVM_NS_PER_MS...(3600 * GVM_NS_PER_S)
+        }
+    }
+
+    /// The setting's value in nanoseconds, or the shared grammar's message naming the setting,
+    /// the value and the range.
+    public func parse(_ text: String) -> Result<UInt64, TCPSettingError> {
+        let r = range
+        var ns: UInt64 = 0
+        let rc = text.withCString { gvm_parse_duration($0, r.lowerBound, r.upperBound, &ns) }
+        if rc == GVM_UNIT_OK.rawValue { return .success(ns) }
+        var buf = [CChar](repeating: 0, count: 256)
+        _ = text.withCString { t in
+            buf.withUnsafeMutableBufferPointer { gvm_unit_message(rc, GVM_UNIT_DURATION, t, r.lowerBound, r.upperBound, $0.baseAddress, $0.count) }
+        }
+        let message = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return .failure(TCPSettingError(message: "setting '\(rawValue)': \(message)"))
+    }
+}
+
+public struct TCPSettingError: Error, CustomStringConvertible, Equatable {
+    public var message: String
+    public var description: String { message }
+}
+
+/// A duration in the shared grammar (bare number = seconds), without a range: nanoseconds, or
+/// nil when the text is not a duration.
+public func parseDurationNanoseconds(_ text: String) -> UInt64? {
+    var ns: UInt64 = 0
+    return text.withCString { gvm_parse_duration($0, 0, UInt64.max, &ns) } == GVM_UNIT_OK.rawValue ? ns : nil
 }

@@ -82,9 +82,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
                 throw ClusterError("\(config.sourcePath): transport.plugin: \(error)")
             }
             node.transportName = plugin.name
-            var settings = config.transport.settings.filter { $0.key != "__faults" }
+            var settings = config.transport.settings
             if plugin.name == "transport-tcp" && !settings.contains(where: { $0.key == "connect_timeout" }) {
-                settings.append(("connect_timeout", "\(config.timeouts.connect)s"))
+                settings.append(("connect_timeout", "\(config.timeouts.connectNanoseconds)ns"))
             }
             let auth = try Authenticator(cluster: config.cluster, selfID: id, nodeCount: config.nodes.count,
                                          keyFile: config.keyFile, logger: node.logger)
@@ -129,12 +129,10 @@ public final class Node: TransportEvents, @unchecked Sendable {
         cUnhandled = metrics.counter("net.unhandled_frames")
         cBeats = metrics.counter("net.heartbeats_in")
         var t = try makeTransport(self)
-        if let text = config.transport.setting("__faults") {
-            let plan = try FaultPlan.parse(yaml: text, nodeCount: n)
-            if !plan.rules.isEmpty {
-                logger.notice("fault injection on: \(plan.rules.count) rule(s), seed \(plan.seed)")
-                t = FaultInjectingTransport(wrapping: t, plan: plan, selfID: id, metrics: metrics)
-            }
+        let plan = config.faults
+        if !plan.rules.isEmpty {
+            logger.notice("fault injection on: \(plan.rules.count) rule(s), seed \(plan.seed)")
+            t = FaultInjectingTransport(wrapping: t, plan: plan, selfID: id, metrics: metrics)
         }
         transport = t
     }
@@ -188,7 +186,8 @@ public final class Node: TransportEvents, @unchecked Sendable {
     public func start() throws {
         started = true
         try transport.start()
-        let deadline = monotonicNanoseconds() + UInt64(config.timeouts.connect * 1e9)
+        let sum = monotonicNanoseconds().addingReportingOverflow(config.timeouts.connectNanoseconds)
+        let deadline = sum.overflow ? UInt64.max : sum.partialValue  // checked: never traps
         let failure: String? = mon.withLock {
             while true {
                 if let i = lost.indices.first(where: { lost[$0] && $0 != Int(id) }) {
@@ -348,8 +347,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
     // MARK: heartbeats and failure detection
 
     private func heartbeatLoop() {
-        let interval = UInt64(config.timeouts.heartbeat * 1e9)
-        let failure = UInt64(config.timeouts.failure * 1e9)
+        // Checked conversions (the config's ranges keep both at most a day; never trap).
+        let interval = max(config.timeouts.heartbeatNanoseconds, 1)
+        let failure = config.timeouts.failureNanoseconds
         var seq: UInt64 = 0
         var next = monotonicNanoseconds()
         while true {
@@ -375,9 +375,10 @@ public final class Node: TransportEvents, @unchecked Sendable {
             for p in peers where !mon.withLock({ lost[Int(p)] }) {
                 send(channel: .heartbeat, to: p, w.bytes, lane: GVM_LANE_URGENT)
             }
-            next += interval
+            let sum = next.addingReportingOverflow(interval)
+            next = sum.overflow ? UInt64.max : sum.partialValue
             let now = monotonicNanoseconds()
-            if next < now { next = now + interval }
+            if next < now { next = now.addingReportingOverflow(interval).overflow ? UInt64.max : now + interval }
         }
     }
 

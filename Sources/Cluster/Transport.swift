@@ -43,7 +43,7 @@ public final class PluginTransport: FrameTransport, @unchecked Sendable {
     private var stopped = false
 
     /// Creates the plugin instance (which validates its settings). `settings` are the
-    /// plugin's settings with host-only keys (e.g. `__faults`) removed.
+    /// plugin's settings as the config gives them (plus host-supplied defaults).
     public init(plugin: LoadedPlugin, config: ClusterConfig, selfID: UInt32, settings: [(key: String, value: String)],
                 authenticator: Authenticator, events: TransportEvents, metrics: MetricsRegistry, logger: Logger,
                 onFatal: @escaping (String) -> Void) throws {

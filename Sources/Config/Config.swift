@@ -3,6 +3,10 @@
 //
 // The reader collects every problem it finds (it does not stop at the first) and reports each as
 // `file:line:column: field.path: message`, e.g. `demo.yaml:7:11: nodes[1].port: 70000 is not a port`.
+// Durations and sizes use the one grammar of giantvm_units.h (Units.swift: a bare number is
+// seconds or bytes), each duration field with a stated range. The document is bounded before it
+// is composed (YAMLBounds.swift: size, nesting, alias expansion); fault rules are typed
+// (Faults.swift); files the config names are checked with stat (Files.swift).
 
 import Foundation
 
@@ -48,7 +52,8 @@ public struct GuestConfig: Sendable {
     public var bootProtocol: String = "auto"
 }
 
-/// Timeouts in seconds (`timeouts:`).
+/// Timeouts in seconds (`timeouts:`). Each is range-checked when read (`Durations.timeoutRange`,
+/// 1ms to 24h); use the `...Nanoseconds` accessors for arithmetic (checked, never trapping).
 public struct Timeouts: Sendable, Equatable {
     /// How long a node waits for all peers to be reachable at start.
     public var connect: Double = 10
@@ -57,6 +62,10 @@ public struct Timeouts: Sendable, Equatable {
     /// Silence after which a peer is declared lost and every node stops.
     public var failure: Double = 3
     public init() {}
+
+    public var connectNanoseconds: UInt64 { Durations.nanoseconds(fromSeconds: connect) }
+    public var heartbeatNanoseconds: UInt64 { Durations.nanoseconds(fromSeconds: heartbeat) }
+    public var failureNanoseconds: UInt64 { Durations.nanoseconds(fromSeconds: failure) }
 }
 
 /// The whole cluster configuration.
@@ -73,8 +82,21 @@ public struct ClusterConfig: Sendable {
     public var guest: GuestConfig?
     public var keyFile: String?
     public var timeouts: Timeouts
-    /// Extra top-level sections that belong to tools (e.g. `bench:`), kept as raw YAML text.
+    /// Extra top-level sections that belong to tools (e.g. `bench:`): their source text exactly
+    /// as written in the file (never re-serialized, aliases not expanded).
     public var extra: [String: String]
+    /// `transport.faults`: fault-injection rules, read and checked once (empty: no injection).
+    public var faults: FaultPlan
+    /// Things `validate` should say that do not make the file invalid (no key_file on a
+    /// multi-node cluster, a key file other users can read).
+    public var warnings: [Diagnostic]
+
+    /// Largest `memory:` a VM supports: guest RAM must end below the 32-bit device window at
+    /// 0xC0000000 (Firmware's `FirmwareLayout.maxRAM`; Machine refuses more too). Checked when the
+    /// config is read, before anything is sized from it.
+    public static let maxMemoryBytes: UInt64 = 0xC000_0000
+    /// Smallest `memory:`.
+    public static let minMemoryBytes: UInt64 = 1 << 20
 
     public var totalVCPUs: Int { nodes.reduce(0) { $0 + Int($1.vcpus) } }
 
@@ -98,11 +120,13 @@ public struct ClusterConfig: Sendable {
                 transport: PluginRef = PluginRef(plugin: "transport-tcp"),
                 coherence: PluginRef = PluginRef(plugin: "dsm-ivy"), devices: [DeviceConfig] = [],
                 ioapicNode: UInt32 = 0, guest: GuestConfig? = nil, keyFile: String? = nil,
-                timeouts: Timeouts = Timeouts(), extra: [String: String] = [:]) {
+                timeouts: Timeouts = Timeouts(), extra: [String: String] = [:], faults: FaultPlan = FaultPlan(),
+                warnings: [Diagnostic] = []) {
         self.sourcePath = sourcePath; self.cluster = cluster; self.nodes = nodes
         self.memoryBytes = memoryBytes; self.pluginPath = pluginPath; self.transport = transport
         self.coherence = coherence; self.devices = devices; self.ioapicNode = ioapicNode
         self.guest = guest; self.keyFile = keyFile; self.timeouts = timeouts; self.extra = extra
+        self.faults = faults; self.warnings = warnings
     }
 }
 
@@ -113,6 +137,9 @@ public struct Diagnostic: Sendable, Equatable, CustomStringConvertible {
     public var column: Int
     public var path: String
     public var message: String
+    public init(file: String, line: Int, column: Int, path: String, message: String) {
+        self.file = file; self.line = line; self.column = column; self.path = path; self.message = message
+    }
     public var description: String {
         let location = line > 0 ? "\(file):\(line):\(column)" : file
         return path.isEmpty ? "\(location): \(message)" : "\(location): \(path): \(message)"

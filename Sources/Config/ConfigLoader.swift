@@ -3,26 +3,52 @@ import Yams
 
 /// Reads and validates a cluster config.
 public enum ConfigLoader {
-    /// Reads `path`; throws `ConfigError` listing every problem.
+    /// Reads `path`; throws `ConfigError` listing every problem. Only a regular file of at most
+    /// `maxConfigBytes` is read (a device, a FIFO or a huge file is refused before reading).
     public static func load(path: String) throws -> ClusterConfig {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw ConfigError(diagnostics: [Diagnostic(file: path, line: 0, column: 0, path: "",
-                                                       message: "no such file")])
+        func fail(_ message: String) -> ConfigError {
+            ConfigError(diagnostics: [Diagnostic(file: path, line: 0, column: 0, path: "", message: message)])
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError(diagnostics: [Diagnostic(file: path, line: 0, column: 0, path: "",
-                                                       message: "cannot read the file (permissions?)")])
+        let data: [UInt8]
+        switch readBounded(path, limit: YAMLBounds.maxBytes) {
+        case .success(let d): data = d
+        case .failure(let why): throw fail(why.message)
         }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(diagnostics: [Diagnostic(file: path, line: 0, column: 0, path: "",
-                                                       message: "the file is not UTF-8 text")])
+        guard let text = String(validating: data, as: UTF8.self) else {
+            throw fail("the file is not UTF-8 text")
         }
         return try parse(yaml: text, path: path)
     }
 
+    /// What `giantvm validate` runs: `load`, and also every file the config names must exist now
+    /// (`guest.image`; `load` lets a missing image through for the run to report, but refuses
+    /// one that exists and is a directory, a device or unreadable). Warnings are in `warnings`.
+    public static func validate(path: String) throws -> ClusterConfig {
+        let config = try load(path: path)
+        if let image = config.guest?.image, let problem = fileProblem(image) {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            var reader = Reader(file: path)
+            let node = (try? Yams.compose(yaml: text)).flatMap { root -> Node? in
+                guard case .mapping(let m) = root, let g = m["guest"], case .mapping(let gm) = g else { return nil }
+                return gm["image"]
+            }
+            reader.report(node, "guest.image", "cannot read '\(image)': it \(problem)")
+            throw ConfigError(diagnostics: reader.problems)
+        }
+        return config
+    }
+
+    /// Largest config file read, in bytes.
+    public static var maxConfigBytes: Int { YAMLBounds.maxBytes }
+
     /// Parses YAML text; `path` names it in messages and anchors relative paths.
     public static func parse(yaml: String, path: String) throws -> ClusterConfig {
         var reader = Reader(file: path)
+        let bounds = YAMLBounds.scan(yaml)
+        if let p = bounds.problem {
+            throw ConfigError(diagnostics: [Diagnostic(file: path, line: p.line, column: p.column, path: "", message: p.message)])
+        }
+        reader.topLevelText = bounds.topLevelText
         let root: Node?
         do {
             root = try Yams.compose(yaml: yaml)
@@ -37,7 +63,10 @@ public enum ConfigLoader {
                                                        message: "the file is empty: expected a mapping with cluster:, nodes:, transport: and coherence:")])
         }
         let config = reader.cluster(root)
-        if let config, reader.problems.isEmpty { return config }
+        if var config, reader.problems.isEmpty {
+            config.warnings = reader.warnings
+            return config
+        }
         let sorted = reader.problems.enumerated().sorted { a, b in
             (a.element.line, a.element.column, a.offset) < (b.element.line, b.element.column, b.offset)
         }.map(\.element)
@@ -49,6 +78,9 @@ public enum ConfigLoader {
 struct Reader {
     let file: String
     var problems: [Diagnostic] = []
+    var warnings: [Diagnostic] = []
+    /// Source text of each top-level value (from YAMLBounds), for `extra`.
+    var topLevelText: [String: String] = [:]
     let baseDirectory: String
 
     init(file: String) {
@@ -62,6 +94,12 @@ struct Reader {
     mutating func report(_ node: Node?, _ path: String, _ message: String) {
         let mark = node?.mark
         problems.append(Diagnostic(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0,
+                                   path: path, message: message))
+    }
+
+    mutating func warn(_ node: Node?, _ path: String, _ message: String) {
+        let mark = node?.mark
+        warnings.append(Diagnostic(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0,
                                    path: path, message: message))
     }
 
@@ -150,45 +188,34 @@ struct Reader {
         return value
     }
 
-    /// Sizes: plain bytes or with a unit (KiB, MiB, GiB, K, M, G).
-    mutating func size(_ node: Node, _ path: String) -> UInt64? {
+    /// A size (giantvm_units.h: bare number = bytes; B, KiB, MiB, GiB, TiB, K, M, G, T) in `range`.
+    mutating func size(_ node: Node, _ path: String, range: ClosedRange<UInt64>) -> UInt64? {
         guard case .scalar(let s) = node else {
             report(node, path, "expected a size like 64MiB, got \(describe(node))")
             return nil
         }
-        let text = s.string.trimmingCharacters(in: .whitespaces)
-        let units: [(String, UInt64)] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
-                                         ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10), ("B", 1)]
-        var number = text
-        var scale: UInt64 = 1
-        for (u, m) in units where text.hasSuffix(u) {
-            number = String(text.dropLast(u.count)).trimmingCharacters(in: .whitespaces)
-            scale = m
-            break
+        switch Sizes.parse(s.string, range: range) {
+        case .success(let v): return v
+        case .failure(let e): report(node, path, e.message); return nil
         }
-        guard let n = UInt64(number), n.multipliedReportingOverflow(by: scale).overflow == false else {
-            report(node, path, "'\(s.string)' is not a size (use bytes or a unit: 64MiB, 1GiB)")
-            return nil
-        }
-        return n * scale
     }
 
-    /// Durations: seconds as a number, or with a unit (ms, s).
-    mutating func duration(_ node: Node, _ path: String) -> Double? {
+    /// A duration in nanoseconds (giantvm_units.h: bare number = seconds; ns, us, ms, s, m, h)
+    /// in `range`; the message names the range.
+    mutating func duration(_ node: Node, _ path: String, range: ClosedRange<UInt64>) -> UInt64? {
         guard case .scalar(let s) = node else {
             report(node, path, "expected a duration like 3s or 200ms, got \(describe(node))")
             return nil
         }
-        let text = s.string.trimmingCharacters(in: .whitespaces)
-        var value: Double?
-        if text.hasSuffix("ms") { value = Double(text.dropLast(2)).map { $0 / 1000 } }
-        else if text.hasSuffix("s") { value = Double(text.dropLast(1)) }
-        else { value = Double(text) }
-        guard let v = value, v > 0, v.isFinite else {
-            report(node, path, "'\(s.string)' is not a positive duration (e.g. 3s, 200ms)")
-            return nil
+        switch Durations.parse(s.string, range: range) {
+        case .success(let v): return v
+        case .failure(let e): report(node, path, e.message); return nil
         }
-        return v
+    }
+
+    /// A file the config names: it must exist, be a regular file (after symlinks) and be readable.
+    mutating func checkFile(_ node: Node, _ path: String, _ file: String) {
+        if let problem = fileProblem(file) { report(node, path, "cannot read '\(file)': it \(problem)") }
     }
 
     mutating func settings(_ node: Node, _ path: String) -> [(key: String, value: String)] {
@@ -224,6 +251,9 @@ struct Reader {
 
     // MARK: - sections
 
+    /// Largest key file accepted (a key is 16 bytes or more; a few dozen is plenty).
+    static let maxKeyFileBytes: Int64 = 64 << 10
+
     static let topLevel = ["cluster", "nodes", "memory", "plugin_path", "transport", "coherence",
                            "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench"]
 
@@ -250,13 +280,10 @@ struct Reader {
         if let n = need("nodes", "a list of nodes with id, address, port, vcpus") { nodes = nodeList(n) }
 
         var memory: UInt64 = 64 << 20
-        if let m = top["memory"]?.value {
-            if let v = size(m, "memory") {
-                if v % 4096 != 0 { report(m, "memory", "\(v) is not a multiple of the 4 KiB page size") }
-                else if v < (1 << 20) { report(m, "memory", "\(v) bytes is too small (at least 1MiB)") }
-                else if v > (1 << 40) { report(m, "memory", "\(v) bytes is too large (at most 1TiB)") }
-                else { memory = v }
-            }
+        if let m = top["memory"]?.value,
+           let v = size(m, "memory", range: ClusterConfig.minMemoryBytes...ClusterConfig.maxMemoryBytes) {
+            if v % 4096 != 0 { report(m, "memory", "\(v) is not a multiple of the 4 KiB page size") }
+            else { memory = v }
         }
 
         var pluginPath: [String] = []
@@ -273,12 +300,18 @@ struct Reader {
         }
 
         var transport = PluginRef(plugin: "")
+        var faultsNode: Node?
         if let t = need("transport", "the transport plugin, e.g. transport: {plugin: transport-tcp}") {
-            transport = pluginRef(t, "transport", allowed: ["plugin", "settings", "faults"])
+            transport = pluginRef(t, "transport", allowed: ["plugin", "settings", "faults"], faults: &faultsNode)
+        }
+        var faultPlan = FaultPlan()
+        if let f = faultsNode {
+            faultPlan = faults(f, nodeCount: max(nodes.count, rawNodeCount(top["nodes"]?.value)))
         }
         var coherence = PluginRef(plugin: "")
         if let c = need("coherence", "the coherence plugin, e.g. coherence: {plugin: dsm-ivy}") {
-            coherence = pluginRef(c, "coherence", allowed: ["plugin", "settings"])
+            var none: Node?
+            coherence = pluginRef(c, "coherence", allowed: ["plugin", "settings"], faults: &none)
         }
 
         var devices: [DeviceConfig] = []
@@ -293,13 +326,17 @@ struct Reader {
         var guest: GuestConfig?
         if let g = top["guest"]?.value, let m = mapping(g, "guest", allowed: ["image", "cmdline", "initrd", "protocol"]) {
             var image = ""
-            if let i = m["image"]?.value { image = string(i, "guest.image").map(resolve) ?? "" }
-            else { report(g, "guest.image", "missing (path of the guest image)") }
+            if let i = m["image"]?.value, let path = string(i, "guest.image").map(resolve) {
+                if let problem = fileProblem(path), problem != FileProblems.missing {
+                    report(i, "guest.image", "cannot read '\(path)': it \(problem)")  // a missing one: validate(path:)
+                }
+                image = path
+            } else if m["image"] == nil { report(g, "guest.image", "missing (path of the guest image)") }
             let cmdline = m["cmdline"].flatMap { string($0.value, "guest.cmdline") } ?? ""
             if cmdline.utf8.count > 4095 { report(m["cmdline"]?.value, "guest.cmdline", "longer than 4095 bytes") }
             var initrd: String?
             if let i = m["initrd"]?.value, let path = string(i, "guest.initrd").map(resolve) {
-                if !FileManager.default.isReadableFile(atPath: path) { report(i, "guest.initrd", "cannot read '\(path)'") }
+                checkFile(i, "guest.initrd", path)
                 initrd = path
             }
             var proto = "auto"
@@ -315,43 +352,53 @@ struct Reader {
         var keyFile: String?
         if let k = top["key_file"]?.value, let s = string(k, "key_file") {
             let path = resolve(s)
-            if !FileManager.default.isReadableFile(atPath: path) {
-                report(k, "key_file", "cannot read '\(path)'")
+            if let problem = fileProblem(path) {
+                report(k, "key_file", "cannot read '\(path)': it \(problem)")
+            } else if let size = fileSize(path), size > Self.maxKeyFileBytes {
+                report(k, "key_file", "'\(path)' is \(size) bytes: a key file holds at most \(Self.maxKeyFileBytes) "
+                       + "(e.g. head -c 32 /dev/urandom | base64 > cluster.key)")
+            } else if let mode = permissions(path), mode & 0o004 != 0 {
+                warn(k, "key_file", "'\(path)' is readable by every user (mode \(String(mode & 0o777, radix: 8))): "
+                     + "anyone on this machine can join the cluster; chmod 600 it")
             }
             keyFile = path
+        } else if max(nodes.count, rawNodeCount(top["nodes"]?.value)) > 1 {
+            warn(nil, "key_file", "not set: peers are accepted by cluster name and node id only, so any process "
+                 + "that reaches a node's port first can claim a node id; set key_file to a shared secret")
         }
 
         var timeouts = Timeouts()
         if let t = top["timeouts"]?.value, let m = mapping(t, "timeouts", allowed: ["connect", "heartbeat", "failure"]) {
-            if let v = m["connect"], let d = duration(v.value, "timeouts.connect") { timeouts.connect = d }
-            if let v = m["heartbeat"], let d = duration(v.value, "timeouts.heartbeat") { timeouts.heartbeat = d }
-            if let v = m["failure"], let d = duration(v.value, "timeouts.failure") { timeouts.failure = d }
+            let range = Durations.timeoutRange
+            if let v = m["connect"], let d = duration(v.value, "timeouts.connect", range: range) { timeouts.connect = Double(d) / 1e9 }
+            if let v = m["heartbeat"], let d = duration(v.value, "timeouts.heartbeat", range: range) { timeouts.heartbeat = Double(d) / 1e9 }
+            if let v = m["failure"], let d = duration(v.value, "timeouts.failure", range: range) { timeouts.failure = Double(d) / 1e9 }
             if timeouts.heartbeat * 2 > timeouts.failure {
                 report(t, "timeouts", "failure (\(timeouts.failure)s) must be at least twice heartbeat (\(timeouts.heartbeat)s)")
             }
         }
 
+        // Tool sections are kept as the file's own text: never re-serialized (which would expand
+        // aliases), and already bounded by YAMLBounds.
         var extra: [String: String] = [:]
-        if let b = top["bench"]?.value { extra["bench"] = (try? Yams.serialize(node: b)) ?? "" }
+        if top["bench"] != nil { extra["bench"] = topLevelText["bench"] ?? "" }
 
         guard ok else { return nil }
         return ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
                              pluginPath: pluginPath, transport: transport, coherence: coherence,
                              devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
-                             timeouts: timeouts, extra: extra)
+                             timeouts: timeouts, extra: extra, faults: faultPlan)
     }
 
-    mutating func pluginRef(_ node: Node, _ path: String, allowed: [String]) -> PluginRef {
+    /// `plugin:` and `settings:`; the `faults:` value (transport only) is handed back in `faults`.
+    mutating func pluginRef(_ node: Node, _ path: String, allowed: [String], faults: inout Node?) -> PluginRef {
         if case .scalar = node, let s = string(node, path) { return PluginRef(plugin: s) }
         guard let m = mapping(node, path, allowed: allowed) else { return PluginRef(plugin: "") }
         var ref = PluginRef(plugin: "")
         if let p = m["plugin"]?.value { ref.plugin = string(p, "\(path).plugin") ?? "" }
         else { report(node, "\(path).plugin", "missing (a plugin name or path to a .so)") }
         if let s = m["settings"]?.value { ref.settings = settings(s, "\(path).settings") }
-        if let f = m["faults"]?.value {
-            // Fault-injection rules are kept as YAML text for the transport decorator to parse.
-            ref.settings.append(("__faults", (try? Yams.serialize(node: f)) ?? ""))
-        }
+        faults = m["faults"]?.value
         return ref
     }
 

@@ -25,12 +25,13 @@ struct Validate: ParsableCommand {
         _ = global.bootstrapLogging()
         let cfg: ClusterConfig
         do {
-            cfg = try ConfigLoader.load(path: config)
+            cfg = try ConfigLoader.validate(path: config)
         } catch let e as ConfigError {
             print(e.description)
             print("\(config): \(e.diagnostics.count) problem\(e.diagnostics.count == 1 ? "" : "s")")
             throw ExitCode(1)
         }
+        cfg.warnings.forEach { print("warning: \($0)") }
         if plugins {
             let loader = PluginLoader(searchPath: PluginLoader.defaultSearchPath(config: cfg))
             var problems: [String] = []

@@ -17,6 +17,13 @@ final class CLITests: XCTestCase {
         let dir = Built.packageRoot + "/examples"
         for f in try FileManager.default.contentsOfDirectory(atPath: dir) where f.hasSuffix(".yaml") {
             let r = try giantvm(["validate", dir + "/" + f])
+            // validate checks that guest.image exists: an image that is a build product
+            // (Guests/build, `make -C Guests`) or an installed kernel (/boot) may be absent here.
+            let problems = r.stdout.split(separator: "\n").filter { !$0.hasPrefix("warning: ") && !$0.hasSuffix("1 problem") }
+            if r.status == 1, problems.count == 1, problems[0].contains("guest.image: cannot read '"),
+               problems[0].hasSuffix("': it does not exist"), problems[0].contains("/Guests/build/") || problems[0].contains("'/boot/") {
+                continue
+            }
             XCTAssertEqual(r.status, 0, "\(f): \(r.output)")
             XCTAssertTrue(r.stdout.contains("OK"), r.stdout)
         }

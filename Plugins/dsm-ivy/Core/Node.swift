@@ -49,6 +49,8 @@ public struct IvyConfig: Sendable, Equatable {
 
     /// `manager_chunk`: "auto" (default: contiguous ranges, one per node) or a size that is a
     /// multiple of 4 KiB ("4KiB", "64KiB", "2MiB", "8192"): interleave chunks over the nodes.
+    /// `hold_time`: a duration from 0 to 1s (default 20us). Both in the shared grammar of
+    /// giantvm_units.h (a bare number is bytes for a size, seconds for a duration).
     public static func parse(_ settings: [String: String], pageCount: UInt64, nodeCount: UInt32) throws -> IvyConfig {
         for key in settings.keys.sorted() where !settingKeys.contains(key) {
             throw PluginError("unknown setting '\(key)' (accepted: \(settingKeys.joined(separator: ", ")))")
@@ -58,8 +60,12 @@ public struct IvyConfig: Sendable, Equatable {
         if text == "auto" {
             config = IvyConfig(managerMap: .blocks(pageCount: pageCount, nodeCount: nodeCount))
         } else {
-            guard let bytes = parseSize(text) else {
+            let bytes: UInt64
+            switch parseSize(text) {
+            case .success(let b): bytes = b
+            case .failure(let f) where f.status == GVM_UNIT_NOT_NUMBER.rawValue || f.status == GVM_UNIT_EMPTY.rawValue:
                 throw PluginError("setting 'manager_chunk': '\(text)' is not 'auto' or a size like 4KiB, 64KiB, 2MiB")
+            case .failure(let f): throw PluginError("setting 'manager_chunk': \(f.message)")
             }
             guard bytes > 0, bytes % UInt64(GVM_PAGE_SIZE) == 0 else {
                 throw PluginError("setting 'manager_chunk': \(bytes) bytes is not a positive multiple of 4096")
@@ -67,35 +73,29 @@ public struct IvyConfig: Sendable, Equatable {
             config = IvyConfig(managerMap: ManagerMap(chunkPages: bytes / UInt64(GVM_PAGE_SIZE), nodeCount: nodeCount))
         }
         if let h = settings["hold_time"] {
-            guard let ns = parseDuration(h), ns <= 1_000_000_000 else {
+            switch parseDuration(h) {
+            case .success(let ns): config.holdNanoseconds = ns
+            case .failure(let f) where f.status == GVM_UNIT_NOT_NUMBER.rawValue || f.status == GVM_UNIT_EMPTY.rawValue:
                 throw PluginError("setting 'hold_time': '\(h)' is not a duration up to 1s like 0, 20us, 1ms")
+            case .failure(let f): throw PluginError("setting 'hold_time': \(f.message)")
             }
-            config.holdNanoseconds = ns
         }
         return config
     }
 
-    static func parseDuration(_ s: String) -> UInt64? {
-        let t = s.trimmingSpaces
-        for (u, m) in [("ns", UInt64(1)), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)] where t.hasSuffix(u) {
-            if let v = UInt64(String(t.dropLast(u.count)).trimmingSpaces) { return v.multipliedReportingOverflow(by: m).overflow ? nil : v * m }
-            return nil
-        }
-        return t == "0" ? 0 : nil
+    /// `hold_time`'s range: 0 (no hold) to 1s.
+    public static let holdTimeRange: ClosedRange<UInt64> = 0...Units.second
+    /// `manager_chunk`'s range: at most 1TiB (and a positive multiple of 4 KiB, checked after).
+    public static let managerChunkRange: ClosedRange<UInt64> = 0...(1 << 40)
+
+    /// The shared duration grammar (giantvm_units.h; a bare number is seconds) in `holdTimeRange`.
+    static func parseDuration(_ s: String) -> Result<UInt64, Units.Failure> {
+        Units.duration(s, range: holdTimeRange)
     }
 
-    static func parseSize(_ s: String) -> UInt64? {
-        let t = s.trimmingSpaces
-        let units: [(String, UInt64)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("K", 1 << 10),
-                                         ("M", 1 << 20), ("G", 1 << 30), ("", 1)]
-        for (u, m) in units where t.hasSuffix(u) {
-            let num = String(t.dropLast(u.count)).trimmingSpaces
-            if let v = UInt64(num) {
-                let (r, o) = v.multipliedReportingOverflow(by: m)
-                return o ? nil : r
-            }
-        }
-        return nil
+    /// The shared size grammar (a bare number is bytes) in `managerChunkRange`.
+    static func parseSize(_ s: String) -> Result<UInt64, Units.Failure> {
+        Units.size(s, range: managerChunkRange)
     }
 }
 

@@ -40,6 +40,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "giantvm_units.h" /* durations and sizes in settings: one grammar, host and plugins */
+
 #ifdef __cplusplus
 extern "C" {
 #endif

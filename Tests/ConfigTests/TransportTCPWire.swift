@@ -1,0 +1,1 @@
+../../Plugins/transport-tcp/Wire.swift
