@@ -1,6 +1,7 @@
 // The `giantvm` command: one root command, one file per subcommand.
 
 import ArgumentParser
+import Config
 import Foundation
 import Glibc
 import Logging
@@ -71,14 +72,13 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
-/// The range every duration option of the CLI accepts (seconds).
-let secondsRange: ClosedRange<Double> = 0.001...(30 * 86_400)
+/// The longest a CLI duration may be (seconds): Config's `Durations.cliRange`.
+let secondsMax = Double(Durations.cliRange.upperBound) / 1e9
 
-/// Checks a duration option (seconds) before any arithmetic uses it.
+/// Checks a duration option (seconds) with the one duration grammar's range, before any
+/// arithmetic uses it.
 func checkSeconds(_ value: Double, option: String) throws {
-    guard value.isFinite, secondsRange.contains(value) else {
-        throw ValidationError("\(option) \(value) is out of range: give seconds from \(secondsRange.lowerBound) to \(Int(secondsRange.upperBound)) (30 days)")
-    }
+    do { _ = try Durations.checkCLI(value, option: option) } catch { throw ValidationError("\(error)") }
 }
 
 /// Calls `body` once, `seconds` from now, on its own thread.

@@ -63,7 +63,7 @@ func launchNodes(_ cfg: ClusterConfig, configPath: String, logLevel: String, pla
         ProcessSpec(label: "node \(n.id)", arguments: arguments(n.id) + ["--log-level", logLevel],
                     stdoutPrefix: n.id == plainOutputNode ? nil : "[node \(n.id)] ", stderrPrefix: "[node \(n.id)] ")
     }
-    let grace = min(cfg.timeouts.failure + 5, secondsRange.upperBound)
+    let grace = min(cfg.timeouts.failure + 5, secondsMax)
     let launcher = Launcher(executable: Launcher.currentExecutable, processes: specs,
                             policy: .init(failureGrace: grace, deadline: deadline), onLine: onLine)
     signals.start { launcher.terminate(signal: $0 == SIGINT ? SIGTERM : $0) }
