@@ -12,8 +12,9 @@
 //   UserfaultFD    typed layer over userfaultfd
 //   GuestMemory    guest RAM over userfaultfd, page operations, pin/unpin
 //   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
-//   KVM            typed layer over /dev/kvm ioctls
-//   Machine        vCPUs, user-space local APIC, the VM on one node
+//   KVM            typed layer over /dev/kvm ioctls (and the VirtualCPU protocol the run loop drives)
+//   Interrupts     local APIC, IOAPIC, interrupt router, vCPU entry decision (pure; no KVM)
+//   Machine        vCPUs and their run loop, the I/O bus, the VM on one node
 //   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
@@ -84,8 +85,8 @@ let package = Package(
                 path: "Sources/Machine", swiftSettings: swiftSettings),
         // One VM across nodes: IPI/interrupt/I-O forwarding, device maps, time alignment.
         .target(name: "Distributed",
-                dependencies: ["Cluster", "Config", "GuestMemory", "KVM", "Machine", "Metrics", "PluginAPI", "PluginHost",
-                               "CSystem", "TimeSync", "Firmware", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["Cluster", "Config", "GuestMemory", "Interrupts", "Machine", "Metrics", "PluginAPI", "PluginHost",
+                               "TimeSync", "Firmware", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
@@ -135,9 +136,9 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "Interrupts", "TestSupport"], path: "Tests/MachineTests"),
         .testTarget(name: "DistributedTests",
-                    dependencies: ["Distributed", "Cluster", "Config", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport",
+                    dependencies: ["Distributed", "Cluster", "Config", "Interrupts", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DistributedTests"),
         .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),

@@ -8,18 +8,21 @@
 // without the IOAPIC go to `ioapic_node`; the IOAPIC's messages reach remote vCPUs as IPIs above;
 // level-triggered EOIs go back to `ioapic_node`.
 //
-// Threading: the router's hooks run on vCPU threads, the APIC timer thread or the IOAPIC
-// caller; `handle` on transport receive threads. Nothing here blocks (sends never wait).
+// Threading: the RemoteInterrupts methods run on vCPU threads, the APIC timer thread or the
+// IOAPIC caller; `handle` on transport receive threads. Nothing here blocks (sends never wait).
 
 import Cluster
 import Foundation
+import Interrupts
 import Logging
 import Machine
 import Metrics
 
-final class CPUForwarder: @unchecked Sendable {
+final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
     let node: Node
-    let machine: Machine
+    /// The machine this forwarder was given to at its init (`attach`, before the cpu channel is
+    /// registered).
+    private(set) weak var machine: Machine?
     /// Node of each global vCPU index.
     let vcpuNode: [UInt32]
     let ioapicNode: UInt32
@@ -30,9 +33,8 @@ final class CPUForwarder: @unchecked Sendable {
     var onTimeReply: ((UInt32, CPUMessage) -> Void)?
     var onTimeRequest: ((UInt32, UInt32) -> Void)?
 
-    init(node: Node, machine: Machine, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
+    init(node: Node, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
         self.node = node
-        self.machine = machine
         self.vcpuNode = vcpuNode
         self.ioapicNode = ioapicNode
         self.metrics = metrics
@@ -46,29 +48,32 @@ final class CPUForwarder: @unchecked Sendable {
         cEOIIn = metrics.counter("cpu.eoi_received")
     }
 
-    /// Sets the machine's forwarding hooks (before the VM runs).
-    func install() {
-        machine.router.remoteDelivery = { [unowned self] index, m in
-            let target = vcpuNode[index]
-            metrics.add(cIPIOut, 1)
-            node.send(channel: .cpu, to: target,
-                      CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
-                                     level: m.levelTriggered).encode())
-        }
-        machine.router.addressingChanged = { [unowned self] index, a in
-            let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
-            for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
-        }
-        if machine.ioapic == nil {
-            machine.forwardIRQLine = { [unowned self] line, level, device in
-                metrics.add(cLinesOut, 1)
-                node.send(channel: .cpu, to: ioapicNode, CPUMessage.irqLine(line: line, level: level, device: device).encode())
-            }
-            machine.forwardEOI = { [unowned self] vector in
-                metrics.add(cEOIOut, 1)
-                node.send(channel: .cpu, to: ioapicNode, CPUMessage.eoi(vector: vector).encode())
-            }
-        }
+    /// The machine whose router and IOAPIC receive the peers' messages (after its init).
+    func attach(_ machine: Machine) { self.machine = machine }
+
+    // ---- RemoteInterrupts (this node's traffic out) --------------------------------------------
+
+    func deliver(toRemoteVCPU index: Int, _ m: InterruptMessage) {
+        let target = vcpuNode[index]
+        metrics.add(cIPIOut, 1)
+        node.send(channel: .cpu, to: target,
+                  CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
+                                 level: m.levelTriggered).encode())
+    }
+
+    func addressingChanged(vcpu index: Int, _ a: APICAddress) {
+        let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
+        for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
+    }
+
+    func forwardIRQLine(_ line: UInt32, level: Bool, device: String) {
+        metrics.add(cLinesOut, 1)
+        node.send(channel: .cpu, to: ioapicNode, CPUMessage.irqLine(line: line, level: level, device: device).encode())
+    }
+
+    func forwardEOI(vector: UInt8) {
+        metrics.add(cEOIOut, 1)
+        node.send(channel: .cpu, to: ioapicNode, CPUMessage.eoi(vector: vector).encode())
     }
 
     /// A cpu-channel message from a peer (transport receive thread).
@@ -76,6 +81,10 @@ final class CPUForwarder: @unchecked Sendable {
         let m: CPUMessage
         do { m = try CPUMessage.decode(payload) } catch {
             logger.error("dropped a cpu message from node \(from): \(error)")
+            return
+        }
+        guard let machine else {
+            logger.error("cpu message from node \(from) before the machine exists: dropped")
             return
         }
         switch m {

@@ -23,7 +23,6 @@ import Firmware
 import Foundation
 import Glibc
 import GuestMemory
-import KVM
 import Logging
 import Machine
 import Metrics
@@ -182,13 +181,15 @@ public final class DistributedVM: @unchecked Sendable {
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = id
         mc.ioapic = id == cfg.ioapicNode
+        // IPIs, APIC addresses, IRQ lines and EOIs to other nodes go through the CPU forwarder;
+        // multiple-writer protocols flush at the VMM's synchronisation points (as `giantvm run`).
+        cpu = CPUForwarder(node: n, vcpuNode: owners, ioapicNode: cfg.ioapicNode, metrics: metrics, logger: logger)
         let m: Machine
-        do { m = try Machine(config: mc, ram: mem, logger: logger) } catch {
+        do { m = try Machine(config: mc, ram: mem, remote: cpu, fence: coherence.fenceHook, logger: logger) } catch {
             throw WireError("node \(id): cannot create the VM: \(error)")
         }
         machine = m
-        // Multiple-writer protocols flush at the VMM's synchronisation points (as `giantvm run`).
-        m.fenceHook = coherence.fenceHook
+        cpu.attach(m)
 
         // 4. Local devices.
         var kept: [AnyObject] = [services, clusterInfo, settings]
@@ -206,12 +207,10 @@ public final class DistributedVM: @unchecked Sendable {
 
         // Forwarding.
         let failureWait = max(5, cfg.timeouts.failure * 2)
-        cpu = CPUForwarder(node: n, machine: m, vcpuNode: owners, ioapicNode: cfg.ioapicNode, metrics: metrics, logger: logger)
         io = IOForwarder(node: n, metrics: metrics, timeout: failureWait, logger: logger)
         clock = ClockAligner(node: n, machine: m, skew: options.tscSkew, logger: logger)
         fatal.vm = self
 
-        cpu.install()
         let clock = self.clock
         cpu.onTimeRequest = { from, seq in clock.answer(from: from, seq: seq) }
         cpu.onTimeReply = { from, msg in clock.reply(from: from, msg) }
@@ -345,7 +344,7 @@ public final class DistributedVM: @unchecked Sendable {
         logger.info("device map: \(mine.count) local range(s), \(remote) forwarded to other nodes")
 
         // Time.
-        if id != 0 && options.timeSync && !machine.localVCPUs.isEmpty {   // a device-only node has no TSC to set
+        if id != 0 && options.timeSync && !machine.localClocks.isEmpty {   // a device-only node has no TSC to set
             let r = try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))
             let us = { (t: Int64) -> String in r.tscKHz > 0 ? String(format: "%.1f µs", Double(t) * 1000 / Double(r.tscKHz)) : "?" }
             say("node \(id): time: host clock of node 0 minus this node's: \(r.estimate.offset) ticks over \(r.estimate.samples) samples "

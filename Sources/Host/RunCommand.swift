@@ -4,7 +4,6 @@ import Config
 import Foundation
 import Glibc
 import GuestMemory
-import KVM
 import Logging
 import Machine
 import Firmware
@@ -153,10 +152,10 @@ struct Run: ParsableCommand {
         mc.nodeID = 0
         let machine: Machine
         do {
-            machine = try Machine(config: mc, ram: ram, logger: logger)
+            // One node: no remote interrupts. Multiple-writer protocols flush at the VMM's
+            // synchronisation points.
+            machine = try Machine(config: mc, ram: ram, remote: nil, fence: coherence?.fenceHook, logger: logger)
             fatalTarget.machine = machine
-            // Multiple-writer protocols flush at the VMM's synchronisation points.
-            machine.fenceHook = coherence?.fenceHook
         } catch {
             fail("cannot create the VM: \(error)", code: RunExitStatus.machineFailure)
         }
