@@ -345,6 +345,9 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// Interrupt state of vCPU i (tests, diagnostics).
     public func interruptState(of i: Int) -> VCPUInterrupts? { interrupts.first { $0.index == i } }
 
+    /// A level-triggered EOI from a local APIC: to the IOAPIC here, or forwarded to its node.
+    func levelEOI(_ vector: UInt8) { environment.levelEOI(vector) }
+
     /// The TSC of every local vCPU, with its global index (clock alignment programs them before
     /// the VM runs; never while run() is in progress).
     public var localClocks: [VCPUClock] { runners.map { VCPUClock(index: $0.index, vcpu: $0.vcpu) } }

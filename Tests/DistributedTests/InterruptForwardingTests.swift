@@ -8,6 +8,7 @@ import Config
 import Foundation
 import Logging
 @testable import Distributed
+@testable import Interrupts
 @testable import Machine
 import PluginHost
 import TestSupport
