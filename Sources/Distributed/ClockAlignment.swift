@@ -11,8 +11,8 @@
 // nodes on one machine otherwise share one TSC. The same-machine check at the end compares the
 // real guest offsets (against the raw RDTSC), which only means something when nodes share a host.
 //
-// Threading: `measureLeader`/`sync` on the main thread before the VM runs (they issue vCPU
-// ioctls, which must not race with KVM_RUN); `answer`/`reply` on transport receive threads.
+// Threading: `measureLeader`/`sync` on the main thread before the VM runs (their KVM
+// calls on the vCPUs must not race with KVM_RUN); `answer`/`reply` on transport receive threads.
 
 import Cluster
 import Foundation

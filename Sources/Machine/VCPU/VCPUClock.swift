@@ -2,7 +2,7 @@
 // host TSC (read and programmed through the KVM layer, with its MSR fallback), its frequency,
 // and the host TSC itself. Callers above Machine never hold the KVM vCPU.
 //
-// Threading: before the VM runs (vCPU ioctls must not race with KVM_RUN), on the setup thread.
+// Threading: before the VM runs (KVM calls on a vCPU must not race with KVM_RUN), on the setup thread.
 import KVM
 
 public struct VCPUClock: @unchecked Sendable {
