@@ -5,7 +5,8 @@
 // continue from is a `VCPUFailure` naming the vCPU and dumping its registers.
 //
 // Generic over the vCPU (`VirtualCPU`): the Machine runs `VCPURunner<VCPU>` (KVM), the tests a
-// scripted double. Nothing on the path of an exit allocates or calls through an existential.
+// scripted double. The seam adds no allocation and no existential call per exit: the vCPU is a
+// generic parameter (specialised for `VCPU` in optimised builds).
 //
 // Threading: one runner per local vCPU, on its own dedicated thread (never a Swift task). It is
 // the only thread that calls its vCPU; other threads reach it through its VCPUInterrupts (under
@@ -15,6 +16,7 @@ import Interrupts
 import KVM
 import Logging
 import PluginAPI
+
 /// The outcome of handling one exit.
 public enum ExitOutcome: Equatable {
     case handled
