@@ -13,7 +13,7 @@
 //   GuestMemory    guest RAM over userfaultfd, page operations, pin/unpin
 //   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
 //   KVM            typed layer over /dev/kvm ioctls (and the VirtualCPU protocol the run loop drives)
-//   Interrupts     local APIC, IOAPIC, interrupt router, vCPU entry decision (pure; no KVM)
+//   Interrupts     local APIC, IOAPIC, interrupt router, APIC timers, vCPU entry decision (no KVM)
 //   Machine        vCPUs and their run loop, the I/O bus, the VM on one node
 //   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
 //   Host           the `giantvm` executable (CLI)
