@@ -12,8 +12,9 @@
 //   UserfaultFD    typed layer over userfaultfd
 //   GuestMemory    guest RAM over userfaultfd, page operations, pin/unpin
 //   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
-//   KVM            typed layer over /dev/kvm ioctls
-//   Machine        vCPUs, user-space local APIC, the VM on one node
+//   KVM            typed layer over /dev/kvm ioctls (and the VirtualCPU protocol the run loop drives)
+//   Interrupts     local APIC, IOAPIC, interrupt router, APIC timers, vCPU entry decision (no KVM)
+//   Machine        vCPUs and their run loop, the I/O bus, the VM on one node
 //   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
@@ -86,7 +87,7 @@ let package = Package(
         // One VM across nodes, one component per sub-protocol: interrupt forwarding, clock
         // alignment, the start-up barrier (device maps, READY), I/O forwarding.
         .target(name: "Distributed",
-                dependencies: ["Cluster", "Machine", "Metrics", "KVM", "CSystem", "TimeSync",
+                dependencies: ["Cluster", "Interrupts", "Machine", "Metrics", "CSystem", "TimeSync",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
         // One node from a config: cluster node, guest memory + coherence plugin, machine, devices,
@@ -150,9 +151,10 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport"], path: "Tests/MachineTests"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "Interrupts", "Metrics", "TestSupport",
+                                                         .product(name: "Logging", package: "swift-log")], path: "Tests/MachineTests"),
         .testTarget(name: "DistributedTests",
-                    dependencies: ["Distributed", "Cluster", "Config", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport",
+                    dependencies: ["Distributed", "Cluster", "Config", "Interrupts", "Machine", "Metrics", "PluginAPI", "PluginHost", "TestSupport",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DistributedTests"),
         .testTarget(name: "DevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/DevicesTests"),

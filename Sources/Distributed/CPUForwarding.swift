@@ -8,18 +8,21 @@
 // without the IOAPIC go to `ioapic_node`; the IOAPIC's messages reach remote vCPUs as IPIs above;
 // level-triggered EOIs go back to `ioapic_node`.
 //
-// Threading: the router's hooks run on vCPU threads, the APIC timer thread or the IOAPIC
-// caller; `handle` on transport receive threads. Nothing here blocks (sends never wait).
+// Threading: the RemoteInterrupts methods run on vCPU threads, the APIC timer thread or the
+// IOAPIC caller; `handle` on transport receive threads. Nothing here blocks (sends never wait).
 
 import Cluster
 import Foundation
+import Interrupts
 import Logging
 import Machine
 import Metrics
 
-public final class CPUForwarder: @unchecked Sendable {
+public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
     let node: Node
-    let machine: Machine
+    /// The machine this forwarder was given to at its init (`attach`, before the cpu channel is
+    /// registered).
+    private(set) weak var machine: Machine?
     /// Node of each global vCPU index.
     let vcpuNode: [UInt32]
     let ioapicNode: UInt32
@@ -27,9 +30,9 @@ public final class CPUForwarder: @unchecked Sendable {
     let metrics: MetricsRegistry
     let cIPIOut: UInt32, cIPIIn: UInt32, cAddr: UInt32, cLinesOut: UInt32, cLinesIn: UInt32, cEOIOut: UInt32, cEOIIn: UInt32
 
-    public init(node: Node, machine: Machine, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
+    /// Registers IPI, APIC_ADDR, IRQ_LINE and EOI on the cpu channel: before `node.start()`.
+    public init(node: Node, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
         self.node = node
-        self.machine = machine
         self.vcpuNode = vcpuNode
         self.ioapicNode = ioapicNode
         self.metrics = metrics
@@ -41,39 +44,37 @@ public final class CPUForwarder: @unchecked Sendable {
         cLinesIn = metrics.counter("cpu.irq_lines_received")
         cEOIOut = metrics.counter("cpu.eoi_forwarded")
         cEOIIn = metrics.counter("cpu.eoi_received")
-    }
-
-    /// Sets the machine's forwarding hooks and registers IPI, APIC_ADDR, IRQ_LINE and EOI on the
-    /// cpu channel (before `node.start()`).
-    public func install() {
         node.register(channel: .cpu, types: [CPUMessageType.ipi, .apicAddress, .irqLine, .eoi].map(\.rawValue)) {
             [weak self] from, p in self?.handle(from: from, p)
         }
-        machine.router.remoteDelivery = { [weak self] index, m in
-            guard let self else { return }
-            let target = vcpuNode[index]
-            metrics.add(cIPIOut, 1)
-            node.send(channel: .cpu, to: target,
-                      CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
-                                     level: m.levelTriggered).encode())
-        }
-        machine.router.addressingChanged = { [weak self] index, a in
-            guard let self else { return }
-            let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
-            for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
-        }
-        if machine.ioapic == nil {
-            machine.forwardIRQLine = { [weak self] line, level, device in
-                guard let self else { return }
-                metrics.add(cLinesOut, 1)
-                node.send(channel: .cpu, to: ioapicNode, CPUMessage.irqLine(line: line, level: level, device: device).encode())
-            }
-            machine.forwardEOI = { [weak self] vector in
-                guard let self else { return }
-                metrics.add(cEOIOut, 1)
-                node.send(channel: .cpu, to: ioapicNode, CPUMessage.eoi(vector: vector).encode())
-            }
-        }
+    }
+
+    /// The machine whose router and IOAPIC receive the peers' messages (after its init).
+    public func attach(_ machine: Machine) { self.machine = machine }
+
+    // ---- RemoteInterrupts (this node's traffic out) --------------------------------------------
+
+    public func deliver(toRemoteVCPU index: Int, _ m: InterruptMessage) {
+        let target = vcpuNode[index]
+        metrics.add(cIPIOut, 1)
+        node.send(channel: .cpu, to: target,
+                  CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
+                                 level: m.levelTriggered).encode())
+    }
+
+    public func addressingChanged(vcpu index: Int, _ a: APICAddress) {
+        let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
+        for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
+    }
+
+    public func forwardIRQLine(_ line: UInt32, level: Bool, device: String) {
+        metrics.add(cLinesOut, 1)
+        node.send(channel: .cpu, to: ioapicNode, CPUMessage.irqLine(line: line, level: level, device: device).encode())
+    }
+
+    public func forwardEOI(vector: UInt8) {
+        metrics.add(cEOIOut, 1)
+        node.send(channel: .cpu, to: ioapicNode, CPUMessage.eoi(vector: vector).encode())
     }
 
     /// A cpu-channel message from a peer (transport receive thread).
@@ -81,6 +82,10 @@ public final class CPUForwarder: @unchecked Sendable {
         let m: CPUMessage
         do { m = try CPUMessage.decode(payload) } catch {
             logger.error("dropped a cpu message from node \(from): \(error)")
+            return
+        }
+        guard let machine else {
+            logger.error("cpu message from node \(from) before the machine exists: dropped")
             return
         }
         switch m {

@@ -3,27 +3,24 @@
 // on another machine against another host TSC. Node 0 is the leader: before its guest runs it
 // measures its guest offset against its host clock. Each follower asks the leader for its host
 // clock several times, keeps the sample with the smallest round trip (TimeSync.ClockSync:
-// the reply is assumed read half-way through it) and programs every local vCPU's TSC
-// (IA32_TSC via KVM_SET_MSRS) to host_clock + (leader_host - local_host) + leader_offset.
+// the reply is assumed read half-way through it) and programs every local vCPU's TSC offset
+// (Machine.VCPUClock, through the KVM layer) to host_clock + (leader_host - local_host) + leader_offset.
 //
 // `skew` (giantvm node --tsc-skew) injects a difference on purpose: this node then acts as if its
 // host TSC ran `skew` ticks ahead (every host-clock reading, and its vCPUs' initial TSC), since
 // nodes on one machine otherwise share one TSC. The same-machine check at the end compares the
 // real guest offsets (against the raw RDTSC), which only means something when nodes share a host.
 //
-// Threading: `measureLeader`/`sync` on the main thread before the VM runs (they issue vCPU
-// ioctls, which must not race with KVM_RUN); `answer`/`reply` on transport receive threads.
+// Threading: `measureLeader`/`sync` on the main thread before the VM runs (their KVM
+// calls on the vCPUs must not race with KVM_RUN); `answer`/`reply` on transport receive threads.
 
 import Cluster
-import CSystem
 import Foundation
-import KVM
 import Logging
 import Machine
 import TimeSync
 
 public final class ClockAligner: @unchecked Sendable {
-    static let tscMSR: UInt32 = 0x10
     let node: Node
     let machine: Machine
     let skew: Int64
@@ -49,42 +46,15 @@ public final class ClockAligner: @unchecked Sendable {
         }
     }
 
-    func hostClock() -> UInt64 { UInt64(bitPattern: Int64(bitPattern: gvm_host_rdtsc()) &+ skew) }
-
-    /// A vCPU's real TSC offset (guest TSC = host TSC + offset): KVM_VCPU_TSC_OFFSET, or, where
-    /// the kernel lacks it, measured from IA32_TSC between two host readings.
-    func realOffset(_ v: VCPU) throws -> Int64 {
-        var off: Int64 = 0
-        // Sound: v.fd is an open vCPU fd; the attribute's addr points at `off`, an Int64 that
-        // lives across the call.
-        let rc = gvm_vcpu_get_tsc_offset(v.fd, &off)
-        if rc == 0 { return off }
-        let t0 = gvm_host_rdtsc()
-        let g = try v.msrs([Self.tscMSR])[0]
-        let t1 = gvm_host_rdtsc()
-        return Int64(bitPattern: g) &- Int64(bitPattern: t0 / 2 + t1 / 2)
-    }
-
-    /// Sets a vCPU's real TSC offset: KVM_VCPU_TSC_OFFSET, or, where the kernel lacks it, a
-    /// host write of IA32_TSC. KVM treats a host TSC write within one second of the expected
-    /// value as "synchronising vCPUs" and keeps the old offset, so the fallback first writes a
-    /// value far away, then the target.
-    func setRealOffset(_ v: VCPU, _ off: Int64) throws {
-        // Sound: as above; the kernel copies the Int64 at addr.
-        let rc = gvm_vcpu_set_tsc_offset(v.fd, off)
-        if rc == 0 { return }
-        let far = Int64(bitPattern: gvm_host_rdtsc()) &+ off &+ (Int64(1) << 40)
-        try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: far))])
-        try v.setMSRs([(Self.tscMSR, UInt64(bitPattern: Int64(bitPattern: gvm_host_rdtsc()) &+ off))])
-    }
+    func hostClock() -> UInt64 { UInt64(bitPattern: Int64(bitPattern: VCPUClock.hostTSC()) &+ skew) }
 
     /// Whether KVM keeps a TSC offset written to this vCPU: moves it by 2^32 ticks, reads it
     /// back, restores it (before the vCPU runs).
-    func honoursOffsets(_ v: VCPU) throws -> Bool {
-        let cur = try realOffset(v)
-        try setRealOffset(v, cur &+ (1 << 32))
-        let moved = try realOffset(v)
-        try setRealOffset(v, cur)
+    func honoursOffsets(_ v: VCPUClock) throws -> Bool {
+        let cur = try v.offset()
+        try v.setOffset(cur &+ (1 << 32))
+        let moved = try v.offset()
+        try v.setOffset(cur)
         return abs(moved &- (cur &+ (1 << 32))) <= 100_000
     }
 
@@ -92,13 +62,13 @@ public final class ClockAligner: @unchecked Sendable {
     /// ahead, with the same KVM offset, would show it).
     public func injectSkew() throws {
         guard skew != 0 else { return }
-        for (_, v) in machine.localVCPUs { try setRealOffset(v, try realOffset(v) &+ skew) }
+        for v in machine.localClocks { try v.setOffset(try v.offset() &+ skew) }
     }
 
     /// Leader: records its offsets (against its host clock, and real) so it can answer followers.
     public func measureLeader() throws {
-        guard let v = machine.localVCPUs.first?.vcpu else { return }
-        let r = try realOffset(v)
+        guard let v = machine.localClocks.first else { return }
+        let r = try v.offset()
         cond.lock()
         leaderOffset = r &- skew
         leaderRealOffset = r
@@ -142,9 +112,9 @@ public final class ClockAligner: @unchecked Sendable {
 
     /// Follower: samples the leader, programs every local vCPU's TSC, checks the result.
     public func sync(leader: UInt32, samples: Int = 16, timeout: Double) throws -> Result {
-        guard let first = machine.localVCPUs.first?.vcpu else { throw WireError("no local vCPU to program") }
-        let khz = (try? first.tscKHz()) ?? 0
-        let realBefore = try realOffset(first)
+        guard let first = machine.localClocks.first else { throw WireError("no local vCPU to program") }
+        let khz = (try? first.frequencyKHz()) ?? 0
+        let realBefore = try first.offset()
         var list: [ClockSample] = []
         var leaderOff: Int64 = 0, leaderReal: Int64 = 0
         for seq in 0..<UInt32(samples) {
@@ -166,8 +136,8 @@ public final class ClockAligner: @unchecked Sendable {
         let est = try ClockSync.estimate(list)
         // guest = host clock + model offset on both; leader host = local host + est.offset.
         let model = ClockSync.followerTSCOffset(leaderGuestOffset: leaderOff, hostOffset: est.offset)
-        for (_, v) in machine.localVCPUs { try setRealOffset(v, model &+ skew) }
-        let realAfter = try realOffset(first)
+        for v in machine.localClocks { try v.setOffset(model &+ skew) }
+        let realAfter = try first.offset()
         let applied = try honoursOffsets(first) && abs(realAfter &- (model &+ skew)) <= 100_000
         if !applied {
             logger.info("time: KVM kept the vCPUs' TSC offset at \(realAfter) instead of \(model &+ skew): this KVM ignores TSC offset changes (PVM guests read the host TSC directly)")

@@ -8,12 +8,12 @@
 
 import Synchronization
 
-/// An interrupt message as the IOAPIC (or an MSI) sends it to local APICs.
-public struct InterruptMessage: Equatable, Sendable {
-    public enum DeliveryMode: UInt8, Sendable {
-        case fixed = 0, lowestPriority = 1, smi = 2, nmi = 4, initialize = 5, extINT = 7
-    }
+/// An interrupt message with its destination, as the IOAPIC (or an MSI) sends it to local APICs;
+/// `InterruptRouter.deliver(_:)` resolves the destination to vCPUs.
+public struct AddressedInterrupt: Equatable, Sendable {
     public var vector: UInt8
+    /// Fixed, lowest priority, SMI, NMI, INIT or ExtINT (the reserved modes 3 and 6 of a
+    /// redirection entry are sent as fixed).
     public var deliveryMode: DeliveryMode
     /// true: logical destination (matched against LDR/DFR); false: physical APIC id.
     public var logical: Bool
@@ -22,6 +22,11 @@ public struct InterruptMessage: Equatable, Sendable {
     public init(vector: UInt8, deliveryMode: DeliveryMode, logical: Bool, destination: UInt8, levelTriggered: Bool) {
         self.vector = vector; self.deliveryMode = deliveryMode; self.logical = logical
         self.destination = destination; self.levelTriggered = levelTriggered
+    }
+
+    /// What each target vCPU receives.
+    public var message: InterruptMessage {
+        InterruptMessage(mode: deliveryMode, vector: vector, levelTriggered: levelTriggered)
     }
 }
 
@@ -66,11 +71,11 @@ public final class IOAPIC: @unchecked Sendable {
     }
 
     private let state = Mutex(State())
-    private let deliver: (InterruptMessage) -> Void
+    private let deliver: (AddressedInterrupt) -> Void
     /// Called once per access the guest makes outside the defined registers (for a log line).
     private let onBadAccess: (String) -> Void
 
-    public init(deliver: @escaping (InterruptMessage) -> Void, onBadAccess: @escaping (String) -> Void = { _ in }) {
+    public init(deliver: @escaping (AddressedInterrupt) -> Void, onBadAccess: @escaping (String) -> Void = { _ in }) {
         self.deliver = deliver
         self.onBadAccess = onBadAccess
     }
@@ -84,7 +89,7 @@ public final class IOAPIC: @unchecked Sendable {
             onBadAccess("interrupt line \(pin) does not exist (0-\(Self.pinCount - 1))")
             return
         }
-        let message: InterruptMessage? = state.withLock { s in
+        let message: AddressedInterrupt? = state.withLock { s in
             let was = s.lines[pin]
             s.lines[pin] = asserted
             let entry = s.entries[pin]
@@ -101,8 +106,8 @@ public final class IOAPIC: @unchecked Sendable {
 
     /// A local APIC's EOI for `vector` (broadcast EOI, or the directed EOI register).
     public func eoi(vector: UInt8) {
-        let messages: [InterruptMessage] = state.withLock { s in
-            var out: [InterruptMessage] = []
+        let messages: [AddressedInterrupt] = state.withLock { s in
+            var out: [AddressedInterrupt] = []
             for pin in 0..<Self.pinCount {
                 let e = s.entries[pin]
                 guard e & Self.triggerLevelBit != 0, e & Self.remoteIRRBit != 0, UInt8(truncatingIfNeeded: e) == vector else { continue }
@@ -142,7 +147,7 @@ public final class IOAPIC: @unchecked Sendable {
         case Offset.ioregsel:
             state.withLock { $0.select = v & 0xFF }
         case Offset.iowin:
-            let fired: InterruptMessage? = state.withLock { s in Self.writeRegister(&s, s.select, v) }
+            let fired: AddressedInterrupt? = state.withLock { s in Self.writeRegister(&s, s.select, v) }
             if let fired { deliver(fired) }
         case Offset.eoi:
             eoi(vector: UInt8(truncatingIfNeeded: v))
@@ -160,16 +165,24 @@ public final class IOAPIC: @unchecked Sendable {
         entry & polarityLowBit != 0 ? !line : line
     }
 
-    static func message(_ entry: UInt64) -> InterruptMessage {
-        InterruptMessage(vector: UInt8(truncatingIfNeeded: entry),
-                         deliveryMode: InterruptMessage.DeliveryMode(rawValue: UInt8((entry >> 8) & 7)) ?? .fixed,
+    static func message(_ entry: UInt64) -> AddressedInterrupt {
+        AddressedInterrupt(vector: UInt8(truncatingIfNeeded: entry),
+                         deliveryMode: redirectionMode(entry),
                          logical: entry & logicalBit != 0,
                          destination: UInt8(truncatingIfNeeded: entry >> 56),
                          levelTriggered: entry & triggerLevelBit != 0)
     }
 
+    /// Delivery mode bits 8-10 of a redirection entry; the reserved values 3 and 6 act as fixed.
+    static func redirectionMode(_ entry: UInt64) -> DeliveryMode {
+        switch DeliveryMode(rawValue: UInt8((entry >> 8) & 7)) {
+        case .reserved3?, .startup?, nil: return .fixed
+        case let m?: return m
+        }
+    }
+
     /// Level entries: deliver when active, unmasked and not awaiting EOI; sets remote IRR.
-    static func fireLevel(_ s: inout State, _ pin: Int) -> InterruptMessage? {
+    static func fireLevel(_ s: inout State, _ pin: Int) -> AddressedInterrupt? {
         let e = s.entries[pin]
         guard e & triggerLevelBit != 0, e & maskBit == 0, e & remoteIRRBit == 0, active(e, s.lines[pin]) else { return nil }
         s.entries[pin] |= remoteIRRBit
@@ -189,7 +202,7 @@ public final class IOAPIC: @unchecked Sendable {
         }
     }
 
-    static func writeRegister(_ s: inout State, _ index: UInt32, _ value: UInt32) -> InterruptMessage? {
+    static func writeRegister(_ s: inout State, _ index: UInt32, _ value: UInt32) -> AddressedInterrupt? {
         switch index {
         case Register.id:
             s.id = (value >> 24) & 0xF

@@ -40,7 +40,7 @@ public enum VCPUExit {
 public final class VCPU: @unchecked Sendable {
     public let vm: VirtualMachine
     public let id: UInt32
-    public let fd: Int32
+    let fd: Int32
     let run: UnsafeMutablePointer<kvm_run>
     let runSize: Int
     private let thread = Mutex<pthread_t?>(nil)

@@ -106,13 +106,14 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     public let router: InterruptRouter
     public let console: ConsoleOutput
     let interrupts: [VCPUInterrupts]
-    var runners: [VCPURunner] = []
+    var runners: [VCPURunner<VCPU>] = []
+    /// What the runners share (bus, router, stop flag, fence, EOI and timer routes).
+    let environment: VCPUEnvironment
     var devices: [PluginDevice] = []
     var builtinDevices: [IODevice] = []
     let timer: APICTimerThread
     var logger: Logger
     let stopState = Mutex<MachineStop?>(nil)
-    let stopFlag = Atomic<Bool>(false)
     let stopCond = NSCondition()
     let irqLevels = Mutex<[UInt32: Bool]>([:])
     public let clock: () -> UInt64
@@ -120,27 +121,32 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// The boot vCPU's entry state when a firmware loader (multiboot, Linux) booted the image.
     var firmwareEntry: EntryState?
     /// The IOAPIC, when this node emulates it.
-    public private(set) var ioapic: IOAPIC?
-    /// [dist hook] Device line changes on a node without the IOAPIC (line, level, device name):
-    /// the distributed layer forwards them to `ioapic_node`. Set before the VM runs.
-    public var forwardIRQLine: ((UInt32, Bool, String) -> Void)?
-    /// [dist hook] Level-triggered EOIs on a node without the IOAPIC (vector): forwarded to
-    /// `ioapic_node`. Set before the VM runs.
-    public var forwardEOI: ((UInt8) -> Void)?
-    /// Synchronisation points for multiple-writer coherence protocols (the plugin's optional
-    /// `fence` hook): called on the vCPU's thread with GVM_FENCE_RELEASE before the VMM acts on
-    /// an I/O or MMIO exit (device access, IPI send) and on HLT, and with GVM_FENCE_ACQUIRE when
-    /// an interrupt is injected. Set before `run()`; nil (the default) costs one check per exit.
-    public var fenceHook: ((_ vcpu: Int, _ kind: UInt32) -> Void)?
+    public let ioapic: IOAPIC?
+    /// The other nodes of a VM that spans several (nil on a single node): interrupt messages to
+    /// their vCPUs, local APIC address changes, and — when the IOAPIC lives elsewhere — device
+    /// lines and level-triggered EOIs.
+    let remote: (any RemoteInterrupts)?
 
     /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
+    ///
+    /// - `remote`: the interrupt traffic to other nodes, when the VM spans several; nil on one
+    ///   node. Every vCPU outside `config.localVCPUs` is reached through it.
+    /// - `fence`: the coherence plugin's synchronisation points for multiple-writer protocols
+    ///   (its optional `fence` hook): called on the vCPU's thread with its global index and
+    ///   GVM_FENCE_RELEASE before the VMM acts on an I/O or MMIO exit (device access, IPI send)
+    ///   and on HLT, and with GVM_FENCE_ACQUIRE when an interrupt is injected. nil (the default)
+    ///   costs one check per exit.
     public init(config: MachineConfiguration, ram: any GuestRAM, kvm: KVMSystem? = nil,
-                console: ConsoleOutput = ConsoleOutput(), logger: Logger = Logger(label: "giantvm.machine")) throws {
+                console: ConsoleOutput = ConsoleOutput(), remote: (any RemoteInterrupts)? = nil,
+                fence: ((_ vcpu: Int, _ kind: UInt32) -> Void)? = nil,
+                logger: Logger = Logger(label: "giantvm.machine")) throws {
         self.config = config
         self.ram = ram
         self.console = console
         self.logger = logger
-        self.clock = { monotonicNanoseconds() }
+        self.remote = remote
+        let clock: () -> UInt64 = { monotonicNanoseconds() }
+        self.clock = clock
         guard config.totalVCPUs >= 1 && config.totalVCPUs <= 255 else {
             throw MachineError.config("vCPU count \(config.totalVCPUs) is out of range 1...255 (xAPIC ids)")
         }
@@ -156,6 +162,12 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         guard BootLayout.firstPDAddress + UInt64(BootLayout.pageDirectoryCount(memoryBytes: config.memoryBytes)) * 4096 <= BootLayout.pageTablesEnd else {
             throw MachineError.config("memory \(config.memoryBytes) needs more boot page directories than fit below 0x10000")
         }
+        let local = config.localVCPUs
+        guard remote != nil || local.count == config.totalVCPUs else {
+            throw MachineError.config("vCPUs \(local.lowerBound)-\(local.upperBound - 1) of \(config.totalVCPUs) run here, but no remote-interrupt route was given for the others")
+        }
+        // The VM and its local vCPUs (KVM), each with CPUID and MSRs.
+        var vcpus: [VCPU] = []
         do {
             self.kvm = try kvm ?? KVMSystem()
             vm = try self.kvm.createVM()
@@ -163,56 +175,57 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             try vm.setTSSAddress(0xFFFB_D000)
             try vm.setIdentityMapAddress(0xFFFB_C000)
             try vm.setMemory(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: ram.size, hostAddress: ram.hostBase))
+            try VCPU.installKickHandler()
+            let supported = try self.kvm.supportedCPUID()
+            for i in local {
+                let v = try vm.createVCPU(id: UInt32(i))
+                let tsc = (try? v.tscKHz()) ?? 0
+                let policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
+                                         apicBusKHz: UInt32(config.apicBusHz / 1000))
+                try v.setCPUID(policy.entries(supported: supported, vcpu: UInt32(i)))
+                try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
+                vcpus.append(v)
+            }
         } catch let e as KVMError {
             throw MachineError.kvm(e)
         }
-        let local = config.localVCPUs
-        var all: [VCPUInterrupts?] = []
-        var localIRQ: [VCPUInterrupts] = []
-        for i in 0..<config.totalVCPUs {
-            if local.contains(i) {
-                let s = VCPUInterrupts(index: i, busHz: config.apicBusHz, state: i == 0 ? .running : .waitingForSIPI)
-                all.append(s)
-                localIRQ.append(s)
-            } else {
-                all.append(nil)
-            }
+        // Their interrupt state; every vCPU of the VM in the router (nil: on another node).
+        let localIRQ = zip(local, vcpus).map { i, v in
+            VCPUInterrupts(index: i, busHz: config.apicBusHz, state: i == 0 ? .running : .waitingForSIPI,
+                           kick: { v.kick() })
         }
         interrupts = localIRQ
-        router = InterruptRouter(local: all)
-        let clock = self.clock
-        timer = APICTimerThread(vcpus: localIRQ, clock: clock)
+        router = InterruptRouter(local: (0..<config.totalVCPUs).map { local.contains($0) ? localIRQ[$0 - local.lowerBound] : nil },
+                                 remote: remote)
+        let timer = APICTimerThread(vcpus: localIRQ, clock: clock)
+        self.timer = timer
 
         if config.ioapic {
             let log = logger
             let router = self.router
-            let io = IOAPIC(deliver: { router.deliver(ioapic: $0) },
-                            onBadAccess: { log.warning("IOAPIC: \($0)") })
+            let io = IOAPIC(deliver: { router.deliver($0) }, onBadAccess: { log.warning("IOAPIC: \($0)") })
             ioapic = io
             do {
                 try bus.map(.mmio, base: IOAPIC.defaultBase, length: IOAPIC.mmioLength, device: IOAPICDevice(io))
             } catch {
                 throw MachineError.config("\(error)")
             }
+        } else {
+            ioapic = nil
         }
+        let ioapic = self.ioapic
+        environment = VCPUEnvironment(
+            bus: bus, router: router, clock: clock, fence: fence,
+            levelEOI: { v in if let ioapic { ioapic.eoi(vector: v) } else { remote?.forwardEOI(vector: v) } },
+            rearmTimer: { timer.rearm() })
         do {
-            try VCPU.installKickHandler()
-            let supported = try self.kvm.supportedCPUID()
-            for irq in localIRQ {
-                let v = try vm.createVCPU(id: UInt32(irq.index))
-                irq.vcpu = v
-                let tsc = (try? v.tscKHz()) ?? 0
-                let policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
-                                         apicBusKHz: UInt32(config.apicBusHz / 1000))
-                try v.setCPUID(policy.entries(supported: supported, vcpu: UInt32(irq.index)))
-                try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
-                runners.append(try VCPURunner(index: irq.index, vcpu: v, irq: irq, machine: self, logger: logger))
+            for (irq, v) in zip(localIRQ, vcpus) {
+                runners.append(try VCPURunner(index: irq.index, vcpu: v, irq: irq, environment: environment, logger: logger))
             }
         } catch let e as KVMError {
             throw MachineError.kvm(e)
         }
     }
-
 
     // ---- setup ---------------------------------------------------------------------------------
 
@@ -259,7 +272,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
 
     // ---- running -------------------------------------------------------------------------------
 
-    public var isStopping: Bool { stopFlag.load(ordering: .acquiring) }
+    public var isStopping: Bool { environment.isStopping }
 
     /// Stops the machine (first reason wins). Any thread; returns at once.
     public func requestStop(_ reason: MachineStop) {
@@ -269,24 +282,11 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             return true
         }
         guard first else { return }
-        stopFlag.store(true, ordering: .releasing)
-        for irq in interrupts {
-            irq.cond.lock()
-            irq.cond.broadcast()
-            irq.cond.unlock()
-            irq.vcpu?.kick()
-        }
+        environment.markStopping()
+        for irq in interrupts { irq.wake() }
         stopCond.lock()
         stopCond.broadcast()
         stopCond.unlock()
-    }
-
-    /// Called by a vCPU thread after its APIC changed in a way others must see.
-    func apicChanged(_ index: Int, addressing: Bool, timer rearm: Bool) {
-        if addressing, let irq = interrupts.first(where: { $0.index == index }) {
-            router.updateAddress(of: index, irq.apicSnapshot.address)
-        }
-        if rearm { timer.rearm() }
     }
 
     /// Boots the BSP at the entry point and runs every local vCPU on its own thread until the
@@ -345,14 +345,12 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// Interrupt state of vCPU i (tests, diagnostics).
     public func interruptState(of i: Int) -> VCPUInterrupts? { interrupts.first { $0.index == i } }
 
-    /// [dist hook] A level-triggered EOI from a local APIC: to the IOAPIC here, or forwarded.
-    func levelEOI(_ vector: UInt8) {
-        if let ioapic { ioapic.eoi(vector: vector) } else { forwardEOI?(vector) }
-    }
+    /// A level-triggered EOI from a local APIC: to the IOAPIC here, or forwarded to its node.
+    func levelEOI(_ vector: UInt8) { environment.levelEOI(vector) }
 
-    /// [dist hook] Every local vCPU with its global index (time sync programs their TSC before
+    /// The TSC of every local vCPU, with its global index (clock alignment programs them before
     /// the VM runs; never while run() is in progress).
-    public var localVCPUs: [(index: Int, vcpu: VCPU)] { runners.map { ($0.index, $0.vcpu) } }
+    public var localClocks: [VCPUClock] { runners.map { VCPUClock(index: $0.index, vcpu: $0.vcpu) } }
 
     /// Exit counts of every local vCPU (valid after run()).
     public var exitCounts: [Int: [String: UInt64]] {
@@ -374,8 +372,8 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// straight to vCPU 0's local APIC as fixed, edge-triggered vector
     /// `legacyIRQVectorBase + line`, on the rising edge.
     public func setIRQ(line: UInt32, level: Bool, from device: String) {
-        if ioapic == nil, let forwardIRQLine {   // [dist hook] the IOAPIC lives on another node
-            forwardIRQLine(line, level, device)
+        if ioapic == nil, let remote {   // the IOAPIC lives on another node
+            remote.forwardIRQLine(line, level: level, device: device)
             return
         }
         if let ioapic {

@@ -145,13 +145,22 @@ public final class VMNode: @unchecked Sendable {
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = id
         mc.ioapic = id == cfg.ioapicNode
+        // The interrupt forwarder is the machine's remote seam (absent on one node); it registers
+        // its message types now and gets the machine right after it exists.
+        var cpu: CPUForwarder?
+        if distributed {
+            var owners: [UInt32] = []
+            for node in cfg.nodes { owners += Array(repeating: node.id, count: Int(node.vcpus)) }
+            cpu = CPUForwarder(node: n, vcpuNode: owners, ioapicNode: cfg.ioapicNode, metrics: metrics, logger: logger)
+        }
         let m: Machine
-        do { m = try Machine(config: mc, ram: ram, logger: logger) } catch {
+        // Multiple-writer protocols flush at the VMM's synchronisation points.
+        do { m = try Machine(config: mc, ram: ram, remote: cpu, fence: coherence?.fenceHook, logger: logger) } catch {
             throw AssemblyError("node \(id): cannot create the VM: \(error)")
         }
+        cpu?.attach(m)
         machine = m
-        // Multiple-writer protocols flush at the VMM's synchronisation points.
-        m.fenceHook = coherence?.fenceHook
+        interrupts = cpu
         let kernelCmdline = options.cmdline ?? cfg.guest?.cmdline ?? ""
         do {
             devices = try m.addDevices(of: cfg, onNode: id, loader: loader, metrics: metrics, logger: logger) { d in
@@ -164,18 +173,13 @@ public final class VMNode: @unchecked Sendable {
 
         // 4. The distributed components, each registering its own message types.
         if distributed {
-            var owners: [UInt32] = []
-            for node in cfg.nodes { owners += Array(repeating: node.id, count: Int(node.vcpus)) }
-            let cpu = CPUForwarder(node: n, machine: m, vcpuNode: owners, ioapicNode: cfg.ioapicNode, metrics: metrics, logger: logger)
-            cpu.install()
             let forwarder = IOForwarder(node: n, metrics: metrics, timeout: max(5, cfg.timeouts.failure * 2), logger: logger)
             forwarder.serve(bus: m.bus)
-            interrupts = cpu
             io = forwarder
             clock = ClockAligner(node: n, machine: m, skew: options.tscSkew, logger: logger)
             barrier = StartupBarrier(node: n, logger: logger)
         } else {
-            interrupts = nil; io = nil; clock = nil; barrier = nil
+            io = nil; clock = nil; barrier = nil
         }
         target.vm = self
         n.onStop { [weak m, io] r in
@@ -215,7 +219,7 @@ public final class VMNode: @unchecked Sendable {
                 [weak self] why in self?.stop(.vcpuFailure(node: self?.id ?? 0, "I/O forwarding: \(why)"))
             }
             logger.info("device map: \(counts.local) local range(s), \(counts.remote) forwarded to other nodes")
-            if id != 0 && options.timeSync && !machine.localVCPUs.isEmpty {   // a device-only node has no TSC to set
+            if id != 0 && options.timeSync && !machine.localClocks.isEmpty {   // a device-only node has no TSC to set
                 say(timeLine(try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))))
             }
             try barrier.arriveAndWait(timeout: config.timeouts.connect)

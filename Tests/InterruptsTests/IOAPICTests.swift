@@ -2,7 +2,7 @@ import XCTest
 import Interrupts
 
 final class IOAPICTests: XCTestCase {
-    var delivered: [InterruptMessage] = []
+    var delivered: [AddressedInterrupt] = []
     var bad: [String] = []
     var io: IOAPIC!
 
@@ -41,15 +41,15 @@ final class IOAPICTests: XCTestCase {
         io.setLine(4, asserted: true)
         io.setLine(4, asserted: false)
         io.setLine(4, asserted: true)
-        XCTAssertEqual(delivered, [InterruptMessage(vector: 0x24, deliveryMode: .fixed, logical: false, destination: 1, levelTriggered: false),
-                                   InterruptMessage(vector: 0x24, deliveryMode: .fixed, logical: false, destination: 1, levelTriggered: false)])
+        XCTAssertEqual(delivered, [AddressedInterrupt(vector: 0x24, deliveryMode: .fixed, logical: false, destination: 1, levelTriggered: false),
+                                   AddressedInterrupt(vector: 0x24, deliveryMode: .fixed, logical: false, destination: 1, levelTriggered: false)])
     }
 
     func testLevelTriggeredWaitsForEOIAndRefiresWhileAsserted() {
         program(9, (UInt64(3) << 56) | (1 << 15) | (1 << 11) | (1 << 8) | 0x39) // level, logical, lowest prio
         io.setLine(9, asserted: true)
         XCTAssertEqual(delivered.count, 1)
-        XCTAssertEqual(delivered[0], InterruptMessage(vector: 0x39, deliveryMode: .lowestPriority, logical: true, destination: 3, levelTriggered: true))
+        XCTAssertEqual(delivered[0], AddressedInterrupt(vector: 0x39, deliveryMode: .lowestPriority, logical: true, destination: 3, levelTriggered: true))
         XCTAssertNotEqual(io.entry(9) & (1 << 14), 0, "remote IRR set")
         io.setLine(9, asserted: true)
         XCTAssertEqual(delivered.count, 1, "no second delivery before EOI")

@@ -11,9 +11,10 @@ final class KVMBootTests: XCTestCase {
         }
     }
 
-    func makeMachine(vcpus: Int, memory: UInt64 = 16 << 20) throws -> (Machine, RecordingDevice) {
+    func makeMachine(vcpus: Int, memory: UInt64 = 16 << 20,
+                     fence: ((Int, UInt32) -> Void)? = nil) throws -> (Machine, RecordingDevice) {
         let cfg = MachineConfiguration(memoryBytes: memory, vcpus: vcpus, cmdline: "test")
-        let m = try Machine(config: cfg, ram: try AnonymousGuestRAM(size: memory))
+        let m = try Machine(config: cfg, ram: try AnonymousGuestRAM(size: memory), fence: fence)
         let dev = RecordingDevice()
         dev.machine = m
         try m.addDevice(dev, ranges: [(.pio, 0, 0x400)]) // offsets are port numbers
@@ -66,15 +67,14 @@ final class KVMBootTests: XCTestCase {
     /// its APIC and sends a fixed IPI (vector 0x41) to the BSP, whose handler ends the test.
     func testINITSIPIStartsAPAndIPIReachesBSP() throws {
         try requireKVM()
-        let (m, dev) = try makeMachine(vcpus: 2)
+        let fences = FenceLog()
+        let (m, dev) = try makeMachine(vcpus: 2, fence: { fences.add($0, $1) })
         try m.load(image: ELFImage(bytes: ELFImage.build(code: TinyGuests.smpBSP, loadAddress: 0x100000), name: "bsp"))
         try m.loadRaw(TinyGuests.smpAP, at: 0x10000)
         var idt = [UInt8](repeating: 0, count: 0x1000)
         idt.replaceSubrange((0x41 * 16)..<(0x42 * 16), with: TinyGuests.idtGate(0x100100))
         try m.loadRaw(idt, at: 0x20000)
         try m.loadRaw([0xFF, 0x0F, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0], at: 0x21000) // IDTR: limit 0xfff, base 0x20000
-        let fences = FenceLog()
-        m.fenceHook = { fences.add($0, $1) }
         let stop = m.run(timeout: 30)
         guard case let .guestExit(status, _) = stop else { return XCTFail("unexpected stop: \(stop)") }
         XCTAssertEqual(status, 1)

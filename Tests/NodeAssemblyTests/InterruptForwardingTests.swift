@@ -10,6 +10,7 @@ import Logging
 @testable import Distributed
 @testable import NodeAssembly
 @testable import Machine
+@testable import Interrupts
 import PluginHost
 import TestSupport
 import XCTest

@@ -1,5 +1,4 @@
-// The IOAPIC (target `Interrupts`) on the MMIO bus at 0xFEC00000, and its messages turned into
-// local-APIC deliveries through the router.
+// The IOAPIC (target `Interrupts`) on the MMIO bus at 0xFEC00000.
 import Interrupts
 
 /// Bus adapter: guest MMIO accesses to the IOAPIC window.
@@ -18,22 +17,5 @@ final class IOAPICDevice: IODevice, @unchecked Sendable {
             let v = ioapic.read(offset: offset, length: data.count)
             for i in 0..<data.count { data[i] = i < 8 ? UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) : 0 }
         }
-    }
-}
-
-extension InterruptRouter {
-    /// An IOAPIC redirection entry fired: resolve its destination and deliver.
-    func deliver(ioapic m: Interrupts.InterruptMessage) {
-        let mode: DeliveryMode
-        switch m.deliveryMode {
-        case .fixed: mode = .fixed
-        case .lowestPriority: mode = .lowestPriority
-        case .smi: mode = .smi
-        case .nmi: mode = .nmi
-        case .initialize: mode = .initialize
-        case .extINT: mode = .extINT
-        }
-        deliver(InterruptMessage(mode: mode, vector: m.vector, levelTriggered: m.levelTriggered),
-                destination: m.destination, logical: m.logical)
     }
 }

@@ -3,6 +3,8 @@
 // Threading: ranges are added during setup (one thread); after `seal()` the bus is read-only
 // and lookups run concurrently on every vCPU thread without locks.
 
+import Interrupts
+
 /// An address space of the bus.
 public enum IOSpaceKind: UInt32, Sendable, CustomStringConvertible {
     case pio = 1, mmio = 2

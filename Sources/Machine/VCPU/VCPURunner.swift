@@ -1,11 +1,18 @@
-// The vCPU run loop as an explicit state machine. Each KVM exit becomes `.handled`,
-// `.interrupted`, `.halted` or `.stopped`; anything the VMM cannot continue from is a
-// `VCPUFailure` naming the vCPU and dumping its registers.
+// The vCPU run loop as an explicit state machine. Before each entry the vCPU's interrupt state
+// decides what to do (`VCPUInterrupts.nextEntry`, a pure `VCPUEntry.decide` applied under its
+// lock): stop, reset (INIT), start at a SIPI vector, park, or enter with an injection. Each exit
+// then becomes `.handled`, `.interrupted`, `.halted` or `.stopped`; anything the VMM cannot
+// continue from is a `VCPUFailure` naming the vCPU and dumping its registers.
+//
+// Generic over the vCPU (`VirtualCPU`): the Machine runs `VCPURunner<VCPU>` (KVM), the tests a
+// scripted double. The seam adds no allocation and no existential call per exit: the vCPU is a
+// generic parameter (specialised for `VCPU` in optimised builds).
 //
 // Threading: one runner per local vCPU, on its own dedicated thread (never a Swift task). It is
-// the only thread that issues ioctls on its vCPU; other threads reach it through its
-// VCPUInterrupts (under that lock) and `VCPU.kick()`.
+// the only thread that calls its vCPU; other threads reach it through its VCPUInterrupts (under
+// that lock) and `kick()`.
 import Foundation
+import Interrupts
 import KVM
 import Logging
 import PluginAPI
@@ -26,11 +33,11 @@ public struct VCPUFailure: Error, CustomStringConvertible {
     public var description: String { "vCPU \(vcpu): \(reason)\n\(registers)" }
 }
 
-final class VCPURunner: @unchecked Sendable {
+final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
     let index: Int
-    let vcpu: VCPU
+    let vcpu: CPU
     let irq: VCPUInterrupts
-    unowned let machine: Machine
+    let env: VCPUEnvironment
     let resetRegisters: Registers
     let resetSpecialRegisters: SpecialRegisters
     var logger: Logger
@@ -60,11 +67,11 @@ final class VCPURunner: @unchecked Sendable {
         return d
     }
 
-    init(index: Int, vcpu: VCPU, irq: VCPUInterrupts, machine: Machine, logger: Logger) throws {
+    init(index: Int, vcpu: CPU, irq: VCPUInterrupts, environment: VCPUEnvironment, logger: Logger) throws {
         self.index = index
         self.vcpu = vcpu
         self.irq = irq
-        self.machine = machine
+        self.env = environment
         self.logger = logger
         self.logger[metadataKey: "vcpu"] = "\(index)"
         // KVM's power-on state, used for INIT (a CPU reset done by hand).
@@ -131,104 +138,56 @@ final class VCPURunner: @unchecked Sendable {
     func run() throws {
         vcpu.bindToCurrentThread()
         defer { vcpu.unbindThread() }
-        while !machine.isStopping {
-            // 1. Control events and parking, under the interrupt lock.
-            var doReset = false
-            var startVector: UInt8?
-            var nmi = false
-            var inject: UInt8?
-            var wantWindow = false
-            irq.cond.lock()
-            if irq.pendingINIT {
-                irq.pendingINIT = false
-                irq.state = .waitingForSIPI
-                irq.apic.reset()
-                irq.pendingNMI = false
-                doReset = true
-            }
-            if !doReset {
-                while !machine.isStopping {
-                    switch irq.state {
-                    case .waitingForSIPI:
-                        if irq.pendingINIT { break }
-                        if let v = irq.sipiVector {
-                            irq.sipiVector = nil
-                            irq.state = .running
-                            startVector = v
-                            continue
-                        }
-                        irq.cond.wait()
-                        continue
-                    case let .halted(ifOn):
-                        if irq.pendingNMI || irq.pendingINIT || (ifOn && irq.apic.deliverableVector != nil) {
-                            irq.state = .running
-                            continue
-                        }
-                        irq.cond.wait()
-                        continue
-                    case .running:
-                        break
-                    }
-                    break
-                }
-                if irq.state == .running && !irq.pendingINIT {
-                    nmi = irq.pendingNMI
-                    irq.pendingNMI = false
-                    if let v = irq.apic.deliverableVector {
-                        if vcpu.readyForInterruptInjection && vcpu.interruptFlag {
-                            irq.apic.acknowledge(v)
-                            inject = v
-                            wantWindow = irq.apic.deliverableVector != nil
-                        } else {
-                            wantWindow = true
-                        }
-                    }
-                    lastCR8 = irq.apic.cr8
-                    vcpu.cr8 = lastCR8
-                }
-            }
-            let state = irq.state
-            let initPending = irq.pendingINIT
-            irq.cond.unlock()
-            if machine.isStopping { break }
-            if doReset {
+        let env = self.env
+        while true {
+            // 1. What to do before this entry (parks inside while there is nothing to do).
+            let canInject = vcpu.readyForInterruptInjection && vcpu.interruptFlag
+            switch irq.nextEntry(canInject: canInject, stopping: { env.isStopping }) {
+            case .stop:
+                return
+            case .park:
+                continue   // never returned: nextEntry parks until something changes
+            case .reset:
                 try resetCPU()
-                machine.apicChanged(index, addressing: true, timer: true)
-                continue
-            }
-            if initPending { continue }
-            if let v = startVector {
+                apicChanged(addressing: true, timer: true)
+            case let .start(v):
                 logger.debug("SIPI vector 0x\(String(v, radix: 16)): starting in real mode at 0x\(String(UInt64(v) << 12, radix: 16))")
                 try startAt(sipiVector: v)
-            }
-            guard state == .running else { continue }
+            case let .enter(e):
+                // 2. Injection (one vector per entry) and entry.
+                lastCR8 = e.cr8
+                vcpu.cr8 = e.cr8
+                if e.nmi { try vcpu.nmi() }
+                if let v = e.inject {
+                    try vcpu.interrupt(vector: v)
+                    env.fence?(index, GVM_FENCE_ACQUIRE)
+                }
+                vcpu.requestInterruptWindow(e.requestWindow)
+                let exit = try vcpu.runOnce()
+                vcpu.clearImmediateExit()
+                let cr8 = vcpu.cr8
+                if cr8 != lastCR8 {
+                    lastCR8 = cr8
+                    irq.guestSetCR8(cr8)
+                }
 
-            // 2. Injection (one vector per entry) and entry.
-            if nmi { try vcpu.nmi() }
-            if let v = inject {
-                try vcpu.interrupt(vector: v)
-                machine.fenceHook?(index, GVM_FENCE_ACQUIRE)
-            }
-            vcpu.requestInterruptWindow(wantWindow)
-            let exit = try vcpu.runOnce()
-            vcpu.clearImmediateExit()
-            let cr8 = vcpu.cr8
-            if cr8 != lastCR8 {
-                lastCR8 = cr8
-                irq.locked { $0.apic.setCR8(cr8) }
-            }
-
-            // 3. The exit.
-            switch try handle(exit) {
-            case .handled, .interrupted:
-                break
-            case .halted:
-                let ifOn = vcpu.interruptFlag
-                irq.locked { $0.state = .halted(interruptsEnabled: ifOn) }
-            case .stopped:
-                return
+                // 3. The exit.
+                switch try handle(exit) {
+                case .handled, .interrupted:
+                    break
+                case .halted:
+                    irq.halt(interruptsEnabled: vcpu.interruptFlag)
+                case .stopped:
+                    return
+                }
             }
         }
+    }
+
+    /// Called on this vCPU's thread after its APIC changed in a way others must see.
+    func apicChanged(addressing: Bool, timer rearm: Bool) {
+        if addressing { env.router.updateAddress(of: index, irq.apicSnapshot.address) }
+        if rearm { env.rearmTimer() }
     }
 
     @inline(__always) func count(_ k: ExitKind) { exitCounts[k.rawValue] &+= 1 }
@@ -238,25 +197,25 @@ final class VCPURunner: @unchecked Sendable {
         switch exit {
         case let .io(port, size, count, isWrite, data):
             self.count(.io)
-            machine.fenceHook?(index, GVM_FENCE_RELEASE)
+            env.fence?(index, GVM_FENCE_RELEASE)
             // [dist hook] string/rep I/O to a device that takes it whole (forwarded devices).
-            if count > 1, let r = machine.bus.lookup(.pio, UInt64(port)), let s = r.device as? IOStringDevice {
+            if count > 1, let r = env.bus.lookup(.pio, UInt64(port)), let s = r.device as? IOStringDevice {
                 s.ioString(space: .pio, offset: UInt64(port) - r.base, itemSize: size, data: data, isWrite: isWrite)
-                return machine.isStopping ? .stopped : .handled
+                return env.isStopping ? .stopped : .handled
             }
             for i in 0..<count {
                 let item = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
                 portIO(port: port, data: item, isWrite: isWrite)
             }
-            return machine.isStopping ? .stopped : .handled
+            return env.isStopping ? .stopped : .handled
         case let .mmio(address, isWrite, data):
             self.count(.mmio)
-            machine.fenceHook?(index, GVM_FENCE_RELEASE)
+            env.fence?(index, GVM_FENCE_RELEASE)
             mmio(address: address, data: data, isWrite: isWrite)
-            return machine.isStopping ? .stopped : .handled
+            return env.isStopping ? .stopped : .handled
         case .hlt:
             self.count(.hlt)
-            machine.fenceHook?(index, GVM_FENCE_RELEASE)
+            env.fence?(index, GVM_FENCE_RELEASE)
             return .halted
         case .interruptWindowOpen:
             self.count(.irqWindow)
@@ -285,7 +244,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     func portIO(port: UInt16, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
-        if let r = machine.bus.lookup(.pio, UInt64(port)) {
+        if let r = env.bus.lookup(.pio, UInt64(port)) {
             r.device.io(space: .pio, offset: UInt64(port) - r.base, data: data, isWrite: isWrite)
             return
         }
@@ -300,7 +259,7 @@ final class VCPURunner: @unchecked Sendable {
             apicAccess(offset: UInt32(address - localAPICBase), data: data, isWrite: isWrite)
             return
         }
-        if let r = machine.bus.lookup(.mmio, address) {
+        if let r = env.bus.lookup(.mmio, address) {
             r.device.io(space: .mmio, offset: address - r.base, data: data, isWrite: isWrite)
             return
         }
@@ -321,28 +280,26 @@ final class VCPURunner: @unchecked Sendable {
             if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0) }
             return
         }
-        let now = machine.clock()
+        let now = env.clock()
         if isWrite {
             var value: UInt32 = 0
             for (i, b) in data.prefix(4).enumerated() { value |= UInt32(b) << (8 * UInt32(i)) }
             value <<= shift
-            let (effects, address) = irq.locked { s -> ([APICEffect], APICAddress) in
-                (s.apic.write(reg, value, now: now), s.apic.address)
-            }
+            let (effects, address) = irq.writeAPIC(reg, value, now: now)
             for e in effects {
                 switch e {
                 case let .sendIPI(cmd):
-                    machine.router.send(cmd, from: index)
+                    env.router.send(cmd, from: index)
                 case let .levelEOI(vector):
-                    machine.levelEOI(vector)   // [dist hook] local IOAPIC or forwarded
+                    env.levelEOI(vector)   // the IOAPIC here, or forwarded to its node
                 case .timerChanged:
-                    machine.apicChanged(index, addressing: false, timer: true)
+                    env.rearmTimer()
                 case .addressingChanged:
-                    machine.router.updateAddress(of: index, address)
+                    env.router.updateAddress(of: index, address)
                 }
             }
         } else {
-            let v = irq.locked { $0.apic.read(reg, now: now) } >> shift
+            let v = irq.readAPIC(reg, now: now) >> shift
             for i in 0..<data.count { data[i] = i < 4 ? UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) : 0 }
         }
     }

@@ -1,6 +1,7 @@
 // The local APIC, emulated in user space (xAPIC, MMIO at 0xFEE00000). This file is pure state and
 // arithmetic: no KVM, no threads, time passed in as nanoseconds. `VCPUInterrupts` wraps it with
-// a lock and the vCPU wake-up logic; `InterruptRouter` resolves destinations across vCPUs.
+// a lock and the vCPU wake-up logic; `InterruptRouter` resolves destinations across vCPUs (and
+// nodes); the IOAPIC's messages reach it through the router too.
 //
 // Threading: a value type; the owner (VCPUInterrupts) serialises every access under its lock.
 
@@ -111,7 +112,7 @@ public struct APICAddress: Equatable, Sendable {
 }
 
 /// Destination resolution: which vCPU indices an interrupt command reaches. Pure function;
-/// indices are global vCPU indices (so a later issue can forward to remote nodes).
+/// indices are global vCPU indices (a vCPU of another node is reached through RemoteInterrupts).
 public enum DestinationResolver {
     public static func resolve(_ cmd: InterruptCommand, source: Int, apics: [APICAddress]) -> [Int] {
         switch cmd.shorthand {
@@ -188,7 +189,7 @@ public struct VectorSet: Equatable, Sendable {
 public enum APICEffect: Equatable, Sendable {
     /// ICR low was written: send this IPI (resolve destinations, deliver).
     case sendIPI(InterruptCommand)
-    /// EOI of a level-triggered vector: tell the IOAPIC (later issue).
+    /// EOI of a level-triggered vector: tell the IOAPIC (here, or on its node).
     case levelEOI(vector: UInt8)
     /// The timer's deadline changed: the timer thread must re-evaluate.
     case timerChanged

@@ -1,7 +1,7 @@
 // Local APIC register behaviour without KVM: registers, priorities, ICR decoding, destination
 // resolution, timer arithmetic.
 import XCTest
-@testable import Machine
+@testable import Interrupts
 
 final class LocalAPICTests: XCTestCase {
     func enabled(id: UInt8 = 0) -> LocalAPIC {
@@ -252,10 +252,10 @@ final class InterruptRouterTests: XCTestCase {
 
     func testRemoteDeliveryHookGetsGlobalIndex() {
         let a = VCPUInterrupts(index: 0, busHz: 100_000_000, state: .running)
-        let r = InterruptRouter(local: [a, nil, nil])
-        var got: [(Int, InterruptMessage)] = []
-        r.remoteDelivery = { got.append(($0, $1)) }
+        let remote = RecordingRemote()
+        let r = InterruptRouter(local: [a, nil, nil], remote: remote)
         r.send(InterruptCommand(low: 0xC_0045, high: 0), from: 0) // all excluding self
+        let got = remote.delivered
         XCTAssertEqual(got.map(\.0), [1, 2])
         XCTAssertEqual(got.first?.1, InterruptMessage(mode: .fixed, vector: 0x45))
     }
