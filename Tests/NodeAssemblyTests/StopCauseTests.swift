@@ -67,9 +67,9 @@ final class StopCauseTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let e1 = imageError(dir)
-        XCTAssertTrue(e1.contains("guest.image: \(dir): is a directory"), e1)
+        XCTAssertTrue(e1.contains("guest.image") && e1.contains(dir) && e1.contains("is a directory"), e1)
         let e2 = imageError("/dev/zero")
-        XCTAssertTrue(e2.contains("guest.image: /dev/zero: is not a regular file"), e2)
+        XCTAssertTrue(e2.contains("guest.image") && e2.contains("/dev/zero") && e2.contains("not a regular file"), e2)
         let e3 = imageError(dir + "/missing.elf")
         XCTAssertTrue(e3.contains("no such file"), e3)
         let big = dir + "/big.img"
