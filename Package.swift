@@ -87,7 +87,7 @@ let package = Package(
         // One VM across nodes, one component per sub-protocol: interrupt forwarding, clock
         // alignment, the start-up barrier (device maps, READY), I/O forwarding.
         .target(name: "Distributed",
-                dependencies: ["Cluster", "Interrupts", "Machine", "Metrics", "CSystem", "TimeSync",
+                dependencies: ["Cluster", "Interrupts", "Machine", "Metrics", "TimeSync",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
         // One node from a config: cluster node, guest memory + coherence plugin, machine, devices,
