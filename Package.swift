@@ -38,6 +38,7 @@ let package = Package(
         .library(name: "test-abi-too-old", type: .dynamic, targets: ["TestAbiTooOld"]),
         .library(name: "test-abi-too-new", type: .dynamic, targets: ["TestAbiTooNew"]),
         .library(name: "test-no-entry", type: .dynamic, targets: ["TestNoEntry"]),
+        .library(name: "test-small-ops", type: .dynamic, targets: ["TestSmallOps"]),
         .library(name: "test-swift-device", type: .dynamic, targets: ["TestSwiftDevice"]),
     ],
     dependencies: [
@@ -57,7 +58,7 @@ let package = Package(
         .target(name: "CSystem", path: "Sources/CSystem"),
         .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")],
                 path: "Sources/Config", swiftSettings: swiftSettings),
-        .target(name: "Metrics", dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
+        .target(name: "Metrics", dependencies: ["PluginAPI", .product(name: "Histogram", package: "hdrhistogram-swift")],
                 path: "Sources/Metrics", swiftSettings: swiftSettings),
         .target(name: "PluginHost",
                 dependencies: ["PluginAPI", "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
@@ -114,6 +115,7 @@ let package = Package(
         .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old"),
         .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new"),
         .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry"),
+        .target(name: "TestSmallOps", dependencies: ["PluginAPI"], path: "Tests/Fixtures/small-ops"),
         .target(name: "TestSwiftDevice", dependencies: ["PluginKit"], path: "Tests/Fixtures/swift-device",
                 swiftSettings: swiftSettings),
 
@@ -125,7 +127,7 @@ let package = Package(
         .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),
         .target(name: "CoherenceKit", dependencies: ["PluginAPI"], path: "Tests/CoherenceKit"),
         .testTarget(name: "DsmIvyTests",
-                    dependencies: ["IvyCore", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
+                    dependencies: ["IvyCore", "DsmLocal", "PluginKit", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
                                    "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DsmIvyTests"),
         .testTarget(name: "GuestMemoryTests",

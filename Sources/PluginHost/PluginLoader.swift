@@ -1,6 +1,7 @@
 // PluginLoader: finds a plugin .so by name or path, dlopen()s it, calls its entry symbol and checks
-// the descriptor (ABI version window, kind, name). Every failure is a distinct PluginLoadError
-// whose message names the file and says what to do.
+// the descriptor (ABI version window, kind, name, the declared size of its ops table, required
+// hooks). Every failure is a distinct PluginLoadError whose message names the file and says what
+// to do, and a refused plugin is unloaded again (dlclose), except a Swift image (see `unload`).
 
 import Foundation
 import PluginAPI
@@ -29,6 +30,7 @@ public enum PluginLoadError: Error, CustomStringConvertible, Equatable {
     case wrongKind(path: String, name: String, found: PluginKind, expected: PluginKind)
     case duplicateName(name: String, path: String, firstPath: String)
     case badDescriptor(path: String, problem: String)
+    case opsTooSmall(path: String, name: String, table: String, size: UInt32, needed: Int)
 
     public var description: String {
         switch self {
@@ -54,6 +56,8 @@ public enum PluginLoadError: Error, CustomStringConvertible, Equatable {
             return "two plugins are named '\(name)': '\(path)' and '\(firstPath)'; plugin names must be unique"
         case let .badDescriptor(path, problem):
             return "plugin '\(path)' has a malformed descriptor: \(problem)"
+        case let .opsTooSmall(path, name, table, size, needed):
+            return "plugin '\(name)' (\(path)) declares a \(table) table of \(size) bytes, but this giantvm needs at least \(needed) bytes (up to its last required hook, ABI \(GVM_ABI_VERSION)): rebuild it against the current giantvm_plugin.h"
         }
     }
 }
@@ -67,15 +71,18 @@ public struct LoadedPlugin: @unchecked Sendable {
     public let kind: PluginKind
     public let abiVersion: UInt32
     public let descriptor: UnsafePointer<gvm_plugin_descriptor>
+    /// The host's copy of the plugin's ops table, as long as this giantvm's table: the bytes the
+    /// plugin declared (its `size`), zeros after them (hooks past a shorter table are absent).
+    let ops: UnsafeRawPointer
 
     public var transportOps: UnsafePointer<gvm_transport_ops>? {
-        kind == .transport ? descriptor.pointee.ops.assumingMemoryBound(to: gvm_transport_ops.self) : nil
+        kind == .transport ? ops.assumingMemoryBound(to: gvm_transport_ops.self) : nil
     }
     public var coherenceOps: UnsafePointer<gvm_coherence_ops>? {
-        kind == .coherence ? descriptor.pointee.ops.assumingMemoryBound(to: gvm_coherence_ops.self) : nil
+        kind == .coherence ? ops.assumingMemoryBound(to: gvm_coherence_ops.self) : nil
     }
     public var deviceOps: UnsafePointer<gvm_device_ops>? {
-        kind == .device ? descriptor.pointee.ops.assumingMemoryBound(to: gvm_device_ops.self) : nil
+        kind == .device ? ops.assumingMemoryBound(to: gvm_device_ops.self) : nil
     }
 
     /// Names of the device models a device plugin offers.
@@ -150,8 +157,10 @@ public final class PluginLoader {
             if let kind, p.kind != kind { throw PluginLoadError.wrongKind(path: path, name: p.name, found: p.kind, expected: kind) }
             return p
         }
-        let plugin = try Self.open(path: path)
+        let (plugin, handle) = try Self.open(path: path)
         if let first = loadedByName[plugin.name], first.path != path {
+            plugin.ops.deallocate()
+            Self.unload(handle)
             throw PluginLoadError.duplicateName(name: plugin.name, path: path, firstPath: first.path)
         }
         loadedByName[plugin.name] = plugin
@@ -186,22 +195,44 @@ public final class PluginLoader {
     /// its code: RTLD_LAZY | RTLD_LOCAL, then dlsym).
     static func exportsEntry(path: String) -> Bool {
         guard let h = dlopen(path, RTLD_LAZY | RTLD_LOCAL) else { return false }
+        defer { unload(h) }
         return dlsym(h, GVM_PLUGIN_ENTRY_SYMBOL) != nil
     }
 
-    static func open(path: String) throws -> LoadedPlugin {
+    /// Closes a handle this loader opened for a plugin it does not keep. A Swift image stays
+    /// mapped: the Swift runtime registers every image's metadata when it is loaded and never
+    /// forgets it, so unmapping one would leave the runtime pointing into freed memory. (An image
+    /// is a Swift one if the Swift runtime is among the libraries it loaded.)
+    static func unload(_ handle: UnsafeMutableRawPointer) {
+        if dlsym(handle, "swift_retain") != nil { return }
+        dlclose(handle)
+    }
+
+    /// dlopen()s `path` and checks what its entry returns; on any refusal the image is unloaded.
+    /// Returns the plugin and its handle (kept open for the life of the process).
+    static func open(path: String) throws -> (LoadedPlugin, UnsafeMutableRawPointer) {
         // RTLD_LOCAL: each plugin keeps its own copy of PluginKit's symbols; RTLD_NOW: report
         // missing libraries (e.g. libibverbs) here, not at the first call.
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
             let reason = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
             throw PluginLoadError.cannotOpen(path: path, reason: reason)
         }
-        guard let sym = dlsym(handle, GVM_PLUGIN_ENTRY_SYMBOL) else {
-            throw PluginLoadError.noEntrySymbol(path: path)
+        do {
+            guard let sym = dlsym(handle, GVM_PLUGIN_ENTRY_SYMBOL) else {
+                throw PluginLoadError.noEntrySymbol(path: path)
+            }
+            let entry = unsafeBitCast(sym, to: gvm_plugin_entry_fn.self)
+            guard let d = entry() else { throw PluginLoadError.nullDescriptor(path: path) }
+            return (try check(d, path: path), handle)
+        } catch {
+            unload(handle)
+            throw error
         }
-        let entry = unsafeBitCast(sym, to: gvm_plugin_entry_fn.self)
-        guard let d = entry() else { throw PluginLoadError.nullDescriptor(path: path) }
-        // The first field is the ABI version and never moves: check it before reading anything else.
+    }
+
+    /// Checks a descriptor in the order its fields may be trusted (the ABI version first: it never
+    /// moves) and copies its ops table. Does not touch the image's handle.
+    static func check(_ d: UnsafePointer<gvm_plugin_descriptor>, path: String) throws -> LoadedPlugin {
         let abi = d.pointee.abi_version
         let name = d.pointee.name.map { String(cString: $0) } ?? ""
         if abi < GVM_ABI_MIN_VERSION { throw PluginLoadError.abiTooOld(path: path, name: name.isEmpty ? path : name, abi: abi) }
@@ -210,34 +241,76 @@ public final class PluginLoader {
         guard let kind = PluginKind(rawValue: d.pointee.kind) else {
             throw PluginLoadError.unknownKind(path: path, kind: d.pointee.kind)
         }
-        guard d.pointee.ops != nil else { throw PluginLoadError.badDescriptor(path: path, problem: "no ops table") }
-        try checkOps(d, kind: kind, path: path)
+        guard let raw = d.pointee.ops else { throw PluginLoadError.badDescriptor(path: path, problem: "no ops table") }
+        let ops = try copyOps(raw, kind: kind, name: name, path: path)
+        do {
+            try checkOps(ops, kind: kind, path: path)
+        } catch {
+            ops.deallocate()
+            throw error
+        }
         return LoadedPlugin(name: name, version: d.pointee.version.map { String(cString: $0) } ?? "?",
                             summary: d.pointee.summary.map { String(cString: $0) } ?? "",
-                            path: path, kind: kind, abiVersion: abi, descriptor: d)
+                            path: path, kind: kind, abiVersion: abi, descriptor: d, ops: UnsafeRawPointer(ops))
     }
 
+    /// The host's table type for a kind, and how much of it a plugin must declare: up to the end
+    /// of its last REQUIRED hook (giantvm_plugin.h).
+    static func opsLayout(_ kind: PluginKind) -> (table: String, size: Int, needed: Int) {
+        func end<T>(_ field: PartialKeyPath<T>, _: T.Type, width: Int = MemoryLayout<UnsafeRawPointer>.size) -> Int {
+            MemoryLayout<T>.offset(of: field)! + width
+        }
+        switch kind {
+        case .transport:
+            return ("gvm_transport_ops", MemoryLayout<gvm_transport_ops>.size, end(\gvm_transport_ops.destroy, gvm_transport_ops.self))
+        case .coherence:
+            return ("gvm_coherence_ops", MemoryLayout<gvm_coherence_ops>.size, end(\gvm_coherence_ops.destroy, gvm_coherence_ops.self))
+        case .device:
+            return ("gvm_device_ops", MemoryLayout<gvm_device_ops>.size, end(\gvm_device_ops.models, gvm_device_ops.self))
+        }
+    }
+
+    /// Reads the table's declared size and copies min(declared, host size) bytes into a zeroed
+    /// table of the host's size. Refuses a table shorter than its required hooks.
+    static func copyOps(_ raw: UnsafeRawPointer, kind: PluginKind, name: String, path: String) throws -> UnsafeMutableRawPointer {
+        let layout = opsLayout(kind)
+        let declared = raw.load(as: UInt32.self)   // every ops table begins with its size
+        guard Int(declared) >= layout.needed else {
+            throw PluginLoadError.opsTooSmall(path: path, name: name, table: layout.table, size: declared, needed: layout.needed)
+        }
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: layout.size, alignment: MemoryLayout<UnsafeRawPointer>.alignment)
+        copy.initializeMemory(as: UInt8.self, repeating: 0, count: layout.size)
+        copy.copyMemory(from: raw, byteCount: min(Int(declared), layout.size))
+        return copy
+    }
+
+    /// The most models one device plugin may declare (a bound on a number read from the plugin).
+    static let maxDeviceModels: UInt32 = 1024
+
     /// Required hooks must be present.
-    static func checkOps(_ d: UnsafePointer<gvm_plugin_descriptor>, kind: PluginKind, path: String) throws {
+    static func checkOps(_ ops: UnsafeMutableRawPointer, kind: PluginKind, path: String) throws {
         func missing(_ hook: String) -> PluginLoadError {
             .badDescriptor(path: path, problem: "required hook '\(hook)' is NULL")
         }
         switch kind {
         case .transport:
-            let o = d.pointee.ops.assumingMemoryBound(to: gvm_transport_ops.self).pointee
+            let o = ops.assumingMemoryBound(to: gvm_transport_ops.self).pointee
             if o.create == nil { throw missing("create") }
             if o.start == nil { throw missing("start") }
             if o.send == nil { throw missing("send") }
             if o.stop == nil { throw missing("stop") }
             if o.destroy == nil { throw missing("destroy") }
         case .coherence:
-            let o = d.pointee.ops.assumingMemoryBound(to: gvm_coherence_ops.self).pointee
+            let o = ops.assumingMemoryBound(to: gvm_coherence_ops.self).pointee
             if o.create == nil { throw missing("create") }
             if o.fault == nil { throw missing("fault") }
             if o.receive == nil { throw missing("receive") }
             if o.destroy == nil { throw missing("destroy") }
         case .device:
-            let o = d.pointee.ops.assumingMemoryBound(to: gvm_device_ops.self).pointee
+            let o = ops.assumingMemoryBound(to: gvm_device_ops.self).pointee
+            guard o.model_count <= maxDeviceModels else {
+                throw PluginLoadError.badDescriptor(path: path, problem: "model_count \(o.model_count) is more than \(maxDeviceModels)")
+            }
             if o.model_count > 0 && o.models == nil { throw missing("models") }
             for i in 0..<Int(o.model_count) {
                 let m = o.models[i]
