@@ -21,6 +21,10 @@
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = []
+// C plugins: linked without the Swift start-up object (swiftrt.o), which would register the image
+// with the Swift runtime; an image registered there can never be unloaded, and the loader unloads
+// C plugins it refuses.
+let pureCPlugin: [LinkerSetting] = [.unsafeFlags(["-nostartfiles"])]
 
 let package = Package(
     name: "GiantVM",
@@ -111,11 +115,12 @@ let package = Package(
         .target(name: "DeviceModels", dependencies: ["PluginKit"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
         .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
                 swiftSettings: swiftSettings),
-        .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c"),
-        .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old"),
-        .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new"),
-        .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry"),
-        .target(name: "TestSmallOps", dependencies: ["PluginAPI"], path: "Tests/Fixtures/small-ops"),
+        .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c", linkerSettings: pureCPlugin),
+        .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old", linkerSettings: pureCPlugin),
+        .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new", linkerSettings: pureCPlugin),
+        .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry", linkerSettings: pureCPlugin),
+        .target(name: "TestSmallOps", dependencies: ["PluginAPI"], path: "Tests/Fixtures/small-ops",
+                linkerSettings: pureCPlugin),
         .target(name: "TestSwiftDevice", dependencies: ["PluginKit"], path: "Tests/Fixtures/swift-device",
                 swiftSettings: swiftSettings),
 

@@ -160,7 +160,7 @@ public final class PluginLoader {
         let (plugin, handle) = try Self.open(path: path)
         if let first = loadedByName[plugin.name], first.path != path {
             plugin.ops.deallocate()
-            Self.unload(handle)
+            Self.unload(handle, path: path)
             throw PluginLoadError.duplicateName(name: plugin.name, path: path, firstPath: first.path)
         }
         loadedByName[plugin.name] = plugin
@@ -195,17 +195,49 @@ public final class PluginLoader {
     /// its code: RTLD_LAZY | RTLD_LOCAL, then dlsym).
     static func exportsEntry(path: String) -> Bool {
         guard let h = dlopen(path, RTLD_LAZY | RTLD_LOCAL) else { return false }
-        defer { unload(h) }
+        defer { unload(h, path: path) }
         return dlsym(h, GVM_PLUGIN_ENTRY_SYMBOL) != nil
     }
 
-    /// Closes a handle this loader opened for a plugin it does not keep. A Swift image stays
-    /// mapped: the Swift runtime registers every image's metadata when it is loaded and never
-    /// forgets it, so unmapping one would leave the runtime pointing into freed memory. (An image
-    /// is a Swift one if the Swift runtime is among the libraries it loaded.)
-    static func unload(_ handle: UnsafeMutableRawPointer) {
-        if dlsym(handle, "swift_retain") != nil { return }
+    /// Closes a handle this loader opened for a plugin it does not keep, unless the image is
+    /// registered with the Swift runtime: a Swift image (or any image linked with Swift's start-up
+    /// object) hands the runtime its metadata sections when it is loaded, and the runtime never
+    /// forgets them, so unmapping it would crash the next type-conformance lookup. Such an image
+    /// stays mapped (and unused).
+    static func unload(_ handle: UnsafeMutableRawPointer, path: String) {
+        if registersWithSwiftRuntime(path: path) { return }
         dlclose(handle)
+    }
+
+    /// True if the ELF file at `path` has a section named "swift5_*" (what Swift's start-up
+    /// object registers with the runtime), or if that cannot be told (then unloading is unsafe).
+    /// Every offset read from the file is checked against its size before use.
+    static func registersWithSwiftRuntime(path: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: path) else { return true }
+        return data.withUnsafeBytes { (f: UnsafeRawBufferPointer) -> Bool in
+            func u16(_ o: Int) -> Int? { o >= 0 && o + 2 <= f.count ? Int(f.loadUnaligned(fromByteOffset: o, as: UInt16.self)) : nil }
+            func u32(_ o: Int) -> Int? { o >= 0 && o + 4 <= f.count ? Int(f.loadUnaligned(fromByteOffset: o, as: UInt32.self)) : nil }
+            func u64(_ o: Int) -> Int? {
+                guard o >= 0, o + 8 <= f.count else { return nil }
+                let v = f.loadUnaligned(fromByteOffset: o, as: UInt64.self)
+                return v <= UInt64(f.count) ? Int(v) : nil
+            }
+            // ELF64, little endian (the only images this host loads).
+            guard f.count >= 64, f[0] == 0x7F, f[1] == 0x45, f[2] == 0x4C, f[3] == 0x46, f[4] == 2, f[5] == 1,
+                  let shoff = u64(0x28), let shentsize = u16(0x3A), let shnum = u16(0x3C), let shstrndx = u16(0x3E),
+                  shentsize >= 0x28, shstrndx < shnum, shoff + shnum * shentsize <= f.count,
+                  let strtab = u64(shoff + shstrndx * shentsize + 0x18), let strsize = u64(shoff + shstrndx * shentsize + 0x20),
+                  strtab + strsize <= f.count
+            else { return true }
+            let prefix = Array("swift5_".utf8)
+            for i in 0..<shnum {
+                guard let name = u32(shoff + i * shentsize) else { return true }
+                let start = strtab + name
+                guard name < strsize, start + prefix.count <= strtab + strsize else { continue }
+                if prefix.indices.allSatisfy({ f[start + $0] == prefix[$0] }) { return true }
+            }
+            return false
+        }
     }
 
     /// dlopen()s `path` and checks what its entry returns; on any refusal the image is unloaded.
@@ -225,7 +257,7 @@ public final class PluginLoader {
             guard let d = entry() else { throw PluginLoadError.nullDescriptor(path: path) }
             return (try check(d, path: path), handle)
         } catch {
-            unload(handle)
+            unload(handle, path: path)
             throw error
         }
     }
