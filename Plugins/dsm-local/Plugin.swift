@@ -67,13 +67,14 @@ public final class LocalCoherence: CoherencePlugin {
         if status != .ok {
             services.fatal("dsm-local: page \(gfn) \(access) fault: \(status)")
         }
-        memory.wake(gfn)
+        // Counted before the wake: a woken thread that reads the statistics sees its own fault.
         if let kind {
             stats.requests(kind).add()
             stats.recordLatency(kind, nanoseconds: services.nowNanoseconds() &- start)
         } else {
             stats.stale.add()
         }
+        memory.wake(gfn)
     }
 
     public func receive(from node: UInt32, message: UnsafeRawBufferPointer) {

@@ -22,6 +22,7 @@ final class LaneQueue: @unchecked Sendable {
     var frames: [(UInt32, [UInt8])] = []
     var closed = false
     var thread: Thread?
+    let finished = DispatchSemaphore(value: 0)
 
     func push(_ src: UInt32, _ bytes: [UInt8]) {
         cond.lock(); frames.append((src, bytes)); cond.signal(); cond.unlock()
@@ -29,6 +30,7 @@ final class LaneQueue: @unchecked Sendable {
 
     func start(_ deliver: @escaping (UInt32, [UInt8]) -> Void) {
         let t = Thread { [self] in
+            defer { finished.signal() }
             while true {
                 cond.lock()
                 while frames.isEmpty && !closed { cond.wait() }
@@ -43,6 +45,10 @@ final class LaneQueue: @unchecked Sendable {
     }
 
     func close() { cond.lock(); closed = true; cond.broadcast(); cond.unlock() }
+
+    /// Waits for the delivery thread to drain and exit (after close), so no delivery outlives
+    /// the cluster that owns the lane.
+    func join() { if thread != nil { finished.wait() } }
 }
 
 final class InProcessCluster: @unchecked Sendable {
@@ -135,6 +141,7 @@ final class InProcessCluster: @unchecked Sendable {
         for m in mems { m.stop() }
         for p in plugins { p.stop() }
         for l in lanes.flatMap({ $0 }) { l.close() }
+        for l in lanes.flatMap({ $0 }) { l.join() }
     }
 }
 
