@@ -485,7 +485,7 @@ typedef struct gvm_coherence_ops {
 #define GVM_STAT_PAGES_SENT_NODATA "dsm.page.sent_nodata"
 /** Counter, invalidation requests this node sent to sharers of a page. */
 #define GVM_STAT_INV_SENT "dsm.inv.sent"
-/** Counter, invalidation requests this node received (and acted on) for its copies. */
+/** Counter, invalidation requests this node received for its copies (each is acted on once). */
 #define GVM_STAT_INV_RECEIVED "dsm.inv.received"
 
 /** Counter, diffs: multiple-writer protocols only (0 for invalidation protocols) — diffs this
