@@ -22,6 +22,10 @@
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = []
+// C plugins: linked without the Swift start-up object (swiftrt.o), which would register the image
+// with the Swift runtime; an image registered there can never be unloaded, and the loader unloads
+// C plugins it refuses.
+let pureCPlugin: [LinkerSetting] = [.unsafeFlags(["-nostartfiles"])]
 
 let package = Package(
     name: "GiantVM",
@@ -39,6 +43,7 @@ let package = Package(
         .library(name: "test-abi-too-old", type: .dynamic, targets: ["TestAbiTooOld"]),
         .library(name: "test-abi-too-new", type: .dynamic, targets: ["TestAbiTooNew"]),
         .library(name: "test-no-entry", type: .dynamic, targets: ["TestNoEntry"]),
+        .library(name: "test-small-ops", type: .dynamic, targets: ["TestSmallOps"]),
         .library(name: "test-swift-device", type: .dynamic, targets: ["TestSwiftDevice"]),
     ],
     dependencies: [
@@ -58,7 +63,7 @@ let package = Package(
         .target(name: "CSystem", path: "Sources/CSystem"),
         .target(name: "Config", dependencies: ["PluginAPI", .product(name: "Yams", package: "Yams")],
                 path: "Sources/Config", swiftSettings: swiftSettings),
-        .target(name: "Metrics", dependencies: [.product(name: "Histogram", package: "hdrhistogram-swift")],
+        .target(name: "Metrics", dependencies: ["PluginAPI", .product(name: "Histogram", package: "hdrhistogram-swift")],
                 path: "Sources/Metrics", swiftSettings: swiftSettings),
         .target(name: "PluginHost",
                 dependencies: ["PluginAPI", "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
@@ -125,10 +130,12 @@ let package = Package(
         .target(name: "DeviceModels", dependencies: ["PluginKit"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
         .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
                 swiftSettings: swiftSettings),
-        .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c"),
-        .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old"),
-        .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new"),
-        .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry"),
+        .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c", linkerSettings: pureCPlugin),
+        .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old", linkerSettings: pureCPlugin),
+        .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new", linkerSettings: pureCPlugin),
+        .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry", linkerSettings: pureCPlugin),
+        .target(name: "TestSmallOps", dependencies: ["PluginAPI"], path: "Tests/Fixtures/small-ops",
+                linkerSettings: pureCPlugin),
         .target(name: "TestSwiftDevice", dependencies: ["PluginKit"], path: "Tests/Fixtures/swift-device",
                 swiftSettings: swiftSettings),
 
@@ -141,7 +148,7 @@ let package = Package(
         .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),
         .target(name: "CoherenceKit", dependencies: ["PluginAPI"], path: "Tests/CoherenceKit"),
         .testTarget(name: "DsmIvyTests",
-                    dependencies: ["IvyCore", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
+                    dependencies: ["IvyCore", "DsmLocal", "PluginKit", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
                                    "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DsmIvyTests"),
         .testTarget(name: "GuestMemoryTests",

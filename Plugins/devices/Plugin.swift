@@ -7,8 +7,8 @@
 import DeviceModels
 import PluginKit
 
+let entry = DevicePluginEntry([UART16550.self, ExitDevice.self, ResultsDevice.self] + pcDeviceModels, name: "devices",
+                              version: "0.1.0", summary: "first device models: 16550 UART, isa-debug-exit, results port")
+
 @_cdecl("giantvm_plugin_entry")
-public func giantvm_plugin_entry() -> UnsafeRawPointer {
-    PluginEntry.devices([UART16550.self, ExitDevice.self, ResultsDevice.self] + pcDeviceModels, name: "devices", version: "0.1.0",
-                        summary: "first device models: 16550 UART, isa-debug-exit, results port")
-}
+public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }

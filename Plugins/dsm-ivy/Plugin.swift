@@ -10,6 +10,4 @@ import IvyCore
 import PluginKit
 
 @_cdecl("giantvm_plugin_entry")
-public func giantvm_plugin_entry() -> UnsafeRawPointer {
-    PluginEntry.coherence(IvyPlugin.self, name: IvyPlugin.name, version: IvyPlugin.version, summary: IvyPlugin.summary)
-}
+public func giantvm_plugin_entry() -> UnsafeRawPointer { IvyPlugin.entry.pointer }

@@ -17,6 +17,10 @@
 // Threading: `fault` runs on the host's fault-handler threads and pinning threads, concurrently;
 // transitions of one page are serialised by a striped lock so two faults on one page never both
 // install it (the second install would drop bytes the first one's thread already wrote).
+//
+// Statistics: the standard ones (giantvm_plugin.h, "dsm."): a read miss, write miss or upgrade per
+// transition, a stale fault per wake without one, the fault latency from fault() to page_wake;
+// nothing is ever sent, so the message, page and invalidation counters stay 0. No extras.
 
 import PluginKit
 import Synchronization
@@ -27,10 +31,7 @@ public final class LocalCoherence: CoherencePlugin {
     static let stripes = 256
     private let locks: [Stripe]
     final class Stripe: Sendable { let mutex = Mutex<Void>(()) }
-    let readFaults: Counter
-    let writeFaults: Counter
-    let upgrades: Counter
-    let staleFaults: Counter
+    let stats: CoherenceStatistics
 
     public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
         try settings.allowOnly([])
@@ -40,10 +41,7 @@ public final class LocalCoherence: CoherencePlugin {
         self.memory = memory
         self.services = services
         locks = (0..<Self.stripes).map { _ in Stripe() }
-        readFaults = services.counter("local.read_fault")
-        writeFaults = services.counter("local.write_fault")
-        upgrades = services.counter("local.upgrade")
-        staleFaults = services.counter("local.stale_fault")
+        stats = CoherenceStatistics(services)
     }
 
     public func fault(gfn: UInt64, access: Access, fromPin: Bool) {
@@ -51,32 +49,37 @@ public final class LocalCoherence: CoherencePlugin {
             services.log(.error, "fault on page \(gfn) beyond guest RAM (\(memory.pageCount) pages)")
             return
         }
-        let status: PageStatus = locks[Int(gfn % UInt64(Self.stripes))].mutex.withLock { _ in
+        let start = services.nowNanoseconds()
+        let (kind, status): (RequestKind?, PageStatus) = locks[Int(gfn % UInt64(Self.stripes))].mutex.withLock { _ in
             switch (memory.state(gfn), access) {
             case (.invalid, .read):
-                readFaults.add()
-                return memory.install(gfn, bytes: nil, state: .shared)
+                return (.readMiss, memory.install(gfn, bytes: nil, state: .shared))
             case (.invalid, .write):
-                writeFaults.add()
-                return memory.install(gfn, bytes: nil, state: .modified)
+                return (.writeMiss, memory.install(gfn, bytes: nil, state: .modified))
             case (.shared, .write):
-                writeFaults.add()
-                upgrades.add()
                 let s = memory.upgrade(gfn)
                 // Dropped since the state was read: serve it as a first touch.
-                return s == .notPresent ? memory.install(gfn, bytes: nil, state: .modified) : s
+                return (.upgrade, s == .notPresent ? memory.install(gfn, bytes: nil, state: .modified) : s)
             case (.shared, .read), (.modified, _):
-                staleFaults.add()
-                return .ok
+                return (nil, .ok)
             }
         }
         if status != .ok {
             services.fatal("dsm-local: page \(gfn) \(access) fault: \(status)")
         }
+        // Counted before the wake: a woken thread that reads the statistics sees its own fault.
+        if let kind {
+            stats.requests(kind).add()
+            stats.recordLatency(kind, nanoseconds: services.nowNanoseconds() &- start)
+        } else {
+            stats.stale.add()
+        }
         memory.wake(gfn)
     }
 
     public func receive(from node: UInt32, message: UnsafeRawBufferPointer) {
+        stats.messagesReceived.add()
+        stats.bytesReceived.add(UInt64(message.count))
         services.log(.warning, "dsm-local: ignoring a \(message.count)-byte message from node \(node) (single-node protocol)")
     }
 
@@ -91,8 +94,11 @@ public final class LocalCoherence: CoherencePlugin {
     }
 }
 
-@_cdecl("giantvm_plugin_entry")
-public func giantvm_plugin_entry() -> UnsafeRawPointer {
-    PluginEntry.coherence(LocalCoherence.self, name: "dsm-local", version: "0.1.0",
-                          summary: "single-node coherence: every fault served locally, zero-filled on first touch")
+extension LocalCoherence {
+    /// The plugin's descriptor (public so a test bundle can hold it beside another protocol's).
+    public static let entry = CoherencePluginEntry(LocalCoherence.self, name: "dsm-local", version: "0.1.0",
+                                                   summary: "single-node coherence: every fault served locally, zero-filled on first touch")
 }
+
+@_cdecl("giantvm_plugin_entry")
+public func giantvm_plugin_entry() -> UnsafeRawPointer { LocalCoherence.entry.pointer }

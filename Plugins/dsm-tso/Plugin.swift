@@ -34,8 +34,8 @@ final class TSOProtocol: CoherencePlugin {
     }
 }
 
+let entry = CoherencePluginEntry(TSOProtocol.self, name: "dsm-tso", version: "0.0.1",
+                                 summary: "experimental hybrid TSO protocol: design only, refuses to run")
+
 @_cdecl("giantvm_plugin_entry")
-public func giantvm_plugin_entry() -> UnsafeRawPointer {
-    PluginEntry.coherence(TSOProtocol.self, name: "dsm-tso", version: "0.0.1",
-                          summary: "experimental hybrid TSO protocol: design only, refuses to run")
-}
+public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }

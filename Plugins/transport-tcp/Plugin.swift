@@ -23,11 +23,11 @@ import PluginKit
 //   nodelay            TCP_NODELAY on every connection (default true)
 //   max_pending_handshakes  unauthenticated connections handled at once (default 32)
 
+let entry = TransportPluginEntry(TCPTransport.self, name: "transport-tcp", version: "0.1.0",
+                                 summary: "TCP between every pair of nodes, one connection per lane, HMAC handshake")
+
 @_cdecl("giantvm_plugin_entry")
-public func giantvm_plugin_entry() -> UnsafeRawPointer {
-    PluginEntry.transport(TCPTransport.self, name: "transport-tcp", version: "0.1.0",
-                          summary: "TCP between every pair of nodes, one connection per lane, HMAC handshake")
-}
+public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }
 
 /// Threading: `start`/`stop` on main; `send` from any thread. Internal threads: one accept
 /// thread, one connector thread per (higher peer, lane) until connected, one detached handshake

@@ -1,9 +1,10 @@
 // Coherence plugins in Swift: conform one class to `CoherencePlugin`, then export
 //
+//     let entry = CoherencePluginEntry(MyProtocol.self, name: "dsm-mine", version: "0.1.0", summary: "...")
 //     @_cdecl("giantvm_plugin_entry")
-//     public func giantvm_plugin_entry() -> UnsafeRawPointer {
-//         PluginEntry.coherence(MyProtocol.self, name: "dsm-mine", version: "0.1.0", summary: "...")
-//     }
+//     public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }
+//
+// and report the standard statistics (giantvm_plugin.h, GVM_STAT_*) through `CoherenceStatistics`.
 //
 // Threading rules are those of gvm_coherence_ops in giantvm_plugin.h; they are repeated on each
 // requirement below.
@@ -150,59 +151,105 @@ final class CoherenceBox {
     init(_ p: any CoherencePlugin) { plugin = p }
 }
 
-nonisolated(unsafe) private var coherenceType: (any CoherencePlugin.Type)?
-
 @inline(__always)
 private func coherenceInstance(_ p: UnsafeMutableRawPointer?) -> any CoherencePlugin {
     Unmanaged<CoherenceBox>.fromOpaque(p!).takeUnretainedValue().plugin
 }
 
+typealias CoherenceFactory = (HostServices, CoherenceHost, ClusterInfo, Settings) throws -> any CoherencePlugin
+typealias CoherenceCreateFn = @convention(c) (UnsafePointer<gvm_host_services>?, UnsafePointer<gvm_coherence_host>?,
+                                              UnsafePointer<gvm_cluster_info>?, UnsafePointer<gvm_setting>?,
+                                              UInt32, UnsafeMutablePointer<gvm_error>?) -> UnsafeMutableRawPointer?
+
+private let coherenceSlots = FactorySlots<CoherenceFactory>(kind: "coherence protocol", capacity: 16)
+
+private func createCoherence(_ slot: Int, _ svc: UnsafePointer<gvm_host_services>?, _ mem: UnsafePointer<gvm_coherence_host>?,
+                             _ cluster: UnsafePointer<gvm_cluster_info>?, _ settings: UnsafePointer<gvm_setting>?,
+                             _ n: UInt32, _ err: UnsafeMutablePointer<gvm_error>?) -> UnsafeMutableRawPointer? {
+    guard let svc, let mem, let cluster else {
+        fill(err, "create called without its host tables")
+        return nil
+    }
+    guard hostTableFits(svc.pointee.size, gvm_host_services.self, needed: MemoryLayout<gvm_host_services>.size, err),
+          hostTableFits(mem.pointee.size, gvm_coherence_host.self, needed: MemoryLayout<gvm_coherence_host>.size, err)
+    else { return nil }
+    do {
+        let p = try coherenceSlots.factory(slot)(HostServices(svc), CoherenceHost(mem), ClusterInfo(cluster),
+                                                 Settings(settings, count: n))
+        return Unmanaged.passRetained(CoherenceBox(p)).toOpaque()
+    } catch {
+        fill(err, "\(error)")
+        return nil
+    }
+}
+
+// One C create function per slot: a C function pointer cannot carry the slot number.
+private let coherenceCreateThunks: [CoherenceCreateFn] = [
+    { createCoherence(0, $0, $1, $2, $3, $4, $5) }, { createCoherence(1, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(2, $0, $1, $2, $3, $4, $5) }, { createCoherence(3, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(4, $0, $1, $2, $3, $4, $5) }, { createCoherence(5, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(6, $0, $1, $2, $3, $4, $5) }, { createCoherence(7, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(8, $0, $1, $2, $3, $4, $5) }, { createCoherence(9, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(10, $0, $1, $2, $3, $4, $5) }, { createCoherence(11, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(12, $0, $1, $2, $3, $4, $5) }, { createCoherence(13, $0, $1, $2, $3, $4, $5) },
+    { createCoherence(14, $0, $1, $2, $3, $4, $5) }, { createCoherence(15, $0, $1, $2, $3, $4, $5) },
+]
+
+/// The descriptor of one coherence plugin, built from its protocol type: a complete
+/// `gvm_coherence_ops` (every hook set; `fence` only when the type `handlesFences`). A value: an
+/// image may build entries for several protocols, each with its own descriptor. The tables are
+/// permanent (they must outlive every instance), so build an entry once, e.g. in a global `let`.
+public struct CoherencePluginEntry: @unchecked Sendable {
+    /// The descriptor `giantvm_plugin_entry` returns.
+    public let descriptor: UnsafePointer<gvm_plugin_descriptor>
+    /// Its ops table.
+    public let ops: UnsafePointer<gvm_coherence_ops>
+    /// The descriptor as the untyped pointer `giantvm_plugin_entry` is declared to return.
+    public var pointer: UnsafeRawPointer { UnsafeRawPointer(descriptor) }
+
+    public init<P: CoherencePlugin>(_ type: P.Type, name: String, version: String, summary: String) {
+        let slot = coherenceSlots.claim(type) { svc, mem, cluster, settings in
+            try P(services: svc, memory: mem, cluster: cluster, settings: settings)
+        }
+        let o = UnsafeMutablePointer<gvm_coherence_ops>.allocate(capacity: 1)
+        o.initialize(to: gvm_coherence_ops())
+        o.pointee.size = UInt32(MemoryLayout<gvm_coherence_ops>.size)
+        o.pointee.create = coherenceCreateThunks[slot]
+        o.pointee.start = { inst, err in
+            do { try coherenceInstance(inst).start(); return GVM_OK.rawValue } catch {
+                fill(err, "\(error)")
+                return GVM_ERR_INVALID.rawValue
+            }
+        }
+        o.pointee.fault = { inst, gfn, access, flags in
+            coherenceInstance(inst).fault(gfn: gfn, access: Access(rawValue: access) ?? .write,
+                                          fromPin: flags & UInt32(GVM_FAULT_FROM_PIN) != 0)
+        }
+        o.pointee.receive = { inst, src, msg, len in
+            coherenceInstance(inst).receive(from: src, message: UnsafeRawBufferPointer(start: msg, count: len))
+        }
+        o.pointee.page_unpinned = { inst, gfn in coherenceInstance(inst).pageUnpinned(gfn: gfn) }
+        if type.handlesFences {
+            o.pointee.fence = { inst, vcpu, kind in coherenceInstance(inst).fence(vcpu: vcpu, kind: kind).raw }
+        }
+        o.pointee.peer_lost = { inst, node in coherenceInstance(inst).peerLost(node: node) }
+        o.pointee.describe = { inst, buf, cap in copyOut(coherenceInstance(inst).describe(), buf, cap) }
+        o.pointee.stop = { inst in coherenceInstance(inst).stop() }
+        o.pointee.destroy = { inst in
+            guard let inst else { return }
+            Unmanaged<CoherenceBox>.fromOpaque(inst).release()
+        }
+        ops = UnsafePointer(o)
+        descriptor = PluginEntry.makeDescriptor(kind: GVM_PLUGIN_COHERENCE, name: name, version: version,
+                                                summary: summary, ops: UnsafeRawPointer(o))
+    }
+}
+
 extension PluginEntry {
-    /// Builds (once) the descriptor of a coherence plugin whose protocol is `type`.
+    /// The descriptor of a `CoherencePluginEntry` for `type`, built once per name.
     public static func coherence<P: CoherencePlugin>(_ type: P.Type, name: String, version: String,
                                                      summary: String) -> UnsafeRawPointer {
-        once(name) {
-            coherenceType = type
-            let ops = UnsafeMutablePointer<gvm_coherence_ops>.allocate(capacity: 1)
-            ops.initialize(to: gvm_coherence_ops())
-            ops.pointee.size = UInt32(MemoryLayout<gvm_coherence_ops>.size)
-            ops.pointee.create = { svc, mem, cluster, settings, n, err in
-                do {
-                    let p = try coherenceType!.init(services: HostServices(svc!), memory: CoherenceHost(mem!),
-                                                    cluster: ClusterInfo(cluster!), settings: Settings(settings, count: n))
-                    return Unmanaged.passRetained(CoherenceBox(p)).toOpaque()
-                } catch {
-                    fill(err, "\(error)")
-                    return nil
-                }
-            }
-            ops.pointee.start = { inst, err in
-                do { try coherenceInstance(inst).start(); return GVM_OK.rawValue } catch {
-                    fill(err, "\(error)")
-                    return GVM_ERR_INVALID.rawValue
-                }
-            }
-            ops.pointee.fault = { inst, gfn, access, flags in
-                coherenceInstance(inst).fault(gfn: gfn, access: Access(rawValue: access) ?? .write,
-                                      fromPin: flags & UInt32(GVM_FAULT_FROM_PIN) != 0)
-            }
-            ops.pointee.receive = { inst, src, msg, len in
-                coherenceInstance(inst).receive(from: src, message: UnsafeRawBufferPointer(start: msg, count: len))
-            }
-            ops.pointee.page_unpinned = { inst, gfn in coherenceInstance(inst).pageUnpinned(gfn: gfn) }
-            if type.handlesFences {
-                ops.pointee.fence = { inst, vcpu, kind in coherenceInstance(inst).fence(vcpu: vcpu, kind: kind).raw }
-            }
-            ops.pointee.peer_lost = { inst, node in coherenceInstance(inst).peerLost(node: node) }
-            ops.pointee.describe = { inst, buf, cap in copyOut(coherenceInstance(inst).describe(), buf, cap) }
-            ops.pointee.stop = { inst in coherenceInstance(inst).stop() }
-            ops.pointee.destroy = { inst in
-                guard let inst else { return }
-                Unmanaged<CoherenceBox>.fromOpaque(inst).release()
-            }
-            return makeDescriptor(kind: GVM_PLUGIN_COHERENCE, name: name, version: version, summary: summary,
-                                  ops: UnsafeRawPointer(ops))
-        }
+        once(name) { CoherencePluginEntry(type, name: name, version: version, summary: summary).pointer }
     }
 }
 

@@ -1,5 +1,5 @@
 // Device plugins in Swift: one class per device model conforming to `DeviceModel`, exported
-// together by `PluginEntry.devices([UART.self, ExitDevice.self], ...)`.
+// together by `DevicePluginEntry([UART.self, ExitDevice.self], ...)` (kept in a `let`).
 // Threading rules are those of gvm_device_model in giantvm_plugin.h.
 
 public enum IOSpace: UInt32, Sendable {
@@ -76,19 +76,28 @@ final class DeviceBox {
     init(_ d: any DeviceModel) { device = d }
 }
 
-nonisolated(unsafe) private var deviceTypes: [any DeviceModel.Type] = []
-
 @inline(__always)
 private func deviceInstance(_ p: UnsafeMutableRawPointer?) -> any DeviceModel {
     Unmanaged<DeviceBox>.fromOpaque(p!).takeUnretainedValue().device
 }
 
-private func createDevice(_ index: Int, _ svc: UnsafePointer<gvm_host_services>?, _ dh: UnsafePointer<gvm_device_host>?,
+typealias DeviceFactory = (HostServices, DeviceHost, DeviceConfig, Settings) throws -> any DeviceModel
+
+/// One slot per device model type in the image (several device plugins may share an image).
+private let deviceSlots = FactorySlots<DeviceFactory>(kind: "device model", capacity: 32)
+
+private func createDevice(_ slot: Int, _ svc: UnsafePointer<gvm_host_services>?, _ dh: UnsafePointer<gvm_device_host>?,
                           _ cfg: UnsafePointer<gvm_device_config>?, _ settings: UnsafePointer<gvm_setting>?,
                           _ n: UInt32, _ err: UnsafeMutablePointer<gvm_error>?) -> UnsafeMutableRawPointer? {
+    guard let svc, let dh, let cfg else {
+        fill(err, "create called without its host tables")
+        return nil
+    }
+    guard hostTableFits(svc.pointee.size, gvm_host_services.self, needed: MemoryLayout<gvm_host_services>.size, err),
+          hostTableFits(dh.pointee.size, gvm_device_host.self, needed: MemoryLayout<gvm_device_host>.size, err)
+    else { return nil }
     do {
-        let d = try deviceTypes[index].init(services: HostServices(svc!), host: DeviceHost(dh!),
-                                            config: DeviceConfig(cfg!), settings: Settings(settings, count: n))
+        let d = try deviceSlots.factory(slot)(HostServices(svc), DeviceHost(dh), DeviceConfig(cfg), Settings(settings, count: n))
         return Unmanaged.passRetained(DeviceBox(d)).toOpaque()
     } catch {
         fill(err, "\(error)")
@@ -100,7 +109,7 @@ typealias DeviceCreateFn = @convention(c) (UnsafePointer<gvm_host_services>?, Un
                                            UnsafePointer<gvm_device_config>?, UnsafePointer<gvm_setting>?,
                                            UInt32, UnsafeMutablePointer<gvm_error>?) -> UnsafeMutableRawPointer?
 
-// One C entry point per model slot: a C function pointer cannot carry the model's index.
+// One C entry point per model slot: a C function pointer cannot carry the slot number.
 private let createThunks: [DeviceCreateFn] = [
     { createDevice(0, $0, $1, $2, $3, $4, $5) }, { createDevice(1, $0, $1, $2, $3, $4, $5) },
     { createDevice(2, $0, $1, $2, $3, $4, $5) }, { createDevice(3, $0, $1, $2, $3, $4, $5) },
@@ -110,41 +119,65 @@ private let createThunks: [DeviceCreateFn] = [
     { createDevice(10, $0, $1, $2, $3, $4, $5) }, { createDevice(11, $0, $1, $2, $3, $4, $5) },
     { createDevice(12, $0, $1, $2, $3, $4, $5) }, { createDevice(13, $0, $1, $2, $3, $4, $5) },
     { createDevice(14, $0, $1, $2, $3, $4, $5) }, { createDevice(15, $0, $1, $2, $3, $4, $5) },
+    { createDevice(16, $0, $1, $2, $3, $4, $5) }, { createDevice(17, $0, $1, $2, $3, $4, $5) },
+    { createDevice(18, $0, $1, $2, $3, $4, $5) }, { createDevice(19, $0, $1, $2, $3, $4, $5) },
+    { createDevice(20, $0, $1, $2, $3, $4, $5) }, { createDevice(21, $0, $1, $2, $3, $4, $5) },
+    { createDevice(22, $0, $1, $2, $3, $4, $5) }, { createDevice(23, $0, $1, $2, $3, $4, $5) },
+    { createDevice(24, $0, $1, $2, $3, $4, $5) }, { createDevice(25, $0, $1, $2, $3, $4, $5) },
+    { createDevice(26, $0, $1, $2, $3, $4, $5) }, { createDevice(27, $0, $1, $2, $3, $4, $5) },
+    { createDevice(28, $0, $1, $2, $3, $4, $5) }, { createDevice(29, $0, $1, $2, $3, $4, $5) },
+    { createDevice(30, $0, $1, $2, $3, $4, $5) }, { createDevice(31, $0, $1, $2, $3, $4, $5) },
 ]
 
+/// The descriptor of one device plugin offering `models`: a complete `gvm_device_ops` with one
+/// `gvm_device_model` per type. A value, like `CoherencePluginEntry`; build it once.
+public struct DevicePluginEntry: @unchecked Sendable {
+    public let descriptor: UnsafePointer<gvm_plugin_descriptor>
+    public let ops: UnsafePointer<gvm_device_ops>
+    public var pointer: UnsafeRawPointer { UnsafeRawPointer(descriptor) }
+
+    public init(_ models: [any DeviceModel.Type], name: String, version: String, summary: String) {
+        let table = UnsafeMutablePointer<gvm_device_model>.allocate(capacity: max(models.count, 1))
+        for (i, m) in models.enumerated() {
+            var model = gvm_device_model()
+            model.name = permanentCString(m.modelName)
+            model.summary = permanentCString(m.summary)
+            model.create = createThunks[Self.claim(m)]
+            model.io = { inst, space, offset, data, len, isWrite in
+                deviceInstance(inst).io(space: IOSpace(rawValue: space) ?? .pio, offset: offset,
+                                        data: UnsafeMutableBufferPointer(start: data, count: Int(len)), isWrite: isWrite != 0)
+            }
+            model.console_input = { inst, bytes, len in
+                deviceInstance(inst).consoleInput(UnsafeRawBufferPointer(start: bytes, count: len))
+            }
+            model.reset = { inst in deviceInstance(inst).reset() }
+            model.destroy = { inst in
+                guard let inst else { return }
+                deviceInstance(inst).shutdown()
+                Unmanaged<DeviceBox>.fromOpaque(inst).release()
+            }
+            (table + i).initialize(to: model)
+        }
+        let o = UnsafeMutablePointer<gvm_device_ops>.allocate(capacity: 1)
+        o.initialize(to: gvm_device_ops(size: UInt32(MemoryLayout<gvm_device_ops>.size),
+                                        model_count: UInt32(models.count), models: table))
+        ops = UnsafePointer(o)
+        descriptor = PluginEntry.makeDescriptor(kind: GVM_PLUGIN_DEVICE, name: name, version: version,
+                                                summary: summary, ops: UnsafeRawPointer(o))
+    }
+
+    /// The create slot of one model type (opened here so the generic init is spelled once).
+    private static func claim<M: DeviceModel>(_ type: M.Type) -> Int {
+        deviceSlots.claim(type) { svc, host, config, settings in
+            try M(services: svc, host: host, config: config, settings: settings)
+        }
+    }
+}
+
 extension PluginEntry {
-    /// Builds the descriptor of a device plugin offering `models` (at most 16).
+    /// The descriptor of a `DevicePluginEntry` offering `models`, built once per name.
     public static func devices(_ models: [any DeviceModel.Type], name: String, version: String,
                                summary: String) -> UnsafeRawPointer {
-        precondition(models.count <= createThunks.count, "a device plugin offers at most 16 models")
-        return once(name) {
-            deviceTypes = models
-            let table = UnsafeMutablePointer<gvm_device_model>.allocate(capacity: max(models.count, 1))
-            for (i, m) in models.enumerated() {
-                var model = gvm_device_model()
-                model.name = permanentCString(m.modelName)
-                model.summary = permanentCString(m.summary)
-                model.create = createThunks[i]
-                model.io = { inst, space, offset, data, len, isWrite in
-                    deviceInstance(inst).io(space: IOSpace(rawValue: space) ?? .pio, offset: offset,
-                                    data: UnsafeMutableBufferPointer(start: data, count: Int(len)), isWrite: isWrite != 0)
-                }
-                model.console_input = { inst, bytes, len in
-                    deviceInstance(inst).consoleInput(UnsafeRawBufferPointer(start: bytes, count: len))
-                }
-                model.reset = { inst in deviceInstance(inst).reset() }
-                model.destroy = { inst in
-                    guard let inst else { return }
-                    deviceInstance(inst).shutdown()
-                    Unmanaged<DeviceBox>.fromOpaque(inst).release()
-                }
-                (table + i).initialize(to: model)
-            }
-            let ops = UnsafeMutablePointer<gvm_device_ops>.allocate(capacity: 1)
-            ops.initialize(to: gvm_device_ops(size: UInt32(MemoryLayout<gvm_device_ops>.size),
-                                              model_count: UInt32(models.count), models: table))
-            return makeDescriptor(kind: GVM_PLUGIN_DEVICE, name: name, version: version, summary: summary,
-                                  ops: UnsafeRawPointer(ops))
-        }
+        once(name) { DevicePluginEntry(models, name: name, version: version, summary: summary).pointer }
     }
 }

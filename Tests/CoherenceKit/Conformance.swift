@@ -11,11 +11,14 @@ import PluginAPI
 public struct ScenarioResult: CustomStringConvertible {
     public var report: RunReport
     public var problems: [String]
-    /// Pages (data replies) that crossed between nodes, by the plugin's own accounting if it
-    /// reports `ivy.pages_sent` style counters, else delivered messages.
+    /// Messages the network delivered.
     public var messages: Int
-    /// Every counter the plugin reported, summed over the nodes (e.g. "ivy.pages_sent").
+    /// Every counter the plugin reported, summed over the nodes (e.g. "dsm.page.sent_data").
     public var totals: [String: UInt64] = [:]
+    /// Where the plugin's standard statistics (giantvm_plugin.h, GVM_STAT_*) disagree with what
+    /// the kit saw (checked after a clean run; see `Conformance.statisticsProblems`). Not part of
+    /// `ok`: a test asserts it is empty for a plugin that promises the standard statistics.
+    public var statistics: [String] = []
     public var ok: Bool { problems.isEmpty }
     public var description: String {
         problems.isEmpty ? "ok: \(report)" : "FAILED: \(report)\n  " + problems.joined(separator: "\n  ")
@@ -58,7 +61,55 @@ public enum Conformance {
         }
         var totals: [String: UInt64] = [:]
         for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
-        return ScenarioResult(report: final, problems: problems, messages: c.network.delivered, totals: totals)
+        return ScenarioResult(report: final, problems: problems, messages: c.network.delivered, totals: totals,
+                              statistics: problems.isEmpty ? statisticsProblems(c) : [])
+    }
+
+    /// Checks a plugin's standard statistics against what the kit itself saw, after a run that
+    /// ended cleanly (every thread done, no fatal):
+    ///   - every node looked up every standard counter and histogram name;
+    ///   - per node, dsm.msg.sent / dsm.bytes.sent equal the send calls the plugin made and their
+    ///     bytes, and dsm.msg.received / dsm.bytes.received the receive calls it was given;
+    ///   - per node, each kind of request has one latency sample per request (read_miss +
+    ///     write_miss + upgrade samples in dsm.fault_latency), since every request completed;
+    ///   - with nothing left in flight, invalidations sent equal invalidations received, over the
+    ///     cluster, and page data sent fits in the bytes sent.
+    public static func statisticsProblems(_ c: SimCluster) -> [String] {
+        var p: [String] = []
+        let counters = (0..<GVM_STAT_COUNTER_COUNT).map { String(cString: gvm_stat_counter_name($0)) }
+        let histograms = (0..<GVM_STAT_HISTOGRAM_COUNT).map { String(cString: gvm_stat_histogram_name($0)) }
+        for n in c.nodes {
+            let at = "node \(n.id)"
+            for name in counters where !n.registeredCounters.contains(name) { p.append("\(at): does not report counter \(name)") }
+            for name in histograms where !n.registeredHistograms.contains(name) { p.append("\(at): does not report histogram \(name)") }
+            func expect(_ name: String, _ seen: UInt64, _ what: String) {
+                if n.counter(name) != seen { p.append("\(at): \(name) = \(n.counter(name)), but \(what) \(seen)") }
+            }
+            expect(GVM_STAT_MSG_SENT, n.sentMessages, "the plugin called send")
+            expect(GVM_STAT_BYTES_SENT, n.sentBytes, "it sent bytes:")
+            expect(GVM_STAT_MSG_RECEIVED, n.receivedMessages, "receive was called")
+            expect(GVM_STAT_BYTES_RECEIVED, n.receivedBytes, "it received bytes:")
+            let kinds: [(String, String)] = [(GVM_STAT_FAULT_READ_MISS, GVM_STAT_FAULT_LATENCY_READ_MISS),
+                                             (GVM_STAT_FAULT_WRITE_MISS, GVM_STAT_FAULT_LATENCY_WRITE_MISS),
+                                             (GVM_STAT_FAULT_UPGRADE, GVM_STAT_FAULT_LATENCY_UPGRADE)]
+            var requests: UInt64 = 0
+            for (counter, histogram) in kinds {
+                let samples = UInt64(n.histograms[histogram]?.count ?? 0)
+                requests += n.counter(counter)
+                if samples != n.counter(counter) {
+                    p.append("\(at): \(counter) = \(n.counter(counter)) requests, but \(histogram) has \(samples) samples")
+                }
+            }
+            let all = UInt64(n.histograms[GVM_STAT_FAULT_LATENCY]?.count ?? 0)
+            if all != requests { p.append("\(at): \(GVM_STAT_FAULT_LATENCY) has \(all) samples for \(requests) requests") }
+            if n.counter(GVM_STAT_PAGES_SENT_DATA) * UInt64(GVM_PAGE_SIZE) > n.counter(GVM_STAT_BYTES_SENT) {
+                p.append("\(at): \(n.counter(GVM_STAT_PAGES_SENT_DATA)) pages sent with data in \(n.counter(GVM_STAT_BYTES_SENT)) bytes")
+            }
+        }
+        if c.network.inFlight == 0 && c.total(GVM_STAT_INV_SENT) != c.total(GVM_STAT_INV_RECEIVED) {
+            p.append("\(c.total(GVM_STAT_INV_SENT)) invalidations sent, \(c.total(GVM_STAT_INV_RECEIVED)) received")
+        }
+        return p
     }
 
     /// Threads on every node add to one counter under a spinlock in shared memory.

@@ -34,6 +34,14 @@ public final class SimNode {
     public internal(set) var histograms: [String: [UInt64]] = [:]
     var counterNames: [String] = []
     var histogramNames: [String] = []
+    /// Every counter / histogram name the plugin looked up, reported or not.
+    public var registeredCounters: [String] { counterNames }
+    public var registeredHistograms: [String] { histogramNames }
+    // ---- what the plugin actually sent and was given, as the host sees it (to check its statistics)
+    public internal(set) var sentMessages: UInt64 = 0
+    public internal(set) var sentBytes: UInt64 = 0
+    public internal(set) var receivedMessages: UInt64 = 0
+    public internal(set) var receivedBytes: UInt64 = 0
     public internal(set) var logs: [String] = []
     public internal(set) var fatals: [String] = []
 
@@ -42,6 +50,8 @@ public final class SimNode {
     let memory: UnsafeMutablePointer<gvm_coherence_host>
     let clusterInfo: UnsafeMutablePointer<gvm_cluster_info>
     var instance: UnsafeMutableRawPointer?
+    /// The plugin instance create() returned (to call a hook the kit does not drive, e.g. fence).
+    public var pluginInstance: UnsafeMutableRawPointer? { instance }
     let ops: UnsafePointer<gvm_coherence_ops>
     var cStrings: [UnsafeMutablePointer<CChar>] = []
     var nodeInfos: UnsafeMutablePointer<gvm_node_info>
@@ -185,6 +195,8 @@ public final class SimNode {
     }
 
     func callReceive(from src: UInt32, _ bytes: [UInt8]) {
+        receivedMessages += 1
+        receivedBytes += UInt64(bytes.count)
         bytes.withUnsafeBytes { ops.pointee.receive(instance, src, $0.baseAddress, $0.count) }
     }
 
@@ -220,6 +232,8 @@ public final class SimNode {
             let v = iov[i]
             if v.len > 0, let b = v.base { frame.append(contentsOf: UnsafeRawBufferPointer(start: b, count: v.len)) }
         }
+        sentMessages += 1
+        sentBytes += UInt64(frame.count)
         guard frame.count <= Int(GVM_MAX_FRAME) else { return GVM_ERR_INVALID.rawValue }
         if cluster.deadNodes.contains(dst) { return GVM_ERR_CLOSED.rawValue }
         var m = SimMessage(src: id, dst: dst, lane: lane, bytes: frame)

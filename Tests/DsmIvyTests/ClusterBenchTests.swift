@@ -145,7 +145,7 @@ final class ClusterBenchTests: XCTestCase {
             let (out, json) = try bench(n, "counter", ["--threads", "2", "--iterations", "60"], faults: faults)
             XCTAssertTrue(out.contains("counter = \(n * 2 * 60) (exact)"), out)
             let total = json["total"] as? [String: Int] ?? [:]
-            XCTAssertGreaterThan(total["ivy.invalidations_sent"] ?? 0, 0, out)
+            XCTAssertGreaterThan(total["dsm.inv.sent"] ?? 0, 0, out)
             XCTAssertGreaterThan(total["faults.delayed"] ?? 0, 10, "the injector delayed nothing:\n\(out)")
         }
         let (out, json) = try bench(3, "random", ["--threads", "2", "--iterations", "300"], faults: faults)

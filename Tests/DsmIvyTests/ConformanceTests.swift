@@ -10,7 +10,7 @@ import CoherenceKit
 @testable import IvyCore
 
 /// The plugin under test, through its C descriptor (the .so's own entry is tested below).
-let ivy = IvyDescriptor.make()
+let ivy = IvyPlugin.entry.pointer
 
 func assertOK(_ r: ScenarioResult, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertTrue(r.ok, "\(what): \(r)", file: file, line: line)
@@ -29,6 +29,10 @@ func sweep(_ what: String, seeds count: Int, base: UInt64 = 1000, file: StaticSt
         let r = try body(base + i)
         if !r.ok {
             XCTFail("\(what), seed \(base + i): \(r)", file: file, line: line)
+            break
+        }
+        if !r.statistics.isEmpty {
+            XCTFail("\(what), seed \(base + i): standard statistics: \(r.statistics)", file: file, line: line)
             break
         }
         steps += r.report.steps
@@ -57,9 +61,9 @@ final class ConformanceTests: XCTestCase {
         XCTAssertGreaterThan(messages, 1000 * 20)
         XCTAssertGreaterThan(steps, 0)
         // The sweep must have exercised the protocol's hard paths, not just the easy ones.
-        for c in ["ivy.fault.read_miss", "ivy.fault.write_miss", "ivy.fault.upgrade", "ivy.fault.coalesced",
-                  "ivy.manager_queued", "ivy.invalidations_sent", "ivy.upgrade_lost_copy", "ivy.stalled",
-                  "ivy.held", "ivy.pages_sent", "ivy.zero_pages_sent", "ivy.msg.Grant", "ivy.msg.Release"] {
+        for c in ["dsm.fault.read_miss", "dsm.fault.write_miss", "dsm.fault.upgrade", "dsm.fault.coalesced",
+                  "ivy.manager_queued", "dsm.inv.sent", "ivy.upgrade_lost_copy", "ivy.stalled",
+                  "ivy.held", "dsm.page.sent_data", "dsm.page.sent_nodata", "ivy.msg.Grant", "ivy.msg.Release"] {
             XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 1000 schedules")
         }
         print("locked-counter sweep coverage:", totals.filter { !$0.key.hasPrefix("ivy.bytes") }.sorted { $0.key < $1.key }
@@ -76,8 +80,8 @@ final class ConformanceTests: XCTestCase {
                                                          threadBias: 10 + Int(seed % 9) * 10))
         }
         XCTAssertGreaterThan(messages, 1500 * 10)
-        for c in ["ivy.fault.read_miss", "ivy.fault.write_miss", "ivy.fault.upgrade", "ivy.fault.stale",
-                  "ivy.manager_queued", "ivy.invalidations_sent", "ivy.upgrade_lost_copy", "ivy.stalled", "ivy.msg.Grant"] {
+        for c in ["dsm.fault.read_miss", "dsm.fault.write_miss", "dsm.fault.upgrade", "dsm.fault.stale",
+                  "ivy.manager_queued", "dsm.inv.sent", "ivy.upgrade_lost_copy", "ivy.stalled", "ivy.msg.Grant"] {
             XCTAssertGreaterThan(totals[c] ?? 0, 0, "\(c) never happened in 1500 schedules")
         }
         print("random sweep coverage:", totals.filter { !$0.key.hasPrefix("ivy.bytes") }.sorted { $0.key < $1.key }
@@ -105,7 +109,7 @@ final class ConformanceTests: XCTestCase {
             try Conformance.pinHoldsOffWrites(ivy, nodes: 2 + Int(seed % 3), holdSteps: 10 + Int(seed % 30), seed: seed,
                                               options: .init(maxDelay: Int(seed % 3) * 3))
         }
-        XCTAssertGreaterThan(totals["ivy.pin_deferred"] ?? 0, 0, "no request was ever deferred by a pin")
+        XCTAssertGreaterThan(totals["dsm.pin.deferred"] ?? 0, 0, "no request was ever deferred by a pin")
     }
 
     /// The built libdsm-ivy.so, loaded as the host loads it (dlopen + giantvm_plugin_entry), runs

@@ -22,6 +22,7 @@ final class LaneQueue: @unchecked Sendable {
     var frames: [(UInt32, [UInt8])] = []
     var closed = false
     var thread: Thread?
+    let finished = DispatchSemaphore(value: 0)
 
     func push(_ src: UInt32, _ bytes: [UInt8]) {
         cond.lock(); frames.append((src, bytes)); cond.signal(); cond.unlock()
@@ -29,6 +30,7 @@ final class LaneQueue: @unchecked Sendable {
 
     func start(_ deliver: @escaping (UInt32, [UInt8]) -> Void) {
         let t = Thread { [self] in
+            defer { finished.signal() }
             while true {
                 cond.lock()
                 while frames.isEmpty && !closed { cond.wait() }
@@ -43,6 +45,10 @@ final class LaneQueue: @unchecked Sendable {
     }
 
     func close() { cond.lock(); closed = true; cond.broadcast(); cond.unlock() }
+
+    /// Waits for the delivery thread to drain and exit (after close), so no delivery outlives
+    /// the cluster that owns the lane.
+    func join() { if thread != nil { finished.wait() } }
 }
 
 final class InProcessCluster: @unchecked Sendable {
@@ -64,7 +70,7 @@ final class InProcessCluster: @unchecked Sendable {
         y += "memory: \(memory)\ntransport: {plugin: transport-tcp}\ncoherence: {plugin: dsm-ivy, settings: \(extra)}\n"
         let cfg = try ConfigLoader.parse(yaml: y, path: "inproc.yaml")
         lanes = (0..<nodes).map { _ in [LaneQueue(), LaneQueue()] }
-        let ivy = IvyDescriptor.make().assumingMemoryBound(to: gvm_plugin_descriptor.self)
+        let ivy = IvyPlugin.entry.descriptor
         let ops = ivy.pointee.ops!.assumingMemoryBound(to: gvm_coherence_ops.self)
         var logger = Logger(label: "inproc")
         logger.logLevel = .error
@@ -135,6 +141,7 @@ final class InProcessCluster: @unchecked Sendable {
         for m in mems { m.stop() }
         for p in plugins { p.stop() }
         for l in lanes.flatMap({ $0 }) { l.close() }
+        for l in lanes.flatMap({ $0 }) { l.join() }
     }
 }
 
@@ -151,7 +158,7 @@ final class GuestMemoryIntegrationTests: XCTestCase {
         let rs = try c.run(p)
         XCTAssertEqual(c.fatals, [])
         XCTAssertEqual(rs.flatMap(\.errors), [])
-        XCTAssertGreaterThan(c.total("ivy.pages_sent") + c.total("ivy.zero_pages_sent"), 0, "no page crossed nodes")
+        XCTAssertGreaterThan(c.total("dsm.page.sent_data") + c.total("dsm.page.sent_nodata"), 0, "no page crossed nodes")
         return (c, rs)
     }
 
@@ -160,7 +167,7 @@ final class GuestMemoryIntegrationTests: XCTestCase {
             let (c, rs) = try workload(.counter, nodes: nodes, threads: 2, iterations: 100)
             defer { c.shutdown() }
             for r in rs { XCTAssertEqual(r.checks["counter"], UInt64(nodes * 2 * 100)) }
-            XCTAssertGreaterThan(c.total("ivy.fault.read_miss") + c.total("ivy.fault.upgrade"), 0)
+            XCTAssertGreaterThan(c.total("dsm.fault.read_miss") + c.total("dsm.fault.upgrade"), 0)
         }
     }
 
@@ -177,11 +184,11 @@ final class GuestMemoryIntegrationTests: XCTestCase {
         let (c, rs) = try workload(.pingpong, nodes: 2, threads: 1, iterations: 200)
         defer { c.shutdown() }
         XCTAssertEqual(rs[0].checks["pingpong"], 400)
-        XCTAssertGreaterThanOrEqual(c.total("ivy.pages_sent"), 300, "every round moves the page")
+        XCTAssertGreaterThanOrEqual(c.total("dsm.page.sent_data"), 300, "every round moves the page")
         let (c2, rs2) = try workload(.readmiss, nodes: 2, threads: 1, iterations: 3, pages: 16)
         defer { c2.shutdown() }
         XCTAssertEqual(rs2[0].checks["readmiss.pages"], 48)
-        XCTAssertGreaterThanOrEqual(c2.counter(0, "ivy.fault.read_miss"), 48)
+        XCTAssertGreaterThanOrEqual(c2.counter(0, "dsm.fault.read_miss"), 48)
     }
 
     /// Node 0 pins a page for writing (host code writing guest RAM); node 1's store must wait
@@ -204,7 +211,7 @@ final class GuestMemoryIntegrationTests: XCTestCase {
             done.signal()
         }.start()
         XCTAssertEqual(done.wait(timeout: .now() + 0.5), .timedOut, "node 1 accessed the page while node 0 held a write pin")
-        XCTAssertGreaterThanOrEqual(c.counter(0, "ivy.pin_deferred"), 1)
+        XCTAssertGreaterThanOrEqual(c.counter(0, "dsm.pin.deferred"), 1)
         pin.pointer.storeBytes(of: UInt64(0xD), as: UInt64.self)   // the DMA write
         c.mems[0].unpin(pin)
         XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "node 1 still waits after the unpin")

@@ -66,7 +66,7 @@ final class RaceTests: XCTestCase {
             XCTAssertTrue(writerDone)
             XCTAssertEqual(seen, [5, 5])
             XCTAssertEqual(c.latest(0, 0), 7)
-            XCTAssertGreaterThanOrEqual(counter(c, 0, "ivy.invalidations_sent"), 1)
+            XCTAssertGreaterThanOrEqual(counter(c, 0, "dsm.inv.sent"), 1)
             let v = c.verifyFromEveryNode()
             XCTAssertTrue(v.ok, "\(v)")
         }
@@ -227,7 +227,7 @@ final class RaceTests: XCTestCase {
             XCTAssertEqual(c.latest(0, 0), 2)
             XCTAssertEqual(counter(c, 1, "ivy.upgrade_refetch"), 1)
             XCTAssertEqual(counter(c, 1, "ivy.msg.Fetch"), 1)
-            XCTAssertEqual(counter(c, 0, "ivy.pages_sent"), 2, "one read copy, one fetched page")
+            XCTAssertEqual(counter(c, 0, "dsm.page.sent_data"), 2, "one read copy, one fetched page")
         }
     }
 
@@ -245,7 +245,7 @@ final class RaceTests: XCTestCase {
             XCTAssertNotNil(r1.stuck)
             XCTAssertFalse(writerDone, "seed \(seed): write completed through a read pin")
             XCTAssertEqual(c.nodes[1].pageState[0], GVM_PAGE_SHARED)
-            XCTAssertGreaterThanOrEqual(counter(c, 1, "ivy.pin_deferred"), 1)
+            XCTAssertGreaterThanOrEqual(counter(c, 1, "dsm.pin.deferred"), 1)
             c.addThread(node: 1, script([{ t in t.unpin(0, write: false); return true }]))
             let r2 = c.run()
             assertClean(r2)
@@ -278,8 +278,8 @@ final class RaceTests: XCTestCase {
             XCTAssertNil(r.stuck, "seed \(seed)")
             XCTAssertEqual(seen, [9, 9, 9, 9])
             XCTAssertEqual(counter(c, 1, "ivy.msg.GetS"), 1, "seed \(seed): one request for four faults")
-            XCTAssertEqual(counter(c, 1, "ivy.fault.read_miss"), 1)
-            XCTAssertEqual(counter(c, 1, "ivy.fault.coalesced"), 3)
+            XCTAssertEqual(counter(c, 1, "dsm.fault.read_miss"), 1)
+            XCTAssertEqual(counter(c, 1, "dsm.fault.coalesced"), 3)
         }
     }
 
@@ -297,8 +297,9 @@ final class RaceTests: XCTestCase {
         assertClean(r)
         XCTAssertEqual(seen, 0)
         XCTAssertEqual(dataBytes, [24])
-        XCTAssertEqual(counter(c, 0, "ivy.zero_pages_sent"), 1)
-        XCTAssertEqual(counter(c, 0, "ivy.pages_sent"), 0)
+        // Pages handed over without bytes: the zero page, and the Grant of the upgrade.
+        XCTAssertEqual(counter(c, 0, "dsm.page.sent_nodata"), 1 + counter(c, 0, "ivy.msg.Grant"))
+        XCTAssertEqual(counter(c, 0, "dsm.page.sent_data"), 0)
         XCTAssertEqual(counter(c, 0, "ivy.bytes.Data"), 24)
     }
 

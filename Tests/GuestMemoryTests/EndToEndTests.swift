@@ -43,8 +43,9 @@ final class EndToEndTests: XCTestCase {
         XCTAssertEqual(memory.stats.missingEvents, 1)
         XCTAssertEqual(memory.stats.writeProtectEvents, 1)
         XCTAssertEqual(memory.stats.pinFaults, 1)
-        XCTAssertEqual(metrics.value("local.write_fault"), 2)
-        XCTAssertEqual(metrics.value("local.read_fault"), 1)
+        XCTAssertEqual(metrics.value(GVM_STAT_FAULT_WRITE_MISS), 1)
+        XCTAssertEqual(metrics.value(GVM_STAT_FAULT_READ_MISS), 1)
+        XCTAssertEqual(metrics.value(GVM_STAT_FAULT_UPGRADE), 1)
     }
 
     func testDsmLocalRefusesUnknownSettings() throws {

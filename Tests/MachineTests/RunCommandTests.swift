@@ -47,7 +47,7 @@ final class RunCommandTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("guest passed (isa-debug-exit value 0, status 1)"), r.stderr)
         // Guest RAM went through userfaultfd and dsm-local: the image load and the guest faulted pages in.
         XCTAssertTrue(r.stderr.contains("guest memory: userfaultfd + dsm-local"), r.stderr)
-        let faults = r.stderr.split(separator: "\n").first { $0.hasPrefix("local.write_fault") }
+        let faults = r.stderr.split(separator: "\n").first { $0.hasPrefix("dsm.fault.write_miss") }
         XCTAssertNotNil(faults, r.stderr)
         XCTAssertNotEqual(faults.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0, 0, r.stderr)
     }

@@ -125,4 +125,17 @@ final class DevicePluginABITests: XCTestCase {
         XCTAssertNil(second)
         XCTAssertEqual(msg, "ports 0x614-0x61b are taken")
     }
+
+    /// PluginKit refuses a host table shorter than the plugin was built for, with a message.
+    func testSwiftPluginRefusesAShorterHostTable() throws {
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: Built.plugin("test-swift-device")), "run swift build first")
+        let host = FakeDeviceHost()
+        host.table.size = 16
+        let (_, dev, msg) = try makeDevice(plugin: "test-swift-device", model: "echo", name: "e2", base: 0x702,
+                                           settings: [], host: host, services: services("test-swift-device"))
+        XCTAssertNil(dev)
+        XCTAssertEqual(msg, "the host's gvm_device_host table is 16 bytes, this plugin needs \(MemoryLayout<gvm_device_host>.size) "
+                       + "(ABI \(GVM_ABI_VERSION)): use a giantvm built from the same giantvm_plugin.h")
+        XCTAssertTrue(host.mapped.isEmpty)
+    }
 }

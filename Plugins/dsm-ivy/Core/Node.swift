@@ -122,49 +122,6 @@ enum Interrupt: Error {
     case violation(String)
 }
 
-/// The node's counters and histograms (names are the stable statistics interface).
-final class IvyStats {
-    let faults: [(UInt64) -> Void]
-    let latency: [(UInt64) -> Void]
-    let latencyAll: (UInt64) -> Void
-    let latencyByHops: [(UInt64) -> Void]  // 0, 1, 2, 3, 4, 5+
-    let hops: [(UInt64) -> Void]  // 0, 1, 2, 3, 4, 5+
-    let msgCount: [(UInt64) -> Void]   // indexed by type raw value
-    let msgBytes: [(UInt64) -> Void]
-    let coalesced, stale, pagesSent, zeroPagesSent, pinDeferred, stalled, invalidationsSent,
-        upgradeLostCopy, upgradeRefetch, managerQueued, refusals, localFaults, malformed, held: (UInt64) -> Void
-
-    init(_ s: ProtocolServices) {
-        faults = FaultKind.allCases.map { s.makeCounter("ivy.fault.\($0.name)") }
-        latency = FaultKind.allCases.map { s.makeHistogram("ivy.latency.\($0.name)") }
-        latencyAll = s.makeHistogram("ivy.latency.all")
-        latencyByHops = (0...5).map { s.makeHistogram($0 == 5 ? "ivy.latency.hops_5plus" : "ivy.latency.hops_\($0)") }
-        hops = (0...5).map { s.makeCounter($0 == 5 ? "ivy.hops.5plus" : "ivy.hops.\($0)") }
-        var counts: [(UInt64) -> Void] = [{ _ in }]
-        var bytes: [(UInt64) -> Void] = [{ _ in }]
-        for t in MessageType.allCases {
-            counts.append(s.makeCounter("ivy.msg.\(t.name)"))
-            bytes.append(s.makeCounter("ivy.bytes.\(t.name)"))
-        }
-        msgCount = counts
-        msgBytes = bytes
-        coalesced = s.makeCounter("ivy.fault.coalesced")
-        stale = s.makeCounter("ivy.fault.stale")
-        localFaults = s.makeCounter("ivy.fault.local")
-        pagesSent = s.makeCounter("ivy.pages_sent")
-        zeroPagesSent = s.makeCounter("ivy.zero_pages_sent")
-        pinDeferred = s.makeCounter("ivy.pin_deferred")
-        stalled = s.makeCounter("ivy.stalled")
-        invalidationsSent = s.makeCounter("ivy.invalidations_sent")
-        upgradeLostCopy = s.makeCounter("ivy.upgrade_lost_copy")
-        upgradeRefetch = s.makeCounter("ivy.upgrade_refetch")
-        managerQueued = s.makeCounter("ivy.manager_queued")
-        refusals = s.makeCounter("ivy.refusals")
-        malformed = s.makeCounter("ivy.rx_malformed")
-        held = s.makeCounter("ivy.held")
-    }
-}
-
 /// One node's Ivy protocol instance.
 public final class IvyNode: @unchecked Sendable {
     public let selfID: UInt32
@@ -314,6 +271,7 @@ public final class IvyNode: @unchecked Sendable {
                 fail("malformed message from node \(src): \(error)")
                 return
             }
+            stats.received(m.type, bytes: bytes.count)
             handleMessage(m, from: src)
             drain()
         }

@@ -20,6 +20,13 @@
  * version is a plain integer and any bump may break plugins) until a VM runs across nodes.
  * Every ops and services table begins with a `size` field holding sizeof() of the table as the
  * side that filled it was compiled: hooks past the end of a shorter table are treated as absent.
+ * The host refuses (and unloads) a plugin whose ops table declares a size smaller than the end
+ * of the last hook this header makes REQUIRED in that table; a larger size is accepted and only
+ * the part this header describes is read. A plugin should likewise check the `size` of each
+ * host table it is given before using a hook this header added late.
+ *
+ * History: ABI 1 — the first version. ABI 2 — standard coherence statistics (GVM_STAT_*: every
+ * coherence plugin reports them, see "Standard statistics" below); the loader checks ops sizes.
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -51,9 +58,10 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 /** The ABI version this header describes. Bumped on every incompatible change while pre-1.0. */
-#define GVM_ABI_VERSION 1u
-/** The oldest plugin ABI version a host built from this header still loads. */
-#define GVM_ABI_MIN_VERSION 1u
+#define GVM_ABI_VERSION 2u
+/** The oldest plugin ABI version a host built from this header still loads. (ABI 1 coherence
+ *  plugins do not report the standard statistics, so summaries would show them as zeros.) */
+#define GVM_ABI_MIN_VERSION 2u
 
 /** Name of the one symbol every plugin exports (type: gvm_plugin_entry_fn). */
 #define GVM_PLUGIN_ENTRY_SYMBOL "giantvm_plugin_entry"
@@ -171,8 +179,10 @@ typedef struct gvm_host_services {
     /** Monotonic clock in nanoseconds (CLOCK_MONOTONIC). Any thread. */
     uint64_t (*now_ns)(gvm_host *host);
 
-    /** Look up or create a named counter (e.g. "ivy.read_miss"); returns a handle. Any thread.
-     *  Counters are printed in the node's stop summary and written by --stats-out. */
+    /** Look up or create a named counter (e.g. "dsm.fault.read_miss", or "ivy.held" for a
+     *  plugin's own); returns a handle. Any thread. Counters are printed in the node's stop
+     *  summary and written by --stats-out. Names: lower-case dotted words; the "dsm." prefix is
+     *  reserved for the standard statistics below. */
     uint32_t (*counter)(gvm_host *host, const char *name);
     /** Add to a counter. Any thread, lock-free. */
     void (*counter_add)(gvm_host *host, uint32_t counter, uint64_t delta);
@@ -424,6 +434,99 @@ typedef struct gvm_coherence_ops {
     /** REQUIRED. Free the instance. Thread: main, after stop. */
     void (*destroy)(void *coherence);
 } gvm_coherence_ops;
+
+/* ---------------------------------------------------------------------------------------------
+ * Standard statistics
+ *
+ * Every coherence plugin reports these counters and histograms through gvm_host_services
+ * (counter/counter_add, histogram/histogram_record), so the host's summaries, `--stats-out`
+ * JSON and benchmark reports read the same names whatever the protocol. A plugin looks up every
+ * name below in create() (reporting 0 for what its protocol never does: the host then knows the
+ * count is a true zero, not a missing statistic) and counts on the node where the event happens.
+ * Its own extra statistics live under a prefix of its own: by convention its name without the
+ * "dsm-" (dsm-ivy -> "ivy.", dsm-local -> "local."); "dsm." is reserved for this list.
+ *
+ * Faults counted here are protocol faults: calls of fault() that started a request (or, for a
+ * protocol serving pages locally, a transition). A fault() call that joined a request already
+ * outstanding for its page is "coalesced"; one on a page that already had the needed state is
+ * "stale". So read_miss + write_miss + upgrade is the number of requests a node started, and
+ * every one of them is resolved once (one sample in GVM_STAT_FAULT_LATENCY) unless the run stops.
+ * ------------------------------------------------------------------------------------------- */
+
+/** Counter, faults: a read access to an INVALID page started a request. */
+#define GVM_STAT_FAULT_READ_MISS "dsm.fault.read_miss"
+/** Counter, faults: a write access to an INVALID page started a request (data and ownership). */
+#define GVM_STAT_FAULT_WRITE_MISS "dsm.fault.write_miss"
+/** Counter, faults: a write access to a SHARED (write-protected) page started a request for
+ *  ownership only (the write-protect fault; the node keeps its bytes). */
+#define GVM_STAT_FAULT_UPGRADE "dsm.fault.upgrade"
+/** Counter, fault() calls joined to a request already outstanding for the same page. */
+#define GVM_STAT_FAULT_COALESCED "dsm.fault.coalesced"
+/** Counter, fault() calls that found the page already in the needed state (just woken). */
+#define GVM_STAT_FAULT_STALE "dsm.fault.stale"
+/** Counter, requests deferred because a page operation returned GVM_ERR_PINNED (resumed from
+ *  page_unpinned). */
+#define GVM_STAT_PIN_DEFERRED "dsm.pin.deferred"
+
+/** Counter, messages this node handed to send or send_urgent. */
+#define GVM_STAT_MSG_SENT "dsm.msg.sent"
+/** Counter, bytes: the total length of those messages (the iovecs passed, page data included,
+ *  transport framing excluded). */
+#define GVM_STAT_BYTES_SENT "dsm.bytes.sent"
+/** Counter, messages this node received through receive(). */
+#define GVM_STAT_MSG_RECEIVED "dsm.msg.received"
+/** Counter, bytes: the total length of those messages. */
+#define GVM_STAT_BYTES_RECEIVED "dsm.bytes.received"
+
+/** Counter, pages: a page's contents (GVM_PAGE_SIZE bytes) sent to another node, as a read copy
+ *  or with ownership. Counted by the sender. */
+#define GVM_STAT_PAGES_SENT_DATA "dsm.page.sent_data"
+/** Counter, pages: a page handed to another node without its bytes — a page known to be all
+ *  zeros (the receiver installs zeros) or ownership only (the receiver already holds a valid
+ *  copy). Counted by the sender. */
+#define GVM_STAT_PAGES_SENT_NODATA "dsm.page.sent_nodata"
+/** Counter, invalidation requests this node sent to sharers of a page. */
+#define GVM_STAT_INV_SENT "dsm.inv.sent"
+/** Counter, invalidation requests this node received for its copies (each is acted on once). */
+#define GVM_STAT_INV_RECEIVED "dsm.inv.received"
+
+/** Counter, diffs: multiple-writer protocols only (0 for invalidation protocols) — diffs this
+ *  node computed against a twin and sent. */
+#define GVM_STAT_DIFF_MADE "dsm.diff.made"
+/** Counter, diffs: multiple-writer protocols only — diffs this node applied with page_patch. */
+#define GVM_STAT_DIFF_APPLIED "dsm.diff.applied"
+
+/** Histogram, nanoseconds (now_ns): from the fault() call that started a request to the
+ *  page_wake that resolves it, every kind together. One sample per request. */
+#define GVM_STAT_FAULT_LATENCY "dsm.fault_latency"
+/** Histograms, nanoseconds: the same, one per kind of request. */
+#define GVM_STAT_FAULT_LATENCY_READ_MISS "dsm.fault_latency.read_miss"
+#define GVM_STAT_FAULT_LATENCY_WRITE_MISS "dsm.fault_latency.write_miss"
+#define GVM_STAT_FAULT_LATENCY_UPGRADE "dsm.fault_latency.upgrade"
+
+/** The standard counter names in the order above, for code that iterates them: returns the
+ *  i-th name, or NULL when i >= GVM_STAT_COUNTER_COUNT. */
+#define GVM_STAT_COUNTER_COUNT 16u
+static inline const char *gvm_stat_counter_name(uint32_t i) {
+    static const char *const names[GVM_STAT_COUNTER_COUNT] = {
+        GVM_STAT_FAULT_READ_MISS, GVM_STAT_FAULT_WRITE_MISS, GVM_STAT_FAULT_UPGRADE,
+        GVM_STAT_FAULT_COALESCED, GVM_STAT_FAULT_STALE, GVM_STAT_PIN_DEFERRED,
+        GVM_STAT_MSG_SENT, GVM_STAT_BYTES_SENT, GVM_STAT_MSG_RECEIVED, GVM_STAT_BYTES_RECEIVED,
+        GVM_STAT_PAGES_SENT_DATA, GVM_STAT_PAGES_SENT_NODATA, GVM_STAT_INV_SENT,
+        GVM_STAT_INV_RECEIVED, GVM_STAT_DIFF_MADE, GVM_STAT_DIFF_APPLIED,
+    };
+    return i < GVM_STAT_COUNTER_COUNT ? names[i] : 0;
+}
+
+/** The standard histogram names, as gvm_stat_counter_name. */
+#define GVM_STAT_HISTOGRAM_COUNT 4u
+static inline const char *gvm_stat_histogram_name(uint32_t i) {
+    static const char *const names[GVM_STAT_HISTOGRAM_COUNT] = {
+        GVM_STAT_FAULT_LATENCY, GVM_STAT_FAULT_LATENCY_READ_MISS,
+        GVM_STAT_FAULT_LATENCY_WRITE_MISS, GVM_STAT_FAULT_LATENCY_UPGRADE,
+    };
+    return i < GVM_STAT_HISTOGRAM_COUNT ? names[i] : 0;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Device plugins

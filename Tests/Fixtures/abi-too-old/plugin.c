@@ -3,7 +3,7 @@
 
 static const gvm_device_ops ops = {.size = sizeof(gvm_device_ops), .model_count = 0, .models = 0};
 static const gvm_plugin_descriptor descriptor = {
-    .abi_version = 0u,
+    .abi_version = GVM_ABI_MIN_VERSION - 1u, /* the last version this host no longer loads */
     .kind = GVM_PLUGIN_DEVICE,
     .name = "test-abi-too-old",
     .version = "0.0.1",

@@ -23,7 +23,7 @@ final class Echo: DeviceModel {
     }
 }
 
+let entry = DevicePluginEntry([Echo.self], name: "test-swift-device", version: "0.1.0", summary: "fixture: Swift device plugin")
+
 @_cdecl("giantvm_plugin_entry")
-public func giantvm_plugin_entry() -> UnsafeRawPointer {
-    PluginEntry.devices([Echo.self], name: "test-swift-device", version: "0.1.0", summary: "fixture: Swift device plugin")
-}
+public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }
