@@ -74,7 +74,7 @@ public struct DsmBenchNode {
             }
             let snap = metrics.snapshot()
             let report = NodeReport(node: Int(id), result: result, counters: snap.counters, histograms: snap.histograms,
-                                    floor: floor, memory: MemoryReport(stack.memory.stats))
+                                    floor: floor, memory: MemoryReport(stack.memory.stats), plugin: stack.pluginName)
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys]
             let json = (try? enc.encode(report)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"

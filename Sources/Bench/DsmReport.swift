@@ -33,10 +33,12 @@ public struct NodeReport: Codable {
     public var histograms: [String: HistogramSummary]
     public var floor: FloorReport?
     public var memory: MemoryReport
+    /// The coherence plugin's name (its extras are printed under its prefix).
+    public var plugin: String?
     public init(node: Int, result: NodeResult, counters: [String: UInt64], histograms: [String: HistogramSummary],
-                floor: FloorReport?, memory: MemoryReport) {
+                floor: FloorReport?, memory: MemoryReport, plugin: String? = nil) {
         self.node = node; self.result = result; self.counters = counters; self.histograms = histograms
-        self.floor = floor; self.memory = memory
+        self.floor = floor; self.memory = memory; self.plugin = plugin
     }
 }
 
@@ -54,12 +56,15 @@ public struct DsmBenchSummary {
     }
 
     func total(_ name: String) -> UInt64 { reports.reduce(0) { $0 + ($1.counters[name] ?? 0) } }
-    var pagesCrossed: UInt64 { total("ivy.pages_sent") + total("ivy.zero_pages_sent") }
+    /// The standard statistics (giantvm_plugin.h) of one node, and of all nodes.
+    func dsm(_ r: NodeReport) -> DSMStatistics { DSMStatistics(counters: r.counters, histograms: r.histograms) }
+    var dsmTotal: DSMStatistics { DSMStatistics.total(reports.map(dsm)) }
+    var pagesCrossed: UInt64 { dsmTotal.pagesMoved }
 
     public var problems: [String] {
         var p: [String] = []
         for r in reports { p += r.result.errors.map { "node \(r.node): \($0)" } }
-        if reports.count == nodes && pagesCrossed == 0 && total("dsm.pages_sent") == 0 {
+        if reports.count == nodes && pagesCrossed == 0 {
             p.append("no page crossed between nodes: the run shared nothing")
         }
         for r in reports where r.result.operations.reduce(0, +) == 0 && workloadNeedsAll {
@@ -75,6 +80,7 @@ public struct DsmBenchSummary {
         var totals: [String: UInt64] = [:]
         for r in reports {
             perNode["node\(r.node)"] = AnyCodable(["counters": AnyCodable(r.counters), "histograms": AnyCodable(r.histograms),
+                                                   "dsm": AnyCodable(dsm(r)),
                                                    "operations": AnyCodable(r.result.operations), "checks": AnyCodable(r.result.checks)])
             for (k, v) in r.counters { totals[k, default: 0] += v }
         }
@@ -91,27 +97,24 @@ public struct DsmBenchSummary {
 
     public func table() -> String {
         var out = "bench dsm \(workload): \(nodes) nodes x \(threadsPerNode) threads, wake mode \(mode), \(cpus) CPUs on this machine (threads unpinned), config \(config)\n"
-        out += "pages crossed between nodes: \(pagesCrossed) (\(total("ivy.pages_sent")) with data, \(total("ivy.zero_pages_sent")) zero)\n"
+        out += "pages crossed between nodes: \(pagesCrossed) (\(dsmTotal.pagesSentWithData) with data, \(dsmTotal.pagesSentWithoutData) without)\n"
         out += pad("node", 6) + pad("ops", 10) + pad("read_miss", 11) + pad("write_miss", 11) + pad("upgrade", 9)
             + pad("msgs", 9) + pad("bytes", 12) + "fault p50/p99 us\n"
         for r in reports.sorted(by: { $0.node < $1.node }) {
-            let msgs = r.counters.filter { $0.key.hasPrefix("ivy.msg.") }.values.reduce(0, +)
-            let bytes = r.counters.filter { $0.key.hasPrefix("ivy.bytes.") }.values.reduce(0, +)
-            let lat = r.histograms["ivy.latency.all"]
+            let d = dsm(r)
+            let lat = d.faultLatency
             out += pad("\(r.node)", 6) + pad("\(r.result.operations.reduce(0, +))", 10)
-                + pad("\(r.counters["ivy.fault.read_miss"] ?? 0)", 11) + pad("\(r.counters["ivy.fault.write_miss"] ?? 0)", 11)
-                + pad("\(r.counters["ivy.fault.upgrade"] ?? 0)", 9) + pad("\(msgs)", 9) + pad("\(bytes)", 12)
+                + pad("\(d.readMisses)", 11) + pad("\(d.writeMisses)", 11)
+                + pad("\(d.upgrades)", 9) + pad("\(d.messagesSent)", 9) + pad("\(d.bytesSent)", 12)
                 + (lat.map { "\(us($0.p50)) / \(us($0.p99))" } ?? "-") + "\n"
         }
-        let faults = total("ivy.fault.read_miss") + total("ivy.fault.write_miss") + total("ivy.fault.upgrade")
+        let faults = dsmTotal.faults
         let seconds = reports.map(\.result.seconds).max() ?? 0
         if seconds > 0 {
             out += String(format: "throughput: %llu faults in %.3f s = %.0f faults/s (all nodes), %llu operations\n",
                           faults, seconds, Double(faults) / seconds,
                           UInt64(reports.reduce(0) { $0 + $1.result.operations.reduce(0, +) }))
         }
-        let hops = (0...5).map { h in (h, total(h == 5 ? "ivy.hops.5plus" : "ivy.hops.\(h)")) }.filter { $0.1 > 0 }
-        if !hops.isEmpty { out += "faults by network hops: " + hops.map { "\($0.0 == 5 ? "5+" : "\($0.0)"): \($0.1)" }.joined(separator: ", ") + "\n" }
         for r in reports {
             for (k, v) in r.result.checks.sorted(by: { $0.key < $1.key }) { out += "check node \(r.node): \(k) = \(v) (exact)\n" }
         }
@@ -128,17 +131,21 @@ public struct DsmBenchSummary {
                 out += "\(what): n=\(s.count) p50 \(us(s.p50)) us, p90 \(us(s.p90)) us, p99 \(us(s.p99)) us, max \(us(s.max)) us; "
                     + String(format: "p50 ratio to floor %.2fx\n", Double(s.p50) / Double(max(f.p50, 1)))
             }
-            for h in 0...5 {
-                let name = h == 5 ? "ivy.latency.hops_5plus" : "ivy.latency.hops_\(h)"
-                if let s = reports.first(where: { $0.node == 0 })?.histograms[name], s.count > 0 {
-                    out += "node 0 faults resolved in \(h == 5 ? "5+" : "\(h)") hops: n=\(s.count) p50 \(us(s.p50)) us, p99 \(us(s.p99)) us, "
-                        + String(format: "p50 ratio to floor %.2fx\n", Double(s.p50) / Double(max(f.p50, 1)))
-                }
+            guard let r0 = reports.first(where: { $0.node == 0 }) else { return out }
+            let d0 = dsm(r0)
+            func line(_ what: String, _ h: HistogramSummary?) {
+                guard let h, h.count > 0 else { return }
+                out += "node 0 \(what): n=\(h.count) p50 \(us(h.p50)) us, p99 \(us(h.p99)) us, "
+                    + String(format: "p50 ratio to floor %.2fx\n", Double(h.p50) / Double(max(f.p50, 1)))
             }
-            for kind in ["read_miss", "write_miss", "upgrade"] {
-                if let h = reports.first(where: { $0.node == 0 })?.histograms["ivy.latency.\(kind)"], h.count > 0 {
-                    out += "node 0 plugin \(kind): n=\(h.count) p50 \(us(h.p50)) us, p99 \(us(h.p99)) us, "
-                        + String(format: "p50 ratio to floor %.2fx\n", Double(h.p50) / Double(max(f.p50, 1)))
+            // The standard fault latencies, then the plugin's own histograms (its extras prefix).
+            line("plugin read_miss", d0.readMissLatency)
+            line("plugin write_miss", d0.writeMissLatency)
+            line("plugin upgrade", d0.upgradeLatency)
+            if let plugin = r0.plugin {
+                let prefix = DSMStatistics.extrasPrefix(plugin: plugin)
+                for (name, h) in r0.histograms.sorted(by: { $0.key < $1.key }) where name.hasPrefix(prefix) {
+                    line("\(plugin) \(name.dropFirst(prefix.count))", h)
                 }
             }
         }

@@ -309,11 +309,12 @@ extension VMNode {
         var lines: [String] = []
         let c = snap.counters
         func v(_ k: String) -> UInt64 { c[k] ?? 0 }
-        if let s = coherence?.memory.stats {
-            lines.append("node \(id): DSM stats: read_miss=\(v("ivy.fault.read_miss")) write_miss=\(v("ivy.fault.write_miss")) "
-                         + "upgrade=\(v("ivy.fault.upgrade")) pages_sent=\(v("ivy.pages_sent")) zero_pages_sent=\(v("ivy.zero_pages_sent")) "
-                         + "invalidations_sent=\(v("ivy.invalidations_sent")) uffd_missing=\(s.missingEvents) uffd_wp=\(s.writeProtectEvents) "
-                         + "pin_faults=\(s.pinFaults)")
+        if let coherence {
+            // The standard statistics every coherence plugin reports (giantvm_plugin.h), then
+            // guest memory's own view of the faults.
+            let s = coherence.memory.stats
+            lines.append("node \(id): DSM stats: \(snap.dsm.summaryLine) uffd_missing=\(s.missingEvents) "
+                         + "uffd_wp=\(s.writeProtectEvents) pin_faults=\(s.pinFaults)")
         }
         lines.append("node \(id): forwarding: ipi_out=\(v("cpu.ipi_forwarded")) ipi_in=\(v("cpu.ipi_received")) "
                      + "apic_updates_in=\(v("cpu.apic_address_updates")) io_forwarded=\(v("io.forwarded")) "

@@ -12,7 +12,7 @@
 //   ivy.manager_queued                 requests a manager queued behind an open transaction
 //   ivy.refusals                       forwards refused (Nack) by a node that no longer owns
 //   ivy.rx_malformed                   messages that failed to decode (the node then stops)
-//   ivy.pages_sent, ivy.zero_pages_sent  transitional copies (see init)
+//   ivy.zero_pages_sent                pages handed over as "zero" without data (part of dsm.page.sent_nodata)
 //
 // Each handle is a closure from ProtocolServices so the same code counts through the host's C
 // table and in tests. Events that are both standard and Ivy-specific update both names here, so
@@ -65,10 +65,8 @@ final class IvyStats {
         msgBytes = bytes
         coalesced = std(GVM_STAT_FAULT_COALESCED)
         stale = std(GVM_STAT_FAULT_STALE)
-        // Transitional: ivy.pages_sent and ivy.zero_pages_sent repeat dsm.page.sent_data and the
-        // zero-page part of dsm.page.sent_nodata for the host reports that still read them by
-        // name; remove them once those read DSMStatistics (Sources/Metrics).
-        pagesSent = both(std(GVM_STAT_PAGES_SENT_DATA), s.makeCounter("ivy.pages_sent"))
+        // Zero pages are the part of dsm.page.sent_nodata that is not a Grant: an extra of Ivy's.
+        pagesSent = std(GVM_STAT_PAGES_SENT_DATA)
         zeroPagesSent = both(noData, s.makeCounter("ivy.zero_pages_sent"))
         pinDeferred = std(GVM_STAT_PIN_DEFERRED)
         invalidationsSent = std(GVM_STAT_INV_SENT)
