@@ -21,8 +21,8 @@ final class DsmReportTests: XCTestCase {
     }
 
     func testARunWherePagesCrossedAndEveryNodeWorkedHasNoProblems() throws {
-        let s = summary([try report(node: 0, ops: [10, 10], counters: ["dsm.pages_sent": 4], checks: ["counter": 40]),
-                         try report(node: 1, ops: [10, 10], counters: ["dsm.pages_sent": 3])])
+        let s = summary([try report(node: 0, ops: [10, 10], counters: ["dsm.page.sent_data": 4], checks: ["counter": 40]),
+                         try report(node: 1, ops: [10, 10], counters: ["dsm.page.sent_data": 3])])
         XCTAssertEqual(s.problems, [])
         let table = s.table()
         XCTAssertTrue(table.contains("check node 0: counter = 40 (exact)"), table)
@@ -39,12 +39,12 @@ final class DsmReportTests: XCTestCase {
     }
 
     func testStatsJSONCarriesPerNodeAndTotals() throws {
-        let s = summary([try report(node: 0, ops: [1], counters: ["dsm.pages_sent": 4, "x": 1]),
-                         try report(node: 1, ops: [1], counters: ["dsm.pages_sent": 3])])
+        let s = summary([try report(node: 0, ops: [1], counters: ["dsm.page.sent_data": 4, "x": 1]),
+                         try report(node: 1, ops: [1], counters: ["dsm.page.sent_data": 3])])
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let obj = try JSONSerialization.jsonObject(with: enc.encode(s.stats)) as! [String: Any]
-        XCTAssertEqual((obj["total"] as! [String: Any])["dsm.pages_sent"] as? Int, 7)
+        XCTAssertEqual((obj["total"] as! [String: Any])["dsm.page.sent_data"] as? Int, 7)
         XCTAssertNotNil((obj["per_node"] as! [String: Any])["node1"])
         XCTAssertEqual(obj["nodes"] as? Int, 2)
     }
