@@ -19,6 +19,12 @@ if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
     ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends linux-image-cloud-amd64 >/dev/null) \
         || echo "warning: could not install linux-image-cloud-amd64; the Linux boot test will skip"
 fi
+# What particular tests need (a Slurm, an sshd, a browser...): one script each in scripts/deps/.
+for dep in scripts/deps/*.sh; do
+    [ -e "$dep" ] || continue
+    echo "== $dep"
+    bash "$dep"
+done
 echo "== swift build --build-tests"
 swift build --build-tests 2>&1 | grep --line-buffered -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Planning|Wrapping)' || true
 echo "== swift test"
