@@ -113,6 +113,46 @@ final class ClusterBenchTests: XCTestCase {
         for n in [0, 2] { XCTAssertNil(childPID(config: cfg, node: n), "node \(n) still running") }
     }
 
+    /// Killing `bench dsm` itself (SIGKILL: no chance to clean up) stops every node process it
+    /// started: each asked the kernel for SIGTERM when its launcher dies.
+    func testKillingTheBenchStopsEveryNode() throws {
+        let cfg = config(nodes: 3)
+        let parent = try Child(Built.giantvm, ["bench", "dsm", "--config", cfg, "--workload", "pingpong",
+                                               "--iterations", "100000", "--timeout", "50"])
+        defer { parent.signal(SIGKILL) }
+        let deadline = Date().addingTimeInterval(20)
+        while (0..<3).contains(where: { childPID(config: cfg, node: $0) == nil }) && Date() < deadline { usleep(200_000) }
+        XCTAssertTrue((0..<3).allSatisfy { childPID(config: cfg, node: $0) != nil }, "nodes never started:\n\(parent.stderrSoFar)")
+        sleep(1)
+        parent.signal(SIGKILL)
+        _ = parent.wait(timeout: 10)
+        let gone = Date().addingTimeInterval(15)
+        while (0..<3).contains(where: { childPID(config: cfg, node: $0) != nil }) && Date() < gone { usleep(200_000) }
+        for n in 0..<3 { XCTAssertNil(childPID(config: cfg, node: n), "node \(n) still running after its bench was killed") }
+    }
+
+    /// A node that hangs (SIGSTOP) while the others stopped is killed by the launcher after the
+    /// failure grace, not waited for until --timeout.
+    func testAHungNodeIsKilledAfterTheGraceNotAtTheTimeout() throws {
+        let cfg = config(nodes: 3)
+        let parent = try Child(Built.giantvm, ["bench", "dsm", "--config", cfg, "--workload", "pingpong",
+                                               "--iterations", "100000", "--timeout", "120"])
+        defer { parent.signal(SIGKILL) }
+        var victim: Int32?
+        let deadline = Date().addingTimeInterval(20)
+        while victim == nil && Date() < deadline { usleep(200_000); victim = childPID(config: cfg, node: 2) }
+        guard let victim else { return XCTFail("node 2 never started:\n\(parent.stderrSoFar)") }
+        sleep(1)
+        kill(victim, SIGSTOP)
+        let t0 = Date()
+        let r = parent.wait(timeout: 60)
+        kill(victim, SIGKILL)
+        XCTAssertFalse(r.timedOut, "bench dsm waited for the hung node")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 40, "the grace is timeouts.failure + 5 s, far below --timeout 120")
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("lost node 2"), r.output)
+    }
+
     /// The pid of the `bench dsm --node N` process for this config, if running.
     func childPID(config: String, node: Int) -> Int32? {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
