@@ -5,8 +5,14 @@
 // (no secrets: fine on a private network, logged at start). With `key_file`, each side proves it
 // knows the key with HMAC-SHA256 over a challenge the other side chose (the transport builds the
 // challenge material from both random nonces, both ids, the lane and the cluster name).
+//
+// With a key, every frame after the handshake is authenticated too: each direction of each
+// connection gets its own session key, derived with HKDF-SHA256 from the cluster key and the
+// transport's handshake transcript (both nonces, both ids, the lane), and every frame carries a
+// truncated HMAC-SHA256 over its sequence number and bytes (gvm_transport_host.auth_mac).
 
 import Crypto
+import PluginAPI
 import Foundation
 import Logging
 
@@ -41,6 +47,16 @@ public final class Authenticator: @unchecked Sendable {
         }
     }
 
+    /// The session of one direction of one connection, or nil without a key. `context` is the
+    /// transport's handshake transcript (nonces, ids, direction, lane): HKDF-SHA256 with the
+    /// cluster key as input keying material, a fixed salt and the transcript as info.
+    public func frameSession(context: UnsafeRawBufferPointer) -> FrameSession? {
+        guard let key else { return nil }
+        let sessionKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, salt: Array("giantvm-frame-session-v1".utf8),
+                                                info: Array(context), outputByteCount: 32)
+        return FrameSession(key: sessionKey)
+    }
+
     /// This node's proof over `challenge`: HMAC-SHA256 (32 bytes), or empty without a key.
     public func sign(_ challenge: UnsafeRawBufferPointer) -> [UInt8] {
         guard let key else { return [] }
@@ -71,5 +87,43 @@ public final class Authenticator: @unchecked Sendable {
         }
         if let refusal { logger.error("\(refusal)") }
         return refusal
+    }
+}
+
+/// One direction's per-frame MAC key. Threading: immutable; any thread, concurrently (each MAC
+/// starts from a copy of the keyed HMAC state, so the key pads are hashed once per session).
+public final class FrameSession: @unchecked Sendable {
+    public static let macSize = Int(GVM_FRAME_MAC_SIZE)
+    private let keyed: HMAC<SHA256>
+
+    init(key: SymmetricKey) { keyed = HMAC<SHA256>(key: key) }
+
+    /// Writes `macSize` bytes: HMAC-SHA256(seq as u64le || concatenation of iov), truncated.
+    public func mac(seq: UInt64, _ iov: UnsafeBufferPointer<gvm_iovec>, into out: UnsafeMutableRawPointer) {
+        var h = keyed
+        withUnsafeBytes(of: seq.littleEndian) { h.update(data: $0) }
+        for v in iov where v.len > 0 {
+            if let base = v.base { h.update(data: UnsafeRawBufferPointer(start: base, count: v.len)) }
+        }
+        let code = h.finalize()
+        code.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: FrameSession.macSize) }
+    }
+
+    /// The MAC as bytes (tests).
+    public func mac(seq: UInt64, _ parts: [[UInt8]]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: FrameSession.macSize)
+        func go(_ i: Int, _ iov: inout [gvm_iovec]) {
+            if i == parts.count {
+                iov.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { mac(seq: seq, v, into: $0.baseAddress!) } }
+                return
+            }
+            parts[i].withUnsafeBytes { p in
+                iov.append(gvm_iovec(base: p.baseAddress, len: p.count))
+                go(i + 1, &iov)
+            }
+        }
+        var iov: [gvm_iovec] = []
+        go(0, &iov)
+        return out
     }
 }
