@@ -27,6 +27,10 @@ func script(_ steps: [(SimThread) -> Bool]) -> ClosureProgram {
 
 func waitFor(_ cond: @escaping () -> Bool) -> (SimThread) -> Bool { { _ in cond() } }
 
+/// For tests that hold a message until the run is stuck on purpose: no request timeout (it would
+/// end the run with a fatal after request_timeout of simulated time; see LivenessTests).
+let noRequestTimeout = [("request_timeout", "0")]
+
 final class RaceTests: XCTestCase {
     func counter(_ c: SimCluster, _ node: Int, _ name: String) -> UInt64 { c.nodes[node].counter(name) }
 
@@ -38,7 +42,7 @@ final class RaceTests: XCTestCase {
     /// is held. The write must not be granted until the ack arrives.
     func testDelayedInvalidationAckHoldsTheWrite() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdAcks = true
             c.hold = { m in holdAcks && ivyType(m) == .invAck }
             var wrote = false, read1 = false
@@ -77,7 +81,7 @@ final class RaceTests: XCTestCase {
     /// (never forward to the former owner, node 0) and then forward them to node 1.
     func testRequestCrossingAnOwnershipMove() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdConfirm = true
             c.hold = { m in holdConfirm && ivyType(m) == .confirm && m.src == 1 }
             var forwardsTo: [UInt32] = []
@@ -235,7 +239,7 @@ final class RaceTests: XCTestCase {
     /// must wait (the invalidation is deferred, not failed) until the pin goes away.
     func testReadPinDefersInvalidationUntilUnpin() throws {
         for seed in UInt64(0)..<30 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var wrote = false, pinned = false, writerDone = false
             c.addThread(node: 0, script([{ t in t.store(0, 0, 3) }, { _ in wrote = true; return true }]))
             c.addThread(node: 1, script([waitFor { wrote }, { t in t.pin(0, write: false) }, { _ in pinned = true; return true }]))
