@@ -27,8 +27,9 @@ func script(_ steps: [(SimThread) -> Bool]) -> ClosureProgram {
 
 func waitFor(_ cond: @escaping () -> Bool) -> (SimThread) -> Bool { { _ in cond() } }
 
-/// For tests that hold a message until the run is stuck on purpose: no request timeout (it would
-/// end the run with a fatal after request_timeout of simulated time; see LivenessTests).
+/// Races hold messages until a run is stuck on purpose, then release them: no request timeout
+/// (it would end the stuck run with a fatal after request_timeout of simulated time; the
+/// timeout itself is tested in LivenessTests).
 let noRequestTimeout = [("request_timeout", "0")]
 
 final class RaceTests: XCTestCase {
@@ -114,7 +115,7 @@ final class RaceTests: XCTestCase {
     /// invalidating the reader. The invalidation must never overtake the data it invalidates.
     func testInvalidationNeverOvertakesTheCopyItInvalidates() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdData = false
             c.hold = { m in holdData && ivyType(m) == .data && m.src == 0 }
             var phase = 0
@@ -147,7 +148,7 @@ final class RaceTests: XCTestCase {
     /// Replies from two owners reach one node in reverse order of the requests.
     func testReorderedRepliesFromDifferentOwners() throws {
         for seed in UInt64(0)..<20 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 3, seed: seed, settings: [("manager_chunk", "4KiB")])
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 3, seed: seed, settings: [("manager_chunk", "4KiB")] + noRequestTimeout)
             // gfn 0 is managed (and first owned) by node 0, gfn 1 by node 1.
             var ready = 0
             var delivered1 = false
@@ -174,7 +175,7 @@ final class RaceTests: XCTestCase {
     /// must then carry the data (node 1 no longer holds a valid copy), never a bare grant.
     func testUpgradeAfterCrossingInvalidationGetsTheData() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var oneSent = false, twoDelivered = false
             c.onSend = { m in
                 if ivyType(m) == .getX && m.src == 1 { oneSent = true }
@@ -207,7 +208,7 @@ final class RaceTests: XCTestCase {
     /// GVM_ERR_NOT_PRESENT): the node must fetch the bytes from the old owner's stash.
     func testUpgradeNotPresentFetchesThePage() throws {
         for seed in UInt64(0)..<20 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdGrant = true
             c.hold = { m in holdGrant && ivyType(m) == .grant }
             var wrote = false, read = false
@@ -262,7 +263,7 @@ final class RaceTests: XCTestCase {
     /// Four threads of one node fault on one page: one request goes out, and all four wake.
     func testSeveralLocalFaultsMakeOneRequestAndAllWake() throws {
         for seed in UInt64(0)..<20 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed, settings: noRequestTimeout)
             var wrote = false
             c.addThread(node: 0, script([{ t in t.store(0, 0, 9) }, { _ in wrote = true; return true }]))
             var readers: [SimThread] = []
@@ -289,7 +290,7 @@ final class RaceTests: XCTestCase {
 
     /// A never-written page crosses the network as a 24-byte header with the zero flag.
     func testNeverWrittenPagesMoveWithoutZeros() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1)
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1, settings: noRequestTimeout)
         var seen: UInt64?
         var dataBytes: [Int] = []
         c.onDeliver = { m in if ivyType(m) == .data { dataBytes.append(m.bytes.count) } }
@@ -309,7 +310,7 @@ final class RaceTests: XCTestCase {
     /// A forward that reaches a node that does not own the page is refused, and the manager
     /// forwards it again to the owner: the request is never lost.
     func testForwardToANonOwnerIsRefusedAndRetried() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 4, pages: 4, seed: 5)
+        let c = try SimCluster(descriptor: ivy, nodes: 4, pages: 4, seed: 5, settings: noRequestTimeout)
         var redirected = false
         c.onSend = { m in
             var m = m
@@ -337,7 +338,7 @@ final class RaceTests: XCTestCase {
 
     /// A lost peer stops the node: no fatal, later input ignored, nothing hangs in the plugin.
     func testPeerLostStopsTheNode() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1)
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1, settings: noRequestTimeout)
         c.addThread(node: 1, script([{ t in t.store(0, 0, 1) }]))
         let r = c.run()
         assertClean(r)
