@@ -32,7 +32,7 @@ import PluginKit
 @_cdecl("giantvm_plugin_entry")
 public func giantvm_plugin_entry() -> UnsafeRawPointer {
     PluginEntry.transport(TCPTransport.self, name: "transport-tcp", version: "0.1.0",
-                          summary: "TCP between every pair of nodes, one connection per lane, HMAC handshake")
+                          summary: "TCP between every pair of nodes, one connection per lane, HMAC handshake, authenticated frames with a key")
 }
 
 /// Threading: `start`/`stop` on main; `send` from any thread. Internal threads: one accept

@@ -7,7 +7,7 @@ import PluginAPI
 //   kind   = 0 data (delivered to the host) | 1 hello | 2 proof | 3 verdict (handshake only)
 //
 // With a cluster key, every data frame also ends with a MAC (its length counts in `length`):
-//   data   = payload mac[16]   mac = HMAC-SHA256(session key, seq:u64le header payload), truncated
+//   data   = payload mac[16]   mac = GMAC(session key, nonce "GVMF" seq:u64le, header payload)
 // Each direction of each connection has its own session key (derived by the host from the key and
 // `sessionContext(...)`) and numbers its data frames 0, 1, 2, ...; the receiver checks each MAC
 // against the number it expects next and closes the connection on a mismatch, so an injected,

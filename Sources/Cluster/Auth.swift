@@ -9,7 +9,8 @@
 // With a key, every frame after the handshake is authenticated too: each direction of each
 // connection gets its own session key, derived with HKDF-SHA256 from the cluster key and the
 // transport's handshake transcript (both nonces, both ids, the lane), and every frame carries a
-// truncated HMAC-SHA256 over its sequence number and bytes (gvm_transport_host.auth_mac).
+// MAC over its bytes keyed by its sequence number: the AES-256-GCM tag with the frame as
+// associated data (GMAC) and the number in the nonce (gvm_transport_host.auth_mac).
 
 import Crypto
 import PluginAPI
@@ -90,23 +91,55 @@ public final class Authenticator: @unchecked Sendable {
     }
 }
 
-/// One direction's per-frame MAC key. Threading: immutable; any thread, concurrently (each MAC
-/// starts from a copy of the keyed HMAC state, so the key pads are hashed once per session).
+/// One direction's per-frame MAC key. The MAC is AES-256-GCM's tag over an empty message with
+/// the frame as associated data (GMAC, RFC 4543) under the session key, the 12-byte nonce being
+/// "GVMF" + the frame's sequence number (u64le): each session key numbers its frames once, so a
+/// nonce never repeats under a key. (GMAC runs on AES-NI/PCLMUL: a 4 KiB frame costs about half,
+/// a 60 KiB frame a ninth, of HMAC-SHA256.)
+/// Threading: immutable; any thread, concurrently.
 public final class FrameSession: @unchecked Sendable {
     public static let macSize = Int(GVM_FRAME_MAC_SIZE)
-    private let keyed: HMAC<SHA256>
+    private let key: SymmetricKey
 
-    init(key: SymmetricKey) { keyed = HMAC<SHA256>(key: key) }
+    init(key: SymmetricKey) { self.key = key }
 
-    /// Writes `macSize` bytes: HMAC-SHA256(seq as u64le || concatenation of iov), truncated.
+    /// Writes `macSize` bytes: the GMAC of the concatenation of iov, numbered `seq`.
     public func mac(seq: UInt64, _ iov: UnsafeBufferPointer<gvm_iovec>, into out: UnsafeMutableRawPointer) {
-        var h = keyed
-        withUnsafeBytes(of: seq.littleEndian) { h.update(data: $0) }
+        var nonce: [UInt8] = [0x47, 0x56, 0x4D, 0x46]
+        withUnsafeBytes(of: seq.littleEndian) { nonce += $0 }
+        // One contiguous run of bytes: the pieces as given when they are adjacent in memory (a
+        // received frame), else a copy.
+        var total = 0
+        var adjacent = true
+        var end: UnsafeRawPointer? = nil
+        var first: UnsafeRawPointer? = nil
         for v in iov where v.len > 0 {
-            if let base = v.base { h.update(data: UnsafeRawBufferPointer(start: base, count: v.len)) }
+            guard let base = v.base else { continue }
+            if first == nil { first = base } else if base != end { adjacent = false }
+            end = base + v.len
+            total += v.len
         }
-        let code = h.finalize()
-        code.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: FrameSession.macSize) }
+        func tag(_ aad: UnsafeRawBufferPointer) {
+            guard let n = try? AES.GCM.Nonce(data: nonce),
+                  let box = try? AES.GCM.seal([UInt8](), using: key, nonce: n, authenticating: aad) else {
+                // Cannot happen (valid nonce size, no plaintext); a zero MAC is refused by the peer.
+                out.initializeMemory(as: UInt8.self, repeating: 0, count: FrameSession.macSize)
+                return
+            }
+            let t = [UInt8](box.tag)
+            out.copyMemory(from: t, byteCount: min(t.count, FrameSession.macSize))
+        }
+        if adjacent {
+            tag(UnsafeRawBufferPointer(start: first, count: total))
+        } else {
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 16)
+            defer { buf.deallocate() }
+            var at = 0
+            for v in iov where v.len > 0 {
+                if let base = v.base { (buf.baseAddress! + at).copyMemory(from: base, byteCount: v.len); at += v.len }
+            }
+            tag(UnsafeRawBufferPointer(buf))
+        }
     }
 
     /// The MAC as bytes (tests).

@@ -60,7 +60,7 @@ final class FrameAuthTests: XCTestCase {
         }
     }
 
-    /// Many threads MAC with one session at once (the keyed state is copied per frame).
+    /// Many threads MAC with one session at once.
     func testOneSessionIsSafeFromManyThreads() throws {
         let dir = try TempDir()
         let key = try dir.write("key", "0123456789abcdef0123456789abcdef\n")

@@ -249,8 +249,9 @@ typedef struct gvm_transport_host {
      *  (HKDF-SHA256, the cluster key as input keying material). Any thread. Free it with
      *  auth_session_free once no thread uses it. */
     void *(*auth_session)(gvm_host *host, const uint8_t *context, size_t context_len);
-    /** Writes GVM_FRAME_MAC_SIZE bytes to out: the MAC under `session` (HMAC-SHA256, truncated)
-     *  of the 8-byte little-endian sequence number `seq` followed by the concatenation of iov.
+    /** Writes GVM_FRAME_MAC_SIZE bytes to out: the MAC under `session` of the concatenation of
+     *  iov, numbered `seq` (AES-256-GCM's tag over no plaintext with the bytes as associated data,
+     *  i.e. GMAC, with a nonce holding `seq`: a session must never MAC two frames with one seq).
      *  The transport numbers the frames of each direction 0, 1, 2, ... and checks a received
      *  frame's MAC against the number it expects next, in constant time: a replayed, dropped or
      *  reordered frame then fails like a forged one, and the connection is closed. Any thread;
