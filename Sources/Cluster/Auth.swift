@@ -43,6 +43,10 @@ public final class Authenticator: @unchecked Sendable {
                 throw ClusterError("key_file '\(keyFile)': the key has \(bytes.count) bytes; use at least 16 (e.g. head -c 32 /dev/urandom | base64 > key)")
             }
             key = SymmetricKey(data: bytes)
+            if let mode = (try? FileManager.default.attributesOfItem(atPath: keyFile))?[.posixPermissions] as? Int,
+               mode & 0o077 != 0 {
+                logger.warning("key_file '\(keyFile)' is readable by other users (mode \(String(mode & 0o777, radix: 8))): anyone who reads it can join or forge frames; chmod 600 it")
+            }
         } else {
             key = nil
         }

@@ -83,3 +83,45 @@ final class ManagedCounter: @unchecked Sendable {
     func add() { lock.withLock { n += 1 } }
     var value: Int { lock.withLock { n } }
 }
+
+/// Collects log messages (tests of warnings).
+final class CapturingLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    var messages: [String] { lock.withLock { lines } }
+    func append(_ s: String) { lock.withLock { lines.append(s) } }
+
+    var logger: Logger {
+        Logger(label: "capture") { _ in Handler(sink: self) }
+    }
+
+    struct Handler: LogHandler {
+        let sink: CapturingLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+                 file: String, function: String, line: UInt) {
+            sink.append("\(level): \(message)")
+        }
+    }
+}
+
+final class KeyFileModeTests: XCTestCase {
+    func testAKeyFileOthersCanReadIsWarnedAbout() throws {
+        let dir = try TempDir()
+        let key = try dir.write("key", "0123456789abcdef0123456789abcdef\n")
+        chmod(key, 0o644)
+        let open = CapturingLog()
+        _ = try Authenticator(cluster: "c", selfID: 0, nodeCount: 2, keyFile: key, logger: open.logger)
+        XCTAssertTrue(open.messages.contains { $0.contains("warning: key_file '\(key)' is readable by other users (mode 644)") },
+                      "\(open.messages)")
+        chmod(key, 0o600)
+        let closed = CapturingLog()
+        _ = try Authenticator(cluster: "c", selfID: 0, nodeCount: 2, keyFile: key, logger: closed.logger)
+        XCTAssertEqual(closed.messages, [])
+    }
+}
