@@ -181,6 +181,10 @@ let package = Package(
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/BenchTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
+        // transport-rdma's device-independent logic (send slots, overflow queue, handshake
+        // material), built from symlinks to the plugin's own files: tested without an RDMA device.
+        .target(name: "RDMALane", dependencies: ["PluginAPI"], path: "Tests/RDMALane"),
+        .testTarget(name: "RDMALaneTests", dependencies: ["RDMALane", "PluginAPI"], path: "Tests/RDMALaneTests"),
         .testTarget(name: "PCDevicesTests", dependencies: ["DeviceModels", "PluginKit"], path: "Tests/PCDevicesTests"),
         .testTarget(name: "BootTests",
                     dependencies: ["DeviceModels", "PluginKit", "PluginHost", "Metrics", "TestSupport",

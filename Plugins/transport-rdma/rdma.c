@@ -5,13 +5,19 @@
  *   - One reliable-connected (RC) queue pair per peer per lane, all completing on one CQ that a
  *     poller thread drains: receive completions are handed to the host's deliver(), send
  *     completions free their slot, RDMA-read completions call the reader's callback.
- *   - Every frame is copied into a registered send slot (GVM_MAX_FRAME + 4 bytes); each QP owns
- *     SLOTS send slots and SLOTS posted receive buffers. send() never waits for the peer's
- *     application, only (briefly) for a free local slot.
+ *   - Every frame is copied into a registered send slot (GVM_MAX_FRAME + 64 bytes); each QP owns
+ *     SLOTS send slots and SLOTS posted receive buffers. send() never waits: a frame that finds
+ *     every slot in flight waits in the lane's overflow queue and is posted, in order, by the
+ *     completion that frees a slot (rdma_lane.c, unit-tested without a device). The host may
+ *     send from inside deliver(), which runs on the completion poller.
  *   - Queue-pair numbers, GIDs and registered regions are exchanged over a TCP side channel on
  *     port (node port + cm_port_offset): the lower node id connects to the higher. The side channel
- *     also carries the host's authentication (cluster name, node id, challenge/proof) before any
- *     queue pair is connected.
+ *     also carries the host's authentication before any queue pair is connected: both sides send
+ *     a hello (a getrandom nonce, node id, cluster name, QP numbers, regions), then a proof over
+ *     both hellos and both ids (gvm_rdma_auth_material), so a proof cannot be relayed or replayed.
+ *     The acceptor accepts only higher-numbered nodes not yet connected; every side-channel socket
+ *     has a handshake timeout. start() returns at once: a connector thread meets the peers and
+ *     reports each through peer_state.
  *   - register_region() registers memory for one-sided remote reads (REMOTE_READ); read_remote()
  *     posts an RDMA READ into a local registered region.
  *
@@ -21,9 +27,12 @@
  * modules); see README "What works".
  *
  * Settings: device (name, default: first device), ib_port (default 1), gid_index (default 0),
- *           cm_port_offset (default 1000), connect_timeout_ms (default 10000).
+ *           cm_port_offset (default 1000), connect_timeout_ms (default 10000),
+ *           handshake_timeout_ms (default 5000), send_queue_limit (bytes queued per lane while
+ *           every slot is in flight, default 67108864).
  */
 #include "giantvm_plugin.h"
+#include "rdma_lane.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -71,9 +80,8 @@ typedef struct lane_conn {
     struct ibv_qp *qp;
     uint8_t *send_buf, *recv_buf;
     struct ibv_mr *send_mr, *recv_mr;
-    _Atomic uint32_t slot_busy[SLOTS];
-    pthread_mutex_t lock;
-    uint32_t next_slot;
+    pthread_mutex_t lock;  /* guards sendq and the posting of SENDs on qp */
+    gvm_rdma_lane_queue sendq;
 } lane_conn;
 
 typedef struct peer_conn {
@@ -104,6 +112,8 @@ typedef struct rdma_transport {
     int gid_index;
     int cm_port_offset;
     int connect_timeout_ms;
+    int handshake_timeout_ms;
+    long long send_queue_limit;
 
     struct ibv_context *ctx;
     struct ibv_pd *pd;
@@ -117,8 +127,10 @@ typedef struct rdma_transport {
     pending_read reads[MAX_READS];
 
     int listen_fd;
-    pthread_t poller, listener;
-    int poller_started, listener_started;
+    pthread_t poller, listener, connector;
+    int poller_started, listener_started, connector_started;
+    _Atomic int connecting_fd; /* the connector's socket while it handshakes (-1 = none); whoever
+                                  exchanges it to -1 owns (closes) it */
     _Atomic int stopping;
 } rdma_transport;
 
@@ -157,6 +169,7 @@ static void release(rdma_transport *t) {
                 if (lc->recv_mr) ibv_dereg_mr(lc->recv_mr);
                 free(lc->send_buf);
                 free(lc->recv_buf);
+                gvm_rdma_lane_destroy(&lc->sendq);
                 pthread_mutex_destroy(&lc->lock);
             }
         }
@@ -185,7 +198,10 @@ static void *rdma_create(const gvm_host_services *svc, const gvm_transport_host 
     t->gid_index = 0;
     t->cm_port_offset = 1000;
     t->connect_timeout_ms = 10000;
+    t->handshake_timeout_ms = 5000;
+    t->send_queue_limit = 64ll << 20;
     t->listen_fd = -1;
+    atomic_store(&t->connecting_fd, -1);
     for (uint32_t i = 0; i < setting_count; i++) {
         const char *k = settings[i].key, *v = settings[i].value;
         int bad = 0;
@@ -194,11 +210,19 @@ static void *rdma_create(const gvm_host_services *svc, const gvm_transport_host 
         else if (strcmp(k, "gid_index") == 0) bad = parse_int(v, 0, 255, &t->gid_index);
         else if (strcmp(k, "cm_port_offset") == 0) bad = parse_int(v, -60000, 60000, &t->cm_port_offset);
         else if (strcmp(k, "connect_timeout_ms") == 0) bad = parse_int(v, 1, 3600000, &t->connect_timeout_ms);
+        else if (strcmp(k, "handshake_timeout_ms") == 0) bad = parse_int(v, 1, 600000, &t->handshake_timeout_ms);
+        else if (strcmp(k, "send_queue_limit") == 0) {
+            char *end = NULL;
+            errno = 0;
+            long long n = strtoll(v, &end, 0);
+            bad = (end == v || *end != '\0' || errno != 0 || n < (long long)SLOT_BYTES || n > (1ll << 34)) ? -1 : 0;
+            if (!bad) t->send_queue_limit = n;
+        }
         else if (strcmp(k, "__faults") == 0) continue; /* consumed by the host's fault injector */
         else {
             snprintf(err->message, GVM_ERROR_MAX,
                      "unknown setting '%s' (accepted: device, ib_port, gid_index, cm_port_offset, "
-                     "connect_timeout_ms)", k);
+                     "connect_timeout_ms, handshake_timeout_ms, send_queue_limit)", k);
             free(t);
             return NULL;
         }
@@ -261,7 +285,10 @@ static void *rdma_create(const gvm_host_services *svc, const gvm_transport_host 
         return NULL;
     }
     for (uint32_t p = 0; p < peers; p++) {
-        for (uint32_t l = 0; l < GVM_LANE_COUNT; l++) pthread_mutex_init(&t->peers[p].lanes[l].lock, NULL);
+        for (uint32_t l = 0; l < GVM_LANE_COUNT; l++) {
+            pthread_mutex_init(&t->peers[p].lanes[l].lock, NULL);
+            gvm_rdma_lane_init(&t->peers[p].lanes[l].sendq, SLOTS, (size_t)t->send_queue_limit);
+        }
     }
     logf_(t, GVM_LOG_INFO, "RDMA device %s port %d ready", t->device_name, t->ib_port);
     return t;
@@ -340,7 +367,7 @@ static int full_io(int fd, void *buf, size_t len, int writing) {
         ssize_t n = writing ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
         if (n <= 0) {
             if (n < 0 && errno == EINTR) continue;
-            return -1;
+            return -1; /* includes EAGAIN: the socket's handshake timeout expired */
         }
         p += n;
         len -= (size_t)n;
@@ -348,17 +375,24 @@ static int full_io(int fd, void *buf, size_t len, int writing) {
     return 0;
 }
 
-static void fill_hello(rdma_transport *t, uint32_t peer, hello *h) {
+/* Bounds every read and write of a side-channel socket by the handshake timeout. */
+static void set_handshake_timeout(rdma_transport *t, int fd) {
+    struct timeval tv = {.tv_sec = t->handshake_timeout_ms / 1000, .tv_usec = (t->handshake_timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static int fill_hello(rdma_transport *t, uint32_t peer, hello *h) {
     memset(h, 0, sizeof *h);
     h->magic = HS_MAGIC;
     h->abi = GVM_ABI_VERSION;
     h->node = t->cluster->self_id;
     snprintf(h->cluster, sizeof h->cluster, "%s", t->cluster->cluster_name);
-    FILE *r = fopen("/dev/urandom", "rb");
-    if (!r || fread(h->challenge, 1, CHALLENGE_BYTES, r) != CHALLENGE_BYTES) {
-        for (uint32_t i = 0; i < CHALLENGE_BYTES; i++) h->challenge[i] = (uint8_t)rand();
+    if (gvm_rdma_random(h->challenge, CHALLENGE_BYTES) != 0) {
+        logf_(t, GVM_LOG_ERROR, "rdma side channel: getrandom failed (%s): no handshake without a random nonce",
+              strerror(errno));
+        return -1;
     }
-    if (r) fclose(r);
     for (uint32_t l = 0; l < GVM_LANE_COUNT; l++) {
         lane_conn *lc = &t->peers[peer].lanes[l];
         h->lanes[l].qpn = lc->qp->qp_num;
@@ -372,40 +406,60 @@ static void fill_hello(rdma_transport *t, uint32_t peer, hello *h) {
         h->regions[i].len = t->regions[i].len;
         h->regions[i].rkey = t->regions[i].mr->rkey;
     }
+    return 0;
 }
 
-/* Both sides send hello, then a proof over the other's challenge; then QPs connect. */
+/* Both sides send hello, then a proof over both hellos (gvm_rdma_auth_material); then QPs
+ * connect. Returns the peer's id, or -1 (logged) if the handshake failed. */
 static int handshake(rdma_transport *t, int fd, int expected_peer) {
     hello mine, theirs;
+    set_handshake_timeout(t, fd);
     /* Who the peer is is only known after its hello when we accepted; QPs are per peer, so the
      * acceptor reads first and the connector writes first. */
     if (expected_peer >= 0) {
-        fill_hello(t, (uint32_t)expected_peer, &mine);
+        if (fill_hello(t, (uint32_t)expected_peer, &mine) != 0) return -1;
         if (full_io(fd, &mine, sizeof mine, 1) || full_io(fd, &theirs, sizeof theirs, 0)) return -1;
     } else {
-        if (full_io(fd, &theirs, sizeof theirs, 0)) return -1;
-        if (theirs.magic != HS_MAGIC || theirs.node >= t->cluster->node_count || theirs.node == t->cluster->self_id) {
-            logf_(t, GVM_LOG_WARNING, "rdma side channel: refused a peer with a malformed hello");
+        if (full_io(fd, &theirs, sizeof theirs, 0)) {
+            logf_(t, GVM_LOG_WARNING, "rdma side channel: no hello within %d ms (handshake_timeout_ms)",
+                  t->handshake_timeout_ms);
             return -1;
         }
-        fill_hello(t, theirs.node, &mine);
+        /* Only higher-numbered nodes connect to this one, each once. */
+        if (theirs.magic != HS_MAGIC || theirs.node >= t->cluster->node_count || theirs.node <= t->cluster->self_id) {
+            logf_(t, GVM_LOG_WARNING, "rdma side channel: refused a peer with a malformed hello or a claimed id "
+                  "that does not connect to node %u", t->cluster->self_id);
+            return -1;
+        }
+        if (atomic_load(&t->peers[theirs.node].up)) {
+            logf_(t, GVM_LOG_WARNING, "rdma side channel: refused a second connection claiming node %u", theirs.node);
+            return -1;
+        }
+        if (fill_hello(t, theirs.node, &mine) != 0) return -1;
         if (full_io(fd, &mine, sizeof mine, 1)) return -1;
     }
     theirs.cluster[sizeof theirs.cluster - 1] = 0;
     uint32_t peer = theirs.node;
     if (theirs.magic != HS_MAGIC || theirs.abi != GVM_ABI_VERSION || peer >= t->cluster->node_count ||
-        (expected_peer >= 0 && peer != (uint32_t)expected_peer) || theirs.region_count > MAX_REGIONS) {
+        peer == t->cluster->self_id || (expected_peer >= 0 && peer != (uint32_t)expected_peer) ||
+        theirs.region_count > MAX_REGIONS) {
         logf_(t, GVM_LOG_WARNING, "rdma side channel: refused peer claiming node %u (bad hello)", peer);
         return -1;
     }
+    /* This node's proof: over the peer's hello (its challenge) and ours, as sent. */
+    uint8_t material[2 * sizeof(hello) + 512];
+    size_t mlen = gvm_rdma_auth_material(material, sizeof material, t->cluster->cluster_name, t->cluster->self_id,
+                                         peer, &theirs, sizeof theirs, &mine, sizeof mine);
     uint8_t proof[64], their_proof[64];
-    uint32_t plen = (uint32_t)t->th->auth_sign(t->th->host, theirs.challenge, CHALLENGE_BYTES, proof, sizeof proof);
+    uint32_t plen = mlen ? (uint32_t)t->th->auth_sign(t->th->host, material, mlen, proof, sizeof proof) : 0;
     uint32_t their_len = 0;
     if (full_io(fd, &plen, 4, 1) || full_io(fd, proof, plen, 1) || full_io(fd, &their_len, 4, 0) ||
         their_len > sizeof their_proof || full_io(fd, their_proof, their_len, 0))
         return -1;
-    if (t->th->auth_verify(t->th->host, peer, theirs.cluster, mine.challenge, CHALLENGE_BYTES, their_proof,
-                           their_len) != GVM_OK)
+    /* The peer's proof: over our hello (the challenge we chose) and its own. */
+    mlen = gvm_rdma_auth_material(material, sizeof material, theirs.cluster, peer, t->cluster->self_id, &mine,
+                                  sizeof mine, &theirs, sizeof theirs);
+    if (mlen == 0 || t->th->auth_verify(t->th->host, peer, theirs.cluster, material, mlen, their_proof, their_len) != GVM_OK)
         return -1;
     peer_conn *pc = &t->peers[peer];
     pc->region_count = theirs.region_count;
@@ -421,7 +475,7 @@ static int handshake(rdma_transport *t, int fd, int expected_peer) {
     }
     atomic_store(&pc->up, 1);
     t->th->peer_state(t->th->host, peer, 1, "connected (rdma)");
-    return 0;
+    return (int)peer;
 }
 
 static void *listener_main(void *arg) {
@@ -432,13 +486,90 @@ static void *listener_main(void *arg) {
     while (!atomic_load(&t->stopping) && expected > 0) {
         int fd = accept(t->listen_fd, NULL, NULL);
         if (fd < 0) {
-            if (errno == EINTR) continue;
-            break;
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            break; /* stop() shut the listening socket down */
         }
-        if (handshake(t, fd, -1) == 0) expected--;
+        if (handshake(t, fd, -1) >= 0) expected--;
         close(fd);
     }
     return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sending: slots and the overflow queue (rdma_lane.c)
+ * ------------------------------------------------------------------------------------------- */
+
+/* Posts the SEND of `len` bytes already copied into `slot`. Lane lock held. */
+static int post_slot(lane_conn *lc, uint32_t peer, uint32_t lane, uint32_t slot, size_t len) {
+    uint8_t *buf = lc->send_buf + (size_t)slot * SLOT_BYTES;
+    struct ibv_sge sge = {.addr = (uintptr_t)buf, .length = (uint32_t)len, .lkey = lc->send_mr->lkey};
+    struct ibv_send_wr wr = {.wr_id = wr_id(WR_SEND, peer, lane, slot), .sg_list = &sge, .num_sge = 1,
+                             .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED},
+                       *bad;
+    return ibv_post_send(lc->qp, &wr, &bad);
+}
+
+static void peer_lost(rdma_transport *t, uint32_t peer, const char *why) {
+    if (atomic_exchange(&t->peers[peer].up, 0)) t->th->peer_state(t->th->host, peer, 0, why);
+}
+
+/* A SEND completed (ok = 1) or failed: frees its slot or hands it to the next queued frame.
+ * Poller thread. */
+static void send_completed(rdma_transport *t, uint32_t peer, uint32_t lane, uint32_t slot, int ok) {
+    lane_conn *lc = &t->peers[peer].lanes[lane];
+    pthread_mutex_lock(&lc->lock);
+    if (!ok) gvm_rdma_lane_drop_queued(&lc->sendq);
+    gvm_rdma_pending *next = NULL;
+    int stray = gvm_rdma_lane_complete(&lc->sendq, slot, &next) != 0;
+    int failed = 0;
+    if (next) {
+        memcpy(lc->send_buf + (size_t)slot * SLOT_BYTES, next->bytes, next->len);
+        failed = post_slot(lc, peer, lane, slot, next->len) != 0;
+        free(next);
+        if (failed) {
+            gvm_rdma_lane_drop_queued(&lc->sendq);
+            gvm_rdma_lane_complete(&lc->sendq, slot, &next);
+        }
+    }
+    pthread_mutex_unlock(&lc->lock);
+    if (stray) logf_(t, GVM_LOG_WARNING, "rdma: completion for send slot %u of node %u lane %u, which is not in flight",
+                     slot, peer, lane);
+    if (failed) peer_lost(t, peer, "cannot post a queued send");
+}
+
+static int rdma_send(void *inst, uint32_t dst, uint32_t lane, const gvm_iovec *iov, uint32_t iov_count) {
+    rdma_transport *t = inst;
+    if (dst >= t->cluster->node_count || lane >= GVM_LANE_COUNT || dst == t->cluster->self_id) return GVM_ERR_INVALID;
+    peer_conn *pc = &t->peers[dst];
+    if (!atomic_load(&pc->up) || atomic_load(&t->stopping)) return GVM_ERR_CLOSED;
+    size_t total = 0;
+    for (uint32_t i = 0; i < iov_count; i++) {
+        if (iov[i].len > GVM_MAX_FRAME || total + iov[i].len > GVM_MAX_FRAME) return GVM_ERR_INVALID;
+        total += iov[i].len;
+    }
+    lane_conn *lc = &pc->lanes[lane];
+    pthread_mutex_lock(&lc->lock);
+    uint32_t slot = 0;
+    gvm_rdma_submit what = gvm_rdma_lane_submit(&lc->sendq, iov, iov_count, total, &slot);
+    if (what != GVM_RDMA_POST) {
+        pthread_mutex_unlock(&lc->lock);
+        /* Never waits: queued frames are posted by the completion that frees a slot. */
+        return what == GVM_RDMA_QUEUED ? GVM_OK : GVM_ERR_NOMEM;
+    }
+    uint8_t *buf = lc->send_buf + (size_t)slot * SLOT_BYTES;
+    size_t off = 0;
+    for (uint32_t i = 0; i < iov_count; i++) {
+        if (iov[i].len) memcpy(buf + off, iov[i].base, iov[i].len);
+        off += iov[i].len;
+    }
+    int rc = post_slot(lc, dst, lane, slot, total);
+    if (rc != 0) {
+        gvm_rdma_pending *next = NULL;
+        gvm_rdma_lane_complete(&lc->sendq, slot, &next); /* nothing is queued: the slot was free */
+        free(next);
+    }
+    pthread_mutex_unlock(&lc->lock);
+    return rc != 0 ? GVM_ERR_IO : GVM_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -468,18 +599,19 @@ static void *poller_main(void *arg) {
                     t->reads[slot].done(t->reads[slot].ctx, GVM_ERR_IO);
                     atomic_store(&t->reads[slot].used, 0);
                 }
-                if (atomic_exchange(&t->peers[peer].up, 0))
-                    t->th->peer_state(t->th->host, peer, 0, ibv_wc_status_str(wc[i].status));
+                if (kind == WR_SEND && slot < SLOTS) send_completed(t, peer, lane, slot, 0);
+                peer_lost(t, peer, ibv_wc_status_str(wc[i].status));
                 continue;
             }
             if (kind == WR_RECV && slot < SLOTS) {
                 const uint8_t *buf = lc->recv_buf + (size_t)slot * SLOT_BYTES;
+                /* The host may send (even to this peer and lane) from inside deliver: send never
+                 * waits for this thread. */
                 if (wc[i].byte_len <= GVM_MAX_FRAME) t->th->deliver(t->th->host, peer, lane, buf, wc[i].byte_len);
                 else logf_(t, GVM_LOG_ERROR, "rdma: oversized frame from node %u dropped", peer);
-                if (post_recv(lc, peer, lane, slot) != 0 && atomic_exchange(&t->peers[peer].up, 0))
-                    t->th->peer_state(t->th->host, peer, 0, "cannot repost receive buffer");
+                if (post_recv(lc, peer, lane, slot) != 0) peer_lost(t, peer, "cannot repost receive buffer");
             } else if (kind == WR_SEND && slot < SLOTS) {
-                atomic_store(&lc->slot_busy[slot], 0);
+                send_completed(t, peer, lane, slot, 1);
             } else if (kind == WR_READ && slot < MAX_READS) {
                 gvm_read_done_fn done = t->reads[slot].done;
                 void *ctx = t->reads[slot].ctx;
@@ -495,6 +627,57 @@ static void *poller_main(void *arg) {
  * ops
  * ------------------------------------------------------------------------------------------- */
 
+/* Connects to every lower-numbered node in turn, retrying while it starts, until
+ * connect_timeout_ms; reports a node it cannot meet through peer_state. */
+static void *connector_main(void *arg) {
+    rdma_transport *t = arg;
+    for (uint32_t p = 0; p < t->cluster->self_id && !atomic_load(&t->stopping); p++) {
+        const gvm_node_info *n = &t->cluster->nodes[p];
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        char why[256];
+        snprintf(why, sizeof why, "not tried");
+        for (;;) {
+            if (atomic_load(&t->stopping)) return NULL;
+            int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            struct sockaddr_in pa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(n->port + t->cm_port_offset))};
+            if (fd < 0 || inet_pton(AF_INET, n->address, &pa.sin_addr) != 1) {
+                snprintf(why, sizeof why, "rdma side channel: cannot use address %s (IPv4 literals only): %s", n->address,
+                         fd < 0 ? strerror(errno) : "not an IPv4 address");
+                if (fd >= 0) close(fd);
+                t->th->peer_state(t->th->host, p, 0, why);
+                break;
+            }
+            set_handshake_timeout(t, fd); /* also bounds connect() */
+            if (connect(fd, (struct sockaddr *)&pa, sizeof pa) == 0) {
+                atomic_store(&t->connecting_fd, fd);
+                int rc = atomic_load(&t->stopping) ? -1 : handshake(t, fd, (int)p);
+                /* If stop() took the socket (to shut it down), stop() closes it after the join. */
+                if (atomic_exchange(&t->connecting_fd, -1) == fd) close(fd);
+                if (rc >= 0) break;
+                if (atomic_load(&t->stopping)) return NULL;
+                snprintf(why, sizeof why, "rdma: handshake with node %u (%s:%d) failed (refused, wrong key or timed out)",
+                         p, n->address, n->port + t->cm_port_offset);
+                t->th->peer_state(t->th->host, p, 0, why);
+                break;
+            }
+            snprintf(why, sizeof why, "%s", strerror(errno));
+            close(fd);
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+            if (ms > t->connect_timeout_ms) {
+                char msg[400];
+                snprintf(msg, sizeof msg, "rdma: node %u (%s:%d) unreachable after %d ms: %s", p, n->address,
+                         n->port + t->cm_port_offset, t->connect_timeout_ms, why);
+                t->th->peer_state(t->th->host, p, 0, msg);
+                break;
+            }
+            usleep(100000);
+        }
+    }
+    return NULL;
+}
+
 static int rdma_start(void *inst, gvm_error *err) {
     rdma_transport *t = inst;
     const gvm_node_info *self = &t->cluster->nodes[t->cluster->self_id];
@@ -507,86 +690,36 @@ static int rdma_start(void *inst, gvm_error *err) {
             }
         }
     }
-    t->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    t->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (t->listen_fd < 0) {
+        snprintf(err->message, GVM_ERROR_MAX, "rdma side channel: socket: %s", strerror(errno));
+        return GVM_ERR_IO;
+    }
     int one = 1;
     setsockopt(t->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(self->port + t->cm_port_offset))};
-    inet_pton(AF_INET, self->address, &sa.sin_addr);
-    if (bind(t->listen_fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(t->listen_fd, 16) != 0) {
+    if (inet_pton(AF_INET, self->address, &sa.sin_addr) != 1 || bind(t->listen_fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        listen(t->listen_fd, 16) != 0) {
         snprintf(err->message, GVM_ERROR_MAX, "rdma side channel: cannot listen on %s:%d: %s", self->address,
-                 self->port + t->cm_port_offset, strerror(errno));
+                 self->port + t->cm_port_offset, errno ? strerror(errno) : "not an IPv4 address");
         return GVM_ERR_IO;
     }
-    pthread_create(&t->poller, NULL, poller_main, t);
+    if (pthread_create(&t->poller, NULL, poller_main, t) != 0) {
+        snprintf(err->message, GVM_ERROR_MAX, "rdma: cannot start the completion poller thread");
+        return GVM_ERR_IO;
+    }
     t->poller_started = 1;
-    pthread_create(&t->listener, NULL, listener_main, t);
-    t->listener_started = 1;
-    /* Connect to every lower-numbered node, retrying while it starts. */
-    for (uint32_t p = 0; p < t->cluster->self_id; p++) {
-        const gvm_node_info *n = &t->cluster->nodes[p];
-        struct timespec start, now;
-        clock_gettime(CLOCK_MONOTONIC, &start);
-        for (;;) {
-            int fd = socket(AF_INET, SOCK_STREAM, 0);
-            struct sockaddr_in pa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(n->port + t->cm_port_offset))};
-            inet_pton(AF_INET, n->address, &pa.sin_addr);
-            if (connect(fd, (struct sockaddr *)&pa, sizeof pa) == 0) {
-                int rc = handshake(t, fd, (int)p);
-                close(fd);
-                if (rc == 0) break;
-                snprintf(err->message, GVM_ERROR_MAX, "rdma: handshake with node %u failed", p);
-                return GVM_ERR_IO;
-            }
-            close(fd);
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-            if (ms > t->connect_timeout_ms) {
-                snprintf(err->message, GVM_ERROR_MAX, "rdma: node %u (%s:%d) unreachable after %d ms", p, n->address,
-                         n->port + t->cm_port_offset, t->connect_timeout_ms);
-                return GVM_ERR_CLOSED;
-            }
-            usleep(100000);
-        }
-    }
-    return GVM_OK;
-}
-
-static int rdma_send(void *inst, uint32_t dst, uint32_t lane, const gvm_iovec *iov, uint32_t iov_count) {
-    rdma_transport *t = inst;
-    if (dst >= t->cluster->node_count || lane >= GVM_LANE_COUNT || dst == t->cluster->self_id) return GVM_ERR_INVALID;
-    peer_conn *pc = &t->peers[dst];
-    if (!atomic_load(&pc->up)) return GVM_ERR_CLOSED;
-    size_t total = 0;
-    for (uint32_t i = 0; i < iov_count; i++) total += iov[i].len;
-    if (total > GVM_MAX_FRAME) return GVM_ERR_INVALID;
-    lane_conn *lc = &pc->lanes[lane];
-    pthread_mutex_lock(&lc->lock);
-    uint32_t slot = lc->next_slot;
-    while (atomic_load(&lc->slot_busy[slot])) { /* all slots in flight: wait for a completion */
-        if (!atomic_load(&pc->up) || atomic_load(&t->stopping)) {
-            pthread_mutex_unlock(&lc->lock);
-            return GVM_ERR_CLOSED;
-        }
-        sched_yield();
-    }
-    lc->next_slot = (slot + 1) % SLOTS;
-    atomic_store(&lc->slot_busy[slot], 1);
-    uint8_t *buf = lc->send_buf + (size_t)slot * SLOT_BYTES;
-    size_t off = 0;
-    for (uint32_t i = 0; i < iov_count; i++) {
-        memcpy(buf + off, iov[i].base, iov[i].len);
-        off += iov[i].len;
-    }
-    struct ibv_sge sge = {.addr = (uintptr_t)buf, .length = (uint32_t)total, .lkey = lc->send_mr->lkey};
-    struct ibv_send_wr wr = {.wr_id = wr_id(WR_SEND, dst, lane, slot), .sg_list = &sge, .num_sge = 1,
-                             .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED},
-                       *bad;
-    int rc = ibv_post_send(lc->qp, &wr, &bad);
-    pthread_mutex_unlock(&lc->lock);
-    if (rc != 0) {
-        atomic_store(&lc->slot_busy[slot], 0);
+    if (pthread_create(&t->listener, NULL, listener_main, t) != 0) {
+        snprintf(err->message, GVM_ERROR_MAX, "rdma: cannot start the listener thread");
         return GVM_ERR_IO;
     }
+    t->listener_started = 1;
+    /* Returns at once (as the ABI asks): peers are met on the connector thread. */
+    if (pthread_create(&t->connector, NULL, connector_main, t) != 0) {
+        snprintf(err->message, GVM_ERROR_MAX, "rdma: cannot start the connector thread");
+        return GVM_ERR_IO;
+    }
+    t->connector_started = 1;
     return GVM_OK;
 }
 
@@ -647,14 +780,19 @@ static int rdma_read_remote(void *inst, uint32_t dst, uint64_t key, uint64_t off
 static void rdma_stop(void *inst) {
     rdma_transport *t = inst;
     atomic_store(&t->stopping, 1);
+    /* Wake the threads blocked on the side channel; close only after they are joined. */
+    if (t->listen_fd >= 0) shutdown(t->listen_fd, SHUT_RDWR);
+    int cfd = atomic_exchange(&t->connecting_fd, -1);
+    if (cfd >= 0) shutdown(cfd, SHUT_RDWR);
+    if (t->connector_started) pthread_join(t->connector, NULL);
+    if (cfd >= 0) close(cfd);
+    if (t->listener_started) pthread_join(t->listener, NULL);
+    if (t->poller_started) pthread_join(t->poller, NULL);
+    t->listener_started = t->poller_started = t->connector_started = 0;
     if (t->listen_fd >= 0) {
-        shutdown(t->listen_fd, SHUT_RDWR);
         close(t->listen_fd);
         t->listen_fd = -1;
     }
-    if (t->listener_started) pthread_join(t->listener, NULL);
-    if (t->poller_started) pthread_join(t->poller, NULL);
-    t->listener_started = t->poller_started = 0;
 }
 
 static void rdma_destroy(void *inst) { release(inst); }

@@ -14,6 +14,11 @@ import PluginKit
 /// `onFailure` runs at
 /// most once, on the reader or writer thread. `shutdownNow` (any thread) wakes both threads;
 /// `join` (main thread, after shutdownNow) waits for them and closes the socket.
+///
+/// With a cluster key (`auth` set), every data frame carries a MAC over its sequence number, header
+/// and payload (Wire.swift): the send number is taken and the MAC computed under `mon`, in the
+/// order frames reach the socket; the reader checks each frame against the number it expects next
+/// and fails the connection on a mismatch, before anything reaches the host.
 final class Connection {
     let fd: Int32
     let peer: UInt32
@@ -29,9 +34,12 @@ final class Connection {
     private var reader: OSThread?
     private var writer: OSThread?
     private var onFailure: ((String) -> Void)?
+    private let auth: FrameAuth?
+    /// Number of the next data frame sent (guarded by `mon`).
+    private var sendSeq: UInt64 = 0
 
-    init(fd: Int32, peer: UInt32, lane: UInt32, queueLimit: Int) {
-        self.fd = fd; self.peer = peer; self.lane = lane; self.queueLimit = queueLimit
+    init(fd: Int32, peer: UInt32, lane: UInt32, queueLimit: Int, auth: FrameAuth? = nil) {
+        self.fd = fd; self.peer = peer; self.lane = lane; self.queueLimit = queueLimit; self.auth = auth
     }
 
     /// Starts the reader and writer threads.
@@ -47,30 +55,51 @@ final class Connection {
     /// socket does not take at once is copied into the queue for the writer thread. Returns a
     /// gvm_status.
     func enqueue(_ iov: UnsafeBufferPointer<gvm_iovec>, total: Int) -> Int32 {
-        let size = frameHeaderSize + total
-        var header = encodeFrameHeader(kind: .data, length: total)
+        let macLength = auth == nil ? 0 : frameMacSize
+        let size = frameHeaderSize + total + macLength
+        var header = encodeFrameHeader(kind: .data, length: total + macLength)
+        var mac = [UInt8](repeating: 0, count: macLength)
+        /// Takes the next send number and writes the frame's MAC (with `mon` held).
+        func seal() {
+            guard let auth else { return }
+            header.withUnsafeBytes { h in
+                withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: iov.count + 1) { all in
+                    all[0] = gvm_iovec(base: h.baseAddress, len: frameHeaderSize)
+                    for (i, e) in iov.enumerated() { all[i + 1] = e }
+                    mac.withUnsafeMutableBytes { auth.seal(seq: sendSeq, UnsafeBufferPointer(all), into: $0.baseAddress!) }
+                }
+            }
+            sendSeq &+= 1
+        }
         var sent = 0
+        var tried = false
         mon.lock()
         if closed {
             mon.unlock()
             return GVM_ERR_CLOSED.rawValue
         }
-        if !writing && queue.isEmpty && iov.count < 64 {
+        if !writing && queue.isEmpty && iov.count < 63 {
+            // The queue is empty, so the frame fits under queueLimit: it is sent now or queued.
+            seal()
             writing = true
+            tried = true
             mon.unlock()
             sent = header.withUnsafeMutableBytes { h in
-                withUnsafeTemporaryAllocation(of: iovec.self, capacity: iov.count + 1) { v in
+                withUnsafeTemporaryAllocation(of: iovec.self, capacity: iov.count + 2) { v in
                     v[0] = iovec(iov_base: h.baseAddress, iov_len: frameHeaderSize)
                     var n = 1
                     for e in iov where e.len > 0 {
                         v[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: e.base), iov_len: e.len)
                         n += 1
                     }
-                    var msg = msghdr()
-                    msg.msg_iov = v.baseAddress
-                    msg.msg_iovlen = n
-                    let w = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-                    return max(w, 0)  // errors: the writer thread retries and reports them
+                    return mac.withUnsafeMutableBytes { m in
+                        if m.count > 0 { v[n] = iovec(iov_base: m.baseAddress, iov_len: m.count); n += 1 }
+                        var msg = msghdr()
+                        msg.msg_iov = v.baseAddress
+                        msg.msg_iovlen = n
+                        let w = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                        return max(w, 0)  // errors: the writer thread retries and reports them
+                    }
                 }
             }
             mon.lock()
@@ -80,14 +109,22 @@ final class Connection {
                 mon.unlock()
                 return GVM_OK.rawValue
             }
+        } else {
+            if queuedBytes + size > queueLimit {
+                mon.unlock()
+                return GVM_ERR_NOMEM.rawValue
+            }
+            seal()
         }
-        // Slow path (lock held): copy what was not sent. A partial frame goes first in the queue:
-        // frames queued meanwhile by other threads were sent after it.
+        return queueRest(iov, header: header, mac: mac, size: size, sent: sent, fromFastPath: tried)
+    }
+
+    /// Slow path of `enqueue` (called with `mon` held, releases it): copies what was not sent.
+    private func queueRest(_ iov: UnsafeBufferPointer<gvm_iovec>, header: [UInt8], mac: [UInt8], size: Int,
+                           sent: Int, fromFastPath: Bool) -> Int32 {
+        // A frame from the fast path goes first in the queue, sent or not: frames queued meanwhile
+        // by other threads were numbered (and must be sent) after it.
         let rest = size - sent
-        if sent == 0 && queuedBytes + size > queueLimit {
-            mon.unlock()
-            return GVM_ERR_NOMEM.rawValue
-        }
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: rest, alignment: 8)
         var out = 0, pos = 0
         func copy(_ base: UnsafeRawPointer, _ len: Int) {
@@ -103,7 +140,8 @@ final class Connection {
         for v in iov where v.len > 0 {
             if let base = v.base { copy(base, v.len) }
         }
-        if sent > 0 { queue.insert(buf, at: 0) } else { queue.append(buf) }
+        mac.withUnsafeBytes { if $0.count > 0 { copy($0.baseAddress!, $0.count) } }
+        if fromFastPath { queue.insert(buf, at: 0) } else { queue.append(buf) }
         queuedBytes += rest
         mon.broadcast()
         mon.unlock()
@@ -148,18 +186,38 @@ final class Connection {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 16)
         defer { buf.deallocate() }
         var filled = 0
+        var receiveSeq: UInt64 = 0
+        let macLength = auth == nil ? 0 : frameMacSize
         while true {
             // Hand over every whole frame in the buffer.
             var start = 0
             parsing: while true {
                 let view = UnsafeRawBufferPointer(start: buf + start, count: filled - start)
-                switch parseFrame(view) {
+                switch parseFrame(view, maxPayload: maxFramePayload + macLength) {
                 case let .frame(kind, payload, end):
                     guard kind == .data else {
                         fail("protocol error from node \(peer): \(kind) frame after the handshake")
                         return
                     }
-                    onFrame(UnsafeRawBufferPointer(rebasing: view[payload]))
+                    var body = payload
+                    if let auth {
+                        guard payload.count >= macLength else {
+                            fail("protocol error from node \(peer) (lane \(lane)): frame of \(payload.count) bytes has no MAC")
+                            return
+                        }
+                        body = payload.lowerBound..<payload.upperBound - macLength
+                        let ok = auth.check(seq: receiveSeq,
+                                            header: UnsafeRawBufferPointer(rebasing: view[0..<frameHeaderSize]),
+                                            payload: UnsafeRawBufferPointer(rebasing: view[body]),
+                                            mac: UnsafeRawBufferPointer(rebasing: view[body.upperBound..<payload.upperBound]))
+                        guard ok else {
+                            fail("frame \(receiveSeq) from node \(peer) (lane \(lane)) failed authentication: "
+                                 + "forged, modified, replayed or reordered on the path; connection closed")
+                            return
+                        }
+                        receiveSeq &+= 1
+                    }
+                    onFrame(UnsafeRawBufferPointer(rebasing: view[body]))
                     start += end
                 case .needMore:
                     break parsing

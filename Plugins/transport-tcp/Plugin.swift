@@ -22,9 +22,16 @@ import PluginKit
 //   listen_address     address to bind (default: this node's `address` from the config)
 //   nodelay            TCP_NODELAY on every connection (default true)
 //   max_pending_handshakes  unauthenticated connections handled at once (default 32)
+//
+// Unauthenticated connections (strangers) cannot keep peers out: while all
+// `max_pending_handshakes` slots are taken, a new connection evicts the oldest one that has not
+// even sent its hello, else (when it comes from the address of a node that connects to this one)
+// the oldest one from an address that is no such node's; one address that is no peer's holds at
+// most a quarter of the slots. A refused or evicted connection gets a verdict naming the cause,
+// so a peer that cannot get in says why ("... too many unauthenticated connections ...").
 
 let entry = TransportPluginEntry(TCPTransport.self, name: "transport-tcp", version: "0.1.0",
-                                 summary: "TCP between every pair of nodes, one connection per lane, HMAC handshake")
+                                 summary: "TCP between every pair of nodes, one connection per lane, HMAC handshake, authenticated frames with a key")
 
 @_cdecl("giantvm_plugin_entry")
 public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }
@@ -57,6 +64,17 @@ final class TCPTransport: TransportPlugin {
     private var threads: [OSThread] = []
     private var connections: [Connection] = []
     private var handshakeFDs: Set<Int32> = []
+    /// Accepted connections still in their handshake, by socket (a subset of handshakeFDs).
+    private var pending: [Int32: PendingConnection] = [:]
+    /// Numeric addresses of the nodes that connect to this one (lower ids).
+    private var expectedAddresses: Set<String> = []
+
+    struct PendingConnection {
+        var since: UInt64
+        var address: String
+        var expected: Bool
+        var helloSeen = false
+    }
     /// Accepted connections whose (detached) handshake thread has not ended yet.
     private var handshaking = 0
 
@@ -109,6 +127,11 @@ final class TCPTransport: TransportPlugin {
         let me = cluster.nodes[Int(selfID)]
         let addr = try SocketAddress.resolve(listenAddress, port: me.port)
         listenFD = try listenSocket(addr)
+        var expected: Set<String> = []
+        for peer in cluster.nodes where peer.id < selfID {
+            if let a = try? SocketAddress.resolve(peer.address, port: peer.port), let h = a.numericHost { expected.insert(h) }
+        }
+        mon.withLock { expectedAddresses = expected }
         var fds: [Int32] = [-1, -1]
         guard gvm_net_pipe(&fds) == 0 else { throw PluginError("pipe: \(errnoText())") }
         wake = fds
@@ -180,9 +203,9 @@ final class TCPTransport: TransportPlugin {
     }
 
     /// Installs an authenticated connection; reports the peer up once all its lanes are in.
-    private func establish(fd: Int32, peer: UInt32, lane: UInt32) {
+    private func establish(fd: Int32, peer: UInt32, lane: UInt32, auth: FrameAuth?) {
         if noDelay { setNoDelay(fd) }
-        let conn = Connection(fd: fd, peer: peer, lane: lane, queueLimit: queueLimit)
+        let conn = Connection(fd: fd, peer: peer, lane: lane, queueLimit: queueLimit, auth: auth)
         let outcome: String? = mon.withLock {
             if stopping { return "stopping" }
             if down[Int(peer)] { return "node \(peer) is already down" }
@@ -232,8 +255,8 @@ final class TCPTransport: TransportPlugin {
                 let result = handshakeAsConnector(fd: fd, peer: peer.id, lane: lane)
                 untrack(fd)
                 switch result {
-                case .success:
-                    establish(fd: fd, peer: peer.id, lane: lane)
+                case let .success(auth):
+                    establish(fd: fd, peer: peer.id, lane: lane, auth: auth)
                     return
                 case let .failure(err):
                     close(fd)
@@ -280,19 +303,13 @@ final class TCPTransport: TransportPlugin {
                 break
             }
             let from = peerName(fd)
-            let admitted: Bool = mon.withLock {
-                guard handshaking < maxPendingHandshakes else { return false }
-                handshaking += 1
-                return true
-            }
-            guard admitted else {
-                services.log(.warning, "refused connection from \(from): too many handshakes in progress")
+            let refusal: String? = admit(fd)
+            if let refusal {
+                services.log(.warning, "refused connection from \(from): \(refusal)")
+                // Tell it why (a peer that cannot get in then names the cause); never blocks.
+                let frame = encodeFrame(kind: .verdict, payload: encodeVerdict(ok: false, reason: "node \(selfID) refused the connection: \(refusal)"))
+                _ = frame.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
                 close(fd)
-                continue
-            }
-            guard track(fd) else {
-                close(fd)
-                handshakeEnded()
                 continue
             }
             do {
@@ -303,8 +320,8 @@ final class TCPTransport: TransportPlugin {
                     let result = handshakeAsAcceptor(fd: fd)
                     untrack(fd)
                     switch result {
-                    case let .success((peer, lane)):
-                        establish(fd: fd, peer: peer, lane: lane)
+                    case let .success((peer, lane, auth)):
+                        establish(fd: fd, peer: peer, lane: lane, auth: auth)
                     case let .failure(err):
                         if !mon.withLock({ stopping }) {
                             services.log(.error, "refused connection from \(from): \(err)")
@@ -318,6 +335,43 @@ final class TCPTransport: TransportPlugin {
                 handshakeEnded()
                 services.log(.error, "\(error)")
             }
+        }
+    }
+
+    /// Decides whether an accepted connection gets a handshake slot, evicting a stranger when
+    /// the slots are full (see the header). On success the socket is tracked and counted in
+    /// `handshaking`; else returns why it was refused.
+    private func admit(_ fd: Int32) -> String? {
+        let address = peerHost(fd) ?? "unknown"
+        let now = monotonicNanoseconds()
+        return mon.withLock {
+            if stopping { return "this node is stopping" }
+            let isExpected = expectedAddresses.contains(address)
+            let perAddress = max(1, maxPendingHandshakes / 4)
+            if !isExpected && pending.values.filter({ $0.address == address }).count >= perAddress {
+                return "too many unauthenticated connections from \(address) (\(perAddress), a quarter of max_pending_handshakes)"
+            }
+            // Threads of evicted connections end promptly; never more than twice the slots.
+            guard handshaking < 2 * maxPendingHandshakes else {
+                return "too many unauthenticated connections in progress (max_pending_handshakes \(maxPendingHandshakes))"
+            }
+            if pending.count >= maxPendingHandshakes {
+                let silent = pending.filter { !$0.value.helloSeen }.min { $0.value.since < $1.value.since }
+                let stranger = isExpected ? pending.filter { !$0.value.expected }.min { $0.value.since < $1.value.since } : nil
+                guard let (victim, info) = silent ?? stranger else {
+                    return "too many unauthenticated connections in progress (max_pending_handshakes \(maxPendingHandshakes))"
+                }
+                // Still open: a handshake thread removes its socket from `pending` before closing it.
+                pending[victim] = nil
+                services.log(.warning, "evicted an unauthenticated connection from \(info.address) "
+                             + "(\(info.helloSeen ? "in its handshake" : "silent") for \((now &- info.since) / 1_000_000) ms): "
+                             + "all \(maxPendingHandshakes) handshake slots (max_pending_handshakes) are taken")
+                Glibc.shutdown(victim, Int32(SHUT_RDWR))
+            }
+            handshaking += 1
+            handshakeFDs.insert(fd)
+            pending[fd] = PendingConnection(since: now, address: address, expected: isExpected)
+            return nil
         }
     }
 
@@ -337,7 +391,12 @@ final class TCPTransport: TransportPlugin {
         }
     }
 
-    private func untrack(_ fd: Int32) { mon.withLock { _ = handshakeFDs.remove(fd) } }
+    private func untrack(_ fd: Int32) {
+        mon.withLock {
+            _ = handshakeFDs.remove(fd)
+            pending[fd] = nil
+        }
+    }
 
     // MARK: handshake
 
@@ -349,6 +408,12 @@ final class TCPTransport: TransportPlugin {
         }
         let kind = FrameKind(rawValue: header[6])!
         let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
+        if kind == .verdict && expected != .verdict {
+            // Refused before the handshake (e.g. no free slot): the verdict says why. Retryable.
+            let body = try? readExact(fd, length, deadline: deadline)
+            let why = body.flatMap { try? decodeVerdict($0).get().1 } ?? "no reason given"
+            throw HandshakeError(why)
+        }
         guard kind == expected else { throw HandshakeError("expected a \(expected) frame, got \(kind)") }
         do {
             return try readExact(fd, length, deadline: deadline)
@@ -361,7 +426,7 @@ final class TCPTransport: TransportPlugin {
         try writeAll(fd, encodeFrame(kind: kind, payload: payload))
     }
 
-    private func handshakeAsConnector(fd: Int32, peer: UInt32, lane: UInt32) -> Result<Void, HandshakeError> {
+    private func handshakeAsConnector(fd: Int32, peer: UInt32, lane: UInt32) -> Result<FrameAuth?, HandshakeError> {
         let deadline = monotonicNanoseconds() + handshakeTimeout
         let nonce = randomBytes(nonceSize)
         do {
@@ -383,8 +448,10 @@ final class TCPTransport: TransportPlugin {
                 try? sendFrame(fd, .verdict, encodeVerdict(ok: false, reason: "authentication failed"))
                 throw HandshakeError("node \(peer) failed authentication (wrong cluster or key)", final: true)
             }
+            let auth = try FrameAuth.make(host: host, keyed: !proof.isEmpty, cluster: cluster.name, selfID: selfID,
+                                          peer: peer, lane: UInt8(lane), ownNonce: nonce, peerNonce: theirs.nonce)
             try sendFrame(fd, .verdict, encodeVerdict(ok: true, reason: ""))
-            return .success(())
+            return .success(auth)
         } catch let e as HandshakeError {
             return .failure(e)
         } catch {
@@ -392,11 +459,12 @@ final class TCPTransport: TransportPlugin {
         }
     }
 
-    private func handshakeAsAcceptor(fd: Int32) -> Result<(UInt32, UInt32), HandshakeError> {
+    private func handshakeAsAcceptor(fd: Int32) -> Result<(UInt32, UInt32, FrameAuth?), HandshakeError> {
         let deadline = monotonicNanoseconds() + handshakeTimeout
         let nonce = randomBytes(nonceSize)
         do {
             let theirs = try Hello.decode(readHandshakeFrame(fd, .hello, deadline: deadline)).get()
+            mon.withLock { pending[fd]?.helloSeen = true }
             let peer = theirs.sender
             let lane = UInt32(theirs.lane)
             guard lane < GVM_LANE_COUNT else { throw HandshakeError("unknown lane \(lane)") }
@@ -426,12 +494,34 @@ final class TCPTransport: TransportPlugin {
             try sendFrame(fd, .proof, encodeProof(proof))
             let (ok, why) = try decodeVerdict(readHandshakeFrame(fd, .verdict, deadline: deadline)).get()
             guard ok else { throw HandshakeError("node \(peer) refused this node: \(why)") }
-            return .success((peer, lane))
+            let auth = try FrameAuth.make(host: host, keyed: !proof.isEmpty, cluster: cluster.name, selfID: selfID,
+                                          peer: peer, lane: theirs.lane, ownNonce: nonce, peerNonce: theirs.nonce)
+            return .success((peer, lane, auth))
         } catch let e as HandshakeError {
             return .failure(e)
         } catch {
             return .failure(HandshakeError("\(error)"))
         }
+    }
+}
+
+/// The numeric address (no port) of the remote end of a socket; IPv4-mapped IPv6 as IPv4.
+func peerHost(_ fd: Int32) -> String? {
+    let name = peerName(fd)
+    guard name != "unknown peer", let colon = name.lastIndex(of: ":") else { return nil }
+    return normalizeHost(String(name[..<colon]))
+}
+
+func normalizeHost(_ h: String) -> String {
+    h.hasPrefix("::ffff:") && h.contains(".") ? String(h.dropFirst(7)) : h
+}
+
+extension SocketAddress {
+    /// The address as a numeric host (no port), as `peerHost` reports a connection's source.
+    var numericHost: String? {
+        var host = [CChar](repeating: 0, count: 64)
+        let rc = withSockaddr { sa, len in getnameinfo(sa, len, &host, 64, nil, 0, NI_NUMERICHOST) }
+        return rc == 0 ? normalizeHost(String(cString: host)) : nil
     }
 }
 

@@ -6,6 +6,13 @@ import PluginAPI
 //   header = length:u32le  magic:'G' 'V'  kind:u8  flags:u8(=0)
 //   kind   = 0 data (delivered to the host) | 1 hello | 2 proof | 3 verdict (handshake only)
 //
+// With a cluster key, every data frame also ends with a MAC (its length counts in `length`):
+//   data   = payload mac[16]   mac = GMAC(session key, nonce "GVMF" seq:u64le, header payload)
+// Each direction of each connection has its own session key (derived by the host from the key and
+// `sessionContext(...)`) and numbers its data frames 0, 1, 2, ...; the receiver checks each MAC
+// against the number it expects next and closes the connection on a mismatch, so an injected,
+// modified, replayed, dropped or reordered frame never reaches the host.
+//
 // A connection starts with a handshake (both sides send the same three frames, in order):
 //   hello   = "GVMT" version:u16le lane:u8 0:u8 sender:u32le receiver:u32le nonce[32]
 //             nameLength:u16le name[nameLength]          (cluster name, at most 255 bytes)
@@ -201,6 +208,36 @@ public func decodeVerdict(_ payload: [UInt8]) -> Result<(Bool, String), Handshak
         return .failure(HandshakeError("malformed verdict frame (\(payload.count) bytes)"))
     }
     return .success((ok == 1, String(decoding: text, as: UTF8.self)))
+}
+
+/// Bytes of the MAC every data frame carries after its payload when the cluster has a key.
+public let frameMacSize = Int(GVM_FRAME_MAC_SIZE)
+
+/// The handshake transcript one direction's session key is derived from (the host's auth_session
+/// runs HKDF over it): a fixed label, the cluster name, the direction (sender, receiver), the lane
+/// and both nonces, the sender's first. Both ends compute the same bytes for one direction and
+/// different bytes for the two directions, and fresh nonces give every connection fresh keys, so a
+/// frame recorded on one connection or direction never verifies on another.
+public func sessionContext(cluster: String, sender: UInt32, receiver: UInt32, lane: UInt8,
+                           senderNonce: [UInt8], receiverNonce: [UInt8]) -> [UInt8] {
+    var m = Array("giantvm-transport-tcp-frames-v1".utf8)
+    let name = Array(cluster.utf8)
+    appendU16(&m, UInt16(truncatingIfNeeded: name.count))
+    m += name
+    appendU32(&m, sender)
+    appendU32(&m, receiver)
+    m.append(lane)
+    m += senderNonce
+    m += receiverNonce
+    return m
+}
+
+/// Constant-time comparison of two MACs of equal length.
+public func macEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<a.count { diff |= a[i] ^ b[i] }
+    return diff == 0
 }
 
 /// The bytes node `signer` signs to prove the cluster key to node `verifier` on one connection.

@@ -263,7 +263,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
     // MARK: TransportEvents (transport threads)
 
     public func deliver(from node: UInt32, lane: UInt32, frame: UnsafeRawBufferPointer) {
-        guard Int(node) < config.nodes.count else { return }
+        guard Int(node) < config.nodes.count, node != id else {
+            // Never from a peer: this node does not send to itself through the transport.
+            metrics.add(cMalformed, 1)
+            logger.error("refused a frame claiming to come from node \(node)\(node == id ? " (this node itself)" : " (not a node of this cluster)")")
+            return
+        }
         metrics.add(cFramesIn, 1)
         metrics.add(cBytesIn, UInt64(frame.count))
         switch ChannelHeader.parse(frame) {
@@ -323,8 +328,17 @@ public final class Node: TransportEvents, @unchecked Sendable {
             metrics.add(cBeats, 1)
             mon.withLock { lastHeard[Int(node)] = monotonicNanoseconds() }
         case (.control, MessageType.Control.stop.rawValue):
-            guard let status = r.i32(), let origin = r.u32(), let lostNode = r.u32(), let message = r.text() else {
-                logger.error("malformed STOP message from node \(node)")
+            guard let status = r.i32(), let origin = r.u32(), let lostNode = r.u32(), let message = r.text(),
+                  Int(origin) < config.nodes.count, lostNode == UInt32.max || Int(lostNode) < config.nodes.count else {
+                metrics.add(cMalformed, 1)
+                logger.error("malformed STOP message from node \(node): dropped")
+                return
+            }
+            // A STOP that says this node decided it: relayed back by a peer once this node is
+            // stopping (harmless), or forged. Never a reason to start stopping.
+            if origin == id && mon.withLock({ reason == nil }) {
+                metrics.add(cMalformed, 1)
+                logger.error("refused a STOP from node \(node) claiming to be decided by this node (node \(id)), which decided no stop: forged or corrupt")
                 return
             }
             mon.withLock { peerStopping[Int(node)] = true; mon.broadcast() }

@@ -84,6 +84,20 @@ public final class PluginTransport: FrameTransport, @unchecked Sendable {
                                                  proof: UnsafeRawBufferPointer(start: proof, count: plen))
             return refusal == nil ? GVM_OK.rawValue : GVM_ERR_INVALID.rawValue
         }
+        hostTable.pointee.auth_session = { host, context, clen in
+            guard let t = PluginTransport.from(host), let context,
+                  let session = t.authenticator.frameSession(context: UnsafeRawBufferPointer(start: context, count: clen))
+            else { return nil }
+            return Unmanaged.passRetained(session).toOpaque()
+        }
+        hostTable.pointee.auth_mac = { _, session, seq, iov, n, out in
+            guard let session, let out else { return }
+            Unmanaged<FrameSession>.fromOpaque(session).takeUnretainedValue()
+                .mac(seq: seq, UnsafeBufferPointer(start: iov, count: Int(n)), into: out)
+        }
+        hostTable.pointee.auth_session_free = { _, session in
+            if let session { Unmanaged<FrameSession>.fromOpaque(session).release() }
+        }
         var err = gvm_error()
         guard let inst = ops.pointee.create(services.pointer, UnsafePointer(hostTable), clusterTable.pointer,
                                             settingsTable.pointer, settingsTable.count, &err) else {

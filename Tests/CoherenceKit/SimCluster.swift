@@ -202,6 +202,11 @@ public final class SimCluster {
     /// Called with each message as it is sent: return it (possibly changed) to queue it, or nil
     /// to lose it (for tests that redirect a message on purpose).
     public var onSend: ((SimMessage) -> SimMessage?)?
+    /// Messages one (sender, receiver, lane) queue holds before send returns GVM_ERR_NOMEM, as a
+    /// transport with a full send queue does (nil = unbounded).
+    public var queueCapacity: Int?
+    /// Sends refused because a queue was full.
+    public internal(set) var sendsRefused = 0
     /// Probability weight (0...100) of picking a thread step over a delivery when both exist.
     public var threadBias = 50
 

@@ -236,6 +236,11 @@ public final class SimNode {
         sentBytes += UInt64(frame.count)
         guard frame.count <= Int(GVM_MAX_FRAME) else { return GVM_ERR_INVALID.rawValue }
         if cluster.deadNodes.contains(dst) { return GVM_ERR_CLOSED.rawValue }
+        if let cap = cluster.queueCapacity,
+           cluster.network.queues[QueueKey(src: id, dst: dst, lane: lane)]?.count ?? 0 >= cap {
+            cluster.sendsRefused += 1
+            return GVM_ERR_NOMEM.rawValue   // the transport's send queue is full
+        }
         var m = SimMessage(src: id, dst: dst, lane: lane, bytes: frame)
         if let f = cluster.onSend {
             guard let changed = f(m) else { return GVM_OK.rawValue }

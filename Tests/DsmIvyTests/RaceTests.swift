@@ -27,6 +27,11 @@ func script(_ steps: [(SimThread) -> Bool]) -> ClosureProgram {
 
 func waitFor(_ cond: @escaping () -> Bool) -> (SimThread) -> Bool { { _ in cond() } }
 
+/// Races hold messages until a run is stuck on purpose, then release them: no request timeout
+/// (it would end the stuck run with a fatal after request_timeout of simulated time; the
+/// timeout itself is tested in LivenessTests).
+let noRequestTimeout = [("request_timeout", "0")]
+
 final class RaceTests: XCTestCase {
     func counter(_ c: SimCluster, _ node: Int, _ name: String) -> UInt64 { c.nodes[node].counter(name) }
 
@@ -38,7 +43,7 @@ final class RaceTests: XCTestCase {
     /// is held. The write must not be granted until the ack arrives.
     func testDelayedInvalidationAckHoldsTheWrite() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdAcks = true
             c.hold = { m in holdAcks && ivyType(m) == .invAck }
             var wrote = false, read1 = false
@@ -77,7 +82,7 @@ final class RaceTests: XCTestCase {
     /// (never forward to the former owner, node 0) and then forward them to node 1.
     func testRequestCrossingAnOwnershipMove() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdConfirm = true
             c.hold = { m in holdConfirm && ivyType(m) == .confirm && m.src == 1 }
             var forwardsTo: [UInt32] = []
@@ -110,7 +115,7 @@ final class RaceTests: XCTestCase {
     /// invalidating the reader. The invalidation must never overtake the data it invalidates.
     func testInvalidationNeverOvertakesTheCopyItInvalidates() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdData = false
             c.hold = { m in holdData && ivyType(m) == .data && m.src == 0 }
             var phase = 0
@@ -143,7 +148,7 @@ final class RaceTests: XCTestCase {
     /// Replies from two owners reach one node in reverse order of the requests.
     func testReorderedRepliesFromDifferentOwners() throws {
         for seed in UInt64(0)..<20 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 3, seed: seed, settings: [("manager_chunk", "4KiB")])
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 3, seed: seed, settings: [("manager_chunk", "4KiB")] + noRequestTimeout)
             // gfn 0 is managed (and first owned) by node 0, gfn 1 by node 1.
             var ready = 0
             var delivered1 = false
@@ -170,7 +175,7 @@ final class RaceTests: XCTestCase {
     /// must then carry the data (node 1 no longer holds a valid copy), never a bare grant.
     func testUpgradeAfterCrossingInvalidationGetsTheData() throws {
         for seed in UInt64(0)..<40 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var oneSent = false, twoDelivered = false
             c.onSend = { m in
                 if ivyType(m) == .getX && m.src == 1 { oneSent = true }
@@ -203,7 +208,7 @@ final class RaceTests: XCTestCase {
     /// GVM_ERR_NOT_PRESENT): the node must fetch the bytes from the old owner's stash.
     func testUpgradeNotPresentFetchesThePage() throws {
         for seed in UInt64(0)..<20 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed, settings: noRequestTimeout)
             var holdGrant = true
             c.hold = { m in holdGrant && ivyType(m) == .grant }
             var wrote = false, read = false
@@ -235,7 +240,7 @@ final class RaceTests: XCTestCase {
     /// must wait (the invalidation is deferred, not failed) until the pin goes away.
     func testReadPinDefersInvalidationUntilUnpin() throws {
         for seed in UInt64(0)..<30 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 2, seed: seed, settings: noRequestTimeout)
             var wrote = false, pinned = false, writerDone = false
             c.addThread(node: 0, script([{ t in t.store(0, 0, 3) }, { _ in wrote = true; return true }]))
             c.addThread(node: 1, script([waitFor { wrote }, { t in t.pin(0, write: false) }, { _ in pinned = true; return true }]))
@@ -258,7 +263,7 @@ final class RaceTests: XCTestCase {
     /// Four threads of one node fault on one page: one request goes out, and all four wake.
     func testSeveralLocalFaultsMakeOneRequestAndAllWake() throws {
         for seed in UInt64(0)..<20 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed)
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: seed, settings: noRequestTimeout)
             var wrote = false
             c.addThread(node: 0, script([{ t in t.store(0, 0, 9) }, { _ in wrote = true; return true }]))
             var readers: [SimThread] = []
@@ -285,7 +290,7 @@ final class RaceTests: XCTestCase {
 
     /// A never-written page crosses the network as a 24-byte header with the zero flag.
     func testNeverWrittenPagesMoveWithoutZeros() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1)
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1, settings: noRequestTimeout)
         var seen: UInt64?
         var dataBytes: [Int] = []
         c.onDeliver = { m in if ivyType(m) == .data { dataBytes.append(m.bytes.count) } }
@@ -306,7 +311,7 @@ final class RaceTests: XCTestCase {
     /// A forward that reaches a node that does not own the page is refused, and the manager
     /// forwards it again to the owner: the request is never lost.
     func testForwardToANonOwnerIsRefusedAndRetried() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 4, pages: 4, seed: 5)
+        let c = try SimCluster(descriptor: ivy, nodes: 4, pages: 4, seed: 5, settings: noRequestTimeout)
         var redirected = false
         c.onSend = { m in
             var m = m
@@ -334,7 +339,7 @@ final class RaceTests: XCTestCase {
 
     /// A lost peer stops the node: no fatal, later input ignored, nothing hangs in the plugin.
     func testPeerLostStopsTheNode() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1)
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 2, seed: 1, settings: noRequestTimeout)
         c.addThread(node: 1, script([{ t in t.store(0, 0, 1) }]))
         let r = c.run()
         assertClean(r)

@@ -20,7 +20,8 @@ public final class IvyPlugin: CoherencePlugin {
         guard memory.pageCount == cluster.pageCount else {
             throw PluginError("guest memory has \(memory.pageCount) pages but the cluster says \(cluster.pageCount)")
         }
-        let config = try IvyConfig.parse(settings.values, pageCount: memory.pageCount, nodeCount: n)
+        var config = try IvyConfig.parse(settings.values, pageCount: memory.pageCount, nodeCount: n)
+        try config.parseLivenessSettings(settings.values)
         node = try IvyNode(selfID: cluster.selfID, nodeCount: n, config: config, host: memory, services: services)
         services.log(.info, "dsm-ivy: node \(cluster.selfID) of \(n), \(memory.pageCount) pages, manager chunk \(config.managerMap.chunkPages) pages, hold \(config.holdNanoseconds) ns")
     }

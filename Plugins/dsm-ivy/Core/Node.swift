@@ -44,8 +44,14 @@ public struct IvyConfig: Sendable, Equatable {
     /// page wait this long, so the woken threads get to use the page before it is taken away
     /// (without it, a page can bounce forever between nodes that each never get to access it).
     public var holdNanoseconds: UInt64 = 20_000
+    /// `request_timeout`: a page request unanswered this long stops the cluster naming the
+    /// request, the page and the peer (0 = never). See Liveness.swift.
+    public var requestTimeoutNanoseconds: UInt64 = 10_000_000_000
+    /// `send_wait`: how long a message may wait for room in a full transport send queue before
+    /// the cluster stops naming the peer. See Liveness.swift.
+    public var sendWaitNanoseconds: UInt64 = 5_000_000_000
 
-    public static let settingKeys = ["manager_chunk", "hold_time"]
+    public static let settingKeys = ["manager_chunk", "hold_time"] + livenessSettingKeys
 
     /// `manager_chunk`: "auto" (default: contiguous ranges, one per node) or a size that is a
     /// multiple of 4 KiB ("4KiB", "64KiB", "2MiB", "8192"): interleave chunks over the nodes.
@@ -131,6 +137,8 @@ public final class IvyNode: @unchecked Sendable {
     let host: PageHost
     let services: ProtocolServices
     let stats: IvyStats
+    /// Messages that found the transport's queue full and waited in the outbox (Liveness.swift).
+    let sendWaits: (UInt64) -> Void
 
     // ---- cache controller state (per page)
     var state: [CacheState]
@@ -156,6 +164,11 @@ public final class IvyNode: @unchecked Sendable {
     var failed = false
     let scratch: UnsafeMutableRawPointer
 
+    // ---- back pressure and request timeouts (Liveness.swift)
+    var outbox: [OutboxKey: [Outgoing]] = [:]              // messages waiting for room, FIFO per (peer, lane)
+    var flushTimer: UInt64 = 0                             // retries the outbox; 0 = none
+    var watch = WatchState.idle                            // the request-timeout timer
+
     struct Outstanding {
         var kind: FaultKind
         var start: UInt64
@@ -170,6 +183,7 @@ public final class IvyNode: @unchecked Sendable {
         var hops: UInt8
         var acksLeft: Int
         var bytes: [UInt8]      // the page (OI_A); empty for OM_A
+        var waitingOn: UInt64 = 0  // bit n: node n's InvAck has not arrived (diagnostics)
     }
 
     struct OpenTxn {
@@ -220,6 +234,7 @@ public final class IvyNode: @unchecked Sendable {
         self.host = host
         self.services = services
         self.stats = IvyStats(services)
+        self.sendWaits = services.makeCounter("ivy.send_waits")
         let pc = Int(host.pageCount)
         var st = [CacheState](repeating: .I, count: pc)
         var own = [UInt32](repeating: 0, count: pc)
@@ -236,7 +251,7 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     deinit {
-        if holdTimer != 0 { services.cancelOneShot(holdTimer) }
+        for t in [holdTimer, flushTimer, takeWatchTimer()] where t != 0 { services.cancelOneShot(t) }
         scratch.deallocate()
         pthread_mutex_destroy(&lock)
     }
@@ -247,7 +262,7 @@ public final class IvyNode: @unchecked Sendable {
 
     /// A local access needs a better state. Never waits for the network.
     public func fault(gfn: UInt64, access: Access) {
-        withLock {
+        entry {
             guard !failed else { return }
             guard gfn < pageCount else {
                 fail("fault on gfn \(gfn) beyond the \(pageCount) guest pages")
@@ -260,7 +275,7 @@ public final class IvyNode: @unchecked Sendable {
 
     /// A message from node `src`; untrusted bytes.
     public func receive(from src: UInt32, bytes: UnsafeRawBufferPointer) {
-        withLock {
+        entry {
             guard !failed else { return }
             let m: Message
             do {
@@ -279,7 +294,7 @@ public final class IvyNode: @unchecked Sendable {
 
     /// The last pin on gfn is gone: retry what was deferred for it.
     public func pageUnpinned(gfn: UInt64) {
-        withLock {
+        entry {
             guard !failed, gfn < pageCount else { return }
             if stalled[gfn] != nil { replayPending.append(gfn) }
             drain()
@@ -297,14 +312,15 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     public func stop() {
-        let t: UInt64 = withLock {
+        let timers: [UInt64] = withLock {
             failed = true
-            let t = holdTimer
+            let t = [holdTimer, flushTimer, takeWatchTimer()]
             holdTimer = 0
+            flushTimer = 0
             return t
         }
         // Outside the lock: cancel waits for a running callback, which takes the lock.
-        if t != 0 { services.cancelOneShot(t) }
+        for t in timers where t != 0 { services.cancelOneShot(t) }
     }
 
     /// The number of pages with a request outstanding (tests, diagnostics).
@@ -493,7 +509,7 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     func holdTimerFired() {
-        withLock {
+        entry {
             holdTimer = 0
             guard !failed else { return }
             releaseHeld(upTo: services.nowNanoseconds())
@@ -649,6 +665,7 @@ public final class IvyNode: @unchecked Sendable {
             // same lane (per-pair FIFO) and never overtake the data. During a manager transaction
             // every sharer has confirmed its copy, so the Inv may take the urgent lane.
             let lane: Bool = ctx.msg != nil
+            t.waitingOn = targets
             for n in 0..<nodeCount where targets & bit(n) != 0 {
                 send(Message(type: .inv, node: selfID, gfn: gfn, txn: t.txn), to: n, urgent: lane)
                 t.acksLeft += 1
@@ -661,6 +678,7 @@ public final class IvyNode: @unchecked Sendable {
             try require(ownerTxn[gfn] != nil, "no invalidation round open")
             try require(ownerTxn[gfn]!.txn == m.txn, "ack for txn \(m.txn), open round is txn \(ownerTxn[gfn]!.txn)")
             ownerTxn[gfn]!.acksLeft -= 1
+            ownerTxn[gfn]!.waitingOn &= ~bit(m.node)
             if ownerTxn[gfn]!.acksLeft == 0 {
                 let t = ownerTxn.removeValue(forKey: gfn)!
                 ctx.requester = t.requester
@@ -748,9 +766,8 @@ public final class IvyNode: @unchecked Sendable {
         var mm = m
         mm.hops = m.hops == .max ? .max : m.hops + 1
         let header = IvyWire.header(mm)
-        let st = header.withUnsafeBytes { host.send(to: dst, [$0], urgent: urgent ?? m.type.urgent) }
+        header.withUnsafeBytes { transmit(m.type, gfn: m.gfn, to: dst, [$0], urgent: urgent ?? m.type.urgent) }
         account(mm.type, IvyWire.headerSize)
-        if st != .ok { fail("sending \(m.type.name) for gfn \(m.gfn) to node \(dst): \(st)") }
     }
 
     func sendData(gfn: UInt64, to dst: UInt32, exclusive: Bool, zero: Bool, bytes: UnsafeRawPointer, txn: UInt64, hops: UInt8) {
@@ -759,13 +776,12 @@ public final class IvyNode: @unchecked Sendable {
         if zero { flags.insert(.zero) }
         let m = Message(type: .data, flags: flags, hops: hops == .max ? .max : hops + 1, node: selfID, gfn: gfn, txn: txn)
         let header = IvyWire.header(m)
-        let st: PageStatus = header.withUnsafeBytes { h in
-            zero ? host.send(to: dst, [h], urgent: false)
-                 : host.send(to: dst, [h, UnsafeRawBufferPointer(start: bytes, count: IvyWire.pageSize)], urgent: false)
+        header.withUnsafeBytes { h in
+            zero ? transmit(.data, gfn: gfn, to: dst, [h], urgent: false)
+                 : transmit(.data, gfn: gfn, to: dst, [h, UnsafeRawBufferPointer(start: bytes, count: IvyWire.pageSize)], urgent: false)
         }
         account(.data, IvyWire.headerSize + (zero ? 0 : IvyWire.pageSize))
         if zero { stats.zeroPagesSent(1) } else { stats.pagesSent(1) }
-        if st != .ok { fail("sending Data for gfn \(gfn) to node \(dst): \(st)") }
     }
 
     func account(_ t: MessageType, _ bytes: Int) {

@@ -26,7 +26,10 @@
  * host table it is given before using a hook this header added late.
  *
  * History: ABI 1 — the first version. ABI 2 — standard coherence statistics (GVM_STAT_*: every
- * coherence plugin reports them, see "Standard statistics" below); the loader checks ops sizes.
+ * coherence plugin reports them, see "Standard statistics" below); the loader checks ops sizes;
+ * gvm_transport_host ends with frame authentication (auth_session, auth_mac, auth_session_free:
+ * per-frame MACs with a cluster key); giantvm_units.h gives plugins the config's duration and
+ * size grammar.
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -248,7 +251,34 @@ typedef struct gvm_transport_host {
     int (*auth_verify)(gvm_host *host, uint32_t peer, const char *peer_cluster,
                        const uint8_t *challenge, size_t challenge_len,
                        const uint8_t *proof, size_t proof_len);
+
+    /* --- Per-frame authentication (appended after auth_verify: a plugin checks `size` covers
+     * them before use). With a cluster key, a transport authenticates every frame after the
+     * handshake, so a party on the path can neither inject, modify, drop, reorder nor replay a
+     * frame of an authenticated stream; the key itself never leaves the host. */
+
+    /** Derives the session key of ONE direction of ONE connection and returns an opaque session,
+     *  or NULL when the cluster has no key (frames then carry no MAC). `context` is the transport's
+     *  transcript of the handshake: at least both random nonces, both node ids, the direction
+     *  (sender, receiver) and the lane, so every connection and direction gets its own key
+     *  (HKDF-SHA256, the cluster key as input keying material). Any thread. Free it with
+     *  auth_session_free once no thread uses it. */
+    void *(*auth_session)(gvm_host *host, const uint8_t *context, size_t context_len);
+    /** Writes GVM_FRAME_MAC_SIZE bytes to out: the MAC under `session` of the concatenation of
+     *  iov, numbered `seq` (AES-256-GCM's tag over no plaintext with the bytes as associated data,
+     *  i.e. GMAC, with a nonce holding `seq`: a session must never MAC two frames with one seq).
+     *  The transport numbers the frames of each direction 0, 1, 2, ... and checks a received
+     *  frame's MAC against the number it expects next, in constant time: a replayed, dropped or
+     *  reordered frame then fails like a forged one, and the connection is closed. Any thread;
+     *  one session may be used by several threads at once. */
+    void (*auth_mac)(gvm_host *host, void *session, uint64_t seq, const gvm_iovec *iov,
+                     uint32_t iov_count, uint8_t *out);
+    /** Frees a session from auth_session (NULL is ignored). Any thread. */
+    void (*auth_session_free)(gvm_host *host, void *session);
 } gvm_transport_host;
+
+/** Bytes of the per-frame MAC written by gvm_transport_host.auth_mac. */
+#define GVM_FRAME_MAC_SIZE 16u
 
 /** Completion of an RDMA-style one-sided read. Thread: a transport thread. */
 typedef void (*gvm_read_done_fn)(void *ctx, int status);

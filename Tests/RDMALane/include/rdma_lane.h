@@ -1,0 +1,1 @@
+../../../Plugins/transport-rdma/include/rdma_lane.h

@@ -1,0 +1,1 @@
+../../Plugins/transport-rdma/rdma_lane.c
