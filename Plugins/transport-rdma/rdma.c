@@ -27,11 +27,13 @@
  * modules); see README "What works".
  *
  * Settings: device (name, default: first device), ib_port (default 1), gid_index (default 0),
- *           cm_port_offset (default 1000), connect_timeout_ms (default 10000),
- *           handshake_timeout_ms (default 5000), send_queue_limit (bytes queued per lane while
- *           every slot is in flight, default 67108864).
+ *           cm_port_offset (default 1000), connect_timeout (a duration, default 10s),
+ *           handshake_timeout (a duration, default 5s), send_queue_limit (a size: bytes queued
+ *           per lane while every slot is in flight, default 64MiB). Durations and sizes use the
+ *           config's one grammar (giantvm_units.h): a bare number is seconds, or bytes.
  */
 #include "giantvm_plugin.h"
+#include "giantvm_units.h"
 #include "rdma_lane.h"
 
 #include <arpa/inet.h>
@@ -209,20 +211,37 @@ static void *rdma_create(const gvm_host_services *svc, const gvm_transport_host 
         else if (strcmp(k, "ib_port") == 0) bad = parse_int(v, 1, 255, &t->ib_port);
         else if (strcmp(k, "gid_index") == 0) bad = parse_int(v, 0, 255, &t->gid_index);
         else if (strcmp(k, "cm_port_offset") == 0) bad = parse_int(v, -60000, 60000, &t->cm_port_offset);
-        else if (strcmp(k, "connect_timeout_ms") == 0) bad = parse_int(v, 1, 3600000, &t->connect_timeout_ms);
-        else if (strcmp(k, "handshake_timeout_ms") == 0) bad = parse_int(v, 1, 600000, &t->handshake_timeout_ms);
+        else if (strcmp(k, "connect_timeout") == 0 || strcmp(k, "handshake_timeout") == 0) {
+            /* The config's one duration grammar (giantvm_units.h): a bare number is seconds. */
+            int connect = k[0] == 'c';
+            uint64_t max = connect ? 3600 * GVM_NS_PER_S : 600 * GVM_NS_PER_S, ns = 0;
+            int rc = gvm_parse_duration(v, GVM_NS_PER_MS, max, &ns);
+            if (rc != GVM_UNIT_OK) {
+                char why[GVM_ERROR_MAX];
+                gvm_unit_message(rc, GVM_UNIT_DURATION, v, GVM_NS_PER_MS, max, why, sizeof why);
+                snprintf(err->message, GVM_ERROR_MAX, "setting '%s': %s", k, why);
+                free(t);
+                return NULL;
+            }
+            *(connect ? &t->connect_timeout_ms : &t->handshake_timeout_ms) = (int)(ns / GVM_NS_PER_MS);
+        }
         else if (strcmp(k, "send_queue_limit") == 0) {
-            char *end = NULL;
-            errno = 0;
-            long long n = strtoll(v, &end, 0);
-            bad = (end == v || *end != '\0' || errno != 0 || n < (long long)SLOT_BYTES || n > (1ll << 34)) ? -1 : 0;
-            if (!bad) t->send_queue_limit = n;
+            uint64_t bytes = 0;
+            int rc = gvm_parse_size(v, SLOT_BYTES, 1ull << 34, &bytes);
+            if (rc != GVM_UNIT_OK) {
+                char why[GVM_ERROR_MAX];
+                gvm_unit_message(rc, GVM_UNIT_SIZE, v, SLOT_BYTES, 1ull << 34, why, sizeof why);
+                snprintf(err->message, GVM_ERROR_MAX, "setting '%s': %s", k, why);
+                free(t);
+                return NULL;
+            }
+            t->send_queue_limit = (long long)bytes;
         }
         else if (strcmp(k, "__faults") == 0) continue; /* consumed by the host's fault injector */
         else {
             snprintf(err->message, GVM_ERROR_MAX,
                      "unknown setting '%s' (accepted: device, ib_port, gid_index, cm_port_offset, "
-                     "connect_timeout_ms, handshake_timeout_ms, send_queue_limit)", k);
+                     "connect_timeout, handshake_timeout, send_queue_limit)", k);
             free(t);
             return NULL;
         }
@@ -421,7 +440,7 @@ static int handshake(rdma_transport *t, int fd, int expected_peer) {
         if (full_io(fd, &mine, sizeof mine, 1) || full_io(fd, &theirs, sizeof theirs, 0)) return -1;
     } else {
         if (full_io(fd, &theirs, sizeof theirs, 0)) {
-            logf_(t, GVM_LOG_WARNING, "rdma side channel: no hello within %d ms (handshake_timeout_ms)",
+            logf_(t, GVM_LOG_WARNING, "rdma side channel: no hello within %d ms (handshake_timeout)",
                   t->handshake_timeout_ms);
             return -1;
         }
@@ -628,7 +647,7 @@ static void *poller_main(void *arg) {
  * ------------------------------------------------------------------------------------------- */
 
 /* Connects to every lower-numbered node in turn, retrying while it starts, until
- * connect_timeout_ms; reports a node it cannot meet through peer_state. */
+ * connect_timeout; reports a node it cannot meet through peer_state. */
 static void *connector_main(void *arg) {
     rdma_transport *t = arg;
     for (uint32_t p = 0; p < t->cluster->self_id && !atomic_load(&t->stopping); p++) {

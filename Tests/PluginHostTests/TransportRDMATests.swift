@@ -39,5 +39,14 @@ final class TransportRDMATests: XCTestCase {
         var err2 = gvm_error()
         XCTAssertNil(ops.pointee.create(svc.pointer, &th, cluster.pointer, st.pointer, st.count, &err2))
         XCTAssertEqual(errorMessage(&err2), "setting 'ib_port': 'zero' is not a valid value")
+        // Durations and sizes follow the config's one grammar (a bare number is seconds, bytes).
+        for (key, value, expect) in [("connect_timeout", "10 parsecs", "unknown unit"), ("handshake_timeout", "2h", "above the maximum"),
+                                     ("send_queue_limit", "1KB", "ambiguous"), ("connect_timeout_ms", "5000", "unknown setting")] {
+            let bad = SettingsTable([(key, value)])
+            var e = gvm_error()
+            XCTAssertNil(ops.pointee.create(svc.pointer, &th, cluster.pointer, bad.pointer, bad.count, &e))
+            let m = errorMessage(&e)
+            XCTAssertTrue(m.contains(key) && m.contains(expect), "\(key): \(m)")
+        }
     }
 }
