@@ -20,7 +20,12 @@ if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
         || echo "warning: could not install linux-image-cloud-amd64; the Linux boot test will skip"
 fi
 echo "== swift build --build-tests"
-swift build --build-tests 2>&1 | grep --line-buffered -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Planning|Wrapping)' || true
+# Quiet, but with swift build's own exit status: never test stale products after a failed build.
+set +e
+swift build --build-tests 2>&1 | grep --line-buffered -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Planning|Wrapping)'
+build_status=${PIPESTATUS[0]}
+set -e
+if [ "$build_status" -ne 0 ]; then echo "test: swift build --build-tests failed (exit $build_status)" >&2; exit "$build_status"; fi
 echo "== swift test"
 log=$(mktemp)
 set +e

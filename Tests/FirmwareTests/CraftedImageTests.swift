@@ -80,9 +80,9 @@ final class CraftedImageTests: XCTestCase {
         patch(&img, 88, le64(0xFFFF_FFFF_FFFF_F000)) // p_paddr; memsz 0x2000
         XCTAssertEqual(loadError(img, file: "pa.vmlinux", protocol: .linux),
                        "pa.vmlinux: program header 0: p_paddr 0xfffffffffffff000 + p_memsz 0x2000 overflows 64 bits")
-        patch(&img, 104, le64(0x1000)) // fits in 64 bits, not in RAM
+        patch(&img, 104, le64(0x800)) // fits in 64 bits, not in RAM
         XCTAssertEqual(loadError(img, file: "pa.vmlinux", protocol: .linux),
-                       "pa.vmlinux: kernel segment 0 at 0xfffffffffffff000+0x1000 is outside guest RAM (67108864 bytes)")
+                       "pa.vmlinux: kernel segment 0 at 0xfffffffffffff000+0x800 is outside guest RAM (67108864 bytes)")
     }
 
     func testEntryAtTheEndOfAddressSpace() {
@@ -105,7 +105,7 @@ final class CraftedImageTests: XCTestCase {
 
     func testNoteOffsetNearIntMax() {
         for (off, size) in [(UInt64(Int.max) - 4, UInt64(64)), (UInt64(Int.max), UInt64.max), (UInt64.max - 3, UInt64(100)),
-                            (UInt64(192), UInt64.max), (UInt64(1 << 63), UInt64(1 << 63))] {
+                            (UInt64(192), UInt64.max), (UInt64(1) << 63, UInt64(1) << 63)] {
             let img = vmlinuxWithNote(offset: off, size: size)
             XCTAssertFalse(VmlinuxImage.looksLikeLinux(img), "PT_NOTE 0x\(String(off, radix: 16))+0x\(String(size, radix: 16))")
             XCTAssertEqual(try Bootloader.detect(img, file: "n"), .giantvm)
