@@ -16,9 +16,9 @@ enum FirmwareFuzz {
         _ = try? BzImage(bytes: bytes, file: file)
         _ = try? VmlinuxImage(bytes: bytes, file: file)
         let initrd = BootModule(name: "initrd", bytes: [1, 2, 3, 4], cmdline: "initrd")
+        let mem = ByteArrayMemory(size: 2 << 20)   // the smallest RAM the loader accepts; reused
         for p in BootProtocol.allCases {
             _ = try? Bootloader.detect(bytes, file: file, bootProtocol: p)
-            let mem = ByteArrayMemory(size: 4 << 20)
             _ = try? Bootloader.load(BootRequest(file: file, image: bytes, cmdline: "console=ttyS0", initrd: initrd,
                                                  vcpus: 2, bootProtocol: p), into: mem)
         }
