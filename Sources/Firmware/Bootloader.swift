@@ -156,10 +156,15 @@ public enum Bootloader {
                 }
                 if bz.version >= 0x020A {
                     let run = bz.relocatable ? max(bz.prefAddress, FirmwareLayout.highMemory) : FirmwareLayout.highMemory
-                    guard run + UInt64(bz.initSize) <= ram else {
-                        throw fail("the kernel needs RAM up to 0x\(hex(run + UInt64(bz.initSize))) (init_size 0x\(hex(bz.initSize)) at 0x\(hex(run))); guest RAM is \(ram) bytes")
+                    // pref_address is any 64-bit value from the image: the sum may overflow.
+                    let (top, overflow) = run.addingReportingOverflow(UInt64(bz.initSize))
+                    guard !overflow else {
+                        throw fail("pref_address 0x\(hex(bz.prefAddress)) + init_size 0x\(hex(bz.initSize)) overflows 64 bits")
                     }
-                    kernelEnd = run + UInt64(bz.initSize)
+                    guard top <= ram else {
+                        throw fail("the kernel needs RAM up to 0x\(hex(top)) (init_size 0x\(hex(bz.initSize)) at 0x\(hex(run))); guest RAM is \(ram) bytes")
+                    }
+                    kernelEnd = top
                 } else {
                     kernelEnd = FirmwareLayout.highMemory + UInt64(bz.kernel.count)
                 }

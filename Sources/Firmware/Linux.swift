@@ -116,24 +116,28 @@ public struct VmlinuxImage: Sendable {
     public static func looksLikeLinux(_ b: [UInt8]) -> Bool {
         let r = ImageReader(bytes: b, file: "")
         guard b.count >= 64, b[4] == 2, let phoff = try? r.u64(32, ""), let n = try? r.u16(56, ""),
-              let es = try? r.u16(54, ""), es >= 56 else { return false }
-        for i in 0..<Int(n) {
-            let o = Int(phoff) + i * Int(es)
+              let es = try? r.u16(54, ""), es >= 56,
+              let headers = try? r.programHeaders(phoff: phoff, entrySize: UInt64(es), count: UInt64(n)) else { return false }
+        for o in headers {
             guard let type = try? r.u32(o, "") else { return false }
             if type == 1, let v = try? r.u64(o + 16, ""), let p = try? r.u64(o + 24, ""), v >= 0xFFFF_FFFF_8000_0000, p < 1 << 32 {
                 return true
             }
-            if type == 4, let off = try? r.u64(o + 8, ""), let size = try? r.u64(o + 32, "") {
-                var p = Int(off)
-                let end = Int(off) + Int(size)
-                while p + 12 <= end, p + 12 <= b.count {
+            // PT_NOTE: walk the notes (namesz u32, descsz u32, type u32, name, desc; 4-byte aligned)
+            // inside the part of the segment that lies in the file.
+            if type == 4, let off = try? r.u64(o + 8, ""), let size = try? r.u64(o + 32, ""), off < UInt64(b.count) {
+                let notes = try! r.span(off, min(size, UInt64(b.count) - off), "PT_NOTE")
+                var p = notes.lowerBound
+                while notes.upperBound - p >= 12 {
                     guard let namesz = try? r.u32(p, ""), let descsz = try? r.u32(p + 4, "") else { break }
                     let nameStart = p + 12
-                    if nameStart + Int(namesz) <= b.count {
+                    if UInt64(namesz) <= UInt64(notes.upperBound - nameStart) {
                         let name = String(decoding: b[nameStart..<nameStart + Int(namesz)].prefix { $0 != 0 }, as: UTF8.self)
                         if name == "Linux" || name == "Xen" { return true }
                     }
-                    p = nameStart + (Int(namesz) + 3) / 4 * 4 + (Int(descsz) + 3) / 4 * 4
+                    let step = 12 + (UInt64(namesz) + 3) / 4 * 4 + (UInt64(descsz) + 3) / 4 * 4
+                    guard step <= UInt64(notes.upperBound - p) else { break }
+                    p += Int(step)
                 }
             }
         }
@@ -143,29 +147,30 @@ public struct VmlinuxImage: Sendable {
     public init(bytes: [UInt8], file: String) throws {
         self.file = file
         let r = ImageReader(bytes: bytes, file: file)
-        guard bytes.count >= 64, bytes[0] == 0x7F, bytes[1] == 0x45, bytes[2] == 0x4C, bytes[3] == 0x46 else {
+        guard bytes.count >= 4, bytes[0] == 0x7F, bytes[1] == 0x45, bytes[2] == 0x4C, bytes[3] == 0x46 else {
             throw r.fail("not an ELF file (bad magic)")
         }
+        try r.need(0, 64, "vmlinux ELF64 header")
         guard bytes[4] == 2 else { throw r.fail("vmlinux: e_ident[EI_CLASS] is \(bytes[4]), expected 2 (ELFCLASS64)") }
         guard bytes[5] == 1 else { throw r.fail("vmlinux: e_ident[EI_DATA] is \(bytes[5]), expected 1 (little endian)") }
         let machine = try r.u16(18, "e_machine")
         guard machine == 62 else { throw r.fail("vmlinux: e_machine is \(machine), expected 62 (EM_X86_64)") }
         entry = try r.u64(24, "e_entry")
-        let phoff = Int(try r.u64(32, "e_phoff"))
-        let es = Int(try r.u16(54, "e_phentsize"))
-        let n = Int(try r.u16(56, "e_phnum"))
+        let phoff = try r.u64(32, "e_phoff")
+        let es = try r.u16(54, "e_phentsize")
+        let n = try r.u16(56, "e_phnum")
         guard es >= 56 else { throw r.fail("e_phentsize is \(es), expected 56") }
         var segs: [LoadSegment] = []
-        for i in 0..<n {
-            let o = phoff + i * es
+        for (i, o) in try r.programHeaders(phoff: phoff, entrySize: UInt64(es), count: UInt64(n)).enumerated() {
             guard try r.u32(o, "program header \(i)") == 1 else { continue }
             let off = try r.u64(o + 8, "p_offset"), paddr = try r.u64(o + 24, "p_paddr")
             let filesz = try r.u64(o + 32, "p_filesz"), memsz = try r.u64(o + 40, "p_memsz")
             guard filesz <= memsz else { throw r.fail("program header \(i): p_filesz \(filesz) > p_memsz \(memsz)") }
-            guard off <= UInt64(bytes.count), filesz <= UInt64(bytes.count) - off else {
-                throw r.fail("truncated: program header \(i) contents (offset 0x\(hex(off)), \(filesz) bytes) run past the end of the file (\(bytes.count) bytes)")
+            guard memsz <= UInt64.max - paddr else {
+                throw r.fail("program header \(i): p_paddr 0x\(hex(paddr)) + p_memsz 0x\(hex(memsz)) overflows 64 bits")
             }
-            segs.append(LoadSegment(address: paddr, bytes: Array(bytes[Int(off)..<Int(off + filesz)]), memorySize: memsz))
+            let contents = try r.span(off, filesz, "program header \(i) contents (p_offset, p_filesz)")
+            segs.append(LoadSegment(address: paddr, bytes: Array(bytes[contents]), memorySize: memsz))
         }
         guard !segs.isEmpty else { throw r.fail("vmlinux has no PT_LOAD program header") }
         segments = segs

@@ -85,6 +85,21 @@ struct ImageReader {
             throw fail("truncated: \(what) at offset 0x\(hex(o)) (+\(n) bytes) is past the end of the file (\(bytes.count) bytes)")
         }
     }
+    /// A range of the file given by an offset and a size read from the image (any 64-bit values):
+    /// checked without overflow, so the result can be used as Int indices.
+    func span(_ offset: UInt64, _ size: UInt64, _ what: String) throws -> Range<Int> {
+        let count = UInt64(bytes.count)
+        guard offset <= count, size <= count - offset else {
+            throw fail("truncated: \(what) at offset 0x\(hex(offset)) (+\(size) bytes) is past the end of the file (\(bytes.count) bytes)")
+        }
+        return Int(offset)..<Int(offset + size)
+    }
+    /// The file offsets of an ELF program header table (e_phoff, e_phentsize, e_phnum as read),
+    /// checked to lie wholly inside the file.
+    func programHeaders(phoff: UInt64, entrySize: UInt64, count n: UInt64) throws -> [Int] {
+        let table = try span(phoff, entrySize * n, "program header table (e_phoff 0x\(hex(phoff)), e_phnum \(n) x e_phentsize \(entrySize))")
+        return (0..<Int(n)).map { table.lowerBound + $0 * Int(entrySize) }
+    }
     func u8(_ o: Int, _ what: String) throws -> UInt8 { try need(o, 1, what); return bytes[o] }
     func u16(_ o: Int, _ what: String) throws -> UInt16 { try need(o, 2, what); return UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8 }
     func u32(_ o: Int, _ what: String) throws -> UInt32 {

@@ -110,22 +110,22 @@ public struct MultibootImage: Sendable {
             let machine = try r.u16(18, "e_machine")
             guard machine == 3 else { throw r.fail("multiboot ELF32 image: e_machine is \(machine), expected 3 (EM_386)") }
             entry = UInt64(try r.u32(24, "e_entry"))
-            let phoff = Int(try r.u32(28, "e_phoff"))
-            let phentsize = Int(try r.u16(42, "e_phentsize"))
-            let phnum = Int(try r.u16(44, "e_phnum"))
+            let phoff = try r.u32(28, "e_phoff")
+            let phentsize = try r.u16(42, "e_phentsize")
+            let phnum = try r.u16(44, "e_phnum")
             guard phentsize >= 32 else { throw r.fail("e_phentsize is \(phentsize), expected 32") }
             var segs: [LoadSegment] = []
             var top: UInt64 = 0
-            for i in 0..<phnum {
-                let o = phoff + i * phentsize
+            // Every field is 32-bit, so the UInt64 sums below cannot overflow.
+            for (i, o) in try r.programHeaders(phoff: UInt64(phoff), entrySize: UInt64(phentsize), count: UInt64(phnum)).enumerated() {
                 guard try r.u32(o, "program header \(i)") == 1 else { continue }
-                let off = Int(try r.u32(o + 4, "p_offset"))
+                let off = try r.u32(o + 4, "p_offset")
                 let paddr = UInt64(try r.u32(o + 12, "p_paddr"))
-                let filesz = Int(try r.u32(o + 16, "p_filesz"))
+                let filesz = try r.u32(o + 16, "p_filesz")
                 let memsz = UInt64(try r.u32(o + 20, "p_memsz"))
                 guard UInt64(filesz) <= memsz else { throw r.fail("program header \(i): p_filesz \(filesz) > p_memsz \(memsz)") }
-                try r.need(off, filesz, "program header \(i) contents")
-                segs.append(LoadSegment(address: paddr, bytes: Array(bytes[off..<off + filesz]), memorySize: memsz))
+                let contents = try r.span(UInt64(off), UInt64(filesz), "program header \(i) contents (p_offset, p_filesz)")
+                segs.append(LoadSegment(address: paddr, bytes: Array(bytes[contents]), memorySize: memsz))
                 top = max(top, paddr + memsz)
             }
             guard !segs.isEmpty else { throw r.fail("ELF32 image has no PT_LOAD program header") }

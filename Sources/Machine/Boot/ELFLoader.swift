@@ -21,47 +21,52 @@ public struct ELFImage: Sendable {
     public var name: String
 
     /// Parses and checks an ELF64 x86-64 executable; every failure names the file and field.
+    /// Every number read from the file is range-checked before any arithmetic on it (offsets and
+    /// sizes up to 2^64 - 1 are refused with a message, never trapped on).
     public init(bytes: [UInt8], name: String) throws {
         self.bytes = bytes
         self.name = name
         func fail(_ m: String) -> ELFError { ELFError(file: name, message: m) }
-        func u16(_ o: Int) throws -> UInt16 {
-            guard o + 2 <= bytes.count else { throw fail("truncated at offset \(o)") }
-            return UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8
-        }
-        func u32(_ o: Int) throws -> UInt32 {
-            guard o + 4 <= bytes.count else { throw fail("truncated at offset \(o)") }
-            return (0..<4).reduce(0) { $0 | UInt32(bytes[o + $1]) << (8 * UInt32($1)) }
-        }
-        func u64(_ o: Int) throws -> UInt64 {
-            guard o + 8 <= bytes.count else { throw fail("truncated at offset \(o)") }
-            return (0..<8).reduce(0) { $0 | UInt64(bytes[o + $1]) << (8 * UInt64($1)) }
-        }
-        guard bytes.count >= 64, bytes[0] == 0x7F, bytes[1] == 0x45, bytes[2] == 0x4C, bytes[3] == 0x46 else {
+        let count = UInt64(bytes.count)
+        // Readers at offsets already checked to lie inside the file (the header and the program
+        // header table are checked as a whole first).
+        func u16(_ o: Int) -> UInt16 { UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8 }
+        func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[o + $1]) << (8 * UInt32($1)) } }
+        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[o + $1]) << (8 * UInt64($1)) } }
+        guard bytes.count >= 4, bytes[0] == 0x7F, bytes[1] == 0x45, bytes[2] == 0x4C, bytes[3] == 0x46 else {
             throw fail("not an ELF file (bad magic)")
         }
+        guard bytes.count >= 64 else { throw fail("truncated: \(bytes.count) bytes, shorter than the 64-byte ELF64 header") }
         guard bytes[4] == 2 else { throw fail("e_ident[EI_CLASS] is \(bytes[4]), expected 2 (ELFCLASS64)") }
         guard bytes[5] == 1 else { throw fail("e_ident[EI_DATA] is \(bytes[5]), expected 1 (little endian)") }
-        let machine = try u16(18)
+        let machine = u16(18)
         guard machine == 62 else { throw fail("e_machine is \(machine), expected 62 (EM_X86_64)") }
-        let type = try u16(16)
+        let type = u16(16)
         guard type == 2 else { throw fail("e_type is \(type), expected 2 (ET_EXEC)") }
-        entry = try u64(24)
-        let phoff = Int(try u64(32))
-        let phentsize = Int(try u16(54))
-        let phnum = Int(try u16(56))
+        entry = u64(24)
+        let phoff = u64(32)
+        let phentsize = UInt64(u16(54))
+        let phnum = UInt64(u16(56))
         guard phentsize >= 56 else { throw fail("e_phentsize is \(phentsize), expected 56") }
+        // phnum * phentsize <= 65535 * 65535: no overflow; phoff is compared without adding.
+        let tableBytes = phnum * phentsize
+        guard phoff <= count, tableBytes <= count - phoff else {
+            throw fail("e_phoff 0x\(String(phoff, radix: 16)) + e_phnum \(phnum) x e_phentsize \(phentsize): the program header table runs past the end of the file (\(count) bytes)")
+        }
         var segs: [ELFSegment] = []
-        for i in 0..<phnum {
-            let o = phoff + i * phentsize
-            guard try u32(o) == 1 else { continue } // PT_LOAD
-            let s = ELFSegment(physicalAddress: try u64(o + 24), fileOffset: try u64(o + 8),
-                               fileSize: try u64(o + 32), memorySize: try u64(o + 40))
+        for i in 0..<Int(phnum) {
+            let o = Int(phoff) + i * Int(phentsize) // inside the file (checked above)
+            guard u32(o) == 1 else { continue } // PT_LOAD
+            let s = ELFSegment(physicalAddress: u64(o + 24), fileOffset: u64(o + 8),
+                               fileSize: u64(o + 32), memorySize: u64(o + 40))
             guard s.fileSize <= s.memorySize else {
                 throw fail("program header \(i): p_filesz \(s.fileSize) > p_memsz \(s.memorySize)")
             }
-            guard s.fileOffset + s.fileSize <= UInt64(bytes.count) else {
-                throw fail("program header \(i): p_offset+p_filesz runs past the end of the file")
+            guard s.fileOffset <= count, s.fileSize <= count - s.fileOffset else {
+                throw fail("program header \(i): p_offset 0x\(String(s.fileOffset, radix: 16)) + p_filesz \(s.fileSize) runs past the end of the file (\(count) bytes)")
+            }
+            guard s.memorySize <= UInt64.max - s.physicalAddress else {
+                throw fail("program header \(i): p_paddr 0x\(String(s.physicalAddress, radix: 16)) + p_memsz 0x\(String(s.memorySize, radix: 16)) overflows 64 bits")
             }
             segs.append(s)
         }
@@ -75,9 +80,10 @@ public struct ELFImage: Sendable {
             guard s.physicalAddress >= BootLayout.imageMinimum else {
                 throw ELFError(file: name, message: "PT_LOAD \(i): p_paddr 0x\(String(s.physicalAddress, radix: 16)) is below 1 MiB (the VMM owns low memory)")
             }
-            guard s.physicalAddress + s.memorySize <= ram.size else {
-                throw ELFError(file: name, message: "PT_LOAD \(i): 0x\(String(s.physicalAddress, radix: 16))+\(s.memorySize) does not fit in \(ram.size) bytes of guest RAM")
+            guard s.physicalAddress <= ram.size, s.memorySize <= ram.size - s.physicalAddress else {
+                throw ELFError(file: name, message: "PT_LOAD \(i): p_paddr 0x\(String(s.physicalAddress, radix: 16)) + p_memsz \(s.memorySize) does not fit in \(ram.size) bytes of guest RAM")
             }
+            // Both checked by init: the file range lies inside `bytes`, filesz <= memsz.
             try bytes.withUnsafeBytes { all in
                 let src = UnsafeRawBufferPointer(rebasing: all[Int(s.fileOffset)..<Int(s.fileOffset + s.fileSize)])
                 try ram.write(src, at: s.physicalAddress)
@@ -88,7 +94,8 @@ public struct ELFImage: Sendable {
                 }
             }
         }
-        guard segments.contains(where: { entry >= $0.physicalAddress && entry < $0.physicalAddress + $0.memorySize }) else {
+        // init checked p_paddr + p_memsz for overflow.
+        guard segments.contains(where: { entry >= $0.physicalAddress && entry - $0.physicalAddress < $0.memorySize }) else {
             throw ELFError(file: name, message: "e_entry 0x\(String(entry, radix: 16)) is not inside any PT_LOAD segment")
         }
     }

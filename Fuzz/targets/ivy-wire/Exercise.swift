@@ -1,0 +1,22 @@
+// Fuzz target "ivy-wire": arbitrary bytes as a dsm-ivy protocol message received by one node of
+// a small cluster. The first 4 bytes choose the receiving context (sender, receiver, node count,
+// pages); the rest is the message. A decoded message must re-encode to the same header.
+#if !FUZZING
+@testable import IvyCore
+#endif
+
+enum IvyWireFuzz {
+    static func exercise(_ bytes: [UInt8]) {
+        guard bytes.count >= 4 else { return }
+        let nodes = UInt32(bytes[0] % 4) + 1
+        let src = UInt32(bytes[1] % 5), me = UInt32(bytes[2] % 4)
+        let pages = UInt64(bytes[3]) * 16
+        let message = Array(bytes[4...])
+        message.withUnsafeBytes { buf in
+            guard let m = try? IvyWire.decode(buf, src: src, selfID: me, nodeCount: nodes, pageCount: pages,
+                                                managerOf: { UInt32($0 % UInt64(nodes)) }) else { return }
+            precondition(m.gfn < pages && m.node < nodes && src != me, "IvyWire.decode accepted \(m.type) out of range")
+            precondition(IvyWire.header(m) == Array(message.prefix(IvyWire.headerSize)), "IvyWire header does not round-trip")
+        }
+    }
+}

@@ -1,0 +1,1 @@
+../../Fuzz/targets/firmware/Exercise.swift
