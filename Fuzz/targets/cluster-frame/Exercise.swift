@@ -1,6 +1,8 @@
 // Fuzz target "cluster-frame": arbitrary bytes as a frame delivered to the node runtime (channel
 // header, then a runtime message read field by field as Node does: u8/u32/i32/u64/text in an
-// order the input picks), and, when the first byte is '#', the text of transport.faults YAML.
+// order the input picks), and, when the first byte is '#', the text of transport.faults YAML
+// (parsed by Config into the typed rules the fault injector takes).
+import Config
 #if !FUZZING
 @testable import Cluster
 #endif
