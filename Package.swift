@@ -172,6 +172,8 @@ let package = Package(
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
         .testTarget(name: "LaunchTests", dependencies: ["Launch"], path: "Tests/LaunchTests"),
+        // A real Slurm (slurm-wlm, munge; scripts/deps/slurm.sh) started by the test runs a VM with srun and --id auto.
+        .testTarget(name: "SlurmTests", dependencies: ["TestSupport"], path: "Tests/SlurmTests"),
         .testTarget(name: "NodeAssemblyTests",
                     dependencies: ["NodeAssembly", "Distributed", "Machine", "Cluster", "Config", "PluginHost", "TestSupport",
                                    .product(name: "Logging", package: "swift-log")],

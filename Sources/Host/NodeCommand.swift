@@ -35,7 +35,8 @@ struct NodeCommand: ParsableCommand {
 
     @Option(name: .customLong("id"), help: ArgumentHelp(
         "This node's id (its index in `nodes:`), or `auto`.",
-        discussion: "auto: the rank from the launcher (Open MPI, PMIx, MPICH/Hydra, Slurm's srun), else the one node whose address is local (docs/launching.md)."))
+        discussion: "auto: the rank from the launcher (Open MPI, PMIx, MPICH/Hydra, Slurm's srun), else the one node whose address is local (docs/launching.md).",
+        valueName: "n|auto"))
     var idRequest: NodeIDRequest
 
     /// This node's id: `--id N`, or what `--id auto` resolved to at the start of run().

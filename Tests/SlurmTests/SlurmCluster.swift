@@ -1,0 +1,188 @@
+// A one-machine Slurm for tests: Debian's slurm-wlm and munge (scripts/deps/slurm.sh installs
+// them), started by the test with everything (config, munge key and socket, state, spool, logs)
+// in a fresh directory, and stopped by it.
+//
+// What works in a container without a cgroup hierarchy of its own: process tracking by
+// /proc (proctrack/linuxproc), no task plugin (task/none), no job accounting, select/cons_tres
+// with CPUs as the resource. The daemons run in the foreground as children of the test (-D / -F),
+// so the test reaps them itself.
+
+import Foundation
+import TestSupport
+import XCTest
+
+final class SlurmCluster {
+    static let programs = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/srun",
+                           "/usr/bin/sinfo", "/usr/bin/sbatch"]
+
+    let directory: String
+    let confPath: String
+    let nodeName: String
+    private var daemons: [(name: String, child: Child)] = []
+
+    /// Skips without root or without Slurm outside CI; in CI (CI=true) a missing Slurm is a failure.
+    static func requireInstalled() throws {
+        let missing = programs.filter { !FileManager.default.isExecutableFile(atPath: $0) }
+        guard !missing.isEmpty else { return }
+        let why = "Slurm is not installed (missing \(missing.joined(separator: ", "))): run `bash scripts/deps/slurm.sh` as root"
+        if ProcessInfo.processInfo.environment["CI"] == "true" { XCTFail(why) }
+        throw XCTSkip(why)
+    }
+
+    /// The environment Slurm's clients need to find this cluster.
+    var clientEnvironment: [String: String] { ["SLURM_CONF": confPath] }
+
+    /// Writes the config and starts munged, slurmctld and slurmd; returns once the node is idle
+    /// (at most `timeout` seconds), or throws with the daemons' logs.
+    init(cpus: Int = 2, timeout: TimeInterval = 30) throws {
+        directory = NSTemporaryDirectory() + "giantvm-slurm-" + UUID().uuidString
+        let fm = FileManager.default
+        // munged wants its socket directory traversable by everyone and its key private.
+        for (sub, mode) in [("", 0o755), ("/munge", 0o755), ("/state", 0o700), ("/spool", 0o755), ("/log", 0o755)] {
+            try fm.createDirectory(atPath: directory + sub, withIntermediateDirectories: true,
+                                   attributes: [.posixPermissions: mode])
+        }
+        var key = [UInt8](repeating: 0, count: 1024)
+        var rng = SystemRandomNumberGenerator()
+        for i in key.indices { key[i] = rng.next() }
+        guard fm.createFile(atPath: directory + "/munge/key", contents: Data(key), attributes: [.posixPermissions: 0o600]) else {
+            throw SlurmClusterError("cannot write the munge key in \(directory)")
+        }
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        nodeName = String(String(cString: host).split(separator: ".").first ?? "localhost")
+        confPath = directory + "/slurm.conf"
+        let ctldPort = try Self.freePort(), slurmdPort = try Self.freePort()
+        let conf = """
+            ClusterName=giantvmtest
+            SlurmctldHost=\(nodeName)(127.0.0.1)
+            SlurmUser=root
+            SlurmdUser=root
+            SlurmctldPort=\(ctldPort)
+            SlurmdPort=\(slurmdPort)
+            AuthType=auth/munge
+            CredType=cred/munge
+            AuthInfo=socket=\(directory)/munge/socket
+            StateSaveLocation=\(directory)/state
+            SlurmdSpoolDir=\(directory)/spool
+            SlurmctldPidFile=\(directory)/slurmctld.pid
+            SlurmdPidFile=\(directory)/slurmd.pid
+            SlurmctldLogFile=\(directory)/log/slurmctld.log
+            SlurmdLogFile=\(directory)/log/slurmd.log
+            ProctrackType=proctrack/linuxproc
+            TaskPlugin=task/none
+            SelectType=select/cons_tres
+            SelectTypeParameters=CR_CPU
+            JobAcctGatherType=jobacct_gather/none
+            AccountingStorageType=accounting_storage/none
+            MpiDefault=none
+            MailProg=/bin/true
+            ReturnToService=2
+            SchedulerType=sched/builtin
+            NodeName=\(nodeName) NodeAddr=127.0.0.1 CPUs=\(cpus) State=UNKNOWN
+            PartitionName=giantvm Nodes=\(nodeName) Default=YES MaxTime=10 State=UP
+
+            """
+        try conf.write(toFile: confPath, atomically: true, encoding: .utf8)
+
+        do {
+            try start("munged", "/usr/sbin/munged",
+                      ["-F", "--key-file=\(directory)/munge/key", "--socket=\(directory)/munge/socket",
+                       "--pid-file=\(directory)/munge/pid", "--log-file=\(directory)/log/munged.log",
+                       "--seed-file=\(directory)/munge/seed"])
+            try waitFor("munged's socket", timeout: 10) { fm.fileExists(atPath: self.directory + "/munge/socket") }
+            try start("slurmctld", "/usr/sbin/slurmctld", ["-D", "-c", "-f", confPath])
+            try start("slurmd", "/usr/sbin/slurmd", ["-D", "-f", confPath, "-N", nodeName])
+            try waitFor("node \(nodeName) to be idle", timeout: timeout) {
+                let r = try? run("/usr/bin/sinfo", ["-h", "-N", "-o", "%T"], timeout: 5, environment: self.clientEnvironment)
+                return r?.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "idle"
+            }
+        } catch {
+            let logs = self.logs()
+            stop()
+            throw SlurmClusterError("\(error)\n\(logs)")
+        }
+    }
+
+    private func start(_ name: String, _ path: String, _ arguments: [String]) throws {
+        daemons.append((name, try Child(path, arguments, environment: clientEnvironment, directory: directory)))
+    }
+
+    private func waitFor(_ what: String, timeout: TimeInterval, _ condition: () -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition() { return }
+            for d in daemons where !d.child.process.isRunning {
+                throw SlurmClusterError("\(d.name) exited (status \(d.child.process.terminationStatus)) while waiting for \(what)")
+            }
+            usleep(200_000)
+        }
+        throw SlurmClusterError("timed out after \(Int(timeout)) s waiting for \(what)")
+    }
+
+    /// The daemons' output and log files (for failure messages).
+    func logs() -> String {
+        var out = ""
+        for d in daemons {
+            let text = d.child.stdoutSoFar + d.child.stderrSoFar
+            out += "--- \(d.name) output:\n\(text.suffix(3000))\n"
+        }
+        for f in ["slurmctld.log", "slurmd.log", "munged.log"] {
+            if let text = try? String(contentsOfFile: directory + "/log/" + f, encoding: .utf8) {
+                out += "--- \(f):\n\(text.suffix(3000))\n"
+            }
+        }
+        return out
+    }
+
+    /// Stops the daemons (SIGTERM, then SIGKILL after 10 s each), slurmd first, and removes the directory.
+    func stop() {
+        for d in daemons.reversed() {
+            d.child.signal(SIGTERM)
+            _ = d.child.wait(timeout: 10)
+        }
+        daemons.removeAll()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+
+    /// A TCP port free on 127.0.0.1 now (bound to port 0, then released).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SlurmClusterError("socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                bind(fd, sa, len) == 0 && getsockname(fd, sa, &len) == 0
+            }
+        }
+        guard ok else { throw SlurmClusterError("bind 127.0.0.1:0: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
+}
+
+struct SlurmClusterError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Processes (not zombies) whose command line contains `needle`.
+func livingProcesses(matching needle: String) -> [String] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    var found: [String] = []
+    for pid in entries where Int32(pid) != nil && Int32(pid) != getpid() {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { continue }
+        let state = stat[stat.index(close, offsetBy: 2)...].prefix(1)
+        if state == "Z" || state == "X" { continue }
+        guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+        let cmdline = String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+        if cmdline.contains(needle) { found.append("\(pid): \(cmdline)") }
+    }
+    return found
+}
