@@ -90,6 +90,8 @@ public struct NodeIdentity: Equatable, Sendable, CustomStringConvertible {
     public var id: UInt32
     public var source: NodeIdentitySource
 
+    public init(id: UInt32, source: NodeIdentitySource) { self.id = id; self.source = source }
+
     public var description: String {
         switch source {
         case .option: return "node \(id) (--id \(id))"

@@ -4,8 +4,9 @@
 //
 // What works in a container without a cgroup hierarchy of its own: process tracking by
 // /proc (proctrack/linuxproc), no task plugin (task/none), no job accounting, select/cons_tres
-// with CPUs as the resource. The daemons run in the foreground as children of the test (-D / -F),
-// so the test reaps them itself.
+// with CPUs as the resource. The daemons run as daemons (they fork; their pid files name them):
+// Foundation's Process, which the tests' Child wraps, blocks in wait4 on a long-running child and
+// then reaps no other child, so no daemon is a Process of the test.
 
 import Foundation
 import TestSupport
@@ -18,7 +19,8 @@ final class SlurmCluster {
     let directory: String
     let confPath: String
     let nodeName: String
-    private var daemons: [(name: String, child: Child)] = []
+    /// The daemons started, with their pid files.
+    private var daemons: [(name: String, pidFile: String)] = []
 
     /// Skips without root or without Slurm outside CI; in CI (CI=true) a missing Slurm is a failure.
     static func requireInstalled() throws {
@@ -86,13 +88,13 @@ final class SlurmCluster {
         try conf.write(toFile: confPath, atomically: true, encoding: .utf8)
 
         do {
-            try start("munged", "/usr/sbin/munged",
-                      ["-F", "--key-file=\(directory)/munge/key", "--socket=\(directory)/munge/socket",
+            try start("munged", "/usr/sbin/munged", pidFile: directory + "/munge/pid",
+                      ["--key-file=\(directory)/munge/key", "--socket=\(directory)/munge/socket",
                        "--pid-file=\(directory)/munge/pid", "--log-file=\(directory)/log/munged.log",
                        "--seed-file=\(directory)/munge/seed"])
             try waitFor("munged's socket", timeout: 10) { fm.fileExists(atPath: self.directory + "/munge/socket") }
-            try start("slurmctld", "/usr/sbin/slurmctld", ["-D", "-c", "-f", confPath])
-            try start("slurmd", "/usr/sbin/slurmd", ["-D", "-f", confPath, "-N", nodeName])
+            try start("slurmctld", "/usr/sbin/slurmctld", pidFile: directory + "/slurmctld.pid", ["-c", "-f", confPath])
+            try start("slurmd", "/usr/sbin/slurmd", pidFile: directory + "/slurmd.pid", ["-f", confPath, "-N", nodeName])
             try waitFor("node \(nodeName) to be idle", timeout: timeout) {
                 let r = try? run("/usr/bin/sinfo", ["-h", "-N", "-o", "%T"], timeout: 5, environment: self.clientEnvironment)
                 return r?.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "idle"
@@ -104,30 +106,58 @@ final class SlurmCluster {
         }
     }
 
-    private func start(_ name: String, _ path: String, _ arguments: [String]) throws {
-        daemons.append((name, try Child(path, arguments, environment: clientEnvironment, directory: directory)))
+    /// Runs a daemon's start command (it forks the daemon and exits) and waits for its pid file.
+    private func start(_ name: String, _ path: String, pidFile: String, _ arguments: [String]) throws {
+        // Through bash, closing every descriptor but stdio first: the daemon must hold neither the
+        // pipes `run` reads to their end nor the socket by which Foundation's Process learns that
+        // its child has exited (held by a daemon, it would never see the starter exit).
+        let out = "\(directory)/log/\(name).out"
+        let script = """
+            for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null
+            exec "$0" "$@" </dev/null >>'\(out)' 2>&1
+            """
+        let r = try run("/bin/bash", ["-c", script, path] + arguments,
+                        timeout: 20, environment: clientEnvironment, directory: directory)
+        guard r.status == 0, !r.timedOut else {
+            let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            throw SlurmClusterError("\(name) did not start (status \(r.status)\(r.timedOut ? ", timed out" : "")): \(text)")
+        }
+        daemons.append((name, pidFile))
+        try waitFor("\(name)'s pid file", timeout: 10) { Self.pid(pidFile) != nil }
+    }
+
+    /// The live process a pid file names (nil if absent, unreadable, gone or a zombie).
+    static func pid(_ pidFile: String) -> Int32? {
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else { return nil }
+        return isAlive(pid) ? pid : nil
+    }
+
+    /// Whether `pid` is a process that has not exited (zombies, which nothing may reap in a
+    /// container whose init does not, count as exited).
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")"), stat.distance(from: close, to: stat.endIndex) > 2 else { return false }
+        let state = stat[stat.index(close, offsetBy: 2)]
+        return state != "Z" && state != "X"
     }
 
     private func waitFor(_ what: String, timeout: TimeInterval, _ condition: () -> Bool) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if condition() { return }
-            for d in daemons where !d.child.process.isRunning {
-                throw SlurmClusterError("\(d.name) exited (status \(d.child.process.terminationStatus)) while waiting for \(what)")
+            for d in daemons where Self.pid(d.pidFile) == nil && FileManager.default.fileExists(atPath: d.pidFile) {
+                throw SlurmClusterError("\(d.name) exited while waiting for \(what)")
             }
             usleep(200_000)
         }
         throw SlurmClusterError("timed out after \(Int(timeout)) s waiting for \(what)")
     }
 
-    /// The daemons' output and log files (for failure messages).
+    /// The daemons' log files (for failure messages).
     func logs() -> String {
         var out = ""
-        for d in daemons {
-            let text = d.child.stdoutSoFar + d.child.stderrSoFar
-            out += "--- \(d.name) output:\n\(text.suffix(3000))\n"
-        }
-        for f in ["slurmctld.log", "slurmd.log", "munged.log"] {
+        for f in ["munged.out", "munged.log", "slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log"] {
             if let text = try? String(contentsOfFile: directory + "/log/" + f, encoding: .utf8) {
                 out += "--- \(f):\n\(text.suffix(3000))\n"
             }
@@ -135,11 +165,14 @@ final class SlurmCluster {
         return out
     }
 
-    /// Stops the daemons (SIGTERM, then SIGKILL after 10 s each), slurmd first, and removes the directory.
+    /// Stops the daemons, slurmd first (SIGTERM, then SIGKILL after 10 s each), and removes the directory.
     func stop() {
         for d in daemons.reversed() {
-            d.child.signal(SIGTERM)
-            _ = d.child.wait(timeout: 10)
+            guard let pid = Self.pid(d.pidFile) else { continue }
+            kill(pid, SIGTERM)
+            let deadline = Date().addingTimeInterval(10)
+            while Self.isAlive(pid) && Date() < deadline { usleep(50_000) }
+            if Self.isAlive(pid) { kill(pid, SIGKILL) }
         }
         daemons.removeAll()
         try? FileManager.default.removeItem(atPath: directory)
@@ -175,12 +208,9 @@ struct SlurmClusterError: Error, CustomStringConvertible {
 func livingProcesses(matching needle: String) -> [String] {
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
     var found: [String] = []
-    for pid in entries where Int32(pid) != nil && Int32(pid) != getpid() {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { continue }
-        let state = stat[stat.index(close, offsetBy: 2)...].prefix(1)
-        if state == "Z" || state == "X" { continue }
-        guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
+    for entry in entries {
+        guard let pid = Int32(entry), pid != getpid(), SlurmCluster.isAlive(pid),
+              let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { continue }
         let cmdline = String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
         if cmdline.contains(needle) { found.append("\(pid): \(cmdline)") }
     }
