@@ -64,4 +64,31 @@ final class SlurmTests: XCTestCase {
         XCTAssertEqual(livingProcesses(matching: slurm.directory), [], "Slurm daemons left running")
         XCTAssertLessThan(Date().timeIntervalSince(started), 180)
     }
+
+    /// examples/slurm/giantvm.sbatch as a user submits it (its config template, its srun line), on
+    /// this one machine: 1 host x 2 tasks instead of its 2 hosts x 1.
+    func testTheExampleBatchScriptRunsTheVM() throws {
+        try requirements()
+        let slurm = try SlurmCluster()
+        defer { slurm.stop() }
+        let example = Built.packageRoot + "/examples/slurm"
+        let output = slurm.directory + "/job.out"
+        let env = slurm.clientEnvironment.merging(["GIANTVM": Built.giantvm, "GIANTVM_ADDRESS": "127.0.0.1",
+                                                   "GIANTVM_PORT_BASE": "23720", "GIANTVM_ARGS": "--timeout 60"]) { $1 }
+        let r = try TestSupport.run("/usr/bin/sbatch", ["--wait", "-N1", "-n2", "--ntasks-per-node=2", "--cpus-per-task=1",
+                                                        "--time=2", "-o", output, example + "/giantvm.sbatch"],
+                                    timeout: 100, environment: env, directory: Built.packageRoot)
+        let job = (try? String(contentsOfFile: output, encoding: .utf8)) ?? "(no job output)"
+        let context = "sbatch: \(r.output)\njob output:\n\(job)\n\(r.status == 0 ? "" : slurm.logs())"
+        XCTAssertFalse(r.timedOut, context)
+        XCTAssertEqual(r.status, 0, "the job must end cleanly: \(context)")
+        XCTAssertTrue(job.contains("giantvm.sbatch: job "), context)
+        XCTAssertTrue(job.contains("0: node 0: stopped cleanly: guest passed"), context)
+        XCTAssertTrue(job.contains("1: node 1: stopped cleanly: node 0 finished: guest passed"), context)
+        XCTAssertTrue(job.contains("1: node 1: this is node 1 (--id auto: SLURM_PROCID=1 from Slurm"), context)
+        // The job's config is removed when the job ends, and no node is left.
+        let leftover = (try FileManager.default.contentsOfDirectory(atPath: example)).filter { $0.hasPrefix("giantvm-job-") }
+        XCTAssertEqual(leftover, [], "the job's config must be removed")
+        XCTAssertEqual(livingProcesses(matching: "giantvm-job-"), [])
+    }
 }
