@@ -147,7 +147,6 @@ struct NodeCommand: ParsableCommand {
     }
 }
 
-
 extension NodeIDRequest: ExpressibleByArgument {
     public init?(argument: String) { self.init(parsing: argument) }
     public static var defaultCompletionKind: CompletionKind { .list(["auto"]) }
@@ -155,6 +154,8 @@ extension NodeIDRequest: ExpressibleByArgument {
     static let resolved = ResolvedID()
 }
 
+/// The node id `run()` resolved, readable from the command's other methods (a ParsableCommand is
+/// a value its parser decodes: it has no stored property that is not an argument).
 final class ResolvedID: @unchecked Sendable {
     private let lock = NSLock()
     private var value: UInt32?
