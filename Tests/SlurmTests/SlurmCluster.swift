@@ -14,7 +14,7 @@ import XCTest
 
 final class SlurmCluster {
     static let programs = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/srun",
-                           "/usr/bin/sinfo", "/usr/bin/sbatch"]
+                           "/usr/bin/sinfo", "/usr/bin/sbatch", "/usr/bin/squeue", "/usr/bin/scancel"]
 
     let directory: String
     let confPath: String
@@ -167,6 +167,16 @@ final class SlurmCluster {
 
     /// Stops the daemons, slurmd first (SIGTERM, then SIGKILL after 10 s each), and removes the directory.
     func stop() {
+        // A job still running (a test that timed out) is cancelled first, so that its tasks end too.
+        if !daemons.isEmpty, (try? run("/usr/bin/squeue", ["-h", "-o", "%i"], timeout: 5, environment: clientEnvironment))?
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty == false {
+            _ = try? run("/usr/bin/scancel", ["--full", "--user=root"], timeout: 10, environment: clientEnvironment)
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline, (try? run("/usr/bin/squeue", ["-h", "-o", "%i"], timeout: 5, environment: clientEnvironment))?
+                    .stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty == false {
+                usleep(200_000)
+            }
+        }
         for d in daemons.reversed() {
             guard let pid = Self.pid(d.pidFile) else { continue }
             kill(pid, SIGTERM)

@@ -36,7 +36,7 @@ final class SlurmTests: XCTestCase {
         // Two tasks on this one machine: the two nodes of the VM (both on 127.0.0.1, ports 23710-23711).
         let r = try TestSupport.run("/usr/bin/srun", ["-N1", "-n2", "--label", "--kill-on-bad-exit=1", "--time=2", "--job-name=giantvm",
                                           Built.giantvm, "node", "--config", config, "--id", "auto", "--timeout", "60"],
-                        timeout: 100, environment: slurm.clientEnvironment, directory: work)
+                        timeout: 80, environment: slurm.clientEnvironment, directory: work)
         let context = "srun output:\n\(r.output)\n\(r.status == 0 ? "" : slurm.logs())"
         XCTAssertFalse(r.timedOut, context)
         XCTAssertEqual(r.status, 0, "the job must end cleanly: \(context)")
@@ -54,7 +54,7 @@ final class SlurmTests: XCTestCase {
         // Three tasks for a 2-node config: every task refuses before starting anything.
         let bad = try TestSupport.run("/usr/bin/srun", ["-N1", "-n3", "--overcommit", "--label", "--time=1",
                                             Built.giantvm, "node", "--config", config, "--id", "auto"],
-                          timeout: 60, environment: slurm.clientEnvironment, directory: work)
+                          timeout: 30, environment: slurm.clientEnvironment, directory: work)
         XCTAssertNotEqual(bad.status, 0, bad.output)
         XCTAssertTrue(bad.output.contains("--id auto: Slurm started 3 processes (SLURM_STEP_NUM_TASKS=3) but \(config) has 2 nodes"),
                       "srun -n3: \(bad.output)\n\(slurm.logs())")
