@@ -172,6 +172,9 @@ let package = Package(
                                                          .product(name: "Logging", package: "swift-log")],
                     path: "Tests/ClusterTests"),
         .testTarget(name: "LaunchTests", dependencies: ["Launch"], path: "Tests/LaunchTests"),
+        // `node --id auto`: through the binary with launcher variables, and a real Slurm (slurm-wlm, munge;
+        // scripts/deps/slurm.sh) started by the test running a VM with srun and the example batch script.
+        .testTarget(name: "SlurmTests", dependencies: ["TestSupport"], path: "Tests/SlurmTests"),
         .testTarget(name: "NodeAssemblyTests",
                     dependencies: ["NodeAssembly", "Distributed", "Machine", "Cluster", "Config", "PluginHost", "TestSupport",
                                    .product(name: "Logging", package: "swift-log")],

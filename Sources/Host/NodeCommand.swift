@@ -1,4 +1,4 @@
-// `giantvm node --config F --id N`: runs one node of the cluster.
+// `giantvm node --config F --id N|auto`: runs one node of the cluster.
 
 import ArgumentParser
 import Bench
@@ -33,8 +33,17 @@ struct NodeCommand: ParsableCommand {
     @Option(name: .long, help: "The cluster YAML file.")
     var config: String
 
-    @Option(name: .long, help: "This node's id (its index in `nodes:`).")
-    var id: UInt32
+    @Option(name: .customLong("id"), help: ArgumentHelp(
+        "This node's id (its index in `nodes:`), or `auto`.",
+        discussion: "auto: the rank from the launcher (Open MPI, PMIx, MPICH/Hydra, Slurm's srun), else the one node whose address is local (docs/launching.md).",
+        valueName: "n|auto"))
+    var idRequest: NodeIDRequest
+
+    /// This node's id: `--id N`, or what `--id auto` resolved to at the start of run().
+    var id: UInt32 {
+        if case .fixed(let n) = idRequest { return n }
+        return NodeIDRequest.resolved.get() ?? 0
+    }
 
     @Option(name: .long, help: "Stop the cluster cleanly after this many seconds (default: run until stopped).")
     var duration: Double?
@@ -71,12 +80,10 @@ struct NodeCommand: ParsableCommand {
         // Signals are taken by one dedicated thread (sigwait); every other thread blocks them.
         let signals = SignalWaiter.blockTerminationSignals()
         // Started by a launcher (`giantvm up`, `net-bench`): stop if it dies, so nothing is left behind.
-        guard Launcher.adoptParentDeath() else { fail("node \(id): the launcher that started this node is gone") }
+        guard Launcher.adoptParentDeath() else { fail("node \(idRequest): the launcher that started this node is gone") }
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
-        guard Int(id) < cfg.nodes.count else {
-            fail("\(config): there is no node \(id) (nodes: 0-\(cfg.nodes.count - 1))")
-        }
+        resolveID(cfg)
         let loader = PluginLoader(searchPath: PluginLoader.defaultSearchPath(config: cfg))
         if cfg.guest != nil && !bench {   // a config with a guest: run this node's part of the VM
             runVMNode(config: cfg, loader: loader, logger: logger, signals: signals)
@@ -117,6 +124,18 @@ struct NodeCommand: ParsableCommand {
         finish(status: reason.status, message: reason.message)
     }
 
+    /// Resolves `--id` against the config (range-checked; `auto` from the launcher or the local addresses).
+    func resolveID(_ cfg: ClusterConfig) {
+        do {
+            let identity = try NodeIdentity.resolve(
+                idRequest, nodes: cfg.nodes.map { NodeAddress(id: $0.id, address: $0.address) }, configName: config,
+                environment: ProcessInfo.processInfo.environment, localAddresses: LocalAddresses.current,
+                resolve: HostResolver.numericAddresses(of:))
+            NodeIDRequest.resolved.set(identity.id)
+            if idRequest == .auto { say("node \(identity.id): this is \(identity)") }
+        } catch { fail("\(error)") }
+    }
+
     /// Exits with a node's stop: 0 and "stopped cleanly" on success, the error otherwise.
     func finish(status: Int32, message: String) -> Never {
         if status == 0 {
@@ -128,3 +147,18 @@ struct NodeCommand: ParsableCommand {
     }
 }
 
+extension NodeIDRequest: ExpressibleByArgument {
+    public init?(argument: String) { self.init(parsing: argument) }
+    public static var defaultCompletionKind: CompletionKind { .list(["auto"]) }
+    /// The id `--id auto` resolved to (set once, before any other thread reads it).
+    static let resolved = ResolvedID()
+}
+
+/// The node id `run()` resolved, readable from the command's other methods (a ParsableCommand is
+/// a value its parser decodes: it has no stored property that is not an argument).
+final class ResolvedID: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: UInt32?
+    func set(_ v: UInt32) { lock.withLock { value = v } }
+    func get() -> UInt32? { lock.withLock { value } }
+}
