@@ -16,6 +16,8 @@ public struct NodeConfig: Equatable, Sendable {
     public var address: String
     public var port: UInt16
     public var vcpus: UInt32
+    /// `ssh:`: where `up --ssh` logs in to start this node (nil: its address).
+    public var ssh: SSHTarget?
     public init(id: UInt32, address: String, port: UInt16, vcpus: UInt32) {
         self.id = id; self.address = address; self.port = port; self.vcpus = vcpus
     }
@@ -90,6 +92,8 @@ public struct ClusterConfig: Sendable {
     /// Things `validate` should say that do not make the file invalid (no key_file on a
     /// multi-node cluster, a key file other users can read).
     public var warnings: [Diagnostic]
+    /// `ssh:`: how `up --ssh` starts the nodes (SSHConfig.swift).
+    public var ssh = SSHSettings()
 
     /// Largest `memory:` a VM supports: guest RAM must end below the 32-bit device window at
     /// 0xC0000000 (Firmware's `FirmwareLayout.maxRAM`; Machine refuses more too). Checked when the

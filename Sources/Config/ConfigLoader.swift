@@ -255,7 +255,7 @@ struct Reader {
     static let maxKeyFileBytes: Int64 = 64 << 10
 
     static let topLevel = ["cluster", "nodes", "memory", "plugin_path", "transport", "coherence",
-                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench"]
+                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench", "ssh"]
 
     mutating func cluster(_ root: Node) -> ClusterConfig? {
         guard let top = mapping(root, "", allowed: Self.topLevel) else { return nil }
@@ -383,11 +383,15 @@ struct Reader {
         var extra: [String: String] = [:]
         if top["bench"] != nil { extra["bench"] = topLevelText["bench"] ?? "" }
 
+        let ssh = top["ssh"].map { sshSettings($0.value) } ?? SSHSettings()
+
         guard ok else { return nil }
-        return ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
-                             pluginPath: pluginPath, transport: transport, coherence: coherence,
-                             devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
-                             timeouts: timeouts, extra: extra, faults: faultPlan)
+        var config = ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
+                                   pluginPath: pluginPath, transport: transport, coherence: coherence,
+                                   devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
+                                   timeouts: timeouts, extra: extra, faults: faultPlan)
+        config.ssh = ssh
+        return config
     }
 
     /// `plugin:` and `settings:`; the `faults:` value (transport only) is handed back in `faults`.
@@ -420,7 +424,7 @@ struct Reader {
         var seenEndpoints: [String: Int] = [:]
         for (i, item) in seq.enumerated() {
             let path = "nodes[\(i)]"
-            guard let m = mapping(item, path, allowed: ["id", "address", "port", "vcpus"]) else { continue }
+            guard let m = mapping(item, path, allowed: ["id", "address", "port", "vcpus", "ssh"]) else { continue }
             var id: UInt32?
             if let v = m["id"]?.value { id = integer(v, "\(path).id", range: 0...255, what: "a node id (0-255)").map(UInt32.init) }
             else { report(item, "\(path).id", "missing") }
@@ -445,7 +449,12 @@ struct Reader {
                     report(m["port"]?.value, "\(path).port", "\(key) is also used by nodes[\(first)]")
                 } else { seenEndpoints[key] = i }
             }
-            if let id, let address, let port { nodes.append(NodeConfig(id: id, address: address, port: port, vcpus: vcpus)) }
+            let ssh = m["ssh"].flatMap { sshTarget($0.value, "\(path).ssh") }
+            if let id, let address, let port {
+                var n = NodeConfig(id: id, address: address, port: port, vcpus: vcpus)
+                n.ssh = ssh
+                nodes.append(n)
+            }
         }
         nodes.sort { $0.id < $1.id }
         for (i, n) in nodes.enumerated() where n.id != UInt32(i) {

@@ -61,6 +61,10 @@ struct NodeCommand: ParsableCommand {
     @Option(name: .long, help: .hidden)
     var benchMegabytes: Int = 64
 
+    // Started by `up --ssh`: stop when standard input closes (Launch/StdinWatch.swift).
+    @Flag(name: .customLong("exit-on-stdin-eof"), help: .hidden)
+    var exitOnStdinEOF = false
+
     func validate() throws {
         if let duration { try checkSeconds(duration, option: "--duration") }
         if let timeout { try checkSeconds(timeout, option: "--timeout") }
@@ -72,6 +76,7 @@ struct NodeCommand: ParsableCommand {
         let signals = SignalWaiter.blockTerminationSignals()
         // Started by a launcher (`giantvm up`, `net-bench`): stop if it dies, so nothing is left behind.
         guard Launcher.adoptParentDeath() else { fail("node \(id): the launcher that started this node is gone") }
+        if exitOnStdinEOF { StdinWatch.stopProcessOnEOF(label: "node \(id)") }
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         guard Int(id) < cfg.nodes.count else {
