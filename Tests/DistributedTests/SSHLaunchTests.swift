@@ -318,3 +318,49 @@ final class SSHLaunchTests: XCTestCase {
         XCTAssertEqual(leftOver(timeout: 5), [], "nothing may be left running on any host")
     }
 }
+
+/// `up --ssh` refusing to start, and ssh failing: no sshd, no root, no KVM needed.
+final class SSHLaunchErrorTests: XCTestCase {
+    override func setUpWithError() throws { try Requirement.builtGiantVM() }
+
+    func config(_ extra: String, nodeSSH: String = "") -> String {
+        temporaryFile("""
+            cluster: sshfail
+            nodes:
+              - {id: 0, address: 127.0.0.1, port: 20730, vcpus: 1\(nodeSSH)}
+              - {id: 1, address: 127.0.0.1, port: 20731, vcpus: 1\(nodeSSH)}
+            transport: {plugin: transport-tcp}
+            coherence: {plugin: dsm-ivy}
+            timeouts: {connect: 2s, heartbeat: 100ms, failure: 1s}
+            \(extra)
+            """)
+    }
+
+    func testAMissingIdentityFileIsRefusedBeforeAnythingStarts() throws {
+        let path = config("ssh: {identity: /nonexistent/gvm-key}")
+        let r = try giantvm(["up", "--ssh", path], timeout: 20)
+        XCTAssertEqual(r.status, 1, r.output)
+        XCTAssertTrue(r.stderr.contains("giantvm: error: \(path): ssh.identity: cannot read the private key '/nonexistent/gvm-key'"), r.output)
+        XCTAssertFalse(r.output.contains("[node"), r.output)
+    }
+
+    func testAMissingClientIsRefused() throws {
+        let path = config("ssh: {client: /nonexistent/ssh}")
+        let r = try giantvm(["up", "--ssh", path], timeout: 20)
+        XCTAssertEqual(r.status, 1, r.output)
+        XCTAssertTrue(r.stderr.contains("\(path): ssh.client: cannot find an executable '/nonexistent/ssh'"), r.output)
+    }
+
+    /// Nothing listens on port 1: each ssh fails at once, `up` says which node and why, exits 1.
+    func testAnUnreachableHostFailsEveryNodeClearly() throws {
+        guard access("/usr/bin/ssh", X_OK) == 0 else { throw XCTSkip("ssh is missing: run scripts/deps/sshd.sh") }
+        let path = config("ssh: {options: [UserKnownHostsFile=/dev/null, StrictHostKeyChecking=no]}", nodeSSH: ", ssh: \"127.0.0.1:1\"")
+        let r = try giantvm(["up", "--ssh", path], timeout: 40)
+        XCTAssertEqual(r.status, 1, r.output)
+        for n in 0..<2 {
+            XCTAssertTrue(r.stderr.contains("[node \(n)] ssh: connect to host 127.0.0.1 port 1: Connection refused"), r.output)
+            XCTAssertTrue(r.stderr.contains("[up] node \(n) (ssh 127.0.0.1:1) exited with status 255 (ssh failed, or the remote node was killed by a signal)"), r.output)
+        }
+        XCTAssertTrue(r.stderr.contains("[up] failed: node(s) 0, 1 exited non-zero"), r.output)
+    }
+}
