@@ -317,6 +317,30 @@ final class SSHLaunchTests: XCTestCase {
         }
         XCTAssertEqual(leftOver(timeout: 5), [], "nothing may be left running on any host")
     }
+
+    /// `up` killed outright: its ends of the pipes close with it, each ssh forwards the end of
+    /// input, each remote node stops, and the sshs end with their sessions.
+    func testKillingUpStopsEveryRemoteNode() throws {
+        let up = try startUp(try sshConfig(port: 20740, cmdline: "counter iters=2000000000"))
+        defer { up.stop() }
+        guard waitRunning(up) else { return }
+        up.stop()
+        XCTAssertEqual(leftOver(timeout: 20), [], "nothing may be left running on any host")
+        XCTAssertTrue(up.output.contains("[node 1] node 1: met node 0"))
+        // The local sshs (they name this test's key) end too.
+        let deadline = Date().addingTimeInterval(10)
+        var sshs: [String] = []
+        repeat {
+            sshs = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { pid -> String? in
+                guard Int32(pid) != nil, let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+                let text = String(decoding: d, as: UTF8.self)
+                return text.hasPrefix("/usr/bin/ssh\0") && text.contains(dir + "/id") ? pid : nil
+            } ?? []
+            if sshs.isEmpty { break }
+            usleep(100_000)
+        } while Date() < deadline
+        XCTAssertEqual(sshs, [], "ssh processes left behind")
+    }
 }
 
 /// `up --ssh` refusing to start, and ssh failing: no sshd, no root, no KVM needed.
