@@ -83,6 +83,8 @@ public struct ClusterConfig: Sendable {
     public var ioapicNode: UInt32
     public var guest: GuestConfig?
     public var keyFile: String?
+    /// `ssh:`: how `up --ssh` starts the nodes (SSHConfig.swift).
+    public var ssh = SSHSettings()
     public var timeouts: Timeouts
     /// Extra top-level sections that belong to tools (e.g. `bench:`): their source text exactly
     /// as written in the file (never re-serialized, aliases not expanded).
@@ -92,8 +94,6 @@ public struct ClusterConfig: Sendable {
     /// Things `validate` should say that do not make the file invalid (no key_file on a
     /// multi-node cluster, a key file other users can read).
     public var warnings: [Diagnostic]
-    /// `ssh:`: how `up --ssh` starts the nodes (SSHConfig.swift).
-    public var ssh = SSHSettings()
 
     /// Largest `memory:` a VM supports: guest RAM must end below the 32-bit device window at
     /// 0xC0000000 (Firmware's `FirmwareLayout.maxRAM`; Machine refuses more too). Checked when the

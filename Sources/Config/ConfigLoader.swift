@@ -65,6 +65,7 @@ public enum ConfigLoader {
         let config = reader.cluster(root)
         if var config, reader.problems.isEmpty {
             config.warnings = reader.warnings
+            config.ssh = reader.ssh
             return config
         }
         let sorted = reader.problems.enumerated().sorted { a, b in
@@ -81,6 +82,8 @@ struct Reader {
     var warnings: [Diagnostic] = []
     /// Source text of each top-level value (from YAMLBounds), for `extra`.
     var topLevelText: [String: String] = [:]
+    /// The `ssh:` section (SSHConfig.swift), handed to the config by `parse`.
+    var ssh = SSHSettings()
     let baseDirectory: String
 
     init(file: String) {
@@ -255,10 +258,10 @@ struct Reader {
     static let maxKeyFileBytes: Int64 = 64 << 10
 
     static let topLevel = ["cluster", "nodes", "memory", "plugin_path", "transport", "coherence",
-                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench", "ssh"]
+                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench"]
 
     mutating func cluster(_ root: Node) -> ClusterConfig? {
-        guard let top = mapping(root, "", allowed: Self.topLevel) else { return nil }
+        guard let top = mapping(root, "", allowed: Self.topLevel + [Self.sshSection]) else { return nil }
         var ok = true
         func need(_ key: String, _ what: String) -> Node? {
             if let v = top[key]?.value { return v }
@@ -367,6 +370,8 @@ struct Reader {
                  + "that reaches a node's port first can claim a node id; set key_file to a shared secret")
         }
 
+        if let s = top[Self.sshSection]?.value { ssh = sshSettings(s) }
+
         var timeouts = Timeouts()
         if let t = top["timeouts"]?.value, let m = mapping(t, "timeouts", allowed: ["connect", "heartbeat", "failure"]) {
             let range = Durations.timeoutRange
@@ -383,15 +388,11 @@ struct Reader {
         var extra: [String: String] = [:]
         if top["bench"] != nil { extra["bench"] = topLevelText["bench"] ?? "" }
 
-        let ssh = top["ssh"].map { sshSettings($0.value) } ?? SSHSettings()
-
         guard ok else { return nil }
-        var config = ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
-                                   pluginPath: pluginPath, transport: transport, coherence: coherence,
-                                   devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
-                                   timeouts: timeouts, extra: extra, faults: faultPlan)
-        config.ssh = ssh
-        return config
+        return ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
+                             pluginPath: pluginPath, transport: transport, coherence: coherence,
+                             devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
+                             timeouts: timeouts, extra: extra, faults: faultPlan)
     }
 
     /// `plugin:` and `settings:`; the `faults:` value (transport only) is handed back in `faults`.

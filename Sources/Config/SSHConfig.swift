@@ -107,6 +107,8 @@ public struct SSHSettings: Equatable, Sendable {
 }
 
 extension Reader {
+    /// The top-level key (allowed beside `Reader.topLevel`).
+    static let sshSection = "ssh"
     static let sshFields = ["client", "giantvm", "config", "plugin_path", "identity", "options"]
 
     /// A node's `ssh:` value.

@@ -74,9 +74,10 @@ struct NodeCommand: ParsableCommand {
         let logger = global.bootstrapLogging(label: "giantvm.node")
         // Signals are taken by one dedicated thread (sigwait); every other thread blocks them.
         let signals = SignalWaiter.blockTerminationSignals()
+        // Started by `up --ssh`: stop when the ssh session's input closes (after the mask above).
+        if exitOnStdinEOF { StdinWatch.stopProcessOnEOF(label: "node \(id)") }
         // Started by a launcher (`giantvm up`, `net-bench`): stop if it dies, so nothing is left behind.
         guard Launcher.adoptParentDeath() else { fail("node \(id): the launcher that started this node is gone") }
-        if exitOnStdinEOF { StdinWatch.stopProcessOnEOF(label: "node \(id)") }
         let cfg: ClusterConfig
         do { cfg = try ConfigLoader.load(path: config) } catch { fail("\(error)") }
         guard Int(id) < cfg.nodes.count else {
