@@ -68,10 +68,10 @@ struct Up: ParsableCommand {
     }
 }
 
-/// One ssh process per node of `cfg` (Launch's `RemoteNode`): the node's `ssh:` target or its
+/// One ssh process per node of `cfg` (Launch's `RemotePlan`): the node's `ssh:` target or its
 /// address; on the host, `giantvm` (ssh.giantvm or this binary's path) runs `arguments(config, id)`
-/// with the config path there (ssh.config or this file's absolute path), `--exit-on-stdin-eof`
-/// and the log level. Throws when ssh or the identity file cannot be used.
+/// with the config path there (ssh.config or this file's absolute path). Throws when ssh or the
+/// identity file cannot be used.
 func sshNodeSpecs(_ cfg: ClusterConfig, configPath: String, logLevel: String,
                   arguments: (String, UInt32) -> [String]) throws -> [ProcessSpec] {
     let file = cfg.sourcePath
@@ -82,21 +82,18 @@ func sshNodeSpecs(_ cfg: ClusterConfig, configPath: String, logLevel: String,
     if let identity = cfg.ssh.identity, !FileManager.default.isReadableFile(atPath: identity) {
         throw LaunchError("\(file): ssh.identity: cannot read the private key '\(identity)'")
     }
-    let client = SSHClient(program: program, identity: cfg.ssh.identity, options: cfg.ssh.options)
-    let binary = cfg.ssh.giantvm ?? Launcher.currentExecutable
     let here = configPath.hasPrefix("/") ? configPath : FileManager.default.currentDirectoryPath + "/" + configPath
-    let remoteConfig = cfg.ssh.config ?? (here as NSString).standardizingPath
-    let env = cfg.ssh.pluginPath.isEmpty ? [] : [(key: "GIANTVM_PLUGIN_PATH", value: cfg.ssh.pluginPath.joined(separator: ":"))]
+    let plan = RemotePlan(client: SSHClient(program: program, identity: cfg.ssh.identity, options: cfg.ssh.options),
+                          giantvm: cfg.ssh.giantvm ?? Launcher.currentExecutable,
+                          config: cfg.ssh.config ?? (here as NSString).standardizingPath,
+                          pluginPath: cfg.ssh.pluginPath, logLevel: logLevel)
     return try cfg.nodes.map { n in
         let target = n.ssh ?? SSHTarget(host: n.address)
-        if target.host.hasPrefix("-") {
-            throw LaunchError("\(file): nodes[\(n.id)].address: '\(n.address)' cannot be an ssh host (set nodes[\(n.id)].ssh)")
-        }
-        let node = RemoteNode(label: "node \(n.id) (ssh \(target))",
-                              destination: SSHDestination(user: target.user, host: target.host, port: target.port),
-                              argv: [binary] + arguments(remoteConfig, n.id) + ["--exit-on-stdin-eof", "--log-level", logLevel],
-                              environment: env, prefix: "[node \(n.id)] ")
-        return node.processSpec(client: client)
+        do {
+            return try plan.spec(id: n.id, destination: SSHDestination(user: target.user, host: target.host, port: target.port)) {
+                arguments($0, n.id)
+            }
+        } catch { throw LaunchError("\(file): nodes[\(n.id)]: \(error) (set nodes[\(n.id)].ssh)") }
     }
 }
 

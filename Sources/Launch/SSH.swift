@@ -112,6 +112,41 @@ public struct RemoteNode: Sendable {
     }
 }
 
+/// What `giantvm up --ssh` runs on every host: one ssh per node, each running
+/// `giantvm node ... --exit-on-stdin-eof --log-level L` there.
+public struct RemotePlan: Sendable {
+    public var client: SSHClient
+    /// giantvm on the hosts.
+    public var giantvm: String
+    /// The config file on the hosts.
+    public var config: String
+    /// GIANTVM_PLUGIN_PATH for the nodes (empty: not set).
+    public var pluginPath: [String]
+    public var logLevel: String
+
+    /// The node option that ties a remote node to its ssh session's input (StdinWatch).
+    public static let stopOnEOFOption = "--exit-on-stdin-eof"
+
+    public init(client: SSHClient, giantvm: String, config: String, pluginPath: [String] = [], logLevel: String) {
+        self.client = client; self.giantvm = giantvm; self.config = config
+        self.pluginPath = pluginPath; self.logLevel = logLevel
+    }
+
+    /// Node `id` on `destination`: `giantvm` with `arguments(config)` (the node's arguments,
+    /// given the config's path on the host), then the stop option and the log level; output
+    /// prefixed `[node id]`, labelled `node id (ssh destination)`.
+    public func spec(id: UInt32, destination: SSHDestination, arguments: (String) -> [String]) throws -> ProcessSpec {
+        if destination.host.hasPrefix("-") || destination.host.isEmpty {
+            throw LaunchError("node \(id): '\(destination.host)' cannot be an ssh host")
+        }
+        let env = pluginPath.isEmpty ? [] : [(key: "GIANTVM_PLUGIN_PATH", value: pluginPath.joined(separator: ":"))]
+        let node = RemoteNode(label: "node \(id) (ssh \(destination))", destination: destination,
+                              argv: [giantvm] + arguments(config) + [Self.stopOnEOFOption, "--log-level", logLevel],
+                              environment: env, prefix: "[node \(id)] ")
+        return node.processSpec(client: client)
+    }
+}
+
 public enum Shell {
     /// `word` as one word for a POSIX shell: as it is when it holds only characters no shell
     /// treats specially (never the first word here: `=` is plain), else in single quotes (a '

@@ -70,6 +70,28 @@ final class SSHCommandTests: XCTestCase {
         XCTAssertEqual(spec.label, "node 3 (ssh h)")
     }
 
+    func testThePlanRunsTheSameNodeCommandOnEveryHost() throws {
+        let plan = RemotePlan(client: SSHClient(program: "/usr/bin/ssh", identity: "/k/id"), giantvm: "/opt/g/giantvm",
+                              config: "/shared/vm.yaml", pluginPath: ["/opt/g/lib", "/opt/x"], logLevel: "info")
+        let spec = try plan.spec(id: 1, destination: SSHDestination(user: "ops", host: "gw1", port: 2222)) {
+            ["node", "--config", $0, "--id", "1", "--cmdline", "counter iters=5"]
+        }
+        XCTAssertEqual(spec.label, "node 1 (ssh ops@gw1:2222)")
+        XCTAssertEqual(spec.stdoutPrefix, "[node 1] ")
+        XCTAssertEqual(spec.stop, .closingStdin)
+        XCTAssertEqual(spec.executable, "/usr/bin/ssh")
+        XCTAssertEqual(Array(spec.arguments.suffix(4).prefix(3)), ["2222", "--", "ops@gw1"])
+        XCTAssertEqual(try shellWords(spec.arguments.last!),
+                       ["exec", "env", "GIANTVM_PLUGIN_PATH=/opt/g/lib:/opt/x", "/opt/g/giantvm", "node", "--config", "/shared/vm.yaml",
+                        "--id", "1", "--cmdline", "counter iters=5", "--exit-on-stdin-eof", "--log-level", "info"])
+        let noPlugins = RemotePlan(client: SSHClient(program: "/usr/bin/ssh"), giantvm: "/g", config: "/c.yaml", logLevel: "notice")
+        XCTAssertEqual(try noPlugins.spec(id: 0, destination: SSHDestination(host: "10.0.0.1")) { ["node", "--config", $0] }.arguments.last,
+                       "exec /g node --config /c.yaml --exit-on-stdin-eof --log-level notice")
+        XCTAssertThrowsError(try noPlugins.spec(id: 3, destination: SSHDestination(host: "-oProxyCommand=x")) { _ in [] }) { e in
+            XCTAssertTrue("\(e)".contains("node 3: '-oProxyCommand=x' cannot be an ssh host"), "\(e)")
+        }
+    }
+
     func testResolveFindsAProgramOnThePath() throws {
         let dir = NSTemporaryDirectory() + "ssh-resolve-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
