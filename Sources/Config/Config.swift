@@ -16,6 +16,8 @@ public struct NodeConfig: Equatable, Sendable {
     public var address: String
     public var port: UInt16
     public var vcpus: UInt32
+    /// `ssh:`: where `up --ssh` logs in to start this node (nil: its address).
+    public var ssh: SSHTarget?
     public init(id: UInt32, address: String, port: UInt16, vcpus: UInt32) {
         self.id = id; self.address = address; self.port = port; self.vcpus = vcpus
     }
@@ -81,6 +83,8 @@ public struct ClusterConfig: Sendable {
     public var ioapicNode: UInt32
     public var guest: GuestConfig?
     public var keyFile: String?
+    /// `ssh:`: how `up --ssh` starts the nodes (SSHConfig.swift).
+    public var ssh = SSHSettings()
     public var timeouts: Timeouts
     /// Extra top-level sections that belong to tools (e.g. `bench:`): their source text exactly
     /// as written in the file (never re-serialized, aliases not expanded).

@@ -65,6 +65,7 @@ public enum ConfigLoader {
         let config = reader.cluster(root)
         if var config, reader.problems.isEmpty {
             config.warnings = reader.warnings
+            config.ssh = reader.ssh
             return config
         }
         let sorted = reader.problems.enumerated().sorted { a, b in
@@ -81,6 +82,8 @@ struct Reader {
     var warnings: [Diagnostic] = []
     /// Source text of each top-level value (from YAMLBounds), for `extra`.
     var topLevelText: [String: String] = [:]
+    /// The `ssh:` section (SSHConfig.swift), handed to the config by `parse`.
+    var ssh = SSHSettings()
     let baseDirectory: String
 
     init(file: String) {
@@ -258,7 +261,7 @@ struct Reader {
                            "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench"]
 
     mutating func cluster(_ root: Node) -> ClusterConfig? {
-        guard let top = mapping(root, "", allowed: Self.topLevel) else { return nil }
+        guard let top = mapping(root, "", allowed: Self.topLevel + [Self.sshSection]) else { return nil }
         var ok = true
         func need(_ key: String, _ what: String) -> Node? {
             if let v = top[key]?.value { return v }
@@ -367,6 +370,8 @@ struct Reader {
                  + "that reaches a node's port first can claim a node id; set key_file to a shared secret")
         }
 
+        if let s = top[Self.sshSection]?.value { ssh = sshSettings(s) }
+
         var timeouts = Timeouts()
         if let t = top["timeouts"]?.value, let m = mapping(t, "timeouts", allowed: ["connect", "heartbeat", "failure"]) {
             let range = Durations.timeoutRange
@@ -420,7 +425,7 @@ struct Reader {
         var seenEndpoints: [String: Int] = [:]
         for (i, item) in seq.enumerated() {
             let path = "nodes[\(i)]"
-            guard let m = mapping(item, path, allowed: ["id", "address", "port", "vcpus"]) else { continue }
+            guard let m = mapping(item, path, allowed: ["id", "address", "port", "vcpus", "ssh"]) else { continue }
             var id: UInt32?
             if let v = m["id"]?.value { id = integer(v, "\(path).id", range: 0...255, what: "a node id (0-255)").map(UInt32.init) }
             else { report(item, "\(path).id", "missing") }
@@ -445,7 +450,12 @@ struct Reader {
                     report(m["port"]?.value, "\(path).port", "\(key) is also used by nodes[\(first)]")
                 } else { seenEndpoints[key] = i }
             }
-            if let id, let address, let port { nodes.append(NodeConfig(id: id, address: address, port: port, vcpus: vcpus)) }
+            let ssh = m["ssh"].flatMap { sshTarget($0.value, "\(path).ssh") }
+            if let id, let address, let port {
+                var n = NodeConfig(id: id, address: address, port: port, vcpus: vcpus)
+                n.ssh = ssh
+                nodes.append(n)
+            }
         }
         nodes.sort { $0.id < $1.id }
         for (i, n) in nodes.enumerated() where n.id != UInt32(i) {

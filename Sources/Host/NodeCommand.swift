@@ -70,6 +70,10 @@ struct NodeCommand: ParsableCommand {
     @Option(name: .long, help: .hidden)
     var benchMegabytes: Int = 64
 
+    // Started by `up --ssh`: stop when standard input closes (Launch/StdinWatch.swift).
+    @Flag(name: .customLong("exit-on-stdin-eof"), help: .hidden)
+    var exitOnStdinEOF = false
+
     func validate() throws {
         if let duration { try checkSeconds(duration, option: "--duration") }
         if let timeout { try checkSeconds(timeout, option: "--timeout") }
@@ -79,6 +83,8 @@ struct NodeCommand: ParsableCommand {
         let logger = global.bootstrapLogging(label: "giantvm.node")
         // Signals are taken by one dedicated thread (sigwait); every other thread blocks them.
         let signals = SignalWaiter.blockTerminationSignals()
+        // Started by `up --ssh`: stop when the ssh session's input closes (after the mask above).
+        if exitOnStdinEOF { StdinWatch.stopProcessOnEOF(label: "node \(id)") }
         // Started by a launcher (`giantvm up`, `net-bench`): stop if it dies, so nothing is left behind.
         guard Launcher.adoptParentDeath() else { fail("node \(idRequest): the launcher that started this node is gone") }
         let cfg: ClusterConfig

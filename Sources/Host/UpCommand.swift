@@ -1,5 +1,6 @@
 // `giantvm up F`: starts every node of the config on this machine as separate processes, through
-// the one launcher (Sources/Launch) that `net-bench` and `bench dsm` use too.
+// the one launcher (Sources/Launch) that `net-bench` and `bench dsm` use too. `up --ssh F` starts
+// each on its own host through OpenSSH instead (Launch/SSH.swift, docs/launching-ssh.md).
 
 import ArgumentParser
 import Config
@@ -10,12 +11,17 @@ import Launch
 struct Up: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "up",
-        abstract: "Start every node of a config on this machine, each as its own `giantvm node` process.",
+        abstract: "Start every node of a config, each as its own `giantvm node` process (here, or on its host with --ssh).",
         discussion: """
             Output lines of node N are prefixed with [node N]. If any node fails, the others stop
             (they detect it, or are told), and `up` exits non-zero; nodes still running
             timeouts.failure + 5 s after the first failure are killed. Ctrl-C stops every node;
             killing `up` stops them too (each node asks the kernel for SIGTERM when `up` dies).
+            With --ssh every node runs on its host through `ssh -T -o BatchMode=yes TARGET`: the
+            node's `ssh:` target ([user@]host[:port]) or its address; the same binary and config
+            paths as here unless the config's `ssh:` section names others (giantvm, config,
+            plugin_path, identity, options, client). A remote node stops when its ssh session's
+            input closes: Ctrl-C closes it, and so does `up` or its connection dying.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -32,6 +38,8 @@ struct Up: ParsableCommand {
     var timeout: Double?
     @Option(name: .long, help: "VM: guest command line instead of the config's guest.cmdline.")
     var cmdline: String?
+    @Flag(name: .long, help: "Start each node on its host over OpenSSH (the node's ssh: target or its address).")
+    var ssh = false
 
     func validate() throws {
         if let duration { try checkSeconds(duration, option: "--duration") }
@@ -47,7 +55,45 @@ struct Up: ParsableCommand {
         if stats { extra.append("--stats") }
         if let timeout { extra += ["--timeout", "\(timeout)"] }
         if let cmdline { extra += ["--cmdline", cmdline] }
+        if ssh {
+            let remote: [ProcessSpec]
+            do {
+                remote = try sshNodeSpecs(cfg, configPath: config, logLevel: global.logLevel) { path, id in
+                    ["node", "--config", path, "--id", "\(id)"] + extra
+                }
+            } catch { fail("\(error)") }
+            Glibc.exit(runNodes(cfg, specs: remote))
+        }
         Glibc.exit(launchNodes(cfg, configPath: config, logLevel: global.logLevel) { ["node", "--config", config, "--id", "\($0)"] + extra })
+    }
+}
+
+/// One ssh process per node of `cfg` (Launch's `RemotePlan`): the node's `ssh:` target or its
+/// address; on the host, `giantvm` (ssh.giantvm or this binary's path) runs `arguments(config, id)`
+/// with the config path there (ssh.config or this file's absolute path). Throws when ssh or the
+/// identity file cannot be used.
+func sshNodeSpecs(_ cfg: ClusterConfig, configPath: String, logLevel: String,
+                  arguments: (String, UInt32) -> [String]) throws -> [ProcessSpec] {
+    let file = cfg.sourcePath
+    guard let program = SSHClient.resolve(cfg.ssh.client) else {
+        throw LaunchError("\(file): ssh.client: cannot find an executable '\(cfg.ssh.client)'"
+                          + (cfg.ssh.client.contains("/") ? "" : " on PATH (install openssh-client)"))
+    }
+    if let identity = cfg.ssh.identity, !FileManager.default.isReadableFile(atPath: identity) {
+        throw LaunchError("\(file): ssh.identity: cannot read the private key '\(identity)'")
+    }
+    let here = configPath.hasPrefix("/") ? configPath : FileManager.default.currentDirectoryPath + "/" + configPath
+    let plan = RemotePlan(client: SSHClient(program: program, identity: cfg.ssh.identity, options: cfg.ssh.options),
+                          giantvm: cfg.ssh.giantvm ?? Launcher.currentExecutable,
+                          config: cfg.ssh.config ?? (here as NSString).standardizingPath,
+                          pluginPath: cfg.ssh.pluginPath, logLevel: logLevel)
+    return try cfg.nodes.map { n in
+        let target = n.ssh ?? SSHTarget(host: n.address)
+        do {
+            return try plan.spec(id: n.id, destination: SSHDestination(user: target.user, host: target.host, port: target.port)) {
+                arguments($0, n.id)
+            }
+        } catch { throw LaunchError("\(file): nodes[\(n.id)]: \(error) (set nodes[\(n.id)].ssh)") }
     }
 }
 
@@ -58,11 +104,18 @@ struct Up: ParsableCommand {
 func launchNodes(_ cfg: ClusterConfig, configPath: String, logLevel: String, plainOutputNode: UInt32? = nil,
                  deadline: Double? = nil, onLine: Launcher.LineHandler? = nil,
                  arguments: (UInt32) -> [String]) -> Int32 {
-    let signals = SignalWaiter.blockTerminationSignals()
     let specs = cfg.nodes.map { n in
         ProcessSpec(label: "node \(n.id)", arguments: arguments(n.id) + ["--log-level", logLevel],
                     stdoutPrefix: n.id == plainOutputNode ? nil : "[node \(n.id)] ", stderrPrefix: "[node \(n.id)] ")
     }
+    return runNodes(cfg, specs: specs, deadline: deadline, onLine: onLine)
+}
+
+/// Runs one process per node (`specs[i]` is node i): the launcher's policy, Ctrl-C/SIGTERM
+/// forwarded, the `[up]` summary lines; returns the command's exit status.
+func runNodes(_ cfg: ClusterConfig, specs: [ProcessSpec], deadline: Double? = nil,
+              onLine: Launcher.LineHandler? = nil) -> Int32 {
+    let signals = SignalWaiter.blockTerminationSignals()
     let grace = min(cfg.timeouts.failure + 5, secondsMax)
     let launcher = Launcher(executable: Launcher.currentExecutable, processes: specs,
                             policy: .init(failureGrace: grace, deadline: deadline), onLine: onLine)
@@ -70,7 +123,10 @@ func launchNodes(_ cfg: ClusterConfig, configPath: String, logLevel: String, pla
     let result: LaunchResult
     do { result = try launcher.run() } catch { fail("\(error)") }
     for i in result.failed where result.ends[i] != .signaled(SIGKILL) || !result.killedAfterFailure.contains(i) {
-        launcher.emit("[up] node \(cfg.nodes[i].id) \(result.ends[i])\n", to: .stderr)
+        // ssh exits 255 when it fails, and also when the remote command was killed by a signal.
+        let note = specs[i].stop == .closingStdin && result.ends[i] == .exited(255)
+            ? " (ssh failed, or the remote node was killed by a signal)" : ""
+        launcher.emit("[up] \(specs[i].label) \(result.ends[i])\(note)\n", to: .stderr)
     }
     if !result.killedAfterFailure.isEmpty {
         launcher.emit("[up] killed node(s) \(result.killedAfterFailure.map { "\(cfg.nodes[$0].id)" }.joined(separator: ", ")) "

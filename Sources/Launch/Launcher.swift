@@ -11,7 +11,12 @@
 //     grace;
 //   - every child gets PR_SET_PDEATHSIG through `Launcher.adoptParentDeath()` (called first thing
 //     by a child that was started with the environment variable below), so killing the launcher
-//     with SIGKILL leaves nothing behind.
+//     with SIGKILL leaves nothing behind;
+//   - a process started with `stop: .closingStdin` (a node on another host, through ssh: SSH.swift)
+//     is asked to stop by closing the pipe the launcher keeps to its standard input, never by a
+//     signal, which would end the local ssh and not the remote node; SIGKILL stays SIGKILL (the
+//     remote side then sees its input close when the connection drops). The write end is the
+//     launcher's alone (close-on-exec), so the launcher dying closes it too.
 //
 // Threading: `run` on the caller's thread (it blocks until every process ended and every output
 // pipe is drained); one relay thread per pipe; `terminate` from any thread (a signal thread).
@@ -31,14 +36,29 @@ public struct ProcessSpec: Sendable {
     /// Prefixes of relayed lines (nil: relayed as they are).
     public var stdoutPrefix: String?
     public var stderrPrefix: String?
+    /// The program to run instead of the launcher's `executable` (e.g. ssh).
+    public var executable: String?
+    /// How the launcher asks this process to stop.
+    public var stop: StopRequest
+
+    /// How a process is asked to stop (Ctrl-C on the launcher, its deadline).
+    public enum StopRequest: Sendable, Equatable {
+        /// The signal is sent to the process group (standard input is inherited).
+        case signal
+        /// Standard input is a pipe the launcher keeps open and closes to ask for a stop.
+        case closingStdin
+    }
 
     public init(label: String, arguments: [String], environment: [String: String] = [:],
-                stdoutPrefix: String? = nil, stderrPrefix: String? = nil) {
+                stdoutPrefix: String? = nil, stderrPrefix: String? = nil, executable: String? = nil,
+                stop: StopRequest = .signal) {
         self.label = label
         self.arguments = arguments
         self.environment = environment
         self.stdoutPrefix = stdoutPrefix
         self.stderrPrefix = stderrPrefix
+        self.executable = executable
+        self.stop = stop
     }
 }
 
@@ -120,6 +140,8 @@ public final class Launcher: @unchecked Sendable {
     private let stateLock = NSLock()
     private var pids: [pid_t] = []
     private var ended: [ProcessEnd?] = []
+    /// Write ends of the standard-input pipes of `.closingStdin` processes (-1: none or closed).
+    private var stdinWriters: [Int32] = []
     private var interruptSignal: Int32?
     private var interruptedAt: UInt64?
 
@@ -145,12 +167,13 @@ public final class Launcher: @unchecked Sendable {
     }
 
     /// Forwards `signal` to every process still running (any thread); the grace then applies.
+    /// A `.closingStdin` process has its standard input closed instead.
     public func terminate(signal: Int32) {
-        let targets: [pid_t] = stateLock.withLock {
+        let running: [Int] = stateLock.withLock {
             if interruptSignal == nil { interruptSignal = signal; interruptedAt = Self.now() }
-            return pids.indices.filter { ended[$0] == nil }.map { pids[$0] }
+            return pids.indices.filter { ended[$0] == nil }
         }
-        for p in targets { kill(-p, signal) }
+        requestStop(signal, running)
     }
 
     /// Starts every process, waits for all of them and for their output. Throws if one cannot be
@@ -164,14 +187,23 @@ public final class Launcher: @unchecked Sendable {
                 killStarted()
                 throw LaunchError("cannot create pipes for \(spec.label): \(String(cString: strerror(errno)))")
             }
-            let pid: pid_t
-            do { pid = try spawn(spec, stdout: outPipe[1], stderr: errPipe[1], closing: [outPipe[0], errPipe[0]]) } catch {
+            var inPipe: [Int32] = [-1, -1]
+            if spec.stop == .closingStdin && gvm_net_pipe_cloexec(&inPipe) != 0 {
                 Glibc.close(outPipe[0]); Glibc.close(outPipe[1]); Glibc.close(errPipe[0]); Glibc.close(errPipe[1])
+                killStarted()
+                throw LaunchError("cannot create pipes for \(spec.label): \(String(cString: strerror(errno)))")
+            }
+            let pid: pid_t
+            do {
+                pid = try spawn(spec, stdin: inPipe[0], stdout: outPipe[1], stderr: errPipe[1], closing: [outPipe[0], errPipe[0]])
+            } catch {
+                for fd in outPipe + errPipe + inPipe where fd >= 0 { Glibc.close(fd) }
                 killStarted()
                 throw error
             }
             Glibc.close(outPipe[1]); Glibc.close(errPipe[1])
-            stateLock.withLock { pids.append(pid); ended.append(nil) }
+            if inPipe[0] >= 0 { Glibc.close(inPipe[0]) }
+            stateLock.withLock { pids.append(pid); ended.append(nil); stdinWriters.append(inPipe[1]) }
             for (fd, stream, prefix) in [(outPipe[0], ProcessOutput.stdout, spec.stdoutPrefix),
                                          (errPipe[0], ProcessOutput.stderr, spec.stderrPrefix)] {
                 done.enter()
@@ -216,7 +248,7 @@ public final class Launcher: @unchecked Sendable {
                 if termSentAt == nil {
                     result.timedOut = true
                     termSentAt = now
-                    killAll(SIGTERM, running)
+                    requestStop(SIGTERM, running)
                 } else if let t = termSentAt, now - t > 5_000_000_000, !killedAll {
                     killAll(SIGKILL, running)
                     killedAll = true
@@ -228,6 +260,7 @@ public final class Launcher: @unchecked Sendable {
         // is given up after 5 s.
         _ = done.wait(timeout: .now() + 5)
         _ = relays
+        closeStdin(stateLock.withLock { Array(stdinWriters.indices) })
         stateLock.withLock {
             result.ends = ended.map { $0 ?? .signaled(SIGKILL) }
             result.interruptedBy = interruptSignal
@@ -250,17 +283,44 @@ public final class Launcher: @unchecked Sendable {
         return seconds >= 1e9 ? UInt64.max / 2 : UInt64(seconds * 1e9)
     }
 
-    private func killStarted() { killAll(SIGKILL, stateLock.withLock { Array(pids.indices) }) }
+    private func killStarted() {
+        let all = stateLock.withLock { Array(pids.indices) }
+        closeStdin(all)
+        killAll(SIGKILL, all)
+    }
+
+    /// Asks processes to stop: `signal` to the group, or their standard input closed.
+    private func requestStop(_ sig: Int32, _ indices: [Int]) {
+        let (piped, signaled): ([Int], [Int]) = stateLock.withLock {
+            let running = indices.filter { ended[$0] == nil }
+            return (running.filter { processes[$0].stop == .closingStdin }, running.filter { processes[$0].stop == .signal })
+        }
+        closeStdin(piped)
+        killAll(sig, signaled)
+    }
+
+    /// Closes the launcher's end of the standard-input pipes of `indices` (once; any thread).
+    private func closeStdin(_ indices: [Int]) {
+        let fds: [Int32] = stateLock.withLock {
+            indices.compactMap { i in
+                guard stdinWriters[i] >= 0 else { return nil }
+                defer { stdinWriters[i] = -1 }
+                return stdinWriters[i]
+            }
+        }
+        for fd in fds { Glibc.close(fd) }
+    }
 
     private func killAll(_ sig: Int32, _ indices: [Int]) {
         let targets = stateLock.withLock { indices.filter { ended[$0] == nil }.map { pids[$0] } }
         for p in targets { kill(-p, sig) }
     }
 
-    private func spawn(_ spec: ProcessSpec, stdout: Int32, stderr: Int32, closing: [Int32]) throws -> pid_t {
+    private func spawn(_ spec: ProcessSpec, stdin: Int32, stdout: Int32, stderr: Int32, closing: [Int32]) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        if stdin >= 0 { posix_spawn_file_actions_adddup2(&actions, stdin, 0) }
         posix_spawn_file_actions_adddup2(&actions, stdout, 1)
         posix_spawn_file_actions_adddup2(&actions, stderr, 2)
         for fd in closing { posix_spawn_file_actions_addclose(&actions, fd) }
@@ -280,12 +340,13 @@ public final class Launcher: @unchecked Sendable {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in spec.environment { env[k] = v }
         env[Self.parentVariable] = "\(getpid())"
-        let argv = ([executable] + spec.arguments).map { strdup($0) } + [nil]
+        let program = spec.executable ?? executable
+        let argv = ([program] + spec.arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attr, argv, envp)
-        guard rc == 0 else { throw LaunchError("cannot start \(spec.label) (\(executable)): \(String(cString: strerror(rc)))") }
+        let rc = posix_spawn(&pid, program, &actions, &attr, argv, envp)
+        guard rc == 0 else { throw LaunchError("cannot start \(spec.label) (\(program)): \(String(cString: strerror(rc)))") }
         return pid
     }
 
