@@ -1,4 +1,4 @@
-// How `giantvm up --ssh` reaches each node's host (docs/launching-ssh.md):
+// How `giantvm up --ssh` reaches each node's host (docs/launching.md):
 //
 //   nodes:
 //     - {id: 0, address: 10.0.0.1, port: 7000, vcpus: 2}                     # ssh to 10.0.0.1

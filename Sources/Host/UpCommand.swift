@@ -1,6 +1,6 @@
 // `giantvm up F`: starts every node of the config on this machine as separate processes, through
 // the one launcher (Sources/Launch) that `net-bench` and `bench dsm` use too. `up --ssh F` starts
-// each on its own host through OpenSSH instead (Launch/SSH.swift, docs/launching-ssh.md).
+// each on its own host through OpenSSH instead (Launch/SSH.swift, docs/launching.md).
 
 import ArgumentParser
 import Config
