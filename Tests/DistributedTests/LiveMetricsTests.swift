@@ -26,14 +26,15 @@ final class LiveMetricsTests: XCTestCase {
         }
     }
 
-    /// A 2-node VM (2 + 2 vCPUs) running a long spinlocked counter, with metrics on metricsPort + id.
+    /// A 2-node VM (2 + 2 vCPUs) running litmus tests long enough to outlast the test (pages move
+    /// between the nodes all the time), with metrics on metricsPort + id. Stopped by the caller.
     func startVM(port: Int, metricsPort: Int) throws -> (Child, String) {
-        let cfg = vmConfig(port: port, cmdline: "counter iters=100000000")
+        let cfg = vmConfig(port: port, cmdline: "litmus trials=100000")
         var text = try String(contentsOfFile: cfg, encoding: .utf8)
         text += "\nmetrics: {address: 127.0.0.1, port: \(metricsPort), hot_pages: 5}\n"
         try text.write(toFile: cfg, atomically: true, encoding: .utf8)
         let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "40"])
-        let started = up.waitForOutput(timeout: 30) { $0.contains("guest: workload=counter") && $0.contains("node 1: metrics at http://127.0.0.1:\(metricsPort + 1)/metrics") }
+        let started = up.waitForOutput(timeout: 30) { $0.contains("guest: workload=litmus") && $0.contains("node 1: metrics at http://127.0.0.1:\(metricsPort + 1)/metrics") }
         if !started {
             up.signal(SIGKILL)
             XCTFail("the VM did not start: \(up.stdoutSoFar)\(up.stderrSoFar)")
@@ -80,24 +81,41 @@ final class LiveMetricsTests: XCTestCase {
 
     func testTopUnderTmuxShowsEveryNodeWithRates() throws {
         let (up, cfg) = try startVM(port: 21630, metricsPort: 21695)
-        let session = "gvm-top-\(getpid())"
+        // A tmux server of its own (-L), started through sh with its output elsewhere: the server
+        // outlives the command and must not hold the test's pipes open.
+        let socket = "gvm-top-\(getpid())"
+        func tmux(_ args: String) throws -> ProcessResult {
+            try TestSupport.run("/bin/sh", ["-c", "exec /usr/bin/tmux -L \(socket) \(args) 2>&1 </dev/null"], timeout: 10)
+        }
         defer {
-            _ = try? TestSupport.run("/usr/bin/tmux", ["kill-session", "-t", session], timeout: 10)
+            _ = try? tmux("kill-server")
             up.signal(SIGINT); _ = up.wait(timeout: 20); up.signal(SIGKILL)
         }
-        let start = try TestSupport.run("/usr/bin/tmux", ["new-session", "-d", "-s", session, "-x", "160", "-y", "50",
-                                                          "\(Built.giantvm) top \(cfg) --count 30"], timeout: 10)
-        XCTAssertEqual(start.status, 0, start.output)
+        // Started with posix_spawn, its standard streams on /dev/null: the server outlives this
+        // command and must hold none of the test's pipes (and Foundation's Process loses it).
+        let args = ["/usr/bin/tmux", "-L", socket, "new-session", "-d", "-s", "top", "-x", "160", "-y", "50",
+                    "\(Built.giantvm) top \(cfg) --count 30; sleep 30"]
+        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd: Int32 in 0...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+        var pid: pid_t = 0
+        XCTAssertEqual(posix_spawn(&pid, args[0], &actions, nil, &argv, environ), 0)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        XCTAssertEqual(status, 0, "tmux new-session failed")
         var screen = ""
         var ok = false
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline && !ok {
             usleep(500_000)
-            screen = (try? TestSupport.run("/usr/bin/tmux", ["capture-pane", "-p", "-t", session], timeout: 10).stdout) ?? ""
+            screen = (try? tmux("capture-pane -p -t top").stdout) ?? ""
             let rows = (0..<2).map { n in screen.split(separator: "\n").first { $0.hasPrefix("\(n)     127.0.0.1:\(21695 + n)") }.map(String.init) }
             ok = rows.allSatisfy { row in
                 guard let row else { return false }
-                // read/s, write/s, upgr/s: the spinlock's page moves both ways all the time.
+                // read/s, write/s, upgr/s: the litmus pages move both ways all the time.
                 let rates = row.split(separator: " ").dropFirst(2).prefix(3).compactMap { Double($0) }
                 return rates.count == 3 && rates.reduce(0, +) > 0
             }
