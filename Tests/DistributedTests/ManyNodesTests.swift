@@ -84,7 +84,7 @@ final class ManyNodesTests: XCTestCase {
     /// hello, ipi, counter and litmus on one layout; each result exact.
     func runWorkloads(layout: [Int], port: Int) throws {
         let n = layout.count, v = layout.reduce(0, +)
-        let ipis = 3, iters = 300, trials = 20
+        let ipis = 10, iters = 2000, trials = 50
         let cases: [(String, (String) -> Bool)] = [
             ("hello", { $0.hasPrefix(#"{"workload":"hello","vcpus":\#(v),"greeted":\#(v),"#) }),
             ("ipi ipis=\(ipis)", { $0.hasPrefix(#"{"workload":"ipi","vcpus":\#(v),"per_pair":\#(ipis),"expected":\#(v * (v - 1) * ipis),"total":\#(v * (v - 1) * ipis),"#) }),
@@ -109,9 +109,11 @@ final class ManyNodesTests: XCTestCase {
                 XCTAssertTrue(out0.contains { $0.hasPrefix("node 0: met \(peers) over transport-tcp") }, all)
             }
             for i in 1..<n {
-                XCTAssertTrue(results[i].stdout.contains("node \(i): stopped cleanly: node 0 finished: guest passed"), "node \(i)\n\(all)")
+                // The stop may reach a node relayed by another ("node 5 is stopping (decided by node 0): ...").
+                let stopped = results[i].stdout.split(separator: "\n").first { $0.hasPrefix("node \(i): stopped cleanly: ") } ?? ""
+                XCTAssertTrue(stopped.contains("node 0 finished: guest passed"), "node \(i)\n\(all)")
             }
-            print("many nodes \(layout): \(cmdline): \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+            print("many nodes \(layout): \(cmdline): \(String(format: "%.1f", Date().timeIntervalSince(started))) s: \(result)")
         }
     }
 
