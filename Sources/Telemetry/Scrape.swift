@@ -75,7 +75,7 @@ public struct HTTPGetError: Error, CustomStringConvertible {
 }
 
 public enum HTTPGet {
-    /// GET http://host:port/path (host: an IPv4 literal); the status code and body. The whole
+    /// GET http://host:port/path (host: an IPv4 literal or a name resolved to IPv4); the status code and body. The whole
     /// exchange takes at most about `timeout` seconds per step; the body is read up to `limit` bytes.
     public static func get(host: String, port: UInt16, path: String = "/metrics", timeout: Double = 1,
                            limit: Int = 16 << 20) throws -> (status: Int, body: String) {
@@ -89,7 +89,19 @@ public enum HTTPGet {
         var sa = sockaddr_in()
         sa.sin_family = sa_family_t(AF_INET)
         sa.sin_port = port.bigEndian
-        guard inet_pton(AF_INET, host, &sa.sin_addr) == 1 else { throw HTTPGetError(description: "'\(host)' is not an IPv4 address") }
+        if inet_pton(AF_INET, host, &sa.sin_addr) != 1 {
+            // A host name: its first IPv4 address.
+            var hints = addrinfo()
+            hints.ai_family = AF_INET
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            var res: UnsafeMutablePointer<addrinfo>?
+            let rc = getaddrinfo(host, nil, &hints, &res)
+            defer { if res != nil { freeaddrinfo(res) } }
+            guard rc == 0, let first = res, let a = first.pointee.ai_addr else {
+                throw HTTPGetError(description: "cannot resolve '\(host)': \(String(cString: gai_strerror(rc)))")
+            }
+            sa.sin_addr = a.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+        }
         let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
             connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard rc == 0 else { throw HTTPGetError(description: "\(host):\(port): \(String(cString: strerror(errno)))") }

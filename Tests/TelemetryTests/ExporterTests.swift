@@ -79,7 +79,8 @@ final class ExporterTests: XCTestCase {
         XCTAssertEqual(r.status, 200)
         XCTAssertEqual(r.body, "x_total 1\n")
         XCTAssertEqual(try HTTPGet.get(host: "127.0.0.1", port: port, path: "/", timeout: 2).status, 404)
-        XCTAssertEqual(calls.value, 1, "only /metrics builds the body")
+        XCTAssertEqual(try HTTPGet.get(host: "localhost", port: port, timeout: 2).status, 200, "a host name resolves")
+        XCTAssertEqual(calls.value, 2, "only /metrics builds the body")
         // A second listener on the same port is refused with the address named.
         XCTAssertThrowsError(try MetricsServer(address: "127.0.0.1", port: port) { "" }) { e in
             XCTAssertTrue("\(e)".contains("cannot listen on 127.0.0.1:\(port): Address already in use"), "\(e)")
