@@ -98,9 +98,10 @@ public final class MetricsRegistry: @unchecked Sendable {
     private let names = Mutex(Names())
     private let counterValues: UnsafeMutablePointer<Atomic<UInt64>>
     private let histogramLocks = Mutex<[Histogram<UInt64>]>([])
-    /// Live copies (`mirrorHistogram`), by histogram handle; nil: none. Read under the same lock
-    /// as the histograms, so `record` costs one more array check when nothing mirrors.
+    /// Live copies (`mirrorHistogram`), by histogram handle; nil: none. `record` looks only
+    /// when `mirrored` is set (one relaxed load when nothing mirrors).
     private let mirrors = Mutex<[(@Sendable (UInt64) -> Void)?]>([])
+    private let mirrored = Atomic<Bool>(false)
 
     public init() {
         counterValues = .allocate(capacity: Self.capacity)
@@ -153,6 +154,7 @@ public final class MetricsRegistry: @unchecked Sendable {
             guard Int(handle) < hs.count else { return }
             _ = hs[Int(handle)].record(nanoseconds)
         }
+        guard mirrored.load(ordering: .relaxed) else { return }
         let sink = mirrors.withLock { m in Int(handle) < m.count ? m[Int(handle)] : nil }
         sink?(nanoseconds)
     }
@@ -167,6 +169,7 @@ public final class MetricsRegistry: @unchecked Sendable {
             while m.count <= Int(h) { m.append(nil) }
             m[Int(h)] = sink
         }
+        mirrored.store(true, ordering: .relaxed)
         return true
     }
 
