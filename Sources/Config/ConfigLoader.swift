@@ -282,7 +282,7 @@ struct Reader {
             checkLimits(nodes, rawCount: rawNodeCount(n), n)
         }
         var metrics: MetricsConfig?
-        if let m = top["metrics"]?.value { metrics = metricsSection(m, nodeCount: max(nodes.count, rawNodeCount(top["nodes"]?.value))) }
+        if let m = top["metrics"]?.value { metrics = metricsSection(m, nodes: nodes, nodeCount: max(nodes.count, rawNodeCount(top["nodes"]?.value))) }
 
         var memory: UInt64 = 64 << 20
         if let m = top["memory"]?.value,

@@ -60,7 +60,7 @@ extension Reader {
     }
 
     /// `metrics:` (a mapping with address, port, hot_pages; all optional).
-    mutating func metricsSection(_ node: Node, nodeCount: Int) -> MetricsConfig? {
+    mutating func metricsSection(_ node: Node, nodes: [NodeConfig], nodeCount: Int) -> MetricsConfig? {
         guard let m = mapping(node, "metrics", allowed: ["address", "port", "hot_pages"]) else { return nil }
         var cfg = MetricsConfig()
         if let v = m["address"]?.value, let a = string(v, "metrics.address") {
@@ -78,6 +78,16 @@ extension Reader {
         if let v = m["hot_pages"]?.value,
            let n = integer(v, "metrics.hot_pages", range: 0...UInt64(MetricsConfig.maxHotPages), what: "a page count (0-\(MetricsConfig.maxHotPages))") {
             cfg.hotPages = Int(n)
+        }
+        // A node's metrics port must not be a node's cluster port on the same address.
+        let portNode = m["port"]?.value ?? node
+        for n in nodes {
+            let port = cfg.port(of: n.id)
+            let host = cfg.address == "0.0.0.0" ? n.address : cfg.address
+            if let clash = nodes.first(where: { $0.port == port && ($0.address == host || cfg.address == "0.0.0.0" && $0.address == n.address) }) {
+                report(portNode, "metrics.port", "node \(n.id) would serve metrics on \(host):\(port), the cluster port of nodes[\(clash.id)]")
+                break
+            }
         }
         return cfg
     }

@@ -58,5 +58,8 @@ final class LimitsAndMetricsConfigTests: XCTestCase {
         XCTAssertTrue(text.contains { $0.contains("metrics.hot_pages: 500 is not a page count (0-100)") }, "\(text)")
         XCTAssertTrue(text.contains { $0.contains("unknown field 'colour'") }, "\(text)")
         XCTAssertTrue(text.allSatisfy { $0.hasPrefix("/cfg/big.yaml:9:") }, "\(text)")
+        // Metrics ports that are cluster ports (nodes listen on 20000 + i).
+        let clash = problems(yaml(nodes: 3, vcpus: 1, metrics: "metrics: {port: 20001}\n")).map(\.description)
+        XCTAssertEqual(clash, ["/cfg/big.yaml:8:17: metrics.port: node 0 would serve metrics on 127.0.0.1:20001, the cluster port of nodes[1]"])
     }
 }
