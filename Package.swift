@@ -16,6 +16,7 @@
 //   Interrupts     local APIC, IOAPIC, interrupt router, APIC timers, vCPU entry decision (no KVM)
 //   Machine        vCPUs and their run loop, the I/O bus, the VM on one node
 //   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
+//   Telemetry      live metrics: Prometheus text per node (swift-prometheus), `giantvm top`
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
 
