@@ -16,6 +16,7 @@
 //   Interrupts     local APIC, IOAPIC, interrupt router, APIC timers, vCPU entry decision (no KVM)
 //   Machine        vCPUs and their run loop, the I/O bus, the VM on one node
 //   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
+//   Telemetry      live metrics: Prometheus text per node (swift-prometheus), `giantvm top`
 //   Host           the `giantvm` executable (CLI)
 //   Plugins/*      plugins, each its own .so (dynamic library product)
 
@@ -52,6 +53,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        // Live metrics: Prometheus text exposition (pulls apple/swift-metrics and swift-atomics).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
     ],
     targets: [
         // --- the ABI and its Swift helper -------------------------------------------------
@@ -95,11 +99,19 @@ let package = Package(
                 dependencies: ["Cluster", "Interrupts", "Machine", "Metrics", "TimeSync",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Distributed", swiftSettings: swiftSettings),
+        // Live metrics of a node: a Prometheus registry fed from the node's MetricsRegistry and
+        // guest memory's per-page fault counts, a small HTTP listener, and the `top` client.
+        .target(name: "Telemetry",
+                dependencies: ["Config", "Metrics", "PluginAPI", .product(name: "Prometheus", package: "swift-prometheus"),
+                               // swift-metrics has a module named Metrics, like ours: aliased here so
+                               // that both can be in one package graph.
+                               .product(name: "Metrics", package: "swift-metrics", moduleAliases: ["Metrics": "SwiftMetrics"])],
+                path: "Sources/Telemetry", swiftSettings: swiftSettings),
         // One node from a config: cluster node, guest memory + coherence plugin, machine, devices,
         // the distributed components; typed stop causes and the exit-status mapping.
         .target(name: "NodeAssembly",
                 dependencies: ["Cluster", "Config", "Distributed", "Firmware", "GuestMemory", "Machine", "Metrics",
-                               "PluginAPI", "PluginHost", .product(name: "Logging", package: "swift-log")],
+                               "PluginAPI", "PluginHost", "Telemetry", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/NodeAssembly", swiftSettings: swiftSettings),
         // Tools run on a cluster, testable without the binary: the channel probe, net-bench, the
         // bench dsm node driver, its control protocol and report models.
@@ -111,7 +123,7 @@ let package = Package(
         .executableTarget(
             name: "Host",
             dependencies: ["Bench", "Cluster", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
-                           "PluginAPI", "PluginHost",
+                           "PluginAPI", "PluginHost", "Telemetry",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             path: "Sources/Host", swiftSettings: swiftSettings),
@@ -183,6 +195,8 @@ let package = Package(
                     dependencies: ["Bench", "Cluster", "Config", "Metrics", "DsmWorkloads", "TestSupport",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/BenchTests"),
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Config", "Metrics", "TestSupport"],
+                    path: "Tests/TelemetryTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
         // transport-rdma's device-independent logic (send slots, overflow queue, handshake
         // material), built from symlinks to the plugin's own files: tested without an RDMA device.

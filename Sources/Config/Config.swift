@@ -94,6 +94,8 @@ public struct ClusterConfig: Sendable {
     /// Things `validate` should say that do not make the file invalid (no key_file on a
     /// multi-node cluster, a key file other users can read).
     public var warnings: [Diagnostic]
+    /// `metrics:`: every node serves live Prometheus metrics (nil: none).
+    public var metrics: MetricsConfig? = nil
 
     /// Largest `memory:` a VM supports: guest RAM must end below the 32-bit device window at
     /// 0xC0000000 (Firmware's `FirmwareLayout.maxRAM`; Machine refuses more too). Checked when the

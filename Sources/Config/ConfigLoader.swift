@@ -258,7 +258,7 @@ struct Reader {
     static let maxKeyFileBytes: Int64 = 64 << 10
 
     static let topLevel = ["cluster", "nodes", "memory", "plugin_path", "transport", "coherence",
-                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench"]
+                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench", "metrics"]
 
     mutating func cluster(_ root: Node) -> ClusterConfig? {
         guard let top = mapping(root, "", allowed: Self.topLevel + [Self.sshSection]) else { return nil }
@@ -280,7 +280,12 @@ struct Reader {
         }
 
         var nodes: [NodeConfig] = []
-        if let n = need("nodes", "a list of nodes with id, address, port, vcpus") { nodes = nodeList(n) }
+        if let n = need("nodes", "a list of nodes with id, address, port, vcpus") {
+            nodes = nodeList(n)
+            checkLimits(nodes, rawCount: rawNodeCount(n), n)
+        }
+        var metrics: MetricsConfig?
+        if let m = top["metrics"]?.value { metrics = metricsSection(m, nodes: nodes, nodeCount: max(nodes.count, rawNodeCount(top["nodes"]?.value))) }
 
         var memory: UInt64 = 64 << 20
         if let m = top["memory"]?.value,
@@ -389,10 +394,12 @@ struct Reader {
         if top["bench"] != nil { extra["bench"] = topLevelText["bench"] ?? "" }
 
         guard ok else { return nil }
-        return ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
+        var config = ClusterConfig(sourcePath: file, cluster: name, nodes: nodes, memoryBytes: memory,
                              pluginPath: pluginPath, transport: transport, coherence: coherence,
                              devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
                              timeouts: timeouts, extra: extra, faults: faultPlan)
+        config.metrics = metrics
+        return config
     }
 
     /// `plugin:` and `settings:`; the `faults:` value (transport only) is handed back in `faults`.

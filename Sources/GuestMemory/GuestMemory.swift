@@ -150,6 +150,9 @@ public final class GuestMemory: @unchecked Sendable {
     let readPins: UnsafeMutablePointer<UInt32>
     let writePins: UnsafeMutablePointer<UInt32>
     let wakeGens: UnsafeMutablePointer<UInt32>
+    /// Faults handed to the plugin per page (uffd events and pins), wrapping at 2^32: one relaxed
+    /// atomic add on the fault path, read only by `hottestPages` (live metrics).
+    let pageFaults: UnsafeMutablePointer<Atomic<UInt32>>
 
     // Lock stripes: gfn & stripeMask selects the mutex (and condition for pin waiters).
     static let stripeCount = 1024
@@ -238,6 +241,8 @@ public final class GuestMemory: @unchecked Sendable {
         readPins = .allocate(capacity: n); readPins.initialize(repeating: 0, count: n)
         writePins = .allocate(capacity: n); writePins.initialize(repeating: 0, count: n)
         wakeGens = .allocate(capacity: n); wakeGens.initialize(repeating: 0, count: n)
+        pageFaults = .allocate(capacity: n)
+        for i in 0..<n { (pageFaults + i).initialize(to: Atomic<UInt32>(0)) }
         mutexes = .allocate(capacity: Self.stripeCount)
         conds = .allocate(capacity: Self.stripeCount)
         pinWaiters = .allocate(capacity: Self.stripeCount); pinWaiters.initialize(repeating: 0, count: Self.stripeCount)
@@ -268,7 +273,7 @@ public final class GuestMemory: @unchecked Sendable {
             pthread_mutex_destroy(mutexes + i)
             pthread_cond_destroy(conds + i)
         }
-        states.deallocate(); readPins.deallocate(); writePins.deallocate(); wakeGens.deallocate()
+        states.deallocate(); readPins.deallocate(); writePins.deallocate(); wakeGens.deallocate(); pageFaults.deallocate()
         mutexes.deallocate(); conds.deallocate(); pinWaiters.deallocate()
         zeroPage.deallocate(); counters.deallocate(); table.deallocate()
     }
@@ -398,6 +403,7 @@ public final class GuestMemory: @unchecked Sendable {
             return
         }
         bump(.delivered)
+        pageFaults[Int(gfn)].wrappingAdd(1, ordering: .relaxed)
         faultHook!(pluginInstance, gfn, access, 0)
     }
 
@@ -418,6 +424,24 @@ public final class GuestMemory: @unchecked Sendable {
         static let count = 7
     }
     @inline(__always) func bump(_ c: Counter) { _ = gvm_atomic_add_u64(counters + c.rawValue, 1) }
+
+    /// The `count` pages with the most faults handed to the plugin (uffd events and pins) since
+    /// the start, most first (ties: lower gfn first); pages without a fault are left out. Scans
+    /// every page (relaxed loads): for an exporter, not the fault path.
+    public func hottestPages(_ count: Int) -> [(gfn: UInt64, faults: UInt64)] {
+        guard count > 0 else { return [] }
+        var top: [(gfn: UInt64, faults: UInt64)] = []
+        top.reserveCapacity(count + 1)
+        for i in 0..<Int(pageCount) {
+            let f = UInt64(pageFaults[i].load(ordering: .relaxed))
+            guard f > 0, top.count < count || f > top[top.count - 1].faults else { continue }
+            var j = top.count
+            while j > 0 && top[j - 1].faults < f { j -= 1 }
+            top.insert((UInt64(i), f), at: j)
+            if top.count > count { top.removeLast() }
+        }
+        return top
+    }
 
     /// A snapshot of the fault-path counters.
     public var stats: FaultStats {
@@ -664,6 +688,7 @@ public final class GuestMemory: @unchecked Sendable {
             let gen = wakeGens[i]
             unlock(gfn)
             bump(.pinFaults)
+            pageFaults[i].wrappingAdd(1, ordering: .relaxed)
             fault(pluginInstance, gfn, access, GVM_FAULT_FROM_PIN)
             lock(gfn)
             pinWaiters[s] += 1

@@ -98,6 +98,10 @@ public final class MetricsRegistry: @unchecked Sendable {
     private let names = Mutex(Names())
     private let counterValues: UnsafeMutablePointer<Atomic<UInt64>>
     private let histogramLocks = Mutex<[Histogram<UInt64>]>([])
+    /// Live copies (`mirrorHistogram`), by histogram handle; nil: none. `record` looks only
+    /// when `mirrored` is set (one relaxed load when nothing mirrors).
+    private let mirrors = Mutex<[(@Sendable (UInt64) -> Void)?]>([])
+    private let mirrored = Atomic<Bool>(false)
 
     public init() {
         counterValues = .allocate(capacity: Self.capacity)
@@ -150,7 +154,27 @@ public final class MetricsRegistry: @unchecked Sendable {
             guard Int(handle) < hs.count else { return }
             _ = hs[Int(handle)].record(nanoseconds)
         }
+        guard mirrored.load(ordering: .relaxed) else { return }
+        let sink = mirrors.withLock { m in Int(handle) < m.count ? m[Int(handle)] : nil }
+        sink?(nanoseconds)
     }
+
+    /// Also hands every later sample of the histogram `name` to `sink` (a live exporter keeps its
+    /// own buckets); one sink per histogram, a second call replaces it. False when no histogram
+    /// has that name (nothing is created).
+    @discardableResult
+    public func mirrorHistogram(_ name: String, into sink: @escaping @Sendable (UInt64) -> Void) -> Bool {
+        guard let h = names.withLock({ $0.histograms[name] }) else { return false }
+        mirrors.withLock { m in
+            while m.count <= Int(h) { m.append(nil) }
+            m[Int(h)] = sink
+        }
+        mirrored.store(true, ordering: .relaxed)
+        return true
+    }
+
+    /// Names of every histogram (in creation order).
+    public var histogramNames: [String] { names.withLock { $0.histogramNames } }
 
     public func snapshot() -> MetricsSnapshot {
         let n = names.withLock { $0 }

@@ -31,6 +31,7 @@ import Machine
 import Metrics
 import PluginHost
 import Synchronization
+import Telemetry
 
 public struct VMOptions: Sendable {
     /// Stop the VM after this many seconds (StopCause.timeout, exit status 124).
@@ -80,6 +81,8 @@ public final class VMNode: @unchecked Sendable {
     private let localCause = Mutex<StopCause?>(nil)
     /// The in-process transport of a one-node VM (its endpoint holds it weakly).
     private let loopback: InMemoryNetwork?
+    /// The live metrics endpoint (YAML `metrics:`), from `startUp` to `shutdown`.
+    private var metricsServer: MetricsServer?
 
     /// Assembles node `id` of `cfg` (nothing runs yet). Errors name the file, field, node and cause.
     public init(config cfg: ClusterConfig, id: UInt32, loader: PluginLoader, logger: Logger, options: VMOptions = VMOptions(),
@@ -205,6 +208,7 @@ public final class VMNode: @unchecked Sendable {
 
     /// Starts the pieces in order and meets every peer; the BSP's node loads the image.
     public func startUp() throws {
+        if let mc = config.metrics { try startMetrics(mc) }
         try coherence?.start()
         io?.startServer()
         if let clock {
@@ -299,6 +303,25 @@ public final class VMNode: @unchecked Sendable {
     public func shutdown() {
         machine.shutdownDevices()
         coherence?.stop()
+        metricsServer?.stop()
+    }
+
+    /// Serves this node's metrics as Prometheus text on `address:(port + id)` (docs/metrics.md).
+    private func startMetrics(_ mc: MetricsConfig) throws {
+        let memory = coherence?.memory
+        let exporter = NodeExporter(
+            nodeID: id, metrics: metrics, hotPages: mc.hotPages,
+            memoryCounters: memory.map { m in { @Sendable in
+                let s = m.stats
+                return ["memory.uffd_missing": s.missingEvents, "memory.uffd_wp": s.writeProtectEvents, "memory.stale": s.staleEvents,
+                        "memory.plugin_faults": s.pluginFaults, "memory.pin_faults": s.pinFaults]
+            } },
+            hottest: memory.map { m in { @Sendable n in m.hottestPages(n) } })
+        let port = mc.port(of: id)
+        do { metricsServer = try MetricsServer(address: mc.address, port: port) { exporter.render() } } catch {
+            throw AssemblyError("node \(id): \(config.sourcePath): \(error)")
+        }
+        say("node \(id): metrics at http://\(mc.address):\(port)/metrics")
     }
 }
 
