@@ -1,24 +1,46 @@
 // swift-tools-version:6.0
 //
 // GiantVM in Swift: one virtual machine over many physical nodes.
-// This manifest reads as the architecture: small targets with one job each.
+// This manifest reads as the architecture: small targets with one job each (docs/architecture.md
+// draws their dependencies). Every target:
 //
-//   PluginAPI      C headers: the versioned plugin ABI (the only host <-> plugin contract)
+// The ABI
+//   PluginAPI      C headers: the versioned plugin ABI (giantvm_plugin.h) and the one duration/size
+//                  grammar (giantvm_units.h, units.c) shared by the host and every plugin
 //   PluginKit      Swift helper linked statically into each Swift plugin (never into the host)
-//   CSystem        C shims for what Swift cannot call directly (ioctl numbers, uffd/KVM structs)
-//   Config         the YAML config model, parser and validator
-//   PluginHost     plugin loader (dlopen + version checks) and the host-services tables
-//   Metrics        counters, HdrHistogram latency histograms, stop summaries, JSON stats
+// Host libraries, bottom up
+//   CSystem        C shims for what Swift cannot call directly (ioctl numbers, uffd/KVM structs, sockets)
+//   Config         the YAML config model, bounded reader and validator; typed fault rules; units
+//   Metrics        counters, HdrHistogram latency histograms, the standard DSM statistics, JSON
+//   PluginHost     plugin loader (dlopen, ABI and table-size checks) and the host-services tables
 //   UserfaultFD    typed layer over userfaultfd
-//   GuestMemory    guest RAM over userfaultfd, page operations, pin/unpin
-//   Cluster        node runtime: channels over a transport, handshake/auth, heartbeats, failure
+//   GuestMemory    guest RAM over userfaultfd, page operations, pin/unpin, per-page fault counts
+//   Cluster        node runtime: channels, message-type registry, handshake/auth, heartbeats, failure,
+//                  fault injection
 //   KVM            typed layer over /dev/kvm ioctls (and the VirtualCPU protocol the run loop drives)
 //   Interrupts     local APIC, IOAPIC, interrupt router, APIC timers, vCPU entry decision (no KVM)
-//   Machine        vCPUs and their run loop, the I/O bus, the VM on one node
+//   TimeSync       leader/follower clock offset by minimum round trip
 //   Firmware       boot loaders (multiboot, Linux) and firmware tables (e820, MP, ACPI)
-//   Telemetry      live metrics: Prometheus text per node (swift-prometheus), `giantvm top`
-//   Host           the `giantvm` executable (CLI)
-//   Plugins/*      plugins, each its own .so (dynamic library product)
+//   Machine        vCPUs and their run loop, the I/O bus, devices, the VM on one node
+//   Launch         the one launcher of node processes (local, ssh), node identity (--id auto)
+//   Distributed    one VM across nodes, one component per sub-protocol: interrupt forwarding, clock
+//                  alignment, start-up barrier, I/O forwarding
+//   Telemetry      live Prometheus metrics of a node, `giantvm top`
+//   NodeAssembly   one node from a config (VMNode, CoherenceStack, GuestImage), typed stop causes
+//   DsmWorkloads   thread-driven DSM workloads with exact checkers
+//   Bench          cluster tools as a library: channel probe, net-bench, bench dsm node, reports
+//   Host           the `giantvm` executable: the CLI only
+// Plugins (each product is one .so)
+//   TransportTCP, TransportRDMA (+ RDMALane: its slot/credit logic in pure C), IvyCore + DsmIvy,
+//   DsmTSO, DsmLocal, DeviceModels + Devices, ExampleC (a device plugin in plain C)
+// Test fixtures and support
+//   TestAbiTooOld, TestAbiTooNew, TestNoEntry, TestSmallOps, TestSwiftDevice (plugins the loader
+//   tests load), TestSupport (paths, processes, requirements), CoherenceKit (protocol conformance
+//   kit: simulated nodes, seeded schedules, invariants)
+// Tests: one target per library (ConfigTests, PluginHostTests, DsmIvyTests, GuestMemoryTests,
+//   CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
+//   GuestTests, ClusterTests, LaunchTests, SlurmTests, NodeAssemblyTests, BenchTests,
+//   TelemetryTests, FirmwareTests, RDMALaneTests, PCDevicesTests, BootTests)
 
 import PackageDescription
 
