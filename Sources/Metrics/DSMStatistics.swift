@@ -116,7 +116,7 @@ public struct DSMStatistics: Codable, Sendable, Equatable {
     }
 
     /// The prefix a plugin's own extras use by convention (giantvm_plugin.h): its name without
-    /// "dsm-", then a dot ("dsm-ivy" -> "ivy.", "dsm-local" -> "local.", "mine" -> "mine.").
+    /// "dsm-", then a dot (dsm-ivy -> `ivy.`, dsm-local -> `local.`, mine -> `mine.`).
     public static func extrasPrefix(plugin name: String) -> String {
         (name.hasPrefix("dsm-") ? String(name.dropFirst(4)) : name) + "."
     }
@@ -127,7 +127,7 @@ extension MetricsSnapshot {
     public var dsm: DSMStatistics { DSMStatistics(snapshot: self) }
 
     /// Only the counters and histograms whose names start with `prefix` (a plugin's own extras,
-    /// e.g. "ivy."); print them with `table(title:)`.
+    /// e.g. `ivy.`); print them with `table(title:)`.
     public func extras(prefix: String) -> MetricsSnapshot {
         MetricsSnapshot(counters: counters.filter { $0.key.hasPrefix(prefix) },
                         histograms: histograms.filter { $0.key.hasPrefix(prefix) })

@@ -182,7 +182,7 @@ typedef struct gvm_host_services {
     /** Monotonic clock in nanoseconds (CLOCK_MONOTONIC). Any thread. */
     uint64_t (*now_ns)(gvm_host *host);
 
-    /** Look up or create a named counter (e.g. "dsm.fault.read_miss", or "ivy.held" for a
+    /** Look up or create a named counter (e.g. "dsm.fault.read_miss", or `ivy.held` for a
      *  plugin's own); returns a handle. Any thread. Counters are printed in the node's stop
      *  summary and written by --stats-out. Names: lower-case dotted words; the "dsm." prefix is
      *  reserved for the standard statistics below. */
@@ -474,7 +474,7 @@ typedef struct gvm_coherence_ops {
  * name below in create() (reporting 0 for what its protocol never does: the host then knows the
  * count is a true zero, not a missing statistic) and counts on the node where the event happens.
  * Its own extra statistics live under a prefix of its own: by convention its name without the
- * "dsm-" (dsm-ivy -> "ivy.", dsm-local -> "local."); "dsm." is reserved for this list.
+ * "dsm-" (dsm-ivy -> `ivy.`, dsm-local -> `local.`); "dsm." is reserved for this list.
  *
  * Faults counted here are protocol faults: calls of fault() that started a request (or, for a
  * protocol serving pages locally, a transition). A fault() call that joined a request already
