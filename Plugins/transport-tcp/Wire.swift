@@ -220,15 +220,23 @@ public let frameMacSize = Int(GVM_FRAME_MAC_SIZE)
 /// frame recorded on one connection or direction never verifies on another.
 public func sessionContext(cluster: String, sender: UInt32, receiver: UInt32, lane: UInt8,
                            senderNonce: [UInt8], receiverNonce: [UInt8]) -> [UInt8] {
-    var m = Array("giantvm-transport-tcp-frames-v1".utf8)
+    transcript("giantvm-transport-tcp-frames-v1", cluster: cluster, first: sender, second: receiver, lane: lane,
+               nonces: senderNonce, receiverNonce)
+}
+
+/// label, cluster name (u16 length + bytes), two node ids, the lane, two nonces: the byte layout
+/// of every transcript the handshake signs or derives a key from.
+func transcript(_ label: String, cluster: String, first: UInt32, second: UInt32, lane: UInt8,
+                nonces a: [UInt8], _ b: [UInt8]) -> [UInt8] {
+    var m = Array(label.utf8)
     let name = Array(cluster.utf8)
     appendU16(&m, UInt16(truncatingIfNeeded: name.count))
     m += name
-    appendU32(&m, sender)
-    appendU32(&m, receiver)
+    appendU32(&m, first)
+    appendU32(&m, second)
     m.append(lane)
-    m += senderNonce
-    m += receiverNonce
+    m += a
+    m += b
     return m
 }
 
@@ -244,16 +252,8 @@ public func macEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -
 /// `verifierNonce` is the challenge the verifier chose.
 public func authMaterial(cluster: String, signer: UInt32, verifier: UInt32, lane: UInt8,
                          verifierNonce: [UInt8], signerNonce: [UInt8]) -> [UInt8] {
-    var m = Array("giantvm-transport-tcp-auth-v1".utf8)
-    let name = Array(cluster.utf8)
-    appendU16(&m, UInt16(truncatingIfNeeded: name.count))
-    m += name
-    appendU32(&m, signer)
-    appendU32(&m, verifier)
-    m.append(lane)
-    m += verifierNonce
-    m += signerNonce
-    return m
+    transcript("giantvm-transport-tcp-auth-v1", cluster: cluster, first: signer, second: verifier, lane: lane,
+               nonces: verifierNonce, signerNonce)
 }
 
 /// transport-tcp's duration settings: name, default and accepted range, in nanoseconds. Values

@@ -15,12 +15,7 @@ final class LiveMetricsTests: XCTestCase {
                            "dsm_diff_applied"].map { "giantvm_\($0)_total" }
 
     override func setUpWithError() throws {
-        try Requirement.builtGiantVM()
-        try Requirement.kvm()
-        try Requirement.userfaultfd()
-        if !FileManager.default.fileExists(atPath: Built.packageRoot + "/Guests/build/testguest.elf") {
-            throw XCTSkip("the test guest is not built: run `make -C Guests`")
-        }
+        try Requirement.testGuestVM()
         for tool in ["curl", "tmux"] where !FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)") {
             throw XCTSkip("\(tool) is not installed: run scripts/deps/tmux.sh")
         }

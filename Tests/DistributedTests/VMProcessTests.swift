@@ -23,12 +23,7 @@ func stat(_ text: String, node: Int, _ key: String) -> Int? {
 
 final class VMProcessTests: XCTestCase {
     override func setUpWithError() throws {
-        try Requirement.builtGiantVM()
-        try Requirement.kvm()
-        try Requirement.userfaultfd()
-        if !FileManager.default.fileExists(atPath: Built.packageRoot + "/Guests/build/testguest.elf") {
-            throw XCTSkip("the test guest is not built: run `make -C Guests`")
-        }
+        try Requirement.testGuestVM()
     }
 
     /// `giantvm up` on a 2-node config; returns the whole output.

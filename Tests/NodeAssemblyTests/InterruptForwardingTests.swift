@@ -19,12 +19,7 @@ final class InterruptForwardingTests: XCTestCase {
     var vms: [VMNode] = []
 
     override func setUpWithError() throws {
-        try Requirement.builtGiantVM()
-        try Requirement.kvm()
-        try Requirement.userfaultfd()
-        if !FileManager.default.fileExists(atPath: Built.packageRoot + "/Guests/build/testguest.elf") {
-            throw XCTSkip("the test guest is not built: run `make -C Guests`")
-        }
+        try Requirement.testGuestVM()
         let path = vmConfig(port: 20400)
         let cfg = try ConfigLoader.load(path: path)
         var logger = Logger(label: "dist-test")

@@ -162,6 +162,16 @@ public enum Requirement {
             throw XCTSkip("the giantvm binary is not built at \(Built.giantvm): run `swift build` first")
         }
     }
+
+    /// A VM of the test guest can run here: the binary, /dev/kvm, userfaultfd and the guest image.
+    public static func testGuestVM() throws {
+        try builtGiantVM()
+        try kvm()
+        try userfaultfd()
+        if !FileManager.default.fileExists(atPath: Built.packageRoot + "/Guests/build/testguest.elf") {
+            throw XCTSkip("the test guest is not built: run `make -C Guests`")
+        }
+    }
 }
 
 /// A value set on one thread and read on another (tests' failure messages).
