@@ -59,12 +59,13 @@ build_target() {
     local t=$1 m=${module[$1]}
     local exe="$out/bin/fuzz-$t" archive="$out/lib/deps-without-$m.a"
     # Every object of the debug build except the module under test, tests, executables and
-    # debugger AST wrappers; the archive lets the linker take only what is referenced.
+    # debugger AST wrappers; the archive lets the linker take only what is referenced. Object
+    # names may hold spaces (swift-atomics' "Unmanaged extensions.swift.o"): NUL-separated.
     rm -f "$archive"
     find "$build" -path "$build/$m.build" -prune -o -path "$build/*Tests.build" -prune \
          -o -path "$build/Host.build" -prune -o -path "$build/GiantVMPackage*" -prune \
          -o -path "$build/*-tool.build" -prune -o -path "$build/TestSupport.build" -prune \
-         -o -name '*.o' ! -name '*.swiftmodule.o' -print | sort | xargs ar rcs "$archive"
+         -o -name '*.o' ! -name '*.swiftmodule.o' -print0 | sort -z | xargs -0 ar rcs "$archive"
     mapfile -t args < <(python3 Fuzz/swiftc-args.py "$manifest_dir" "$m")
     echo "== fuzz: building fuzz-$t (module $m, instrumented)"
     swiftc -sanitize=fuzzer -parse-as-library -module-name "$m" -DFUZZING -Onone -g \
