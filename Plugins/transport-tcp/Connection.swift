@@ -177,8 +177,11 @@ final class Connection {
             mon.broadcast()
             return first ? onFailure : nil
         }
-        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        // The reason is reported before the socket is shut: the peer sees the close at once and
+        // closes its other lanes, and this node must already have recorded why (an
+        // authentication failure, not "closed by the peer" on another lane).
         cb?(reason)
+        Glibc.shutdown(fd, Int32(SHUT_RDWR))
     }
 
     private func readLoop(_ onFrame: (UnsafeRawBufferPointer) -> Void) {
