@@ -98,10 +98,6 @@ public final class MetricsRegistry: @unchecked Sendable {
     private let names = Mutex(Names())
     private let counterValues: UnsafeMutablePointer<Atomic<UInt64>>
     private let histogramLocks = Mutex<[Histogram<UInt64>]>([])
-    /// Live copies (`mirrorHistogram`), by histogram handle; nil: none. `record` looks only
-    /// when `mirrored` is set (one relaxed load when nothing mirrors).
-    private let mirrors = Mutex<[(@Sendable (UInt64) -> Void)?]>([])
-    private let mirrored = Atomic<Bool>(false)
 
     public init() {
         counterValues = .allocate(capacity: Self.capacity)
@@ -154,23 +150,16 @@ public final class MetricsRegistry: @unchecked Sendable {
             guard Int(handle) < hs.count else { return }
             _ = hs[Int(handle)].record(nanoseconds)
         }
-        guard mirrored.load(ordering: .relaxed) else { return }
-        let sink = mirrors.withLock { m in Int(handle) < m.count ? m[Int(handle)] : nil }
-        sink?(nanoseconds)
     }
 
-    /// Also hands every later sample of the histogram `name` to `sink` (a live exporter keeps its
-    /// own buckets); one sink per histogram, a second call replaces it. False when no histogram
-    /// has that name (nothing is created).
-    @discardableResult
-    public func mirrorHistogram(_ name: String, into sink: @escaping @Sendable (UInt64) -> Void) -> Bool {
-        guard let h = names.withLock({ $0.histograms[name] }) else { return false }
-        mirrors.withLock { m in
-            while m.count <= Int(h) { m.append(nil) }
-            m[Int(h)] = sink
-        }
-        mirrored.store(true, ordering: .relaxed)
-        return true
+    /// The samples of histogram `name` so far, as (value, count) per distinct recorded value (the
+    /// highest value equivalent to it at the histogram's 3 significant digits), lowest first; nil
+    /// when there is no such histogram. Copies the histogram under its lock: for readers such as
+    /// a metrics exporter, never the paths that record.
+    public func recordedValues(_ name: String) -> [(value: UInt64, count: UInt64)]? {
+        guard let h = names.withLock({ $0.histograms[name] }) else { return nil }
+        guard let copy = histogramLocks.withLock({ Int(h) < $0.count ? $0[Int(h)] : nil }) else { return nil }
+        return copy.recordedValues().map { ($0.value, UInt64($0.count)) }
     }
 
     /// Names of every histogram (in creation order).

@@ -5,8 +5,9 @@
 //    (giantvm_plugin.h, `dsm.*`), interrupt and I/O forwarding (`cpu.*`, `io.*`), transport and
 //    the plugin's own extras. Name `a.b_c` is exported as `giantvm_a_b_c_total`;
 //  - every histogram of the registry (nanoseconds), e.g. the fault latencies `dsm.fault_latency*`,
-//    as `giantvm_<name>_seconds`: the registry hands each sample to the Prometheus histogram too
-//    (`MetricsRegistry.mirrorHistogram`), from the exporter's start on;
+//    as `giantvm_<name>_seconds`, from the exporter's start on: at each scrape the samples the
+//    registry recorded since the last one (`MetricsRegistry.recordedValues`, at its 3-digit
+//    resolution) are added to the Prometheus histogram; recording a sample costs nothing more;
 //  - guest memory's own fault counters (`memory.*`, from the `memoryCounters` closure);
 //  - the hottest pages: gauge `giantvm_page_faults{gfn="0x…"}` for the `hotPages` pages with the
 //    most faults (GuestMemory.hottestPages), replaced at each scrape.
@@ -38,7 +39,8 @@ public final class NodeExporter: @unchecked Sendable {
         var counters: [String: (counter: Counter, value: UInt64)] = [:]
         /// Registry names already exported under some Prometheus name (collisions are skipped).
         var exportedAs: [String: String] = [:]
-        var mirrored: Set<String> = []
+        /// Per registry histogram: the Prometheus histogram and the (value -> count) fed to it.
+        var histograms: [String: (histogram: DurationHistogram, fed: [UInt64: UInt64])] = [:]
         var pageGauges: [UInt64: Gauge] = [:]
     }
     private let state = Mutex(State())
@@ -54,7 +56,8 @@ public final class NodeExporter: @unchecked Sendable {
         self.memoryCounters = memoryCounters
         self.hottest = hottest
         labels = [("node", String(nodeID))]
-        mirrorNewHistograms()
+        // Samples recorded before the exporter started are not exported: they count as fed.
+        syncHistograms(baseline: true)
     }
 
     /// The Prometheus name of a registry name: `giantvm_` + the name with every character outside
@@ -66,20 +69,27 @@ public final class NodeExporter: @unchecked Sendable {
         return "giantvm_" + body + suffix
     }
 
-    /// Attaches a Prometheus histogram to every registry histogram not yet mirrored.
-    private func mirrorNewHistograms() {
+    /// Adds to each Prometheus histogram the registry's samples not yet fed to it (or, with
+    /// `baseline`, only records what exists as already fed). Histograms appearing later start
+    /// from zero.
+    private func syncHistograms(baseline: Bool = false) {
         for name in metrics.histogramNames {
-            let isNew = state.withLock { s -> Bool in
-                guard !s.mirrored.contains(name) else { return false }
-                s.mirrored.insert(name)
-                return true
+            guard let values = metrics.recordedValues(name) else { continue }
+            var entry = state.withLock { $0.histograms[name] }
+            if entry == nil {
+                let promName = Self.exportName(name, suffix: "_seconds")
+                guard claim(promName, for: name) else { continue }
+                entry = (prometheus.makeDurationHistogram(name: promName, labels: labels, buckets: Self.latencyBuckets,
+                                                          help: "\(name) (latency; samples since the exporter started)"), [:])
             }
-            guard isNew else { continue }
-            let promName = Self.exportName(name, suffix: "_seconds")
-            guard claim(promName, for: name) else { continue }
-            let h = prometheus.makeDurationHistogram(name: promName, labels: labels, buckets: Self.latencyBuckets,
-                                                     help: "\(name) (latency; samples since the exporter started)")
-            metrics.mirrorHistogram(name) { ns in h.record(.nanoseconds(Int64(clamping: ns))) }
+            guard var (histogram, fed) = entry else { continue }
+            for (value, count) in values where count > fed[value, default: 0] {
+                if !baseline {
+                    for _ in 0..<(count - fed[value, default: 0]) { histogram.record(.nanoseconds(Int64(clamping: value))) }
+                }
+                fed[value] = count
+            }
+            state.withLock { $0.histograms[name] = (histogram, fed) }
         }
     }
 
@@ -124,7 +134,7 @@ public final class NodeExporter: @unchecked Sendable {
     /// The current metrics as Prometheus text (format 0.0.4). Scrapes are serialized.
     public func render() -> String {
         scrapeLock.withLock { _ in
-            mirrorNewHistograms()
+            syncHistograms()
             let snap = metrics.snapshot()
             for (name, value) in snap.counters { syncCounter(name, value) }
             if let memoryCounters { for (name, value) in memoryCounters() { syncCounter(name, value) } }
