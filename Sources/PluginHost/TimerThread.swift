@@ -20,6 +20,11 @@ public final class TimerThread: @unchecked Sendable {
     private var entries: [UInt64: Entry] = [:]
     private var nextID: UInt64 = 1
     private var running: UInt64 = 0
+    /// The deadline the timer thread sleeps until (UInt64.max: no timer; 0: not sleeping). A new
+    /// timer wakes the thread only when it is due earlier; a cancelled one does not wake it (it
+    /// wakes at the old deadline, finds nothing due and sleeps again). Plugins that arm and cancel
+    /// a watchdog per request (dsm-ivy's request_timeout) so cost no thread wake-up per request.
+    private var sleepingUntil: UInt64 = 0
     private var thread: Thread?
     private var threadID: pthread_t?
 
@@ -36,8 +41,9 @@ public final class TimerThread: @unchecked Sendable {
         }
         let id = nextID
         nextID += 1
-        entries[id] = Entry(id: id, due: monotonicNanoseconds() &+ delay, period: period, body: body)
-        cond.broadcast()
+        let due = monotonicNanoseconds() &+ delay
+        entries[id] = Entry(id: id, due: due, period: period, body: body)
+        if due < sleepingUntil { cond.broadcast() }
         return id
     }
 
@@ -72,10 +78,13 @@ public final class TimerThread: @unchecked Sendable {
                     continue
                 }
                 let wait = Double(next.due - now) / 1e9
+                sleepingUntil = next.due
                 _ = cond.wait(until: Date(timeIntervalSinceNow: wait))
             } else {
+                sleepingUntil = UInt64.max
                 cond.wait()
             }
+            sleepingUntil = 0
         }
     }
 }
