@@ -28,38 +28,22 @@ import Glibc
 extension IvyConfig {
     public static let livenessSettingKeys = ["request_timeout", "send_wait"]
 
-    /// Reads `request_timeout` and `send_wait` (durations: "10s", "500ms", "2.5s", or a bare
-    /// number of seconds).
+    /// Reads `request_timeout` and `send_wait` in the config's one duration grammar (a bare
+    /// number is seconds: "10s", "500ms", "30").
     public mutating func parseLivenessSettings(_ settings: [String: String]) throws {
-        let hour: UInt64 = 3_600_000_000_000
+        let ms: UInt64 = 1_000_000, hour: UInt64 = 3_600_000_000_000
         if let t = settings["request_timeout"] {
-            guard let ns = IvyConfig.parseSeconds(t), ns == 0 || (ns >= 1_000_000 && ns <= hour) else {
+            guard case let .success(ns) = Units.duration(t, range: 0...hour), ns == 0 || ns >= ms else {
                 throw PluginError("setting 'request_timeout': '\(t)' is not 0 (off) or a duration from 1ms to 1h like 10s, 500ms, 30 (seconds)")
             }
             requestTimeoutNanoseconds = ns
         }
         if let t = settings["send_wait"] {
-            guard let ns = IvyConfig.parseSeconds(t), ns >= 1_000_000 && ns <= hour else {
+            guard case let .success(ns) = Units.duration(t, range: ms...hour) else {
                 throw PluginError("setting 'send_wait': '\(t)' is not a duration from 1ms to 1h like 5s, 200ms, 10 (seconds)")
             }
             sendWaitNanoseconds = ns
         }
-    }
-
-    /// "1.5s", "200ms", "10us", "7ns", "2m", "1h" or a bare number of seconds, to nanoseconds; nil when
-    /// not a finite, non-negative duration below 10^18 ns.
-    static func parseSeconds(_ text: String) -> UInt64? {
-        var t = Substring(text.trimmingSpaces)
-        var scale = 1e9
-        for (unit, factor) in [("ms", 1e6), ("us", 1e3), ("ns", 1.0), ("s", 1e9), ("m", 60e9), ("h", 3600e9)] where t.hasSuffix(unit) {
-            t = t.dropLast(unit.count)
-            scale = factor
-            break
-        }
-        guard let v = Double(String(t).trimmingSpaces), v.isFinite, v >= 0 else { return nil }
-        let ns = v * scale
-        guard ns < 1e18 else { return nil }
-        return UInt64(ns)
     }
 }
 
