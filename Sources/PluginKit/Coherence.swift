@@ -245,13 +245,6 @@ public struct CoherencePluginEntry: @unchecked Sendable {
     }
 }
 
-extension PluginEntry {
-    /// The descriptor of a `CoherencePluginEntry` for `type`, built once per name.
-    public static func coherence<P: CoherencePlugin>(_ type: P.Type, name: String, version: String,
-                                                     summary: String) -> UnsafeRawPointer {
-        once(name) { CoherencePluginEntry(type, name: name, version: version, summary: summary).pointer }
-    }
-}
 
 /// Copies a string into a C buffer of `cap` bytes (NUL-terminated, truncated); returns the length
 /// needed.

@@ -174,10 +174,3 @@ public struct DevicePluginEntry: @unchecked Sendable {
     }
 }
 
-extension PluginEntry {
-    /// The descriptor of a `DevicePluginEntry` offering `models`, built once per name.
-    public static func devices(_ models: [any DeviceModel.Type], name: String, version: String,
-                               summary: String) -> UnsafeRawPointer {
-        once(name) { DevicePluginEntry(models, name: name, version: version, summary: summary).pointer }
-    }
-}

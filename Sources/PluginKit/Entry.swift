@@ -41,22 +41,10 @@ final class FactorySlots<Factory>: @unchecked Sendable {
     func factory(_ slot: Int) -> Factory { table.withLock { $0[slot].factory } }
 }
 
-/// Shorthands that build an entry once per plugin name and return its descriptor (the host calls
-/// the entry once, but a test may load a .so twice). Prefer keeping the entry value in a `let`.
+/// What the entry values (CoherencePluginEntry, TransportPluginEntry, DevicePluginEntry) share.
 public enum PluginEntry {}
 
-private let entryCache = Mutex<[String: UnsafeRawPointer]>([:])
-
 extension PluginEntry {
-    static func once(_ name: String, _ build: () -> UnsafeRawPointer) -> UnsafeRawPointer {
-        entryCache.withLock { cache in
-            if let p = cache[name] { return p }
-            let p = build()
-            cache[name] = p
-            return p
-        }
-    }
-
     /// A permanent descriptor (it must outlive every use of the plugin).
     static func makeDescriptor(kind: gvm_plugin_kind, name: String, version: String, summary: String,
                                ops: UnsafeRawPointer) -> UnsafePointer<gvm_plugin_descriptor> {

@@ -141,10 +141,3 @@ public struct TransportPluginEntry: @unchecked Sendable {
     }
 }
 
-extension PluginEntry {
-    /// The descriptor of a `TransportPluginEntry` for `type`, built once per name.
-    public static func transport<T: TransportPlugin>(_ type: T.Type, name: String, version: String,
-                                                     summary: String) -> UnsafeRawPointer {
-        once(name) { TransportPluginEntry(type, name: name, version: version, summary: summary).pointer }
-    }
-}
