@@ -55,7 +55,6 @@ public struct DsmBenchSummary {
         self.mode = mode; self.cpus = cpus; self.reports = reports
     }
 
-    func total(_ name: String) -> UInt64 { reports.reduce(0) { $0 + ($1.counters[name] ?? 0) } }
     /// The standard statistics (giantvm_plugin.h) of one node, and of all nodes.
     func dsm(_ r: NodeReport) -> DSMStatistics { DSMStatistics(counters: r.counters, histograms: r.histograms) }
     var dsmTotal: DSMStatistics { DSMStatistics.total(reports.map(dsm)) }

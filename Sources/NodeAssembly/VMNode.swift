@@ -73,8 +73,8 @@ public final class VMNode: @unchecked Sendable {
     let logger: Logger
     let options: VMOptions
     let say: @Sendable (String) -> Void
-    // The distributed components (nil on a one-node VM).
-    let interrupts: CPUForwarder?
+    // The distributed components (nil on a one-node VM; the interrupt forwarder is the machine's
+    // `remote`, held by it).
     let io: IOForwarder?
     let clock: ClockAligner?
     let barrier: StartupBarrier?
@@ -163,7 +163,6 @@ public final class VMNode: @unchecked Sendable {
         }
         cpu?.attach(m)
         machine = m
-        interrupts = cpu
         let kernelCmdline = options.cmdline ?? cfg.guest?.cmdline ?? ""
         do {
             devices = try m.addDevices(of: cfg, onNode: id, loader: loader, metrics: metrics, logger: logger) { d in
