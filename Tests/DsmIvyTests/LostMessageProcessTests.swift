@@ -21,13 +21,13 @@ final class LostMessageProcessTests: XCTestCase {
         for i in 0..<2 { y += "  - {id: \(i), address: 127.0.0.1, port: \(18390 + i), vcpus: 1}\n" }
         y += "memory: 16MiB\n"
         y += "transport:\n  plugin: transport-tcp\n  faults:\n    seed: 1\n    rules:\n"
-        y += "      - {channel: coherence, type: 7, action: drop, after: 5, count: 1}\n"   // a node's 6th Data message
+        y += "      - {channel: coherence, type: 7, action: drop, after: 5, count: 1}\n"   // a node's 6th Data message: 20000 iterations, so even threads that barely contend move that many pages
         y += "coherence: {plugin: dsm-ivy, settings: {request_timeout: 2}}\n"
         y += "timeouts: {connect: 10s, heartbeat: 200ms, failure: 3s}\n"
         let cfg = temporaryFile(y)
         let t0 = Date()
         let r = try giantvm(["bench", "dsm", "--config", cfg, "--workload", "counter", "--threads", "2",
-                             "--iterations", "2000", "--timeout", "50"], timeout: 58)
+                             "--iterations", "20000", "--timeout", "50"], timeout: 58)
         let elapsed = Date().timeIntervalSince(t0)
         XCTAssertFalse(r.timedOut, "the cluster hung on the lost message:\n\(r.output)")
         XCTAssertNotEqual(r.status, 0, r.output)
