@@ -34,7 +34,7 @@ public final class LocalCoherence: CoherencePlugin {
     let stats: CoherenceStatistics
 
     public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
-        try settings.allowOnly([])
+        try settings.allowOnly([String]())
         guard cluster.nodes.count == 1 else {
             throw PluginError("dsm-local serves one node only, but the cluster has \(cluster.nodes.count) nodes; use dsm-ivy across nodes")
         }
@@ -83,15 +83,18 @@ public final class LocalCoherence: CoherencePlugin {
         services.log(.warning, "dsm-local: ignoring a \(message.count)-byte message from node \(node) (single-node protocol)")
     }
 
-    public func describe() -> String {
-        """
+    public func describe() -> String { Self.stateTable }
+
+    /// No settings; the state table below is its ABI 3 description.
+    public static var pluginDescription: String? { stateTable }
+
+    static let stateTable = """
         dsm-local: single node, every fault served locally, zero-filled on first touch
           INVALID  + read  -> install zeros SHARED, wake
           INVALID  + write -> install zeros MODIFIED, wake
           SHARED   + write -> upgrade to MODIFIED, wake
           otherwise        -> stale: wake
         """
-    }
 }
 
 extension LocalCoherence {

@@ -15,8 +15,14 @@
 import PluginKit
 
 final class TSOProtocol: CoherencePlugin {
+    static let settingInfo: [SettingInfo] = [
+        SettingInfo("promote_after_writers", default: "2",
+                    "(design) a page written by this many nodes within an epoch switches to multiple-writer mode (2 to 64)"),
+    ]
+    static var pluginDescription: String? { designText }
+
     init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
-        try settings.allowOnly(["promote_after_writers"])
+        try settings.allowOnly(Self.settingInfo)
         _ = try settings.int("promote_after_writers", default: 2, range: 2...64)
         throw PluginError("dsm-tso is experimental and not implemented yet: use coherence: {plugin: dsm-ivy}")
     }
@@ -24,14 +30,14 @@ final class TSOProtocol: CoherencePlugin {
     func fault(gfn: UInt64, access: Access, fromPin: Bool) {}
     func receive(from node: UInt32, message: UnsafeRawBufferPointer) {}
 
-    func describe() -> String {
-        """
+    func describe() -> String { Self.designText }
+
+    static let designText = """
         dsm-tso (design only, not implemented):
           single-writer pages : Ivy M/S/I, as dsm-ivy
           multi-writer pages  : twin on first write, diff at GVM_FENCE_RELEASE, apply with page_patch
           promotion           : a page written by >= promote_after_writers nodes within an epoch
         """
-    }
 }
 
 let entry = CoherencePluginEntry(TSOProtocol.self, name: "dsm-tso", version: "0.0.1",

@@ -104,6 +104,11 @@ static const gvm_device_ops ops = {
     .models = models,
 };
 
+/* The settings scratch_create accepts (ABI 3 self-description, `giantvm plugins describe`). */
+static const gvm_setting_info setting_info[] = {
+    {"initial", "0", "power-on value of the 8-byte register (an integer, C notation: 42, 0x2a)", "scratch"},
+};
+
 static const gvm_plugin_descriptor descriptor = {
     .abi_version = GVM_ABI_VERSION,
     .kind = GVM_PLUGIN_DEVICE,
@@ -111,6 +116,9 @@ static const gvm_plugin_descriptor descriptor = {
     .version = "0.1.0",
     .summary = "example device plugin written in C against the header alone",
     .ops = &ops,
+    .description = NULL,
+    .setting_count = 1,
+    .settings = setting_info,
 };
 
 GVM_EXPORT const gvm_plugin_descriptor *giantvm_plugin_entry(void) { return &descriptor; }

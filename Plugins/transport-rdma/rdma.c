@@ -827,6 +827,17 @@ static const gvm_transport_ops ops = {
     .destroy = rdma_destroy,
 };
 
+/* Every setting rdma_create accepts (ABI 3 self-description, `giantvm plugins describe`). */
+static const gvm_setting_info setting_info[] = {
+    {"device", NULL, "RDMA device name (default: the first device found)", NULL},
+    {"ib_port", "1", "port number on the device (1 to 255)", NULL},
+    {"gid_index", "0", "GID table index used for RoCE addressing (0 to 255)", NULL},
+    {"cm_port_offset", "1000", "TCP side channel port = node port + this offset (-60000 to 60000)", NULL},
+    {"connect_timeout", "10s", "how long to retry meeting a peer on the side channel (1ms to 1h)", NULL},
+    {"handshake_timeout", "5s", "how long a side-channel handshake may take (1ms to 10min)", NULL},
+    {"send_queue_limit", "64MiB", "bytes queued per lane while every send slot is in flight (one slot to 16GiB)", NULL},
+};
+
 static const gvm_plugin_descriptor descriptor = {
     .abi_version = GVM_ABI_VERSION,
     .kind = GVM_PLUGIN_TRANSPORT,
@@ -834,6 +845,12 @@ static const gvm_plugin_descriptor descriptor = {
     .version = "0.1.0",
     .summary = "RDMA verbs (RC queue pairs, one-sided page reads); needs an RDMA device",
     .ops = &ops,
+    .description = "one RC queue pair per lane per peer (SLOTS send slots and posted receive buffers each); "
+                   "peers meet and authenticate over a TCP side channel (hello with nonce, QP numbers, "
+                   "regions, then proofs over both hellos); register_region/read_remote give one-sided "
+                   "page reads",
+    .setting_count = sizeof setting_info / sizeof setting_info[0],
+    .settings = setting_info,
 };
 
 GVM_EXPORT const gvm_plugin_descriptor *giantvm_plugin_entry(void) { return &descriptor; }

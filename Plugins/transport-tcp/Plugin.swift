@@ -78,9 +78,25 @@ final class TCPTransport: TransportPlugin {
     /// Accepted connections whose (detached) handshake thread has not ended yet.
     private var handshaking = 0
 
+    /// Every setting (the list at the top of this file), for the ABI 3 descriptor.
+    static let settingInfo: [SettingInfo] = [
+        SettingInfo("connect_timeout", default: "10s", "how long to retry connecting to a peer that is not up yet (1ms to 24h)"),
+        SettingInfo("handshake_timeout", default: "5s", "how long a new connection may take to finish its handshake (1ms to 24h)"),
+        SettingInfo("retry_interval", default: "100ms", "pause between connection attempts (1ms to 1h)"),
+        SettingInfo("send_queue_limit", default: "64MiB",
+                    "bytes queued per connection before send returns GVM_ERR_NOMEM (2 frames to 16GiB)"),
+        SettingInfo("listen_address", default: nil, "address to bind (default: this node's `address` from the config)"),
+        SettingInfo("nodelay", default: "true", "TCP_NODELAY on every connection (true/false)"),
+        SettingInfo("max_pending_handshakes", default: "32", "unauthenticated connections handled at once (1 to 1024)"),
+    ]
+    static var pluginDescription: String? {
+        "one TCP connection per lane per peer (urgent, bulk); the lower id connects to the higher; "
+            + "handshake: magic + version, cluster, node id, lane, a challenge each way, proofs via auth_sign/auth_verify; "
+            + "with a cluster key every frame carries a MAC (auth_mac, sequence-numbered)"
+    }
+
     init(services: HostServices, host: TransportHost, cluster: ClusterInfo, settings: Settings) throws {
-        try settings.allowOnly(["connect_timeout", "handshake_timeout", "retry_interval", "send_queue_limit",
-                                "listen_address", "nodelay", "max_pending_handshakes"])
+        try settings.allowOnly(Self.settingInfo)
         /// Durations: the shared grammar (giantvm_units.h; bare number = seconds) and each
         /// setting's range (TCPDurationSetting, Wire.swift).
         func duration(_ setting: TCPDurationSetting) throws -> UInt64 {

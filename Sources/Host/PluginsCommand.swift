@@ -7,7 +7,7 @@ import PluginHost
 struct Plugins: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List and inspect plugins.",
-        subcommands: [PluginsList.self])
+        subcommands: [PluginsList.self, PluginsDescribe.self])
 }
 
 struct PluginsList: ParsableCommand {
@@ -74,5 +74,30 @@ struct PluginsList: ParsableCommand {
             print("\nnot loadable:")
             failures.forEach { print("  " + $0) }
         }
+    }
+}
+
+struct PluginsDescribe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "describe",
+        abstract: "Print what a plugin is: its description (a coherence plugin's state table), models and settings.",
+        discussion: """
+            NAME is found like `plugins list` finds plugins (lib<NAME>.so in --plugin-dir, \
+            $GIANTVM_PLUGIN_PATH, then the giantvm executable's directory); a PATH (with a / or \
+            ending in .so) is loaded as is. Read from the plugin's descriptor: nothing is created.
+            """)
+
+    @Argument(help: "A plugin name (dsm-ivy) or the path of its .so.")
+    var plugin: String
+
+    @Option(name: .long, help: "Extra directory to search (repeatable).")
+    var pluginDir: [String] = []
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        _ = global.bootstrapLogging()
+        let loader = PluginLoader(searchPath: pluginDir + PluginLoader.defaultSearchPath(config: nil))
+        do { print(try loader.load(plugin).describeText) } catch { fail("\(error)") }
     }
 }

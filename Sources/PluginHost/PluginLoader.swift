@@ -71,6 +71,9 @@ public struct LoadedPlugin: @unchecked Sendable {
     public let kind: PluginKind
     public let abiVersion: UInt32
     public let descriptor: UnsafePointer<gvm_plugin_descriptor>
+    /// ABI 3 self-description (PluginDescription.swift): the descriptor's text and settings.
+    public let descriptionText: String?
+    public let settings: [PluginSettingInfo]
     /// The host's copy of the plugin's ops table, as long as this giantvm's table: the bytes the
     /// plugin declared (its `size`), zeros after them (hooks past a shorter table are absent).
     let ops: UnsafeRawPointer
@@ -275,15 +278,19 @@ public final class PluginLoader {
         }
         guard let raw = d.pointee.ops else { throw PluginLoadError.badDescriptor(path: path, problem: "no ops table") }
         let ops = try copyOps(raw, kind: kind, name: name, path: path)
+        let settings: [PluginSettingInfo]
         do {
             try checkOps(ops, kind: kind, path: path)
+            settings = try readSettingInfo(d, path: path)
         } catch {
             ops.deallocate()
             throw error
         }
         return LoadedPlugin(name: name, version: d.pointee.version.map { String(cString: $0) } ?? "?",
                             summary: d.pointee.summary.map { String(cString: $0) } ?? "",
-                            path: path, kind: kind, abiVersion: abi, descriptor: d, ops: UnsafeRawPointer(ops))
+                            path: path, kind: kind, abiVersion: abi, descriptor: d,
+                            descriptionText: d.pointee.description.map { String(cString: $0) }, settings: settings,
+                            ops: UnsafeRawPointer(ops))
     }
 
     /// The host's table type for a kind, and how much of it a plugin must declare: up to the end

@@ -124,8 +124,14 @@ public protocol CoherencePlugin: AnyObject {
     /// A peer was lost; the node is stopping.
     func peerLost(node: UInt32)
 
-    /// The protocol's state table, for `giantvm plugins describe`.
+    /// The protocol's state table (an instance's view; see `pluginDescription` for the one
+    /// `giantvm plugins describe` prints without an instance).
     func describe() -> String
+
+    /// The settings the protocol accepts, with defaults and meanings (ABI 3 descriptor).
+    static var settingInfo: [SettingInfo] { get }
+    /// The protocol's description without an instance: its state table (ABI 3 descriptor).
+    static var pluginDescription: String? { get }
 
     /// No more faults or messages will arrive. Thread: main.
     func stop()
@@ -141,6 +147,8 @@ public extension CoherencePlugin {
     func pageUnpinned(gfn: UInt64) {}
     func peerLost(node: UInt32) {}
     func describe() -> String { "" }
+    static var settingInfo: [SettingInfo] { [] }
+    static var pluginDescription: String? { nil }
     func stop() {}
     static var handlesFences: Bool { false }
     func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { .ok }
@@ -241,7 +249,8 @@ public struct CoherencePluginEntry: @unchecked Sendable {
         }
         ops = UnsafePointer(o)
         descriptor = PluginEntry.makeDescriptor(kind: GVM_PLUGIN_COHERENCE, name: name, version: version,
-                                                summary: summary, ops: UnsafeRawPointer(o))
+                                                summary: summary, ops: UnsafeRawPointer(o), description: type.pluginDescription,
+                                                settings: type.settingInfo.map { ($0, nil) })
     }
 }
 

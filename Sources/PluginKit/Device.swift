@@ -63,9 +63,12 @@ public protocol DeviceModel: AnyObject {
     func reset()
     /// Cancel timers; called before the instance is released.
     func shutdown()
+    /// The settings this model accepts, with defaults and meanings (ABI 3 descriptor).
+    static var settingInfo: [SettingInfo] { get }
 }
 
 public extension DeviceModel {
+    static var settingInfo: [SettingInfo] { [] }
     func consoleInput(_ bytes: UnsafeRawBufferPointer) {}
     func reset() {}
     func shutdown() {}
@@ -163,7 +166,8 @@ public struct DevicePluginEntry: @unchecked Sendable {
                                         model_count: UInt32(models.count), models: table))
         ops = UnsafePointer(o)
         descriptor = PluginEntry.makeDescriptor(kind: GVM_PLUGIN_DEVICE, name: name, version: version,
-                                                summary: summary, ops: UnsafeRawPointer(o))
+                                                summary: summary, ops: UnsafeRawPointer(o),
+                                                settings: models.flatMap { m in m.settingInfo.map { ($0, m.modelName) } })
     }
 
     /// The create slot of one model type (opened here so the generic init is spelled once).

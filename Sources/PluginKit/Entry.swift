@@ -46,12 +46,16 @@ public enum PluginEntry {}
 
 extension PluginEntry {
     /// A permanent descriptor (it must outlive every use of the plugin).
+    /// `settings` and `description` are the ABI 3 self-description (Describe.swift).
     static func makeDescriptor(kind: gvm_plugin_kind, name: String, version: String, summary: String,
-                               ops: UnsafeRawPointer) -> UnsafePointer<gvm_plugin_descriptor> {
+                               ops: UnsafeRawPointer, description: String? = nil,
+                               settings: [(SettingInfo, model: String?)] = []) -> UnsafePointer<gvm_plugin_descriptor> {
         let d = UnsafeMutablePointer<gvm_plugin_descriptor>.allocate(capacity: 1)
         d.initialize(to: gvm_plugin_descriptor(
             abi_version: GVM_ABI_VERSION, kind: kind.rawValue, name: permanentCString(name),
-            version: permanentCString(version), summary: permanentCString(summary), ops: ops))
+            version: permanentCString(version), summary: permanentCString(summary), ops: ops,
+            description: description.map(permanentCString), setting_count: UInt32(settings.count),
+            settings: settingTable(settings)))
         return UnsafePointer(d)
     }
 }

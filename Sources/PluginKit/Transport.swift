@@ -48,10 +48,16 @@ public protocol TransportPlugin: AnyObject {
     func stop()
     /// RDMA-style registration (optional): return nil when unsupported.
     func registerRegion(_ base: UnsafeMutableRawPointer, length: Int) -> UInt64?
+    /// The settings the transport accepts, with defaults and meanings (ABI 3 descriptor).
+    static var settingInfo: [SettingInfo] { get }
+    /// Its description beyond the summary (ABI 3 descriptor).
+    static var pluginDescription: String? { get }
 }
 
 public extension TransportPlugin {
     func registerRegion(_ base: UnsafeMutableRawPointer, length: Int) -> UInt64? { nil }
+    static var settingInfo: [SettingInfo] { [] }
+    static var pluginDescription: String? { nil }
 }
 
 final class TransportBox {
@@ -137,7 +143,8 @@ public struct TransportPluginEntry: @unchecked Sendable {
         }
         ops = UnsafePointer(o)
         descriptor = PluginEntry.makeDescriptor(kind: GVM_PLUGIN_TRANSPORT, name: name, version: version,
-                                                summary: summary, ops: UnsafeRawPointer(o))
+                                                summary: summary, ops: UnsafeRawPointer(o), description: type.pluginDescription,
+                                                settings: type.settingInfo.map { ($0, nil) })
     }
 }
 

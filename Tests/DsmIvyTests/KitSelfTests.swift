@@ -27,7 +27,8 @@ private func brokenDescriptor(wake: Bool) -> UnsafeRawPointer {
     ops.pointee.destroy = { _ in }
     let d = UnsafeMutablePointer<gvm_plugin_descriptor>.allocate(capacity: 1)
     d.initialize(to: gvm_plugin_descriptor(abi_version: GVM_ABI_VERSION, kind: GVM_PLUGIN_COHERENCE.rawValue,
-                                           name: nil, version: nil, summary: nil, ops: UnsafeRawPointer(ops)))
+                                           name: nil, version: nil, summary: nil, ops: UnsafeRawPointer(ops), description: nil,
+                                           setting_count: 0, settings: nil))
     return UnsafeRawPointer(d)
 }
 

@@ -147,7 +147,8 @@ final class LoaderTests: XCTestCase {
         func descriptor(_ kind: gvm_plugin_kind, _ ops: UnsafeRawPointer) -> UnsafePointer<gvm_plugin_descriptor> {
             let d = UnsafeMutablePointer<gvm_plugin_descriptor>.allocate(capacity: 1)
             d.initialize(to: gvm_plugin_descriptor(abi_version: GVM_ABI_VERSION, kind: kind.rawValue, name: strdup("t"),
-                                                   version: nil, summary: nil, ops: ops))
+                                                   version: nil, summary: nil, ops: ops, description: nil,
+                                                   setting_count: 0, settings: nil))
             return UnsafePointer(d)
         }
         // A buffer longer than any table, filled with non-NULL "hooks" (never called).

@@ -115,10 +115,13 @@ struct CMOSState: Equatable {
 public final class CMOSRTC: DeviceModel {
     public static let modelName = "cmos-rtc"
     public static let summary = "CMOS RTC/NVRAM (ports 0x70-0x71): UTC time in BCD, status A-D, memory size bytes"
+    public static let settingInfo = [
+        SettingInfo("memory", default: nil, "guest RAM in bytes for the NVRAM memory-size bytes (required; the host fills it from the config)"),
+    ]
     var state: CMOSState
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly(["memory"])
+        try settings.allowOnly(Self.settingInfo)
         guard let mem = settings.values["memory"] else {
             throw PluginError("cmos-rtc needs the setting 'memory' (the host fills it from the cluster config)")
         }

@@ -6,13 +6,14 @@ import PluginKit
 public final class ExitDevice: DeviceModel {
     public static let modelName = "isa-debug-exit"
     public static let summary = "QEMU's isa-debug-exit (port 0xf4): value v ends the VM with status (v<<1)|1"
+    public static let settingInfo = [SettingInfo("iosize", default: "4", "bytes of the port range it claims: 1, 2 or 4")]
     let host: DeviceHost
     let name: String
 
     static func status(for value: UInt32) -> Int32 { Int32(bitPattern: (value << 1) | 1) }
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly(["iosize"])
+        try settings.allowOnly(Self.settingInfo)
         let size = try settings.int("iosize", default: 4, range: 1...4)
         guard [1, 2, 4].contains(size) else { throw PluginError("setting 'iosize': \(size) is not 1, 2 or 4") }
         self.host = host
@@ -95,7 +96,7 @@ public final class ResultsDevice: DeviceModel {
     let counter: Counter
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([])
+        try settings.allowOnly([String]())
         self.host = host
         counter = services.counter("results.lines")
         try host.map(.pio, base: config.base ?? 0xE0, length: 1)

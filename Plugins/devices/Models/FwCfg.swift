@@ -126,7 +126,14 @@ private extension String {
 public final class FwCfgDevice: DeviceModel {
     public static let modelName = "fw-cfg"
     public static let summary = "QEMU fw_cfg (selector 0x510, data 0x511): signature, CPU count, RAM size, cmdline, files"
-    static let settingKeys = ["cpus", "max_cpus", "memory", "cmdline", "boot_fail_wait"]
+    static var settingKeys: [String] { settingInfo.map(\.key) }
+    public static let settingInfo = [
+        SettingInfo("cpus", default: nil, "vCPU count reported to the firmware (1 to 255; required, the host fills it)"),
+        SettingInfo("max_cpus", default: "cpus", "maximum vCPU count reported (cpus to 255)"),
+        SettingInfo("memory", default: nil, "guest RAM in bytes reported as the RAM size (required, the host fills it)"),
+        SettingInfo("cmdline", default: nil, "kernel command line offered as the fw_cfg cmdline item (none when absent)"),
+        SettingInfo("boot_fail_wait", default: "-1", "the etc/boot-fail-wait file's value in seconds (-1 = not offered, up to 65535)"),
+    ]
     var state: FwCfgState
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {

@@ -13,7 +13,7 @@ public final class PostPorts: DeviceModel {
     var lastCode: UInt8 = 0
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([])
+        try settings.allowOnly([String]())
         writes = services.counter("post.\(config.name).writes")
         let base = config.base ?? 0x80
         try host.map(.pio, base: base, length: 1)
@@ -80,12 +80,13 @@ struct PCIConfigState: Equatable {
 public final class PCIHostBridge: DeviceModel {
     public static let modelName = "pci-host"
     public static let summary = "PCI config mechanism #1 (0xCF8/0xCFC): host bridge at 00:00.0, no other devices; 0xCF9 reset"
+    public static let settingInfo = [SettingInfo("host_bridge", default: "true", "answer config reads at 00:00.0 with a host bridge (true/false)")]
     let host: DeviceHost
     let name: String
     var state = PCIConfigState()
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly(["host_bridge"])
+        try settings.allowOnly(Self.settingInfo)
         self.host = host
         name = config.name
         state.hostBridge = try settings.bool("host_bridge", default: true)

@@ -216,7 +216,7 @@ public final class PIT8254: DeviceModel {
     let base: UInt64
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([])
+        try settings.allowOnly([String]())
         self.services = services
         self.host = host
         irq = config.irq

@@ -15,6 +15,20 @@ public final class IvyPlugin: CoherencePlugin {
 
     public let node: IvyNode
 
+    /// Every setting (IvyConfig.parse, Liveness.swift), for the ABI 3 descriptor.
+    public static let settingInfo: [SettingInfo] = [
+        SettingInfo("manager_chunk", default: "auto",
+                    "pages per manager: auto = one contiguous range per node, or a multiple of 4KiB (up to 1TiB) interleaved over the nodes"),
+        SettingInfo("hold_time", default: "20us",
+                    "after a fault is resolved, forwards and invalidations for that page wait this long so woken threads use it (0 to 1s; 0 = no hold)"),
+        SettingInfo("request_timeout", default: "10s",
+                    "a page request unanswered this long stops the cluster naming request, page and peer (0 = off, or 1ms to 1h)"),
+        SettingInfo("send_wait", default: "5s",
+                    "how long a message may wait for room in a full transport send queue before the cluster stops (1ms to 1h)"),
+    ]
+    /// The state table (Table.swift), printed by `giantvm plugins describe dsm-ivy`.
+    public static var pluginDescription: String? { IvyTable.describe() }
+
     public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
         let n = UInt32(cluster.nodes.count)
         guard memory.pageCount == cluster.pageCount else {

@@ -30,6 +30,8 @@
  * gvm_transport_host ends with frame authentication (auth_session, auth_mac, auth_session_free:
  * per-frame MACs with a cluster key); giantvm_units.h gives plugins the config's duration and
  * size grammar.
+ * ABI 3 — the descriptor ends with the plugin's self-description (description, setting_count,
+ * settings: gvm_setting_info), read by `giantvm plugins describe` without creating an instance.
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -61,10 +63,10 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 /** The ABI version this header describes. Bumped on every incompatible change while pre-1.0. */
-#define GVM_ABI_VERSION 2u
+#define GVM_ABI_VERSION 3u
 /** The oldest plugin ABI version a host built from this header still loads. (ABI 1 coherence
  *  plugins do not report the standard statistics, so summaries would show them as zeros.) */
-#define GVM_ABI_MIN_VERSION 2u
+#define GVM_ABI_MIN_VERSION 3u
 
 /** Name of the one symbol every plugin exports (type: gvm_plugin_entry_fn). */
 #define GVM_PLUGIN_ENTRY_SYMBOL "giantvm_plugin_entry"
@@ -643,6 +645,20 @@ typedef struct gvm_device_ops {
  * The descriptor and the entry symbol
  * ------------------------------------------------------------------------------------------- */
 
+/** ABI 3. One setting a plugin accepts in its YAML `settings:` map, as `giantvm plugins describe`
+ *  prints it. Every string is permanent (lives as long as the .so) and NUL-terminated UTF-8. */
+typedef struct gvm_setting_info {
+    const char *key;           /* REQUIRED: the YAML key, e.g. "hold_time" */
+    const char *default_value; /* its value when absent, as YAML text ("20us", "auto");
+                                  NULL = no default (required, or filled in by the host) */
+    const char *meaning;       /* REQUIRED: one line: what it does, its grammar and range */
+    const char *model;         /* device plugins: the model the key belongs to (its `model:`
+                                  name); NULL = every model / not a device plugin */
+} gvm_setting_info;
+
+/** The most settings one descriptor may declare (a bound the loader checks). */
+#define GVM_MAX_SETTING_INFO 1024u
+
 typedef struct gvm_plugin_descriptor {
     uint32_t abi_version; /* GVM_ABI_VERSION the plugin was built with; the first field, forever */
     uint32_t kind;        /* gvm_plugin_kind: selects the type of ops */
@@ -650,6 +666,21 @@ typedef struct gvm_plugin_descriptor {
     const char *version;  /* the plugin's own version, e.g. "0.1.0" */
     const char *summary;  /* one line */
     const void *ops;      /* gvm_transport_ops*, gvm_coherence_ops* or gvm_device_ops* */
+
+    /* --- ABI 3: the plugin's self-description. Read by `giantvm plugins describe` (and `plugins
+     * list`) straight from the descriptor, on the main thread, without creating an instance:
+     * plain data, no hook to call. The descriptor has no size field; these fields are present in
+     * every plugin whose abi_version >= 3 (GVM_ABI_MIN_VERSION is 3, so in every plugin loaded). */
+
+    /** OPTIONAL (NULL = none). Multi-line UTF-8 text describing the plugin beyond its summary: a
+     *  coherence plugin's state table (states, events, transitions), a transport's wire design.
+     *  Must live as long as the .so (a string literal). Device models are listed from the ops. */
+    const char *description;
+    /** Entries in `settings` (0..GVM_MAX_SETTING_INFO). */
+    uint32_t setting_count;
+    /** REQUIRED when setting_count > 0: every key the plugin accepts in its YAML `settings:` map
+     *  (a key not listed here should be refused by create()). Permanent, like the strings. */
+    const gvm_setting_info *settings;
 } gvm_plugin_descriptor;
 
 /** The type of GVM_PLUGIN_ENTRY_SYMBOL. Called once, on the main thread, right after dlopen;
