@@ -29,6 +29,7 @@
 //   NodeAssembly   one node from a config (VMNode, CoherenceStack, GuestImage), typed stop causes
 //   DsmWorkloads   thread-driven DSM workloads with exact checkers
 //   Bench          cluster tools as a library: channel probe, net-bench, bench dsm node, reports
+//   ABTest         `giantvm ab`: interleaved runs of several configs, statistics, reports
 //   Host           the `giantvm` executable: the CLI only
 // Plugins (each product is one .so)
 //   TransportTCP, TransportRDMA (+ RDMALane: its slot/credit logic in pure C), IvyCore + DsmIvy,
@@ -40,7 +41,7 @@
 // Tests: one target per library (ConfigTests, PluginHostTests, DsmIvyTests, GuestMemoryTests,
 //   CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
 //   GuestTests, ClusterTests, LaunchTests, SlurmTests, NodeAssemblyTests, BenchTests,
-//   TelemetryTests, FirmwareTests, RDMALaneTests, PCDevicesTests, BootTests)
+//   TelemetryTests, ABTests, FirmwareTests, RDMALaneTests, PCDevicesTests, BootTests)
 
 import PackageDescription
 
@@ -142,9 +143,15 @@ let package = Package(
                                "PluginHost", .product(name: "Histogram", package: "hdrhistogram-swift"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/Bench", swiftSettings: swiftSettings),
+        // `giantvm ab`: the same workload under several configs, interleaved runs, statistics
+        // (bootstrap intervals, Mann-Whitney U, Holm), a YAML diff, report.json and an offline report.html.
+        .target(name: "ABTest",
+                dependencies: ["Config", "Launch", "Metrics", "PluginHost", .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "Yams", package: "Yams")],
+                path: "Sources/ABTest", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
-            dependencies: ["Bench", "Cluster", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
+            dependencies: ["ABTest", "Bench", "Cluster", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
                            "PluginAPI", "PluginHost", "Telemetry",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
@@ -219,6 +226,7 @@ let package = Package(
                     path: "Tests/BenchTests"),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Config", "Metrics", "TestSupport"],
                     path: "Tests/TelemetryTests"),
+        .testTarget(name: "ABTests", dependencies: ["ABTest", "Metrics", "TestSupport"], path: "Tests/ABTests"),
         .testTarget(name: "FirmwareTests", dependencies: ["Firmware"], path: "Tests/FirmwareTests"),
         // transport-rdma's device-independent logic (send slots, overflow queue, handshake
         // material), built from symlinks to the plugin's own files: tested without an RDMA device.

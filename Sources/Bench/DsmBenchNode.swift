@@ -73,8 +73,9 @@ public struct DsmBenchNode {
                 return
             }
             let snap = metrics.snapshot()
-            let report = NodeReport(node: Int(id), result: result, counters: snap.counters, histograms: snap.histograms,
+            var report = NodeReport(node: Int(id), result: result, counters: snap.counters, histograms: snap.histograms,
                                     floor: floor, memory: MemoryReport(stack.memory.stats), plugin: stack.pluginName)
+            report.latencyValues = NodeStatisticsFile(node: Int(id), seconds: result.seconds, registry: metrics).latencyValues
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys]
             let json = (try? enc.encode(report)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"

@@ -35,6 +35,9 @@ public struct NodeReport: Codable {
     public var memory: MemoryReport
     /// The coherence plugin's name (its extras are printed under its prefix).
     public var plugin: String?
+    /// The standard latency histograms' recorded [value ns, count] pairs (NodeStatisticsFile),
+    /// so that `giantvm ab` can merge them across nodes.
+    public var latencyValues: [String: [[UInt64]]]?
     public init(node: Int, result: NodeResult, counters: [String: UInt64], histograms: [String: HistogramSummary],
                 floor: FloorReport?, memory: MemoryReport, plugin: String? = nil) {
         self.node = node; self.result = result; self.counters = counters; self.histograms = histograms
@@ -80,7 +83,9 @@ public struct DsmBenchSummary {
         for r in reports {
             perNode["node\(r.node)"] = AnyCodable(["counters": AnyCodable(r.counters), "histograms": AnyCodable(r.histograms),
                                                    "dsm": AnyCodable(dsm(r)),
-                                                   "operations": AnyCodable(r.result.operations), "checks": AnyCodable(r.result.checks)])
+                                                   "operations": AnyCodable(r.result.operations), "checks": AnyCodable(r.result.checks),
+                                                   "seconds": AnyCodable(r.result.seconds),
+                                                   "latency_values": AnyCodable(r.latencyValues ?? [:])])
             for (k, v) in r.counters { totals[k, default: 0] += v }
         }
         var s: [String: AnyCodable] = ["workload": AnyCodable(workload), "nodes": AnyCodable(nodes),

@@ -63,6 +63,8 @@ struct NodeCommand: ParsableCommand {
     var tscSkew: Int64 = 0
     @Flag(name: .long, help: "VM: do not align this node's TSC with node 0's.")
     var noTimeSync = false
+    @Option(name: .long, help: "VM: write this node's statistics as JSON to this file when it stops (read by `giantvm ab`).")
+    var statsOut: String?
 
     @Option(name: .long, help: .hidden)
     var benchRoundTrips: Int = 2000

@@ -5,6 +5,7 @@ import Config
 import Foundation
 import Glibc
 import Logging
+import Metrics
 import NodeAssembly
 import PluginHost
 
@@ -26,6 +27,11 @@ extension NodeCommand {
         if let duration { stopAfter(duration) { vm.stop(.finished("finished after --duration \(duration) s")) } }
         let outcome = vm.run()
         say(vm.statsReport(elapsed: outcome.elapsed))
+        if let statsOut {
+            do { try NodeStatisticsFile(node: Int(id), seconds: outcome.elapsed, registry: vm.metrics).write(to: statsOut) } catch {
+                fail("node \(id): cannot write --stats-out \(statsOut): \(error)")
+            }
+        }
         if stats {
             FileHandle.standardError.write(Data((vm.metrics.snapshot().table(title: "node \(id) counters") + "\n").utf8))
         }
