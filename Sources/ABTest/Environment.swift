@@ -48,8 +48,10 @@ public struct RunEnvironment: Codable, Sendable {
                 return FileIdentity(name: name, path: path, sha256: sha256(path: path))
             }
         }
-        let commit = git(["rev-parse", "HEAD"], in: directory)
-        let dirty = commit == nil ? nil : git(["status", "--porcelain", "--untracked-files=no"], in: directory).map { !$0.isEmpty }
+        // The configs' checkout, else the one the giantvm binary was built in.
+        let gitDir = [directory, (giantvm as NSString).deletingLastPathComponent].first { git(["rev-parse", "HEAD"], in: $0) != nil }
+        let commit = gitDir.flatMap { git(["rev-parse", "HEAD"], in: $0) }
+        let dirty = gitDir.flatMap { git(["status", "--porcelain", "--untracked-files=no"], in: $0) }.map { !$0.isEmpty }
         return RunEnvironment(gitCommit: commit, gitDirty: dirty,
                               giantvm: FileIdentity(name: "giantvm", path: giantvm, sha256: sha256(path: giantvm)),
                               plugins: plugins, kernel: "\(field(&u.sysname)) \(field(&u.release)) \(field(&u.version))",

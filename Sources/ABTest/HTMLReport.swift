@@ -25,7 +25,7 @@ public enum HTMLReport {
         let step = [1.0, 2, 5, 10].map { $0 * mag }.first { $0 >= raw } ?? raw
         var t = (lo / step).rounded(.up) * step
         var out: [Double] = []
-        while t <= hi + step * 1e-9 { out.append(t); t += step }
+        while t <= hi + step * 1e-9 { out.append(abs(t) < step * 1e-9 ? 0 : t); t += step }
         return out
     }
 
@@ -98,7 +98,7 @@ public enum HTMLReport {
             + "height=\"\(f(height))\" viewBox=\"0 0 \(f(width)) \(f(height))\" role=\"img\"><title>fault latency CDF</title>"
         s += "<line x1=\"\(f(left))\" y1=\"\(f(y(0)))\" x2=\"\(f(width - right))\" y2=\"\(f(y(0)))\" stroke=\"#444\"/>"
         s += "<line x1=\"\(f(left))\" y1=\"\(f(y(0)))\" x2=\"\(f(left))\" y2=\"\(f(y(1)))\" stroke=\"#444\"/>"
-        for p in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+        for p in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
             s += "<line x1=\"\(f(left))\" y1=\"\(f(y(p)))\" x2=\"\(f(width - right))\" y2=\"\(f(y(p)))\" stroke=\"#eee\"/>"
             s += "<text x=\"\(f(left - 4))\" y=\"\(f(y(p) + 4))\" text-anchor=\"end\">\(String(format: "%g", p))</text>"
         }
@@ -120,7 +120,7 @@ public enum HTMLReport {
             }
             s += "<polyline class=\"cdf-line\" fill=\"none\" stroke=\"\(color(c))\" stroke-width=\"2\" points=\"\(pts)\">"
                 + "<title>\(esc(report.labels[c])): \(d.total) faults</title></polyline>"
-            s += "<text x=\"\(f(left + 10 + Double(c) * 120))\" y=\"\(f(top + 14))\" fill=\"\(color(c))\" font-weight=\"bold\">"
+            s += "<text x=\"\(f(width - right - 10 - Double(dists.count - c - 1) * 130))\" y=\"\(f(y(0.5)))\" text-anchor=\"end\" fill=\"\(color(c))\" font-weight=\"bold\">"
                 + "\(esc(report.labels[c])) (\(d.total) faults)</text>"
         }
         return s + "</svg>"

@@ -111,7 +111,8 @@ final class StatisticsTests: XCTestCase {
         // p = [0.01, 0.04, 0.03, 0.005], m = 4: sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 -> max so far 0.06.
         let adj = Stats.holm([0.01, 0.04, 0.03, 0.005])
         for (x, y) in zip(adj, [0.03, 0.06, 0.06, 0.02]) { XCTAssertEqual(x, y, accuracy: 1e-12) }
-        XCTAssertEqual(Stats.holm([0.9, 0.8]), [0.9, 0.9])
+        XCTAssertEqual(Stats.holm([0.9, 0.8]), [1, 1], "0.8 x 2 caps at 1, and adjusted p never decrease")
+        XCTAssertEqual(Stats.holm([0.3, 0.2]), [0.4, 0.4])
     }
 
     func testScheduleInterleavesEveryConfigEachRound() {
