@@ -68,3 +68,37 @@ final class ABProcessTests: XCTestCase {
         XCTAssertTrue(reserved.stderr.contains("--stats-out is set by giantvm ab"), reserved.stderr)
     }
 }
+
+/// The `dsm:` workloads: `giantvm bench dsm` under each config (real processes, userfaultfd).
+final class ABBenchDsmProcessTests: XCTestCase {
+    func testBenchDsmWorkloadIsMeasuredPerRun() throws {
+        try Requirement.builtGiantVM()
+        try Requirement.userfaultfd()
+        let a = temporaryFile("""
+            cluster: abbench
+            nodes: [{id: 0, address: 127.0.0.1, port: 20970}, {id: 1, address: 127.0.0.1, port: 20971}]
+            memory: 16MiB
+            transport: {plugin: transport-tcp}
+            coherence: {plugin: dsm-ivy}
+            timeouts: {connect: 10s, heartbeat: 200ms, failure: 3s}
+            """)
+        let dir = (a as NSString).deletingLastPathComponent
+        let b = dir + "/b.yaml"
+        try String(contentsOfFile: a, encoding: .utf8).replacingOccurrences(of: "coherence: {plugin: dsm-ivy}",
+                                                                           with: "coherence: {plugin: dsm-ivy, settings: {hold_time: 1ms}}")
+            .write(toFile: b, atomically: true, encoding: .utf8)
+        let r = try giantvm(["ab", a, b, "--workload", "dsm:pingpong --iterations 100", "--runs", "2", "--warmup", "0",
+                             "--out", dir + "/ab"], timeout: 180)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("coherence.settings.hold_time: (absent) -> 1ms"), r.stdout)
+        let report = try ABReport.read(json: dir + "/ab/report.json")
+        XCTAssertEqual(report.runs.count, 4)
+        for run in report.runs {
+            XCTAssertGreaterThan(run.metrics["ops_per_s"] ?? 0, 0, "bench dsm's operations per second")
+            // pingpong: two nodes alternately write one page, 100 rounds each way.
+            XCTAssertGreaterThanOrEqual(run.metrics["pages_moved"] ?? 0, 100)
+            XCTAssertNotNil(run.metrics["fault_latency.p50"], "merged from the nodes' recorded values")
+            XCTAssertFalse(run.faultLatency.isEmpty)
+        }
+    }
+}
