@@ -34,7 +34,7 @@ public final class LocalCoherence: CoherencePlugin {
     let stats: CoherenceStatistics
 
     public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         guard cluster.nodes.count == 1 else {
             throw PluginError("dsm-local serves one node only, but the cluster has \(cluster.nodes.count) nodes; use dsm-ivy across nodes")
         }

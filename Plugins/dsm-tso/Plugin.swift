@@ -22,7 +22,7 @@ final class TSOProtocol: CoherencePlugin {
     static var pluginDescription: String? { designText }
 
     init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
-        try settings.allowOnly(Self.settingInfo)
+        try settings.allowOnly(declared: Self.settingInfo)
         _ = try settings.int("promote_after_writers", default: 2, range: 2...64)
         throw PluginError("dsm-tso is experimental and not implemented yet: use coherence: {plugin: dsm-ivy}")
     }

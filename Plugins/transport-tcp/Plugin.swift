@@ -96,7 +96,7 @@ final class TCPTransport: TransportPlugin {
     }
 
     init(services: HostServices, host: TransportHost, cluster: ClusterInfo, settings: Settings) throws {
-        try settings.allowOnly(Self.settingInfo)
+        try settings.allowOnly(declared: Self.settingInfo)
         /// Durations: the shared grammar (giantvm_units.h; bare number = seconds) and each
         /// setting's range (TCPDurationSetting, Wire.swift).
         func duration(_ setting: TCPDurationSetting) throws -> UInt64 {

@@ -7,7 +7,7 @@
 //     ]
 //     static var pluginDescription: String? { MyTable.describe() }
 //
-// and refuse anything else with `settings.allowOnly(Self.settingInfo)`, so what is declared is
+// and refuse anything else with `settings.allowOnly(declared: Self.settingInfo)`, so what is declared is
 // exactly what is accepted.
 
 /// One key of a plugin's YAML `settings:` map (gvm_setting_info).
@@ -28,7 +28,7 @@ public struct SettingInfo: Sendable, Equatable {
 
 extension Settings {
     /// Throws if a key is not declared in `table` (listing the declared keys).
-    public func allowOnly(_ table: [SettingInfo]) throws {
+    public func allowOnly(declared table: [SettingInfo]) throws {
         try allowOnly(table.map(\.key))
     }
 }

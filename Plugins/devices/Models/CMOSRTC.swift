@@ -121,7 +121,7 @@ public final class CMOSRTC: DeviceModel {
     var state: CMOSState
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly(Self.settingInfo)
+        try settings.allowOnly(declared: Self.settingInfo)
         guard let mem = settings.values["memory"] else {
             throw PluginError("cmos-rtc needs the setting 'memory' (the host fills it from the cluster config)")
         }

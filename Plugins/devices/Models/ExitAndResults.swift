@@ -13,7 +13,7 @@ public final class ExitDevice: DeviceModel {
     static func status(for value: UInt32) -> Int32 { Int32(bitPattern: (value << 1) | 1) }
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly(Self.settingInfo)
+        try settings.allowOnly(declared: Self.settingInfo)
         let size = try settings.int("iosize", default: 4, range: 1...4)
         guard [1, 2, 4].contains(size) else { throw PluginError("setting 'iosize': \(size) is not 1, 2 or 4") }
         self.host = host
@@ -96,7 +96,7 @@ public final class ResultsDevice: DeviceModel {
     let counter: Counter
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         self.host = host
         counter = services.counter("results.lines")
         try host.map(.pio, base: config.base ?? 0xE0, length: 1)

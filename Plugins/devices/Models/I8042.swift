@@ -106,7 +106,7 @@ public final class I8042: DeviceModel {
     var irqLevel = false
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         self.host = host
         irq = config.irq
         name = config.name

@@ -13,7 +13,7 @@ public final class PostPorts: DeviceModel {
     var lastCode: UInt8 = 0
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         writes = services.counter("post.\(config.name).writes")
         let base = config.base ?? 0x80
         try host.map(.pio, base: base, length: 1)
@@ -86,7 +86,7 @@ public final class PCIHostBridge: DeviceModel {
     var state = PCIConfigState()
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly(Self.settingInfo)
+        try settings.allowOnly(declared: Self.settingInfo)
         self.host = host
         name = config.name
         state.hostBridge = try settings.bool("host_bridge", default: true)

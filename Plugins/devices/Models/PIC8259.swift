@@ -186,7 +186,7 @@ public final class PIC8259: DeviceModel {
     var outputLevel = false
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         self.host = host
         let base = config.base ?? 0x20
         try host.map(.pio, base: base, length: 2)

@@ -216,7 +216,7 @@ public final class PIT8254: DeviceModel {
     let base: UInt64
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         self.services = services
         self.host = host
         irq = config.irq

@@ -138,7 +138,7 @@ public final class UART16550: DeviceModel {
     let txCounter: Counter
 
     public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
-        try settings.allowOnly([String]())
+        try settings.allowOnly([])
         self.host = host
         irq = config.irq
         txCounter = services.counter("uart.\(config.name).tx_bytes")
