@@ -99,10 +99,11 @@ static void *ti_alloc(struct ti_mem *m, ti_u64 bytes)
     return m->base + at;
 }
 
-static int ti_table_init(struct ti_table *t, struct ti_mem *m, ti_u32 bits)
+/* A table of 2^bits slots in `reuse` (memory already touched: no first-touch faults), or new. */
+static int ti_table_init(struct ti_table *t, struct ti_mem *m, ti_u32 bits, struct ti_entry *reuse)
 {
     ti_u64 cap = 1UL << bits;
-    t->e = ti_alloc(m, cap * sizeof(struct ti_entry));
+    t->e = reuse ? reuse : ti_alloc(m, cap * sizeof(struct ti_entry));
     if (!t->e) return TI_ENOMEM;
     /* zero with 8-byte stores (no libc in the guest) */
     ti_u64 *z = (ti_u64 *)t->e;
@@ -145,7 +146,7 @@ static int ti_scan(struct ti_worker *w, struct ti_pub *pub, const unsigned char 
                    ti_u32 i, ti_u32 n, int mode, ti_u32 table_bits)
 {
     if (n > TI_MAX_WORKERS) return TI_EWORKERS;
-    int r = ti_table_init(&w->table, &w->mem, table_bits);
+    int r = ti_table_init(&w->table, &w->mem, table_bits, 0);
     if (r) return r;
     w->arena_size = (w->table.mask + 1) * 16;
     w->arena = ti_alloc(&w->mem, w->arena_size);
@@ -290,7 +291,8 @@ static void ti_top_add(struct ti_top *top, ti_u32 *n, ti_u64 key, const char *wo
 /* Worker `self` merges partition `self` of every worker's export (pubs[0..n-1], in order). */
 static int ti_merge(struct ti_worker *w, struct ti_pub *const *pubs, ti_u32 self, ti_u32 n, int mode, ti_u32 table_bits)
 {
-    int r = ti_table_init(&w->merged, &w->mem, table_bits);
+    /* the scan table is no longer needed once exported: the merge table takes its memory */
+    int r = ti_table_init(&w->merged, &w->mem, table_bits, w->table.mask + 1 == 1UL << table_bits ? w->table.e : 0);
     if (r) return r;
     struct ti_entry *tab = w->merged.e;
     ti_u64 mask = w->merged.mask, base = 0, postings = 0;
