@@ -13,7 +13,6 @@
 #include "textidx.h"
 
 static struct pubpage { struct ti_pub p; } PAGE_ALIGNED data_pub[MAX_VCPUS];
-static struct ti_pub *pubs[MAX_VCPUS];
 
 /* Region [lo, hi) of vCPU id (4 KiB aligned). */
 static void vcpu_region(u32 id, u64 *lo, u64 *hi)
@@ -83,7 +82,8 @@ static int run_text(u32 id, int mode)
     w.mem.base = (unsigned char *)lo;
     w.mem.size = hi > lo ? hi - lo : 0;
     w.mem.used = 0;
-    pubs[id] = &data_pub[id].p;
+    struct ti_pub *pubs[MAX_VCPUS];          /* on this vCPU's stack: no page written by all */
+    for (u32 p = 0; p < n; p++) pubs[p] = &data_pub[p].p;
     struct ti_pub *me = pubs[id];
     barrier_all(id);
     u64 t[4];
