@@ -20,7 +20,7 @@ final class DataWorkloadTests: XCTestCase {
         }
         if Self.text == nil {
             let path = temporaryFile("", name: "zipf-3MiB.txt")
-            let g = try run(Self.tools + "/zipf-text", ["--size", "3M", "--seed", "15", "--vocab", "20000", "-o", path], timeout: 60)
+            let g = try TestSupport.run(Self.tools + "/zipf-text", ["--size", "3M", "--seed", "15", "--vocab", "20000", "-o", path], timeout: 60)
             XCTAssertEqual(g.status, 0, g.output)
             Self.text = path
         }
@@ -30,7 +30,7 @@ final class DataWorkloadTests: XCTestCase {
     func reference(_ workload: String, threads: Int) throws -> String {
         var args = ["--threads", "\(threads)", Self.text!]
         if workload == "invindex" { args.insert("--invindex", at: 0) }
-        let r = try run(Self.tools + "/wordcount-ref", args, timeout: 60)
+        let r = try TestSupport.run(Self.tools + "/wordcount-ref", args, timeout: 60)
         XCTAssertEqual(r.status, 0, r.output)
         let line = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(line.hasPrefix("DATA \(workload) bytes=3145728 words="), line)
