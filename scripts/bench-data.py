@@ -15,7 +15,9 @@ Then the sequential remote read: the test guest's `seqread` on 2 nodes x 1 vCPU 
 reads what vCPU 1 wrote on node 1: pages/s, MiB/s), once per --coherence setting, beside the
 transport's own one-way bandwidth between the same two nodes (`giantvm net-bench`).
 
-Every figure is the median of --reps runs (min-max beside it).
+Every figure is the median of --reps runs (min-max beside it). The last lines compare the medians
+with issue 15's bars (2x1 at most 1.5x native, 1x2 at most 1.1x; seqread at least 5x the first
+--coherence column's pages/s and at least half the transport's bandwidth).
 
     python3 scripts/bench-data.py [--size 200M] [--reps 3] [--quick]
         [--topologies 1x2,2x1,2x2,4x1] [--workload wordcount|invindex]
@@ -255,7 +257,28 @@ def bench(a, coh, topo, tmp):
         frac = med(mibs) / med(bw) if mibs and bw else float("nan")
         print(f"{'seqread 2x1':<14}{label:<22}{spread(pps) + ' pages/s':<32}{spread(mibs, '{:.1f}')} MiB/s = {frac:.2f} of the transport")
         report["seqread"].append({"coherence": label, "settings": settings, "pages_per_s": pps, "mib_s": mibs})
+    targets(report, bw)
     return report
+
+
+def targets(report, bw):
+    """Issue 15's bars against this run's medians (the first --coherence column is the baseline
+    for the read-ahead speed-up)."""
+    print()
+    print("issue 15 targets (medians of this run):")
+    for v in report["vm"]:
+        bar = {"2x1": 1.5, "1x2": 1.1}.get(v["topology"])
+        if bar and v["ratio_to_native"] is not None:
+            r = v["ratio_to_native"]
+            print(f"  {v['topology']} {v['coherence']}: {r:.2f}x native with as many threads (at most {bar}x): {'met' if r <= bar else 'not met'}")
+    seq = [x for x in report["seqread"] if x["pages_per_s"]]
+    if seq:
+        base = med(seq[0]["pages_per_s"])
+        for x in seq:
+            up = med(x["pages_per_s"]) / base if base else float("nan")
+            frac = med(x["mib_s"]) / med(bw) if bw else float("nan")
+            print(f"  seqread {x['coherence']}: {up:.2f}x the pages/s of {seq[0]['coherence']} (at least 5x), "
+                  f"{frac:.2f} of the transport's bandwidth (at least 0.5)")
 
 
 if __name__ == "__main__":
