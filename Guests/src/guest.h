@@ -33,6 +33,13 @@ struct bootinfo {
     u8 vcpu_node[256];  /* node of each vCPU, indexed by APIC id */
 } __attribute__((packed));
 
+/* Version 2 only: the modules (guest.modules), at BOOTINFO_ADDR + BOOTINFO_MODS. */
+struct bootmods {
+    u32 count;
+    u32 reserved;
+    struct { u64 start, length; } mod[MAX_MODULES];
+} __attribute__((packed));
+
 /* Guest-wide information the kernel hands to ring 3 (user-readable page). */
 struct ginfo {
     u32 vcpus;
@@ -46,6 +53,9 @@ struct ginfo {
     u32 cmdline_len;
     u64 heap_start;      /* first free user byte (2 MiB aligned) */
     u64 heap_end;        /* end of usable RAM for workloads */
+    u32 nmods;           /* modules the VMM loaded (boot info v2), above the image, below heap_start */
+    u32 pad;
+    u64 mod_start[MAX_MODULES], mod_len[MAX_MODULES];
     u8 vcpu_node[MAX_VCPUS];
     char cmdline[CMDLINE_MAX + 1];
 };

@@ -79,7 +79,30 @@ mb_entry:
         shl     $10, %eax
         mov     %eax, BOOTINFO_ADDR + 16
         mov     %edx, BOOTINFO_ADDR + 20
-2:      /* command line (flags bit 2). Multiboot loaders (QEMU, GRUB) put the
+2:      /* modules (flags bit 3): boot info version 2 with the module table,
+         * {u64 start, u64 length} from the multiboot {start, end, string, 0} */
+        testl   $8, (%esi)
+        jz      6f
+        mov     20(%esi), %ecx                  /* mods_count */
+        test    %ecx, %ecx
+        jz      6f
+        cmp     $MAX_MODULES, %ecx
+        jbe     7f
+        mov     $MAX_MODULES, %ecx
+7:      movl    $2, BOOTINFO_ADDR + 4           /* version 2 */
+        mov     %ecx, BOOTINFO_ADDR + BOOTINFO_MODS
+        mov     24(%esi), %ebx                  /* mods_addr */
+        mov     $(BOOTINFO_ADDR + BOOTINFO_MODS + 8), %edi
+8:      mov     (%ebx), %eax                    /* mod_start */
+        mov     %eax, (%edi)                    /* (high halves stay 0: zeroed above) */
+        mov     4(%ebx), %edx                   /* mod_end */
+        sub     %eax, %edx
+        mov     %edx, 8(%edi)
+        add     $16, %ebx
+        add     $16, %edi
+        dec     %ecx
+        jnz     8b
+6:      /* command line (flags bit 2). Multiboot loaders (QEMU, GRUB) put the
          * kernel path first: skip that word and the blanks after it. */
         testl   $4, (%esi)
         jz      5f

@@ -255,7 +255,7 @@ static void start_aps(u32 n)
 void kmain(struct bootinfo *bi) NORETURN;
 void kmain(struct bootinfo *bi)
 {
-    if (bi->magic != BOOTINFO_MAGIC || bi->version != 1) {
+    if (bi->magic != BOOTINFO_MAGIC || (bi->version != 1 && bi->version != 2)) {
         uart_puts("FATAL: boot info at 0x2000 has a bad magic or version\n");
         outl(PORT_EXIT, 2);
         for (;;) __asm__ volatile("cli; hlt");
@@ -298,7 +298,18 @@ void kmain(struct bootinfo *bi)
 
     clocks();
     u64 mem = g_info.memory_bytes, cap = 0xC0000000UL;   /* stay below the MMIO hole */
-    g_info.heap_start = ((u64)__image_end + 0x1FFFFF) & ~0x1FFFFFUL;
+    u64 top = (u64)__image_end;
+    if (bi->version == 2) {                               /* modules: above the image, below the heap */
+        struct bootmods *bm = (struct bootmods *)(BOOTINFO_ADDR + BOOTINFO_MODS);
+        u32 k = bm->count > MAX_MODULES ? MAX_MODULES : bm->count;
+        for (u32 i = 0; i < k; i++) {
+            g_info.mod_start[i] = bm->mod[i].start;
+            g_info.mod_len[i] = bm->mod[i].length;
+            if (bm->mod[i].start + bm->mod[i].length > top) top = bm->mod[i].start + bm->mod[i].length;
+        }
+        g_info.nmods = k;
+    }
+    g_info.heap_start = (top + 0x1FFFFF) & ~0x1FFFFFUL;
     g_info.heap_end = (mem < cap ? mem : cap) & ~0xFFFUL;
     if (g_info.heap_end < g_info.heap_start) g_info.heap_end = g_info.heap_start;
 

@@ -11,6 +11,10 @@
 #define CMDLINE_ADDR    0x3000
 #define BOOTINFO_MAGIC  0x47564D42          /* 'GVMB' little endian */
 #define CMDLINE_MAX     1023
+/* Boot info version 2 (guest.modules): u32 count, u32 reserved, then
+ * {u64 start, u64 length}[MAX_MODULES] at this offset. */
+#define BOOTINFO_MODS   296
+#define MAX_MODULES     16
 
 /* AP trampoline: copied here by the BSP; SIPI vector = TRAMPOLINE >> 12. */
 #define TRAMPOLINE      0x10000

@@ -14,6 +14,7 @@ static const struct workload {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
+    {"wordcount", w_wordcount}, {"invindex", w_invindex}, {"seqread", w_seqread},   /* u_data.c */
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -30,6 +31,7 @@ static const struct option {
     {"events", &g_cfg.events, 20},       /* cpu: events per vCPU */
     {"prime", &g_cfg.prime, 10000},      /* cpu: primes up to this per event */
     {"timeout", &g_cfg.timeout_s, 20},   /* seconds any wait may take before failing */
+    {"table", &g_cfg.table_bits, 16},    /* wordcount, invindex: log2 of hash table slots */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -71,7 +73,7 @@ static const struct workload *parse(u32 id)
                 struct buf b = BUF_INIT(m);
                 buf_str(&b, "unknown workload '");
                 buf_str(&b, tok);
-                buf_str(&b, "' (expected hello, ipi, counter, litmus, memory, mutex or cpu)");
+                buf_str(&b, "' (expected hello, ipi, counter, litmus, memory, mutex, cpu, wordcount, invindex or seqread)");
                 buf_term(&b);
                 fail(m);
             }
@@ -99,7 +101,7 @@ static const struct workload *parse(u32 id)
             buf_str(&b, "bad option '");
             buf_str(&b, tok);
             if (has_eq) { buf_char(&b, '='); buf_str(&b, eq + 1); }
-            buf_str(&b, "' (expected key=<decimal> with key one of iters, ipis, trials, total, ops, events, prime, timeout)");
+            buf_str(&b, "' (expected key=<decimal> with key one of iters, ipis, trials, total, ops, events, prime, timeout, table)");
             buf_term(&b);
             fail(m);
         }

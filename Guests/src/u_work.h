@@ -12,4 +12,7 @@ int w_mutex(u32 id);
 int w_cpu(u32 id);
 int w_fault(u32 id);
 int w_triplefault(u32 id);
+int w_wordcount(u32 id);    /* u_data.c */
+int w_invindex(u32 id);
+int w_seqread(u32 id);
 #endif

@@ -50,6 +50,12 @@ public struct GuestConfig: Sendable {
     public var cmdline: String
     /// `guest.initrd`: an initial ramdisk (Linux) or extra module (multiboot), resolved absolute.
     public var initrd: String? = nil
+    /// `guest.modules`: files loaded into guest RAM beside the image, resolved absolute: multiboot
+    /// modules (the info block's mods list) for a multiboot image, or the boot info's module table
+    /// (docs/vmm.md) for a GiantVM ELF64. Each is a regular file; together they must fit in RAM.
+    public var modules: [String] = []
+    /// At most this many `guest.modules` (the boot info's module table has this many slots).
+    public static let maxModules = 16
     /// `guest.protocol`: auto (default: picked from the image), multiboot, linux or giantvm.
     public var bootProtocol: String = "auto"
 }

@@ -332,7 +332,7 @@ struct Reader {
         }
 
         var guest: GuestConfig?
-        if let g = top["guest"]?.value, let m = mapping(g, "guest", allowed: ["image", "cmdline", "initrd", "protocol"]) {
+        if let g = top["guest"]?.value, let m = mapping(g, "guest", allowed: ["image", "cmdline", "initrd", "modules", "protocol"]) {
             var image = ""
             if let i = m["image"]?.value, let path = string(i, "guest.image").map(resolve) {
                 if let problem = fileProblem(path), problem != FileProblems.missing {
@@ -347,6 +347,23 @@ struct Reader {
                 checkFile(i, "guest.initrd", path)
                 initrd = path
             }
+            var modules: [String] = []
+            if let ml = m["modules"]?.value {
+                switch ml {
+                case .sequence(let seq):
+                    if seq.count > GuestConfig.maxModules {
+                        report(ml, "guest.modules", "\(seq.count) modules; at most \(GuestConfig.maxModules) are supported")
+                    }
+                    for (i, item) in seq.enumerated() {
+                        if let path = string(item, "guest.modules[\(i)]").map(resolve) {
+                            checkFile(item, "guest.modules[\(i)]", path)
+                            modules.append(path)
+                        }
+                    }
+                default:
+                    report(ml, "guest.modules", "expected a list of file paths, got \(describe(ml))")
+                }
+            }
             var proto = "auto"
             if let p = m["protocol"]?.value, let text = string(p, "guest.protocol") {
                 let known = ["auto", "multiboot", "linux", "giantvm"]
@@ -354,7 +371,7 @@ struct Reader {
                     report(p, "guest.protocol", "'\(text)' is not one of \(known.joined(separator: ", "))")
                 }
             }
-            guest = GuestConfig(image: image, cmdline: cmdline, initrd: initrd, bootProtocol: proto)
+            guest = GuestConfig(image: image, cmdline: cmdline, initrd: initrd, modules: modules, bootProtocol: proto)
         }
 
         var keyFile: String?

@@ -238,8 +238,12 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         builtinDevices.append(d)
     }
 
-    /// Fills the entry contract's low memory: GDT, boot info, command line, page tables.
-    public func writeBootStructures() throws {
+    /// Fills the entry contract's low memory: GDT, boot info (with the table of `modules` already
+    /// placed in RAM, if any), command line, page tables.
+    public func writeBootStructures(modules: [(start: UInt64, length: UInt64)] = []) throws {
+        guard modules.count <= BootLayout.maxModules else {
+            throw MachineError.config("\(modules.count) guest modules; the boot info lists at most \(BootLayout.maxModules)")
+        }
         let cmd = Array(config.cmdline.utf8)
         guard cmd.count <= BootLayout.cmdlineMax else {
             throw MachineError.config("guest command line is \(cmd.count) bytes; at most \(BootLayout.cmdlineMax) fit at 0x3000")
@@ -252,14 +256,15 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         }
         try ram.write(BootLayout.bootInfo(totalVCPUs: UInt32(config.totalVCPUs), nodeCount: UInt32(config.nodes.count),
                                           memoryBytes: config.memoryBytes, cmdlineLength: UInt32(cmd.count),
-                                          thisVCPU: 0, vcpuNode: nodeOf), at: BootLayout.bootInfoAddress)
+                                          thisVCPU: 0, vcpuNode: nodeOf, modules: modules), at: BootLayout.bootInfoAddress)
         try ram.write(cmd + [0], at: BootLayout.cmdlineAddress)
         try ram.write(BootLayout.pageTables(memoryBytes: config.memoryBytes), at: BootLayout.pml4Address)
     }
 
-    /// Loads an ELF64 image and remembers its entry point for the BSP.
-    public func load(image: ELFImage) throws {
-        try writeBootStructures()
+    /// Loads an ELF64 image and remembers its entry point for the BSP; `modules` (already placed
+    /// in RAM by the caller) are listed in the boot info.
+    public func load(image: ELFImage, modules: [(start: UInt64, length: UInt64)] = []) throws {
+        try writeBootStructures(modules: modules)
         try image.load(into: ram)
         entryPoint = image.entry
     }

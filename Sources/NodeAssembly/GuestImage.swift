@@ -1,6 +1,8 @@
 // The guest image of a config, read and recognised once: a GiantVM ELF64 (loaded by the VMM's
-// own 64-bit entry contract) or a firmware-booted image (multiboot, Linux) with its initrd.
-// Every node reads it (so a bad path fails everywhere at once); the BSP's node loads it.
+// own 64-bit entry contract) or a firmware-booted image (multiboot, Linux) with its initrd, and
+// its `guest.modules`. Every node reads the image and checks the modules (so a bad path fails
+// everywhere at once); the BSP's node loads them, so the coherence protocol serves the modules'
+// pages to the other nodes like any page the BSP's node wrote.
 
 import Config
 import Firmware
@@ -15,6 +17,8 @@ public struct GuestImage {
     public let elf: ELFImage?
     /// Set for firmware-booted formats.
     public let firmwareBoot: BootRequest?
+    /// `guest.modules` (paths and sizes checked on every node; read by the loading node only).
+    public let modules: [(path: String, size: UInt64)]
 
     /// Reads and recognises `guest.image` (and `guest.initrd`). `cmdline` overrides the config's.
     /// Errors name the config file, the field and the cause.
@@ -24,8 +28,25 @@ public struct GuestImage {
         let bytes = try Self.read(guest.image, field: "guest.image", config: cfg,
                                   hint: " (build the test guest with `make -C Guests`)", limit: cfg.memoryBytes)
         let proto = BootProtocol(rawValue: guest.bootProtocol) ?? .auto
+        var mods: [(path: String, size: UInt64)] = []
+        var total: UInt64 = 0
+        guard guest.modules.count <= BootLayout.maxModules else {
+            throw AssemblyError("\(cfg.sourcePath): guest.modules: \(guest.modules.count) modules; at most \(BootLayout.maxModules) are supported")
+        }
+        for (i, p) in guest.modules.enumerated() {
+            let size = try Self.check(p, field: "guest.modules[\(i)]", config: cfg, limit: cfg.memoryBytes)
+            total += size   // each is at most the RAM size (<= 3 GiB) and there are at most 16: no overflow
+            guard total <= cfg.memoryBytes else {
+                throw AssemblyError("\(cfg.sourcePath): guest.modules: together \(total) bytes through \(p), more than guest memory (\(cfg.memoryBytes) bytes)")
+            }
+            mods.append((p, size))
+        }
+        modules = mods
         do {
             format = try Bootloader.detect(bytes, file: guest.image, bootProtocol: proto)
+            if !mods.isEmpty && (format == .bzImage || format == .vmlinux) {
+                throw AssemblyError("\(cfg.sourcePath): guest.modules: a Linux kernel takes no modules (use guest.initrd); modules are for multiboot images and GiantVM ELF64 images")
+            }
             if format == .giantvm {
                 elf = try ELFImage(bytes: bytes, name: guest.image)
                 firmwareBoot = nil
@@ -46,14 +67,83 @@ public struct GuestImage {
         }
     }
 
-    /// Loads the image into the machine's RAM and sets the boot vCPU's entry; returns a summary.
+    /// Loads the image (and the modules) into the machine's RAM and sets the boot vCPU's entry;
+    /// returns a summary.
     public func load(into machine: Machine) throws -> String {
         if let elf {
-            try machine.load(image: elf)
+            // Modules go page-aligned after the image's highest byte (bss included), one after the
+            // other, like a multiboot loader places them; the boot info lists them.
+            var next = Self.pageUp(elf.segments.map { $0.physicalAddress + $0.memorySize }.max() ?? BootLayout.imageMinimum)
+            var placed: [(start: UInt64, length: UInt64)] = []
+            for m in modules {
+                let ram = machine.ram.size
+                guard next <= ram, m.size <= ram - next else {
+                    throw AssemblyError("guest.modules: \(m.path) (\(m.size) bytes) does not fit in guest RAM at 0x\(String(next, radix: 16)) (RAM is \(ram) bytes): give the guest more memory")
+                }
+                try Self.copy(m.path, size: m.size, into: machine.ram, at: next)
+                placed.append((next, m.size))
+                next = Self.pageUp(next + m.size)
+            }
+            try machine.load(image: elf, modules: placed)
             return "GiantVM 64-bit entry 0x\(String(elf.entry, radix: 16))"
+                + placed.enumerated().map { ", module \($0.offset) at 0x\(String($0.element.start, radix: 16))+\($0.element.length)" }.joined()
         }
-        guard let firmwareBoot else { return "nothing to load" }
+        guard var firmwareBoot else { return "nothing to load" }
+        for m in modules {
+            let d = try Self.readAll(m.path, size: m.size)
+            firmwareBoot.modules.append(BootModule(name: m.path, bytes: d, cmdline: m.path))
+        }
         return try machine.boot(firmwareBoot).summary
+    }
+
+    static func pageUp(_ a: UInt64) -> UInt64 { (a + 0xFFF) & ~0xFFF }
+
+    /// Checks that `path` is a readable regular file of at most `limit` bytes; returns its size.
+    static func check(_ path: String, field: String, config cfg: ClusterConfig, limit: UInt64) throws -> UInt64 {
+        func fail(_ why: String) -> AssemblyError { AssemblyError("\(cfg.sourcePath): \(field): \(path): \(why)") }
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw fail(errno == ENOENT ? "no such file" : String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw fail((st.st_mode & S_IFMT) == S_IFDIR ? "is a directory, not a module file" : "is not a regular file (a device or pipe)")
+        }
+        guard st.st_size >= 0, UInt64(st.st_size) <= limit else {
+            throw fail("is \(st.st_size) bytes, larger than guest memory (\(limit) bytes)")
+        }
+        guard access(path, R_OK) == 0 else { throw fail("cannot be read: \(String(cString: strerror(errno)))") }
+        return UInt64(st.st_size)
+    }
+
+    /// Streams a module file into guest RAM 1 MiB at a time (never the whole file in host memory);
+    /// the file must still be `size` bytes long.
+    static func copy(_ path: String, size: UInt64, into ram: any GuestRAM, at gpa: UInt64) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AssemblyError("guest.modules: \(path): cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var done: UInt64 = 0
+        while done < size {
+            let n = Int(min(size - done, 1 << 20))
+            let got = try ram.withPinned(gpa: gpa + done, length: n, write: true) { dst -> Int in
+                var filled = 0
+                while filled < n {
+                    let r = Glibc.read(fd, dst.baseAddress! + filled, n - filled)
+                    if r < 0 && errno == EINTR { continue }
+                    if r <= 0 { break }
+                    filled += r
+                }
+                return filled
+            }
+            guard got == n else {
+                throw AssemblyError("guest.modules: \(path): read \(done + UInt64(got)) of \(size) bytes (the file shrank or could not be read while loading)")
+            }
+            done += UInt64(n)
+        }
+    }
+
+    static func readAll(_ path: String, size: UInt64) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path), UInt64(data.count) == size else {
+            throw AssemblyError("guest.modules: \(path): cannot be read, or changed size since it was checked (\(size) bytes)")
+        }
+        return Array(data)
     }
 
     /// Reads a regular file no larger than `limit` (it must fit in guest RAM), with messages that

@@ -17,6 +17,11 @@ public enum BootLayout {
     public static let bootInfoMagic: UInt32 = 0x4756_4D42 // 'GVMB'
     public static let bootInfoVersion: UInt32 = 1
     public static let bootInfoSize = 40 + 256
+    /// Version 2 (written only when the VM has `guest.modules`) appends the module table at
+    /// offset 296: `u32 module_count, u32 reserved, {u64 start, u64 length}[maxModules]`.
+    public static let bootInfoModulesVersion: UInt32 = 2
+    public static let maxModules = 16
+    public static let bootInfoModulesSize = bootInfoSize + 8 + 16 * maxModules
 
     public static let codeSelector: UInt16 = 0x08
     public static let dataSelector: UInt16 = 0x10
@@ -27,12 +32,14 @@ public enum BootLayout {
         return entries.flatMap { le64($0) }
     }
 
-    /// The boot info struct (packed, little endian).
+    /// The boot info struct (packed, little endian): version 1 without modules, version 2 with
+    /// the module table (at most `maxModules`; callers check, extra entries are not written).
     public static func bootInfo(totalVCPUs: UInt32, nodeCount: UInt32, memoryBytes: UInt64, cmdlineLength: UInt32,
-                                thisVCPU: UInt32, vcpuNode: [UInt8]) -> [UInt8] {
+                                thisVCPU: UInt32, vcpuNode: [UInt8],
+                                modules: [(start: UInt64, length: UInt64)] = []) -> [UInt8] {
         var b: [UInt8] = []
         b += le32(bootInfoMagic)
-        b += le32(bootInfoVersion)
+        b += le32(modules.isEmpty ? bootInfoVersion : bootInfoModulesVersion)
         b += le32(totalVCPUs)
         b += le32(nodeCount)
         b += le64(memoryBytes)
@@ -42,6 +49,13 @@ public enum BootLayout {
         var nodes = [UInt8](repeating: 0, count: 256)
         for (i, n) in vcpuNode.prefix(256).enumerated() { nodes[i] = n }
         b += nodes
+        if !modules.isEmpty {
+            let listed = modules.prefix(maxModules)
+            b += le32(UInt32(listed.count))
+            b += le32(0)
+            for m in listed { b += le64(m.start) + le64(m.length) }
+            b += [UInt8](repeating: 0, count: 16 * (maxModules - listed.count))
+        }
         return b
     }
 

@@ -1,0 +1,137 @@
+// The data workloads of the test guest (wordcount, invindex over a text given as guest.modules,
+// seqread) on real `giantvm up` processes: the guest's DATA line must equal the host reference
+// program's (Guests/build/wordcount-ref, same algorithm, pthreads) on every topology, for a
+// seeded Zipf text from Guests/build/zipf-text. Every run is bounded (guest --timeout, process
+// wait timeouts).
+
+import Foundation
+import TestSupport
+import XCTest
+
+final class DataWorkloadTests: XCTestCase {
+    static let tools = Built.packageRoot + "/Guests/build"
+    /// One text for the whole class (3 MiB, seed 15), and the reference lines for it.
+    nonisolated(unsafe) static var text: String?
+
+    override func setUpWithError() throws {
+        try Requirement.testGuestVM()
+        for t in ["zipf-text", "wordcount-ref"] where !FileManager.default.isExecutableFile(atPath: Self.tools + "/" + t) {
+            throw XCTSkip("the host tool \(t) is not built: run `make -C Guests`")
+        }
+        if Self.text == nil {
+            let path = temporaryFile("", name: "zipf-3MiB.txt")
+            let g = try TestSupport.run(Self.tools + "/zipf-text", ["--size", "3M", "--seed", "15", "--vocab", "20000", "-o", path], timeout: 60)
+            XCTAssertEqual(g.status, 0, g.output)
+            Self.text = path
+        }
+    }
+
+    /// The reference program's DATA line for `workload` with `threads` threads.
+    func reference(_ workload: String, threads: Int) throws -> String {
+        var args = ["--threads", "\(threads)", Self.text!]
+        if workload == "invindex" { args.insert("--invindex", at: 0) }
+        let r = try TestSupport.run(Self.tools + "/wordcount-ref", args, timeout: 60)
+        XCTAssertEqual(r.status, 0, r.output)
+        let line = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(line.hasPrefix("DATA \(workload) bytes=3145728 words="), line)
+        return line
+    }
+
+    /// A VM of `vcpus[i]` vCPUs on node i with the text as module 0.
+    func config(port: Int, vcpus: [Int], memory: String = "128MiB", cmdline: String, modules: [String]? = nil) -> String {
+        let base = vmConfig(port: port, vcpus: vcpus, memory: memory, cmdline: cmdline)
+        var text = try! String(contentsOfFile: base, encoding: .utf8)
+        let mods = (modules ?? [Self.text!]).map { "\"\($0)\"" }.joined(separator: ", ")
+        text += "\n  modules: [\(mods)]\n"
+        FileManager.default.createFile(atPath: base, contents: Data(text.utf8))
+        return base
+    }
+
+    func guestLines(_ r: ProcessResult, _ prefix: String) -> [String] {
+        lines(r.stdout, "[node 0] ").filter { $0.hasPrefix(prefix) }
+    }
+
+    func assertMatches(_ workload: String, vcpus: [Int], port: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        let total = vcpus.reduce(0, +)
+        let want = try reference(workload, threads: total)
+        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: workload), "--timeout", "60"], timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
+        XCTAssertEqual(guestLines(r, "DATA "), [want], "\(vcpus.count) node(s) x \(vcpus) vCPUs: \(r.output)", file: file, line: line)
+        let result = guestLines(r, "RESULT ")
+        XCTAssertEqual(result.count, 1, r.output, file: file, line: line)
+        XCTAssertTrue(result.first?.contains("\"workload\":\"\(workload)\",\"vcpus\":\(total),\"bytes\":3145728,") ?? false, "\(result)", file: file, line: line)
+        XCTAssertTrue(result.first?.hasSuffix("\"ok\":true}") ?? false, "\(result)", file: file, line: line)
+    }
+
+    /// The reference itself does not depend on its thread count (slices, merge by partition).
+    func testReferenceIsTheSameForAnyThreadCount() throws {
+        for w in ["wordcount", "invindex"] {
+            let one = try reference(w, threads: 1)
+            XCTAssertEqual(try reference(w, threads: 3), one)
+            XCTAssertEqual(try reference(w, threads: 4), one)
+        }
+    }
+
+    func testWordcountOneNodeTwoVCPUs() throws { try assertMatches("wordcount", vcpus: [2], port: 20800) }
+    func testWordcountTwoNodesOneVCPU() throws { try assertMatches("wordcount", vcpus: [1, 1], port: 20802) }
+    func testWordcountTwoNodesTwoVCPUs() throws { try assertMatches("wordcount", vcpus: [2, 2], port: 20804) }
+    func testInvindexOneNodeTwoVCPUs() throws { try assertMatches("invindex", vcpus: [2], port: 20806) }
+    func testInvindexTwoNodesOneVCPU() throws { try assertMatches("invindex", vcpus: [1, 1], port: 20808) }
+    func testInvindexTwoNodesTwoVCPUs() throws { try assertMatches("invindex", vcpus: [2, 2], port: 20810) }
+
+    /// Through the guest's multiboot entry (`guest.protocol: multiboot`): the firmware loader places
+    /// the module and lists it in the multiboot information's mods list; the guest's 32-bit entry
+    /// turns that into its boot info's module table. One node, plain `giantvm run`.
+    func testWordcountThroughTheMultibootModulesList() throws {
+        let want = try reference("wordcount", threads: 2)
+        let cfg = temporaryFile("""
+            cluster: mbdata
+            nodes:
+              - {id: 0, address: 127.0.0.1, port: 20818, vcpus: 2}
+            memory: 64MiB
+            transport: {plugin: transport-tcp}
+            coherence: {plugin: dsm-local}
+            devices:
+              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+              - {name: results, model: results, node: 0, base: 0xe0}
+              - {name: fwcfg, model: fw-cfg, node: 0}
+            guest:
+              image: \(Built.packageRoot)/Guests/build/testguest.elf
+              protocol: multiboot
+              cmdline: "wordcount"
+              modules: ["\(Self.text!)"]
+            """)
+        let r = try giantvm(["run", "--config", cfg, "--timeout", "60"], timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertEqual(r.stdout.split(separator: "\n").map(String.init).filter { $0.hasPrefix("DATA ") }, [want], r.output)
+    }
+
+    /// seqread: vCPU 0 (node 0) reads what the last vCPU (node 1) wrote; the guest checks every
+    /// value and the pages came over the DSM (node 0's read misses).
+    func testSeqreadAcrossNodes() throws {
+        let r = try giantvm(["up", config(port: 20812, vcpus: [1, 1], cmdline: "seqread total=4"), "--timeout", "60"], timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = guestLines(r, "RESULT ")
+        XCTAssertEqual(res.count, 1, r.output)
+        let l = res.first ?? ""
+        XCTAssertTrue(l.hasPrefix(#"RESULT {"workload":"seqread","vcpus":2,"writer":1,"cross_node":true,"bytes":4194304,"#), l)
+        XCTAssertTrue(l.hasSuffix(#""bad":0,"ok":true}"#), l)
+        XCTAssertGreaterThanOrEqual(stat(r.stdout, node: 0, "read_miss") ?? 0, 1024 / 2, "4 MiB read from node 1: \(r.output)")
+    }
+
+    /// Without a module the data workloads fail with a message saying what to give the VM.
+    func testWordcountWithoutModuleSaysWhatIsMissing() throws {
+        let r = try giantvm(["up", vmConfig(port: 20814, vcpus: [2], memory: "64MiB", cmdline: "wordcount"), "--timeout", "30"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.contains("FAIL: wordcount: no text: give the VM the text as its first module (YAML guest.modules)"), r.output)
+    }
+
+    /// A module that is a directory fails on every node before anything runs, naming the field.
+    func testModuleThatIsADirectoryIsRefused() throws {
+        let dir = NSTemporaryDirectory()
+        let r = try giantvm(["up", config(port: 20816, vcpus: [1], cmdline: "wordcount", modules: [dir]), "--timeout", "30"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("guest.modules[0]") && r.output.contains("is a directory"), r.output)
+    }
+}
