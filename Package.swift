@@ -28,6 +28,8 @@
 //   Telemetry      live Prometheus metrics of a node, `giantvm top`
 //   NodeAssembly   one node from a config (VMNode, CoherenceStack, GuestImage), typed stop causes
 //   DsmWorkloads   thread-driven DSM workloads with exact checkers
+//   CoherenceKit   protocol conformance: simulated nodes, seeded schedules, invariants, litmus tests,
+//                  shrinking and certificates (`giantvm conformance`)
 //   Bench          cluster tools as a library: channel probe, net-bench, bench dsm node, reports
 //   Host           the `giantvm` executable: the CLI only
 // Plugins (each product is one .so)
@@ -35,8 +37,8 @@
 //   DsmTSO, DsmLocal, DeviceModels + Devices, ExampleC (a device plugin in plain C)
 // Test fixtures and support
 //   TestAbiTooOld, TestAbiTooNew, TestNoEntry, TestSmallOps, TestSwiftDevice (plugins the loader
-//   tests load), TestSupport (paths, processes, requirements), CoherenceKit (protocol conformance
-//   kit: simulated nodes, seeded schedules, invariants)
+//   tests load), TestBroken* (coherence plugins broken on purpose: conformance must fail them),
+//   TestSupport (paths, processes, requirements)
 // Tests: one target per library (ConfigTests, PluginHostTests, DsmIvyTests, GuestMemoryTests,
 //   CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
 //   GuestTests, ClusterTests, LaunchTests, SlurmTests, NodeAssemblyTests, BenchTests,
@@ -54,6 +56,8 @@ let package = Package(
     name: "GiantVM",
     products: [
         .executable(name: "giantvm", targets: ["Host"]),
+        // The Swift helper for plugins written out of tree (templates/coherence-swift depends on it).
+        .library(name: "PluginKit", targets: ["PluginKit"]),
         // Plugins: each product is one shared object, lib<name>.so, found by name at run time.
         .library(name: "transport-tcp", type: .dynamic, targets: ["TransportTCP"]),
         .library(name: "transport-rdma", type: .dynamic, targets: ["TransportRDMA"]),
@@ -135,6 +139,10 @@ let package = Package(
                 dependencies: ["Cluster", "Config", "Distributed", "Firmware", "GuestMemory", "Machine", "Metrics",
                                "PluginAPI", "PluginHost", "Telemetry", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/NodeAssembly", swiftSettings: swiftSettings),
+        // The protocol conformance kit (simulated nodes, seeded schedules, invariants, litmus tests,
+        // shrinking, certificates): `giantvm conformance` and the plugin tests run it.
+        .target(name: "CoherenceKit", dependencies: ["PluginAPI", .product(name: "Crypto", package: "swift-crypto")],
+                path: "Sources/CoherenceKit", swiftSettings: swiftSettings),
         // Tools run on a cluster, testable without the binary: the channel probe, net-bench, the
         // bench dsm node driver, its control protocol and report models.
         .target(name: "Bench",
@@ -144,7 +152,7 @@ let package = Package(
                 path: "Sources/Bench", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
-            dependencies: ["Bench", "Cluster", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
+            dependencies: ["Bench", "Cluster", "CoherenceKit", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
                            "PluginAPI", "PluginHost", "Telemetry",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
@@ -180,7 +188,6 @@ let package = Package(
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
         .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),
-        .target(name: "CoherenceKit", dependencies: ["PluginAPI"], path: "Tests/CoherenceKit"),
         .testTarget(name: "DsmIvyTests",
                     dependencies: ["IvyCore", "DsmLocal", "PluginKit", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
                                    "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
