@@ -72,6 +72,10 @@ let package = Package(
         .library(name: "test-no-entry", type: .dynamic, targets: ["TestNoEntry"]),
         .library(name: "test-small-ops", type: .dynamic, targets: ["TestSmallOps"]),
         .library(name: "test-swift-device", type: .dynamic, targets: ["TestSwiftDevice"]),
+        // Coherence plugins broken on purpose (templates/coherence-c plus one bug): conformance fails them.
+        .library(name: "test-broken-no-invalidate", type: .dynamic, targets: ["TestBrokenNoInvalidate"]),
+        .library(name: "test-broken-lost-writeback", type: .dynamic, targets: ["TestBrokenLostWriteback"]),
+        .library(name: "test-broken-no-wake", type: .dynamic, targets: ["TestBrokenNoWake"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -177,6 +181,12 @@ let package = Package(
         .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new", linkerSettings: pureCPlugin),
         .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry", linkerSettings: pureCPlugin),
         .target(name: "TestSmallOps", dependencies: ["PluginAPI"], path: "Tests/Fixtures/small-ops",
+                linkerSettings: pureCPlugin),
+        .target(name: "TestBrokenNoInvalidate", dependencies: ["PluginAPI"], path: "Tests/Fixtures/broken-no-invalidate",
+                linkerSettings: pureCPlugin),
+        .target(name: "TestBrokenLostWriteback", dependencies: ["PluginAPI"], path: "Tests/Fixtures/broken-lost-writeback",
+                linkerSettings: pureCPlugin),
+        .target(name: "TestBrokenNoWake", dependencies: ["PluginAPI"], path: "Tests/Fixtures/broken-no-wake",
                 linkerSettings: pureCPlugin),
         .target(name: "TestSwiftDevice", dependencies: ["PluginKit"], path: "Tests/Fixtures/swift-device",
                 swiftSettings: swiftSettings),
