@@ -37,6 +37,9 @@ public struct ScenarioParameters {
         self.size = size
         self.model = model
         options = ConformanceOptions(settings: settings, maxDelay: Int(seed % 5) * 2, threadBias: 10 + Int(seed % 9) * 10)
+        // Every scenario finishes in a few thousand steps; a schedule still running at this bound
+        // is reported as a livelock.
+        options.maxSteps = 50_000
         options.checkSWMR = model == .sc
         options.checkLinearizable = model == .sc
         options.trace = trace

@@ -46,9 +46,10 @@ public struct LitmusTest: Sendable {
 
     /// "r0=1 r1=0" (and "x=1 y=2" for the final memory).
     public func describe(_ outcome: [UInt64]) -> String {
-        var parts = (0..<registers).map { "r\($0)=\(outcome[$0])" }
+        func value(_ i: Int) -> String { i < outcome.count ? "\(outcome[i])" : "?" }
+        var parts = (0..<registers).map { "r\($0)=\(value($0))" }
         if observesFinalMemory {
-            parts += (0..<variables).map { "\(Self.variableNames[$0 % 4])=\(outcome[registers + $0])" }
+            parts += (0..<variables).map { "\(Self.variableNames[$0 % 4])=\(value(registers + $0))" }
         }
         return parts.joined(separator: " ")
     }
@@ -143,7 +144,9 @@ extension Conformance {
             }
         }
         let warm = c.run(maxSteps: options.maxSteps)
-        guard warm.ok else { return finish(c, warm, ["during the warm-up: \(warm)"], verify: false) }
+        guard warm.ok else {
+            return finish(c, warm, ["the warm-up (seeded accesses that scatter the pages over the nodes) failed:"], verify: false)
+        }
         var regs = [UInt64](repeating: 0, count: test.registers)
         for (i, ops) in test.threads.enumerated() {
             var idle = Int(c.random(UInt64(3 * max(size, 1))))

@@ -13,15 +13,18 @@ public struct ConformancePlan: Sendable {
     public var firstSeed: UInt64
     /// Scenario names to run (empty: every scenario for the model).
     public var only: [String]
+    /// Work per run for every scenario (nil: each scenario's default size).
+    public var size: Int?
     public var settings: [(String, String)]
 
     public init(model: MemoryModel, nodes: ClosedRange<Int> = 2...4, seeds: Int = 100, firstSeed: UInt64 = 1,
-                only: [String] = [], settings: [(String, String)] = []) {
+                only: [String] = [], size: Int? = nil, settings: [(String, String)] = []) {
         self.model = model
         self.nodes = nodes
         self.seeds = seeds
         self.firstSeed = firstSeed
         self.only = only
+        self.size = size
         self.settings = settings
     }
 
@@ -113,7 +116,7 @@ public final class ConformanceRunner {
     func run(_ s: ConformanceScenario, index: Int, count: Int) -> ScenarioVerdict {
         let seeds = (0..<UInt64(max(plan.seeds, 0))).map { plan.firstSeed &+ $0 }
         var v = ScenarioVerdict(name: s.name, summary: s.summary, passed: true, runs: 0, seeds: [], skipped: nil,
-                                failure: nil, outcomes: nil)
+                                failure: nil, outcomes: s.isLitmus ? [:] : nil)
         guard plan.nodes(for: s, seed: 0) != nil else {
             v.passed = false
             v.skipped = "needs \(s.nodes.lowerBound)...\(s.nodes.upperBound) nodes, --nodes is \(plan.nodes.lowerBound)...\(plan.nodes.upperBound)"
@@ -123,16 +126,13 @@ public final class ConformanceRunner {
         for (k, seed) in seeds.enumerated() {
             onEvent?(.running(scenario: s.name, index: index, count: count, run: k + 1, runs: seeds.count))
             let nodes = plan.nodes(for: s, seed: seed)!
-            let r = runOnce(s, seed: seed, nodes: nodes, size: s.defaultSize)
+            let r = runOnce(s, seed: seed, nodes: nodes, size: plan.size ?? s.defaultSize)
             v.runs += 1
             v.seeds.append(seed)
-            if let o = r.outcome, s.isLitmus || s.name == "receive-fuzz" {
-                v.outcomes = v.outcomes ?? [:]
-                v.outcomes![s.isLitmus ? o : "runs"] = (v.outcomes![s.isLitmus ? o : "runs"] ?? 0) + 1
-            }
+            if let o = r.outcome, s.isLitmus, r.ok { v.outcomes![o, default: 0] += 1 }
             if !r.ok {
                 v.passed = false
-                v.failure = shrink(s, seed: seed, nodes: nodes, size: s.defaultSize, found: r)
+                v.failure = shrink(s, seed: seed, nodes: nodes, size: plan.size ?? s.defaultSize, found: r)
                 break
             }
         }
@@ -150,7 +150,10 @@ public final class ConformanceRunner {
                 tries += 1
                 onEvent?(.shrinking(scenario: s.name, tries: tries))
                 let r = runOnce(s, seed: seed, nodes: n, size: z)
-                if !r.ok, (r.failedAtStep ?? .max) < (best.result.failedAtStep ?? .max) { best = (n, z, r) }
+                // Fewest steps first, then fewest nodes, then least work.
+                if !r.ok, ((r.failedAtStep ?? .max), n, z) < ((best.result.failedAtStep ?? .max), best.nodes, best.size) {
+                    best = (n, z, r)
+                }
             }
         }
         return ConformanceFailure(

@@ -228,6 +228,11 @@ public final class SimCluster {
     public internal(set) var wakes = 0
 
     var nowNanoseconds: UInt64 { UInt64(now) * 1000 }
+    /// Consecutive steps in which a thread waited with no message, fault or timer pending.
+    var quietSteps = 0
+    /// After this many such steps the run is reported stuck (a pin may legitimately hold a waiter
+    /// for a while with nothing in flight: keep this above any scenario's hold).
+    static let quietLimit = 10_000
 
     /// Creates `nodes` nodes, each with its own instance of the plugin behind `descriptor`.
     public init(descriptor: UnsafeRawPointer, nodes nodeCount: Int, pages: Int, seed: UInt64,
@@ -365,6 +370,19 @@ public final class SimCluster {
                 }
             }
             for t in threads where !t.done && t.blockedOn == nil { others.append(.thread(t.id)) }
+            // A thread waits while nothing that could wake it is pending (no message, fault or
+            // timer): its wake was lost, whatever the other threads keep doing.
+            if deliveries.isEmpty && network.inFlight == 0 && nextTimer == .max && others.allSatisfy({ if case .thread = $0 { return true } else { return false } })
+                && threads.contains(where: { !$0.done && $0.blockedOn != nil }) {
+                quietSteps += 1
+                if quietSteps > Self.quietLimit {
+                    stuck = "nothing pending for \(Self.quietLimit) steps while a thread waits: " + stuckReport(held: held)
+                    noteProblem("stuck: " + stuck!)
+                    break
+                }
+            } else {
+                quietSteps = 0
+            }
             if deliveries.isEmpty && others.isEmpty {
                 if delayed || nextTimer != .max { now += 1; continue }
                 if threads.allSatisfy(\.done) && held == 0 { break }
