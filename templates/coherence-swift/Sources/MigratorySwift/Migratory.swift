@@ -15,16 +15,18 @@
 //         ---- done ------->  owner = R, next request
 //
 // At start every page belongs to its manager, untouched: the first move sends zeros. R, M and O
-// may be one node: a message to oneself is a direct call.
+// may be one node: a message to oneself is a direct call. A page stays at least `hold` where it
+// arrived before it moves on (a timer finishes the move), so the thread that faulted for it gets
+// its access in; without it, a page with a queue of requesters could leave before that thread runs.
 //
 // State table (this node; the host holds the page state):
 //   INVALID  + read or write fault -> request to the manager (a fault while one is out joins it)
 //   MODIFIED + any fault           -> stale: wake
-//   owner    + forward             -> drop, send the page (pinned: deferred to pageUnpinned)
+//   owner    + forward             -> drop, send the page (held: after `hold`; pinned: pageUnpinned)
 //   waiting  + page                -> install MODIFIED, wake, done to the manager
 //
-// Threading: fault, receive and pageUnpinned run on different host threads at once; one Mutex
-// serialises the protocol state.
+// Threading: fault, receive, pageUnpinned and the hold timer run on different host threads at
+// once; one Mutex serialises the protocol state.
 
 import PluginKit
 import Synchronization
@@ -35,6 +37,7 @@ public final class Migratory: CoherencePlugin {
     static let zeroFlag: UInt16 = 1           // page: no bytes follow, the page is all zeros
     static let headerSize = 16                // kind, version, flags (2), node (4), gfn (8); little endian
     static let pageSize = Int(GVM_PAGE_SIZE)
+    static let hold: UInt64 = 50_000          // nanoseconds a page stays where it arrived
 
     struct State {
         var owner: [UInt32]                   // manager: who holds each page
@@ -42,7 +45,15 @@ public final class Migratory: CoherencePlugin {
         var queue: [(gfn: UInt64, node: UInt32)] = []
         var askedAt: [UInt64]                 // requester: when our request started, 0 = none
         var askedWrite: [Bool]
-        var deferred: [UInt32?]               // owner: requester waiting for an unpin
+        var deferred: [UInt32?]               // owner: requester waiting for the hold or an unpin
+        var arrived: [UInt64]                 // owner: when the page was installed here
+        var timer: [UInt64]                   // owner: the pending hold timer, 0 = none
+    }
+
+    /// A hold timer's context (the C callback gets one pointer): one per page.
+    struct HoldContext {
+        var plugin: Unmanaged<Migratory>
+        var gfn: UInt64
     }
 
     let memory: CoherenceHost
@@ -52,6 +63,7 @@ public final class Migratory: CoherencePlugin {
     let stats: CoherenceStatistics
     let state: Mutex<State>
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: Migratory.pageSize, alignment: 8)
+    let holds: UnsafeMutablePointer<HoldContext>
 
     public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
         try settings.allowOnly([])
@@ -64,10 +76,18 @@ public final class Migratory: CoherencePlugin {
         let n = Int(memory.pageCount), count = UInt64(cluster.nodes.count)
         state = Mutex(State(owner: (0..<UInt64(n)).map { UInt32($0 % count) }, busy: .init(repeating: false, count: n),
                             askedAt: .init(repeating: 0, count: n), askedWrite: .init(repeating: false, count: n),
-                            deferred: .init(repeating: nil, count: n)))
+                            deferred: .init(repeating: nil, count: n), arrived: .init(repeating: 0, count: n),
+                            timer: .init(repeating: 0, count: n)))
+        holds = .allocate(capacity: n)
+        for g in 0..<n { (holds + g).initialize(to: HoldContext(plugin: .passUnretained(self), gfn: UInt64(g))) }
     }
 
-    deinit { buffer.deallocate() }
+    deinit {
+        // Cancel outside the lock: cancel waits for a running callback, which takes the lock.
+        for t in state.withLock({ $0.timer.filter { $0 != 0 } }) { services.cancelTimer(t) }
+        holds.deallocate()
+        buffer.deallocate()
+    }
 
     func manager(_ gfn: UInt64) -> UInt32 { UInt32(gfn % UInt64(nodes)) }
 
@@ -106,6 +126,18 @@ public final class Migratory: CoherencePlugin {
 
     /// Owner: hands the page to `to`, dropping it here first.
     func moveOut(_ st: inout State, _ gfn: UInt64, to: UInt32) {
+        let g = Int(gfn), held = services.nowNanoseconds() &- st.arrived[g]
+        if st.arrived[g] != 0 && held < Self.hold {   // just arrived: move it when the hold is over
+            st.deferred[g] = to
+            if st.timer[g] == 0 {
+                let s = services.raw.pointee
+                st.timer[g] = s.timer_start(s.host, Self.hold - held, 0, { ctx in
+                    let h = ctx!.assumingMemoryBound(to: HoldContext.self).pointee
+                    h.plugin.takeUnretainedValue().holdOver(h.gfn)
+                }, UnsafeMutableRawPointer(holds + g))
+            }
+            if st.timer[g] != 0 { return }               // no timer: move it now
+        }
         let rc = memory.drop(gfn, into: buffer)
         if rc == .pinned {
             st.deferred[Int(gfn)] = to
@@ -136,6 +168,7 @@ public final class Migratory: CoherencePlugin {
             guard rc == .ok else { return services.fatal("migratory: installing page \(gfn): \(rc)") }
             stats.recordLatency(st.askedWrite[g] ? .writeMiss : .readMiss, nanoseconds: services.nowNanoseconds() &- st.askedAt[g])
             st.askedAt[g] = 0
+            st.arrived[g] = services.nowNanoseconds()
             memory.wake(gfn)
             post(&st, to: manager(gfn), .done, node: me, gfn: gfn)
         case .done:
@@ -169,6 +202,14 @@ public final class Migratory: CoherencePlugin {
         state.withLock { dispatch(&$0, from: node, kind, node: who, gfn: gfn, flags: flags, page: page) }
     }
 
+    /// The hold on gfn is over. Thread: the host timer thread.
+    func holdOver(_ gfn: UInt64) {
+        state.withLock { st in
+            st.timer[Int(gfn)] = 0
+            if let to = st.deferred[Int(gfn)] { moveOut(&st, gfn, to: to) }
+        }
+    }
+
     public func pageUnpinned(gfn: UInt64) {
         guard gfn < memory.pageCount else { return }
         state.withLock { st in
@@ -183,6 +224,7 @@ public final class Migratory: CoherencePlugin {
           INVALID + fault -> request to manager; manager forwards to owner; owner drops, sends the page
           page            -> install MODIFIED, wake, done to manager (owner := requester)
           present + fault -> stale: wake;  owner pinned -> defer the drop until page_unpinned
+          a page stays 50 us where it arrived before it moves on (its faulting thread's access)
         """
     }
 }
