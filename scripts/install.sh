@@ -82,7 +82,7 @@ PC
 pkg="$prefix/share/giantvm/GiantVM"
 rm -rf "$pkg"
 install -d "$pkg/Sources"
-cp -R Sources/PluginAPI Sources/PluginKit "$pkg/Sources/"
+cp -Rp Sources/PluginAPI Sources/PluginKit "$pkg/Sources/"
 cat > "$pkg/Package.swift" <<'SWIFT'
 // swift-tools-version:6.0
 // Installed by GiantVM's scripts/install.sh: the PluginKit product (and the C ABI it wraps) for

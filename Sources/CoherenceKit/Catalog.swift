@@ -28,6 +28,9 @@ public struct ScenarioParameters {
     /// Plugin settings, network delays, thread bias, checks and the trace.
     public var options: ConformanceOptions
 
+    /// The step limit of each run of a schedule.
+    public static let defaultMaxSteps = 50_000
+
     /// The seed also picks the network's delays and how often threads run before messages, so
     /// one seed is one complete schedule.
     public init(seed: UInt64, nodes: Int, size: Int, model: MemoryModel, settings: [(String, String)] = [],
@@ -39,7 +42,7 @@ public struct ScenarioParameters {
         options = ConformanceOptions(settings: settings, maxDelay: Int(seed % 5) * 2, threadBias: 10 + Int(seed % 9) * 10)
         // Every scenario finishes in a few thousand steps; a schedule still running at this bound
         // is reported as a livelock.
-        options.maxSteps = 50_000
+        options.maxSteps = Self.defaultMaxSteps
         options.checkSWMR = model == .sc
         options.checkLinearizable = model == .sc
         options.trace = trace

@@ -99,9 +99,11 @@ public final class ConformanceRunner {
     }
 
     /// One run; a thrown error (the plugin refused to create, ...) becomes a failed result.
-    public func runOnce(_ s: ConformanceScenario, seed: UInt64, nodes: Int, size: Int,
+    /// `maxSteps`: the step limit of each run of the schedule (default: ScenarioParameters').
+    public func runOnce(_ s: ConformanceScenario, seed: UInt64, nodes: Int, size: Int, maxSteps: Int? = nil,
                         trace: ((String) -> Void)? = nil) -> ScenarioResult {
-        let p = ScenarioParameters(seed: seed, nodes: nodes, size: size, model: plan.model, settings: plan.settings, trace: trace)
+        var p = ScenarioParameters(seed: seed, nodes: nodes, size: size, model: plan.model, settings: plan.settings, trace: trace)
+        if let maxSteps { p.options.maxSteps = maxSteps }
         do { return try s.body(descriptor, p) } catch {
             let report = RunReport(seed: seed, steps: 0, messages: 0, bytes: 0, violations: [], fatals: [], stuck: nil)
             return ScenarioResult(report: report, problems: ["error: \(error)"], messages: 0, failedAtStep: 0)
@@ -149,9 +151,15 @@ public final class ConformanceRunner {
             for z in 1...max(1, size) where (n, z) != (nodes, size) {
                 tries += 1
                 onEvent?(.shrinking(scenario: s.name, tries: tries))
-                let r = runOnce(s, seed: seed, nodes: n, size: z)
+                // A candidate is only interesting if it fails within the best schedule's length: cut
+                // it there, and a run cut at that limit found nothing. (A livelock found at the
+                // default limit is shrunk at the same limit: a smaller livelock then counts.)
+                let livelock = best.result.report.hitStepLimit
+                let bound = best.result.failedAtStep ?? best.result.report.steps
+                let r = runOnce(s, seed: seed, nodes: n, size: z, maxSteps: livelock ? nil : bound + 1)
                 // Fewest steps first, then fewest nodes, then least work.
-                if !r.ok, ((r.failedAtStep ?? .max), n, z) < ((best.result.failedAtStep ?? .max), best.nodes, best.size) {
+                if !r.ok, livelock || !r.report.hitStepLimit,
+                   ((r.failedAtStep ?? .max), n, z) < ((best.result.failedAtStep ?? .max), best.nodes, best.size) {
                     best = (n, z, r)
                 }
             }

@@ -172,6 +172,8 @@ public struct RunReport: CustomStringConvertible {
     public var violations: [String]
     public var fatals: [String]
     public var stuck: String?
+    /// The run was cut at its step limit with threads still running (a livelock, or a bound too low).
+    public var hitStepLimit = false
     public var ok: Bool { violations.isEmpty && fatals.isEmpty && stuck == nil }
     public var description: String {
         var s = "seed \(seed): \(steps) steps, \(messages) messages (\(bytes) bytes)"
@@ -429,7 +431,7 @@ public final class SimCluster {
         }
         return RunReport(seed: seed, steps: steps, messages: network.delivered, bytes: network.bytesDelivered,
                          violations: violations, fatals: nodes.flatMap { n in n.fatals.map { "node \(n.id): \($0)" } },
-                         stuck: stuck)
+                         stuck: stuck, hitStepLimit: steps >= maxSteps && !threads.allSatisfy(\.done))
     }
 
     func stuckReport(held: Int) -> String {
