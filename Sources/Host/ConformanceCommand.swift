@@ -29,7 +29,7 @@ struct ConformanceCommand: ParsableCommand {
               giantvm conformance ./libmine.so --seeds 1000 --out cert.json
               giantvm conformance ./libmine.so --scenario ping-pong --nodes 2 --size 1 --replay 17
             Exit status: 0 when every scenario passed, 1 when one failed, 2 when the plugin cannot be
-            loaded or an option is wrong.
+            loaded or a scenario is unknown, 64 for a malformed option.
             """)
 
     @Argument(help: "The coherence plugin: a name (lib<name>.so in the plugin path) or a path to a .so.")
