@@ -10,26 +10,29 @@ struct ConformanceCommand: ParsableCommand {
         commandName: "conformance",
         abstract: "Certify a coherence plugin: seeded schedules, litmus tests, statistics; a JSON certificate.",
         discussion: """
-            Loads the plugin (a name, found like any plugin, or a path to its .so) and runs it on a
-            simulated cluster: 2 to 4 instances of the plugin in this process, a network that delays
-            and reorders messages, threads that read, write and cmpxchg guest pages. A seeded scheduler
-            picks every step (deliver a message, hand a fault to the plugin, run a thread access), so
-            a seed is one complete, reproducible schedule.
+            Loads the plugin (a name, found like any plugin, or a path to its .so) and runs it on a \
+            simulated cluster: 2 to 4 instances of the plugin in this process, a network that delays \
+            and reorders messages, threads that read, write and cmpxchg guest pages. A seeded \
+            scheduler picks every step (deliver a message, hand a fault to the plugin, run a thread \
+            access), so a seed is one complete, reproducible schedule.
 
-            Scenarios (--list shows them): locked counter, random read/write, ping-pong, pin deferral,
-            receive fuzzing, the standard statistics (dsm.*), and the litmus tests MP, SB, LB, 2+2W
-            and IRIW, judged against --model: sc allows SC outcomes only and checks, after every
-            step, one writer or many readers per page and that every load returns the latest store;
-            tso allows the outcomes of TSO (store buffers) and checks final values only.
+            Scenarios (--list shows them): locked counter, random read/write, ping-pong, pin \
+            deferral, receive fuzzing, the standard statistics (dsm.*), and the litmus tests MP, SB, \
+            LB, 2+2W and IRIW judged against --model. sc: SC outcomes only, and after every step one \
+            writer or many readers per page, every copy up to date, every load the latest store. \
+            tso: TSO outcomes (store buffers), final values exact.
 
-            A failure prints its seed and the shortest schedule found that still fails (the same
-            seed, retried with fewer nodes and less work), and the command that replays it step by
-            step with every message:
-              giantvm conformance dsm-ivy --model sc                       certify, write the certificate
+            A failure prints its seed, the shortest schedule found that still fails (the same seed \
+            with fewer nodes and less work) and the command that replays it step by step, every \
+            message printed. Examples:
+              giantvm conformance dsm-ivy --model sc
               giantvm conformance ./libmine.so --seeds 1000 --out cert.json
-              giantvm conformance ./libmine.so --scenario ping-pong --nodes 2 --size 1 --replay 17
-            Exit status: 0 when every scenario passed, 1 when one failed, 2 when the plugin cannot be
-            loaded or a scenario is unknown, 64 for a malformed option.
+              giantvm conformance ./libmine.so --scenario ping-pong --nodes 2 \\
+                  --size 1 --replay 17
+
+            Exit status: 0 when every scenario passed, 1 when one failed, 2 when the plugin cannot \
+            be loaded or a scenario is unknown, 64 for a malformed option. docs/writing-a-protocol.md \
+            walks through build, certify, compare.
             """)
 
     @Argument(help: "The coherence plugin: a name (lib<name>.so in the plugin path) or a path to a .so.")
