@@ -34,8 +34,11 @@ prefix=$(cd "$1" && pwd)
 
 if [ "$build" = 1 ]; then
     echo "== swift build -c $config"
-    swift build -c "$config" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] ' || true
-    [ "${PIPESTATUS[0]}" = 0 ] || { echo "install: swift build failed" >&2; exit 1; }
+    set +e
+    swift build -c "$config" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] '
+    status=${PIPESTATUS[0]}
+    set -e
+    [ "$status" = 0 ] || { echo "install: swift build failed (exit $status)" >&2; exit 1; }
 fi
 [ -n "$bin" ] || bin=$(swift build -c "$config" --show-bin-path)
 [ -x "$bin/giantvm" ] || { echo "install: no giantvm in '$bin': build it first (swift build)" >&2; exit 1; }
