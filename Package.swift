@@ -28,6 +28,8 @@
 //   Telemetry      live Prometheus metrics of a node, `giantvm top`
 //   NodeAssembly   one node from a config (VMNode, CoherenceStack, GuestImage), typed stop causes
 //   DsmWorkloads   thread-driven DSM workloads with exact checkers
+//   CoherenceKit   protocol conformance: simulated nodes, seeded schedules, invariants, litmus tests,
+//                  shrinking and certificates (`giantvm conformance`)
 //   Bench          cluster tools as a library: channel probe, net-bench, bench dsm node, reports
 //   ABTest         `giantvm ab`: interleaved runs of several configs, statistics, reports
 //   Host           the `giantvm` executable: the CLI only
@@ -36,8 +38,8 @@
 //   DsmTSO, DsmLocal, DeviceModels + Devices, ExampleC (a device plugin in plain C)
 // Test fixtures and support
 //   TestAbiTooOld, TestAbiTooNew, TestNoEntry, TestSmallOps, TestSwiftDevice (plugins the loader
-//   tests load), TestSupport (paths, processes, requirements), CoherenceKit (protocol conformance
-//   kit: simulated nodes, seeded schedules, invariants)
+//   tests load), TestBroken* (coherence plugins broken on purpose: conformance must fail them),
+//   TestSupport (paths, processes, requirements)
 // Tests: one target per library (ConfigTests, PluginHostTests, DsmIvyTests, GuestMemoryTests,
 //   CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
 //   GuestTests, ClusterTests, LaunchTests, SlurmTests, NodeAssemblyTests, BenchTests,
@@ -55,6 +57,8 @@ let package = Package(
     name: "GiantVM",
     products: [
         .executable(name: "giantvm", targets: ["Host"]),
+        // The Swift helper for plugins written out of tree (templates/coherence-swift depends on it).
+        .library(name: "PluginKit", targets: ["PluginKit"]),
         // Plugins: each product is one shared object, lib<name>.so, found by name at run time.
         .library(name: "transport-tcp", type: .dynamic, targets: ["TransportTCP"]),
         .library(name: "transport-rdma", type: .dynamic, targets: ["TransportRDMA"]),
@@ -69,6 +73,10 @@ let package = Package(
         .library(name: "test-no-entry", type: .dynamic, targets: ["TestNoEntry"]),
         .library(name: "test-small-ops", type: .dynamic, targets: ["TestSmallOps"]),
         .library(name: "test-swift-device", type: .dynamic, targets: ["TestSwiftDevice"]),
+        // Coherence plugins broken on purpose (templates/coherence-c plus one bug): conformance fails them.
+        .library(name: "test-broken-no-invalidate", type: .dynamic, targets: ["TestBrokenNoInvalidate"]),
+        .library(name: "test-broken-lost-writeback", type: .dynamic, targets: ["TestBrokenLostWriteback"]),
+        .library(name: "test-broken-no-wake", type: .dynamic, targets: ["TestBrokenNoWake"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -136,6 +144,10 @@ let package = Package(
                 dependencies: ["Cluster", "Config", "Distributed", "Firmware", "GuestMemory", "Machine", "Metrics",
                                "PluginAPI", "PluginHost", "Telemetry", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/NodeAssembly", swiftSettings: swiftSettings),
+        // The protocol conformance kit (simulated nodes, seeded schedules, invariants, litmus tests,
+        // shrinking, certificates): `giantvm conformance` and the plugin tests run it.
+        .target(name: "CoherenceKit", dependencies: ["PluginAPI", .product(name: "Crypto", package: "swift-crypto")],
+                path: "Sources/CoherenceKit", swiftSettings: swiftSettings),
         // Tools run on a cluster, testable without the binary: the channel probe, net-bench, the
         // bench dsm node driver, its control protocol and report models.
         .target(name: "Bench",
@@ -151,7 +163,7 @@ let package = Package(
                 path: "Sources/ABTest", swiftSettings: swiftSettings),
         .executableTarget(
             name: "Host",
-            dependencies: ["ABTest", "Bench", "Cluster", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
+            dependencies: ["ABTest", "Bench", "Cluster", "CoherenceKit", "Config", "DsmWorkloads", "GuestMemory", "Launch", "Machine", "Metrics", "NodeAssembly",
                            "PluginAPI", "PluginHost", "Telemetry",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
@@ -177,6 +189,12 @@ let package = Package(
         .target(name: "TestNoEntry", dependencies: ["PluginAPI"], path: "Tests/Fixtures/no-entry", linkerSettings: pureCPlugin),
         .target(name: "TestSmallOps", dependencies: ["PluginAPI"], path: "Tests/Fixtures/small-ops",
                 linkerSettings: pureCPlugin),
+        .target(name: "TestBrokenNoInvalidate", dependencies: ["PluginAPI"], path: "Tests/Fixtures/broken-no-invalidate",
+                linkerSettings: pureCPlugin),
+        .target(name: "TestBrokenLostWriteback", dependencies: ["PluginAPI"], path: "Tests/Fixtures/broken-lost-writeback",
+                linkerSettings: pureCPlugin),
+        .target(name: "TestBrokenNoWake", dependencies: ["PluginAPI"], path: "Tests/Fixtures/broken-no-wake",
+                linkerSettings: pureCPlugin),
         .target(name: "TestSwiftDevice", dependencies: ["PluginKit"], path: "Tests/Fixtures/swift-device",
                 swiftSettings: swiftSettings),
 
@@ -187,7 +205,6 @@ let package = Package(
         .testTarget(name: "PluginHostTests", dependencies: ["PluginHost", "PluginAPI", "Config", "Metrics", "TestSupport"],
                     path: "Tests/PluginHostTests"),
         .target(name: "DsmWorkloads", dependencies: ["CSystem"], path: "Sources/DsmWorkloads", swiftSettings: swiftSettings),
-        .target(name: "CoherenceKit", dependencies: ["PluginAPI"], path: "Tests/CoherenceKit"),
         .testTarget(name: "DsmIvyTests",
                     dependencies: ["IvyCore", "DsmLocal", "PluginKit", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
                                    "Config", "Metrics", .product(name: "Logging", package: "swift-log")],

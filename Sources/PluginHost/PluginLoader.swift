@@ -119,16 +119,24 @@ public final class PluginLoader {
     }
 
     /// The directories searched, in order: the config's `plugin_path`, $GIANTVM_PLUGIN_PATH
-    /// (colon-separated), and the directory holding the giantvm executable (where `swift build`
-    /// puts the in-tree plugins).
+    /// (colon-separated), the directory holding the giantvm executable (where `swift build`
+    /// puts the in-tree plugins), and PREFIX/lib/giantvm/plugins for an executable installed in
+    /// PREFIX/bin (where scripts/install.sh puts the plugins).
     public static func defaultSearchPath(config: ClusterConfig?) -> [String] {
         var dirs = config?.pluginPath ?? []
         if let env = ProcessInfo.processInfo.environment["GIANTVM_PLUGIN_PATH"] {
             dirs += env.split(separator: ":").map(String.init).filter { !$0.isEmpty }
         }
         dirs.append(executableDirectory())
+        dirs.append(installedPluginDirectory(executableDirectory: executableDirectory()))
         var seen = Set<String>()
         return dirs.filter { seen.insert($0).inserted }
+    }
+
+    /// PREFIX/lib/giantvm/plugins for an executable in PREFIX/bin.
+    public static func installedPluginDirectory(executableDirectory: String) -> String {
+        (((executableDirectory as NSString).deletingLastPathComponent as NSString)
+            .appendingPathComponent("lib/giantvm/plugins") as NSString).standardizingPath
     }
 
     /// The directory of the running executable.

@@ -121,7 +121,11 @@ public final class SimNode {
             return n.cluster.nextTimerID
         }
         s.timer_cancel = { h, id in SimNode.of(h).timers.removeAll { $0.id == id } }
-        s.fatal = { h, msg in SimNode.of(h).fatals.append(String(cString: msg!)) }
+        s.fatal = { h, msg in
+            let n = SimNode.of(h)
+            n.fatals.append(String(cString: msg!))
+            n.cluster.noteProblem("node \(n.id): fatal: \(n.fatals.last!)")
+        }
         services.initialize(to: s)
 
         var m = gvm_coherence_host()

@@ -81,6 +81,7 @@ public final class SimThread {
     var n: SimNode { cluster.nodes[Int(node)] }
 
     func block(_ gfn: UInt64, _ access: UInt32, flags: UInt32 = 0) {
+        cluster.trace?("    thread \(id) on node \(node): \(access == GVM_ACCESS_WRITE ? "write" : "read") access to gfn \(gfn) faults, waits")
         blockedOn = gfn
         faults += 1
         n.faultQueue.append((gfn, access, flags))
@@ -90,6 +91,7 @@ public final class SimThread {
     public func load(_ gfn: UInt64, _ offset: Int) -> UInt64? {
         if n.pageState[Int(gfn)] == GVM_PAGE_INVALID { block(gfn, GVM_ACCESS_READ); return nil }
         let v = n.load64(gfn, offset)
+        cluster.trace?("    thread \(id) on node \(node): load gfn \(gfn)+\(offset) = \(hex(v))")
         cluster.checkLoad(self, gfn, offset, v)
         return v
     }
@@ -98,6 +100,7 @@ public final class SimThread {
     public func store(_ gfn: UInt64, _ offset: Int, _ v: UInt64) -> Bool {
         if n.pageState[Int(gfn)] != GVM_PAGE_MODIFIED { block(gfn, GVM_ACCESS_WRITE); return false }
         n.store64(gfn, offset, v)
+        cluster.trace?("    thread \(id) on node \(node): store gfn \(gfn)+\(offset) := \(hex(v))")
         cluster.recordStore(self, gfn, offset, v)
         return true
     }
@@ -107,6 +110,7 @@ public final class SimThread {
         if n.pageState[Int(gfn)] != GVM_PAGE_MODIFIED { block(gfn, GVM_ACCESS_WRITE); return nil }
         let v = n.load64(gfn, offset)
         cluster.checkLoad(self, gfn, offset, v)
+        cluster.trace?("    thread \(id) on node \(node): cas gfn \(gfn)+\(offset) \(hex(v)) \(v == expect ? "==" : "!=") \(hex(expect))\(v == expect ? " := \(hex(new))" : "")")
         guard v == expect else { return false }
         n.store64(gfn, offset, new)
         cluster.recordStore(self, gfn, offset, new)
@@ -168,6 +172,8 @@ public struct RunReport: CustomStringConvertible {
     public var violations: [String]
     public var fatals: [String]
     public var stuck: String?
+    /// The run was cut at its step limit with threads still running (a livelock, or a bound too low).
+    public var hitStepLimit = false
     public var ok: Bool { violations.isEmpty && fatals.isEmpty && stuck == nil }
     public var description: String {
         var s = "seed \(seed): \(steps) steps, \(messages) messages (\(bytes) bytes)"
@@ -197,6 +203,13 @@ public final class SimCluster {
     public var checkLinearizable = true
     /// Messages for which this returns true stay at the head of their queue (blocking it).
     public var hold: ((SimMessage) -> Bool)?
+    /// Called with one line per scheduler step and per thread access, and with "!! problem" at
+    /// each violation, fatal or hang (`giantvm conformance --replay` prints them).
+    public var trace: ((String) -> Void)?
+    /// Scheduler steps over every `run` of this cluster (the scenario's whole schedule so far).
+    public internal(set) var totalSteps = 0
+    /// `totalSteps` when the first violation, fatal or hang was seen (nil: none yet).
+    public internal(set) var firstProblemStep: Int?
     /// Called with each message as it is delivered (for tests that watch the protocol).
     public var onDeliver: ((SimMessage) -> Void)?
     /// Called with each message as it is sent: return it (possibly changed) to queue it, or nil
@@ -217,6 +230,11 @@ public final class SimCluster {
     public internal(set) var wakes = 0
 
     var nowNanoseconds: UInt64 { UInt64(now) * 1000 }
+    /// Consecutive steps in which a thread waited with no message, fault or timer pending.
+    var quietSteps = 0
+    /// After this many such steps the run is reported stuck (a pin may legitimately hold a waiter
+    /// for a while with nothing in flight: keep this above any scenario's hold).
+    static let quietLimit = 10_000
 
     /// Creates `nodes` nodes, each with its own instance of the plugin behind `descriptor`.
     public init(descriptor: UnsafeRawPointer, nodes nodeCount: Int, pages: Int, seed: UInt64,
@@ -259,7 +277,7 @@ public final class SimCluster {
         let expect = golden[gfn]?[off] ?? 0
         if v != expect {
             let w = lastWriter[gfn]?[off].map { "thread \($0)" } ?? "nobody (zero)"
-            violations.append("step \(now): stale read: thread \(t.id) on node \(t.node) read \(hex(v)) at gfn \(gfn)+\(off); the latest write is \(hex(expect)) by \(w)")
+            violation("step \(now): stale read: thread \(t.id) on node \(t.node) read \(hex(v)) at gfn \(gfn)+\(off); the latest write is \(hex(expect)) by \(w)")
         }
     }
 
@@ -272,6 +290,34 @@ public final class SimCluster {
     /// The latest value stored at (gfn, offset) in the simulation's global order.
     public func latest(_ gfn: UInt64, _ off: Int) -> UInt64 { golden[gfn]?[off] ?? 0 }
 
+    func violation(_ text: String) {
+        violations.append(text)
+        noteProblem(text)
+    }
+
+    /// Remembers the step of the first problem and traces it.
+    func noteProblem(_ text: String) {
+        if firstProblemStep == nil { firstProblemStep = totalSteps }
+        trace?("!! " + text)
+    }
+
+    func traceChoice(_ choice: Choice) {
+        let at = "step \(totalSteps):"
+        switch choice {
+        case let .deliver(k):
+            guard let m = network.queues[k]?.first else { return }
+            let head = m.bytes.prefix(24).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: " ")
+            trace?("\(at) deliver node \(k.src) -> node \(k.dst) (\(k.lane == GVM_LANE_URGENT ? "urgent" : "bulk"), \(m.bytes.count) bytes): \(head)\(m.bytes.count > 24 ? " ..." : "")")
+        case let .fault(i):
+            guard let f = nodes[i].faultQueue.first else { return }
+            trace?("\(at) node \(i) fault gfn \(f.gfn) \(f.access == GVM_ACCESS_WRITE ? "write" : "read")\(f.flags & GVM_FAULT_FROM_PIN != 0 ? " (pin)" : "")")
+        case let .thread(i):
+            trace?("\(at) thread \(i) on node \(threads[i].node) runs")
+        case let .timer(i, id):
+            trace?("\(at) node \(i) timer \(id) fires")
+        }
+    }
+
     func checkInvariants() {
         guard checkSWMR, !dirty.isEmpty else { dirty.removeAll(); return }
         for gfn in dirty.sorted() {
@@ -279,12 +325,12 @@ public final class SimCluster {
             let present = nodes.filter { $0.pageState[g] != GVM_PAGE_INVALID }
             let writers = present.filter { $0.pageState[g] == GVM_PAGE_MODIFIED }
             if !writers.isEmpty && present.count > 1 {
-                violations.append("step \(now): gfn \(gfn) MODIFIED on node \(writers.map(\.id)) while present on \(present.map(\.id)) (single-writer violated)")
+                violation("step \(now): gfn \(gfn) MODIFIED on node \(writers.map(\.id)) while present on \(present.map(\.id)) (single-writer violated)")
             }
             if let words = golden[gfn] {
                 for n in present {
                     for (off, v) in words where n.load64(gfn, off) != v {
-                        violations.append("step \(now): gfn \(gfn)+\(off) on node \(n.id) holds \(hex(n.load64(gfn, off))), latest write is \(hex(v)) (lost update)")
+                        violation("step \(now): gfn \(gfn)+\(off) on node \(n.id) holds \(hex(n.load64(gfn, off))), latest write is \(hex(v)) (lost update)")
                     }
                 }
             }
@@ -326,10 +372,24 @@ public final class SimCluster {
                 }
             }
             for t in threads where !t.done && t.blockedOn == nil { others.append(.thread(t.id)) }
+            // A thread waits while nothing that could wake it is pending (no message, fault or
+            // timer): its wake was lost, whatever the other threads keep doing.
+            if deliveries.isEmpty && network.inFlight == 0 && nextTimer == .max && others.allSatisfy({ if case .thread = $0 { return true } else { return false } })
+                && threads.contains(where: { !$0.done && $0.blockedOn != nil }) {
+                quietSteps += 1
+                if quietSteps > Self.quietLimit {
+                    stuck = "nothing pending for \(Self.quietLimit) steps while a thread waits: " + stuckReport(held: held)
+                    noteProblem("stuck: " + stuck!)
+                    break
+                }
+            } else {
+                quietSteps = 0
+            }
             if deliveries.isEmpty && others.isEmpty {
                 if delayed || nextTimer != .max { now += 1; continue }
                 if threads.allSatisfy(\.done) && held == 0 { break }
                 stuck = stuckReport(held: held)
+                noteProblem("stuck: " + stuck!)
                 break
             }
             let choice: Choice
@@ -339,6 +399,8 @@ public final class SimCluster {
             else { choice = deliveries[Int(rng.next(UInt64(deliveries.count)))] }
             now += 1
             steps += 1
+            totalSteps += 1
+            if trace != nil { traceChoice(choice) }
             switch choice {
             case let .deliver(k):
                 let m = network.queues[k]!.removeFirst()
@@ -365,10 +427,11 @@ public final class SimCluster {
         }
         if steps >= maxSteps && stuck == nil && !threads.allSatisfy(\.done) {
             stuck = "no completion within \(maxSteps) steps (livelock?): " + stuckReport(held: 0)
+            noteProblem("stuck: " + stuck!)
         }
         return RunReport(seed: seed, steps: steps, messages: network.delivered, bytes: network.bytesDelivered,
                          violations: violations, fatals: nodes.flatMap { n in n.fatals.map { "node \(n.id): \($0)" } },
-                         stuck: stuck)
+                         stuck: stuck, hitStepLimit: steps >= maxSteps && !threads.allSatisfy(\.done))
     }
 
     func stuckReport(held: Int) -> String {

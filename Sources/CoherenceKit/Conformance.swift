@@ -19,6 +19,10 @@ public struct ScenarioResult: CustomStringConvertible {
     /// the kit saw (checked after a clean run; see `Conformance.statisticsProblems`). Not part of
     /// `ok`: a test asserts it is empty for a plugin that promises the standard statistics.
     public var statistics: [String] = []
+    /// The scheduler step (over the whole schedule) at which the first problem showed, if any.
+    public var failedAtStep: Int?
+    /// A litmus scenario's observed outcome (e.g. "r0=1 r1=0"); nil for the others.
+    public var outcome: String?
     public var ok: Bool { problems.isEmpty }
     public var description: String {
         problems.isEmpty ? "ok: \(report)" : "FAILED: \(report)\n  " + problems.joined(separator: "\n  ")
@@ -30,6 +34,12 @@ public struct ConformanceOptions {
     public var maxDelay = 0
     public var threadBias = 50
     public var maxSteps = 400_000
+    /// Check single-writer/multiple-readers and every copy's data after each step (SC protocols).
+    public var checkSWMR = true
+    /// Check that every load returns the latest store (page-granular SC).
+    public var checkLinearizable = true
+    /// Receives the schedule step by step (see SimCluster.trace).
+    public var trace: ((String) -> Void)?
     public init(settings: [(String, String)] = [], maxDelay: Int = 0, threadBias: Int = 50, maxSteps: Int = 400_000) {
         self.settings = settings
         self.maxDelay = maxDelay
@@ -39,14 +49,17 @@ public struct ConformanceOptions {
 }
 
 public enum Conformance {
-    static func make(_ d: UnsafeRawPointer, nodes: Int, pages: Int, seed: UInt64, _ o: ConformanceOptions) throws -> SimCluster {
+    public static func make(_ d: UnsafeRawPointer, nodes: Int, pages: Int, seed: UInt64, _ o: ConformanceOptions) throws -> SimCluster {
         let c = try SimCluster(descriptor: d, nodes: nodes, pages: pages, seed: seed, settings: o.settings)
         c.network.maxDelay = o.maxDelay
         c.threadBias = o.threadBias
+        c.checkSWMR = o.checkSWMR
+        c.checkLinearizable = o.checkLinearizable
+        c.trace = o.trace
         return c
     }
 
-    static func finish(_ c: SimCluster, _ r: RunReport, _ extra: [String], verify: Bool = true) -> ScenarioResult {
+    public static func finish(_ c: SimCluster, _ r: RunReport, _ extra: [String], verify: Bool = true) -> ScenarioResult {
         var problems = extra
         if let s = r.stuck { problems.append("stuck: \(s)") }
         problems += r.fatals.map { "fatal: \($0)" }
@@ -62,7 +75,8 @@ public enum Conformance {
         var totals: [String: UInt64] = [:]
         for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
         return ScenarioResult(report: final, problems: problems, messages: c.network.delivered, totals: totals,
-                              statistics: problems.isEmpty ? statisticsProblems(c) : [])
+                              statistics: problems.isEmpty ? statisticsProblems(c) : [],
+                              failedAtStep: problems.isEmpty ? nil : (c.firstProblemStep ?? c.totalSteps))
     }
 
     /// Checks a plugin's standard statistics against what the kit itself saw, after a run that
