@@ -13,7 +13,9 @@
 //                  IOAPIC pin (only pins set in Tn_INT_ROUTE_CAP, bits 32-63, are taken);
 //                  no FSB delivery
 //   0x108 + 0x20*n  Tn_COMPARATOR: writes set the comparator (one-shot, or periodic with
-//                  VAL_SET) and always the period; a periodic timer adds the period at each match
+//                  VAL_SET) and always the period; a periodic timer adds the period at each match.
+//                  A write of the low half alone sets the next counter value with those low 32
+//                  bits (how 32-bit drivers such as Linux's program a 64-bit HPET; QEMU does so)
 // A timer interrupts when the counter reaches its comparator (a comparator already passed
 // waits for the counter to wrap, as on hardware). Edge timers pulse their line; level timers
 // set GINTR_STA and hold the line until the guest clears the bit.
@@ -144,7 +146,14 @@ struct HPETState: Equatable {
                     lines.append(.level(timers[n].route, false)); lines.append(.level(t.route, true))
                 }
             case 0x08:
-                let v = merged(t.comparator)
+                var v = merged(t.comparator)
+                if size <= 4 && offset & 7 == 0 && !t.mode32 {
+                    // the low half alone (what 32-bit drivers such as Linux's write): the next
+                    // counter value with those low bits, as QEMU's HPET does
+                    let c = counter(ns)
+                    v = (c & ~0xFFFF_FFFF) | (value & 0xFFFF_FFFF)
+                    if v < c { v &+= 1 << 32 }
+                }
                 if t.config & HPETTimer.periodic == 0 || t.config & HPETTimer.valSet != 0 { t.comparator = v }
                 t.period = merged(t.period)
                 t.config &= ~HPETTimer.valSet
