@@ -26,10 +26,12 @@ public struct BootRequest {
     public var modules: [BootModule]
     public var vcpus: Int
     public var bootProtocol: BootProtocol
+    /// Platform devices the ACPI tables describe (HPET, ACPI PM).
+    public var platform: PlatformDevices
     public init(file: String, image: [UInt8], cmdline: String = "", initrd: BootModule? = nil, modules: [BootModule] = [],
-                vcpus: Int, bootProtocol: BootProtocol = .auto) {
+                vcpus: Int, bootProtocol: BootProtocol = .auto, platform: PlatformDevices = PlatformDevices()) {
         self.file = file; self.image = image; self.cmdline = cmdline; self.initrd = initrd; self.modules = modules
-        self.vcpus = vcpus; self.bootProtocol = bootProtocol
+        self.vcpus = vcpus; self.bootProtocol = bootProtocol; self.platform = platform
     }
 }
 
@@ -109,7 +111,9 @@ public enum Bootloader {
             }
             placed.append((what, at, size))
         }
-        let tables = try SMPTables(vcpus: req.vcpus).install(into: mem)
+        var smp = SMPTables(vcpus: req.vcpus)
+        smp.platform = req.platform
+        let tables = try smp.install(into: mem)
         let e820 = MemoryRange.map(memoryBytes: ram)
 
         switch format {

@@ -171,3 +171,18 @@ final class PCITestDevTests: XCTestCase {
         XCTAssertNil(t.current, "test 7 does not exist: none selected")
     }
 }
+
+final class ACPIPMTests: XCTestCase {
+    func testSleepTypesAndTimer() {
+        var s = ACPIPMState()
+        XCTAssertEqual(s.read(4, size: 2, ns: 0) & 1, 1, "SCI_EN: ACPI mode is on")
+        XCTAssertEqual(s.write(4, size: 2, value: 1 << 10 | 1 << 13), .standby, "S1")
+        XCTAssertEqual(s.read(0, size: 2, ns: 0) & 0x8000, 0x8000, "WAK_STS after S1")
+        XCTAssertEqual(s.read(4, size: 2, ns: 0) & (1 << 13), 0, "SLP_EN reads 0")
+        _ = s.write(0, size: 2, value: 0x8000)
+        XCTAssertEqual(s.read(0, size: 2, ns: 0) & 0x8000, 0, "write 1 clears")
+        XCTAssertEqual(s.write(4, size: 2, value: 5 << 10), .none, "SLP_TYP without SLP_EN")
+        XCTAssertEqual(s.write(5, size: 1, value: (5 << 2) | 0x20), .powerOff, "S5 via a byte write to the high half")
+        XCTAssertEqual(s.read(8, size: 4, ns: 1_000_000_000), 3_579_545 & 0xFF_FFFF, "PM timer: 3.579545 MHz, 24 bits")
+    }
+}

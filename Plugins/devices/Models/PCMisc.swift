@@ -161,4 +161,4 @@ public final class PCITestDevHost: PCIHostBridge {
 /// The PC device models of this file set, for the plugin's model list (Plugin.swift).
 public let pcDeviceModels: [any DeviceModel.Type] = [FwCfgDevice.self, PIT8254.self, CMOSRTC.self, I8042.self,
                                                PIC8259.self, PostPorts.self, PCIHostBridge.self, PCITestDevHost.self,
-                                               Port92.self, HPET.self, PCTestDev.self]
+                                               Port92.self, HPET.self, PCTestDev.self, ACPIPM.self]
