@@ -14,6 +14,7 @@ static const struct workload {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
+    {"pc", w_pc}, {"pcreset", w_pcreset}, {"pcoff", w_pcoff},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

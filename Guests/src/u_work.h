@@ -12,4 +12,7 @@ int w_mutex(u32 id);
 int w_cpu(u32 id);
 int w_fault(u32 id);
 int w_triplefault(u32 id);
+int w_pc(u32 id);        /* u_pc.c */
+int w_pcreset(u32 id);
+int w_pcoff(u32 id);
 #endif

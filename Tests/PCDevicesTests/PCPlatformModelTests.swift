@@ -104,6 +104,16 @@ final class RTCInterruptTests: XCTestCase {
         XCTAssertEqual(c.nextEventDelay(ns: 4_000_000).map { $0 <= 976_562 }, true)
     }
 
+    func testEnablingAPendingSourceRaisesIRQFAtOnce() {
+        var c = CMOSState(memoryBytes: 16 << 20)
+        _ = c.advance(ns: 0, now: 1000)
+        _ = c.advance(ns: 2_000_000, now: 1000)                         // PF pending, PIE off
+        XCTAssertEqual(c.guestWrite(CMOSState.index, 0x0B, now: 1000, ns: 2_000_000).fire, false)
+        let r = c.guestWrite(CMOSState.data, 0x42, now: 1000, ns: 2_000_000)
+        XCTAssertTrue(r.replan, "status B changed: re-plan the timer")
+        XCTAssertTrue(r.fire, "PF already set: enabling PIE pulses IRQ 8")
+    }
+
     func testUpdateAndAlarm() {
         var c = CMOSState(memoryBytes: 16 << 20)
         select(&c, 0x0A); c.write(CMOSState.data, 0x20, now: 0)          // no periodic rate
@@ -111,6 +121,8 @@ final class RTCInterruptTests: XCTestCase {
         select(&c, 0x01); c.write(CMOSState.data, 5, now: 0)             // alarm at hh:mm:05
         select(&c, 0x03); c.write(CMOSState.data, 0xC0, now: 0)          // any minute
         select(&c, 0x05); c.write(CMOSState.data, 0xFF, now: 0)          // any hour
+        c.checkedSecond = nil                                            // accounting starts at day 1, 00:00:02
+        c.flags = 0
         _ = c.advance(ns: 0, now: 86_400 + 2)
         XCTAssertTrue(c.advance(ns: 0, now: 86_400 + 3), "a new second: UF")
         XCTAssertEqual(c.flags, 0x10)

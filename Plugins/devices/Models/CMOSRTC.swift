@@ -158,6 +158,17 @@ struct CMOSState: Equatable {
         return value(r, now: now)
     }
 
+    /// A guest write with its interrupt effects: whether the interrupt timer must be re-planned
+    /// (status A or B changed) and whether IRQF went 0 -> 1 (enabling a source whose flag is
+    /// already set raises IRQF at once, as on the chip).
+    mutating func guestWrite(_ port: UInt64, _ v: UInt8, now: Int, ns: UInt64) -> (replan: Bool, fire: Bool) {
+        let reg = selected & 0x7F
+        let before = irqf
+        write(port, v, now: now, ns: ns)
+        _ = advance(ns: ns, now: now)
+        return (port == CMOSState.data && (reg == 0x0A || reg == 0x0B), !before && irqf)
+    }
+
     mutating func write(_ port: UInt64, _ v: UInt8, now: Int, ns: UInt64 = 0) {
         if port == CMOSState.index { selected = v; return }
         let r = selected & 0x7F
@@ -220,11 +231,7 @@ public final class CMOSRTC: DeviceModel {
     public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
         let now = Int(time(nil)), ns = services.nowNanoseconds()
         if isWrite {
-            let (replan, fire) = state.withLock { s -> (Bool, Bool) in
-                let reg = s.selected & 0x7F
-                s.write(offset, data[0], now: now, ns: ns)
-                return (offset == CMOSState.data && (reg == 0x0A || reg == 0x0B), s.advance(ns: ns, now: now))
-            }
+            let (replan, fire) = state.withLock { $0.guestWrite(offset, data[0], now: now, ns: ns) }
             if fire { pulse() }
             if replan { planTimer() }
         } else {
