@@ -378,6 +378,35 @@ sys_io:
         mov     %esi, %edx
         outl    %eax, %dx
         jmp     9f
+1:      cmp     $IO_RDMSR, %rdi
+        jne     1f
+        push    %rcx
+        mov     %esi, %ecx
+        rdmsr
+        shl     $32, %rdx
+        or      %rdx, %rax
+        pop     %rcx
+        jmp     9f
+1:      cmp     $IO_CPUID, %rdi
+        jne     1f
+        push    %rbx
+        push    %rcx
+        push    %rdx
+        mov     %esi, %eax
+        mov     %rsi, %rcx
+        shr     $32, %rcx
+        cpuid
+        pop     %rsi                            /* register index */
+        cmp     $1, %rsi
+        cmove   %ebx, %eax
+        cmp     $2, %rsi
+        cmove   %ecx, %eax
+        cmp     $3, %rsi
+        cmove   %edx, %eax
+        mov     %eax, %eax
+        pop     %rcx
+        pop     %rbx
+        jmp     9f
 1:      mov     $-1, %rax
 9:      pop     %rdx
         iretq

@@ -15,6 +15,7 @@ static const struct workload {
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
     {"pc", w_pc}, {"pcreset", w_pcreset}, {"pcoff", w_pcoff},
+    {"cpuid", w_cpuid}, {"msrgp", w_msrgp},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

@@ -8,6 +8,11 @@
  *            goes through the IOAPIC (pin p -> vector VEC_DEV_BASE + p).
  *   pcreset  port 0x92 bit 0: the VM must stop as reset (never returns)
  *   pcoff    ACPI S5 through the acpi-pm device's PM1a_CNT (never returns)
+ *   cpuid    reports the CPUID feature words the VMM's probe may hide, as
+ *            ring 0 sees them, from the last vCPU
+ *   msrgp    reads IA32_TSC (must work), then MSR_KVM_ASYNC_PF_EN (0x4B564D02),
+ *            which the VMM's MSR filter must make #GP (the kernel's exception
+ *            report ends the VM); a read that succeeds fails the workload
  * MMIO above the user mapping and ports above the I/O bitmap go through
  * the SYS_IO syscall. The config places pc-testdev at PCT_BASE (0x1E0)
  * because the results port is QEMU's pc-testdev port 0xE0. */
@@ -202,4 +207,44 @@ int w_pcoff(u32 id)
     /* PM1a_CNT high byte: SLP_TYP 5 (\_S5) in bits 10-12, SLP_EN bit 13 */
     if (id == 0) sys_io(IO_OUTB, PM_BASE + 5, 5 << 2 | 1 << 5);
     sys_idle();
+}
+
+/* CPUID as ring 0 sees it (ring 3 CPUID may run natively on this KVM). */
+static u32 kcpuid(u32 leaf, u32 sub, u32 reg) { return (u32)sys_io(IO_CPUID, leaf | (u64)sub << 32, reg); }
+
+int w_cpuid(u32 id)
+{
+    if (id != g_info.vcpus - 1) return 1;     /* the last vCPU: on the last node */
+    char r[400];
+    struct buf j = BUF_INIT(r);
+    buf_char(&j, '{');
+    buf_kv_str(&j, "workload", "cpuid");
+    u32 max = kcpuid(0, 0, 0), emax = kcpuid(0x80000000, 0, 0);
+    buf_kv_u64(&j, "leaf1_ecx", kcpuid(1, 0, 2));
+    buf_kv_u64(&j, "leaf1_edx", kcpuid(1, 0, 3));
+    if (max >= 7) {
+        buf_kv_u64(&j, "leaf7_ebx", kcpuid(7, 0, 1));
+        buf_kv_u64(&j, "leaf7_ecx", kcpuid(7, 0, 2));
+        buf_kv_u64(&j, "leaf7_edx", kcpuid(7, 0, 3));
+    }
+    if (emax >= 0x80000001) { buf_kv_u64(&j, "ext1_ecx", kcpuid(0x80000001, 0, 2)); buf_kv_u64(&j, "ext1_edx", kcpuid(0x80000001, 0, 3)); }
+    if (emax >= 0x80000008) buf_kv_u64(&j, "ext8_ebx", kcpuid(0x80000008, 0, 1));
+    buf_kv_bool(&j, "ok", 1);
+    buf_char(&j, '}');
+    emit_result(&j);
+    return 1;
+}
+
+int w_msrgp(u32 id)
+{
+    if (id != g_info.vcpus - 1) return 1;     /* the last vCPU: on the last node's filter */
+    u64 t0 = sys_io(IO_RDMSR, 0x10, 0), t1 = sys_io(IO_RDMSR, 0x10, 0);
+    if (t1 <= t0) fail("rdmsr IA32_TSC does not advance");
+    u64 v = sys_io(IO_RDMSR, 0x4B564D02, 0);     /* #GP ends the VM here */
+    char m[96];
+    struct buf b = BUF_INIT(m);
+    buf_str(&b, "rdmsr 0x4b564d02 (KVM async PF, hidden) did not #GP: read ");
+    buf_hex(&b, v);
+    buf_term(&b);
+    fail(m);
 }
