@@ -163,7 +163,7 @@ public enum InstructionProbe {
         v.clearImmediateExit()
         let done = Mutex(false)
         // a watchdog: an instruction the KVM loops on must not hang the VMM's start
-        let watchdog = Thread2 {
+        let watchdog = ProbeWatchdog {
             for _ in 0..<200 { if done.withLock({ $0 }) { return }; usleep(10_000) }
             v.kick()
         }
@@ -192,18 +192,22 @@ public enum InstructionProbe {
     }
 }
 
-/// A plain joinable thread (Foundation-free), for the probe's watchdog.
-final class Thread2 {
+/// A plain joinable thread (Foundation-free) running the probe's watchdog.
+final class ProbeWatchdog {
     private var tid = pthread_t()
+    private var started = false
     private let body: () -> Void
+    /// Starts `body` on a new thread (without a thread — pthread_create failed — there is no
+    /// watchdog: the probe then relies on KVM answering).
     init(_ body: @escaping () -> Void) {
         self.body = body
-        let box = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&tid, nil, { ctx in
-            let t = Unmanaged<Thread2>.fromOpaque(ctx!).takeRetainedValue()
+        let box = Unmanaged.passRetained(self)
+        started = pthread_create(&tid, nil, { ctx in
+            let t = Unmanaged<ProbeWatchdog>.fromOpaque(ctx!).takeRetainedValue()
             t.body()
             return nil
-        }, box)
+        }, box.toOpaque()) == 0
+        if !started { box.release() }
     }
-    func join() { pthread_join(tid, nil) }
+    func join() { if started { pthread_join(tid, nil) } }
 }
