@@ -1,7 +1,9 @@
-// MSRs a guest must not reach when CPUID hides the feature they belong to: as on hardware, an
-// access raises #GP (KVM_X86_SET_MSR_FILTER, default allow, these ranges denied for reads and
-// writes). Derived from the final CPUID table a vCPU gets, so a feature offered later (x2APIC,
-// kvmclock) drops its MSRs from the list by itself.
+// MSRs a guest must not reach because the VMM hides the feature they belong to: as on hardware,
+// an access raises #GP (KVM_X86_SET_MSR_FILTER, default allow, these ranges denied for reads and
+// writes). Only features the VMM itself takes away are listed (what KVM does not support, its own
+// MSR handling already refuses): a KVM that computes parts of the guest's CPUID itself (PVM)
+// may show the guest bits the VMM's table lacks, and their MSRs must then keep working. Derived
+// from the final CPUID table, so a feature offered later (kvmclock) drops its MSRs by itself.
 import CSystem
 import Glibc
 
@@ -21,11 +23,6 @@ public enum MSRFilterPolicy {
         var out: [MSRRange] = []
         if !CPUFeature.tscAdjust.isSet(in: cpuid) { out.append(MSRRange(base: 0x3B, why: "IA32_TSC_ADJUST: tsc_adjust hidden")) }
         if !CPUFeature.tscDeadline.isSet(in: cpuid) { out.append(MSRRange(base: 0x6E0, why: "IA32_TSC_DEADLINE: tsc_deadline hidden")) }
-        if !CPUFeature.rdtscp.isSet(in: cpuid) && !CPUFeature.rdpid.isSet(in: cpuid) {
-            out.append(MSRRange(base: 0xC000_0103, why: "IA32_TSC_AUX: rdtscp and rdpid hidden"))
-        }
-        let xsaves = CPUFeature("xsaves", leaf: 0xD, subleaf: 1, .eax, bit: 3)
-        if !xsaves.isSet(in: cpuid) { out.append(MSRRange(base: 0xDA0, why: "IA32_XSS: xsaves hidden")) }
         // KVM's paravirtual MSRs, unless a KVM signature leaf offers them
         let kvmLeaf = cpuid.contains { $0.function == 0x4000_0000 && $0.ebx == 0x4B4D_564B } // "KVMK"
         if !kvmLeaf {

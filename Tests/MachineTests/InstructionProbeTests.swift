@@ -21,6 +21,15 @@ final class InstructionProbeTests: XCTestCase {
         XCTAssertEqual(try InstructionProbe.report(kvm: kvm, supported: supported), report, "run once, cached")
     }
 
+    func testMSRFilterFollowsTheTable() {
+        let withAdjust = [CPUIDEntry(function: 7, index: 0, flags: CPUIDEntry.significantIndex, eax: 0, ebx: 1 << 1, ecx: 0, edx: 0)]
+        let bases = { (t: [CPUIDEntry]) in MSRFilterPolicy.denied(cpuid: t).map(\.base) }
+        XCTAssertEqual(bases(withAdjust), [0x6E0, 0x11, 0x4B56_4D00], "TSC_ADJUST offered: not filtered")
+        XCTAssertEqual(bases(CPUFeature.hide([.tscAdjust], in: withAdjust)), [0x3B, 0x6E0, 0x11, 0x4B56_4D00])
+        let kvm = withAdjust + [CPUIDEntry(function: 0x4000_0000, eax: 0x4000_0001, ebx: 0x4B4D_564B, ecx: 0x564B_4D56, edx: 0x4D)]
+        XCTAssertEqual(bases(kvm), [0x6E0], "a KVM signature leaf offers its PV MSRs")
+    }
+
     func testHidingXSAVEHidesAVX() {
         let e = [CPUIDEntry(function: 1, eax: 0, ebx: 0, ecx: 1 << 26 | 1 << 28 | 1 << 13, edx: 0),
                  CPUIDEntry(function: 7, index: 0, flags: CPUIDEntry.significantIndex, eax: 0, ebx: 1 << 5 | 1 << 20, ecx: 0, edx: 0),
