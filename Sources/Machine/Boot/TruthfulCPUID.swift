@@ -21,7 +21,14 @@ extension Machine {
             }
             return supported
         }
-        let report = try InstructionProbe.report(kvm: kvm, supported: supported)
+        let report: ProbeReport
+        do {
+            report = try InstructionProbe.report(kvm: kvm, supported: supported)
+        } catch {
+            // the probe needs a second VM; a KVM that refuses one still runs the guest
+            logger.warning("instruction probe could not run (\(error)): CPUID offers all KVM supports")
+            return supported
+        }
         if probeLogged.withLock({ l -> Bool in defer { l = true }; return !l }) {
             logger.info("instruction probe: \(report.summary)")
         }
