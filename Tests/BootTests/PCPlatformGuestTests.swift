@@ -53,8 +53,8 @@ final class PCPlatformGuestTests: XCTestCase {
 
     func start(nodes: Int, port: Int, cmdline: String, devices: [String], image: String? = nil) throws -> ProcessResult {
         let cfg = config(nodes: nodes, port: port, cmdline: cmdline, devices: devices, image: image)
-        return nodes == 1 ? try giantvm(["run", "--config", cfg, "--timeout", "40"], timeout: 60)
-                          : try giantvm(["up", cfg, "--timeout", "60"], timeout: 90)
+        return nodes == 1 ? try giantvm(["run", "--config", cfg, "--timeout", "60"], timeout: 90)
+                          : try giantvm(["up", cfg, "--timeout", "90"], timeout: 120)
     }
 
     func testPlatformDevicesOnOneNodeAndOnNode1OfTwo() throws {
