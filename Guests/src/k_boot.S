@@ -309,6 +309,8 @@ isr_syscall:
         je      sys_idle
         cmp     $SYS_TRIPLE_FAULT, %rax
         je      sys_triple_fault
+        cmp     $SYS_IO, %rax
+        je      sys_io
         mov     $-1, %rax
         iretq
 sys_send_ipi:                                   /* rdi = APIC id, rsi = vector */
@@ -348,6 +350,109 @@ sys_triple_fault:
 empty_idtr:
         .word   0
         .quad   0
+
+/* SYS_IO: one access for ring 3 (u_pc.c): rdi = op, rsi = address/port, rdx = value. */
+sys_io:
+        push    %rdx
+        xor     %eax, %eax
+        cmp     $IO_RD32, %rdi
+        jne     1f
+        movl    (%rsi), %eax
+        jmp     9f
+1:      cmp     $IO_WR32, %rdi
+        jne     1f
+        movl    %edx, (%rsi)
+        jmp     9f
+1:      cmp     $IO_RD64, %rdi
+        jne     1f
+        movq    (%rsi), %rax
+        jmp     9f
+1:      cmp     $IO_WR64, %rdi
+        jne     1f
+        movq    %rdx, (%rsi)
+        jmp     9f
+1:      cmp     $IO_RD8, %rdi
+        jne     1f
+        movzbl  (%rsi), %eax
+        jmp     9f
+1:      cmp     $IO_WR8, %rdi
+        jne     1f
+        movb    %dl, (%rsi)
+        jmp     9f
+1:      cmp     $IO_INB, %rdi
+        jne     1f
+        mov     %esi, %edx
+        inb     %dx, %al
+        jmp     9f
+1:      cmp     $IO_OUTB, %rdi
+        jne     1f
+        mov     %edx, %eax
+        mov     %esi, %edx
+        outb    %al, %dx
+        jmp     9f
+1:      cmp     $IO_INL, %rdi
+        jne     1f
+        mov     %esi, %edx
+        inl     %dx, %eax
+        jmp     9f
+1:      cmp     $IO_OUTL, %rdi
+        jne     1f
+        mov     %edx, %eax
+        mov     %esi, %edx
+        outl    %eax, %dx
+        jmp     9f
+1:      cmp     $IO_RDMSR, %rdi
+        jne     1f
+        push    %rcx
+        mov     %esi, %ecx
+        rdmsr
+        shl     $32, %rdx
+        or      %rdx, %rax
+        pop     %rcx
+        jmp     9f
+1:      cmp     $IO_CPUID, %rdi
+        jne     1f
+        push    %rbx
+        push    %rcx
+        push    %rdx
+        mov     %esi, %eax
+        mov     %rsi, %rcx
+        shr     $32, %rcx
+        cpuid
+        pop     %rsi                            /* register index */
+        cmp     $1, %rsi
+        cmove   %ebx, %eax
+        cmp     $2, %rsi
+        cmove   %ecx, %eax
+        cmp     $3, %rsi
+        cmove   %edx, %eax
+        mov     %eax, %eax
+        pop     %rcx
+        pop     %rbx
+        jmp     9f
+1:      mov     $-1, %rax
+9:      pop     %rdx
+        iretq
+
+/* Device interrupts: IOAPIC pin p arrives on VEC_DEV_BASE + p; each stub
+ * counts it in g_dev_irqs[p] (u_pc.c) and sends EOI. */
+        .globl isr_dev
+        .balign 16
+isr_dev:
+        .set    p, 0
+        .rept   DEV_LINES
+        .balign 16
+        push    %rax
+        mov     $p, %eax
+        jmp     dev_common
+        .set    p, p + 1
+        .endr
+dev_common:
+        lock incl g_dev_irqs(, %rax, 4)
+        mov     $(LAPIC_BASE + 0xB0), %eax      /* EOI */
+        movl    $0, (%rax)
+        pop     %rax
+        iretq
 
 /* #UD: `int $0x80` from ring 3 on PVM (see above), else a real #UD. */
         .globl isr_ud

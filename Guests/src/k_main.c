@@ -34,7 +34,7 @@ static struct idt_entry k_idt[256] PAGE_ALIGNED;
 extern u8 u_stacks[MAX_VCPUS][USTACK_SIZE];
 
 extern u64 k_gdt[];
-extern char isr_exc[], isr_ud[], isr_ipi[], isr_timer[], isr_syscall[], isr_spurious[];
+extern char isr_exc[], isr_ud[], isr_ipi[], isr_timer[], isr_syscall[], isr_spurious[], isr_dev[];
 extern char tramp_start[], tramp_end[];
 extern char __image_end[];
 void enter_user(u64 id, void (*rip)(u64), u64 rsp) NORETURN;
@@ -293,6 +293,7 @@ void kmain(struct bootinfo *bi)
     set_gate(VEC_SYSCALL, isr_syscall, 3);
     for (u32 s = 0; s < n; s++) set_gate(VEC_IPI_BASE + s, isr_ipi + 16 * s, 0);
     set_gate(VEC_TIMER, isr_timer, 0);
+    for (u32 p = 0; p < DEV_LINES; p++) set_gate(VEC_DEV_BASE + p, isr_dev + 16 * p, 0);   /* u_pc.c */
     set_gate(VEC_SPURIOUS, isr_spurious, 0);
     load_idt();
 

@@ -36,6 +36,8 @@
 #define VEC_TIMER       0x30
 #define VEC_IPI_BASE    0x40                /* IPI from vCPU s arrives on 0x40 + s */
 #define VEC_SYSCALL     0x80
+#define VEC_DEV_BASE    0xA0                /* IOAPIC pin p -> VEC_DEV_BASE + p (u_pc.c) */
+#define DEV_LINES       24
 #define VEC_SPURIOUS    0xFF
 
 /* Syscall numbers (int $0x80; rax = number, rdi/rsi = arguments). */
@@ -43,6 +45,21 @@
 #define SYS_TICKS       1   /* rax = APIC timer ticks taken by the calling vCPU */
 #define SYS_IDLE        2   /* halt with interrupts on until the VM ends (never returns) */
 #define SYS_TRIPLE_FAULT 3  /* test hook: make this vCPU triple-fault (never returns) */
+#define SYS_IO          4   /* rdi = IO_* op, rsi = address or port, rdx = value; rax = value read */
+
+/* SYS_IO operations: MMIO outside the user mapping and ports above the I/O bitmap. */
+#define IO_RD32         0
+#define IO_WR32         1
+#define IO_RD64         2
+#define IO_WR64         3
+#define IO_RD8          4
+#define IO_WR8          5
+#define IO_INB          6
+#define IO_OUTB         7
+#define IO_INL          8
+#define IO_OUTL         9
+#define IO_RDMSR        10                  /* rsi = MSR index; rax = edx:eax */
+#define IO_CPUID        11                  /* rsi = leaf | subleaf << 32, rdx = 0-3 (eax-edx) */
 
 /* User stacks: 16 KiB per vCPU (u_stacks in u_main.c). */
 #define USTACK_SHIFT    14

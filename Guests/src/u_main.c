@@ -15,6 +15,8 @@ static const struct workload {
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
     {"wordcount", w_wordcount}, {"invindex", w_invindex}, {"seqread", w_seqread},   /* u_data.c */
+    {"pc", w_pc}, {"pcreset", w_pcreset}, {"pcoff", w_pcoff},
+    {"cpuid", w_cpuid}, {"msrgp", w_msrgp},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

@@ -3,7 +3,8 @@
 //   uart16550       16550A UART                         (Models/UART16550.swift)
 //   isa-debug-exit  QEMU's exit device at port 0xf4     (Models/ExitAndResults.swift)
 //   results         the test guest's result port 0xe0  (Models/ExitAndResults.swift)
-//   PC devices (fw-cfg, i8254, cmos-rtc, i8042, i8259, post-ports, pci-host): Models/*.swift, pcDeviceModels
+//   PC devices (fw-cfg, i8254, cmos-rtc, i8042, i8259, post-ports, pci-host, pci-testdev, port92, hpet,
+//   pc-testdev, acpi-pm): Models/*.swift, pcDeviceModels
 import DeviceModels
 import PluginKit
 

@@ -26,10 +26,12 @@ public struct BootRequest {
     public var modules: [BootModule]
     public var vcpus: Int
     public var bootProtocol: BootProtocol
+    /// Platform devices the ACPI tables describe (HPET, ACPI PM).
+    public var platform: PlatformDevices
     public init(file: String, image: [UInt8], cmdline: String = "", initrd: BootModule? = nil, modules: [BootModule] = [],
-                vcpus: Int, bootProtocol: BootProtocol = .auto) {
+                vcpus: Int, bootProtocol: BootProtocol = .auto, platform: PlatformDevices = PlatformDevices()) {
         self.file = file; self.image = image; self.cmdline = cmdline; self.initrd = initrd; self.modules = modules
-        self.vcpus = vcpus; self.bootProtocol = bootProtocol
+        self.vcpus = vcpus; self.bootProtocol = bootProtocol; self.platform = platform
     }
 }
 
@@ -88,9 +90,9 @@ public enum Bootloader {
             throw fail("guest RAM of \(ram) bytes would overlap the device window at 0xC0000000 (at most 3 GiB)")
         }
         var placed: [(String, UInt64, UInt64)] = []
-        func put(_ what: String, _ at: UInt64, _ bytes: [UInt8], memorySize: UInt64? = nil) throws {
+        func put(_ what: String, _ at: UInt64, _ bytes: [UInt8], memorySize: UInt64? = nil, lowAllowed: Bool = false) throws {
             let size = memorySize ?? UInt64(bytes.count)
-            guard at >= FirmwareLayout.highMemory else {
+            guard at >= FirmwareLayout.highMemory || lowAllowed else {
                 throw fail("\(what) at 0x\(hex(at))+0x\(hex(size)) overlaps the firmware area below 1 MiB")
             }
             guard at <= ram, size <= ram - at else {
@@ -109,7 +111,9 @@ public enum Bootloader {
             }
             placed.append((what, at, size))
         }
-        let tables = try SMPTables(vcpus: req.vcpus).install(into: mem)
+        var smp = SMPTables(vcpus: req.vcpus)
+        smp.platform = req.platform
+        let tables = try smp.install(into: mem)
         let e820 = MemoryRange.map(memoryBytes: ram)
 
         switch format {
@@ -118,10 +122,21 @@ public enum Bootloader {
 
         case .multiboot:
             let img = try MultibootImage(bytes: req.image, file: req.file)
+            // Segments may lie below 1 MiB: only fixed firmware memory is off limits there, and
+            // the movable scratch (GDT, stack, multiboot information) goes around them.
+            var low = LowMemoryPlanner(ramBytes: ram, highNext: 0)
             for (i, s) in img.segments.enumerated() {
-                try put(img.segments.count == 1 ? "kernel" : "kernel segment \(i)", s.address, s.bytes, memorySize: s.memorySize)
+                let what = img.segments.count == 1 ? "kernel" : "kernel segment \(i)"
+                guard s.address <= ram, s.memorySize <= ram - s.address else {
+                    throw fail("\(what) at 0x\(hex(s.address))+0x\(hex(s.memorySize)) is outside guest RAM (\(ram) bytes)")
+                }
+                do { try low.claimSegment(what, start: s.address, length: s.memorySize) } catch let e as FirmwareError {
+                    throw fail(e.message)
+                }
+                try put(what, s.address, s.bytes, memorySize: s.memorySize, lowAllowed: true)
             }
-            var next = (img.end + 0xFFF) & ~0xFFF
+            // modules follow the image, and never go below 1 MiB
+            var next = (max(img.end, FirmwareLayout.highMemory) + 0xFFF) & ~0xFFF
             var mods: [(start: UInt64, end: UInt64, cmdline: String)] = []
             for m in req.modules + (req.initrd.map { [$0] } ?? []) {
                 try put("module \(m.name)", next, m.bytes)
@@ -129,15 +144,38 @@ public enum Bootloader {
                 next = (next + UInt64(m.bytes.count) + 0xFFF) & ~0xFFF
             }
             let cmd = req.cmdline.isEmpty ? req.file : req.file + " " + req.cmdline
-            let info = MultibootInfo.build(base: FirmwareLayout.multibootInfo, memoryBytes: ram, cmdline: cmd, modules: mods)
-            guard FirmwareLayout.multibootInfo + UInt64(info.count) <= FirmwareLayout.multibootInfoEnd else {
-                throw fail("multiboot information (command lines, \(mods.count) modules) needs \(info.count) bytes; at most \(FirmwareLayout.multibootInfoEnd - FirmwareLayout.multibootInfo) fit")
+            // the information block's size does not depend on where it goes
+            let infoSize = MultibootInfo.build(base: 0, memoryBytes: ram, cmdline: cmd, modules: mods).count
+            guard UInt64(infoSize) <= FirmwareLayout.multibootInfoEnd - FirmwareLayout.multibootInfo else {
+                throw fail("multiboot information (command lines, \(mods.count) modules) needs \(infoSize) bytes; at most \(FirmwareLayout.multibootInfoEnd - FirmwareLayout.multibootInfo) fit")
             }
-            try mem.write(gpa: FirmwareLayout.multibootInfo, bytes: info)
-            try mem.write(gpa: FirmwareLayout.gdtAddress, bytes: BootTables.gdtBytes(BootTables.multibootGDT))
+            low = LowMemoryPlanner(ramBytes: ram, highNext: next)
+            for (i, s) in img.segments.enumerated() {
+                try low.claimSegment(img.segments.count == 1 ? "kernel" : "kernel segment \(i)", start: s.address, length: s.memorySize)
+            }
+            let gdt = BootTables.gdtBytes(BootTables.multibootGDT)
+            let stackPage = FirmwareLayout.stackTop & ~0xFFF
+            let infoAt: UInt64, gdtAt: UInt64, stackAt: UInt64
+            do {
+                gdtAt = try low.place("boot GDT", preferred: FirmwareLayout.gdtAddress, length: UInt64(gdt.count))
+                stackAt = try low.place("entry stack", preferred: stackPage, length: 0x1000)
+                infoAt = try low.place("multiboot information", preferred: FirmwareLayout.multibootInfo, length: UInt64(infoSize))
+            } catch let e as FirmwareError {
+                throw fail(e.message)
+            }
+            let info = MultibootInfo.build(base: infoAt, memoryBytes: ram, cmdline: cmd, modules: mods)
+            try mem.write(gpa: infoAt, bytes: info)
+            try mem.write(gpa: gdtAt, bytes: gdt)
+            for (what, at, usual, n) in [("multiboot information", infoAt, FirmwareLayout.multibootInfo, UInt64(info.count)),
+                                         ("boot GDT", gdtAt, FirmwareLayout.gdtAddress, UInt64(gdt.count)),
+                                         ("entry stack", stackAt, stackPage, UInt64(0x1000))] where at != usual {
+                placed.append(("\(what) (moved out of the image's way)", at, n))
+            }
             var e = EntryState.protected32(entry: img.entry, code: BootTables.multibootCS, data: BootTables.multibootDS)
+            e.gdtBase = gdtAt
+            e.rsp = stackAt + (FirmwareLayout.stackTop - stackPage)
             e.rax = UInt64(MultibootHeader.bootloaderMagic)
-            e.rbx = FirmwareLayout.multibootInfo
+            e.rbx = infoAt
             guard img.segments.contains(where: { img.entry >= $0.address && img.entry < $0.address + $0.memorySize }) else {
                 throw fail("multiboot entry address 0x\(hex(img.entry)) is not inside the loaded image")
             }

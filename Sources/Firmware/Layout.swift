@@ -140,3 +140,65 @@ public enum BootTables {
         return t.b
     }
 }
+
+/// Where the firmware's movable scratch (boot GDT, entry stack, multiboot information) goes when
+/// a multiboot image loads below 1 MiB: each piece keeps its usual address unless a kernel
+/// segment covers it, and then takes the first free page-aligned gap of low RAM (0x1000 to the
+/// EBDA) or, failing that, RAM above everything loaded.
+/// Fixed firmware memory (the BIOS data area, the EBDA, the legacy hole and the ACPI/MP tables
+/// at 0x9FC00-0x100000) cannot move: a segment there is a real overlap.
+public struct LowMemoryPlanner {
+    /// Ranges already taken: kernel segments and scratch placed so far (start, end).
+    public private(set) var taken: [(what: String, start: UInt64, end: UInt64)]
+    let ramBytes: UInt64
+    /// First free byte above everything loaded (modules included), for the high fallback.
+    var highNext: UInt64
+
+    /// The firmware ranges no segment may overlap.
+    public static let fixed: [(what: String, start: UInt64, end: UInt64)] = [
+        ("the BIOS data area", 0x400, 0x500),
+        ("the EBDA, the legacy video/BIOS hole and the ACPI/MP tables", FirmwareLayout.ebda, FirmwareLayout.biosEnd),
+    ]
+
+    public init(ramBytes: UInt64, highNext: UInt64) {
+        taken = []
+        self.ramBytes = ramBytes
+        self.highNext = highNext
+    }
+
+    /// Records a kernel segment; throws (naming both ranges) when it overlaps fixed firmware memory.
+    public mutating func claimSegment(_ what: String, start: UInt64, length: UInt64) throws {
+        let end = start + length
+        for f in LowMemoryPlanner.fixed where start < f.end && f.start < end {
+            throw FirmwareError(file: "", message: "\(what) at 0x\(hex(start))-0x\(hex(end)) overlaps \(f.what) at 0x\(hex(f.start))-0x\(hex(f.end))")
+        }
+        taken.append((what, start, end))
+    }
+
+    func free(_ start: UInt64, _ length: UInt64) -> Bool {
+        let end = start + length
+        return !taken.contains { start < $0.end && $0.start < end } && !LowMemoryPlanner.fixed.contains { start < $0.end && $0.start < end }
+    }
+
+    /// Places `length` bytes of scratch named `what`, preferring `preferred`.
+    public mutating func place(_ what: String, preferred: UInt64, length: UInt64) throws -> UInt64 {
+        var at: UInt64? = free(preferred, length) ? preferred : nil
+        if at == nil {
+            var a: UInt64 = 0x1000
+            while a + length <= FirmwareLayout.ebda {
+                if free(a, length) { at = a; break }
+                a += 0x1000
+            }
+        }
+        if at == nil {
+            let a = (highNext + 0xFFF) & ~0xFFF
+            guard a + length <= min(ramBytes, 1 << 32) else {
+                throw FirmwareError(file: "", message: "no room for the firmware's \(what) (\(length) bytes): the image covers low memory and RAM above it is full")
+            }
+            at = a
+            highNext = a + length
+        }
+        taken.append((what, at!, at! + length))
+        return at!
+    }
+}

@@ -19,6 +19,10 @@ public struct SMPTables {
     /// no timer at all. Without a FADT Linux takes the MADT for SMP and keeps the PC timer.
     public var hardwareReducedFADT = false
 
+    /// Platform devices of the config the ACPI tables describe (HPET, ACPI PM: PlatformTables.swift).
+    /// With an ACPI PM device the full FADT replaces the hardware-reduced one.
+    public var platform = PlatformDevices()
+
     public init(vcpus: Int) {
         self.vcpus = vcpus
         ioapicID = UInt8(min(vcpus, 254))
@@ -114,6 +118,9 @@ public struct SMPTables {
         }
         body += [1, 12, ioapicID, 0] + le32(FirmwareLayout.ioAPIC) + le32(0)
         body += [2, 10, 0, 0] + le32(2) + le16(0)        // ISA IRQ 0 -> GSI 2, conforming
+        if platform.pmBase != nil {                       // the SCI: ISA IRQ 9, level, active high
+            body += [2, 10, 0, UInt8(PlatformDevices.sciIRQ)] + le32(UInt32(PlatformDevices.sciIRQ)) + le16(0x000D)
+        }
         body += [4, 6, 0xFF] + le16(0) + [1]             // every processor: LINT1 is NMI
         var t = SMPTables.sdtHeader("APIC", length: 36 + body.count, revision: 3)
         t.b += body
@@ -174,9 +181,11 @@ public struct SMPTables {
 
     /// Where each table went.
     public struct Placement: Equatable, Sendable {
-        /// `fadt` and `dsdt` are 0 unless `hardwareReducedFADT` is set.
+        /// `fadt` and `dsdt` are 0 unless `hardwareReducedFADT` is set or an ACPI PM device is.
         public var rsdp: UInt64, rsdt: UInt64, xsdt: UInt64, madt: UInt64, fadt: UInt64, dsdt: UInt64
         public var mpFloating: UInt64, mpConfig: UInt64
+        /// The FACS (ACPI PM device only) and the HPET table (HPET device only), or 0.
+        public var facs: UInt64 = 0, hpet: UInt64 = 0
     }
 
     /// Writes every table (and the BIOS data area words that point at the EBDA) into guest RAM.
@@ -190,13 +199,25 @@ public struct SMPTables {
         var written: [(UInt64, [UInt8])] = []
         var dsdtAddr: UInt64 = 0, fadtAddr: UInt64 = 0
         var listed: [UInt64] = []
-        if hardwareReducedFADT {
+        var facsAddr: UInt64 = 0, hpetAddr: UInt64 = 0
+        if let pm = platform.pmBase {
+            facsAddr = (at + 63) & ~63; let fc = PlatformTables.facs(); written.append((facsAddr, fc)); at = align16(facsAddr + UInt64(fc.count))
+            dsdtAddr = at; let d = PlatformTables.sleepDSDT(); written.append((at, d)); at = align16(at + UInt64(d.count))
+            fadtAddr = at; let f = PlatformTables.fadt(pmBase: pm, facs: facsAddr, dsdt: dsdtAddr); written.append((at, f))
+            at = align16(at + UInt64(f.count))
+            listed.append(fadtAddr)
+        } else if hardwareReducedFADT {
             dsdtAddr = at; let d = SMPTables.dsdt(); written.append((at, d)); at = align16(at + UInt64(d.count))
             fadtAddr = at; let f = SMPTables.fadt(dsdt: dsdtAddr); written.append((at, f)); at = align16(at + UInt64(f.count))
             listed.append(fadtAddr)
         }
         let madtAddr = at; let m = madt(); written.append((at, m)); at = align16(at + UInt64(m.count))
         listed.append(madtAddr)
+        if let base = platform.hpetBase {
+            hpetAddr = at; let h = PlatformTables.hpet(base: base, timers: platform.hpetTimers); written.append((at, h))
+            at = align16(at + UInt64(h.count))
+            listed.append(hpetAddr)
+        }
         let rsdtAddr = at; let r = SMPTables.rsdt(listed); written.append((at, r)); at = align16(at + UInt64(r.count))
         let xsdtAddr = at; let x = SMPTables.xsdt(listed); written.append((at, x)); at = align16(at + UInt64(x.count))
         guard at <= FirmwareLayout.rsdp else {
@@ -215,6 +236,7 @@ public struct SMPTables {
         try mem.write(gpa: FirmwareLayout.bdaEBDASegment, bytes: le16(UInt16(FirmwareLayout.ebda >> 4)))
         try mem.write(gpa: FirmwareLayout.bdaBaseMemoryKiB, bytes: le16(UInt16(FirmwareLayout.ebda >> 10)))
         return Placement(rsdp: FirmwareLayout.rsdp, rsdt: rsdtAddr, xsdt: xsdtAddr, madt: madtAddr, fadt: fadtAddr,
-                         dsdt: dsdtAddr, mpFloating: FirmwareLayout.mpFloating, mpConfig: FirmwareLayout.mpConfig)
+                         dsdt: dsdtAddr, mpFloating: FirmwareLayout.mpFloating, mpConfig: FirmwareLayout.mpConfig,
+                         facs: facsAddr, hpet: hpetAddr)
     }
 }

@@ -3,7 +3,7 @@ import Glibc
 
 /// A KVM capability (the C constants KVM_CAP_*).
 public enum Capability: Sendable {
-    case immediateExit, userMemory, extCPUID, nrVCPUs, maxVCPUs, userNMI, getTSCkHz, setTSSAddr
+    case immediateExit, userMemory, extCPUID, nrVCPUs, maxVCPUs, userNMI, getTSCkHz, setTSSAddr, msrFilter
 
     var raw: Int32 {
         switch self {
@@ -15,6 +15,7 @@ public enum Capability: Sendable {
         case .userNMI: return gvm_KVM_CAP_USER_NMI()
         case .getTSCkHz: return gvm_KVM_CAP_GET_TSC_KHZ()
         case .setTSSAddr: return gvm_KVM_CAP_SET_TSS_ADDR()
+        case .msrFilter: return gvm_KVM_CAP_X86_MSR_FILTER()
         }
     }
 }

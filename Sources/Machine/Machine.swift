@@ -176,7 +176,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             try vm.setIdentityMapAddress(0xFFFB_C000)
             try vm.setMemory(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: ram.size, hostAddress: ram.hostBase))
             try VCPU.installKickHandler()
-            let supported = try self.kvm.supportedCPUID()
+            let supported = try Machine.probedCPUID(self.kvm, logger: logger)   // TruthfulCPUID.swift
             for i in local {
                 let v = try vm.createVCPU(id: UInt32(i))
                 let tsc = (try? v.tscKHz()) ?? 0
@@ -185,6 +185,10 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
                 try v.setCPUID(policy.entries(supported: supported, vcpu: UInt32(i)))
                 try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
                 vcpus.append(v)
+            }
+            if let first = local.first {
+                let policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: 0, apicBusKHz: 0)
+                try Machine.installMSRFilter(vm, cpuid: policy.entries(supported: supported, vcpu: UInt32(first)), logger: logger)
             }
         } catch let e as KVMError {
             throw MachineError.kvm(e)

@@ -58,13 +58,36 @@ public struct GuestImage {
                 }
                 elf = nil
                 firmwareBoot = BootRequest(file: guest.image, image: bytes, cmdline: cmdline ?? guest.cmdline, initrd: initrd,
-                                           vcpus: cfg.totalVCPUs, bootProtocol: proto)
+                                           vcpus: cfg.totalVCPUs, bootProtocol: proto, platform: try Self.platform(cfg))
             }
         } catch let e as AssemblyError {
             throw e
         } catch {
             throw AssemblyError("\(cfg.sourcePath): guest.image: \(error)")
         }
+    }
+
+    /// The platform devices the firmware's ACPI tables describe: an `hpet` (its base, default
+    /// 0xFED00000, and `timers`) and an `acpi-pm` (its base port, default 0x600) of the
+    /// `devices` plugin, wherever they are placed.
+    static func platform(_ cfg: ClusterConfig) throws -> PlatformDevices {
+        var p = PlatformDevices()
+        for d in cfg.devices where d.plugin == "devices" {
+            switch d.model {
+            case "hpet":
+                p.hpetBase = d.base ?? 0xFED0_0000
+                if let t = d.settings.first(where: { $0.key == "timers" })?.value {
+                    guard let n = Int(t), (3...32).contains(n) else {
+                        throw AssemblyError("\(cfg.sourcePath): devices '\(d.name)': setting 'timers': '\(t)' is not an integer in 3...32")
+                    }
+                    p.hpetTimers = n
+                }
+            case "acpi-pm":
+                p.pmBase = d.base ?? 0x600
+            default: break
+            }
+        }
+        return p
     }
 
     /// Loads the image (and the modules) into the machine's RAM and sets the boot vCPU's entry;

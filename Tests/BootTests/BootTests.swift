@@ -158,6 +158,9 @@ final class StandardGuestTests: XCTestCase {
         XCTAssertTrue(child.stdoutSoFar.contains("Linux version "), child.stdoutSoFar)
         XCTAssertTrue(child.waitForOutput(timeout: 60) { $0.contains("ACPI: RSDP 0x00000000000F0000 000024 (v02 GVMSWF)") },
                       child.stdoutSoFar)
+        // The test stops the VM itself, however far the kernel got (it may still be booting).
+        child.signal(SIGTERM)
+        XCTAssertFalse(child.wait(timeout: 30).timedOut, "giantvm run must stop on SIGTERM")
     }
 }
 

@@ -3,8 +3,10 @@ import TestSupport
 
 /// A stock Debian kernel (its vmlinux, extracted from the installed bzImage) on 2 nodes x 1 vCPU:
 /// vCPU 0 and every device on node 0, memory coherent through dsm-ivy over TCP. The kernel's
-/// banner and command line must appear on node 0's console within the bound. (Ring 0 is emulated
-/// on this machine's KVM and the kernel then stops at its first cmpxchg16b: docs/boot.md.)
+/// banner and command line must appear on node 0's console within the bound; then the test stops
+/// the VM itself (SIGTERM to `up`), whatever the kernel is doing by then: on this machine's KVM
+/// (ring 0 emulated) it may already have stopped at an instruction the KVM cannot emulate, on
+/// another it is still booting — the test passes on what it checks either way (docs/boot.md).
 final class DebianTwoNodeTests: XCTestCase {
     func testDebianVmlinuxOnTwoNodesPrintsBannerAndCommandLine() throws {
         try Requirement.kvm()
@@ -22,11 +24,12 @@ final class DebianTwoNodeTests: XCTestCase {
                       "no command line on node 0 within \(bound) s:\n" + child.stdoutSoFar.suffix(3000))
         print("Debian vmlinux on 2 nodes: command line on node 0's console after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
         XCTAssertTrue(child.stdoutSoFar.contains("[node 0] [    0.000000] Linux version "), child.stdoutSoFar)
-        // However the kernel stops (here: an instruction this KVM cannot emulate), every node stops
-        // with it, naming the cause: no hang.
-        let r = child.wait(timeout: 120)
-        XCTAssertFalse(r.timedOut, "the cluster must stop by itself:\n" + r.output.suffix(3000))
-        XCTAssertTrue(r.output.contains("[node 1]") && r.output.contains("node 0 failed") || r.status == 0, r.output.suffix(3000).description)
+        // The test's own stop: SIGTERM reaches every node through `up`; every node must end, no hang
+        // (a kernel that already stopped by itself has ended them before).
+        child.signal(SIGTERM)
+        let r = child.wait(timeout: 60)
+        XCTAssertFalse(r.timedOut, "the cluster must stop on SIGTERM:\n" + r.output.suffix(3000))
+        XCTAssertTrue(r.output.contains("[up]"), r.output.suffix(3000).description)
     }
 }
 

@@ -54,7 +54,8 @@ final class ConformanceRunnerTests: XCTestCase {
         ops.pointee.destroy = { _ in }
         let d = UnsafeMutablePointer<gvm_plugin_descriptor>.allocate(capacity: 1)
         d.initialize(to: gvm_plugin_descriptor(abi_version: GVM_ABI_VERSION, kind: GVM_PLUGIN_COHERENCE.rawValue,
-                                               name: nil, version: nil, summary: nil, ops: UnsafeRawPointer(ops)))
+                                               name: nil, version: nil, summary: nil, ops: UnsafeRawPointer(ops),
+                                               description: nil, setting_count: 0, settings: nil))
         let runner = ConformanceRunner(descriptor: UnsafeRawPointer(d),
                                        plan: ConformancePlan(model: .sc, nodes: 2...4, seeds: 4, only: ["random-rw", "litmus-MP"]))
         for v in try runner.run() {

@@ -1,5 +1,6 @@
 // Small PC ports: the POST / delay ports (0x80, 0xED) and a PCI host bridge on the type-1
-// configuration mechanism (0xCF8 address, 0xCFC-0xCFF data, 0xCF9 reset control).
+// configuration mechanism (0xCF8 address, 0xCFC-0xCFF data, 0xCF9 reset control), optionally
+// with QEMU's pci-testdev at 00:01.0 (PCITestDev.swift).
 // Threading: io() calls into one instance never overlap (the host serialises them) and these
 // models start no timers, so their state needs no lock.
 import PluginKit
@@ -32,13 +33,16 @@ public final class PostPorts: DeviceModel {
 
 /// PCI configuration mechanism #1 with one device: an Intel 440FX-like host bridge at 00:00.0
 /// (vendor 0x8086, device 0x1237, class 06/00/00, header type 0) unless `host_bridge: false`.
-/// Every other function reads all ones (no device). Config writes are ignored. CONFIG_ADDRESS
+/// With `testdev`, QEMU's pci-testdev answers at 00:01.0 (PCITestDevState).
+/// Every other function reads all ones (no device). Other config writes are ignored. CONFIG_ADDRESS
 /// is latched by 32-bit writes to 0xCF8 only. A byte write to 0xCF9 with bit 2 set (the PIIX
 /// reset control register) resets the machine: request_stop with I8042State.resetStatus.
 struct PCIConfigState: Equatable {
     var address: UInt32 = 0
     var hostBridge = true
     var resetControl: UInt8 = 0
+    var testDev: PCITestDevState? = nil
+    static let testDevSlot: UInt32 = 1
 
     /// Host-bridge config space dword at register `reg` (dword aligned).
     func hostBridgeDword(_ reg: UInt32) -> UInt32 {
@@ -60,9 +64,15 @@ struct PCIConfigState: Equatable {
         guard address & 0x8000_0000 != 0 else { return 0xFFFF_FFFF }
         let bus = (address >> 16) & 0xFF, dev = (address >> 11) & 0x1F, fn = (address >> 8) & 7
         let reg = address & 0xFC
-        guard hostBridge, bus == 0, dev == 0, fn == 0 else { return 0xFFFF_FFFF }
+        let dword: UInt32
+        if let t = testDev, bus == 0, dev == PCIConfigState.testDevSlot, fn == 0 {
+            dword = t.configDword(reg)
+        } else {
+            guard hostBridge, bus == 0, dev == 0, fn == 0 else { return 0xFFFF_FFFF }
+            dword = hostBridgeDword(reg)
+        }
         let shift = UInt32(offset - 4) * 8
-        let v = hostBridgeDword(reg) >> shift
+        let v = dword >> shift
         return size == 4 ? v : v & ((1 << (UInt32(size) * 8)) - 1)
     }
 
@@ -73,27 +83,67 @@ struct PCIConfigState: Equatable {
             resetControl = UInt8(value & 0x0E)
             return value & 0x04 != 0
         }
+        let dev = (address >> 11) & 0x1F, bus = (address >> 16) & 0xFF, fn = (address >> 8) & 7
+        if offset >= 4, address & 0x8000_0000 != 0, bus == 0, dev == PCIConfigState.testDevSlot, fn == 0, testDev != nil {
+            testDev!.configWrite(address & 0xFC, value << (UInt32(offset - 4) * 8), size: size)
+        }
         return false
     }
 }
 
-public final class PCIHostBridge: DeviceModel {
-    public static let modelName = "pci-host"
-    public static let summary = "PCI config mechanism #1 (0xCF8/0xCFC): host bridge at 00:00.0, no other devices; 0xCF9 reset"
-    public static let settingInfo = [SettingInfo("host_bridge", default: "true", "answer config reads at 00:00.0 with a host bridge (true/false)")]
+public class PCIHostBridge: DeviceModel {
+    public class var modelName: String { "pci-host" }
+    public class var summary: String { "PCI config mechanism #1 (0xCF8/0xCFC): host bridge at 00:00.0 (pci-testdev at 00:01.0 with testdev: true); 0xCF9 reset" }
+    class var testDevDefault: Bool { false }
+    public class var settingInfo: [SettingInfo] {
+        [SettingInfo("host_bridge", default: "true", "answer config reads at 00:00.0 with a host bridge (true/false)"),
+         SettingInfo("testdev", default: testDevDefault ? "true" : "false", "put QEMU's pci-testdev (1b36:0005) at 00:01.0 (true/false)"),
+         SettingInfo("testdev_mmio", default: "0xFEB00000", "pci-testdev BAR0 (4 KiB of memory space) address"),
+         SettingInfo("testdev_io", default: "0xC000", "pci-testdev BAR1 (256 ports) base")]
+    }
     let host: DeviceHost
     let name: String
     var state = PCIConfigState()
+    /// The lowest mapped port (offsets of port accesses are from it) and the config ports' base.
+    let pioLow: UInt64, configBase: UInt64
 
-    public init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
+    public required init(services: HostServices, host: DeviceHost, config: DeviceConfig, settings: Settings) throws {
         try settings.allowOnly(declared: Self.settingInfo)
         self.host = host
         name = config.name
         state.hostBridge = try settings.bool("host_bridge", default: true)
-        try host.map(.pio, base: config.base ?? 0xCF8, length: 8)
+        configBase = config.base ?? 0xCF8
+        var low = configBase
+        if try settings.bool("testdev", default: Self.testDevDefault) {
+            let mmio = try parseInteger(settings.values["testdev_mmio"] ?? "0xFEB00000", key: "testdev_mmio", max: 0xFFFF_F000)
+            let io = try parseInteger(settings.values["testdev_io"] ?? "0xC000", key: "testdev_io", max: 0xFF00)
+            guard mmio % PCITestDevState.memSize == 0, mmio != 0 else {
+                throw PluginError("setting 'testdev_mmio': 0x\(String(mmio, radix: 16)) is not a non-zero multiple of the BAR size 0x1000")
+            }
+            guard io % PCITestDevState.ioSize == 0, io != 0 else {
+                throw PluginError("setting 'testdev_io': 0x\(String(io, radix: 16)) is not a non-zero multiple of the BAR size 0x100")
+            }
+            state.testDev = PCITestDevState(mmioBase: mmio, ioBase: io)
+            try host.map(.mmio, base: mmio, length: PCITestDevState.memSize)
+            try host.map(.pio, base: io, length: PCITestDevState.ioSize)
+            low = min(low, io)
+        }
+        pioLow = low
+        try host.map(.pio, base: configBase, length: 8)
     }
 
     public func io(space: IOSpace, offset: UInt64, data: UnsafeMutableBufferPointer<UInt8>, isWrite: Bool) {
+        if let t = state.testDev {
+            let bar: UInt64? = space == .mmio ? offset : (pioLow + offset >= t.ioBase && pioLow + offset < t.ioBase + PCITestDevState.ioSize ? pioLow + offset - t.ioBase : nil)
+            if let bar {
+                for i in 0..<data.count {
+                    if isWrite { state.testDev!.writeByte(memory: space == .mmio, offset: bar + UInt64(i), data[i]) }
+                    else { data[i] = state.testDev!.readByte(offset: bar + UInt64(i)) }
+                }
+                return
+            }
+        }
+        let offset = pioLow + offset - configBase
         if isWrite {
             var v: UInt32 = 0
             for (i, b) in data.prefix(4).enumerated() { v |= UInt32(b) << (8 * UInt32(i)) }
@@ -107,6 +157,14 @@ public final class PCIHostBridge: DeviceModel {
     }
 }
 
+/// `pci-host` with QEMU's pci-testdev at 00:01.0 (settings as pci-host's; `testdev` defaults on).
+public final class PCITestDevHost: PCIHostBridge {
+    public override class var modelName: String { "pci-testdev" }
+    public override class var summary: String { "pci-host with QEMU's pci-testdev at 00:01.0 (1b36:0005; BAR0 4 KiB at 0xFEB00000, BAR1 ports 0xC000)" }
+    override class var testDevDefault: Bool { true }
+}
+
 /// The PC device models of this file set, for the plugin's model list (Plugin.swift).
 public let pcDeviceModels: [any DeviceModel.Type] = [FwCfgDevice.self, PIT8254.self, CMOSRTC.self, I8042.self,
-                                               PIC8259.self, PostPorts.self, PCIHostBridge.self]
+                                               PIC8259.self, PostPorts.self, PCIHostBridge.self, PCITestDevHost.self,
+                                               Port92.self, HPET.self, PCTestDev.self, ACPIPM.self]

@@ -44,6 +44,27 @@ static inline int gvm_KVM_CAP_MAX_VCPUS(void) { return KVM_CAP_MAX_VCPUS; }
 static inline int gvm_KVM_CAP_USER_NMI(void) { return KVM_CAP_USER_NMI; }
 static inline int gvm_KVM_CAP_GET_TSC_KHZ(void) { return KVM_CAP_GET_TSC_KHZ; }
 static inline int gvm_KVM_CAP_SET_TSS_ADDR(void) { return KVM_CAP_SET_TSS_ADDR; }
+static inline int gvm_KVM_CAP_X86_MSR_FILTER(void) { return KVM_CAP_X86_MSR_FILTER; }
+
+/// KVM_X86_SET_MSR_FILTER on VM fd `vmfd`: default allow, and `n` (<= 16) ranges
+/// [bases[i], bases[i] + counts[i]) denied for reads and writes (guest accesses #GP). Each
+/// count is at most 0x600 * 8 MSRs. KVM copies the bitmaps during the call. Returns the
+/// ioctl's result (-1 with errno on failure; EINVAL for a bad range or n > 16).
+static inline int gvm_set_msr_deny_filter(int vmfd, const uint32_t *bases, const uint32_t *counts, uint32_t n) {
+    static uint8_t zeros[KVM_MSR_FILTER_MAX_BITMAP_SIZE];
+    struct kvm_msr_filter f;
+    memset(&f, 0, sizeof f);
+    f.flags = KVM_MSR_FILTER_DEFAULT_ALLOW;
+    if (n > KVM_MSR_FILTER_MAX_RANGES) { errno = EINVAL; return -1; }
+    for (uint32_t i = 0; i < n; i++) {
+        if (counts[i] == 0 || counts[i] > KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8) { errno = EINVAL; return -1; }
+        f.ranges[i].flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
+        f.ranges[i].nmsrs = counts[i];
+        f.ranges[i].base = bases[i];
+        f.ranges[i].bitmap = zeros;
+    }
+    return ioctl(vmfd, KVM_X86_SET_MSR_FILTER, &f);
+}
 
 // ---- struct kvm_run fields ---------------------------------------------------------------------
 static inline uint32_t gvm_run_exit_reason(const struct kvm_run *r) { return r->exit_reason; }
