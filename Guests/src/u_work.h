@@ -12,4 +12,11 @@ int w_mutex(u32 id);
 int w_cpu(u32 id);
 int w_fault(u32 id);
 int w_triplefault(u32 id);
+/* u_virtio.c: virtio-mmio devices, and their command-line options */
+int w_readfile(u32 id);
+int w_disk_verify(u32 id);
+int w_net_echo(u32 id);
+int w_virtio_hostile(u32 id);
+u64 *virtio_option(const char *key);
+void virtio_defaults(void);
 #endif
