@@ -152,8 +152,9 @@ static void vq_submit(struct vdev *d, u32 qi, u16 head)
 static int vq_poll(struct vdev *d, u32 qi, u64 deadline, u32 *id, u32 *len)
 {
     struct vq *q = &d->q[qi];
-    while (q->p->uidx == q->last_used) {
-        if (rdtsc() > deadline || (rd(d, R_STATUS) & S_RESET)) return 0;
+    /* the status register is an exit to the VMM: look at it only every 4096 spins */
+    for (u32 spins = 1; q->p->uidx == q->last_used; spins++) {
+        if (rdtsc() > deadline || (!(spins & 4095) && (rd(d, R_STATUS) & S_RESET))) return 0;
         cpu_relax();
     }
     barrier();
