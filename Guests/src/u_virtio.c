@@ -382,10 +382,42 @@ static void tx_reap(void)
 }
 
 /* Receive one frame and check it is frame `k` exactly. Returns 1 ok, 0 bad, -1 timeout. */
+static u64 rx_ignored;
+#define PROBE (~0UL)
+
+/* Wait until the link carries frames both ways: a probe frame (sequence PROBE) every 100 ms
+ * until one comes back (the host peer may start after the NIC). Returns probes sent, or 0. */
+static u64 link_up(u32 size, u64 deadline)
+{
+    for (u64 n = 1; rdtsc() < deadline; n++) {
+        tx_send(PROBE, size);
+        tx_reap();
+        u64 until = rdtsc() + g_info.tsc_hz / 10;
+        u32 id, len;
+        while (vq_poll(&net, 0, until, &id, &len)) {
+            int probe = id < QSIZE && len >= NET_HDR + 22 && *(u64 *)(rxbufs[id] + NET_HDR + 14) == PROBE;
+            rx_post((u16)(id < QSIZE ? id : 0));
+            wr(&net, R_NOTIFY, 0);
+            if (probe) return n;
+            rx_ignored++;
+        }
+    }
+    return 0;
+}
 static int rx_expect(u64 k, u32 size, u64 deadline)
 {
     u32 id, len;
     if (!vq_poll(&net, 0, deadline, &id, &len)) return -1;
+    /* frames of another protocol (a TAP's host may send some) and late link probes are not
+     * the echo: skip them */
+    while (id < QSIZE && len >= NET_HDR + 14 &&
+           (rxbufs[id][NET_HDR + 12] != 0x88 || rxbufs[id][NET_HDR + 13] != 0xB5 ||
+            (len >= NET_HDR + 22 && *(u64 *)(rxbufs[id] + NET_HDR + 14) == PROBE))) {
+        rx_ignored++;
+        rx_post((u16)id);
+        wr(&net, R_NOTIFY, 0);
+        if (!vq_poll(&net, 0, deadline, &id, &len)) return -1;
+    }
     int ok = id < QSIZE && len == NET_HDR + 14 + size;
     if (ok) {
         u8 want[14 + 1500];
@@ -406,6 +438,8 @@ int w_net_echo(u32 id)
     if (!net_open()) { result_err("net-echo", verr); return 0; }
     u32 size = (u32)vo.size;
     u64 n = vo.packets, bad = 0, lost = 0, rtt_min = ~0UL, rtt_sum = 0, k = 0;
+    u64 probes = link_up(size, tsc_deadline(g_cfg.timeout_s));
+    if (!probes) { result_err("net-echo", "no probe frame came back: is the host echo peer running?"); return 0; }
     /* phase 1: ping-pong, one frame in flight */
     for (u64 i = 0; i < n; i++, k++) {
         u64 a = rdtsc();
@@ -438,6 +472,8 @@ int w_net_echo(u32 id)
     buf_kv_u64(&j, "size", size);
     buf_kv_u64(&j, "bad", bad);
     buf_kv_u64(&j, "lost", lost);
+    buf_kv_u64(&j, "ignored", rx_ignored);
+    buf_kv_u64(&j, "link_probes", probes);
     buf_kv_u64(&j, "rtt_avg_us_x100", n ? muldiv(rtt_sum, 100000000, g_info.tsc_hz) / n : 0);
     buf_kv_u64(&j, "rtt_min_us_x100", rtt_min != ~0UL ? muldiv(rtt_min, 100000000, g_info.tsc_hz) : 0);
     buf_kv_fix2(&j, "stream_frames_s", rate_x100(recvd, stream));

@@ -218,3 +218,93 @@ final class VirtioVMTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("virtio-blk 'disk0': cannot open disk image '\(dir)/nope.img' read-write"), r.stderr)
     }
 }
+
+/// virtio-net's TAP backend in a network namespace: a host-side peer on the TAP (a packet
+/// socket) echoes every frame the guest sends. Both ways of getting the TAP: a persistent one
+/// made beforehand (attached by name) and one the node creates. Needs root, `ip`, python3 and
+/// /dev/net/tun; skips elsewhere.
+final class VirtioTapTests: XCTestCase {
+    var ns = ""
+
+    override func setUpWithError() throws {
+        try Requirement.testGuestVM()
+        try Requirement.root()
+        guard FileManager.default.fileExists(atPath: "/dev/net/tun") else { throw XCTSkip("/dev/net/tun is missing") }
+        if !FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") { throw XCTSkip("python3 is missing (the TAP echo peer)") }
+        ns = "gvmvirtio\(getpid() % 100000)"
+        _ = try? TestSupport.run(ipTool, ["netns", "del", ns], timeout: 10)
+        let r = try TestSupport.run(ipTool, ["netns", "add", ns], timeout: 10)
+        guard r.status == 0 else { throw XCTSkip("cannot create a network namespace: \(r.output)") }
+        _ = try TestSupport.run(ipTool, ["netns", "exec", ns, "ip", "link", "set", "lo", "up"], timeout: 10)
+        // no IPv6 chatter (router solicitations) on the TAP
+        _ = try TestSupport.run(ipTool, ["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                             "net.ipv6.conf.default.disable_ipv6=1"], timeout: 10)
+    }
+
+    override func tearDown() { if !ns.isEmpty { _ = try? TestSupport.run(ipTool, ["netns", "del", ns], timeout: 10) } }
+
+    var ipTool: String { ["/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "ip" }
+
+    /// Echoes every incoming frame on `ifname` (waits for the interface to appear).
+    let peer = """
+        import socket, sys, time
+        ifname = sys.argv[1]
+        deadline = time.time() + 30
+        while True:
+            try:
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)); s.bind((ifname, 0)); break
+            except OSError:
+                if time.time() > deadline: raise
+                time.sleep(0.05)
+        print("peer ready", flush=True)
+        while True:
+            try:
+                d, a = s.recvfrom(65536)
+            except OSError as e:          # ENETDOWN once when the link changes state
+                print("recv:", e, file=sys.stderr, flush=True); continue
+            if a[2] == socket.PACKET_OUTGOING: continue
+            for attempt in range(200):
+                try:
+                    s.send(d); break
+                except OSError as e:
+                    print("send:", e, file=sys.stderr, flush=True); time.sleep(0.01)
+        """
+
+    func runEcho(createTapFirst: Bool) throws {
+        let ifname = "gvmtap\(createTapFirst ? 1 : 2)"
+        if createTapFirst {
+            let r = try TestSupport.run(ipTool, ["netns", "exec", ns, "ip", "tuntap", "add", ifname, "mode", "tap"], timeout: 10)
+            XCTAssertEqual(r.status, 0, r.output)
+        }
+        let echo = try Child(ipTool, ["netns", "exec", ns, "python3", "-c", peer, ifname])
+        defer { echo.signal(SIGKILL); _ = echo.wait(timeout: 5) }
+        if createTapFirst { XCTAssertTrue(echo.waitForOutput(timeout: 15) { $0.contains("peer ready") }, echo.stderrSoFar) }
+        let dir = NSTemporaryDirectory() + "giantvm-tap-\(getpid())-\(ifname)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cfg = dir + "/vm.yaml"
+        FileManager.default.createFile(atPath: cfg, contents: Data("""
+            cluster: virtiotap
+            nodes:
+              - {id: 0, address: 127.0.0.1, port: 23450, vcpus: 1}
+            memory: 32MiB
+            transport: {plugin: transport-tcp}
+            coherence: {plugin: dsm-local}
+            devices:
+              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+              - {name: results, model: results, node: 0, base: 0xe0}
+              - {name: nic0, model: virtio-net, node: 0, settings: {backend: tap, ifname: \(ifname)}}
+            ioapic_node: 0
+            guest:
+              image: \(Built.packageRoot)/Guests/build/testguest.elf
+              cmdline: "net-echo packets=100 size=600"
+            """.utf8))
+        let r = try TestSupport.run(ipTool, ["netns", "exec", ns, Built.giantvm, "run", "--config", cfg, "--timeout", "40"], timeout: 70)
+        XCTAssertEqual(r.status, 0, r.output + "peer: " + echo.stderrSoFar + echo.stdoutSoFar)
+        XCTAssertTrue(r.stdout.contains(#""bad":0,"lost":0"#) && r.stdout.contains(#""ok":true"#), r.output)
+    }
+
+    func testEchoThroughAPersistentTapGivenByName() throws { try runEcho(createTapFirst: true) }
+    func testEchoThroughATapTheNodeCreates() throws { try runEcho(createTapFirst: false) }
+}
