@@ -263,6 +263,21 @@ final class VirtioTransportTests: XCTestCase {
         XCTAssertNotEqual(reg(t, 0x70) & VirtioStatus.needsReset, 0)
     }
 
+    func testAGuestBreakingItsRingsInALoopIsLoggedBoundedly() {
+        let m = ArrayDMA(size: 1 << 16)
+        var logs: [String] = []
+        let (t, _) = make(m, logs: &logs)
+        for _ in 0..<2000 {
+            bringUp(t)
+            set(t, 0x50, 9)          // a queue that does not exist
+            set(t, 0x70, 0)
+        }
+        XCTAssertEqual(t.guestErrors, 2000)
+        XCTAssertEqual(logs.count, 22, "20, then one per 1000")
+        XCTAssertTrue(logs[19].hasSuffix("(further guest errors: one line per 1000)"), logs[19])
+        XCTAssertTrue(logs[21].hasSuffix("(guest error 2000)"), logs[21])
+    }
+
     func testQueueRegistersAreFrozenWhileReady() {
         let m = ArrayDMA(size: 1 << 16)
         let (t, _) = make(m)

@@ -174,7 +174,10 @@ public final class VirtioBlkBackend: VirtioBackend {
 
     func fail(_ why: String) -> UInt8 {
         stats.errors += 1
-        onIOError(why)
+        // the first 20 I/O errors are logged, then one per 1000 (a guest can make them at will)
+        if stats.errors <= 20 || stats.errors % 1000 == 0 {
+            onIOError(why + (stats.errors == 20 ? " (further I/O errors: one line per 1000)" : stats.errors > 20 ? " (I/O error \(stats.errors))" : ""))
+        }
         return Status.ioError
     }
 

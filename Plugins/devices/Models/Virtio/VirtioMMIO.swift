@@ -217,8 +217,11 @@ public final class VirtioTransport: @unchecked Sendable {
     /// Sets NEEDS_RESET, raises the configuration-change interrupt and logs the cause.
     public func guestError(_ why: String) {
         guestErrors += 1
-        if status & VirtioStatus.needsReset == 0 {
-            log("\(name): guest error: \(why); device needs reset")
+        // One line per error, until a guest that keeps resetting and breaking its rings has
+        // logged 20: then one line per 1000 (the count says how many).
+        if status & VirtioStatus.needsReset == 0 && (guestErrors <= 20 || guestErrors % 1000 == 0) {
+            log("\(name): guest error: \(why); device needs reset" + (guestErrors == 20 ? " (further guest errors: one line per 1000)" : "")
+                + (guestErrors > 20 ? " (guest error \(guestErrors))" : ""))
         }
         status |= VirtioStatus.needsReset
         configGeneration &+= 1
