@@ -180,7 +180,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
         .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
-        .target(name: "DeviceModels", dependencies: ["PluginKit"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
+        .target(name: "DeviceModels", dependencies: ["PluginKit", "CSystem"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
         .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
                 swiftSettings: swiftSettings),
         .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c", linkerSettings: pureCPlugin),

@@ -35,8 +35,9 @@ declare -A module=(
     [ivy-wire]=IvyCore             # dsm-ivy protocol messages
     [tcp-wire]=TransportTCP        # transport-tcp frames and handshake
     [cluster-frame]=Cluster        # channel header, runtime messages, fault plans
+    [virtio-chain]=DeviceModels    # virtqueue descriptor chains, virtio-mmio + virtio-net queues
 )
-order=(firmware elf config distributed-wire ivy-wire tcp-wire cluster-frame)
+order=(firmware elf config distributed-wire ivy-wire tcp-wire cluster-frame virtio-chain)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${order[@]}")
 for t in "${targets[@]}"; do

@@ -17,6 +17,7 @@ static const struct workload {
     {"wordcount", w_wordcount}, {"invindex", w_invindex}, {"seqread", w_seqread},   /* u_data.c */
     {"pc", w_pc}, {"pcreset", w_pcreset}, {"pcoff", w_pcoff},
     {"cpuid", w_cpuid}, {"msrgp", w_msrgp},
+    {"readfile", w_readfile}, {"disk-verify", w_disk_verify}, {"net-echo", w_net_echo}, {"virtio-hostile", w_virtio_hostile},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -49,6 +50,7 @@ static int streq(const char *a, const char *b)
 static const struct workload *parse(u32 id)
 {
     for (u32 i = 0; i < NOPTIONS; i++) *options[i].dst = options[i].def;
+    virtio_defaults();
     const char *p = g_info.cmdline;
     char tok[64];
     const struct workload *w = 0;
@@ -83,18 +85,22 @@ static const struct workload *parse(u32 id)
         }
         char *eq = tok;
         while (*eq && *eq != '=') eq++;
-        const struct option *o = 0;
+        u64 *dst = 0;
         int has_eq = *eq == '=';
         if (has_eq) {
             *eq = 0;
             for (u32 i = 0; i < NOPTIONS; i++)
-                if (streq(tok, options[i].key)) o = &options[i];
+                if (streq(tok, options[i].key)) dst = options[i].dst;
+            if (!dst) dst = virtio_option(tok);
         }
         u64 v = 0;
-        int good = o && has_eq && eq[1];
-        for (const char *q = has_eq ? eq + 1 : eq; good && *q; q++) {
-            if (*q < '0' || *q > '9' || v > 100000000000UL) good = 0;
-            else v = v * 10 + (u64)(*q - '0');
+        int good = dst && has_eq && eq[1];
+        const char *q = has_eq ? eq + 1 : eq;
+        int hex = good && q[0] == '0' && (q[1] == 'x' || q[1] == 'X') && q[2];
+        for (q += hex ? 2 : 0; good && *q; q++) {
+            u64 d = *q >= '0' && *q <= '9' ? (u64)(*q - '0') : hex && (*q | 32) >= 'a' && (*q | 32) <= 'f' ? (u64)((*q | 32) - 'a' + 10) : 99;
+            if (d >= (hex ? 16u : 10u) || v > 100000000000UL) good = 0;
+            else v = v * (hex ? 16 : 10) + d;
         }
         if (!good) {
             if (id) return 0;
@@ -103,11 +109,11 @@ static const struct workload *parse(u32 id)
             buf_str(&b, "bad option '");
             buf_str(&b, tok);
             if (has_eq) { buf_char(&b, '='); buf_str(&b, eq + 1); }
-            buf_str(&b, "' (expected key=<decimal> with key one of iters, ipis, trials, total, ops, events, prime, timeout, table)");
+            buf_str(&b, "' (expected key=<decimal or 0xhex> with key one of iters, ipis, trials, total, ops, events, prime, timeout, table, or a virtio option of docs/virtio.md)");
             buf_term(&b);
             fail(m);
         }
-        *o->dst = v;
+        *dst = v;
     }
     if (!w && !id) fail("empty command line: expected '<workload> [key=value ...]' with workload hello, ipi, counter, litmus, memory, mutex or cpu");
     if (!g_cfg.timeout_s) g_cfg.timeout_s = 1;

@@ -20,4 +20,11 @@ int w_pcreset(u32 id);
 int w_pcoff(u32 id);
 int w_cpuid(u32 id);
 int w_msrgp(u32 id);
+/* u_virtio.c: virtio-mmio devices, and their command-line options */
+int w_readfile(u32 id);
+int w_disk_verify(u32 id);
+int w_net_echo(u32 id);
+int w_virtio_hostile(u32 id);
+u64 *virtio_option(const char *key);
+void virtio_defaults(void);
 #endif

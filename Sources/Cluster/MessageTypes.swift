@@ -47,6 +47,8 @@ public enum MessageType {
     /// io channel: start-up barrier and I/O forwarding (Sources/Distributed).
     public enum IO: UInt8, CaseIterable, Sendable {
         case deviceMap = 0x01, request = 0x02, reply = 0x03, ready = 0x04
+        /// Device DMA run on the requesting vCPU's node (Sources/Distributed/DMAForwarding.swift).
+        case dmaRequest = 0x05, dmaReply = 0x06
         case probePing = 0xE0, probePong = 0xE1
     }
 

@@ -49,6 +49,9 @@ public final class IOForwarder: @unchecked Sendable {
     private var queue: [(from: UInt32, id: UInt64, space: UInt8, address: UInt64, size: UInt8, count: UInt32, write: Bool, data: [UInt8])] = []
     private var serverStopped = false
     private var serverThread: Thread?
+    /// The node whose access the server thread is serving (read and written by that thread only).
+    private var servingFrom: UInt32?
+    private var serverTID: pthread_t?
 
     let cCalls: UInt32, cServed: UInt32, cBytes: UInt32, hRoundTrip: UInt32
     let metrics: MetricsRegistry
@@ -184,7 +187,15 @@ public final class IOForwarder: @unchecked Sendable {
         t.start()
     }
 
+    /// The node whose vCPU made the access the calling thread is serving, when the caller is
+    /// the server thread inside a device access; nil on any other thread.
+    public func originOfCurrentAccess() -> UInt32? {
+        guard let t = serverTID, pthread_equal(t, pthread_self()) != 0 else { return nil }
+        return servingFrom
+    }
+
     private func serverLoop() {
+        serverTID = pthread_self()
         while true {
             queueCond.lock()
             while queue.isEmpty && !serverStopped { queueCond.wait() }
@@ -194,6 +205,8 @@ public final class IOForwarder: @unchecked Sendable {
             let size = Int(r.size)
             var buf = r.write ? r.data : [UInt8](repeating: 0, count: size * Int(r.count))
             var status = IOReplyStatus.noDevice
+            servingFrom = r.from
+            defer { servingFrom = nil }
             if let space = IOSpaceKind(rawValue: UInt32(r.space)), let serve {
                 status = buf.withUnsafeMutableBytes { b in
                     var st = IOReplyStatus.ok

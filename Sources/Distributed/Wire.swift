@@ -189,6 +189,8 @@ public enum IOMessage: Equatable {
             return .ready
         case .probePing, .probePong:
             throw WireError("io message type 0x\(String(t, radix: 16)) belongs to the channel probe")
+        case .dmaRequest, .dmaReply:
+            throw WireError("io message type 0x\(String(t, radix: 16)) belongs to DMA forwarding (DMAForwarding.swift)")
         }
     }
 

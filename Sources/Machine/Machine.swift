@@ -100,6 +100,8 @@ public final class ConsoleOutput: @unchecked Sendable {
 public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     public let config: MachineConfiguration
     public let ram: any GuestRAM
+    /// [dist hook] Set once during assembly, before any vCPU runs: device DMA may run elsewhere.
+    public var dmaRouter: DMARouter?
     public let kvm: KVMSystem
     public let vm: VirtualMachine
     public let bus = IOBus()
@@ -409,10 +411,23 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     }
 
     public func dmaRead(gpa: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+        if let r = dmaRouter, let node = r.target(length: out.count) {
+            return try r.transfer(on: node, gpa: gpa, read: out, write: nil)
+        }
         try ram.withPinned(gpa: gpa, length: out.count, write: false) { out.copyMemory(from: UnsafeRawBufferPointer($0)) }
     }
 
     public func dmaWrite(gpa: UInt64, _ bytes: UnsafeRawBufferPointer) throws {
+        if let r = dmaRouter, let node = r.target(length: bytes.count) {
+            return try r.transfer(on: node, gpa: gpa, read: nil, write: bytes)
+        }
         try ram.withPinned(gpa: gpa, length: bytes.count, write: true) { $0.copyMemory(from: bytes) }
     }
+}
+
+/// [dist hook] Where device DMA runs (Sources/Distributed/DMAForwarding.swift): `target` names
+/// another node for a DMA the current thread is doing, or nil to pin here. Any thread.
+public protocol DMARouter: AnyObject {
+    func target(length: Int) -> UInt32?
+    func transfer(on node: UInt32, gpa: UInt64, read: UnsafeMutableRawBufferPointer?, write: UnsafeRawBufferPointer?) throws
 }

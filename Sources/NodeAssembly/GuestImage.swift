@@ -57,7 +57,9 @@ public struct GuestImage {
                     initrd = BootModule(name: p, bytes: d, cmdline: p)
                 }
                 elf = nil
-                firmwareBoot = BootRequest(file: guest.image, image: bytes, cmdline: cmdline ?? guest.cmdline, initrd: initrd,
+                var text = cmdline ?? guest.cmdline
+                if format == .bzImage || format == .vmlinux { text = VirtioMMIOWindow.appending(Self.virtioWindows(cfg), to: text) }
+                firmwareBoot = BootRequest(file: guest.image, image: bytes, cmdline: text, initrd: initrd,
                                            vcpus: cfg.totalVCPUs, bootProtocol: proto, platform: try Self.platform(cfg))
             }
         } catch let e as AssemblyError {
@@ -167,6 +169,16 @@ public struct GuestImage {
             throw AssemblyError("guest.modules: \(path): cannot be read, or changed size since it was checked (\(size) bytes)")
         }
         return Array(data)
+    }
+
+    /// The virtio-mmio devices of the config that a Linux guest can drive (they need an `irq:`),
+    /// at their YAML base or the model's default (Plugins/devices/Models/Virtio).
+    static func virtioWindows(_ cfg: ClusterConfig) -> [VirtioMMIOWindow] {
+        let defaults: [String: UInt64] = ["virtio-blk": 0xD000_0000, "virtio-net": 0xD000_1000]
+        return cfg.devices.compactMap { d in
+            guard let def = defaults[d.model], let irq = d.irq else { return nil }
+            return VirtioMMIOWindow(base: d.base ?? def, size: 0x200, irq: irq)
+        }
     }
 
     /// Reads a regular file no larger than `limit` (it must fit in guest RAM), with messages that

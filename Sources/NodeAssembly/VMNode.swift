@@ -47,6 +47,9 @@ public struct VMOptions: Sendable {
     public var coherentMemory = true
     /// Copy this process's stdin to the devices that take console input (the UART).
     public var consoleInput = false
+    /// Run a remote device's bulk DMA on the requesting vCPU's node (DMAForwarding.swift);
+    /// GIANTVM_DMA_FORWARD=0 in the environment turns it off (placement experiments).
+    public var dmaForwarding = ProcessInfo.processInfo.environment["GIANTVM_DMA_FORWARD"] != "0"
     public init() {}
 }
 
@@ -78,6 +81,7 @@ public final class VMNode: @unchecked Sendable {
     let io: IOForwarder?
     let clock: ClockAligner?
     let barrier: StartupBarrier?
+    let dma: DMAForwarder?
     private let localCause = Mutex<StopCause?>(nil)
     /// The in-process transport of a one-node VM (its endpoint holds it weakly).
     private let loopback: InMemoryNetwork?
@@ -178,14 +182,23 @@ public final class VMNode: @unchecked Sendable {
             let forwarder = IOForwarder(node: n, metrics: metrics, timeout: max(5, cfg.timeouts.failure * 2), logger: logger)
             forwarder.serve(bus: m.bus)
             io = forwarder
+            if options.dmaForwarding {
+                let d = DMAForwarder(node: n, ram: ram, io: forwarder, metrics: metrics, timeout: max(5, cfg.timeouts.failure * 2),
+                                     logger: logger)
+                m.dmaRouter = d
+                dma = d
+            } else {
+                dma = nil
+            }
             clock = ClockAligner(node: n, machine: m, skew: options.tscSkew, logger: logger)
             barrier = StartupBarrier(node: n, logger: logger)
         } else {
-            io = nil; clock = nil; barrier = nil
+            io = nil; clock = nil; barrier = nil; dma = nil
         }
         target.vm = self
-        n.onStop { [weak m, io] r in
+        n.onStop { [weak m, io, dma] r in
             io?.failAll("node \(id) is stopping: \(r.message)")
+            dma?.failAll("node \(id) is stopping: \(r.message)")
             m?.requestStop(.requested("cluster stopping: \(r.message)"))
         }
     }
@@ -210,6 +223,7 @@ public final class VMNode: @unchecked Sendable {
         if let mc = config.metrics { try startMetrics(mc) }
         try coherence?.start()
         io?.startServer()
+        dma?.startServer()
         if let clock {
             if id == 0 { try clock.measureLeader() } else if options.tscSkew != 0 { try clock.injectSkew() }
         }

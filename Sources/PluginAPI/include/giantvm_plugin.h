@@ -602,7 +602,10 @@ typedef struct gvm_device_host {
     void (*request_stop)(gvm_host *host, int32_t guest_status, const char *reason);
 
     /** Guest-physical DMA through pin/unpin: the range is brought coherent, pinned, copied and
-     *  unpinned. May block: yes, on the DSM (never call from a timer callback). */
+     *  unpinned. While the device serves an access forwarded from another node's vCPU, the host
+     *  may run a bulk copy (>= 2 KiB) on that node instead (DMA forwarding, docs/virtio.md):
+     *  the same coherent result, without moving the pages. Returns GVM_ERR_INVALID for a range
+     *  outside guest RAM. May block: yes, on the DSM (never call from a timer callback). */
     int (*dma_read)(gvm_host *host, uint64_t gpa, void *out, size_t len);
     int (*dma_write)(gvm_host *host, uint64_t gpa, const void *bytes, size_t len);
 } gvm_device_host;
