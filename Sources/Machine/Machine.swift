@@ -75,10 +75,14 @@ public enum MachineStop: CustomStringConvertible, Sendable {
     }
 }
 
-/// Serialises console output (UART bytes and result lines) to one sink. Any thread.
+/// Serialises console output (UART bytes and result lines) to one sink, and remembers whether
+/// the last byte written ended a line (so the VMM's closing line can start on a line of its own).
+/// Any thread.
 public final class ConsoleOutput: @unchecked Sendable {
     let lock = NSLock()
     let sink: (UnsafeRawBufferPointer) -> Void
+    /// Guarded by `lock`: nothing was written yet, or the last byte was a newline.
+    var atLineStart = true
     /// Default: stdout, unbuffered.
     public init(sink: ((UnsafeRawBufferPointer) -> Void)? = nil) {
         self.sink = sink ?? { b in
@@ -93,7 +97,20 @@ public final class ConsoleOutput: @unchecked Sendable {
     public func write(_ b: UnsafeRawBufferPointer) {
         lock.lock()
         defer { lock.unlock() }
+        guard let last = b.last else { return }
         sink(b)
+        atLineStart = last == UInt8(ascii: "\n")
+    }
+
+    /// Ends the guest's last line when it had no newline, so whatever the VMM prints next (its
+    /// closing line, a `[node N]` relay) starts on a line of its own. Call after the machine
+    /// stopped; writes nothing when the output is already at the start of a line.
+    public func finishLine() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !atLineStart else { return }
+        [UInt8(ascii: "\n")].withUnsafeBytes { sink($0) }
+        atLineStart = true
     }
 }
 
