@@ -39,6 +39,7 @@
 #define SYS_TICKS       1   /* rax = APIC timer ticks taken by the calling vCPU */
 #define SYS_IDLE        2   /* halt with interrupts on until the VM ends (never returns) */
 #define SYS_TRIPLE_FAULT 3  /* test hook: make this vCPU triple-fault (never returns) */
+#define SYS_KCALL       4   /* rdi = op, rsi/rdx = arguments: ring-0 primitives (kcall.h) */
 
 /* User stacks: 16 KiB per vCPU (u_stacks in u_main.c). */
 #define USTACK_SHIFT    14

@@ -14,6 +14,7 @@ static const struct workload {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
+    {"apic", w_apic}, {"ioapic", w_ioapic}, {"extint", w_extint}, {"partial", w_partial},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -30,6 +31,7 @@ static const struct option {
     {"events", &g_cfg.events, 20},       /* cpu: events per vCPU */
     {"prime", &g_cfg.prime, 10000},      /* cpu: primes up to this per event */
     {"timeout", &g_cfg.timeout_s, 20},   /* seconds any wait may take before failing */
+    {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

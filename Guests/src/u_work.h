@@ -12,4 +12,8 @@ int w_mutex(u32 id);
 int w_cpu(u32 id);
 int w_fault(u32 id);
 int w_triplefault(u32 id);
+int w_apic(u32 id);      /* u_apic.c */
+int w_ioapic(u32 id);
+int w_extint(u32 id);
+int w_partial(u32 id);
 #endif
