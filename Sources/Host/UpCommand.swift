@@ -139,7 +139,12 @@ func runNodes(_ cfg: ClusterConfig, specs: [ProcessSpec], deadline: Double? = ni
         launcher.emit("[up] all \(specs.count) nodes stopped cleanly\n", to: .stdout)
         return 0
     }
+    // ssh's own 255 (it could not connect, or the remote node was killed) is no guest status:
+    // like any failure to start a node, `up` exits 1 then.
+    let first = result.firstFailure ?? result.failed.first ?? 0
+    let sshFailed = specs[first].stop == .closingStdin && result.ends[first] == .exited(255)
+    let status = sshFailed ? 1 : result.commandStatus
     launcher.emit("[up] failed: node(s) \(result.failed.map { "\(cfg.nodes[$0].id)" }.joined(separator: ", ")) exited non-zero; "
-                  + "exit status \(result.commandStatus) (the first failure's)\n", to: .stderr)
-    return result.commandStatus
+                  + "exit status \(status) (the first failure's)\n", to: .stderr)
+    return status
 }
