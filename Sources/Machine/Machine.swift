@@ -267,6 +267,9 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             if !config.localVCPUs.contains(0) {
                 logger.warning("device '\(d.name)' (i8259) is on node \(config.nodeID) but vCPU 0 is not: its INTR cannot reach LINT0 (place it on vCPU 0's node)")
             }
+            if ioapic == nil && config.nodes.count > 1 {
+                logger.warning("device '\(d.name)' (i8259) is not on the IOAPIC's node: only lines of devices on node \(config.nodeID) reach its inputs")
+            }
         }
     }
 
