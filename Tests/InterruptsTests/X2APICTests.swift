@@ -65,7 +65,7 @@ final class X2APICTests: XCTestCase {
         XCTAssertEqual(a.readMSR(0x802, now: 0), 0x13, "x2APIC ID = the initial APIC ID")
         XCTAssertEqual(a.readMSR(0x80D, now: 0), 0x0001_0008, "cluster 1, bit 3")
         XCTAssertEqual(a.readMSR(0x808, now: 0), 0x30, "TPR kept")
-        XCTAssertEqual(a.readMSR(0x824 - 0x4 + 0x2, now: 0).map { $0 & 1 << 16 }, 1 << 16, "IRR kept (0x50 in IRR word 2)")
+        XCTAssertEqual(a.readMSR(0x822, now: 0).map { $0 & 1 << 16 }, 1 << 16, "IRR kept (0x50: IRR MSR 0x822, bit 16)")
         XCTAssertEqual(a.address, APICAddress(id: 0x13, ldr: 0x0001_0008, dfr: 0xFFFF_FFFF, tpr: 0x30, mode: .x2APIC))
         XCTAssertEqual(LocalAPIC.x2apicLDR(id: 0), 1)
         XCTAssertEqual(LocalAPIC.x2apicLDR(id: 0x21), 0x0002_0002)
