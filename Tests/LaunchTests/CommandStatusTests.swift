@@ -26,7 +26,10 @@ final class CommandStatusTests: XCTestCase {
         XCTAssertEqual(try result(["sleep 0.5; exit 1", "exit 34"]).commandStatus, 34)
     }
 
-    func testAProcessKilledBySignalGivesOneHundredTwentyEightPlusTheSignal() throws {
-        XCTAssertEqual(try result(["kill -9 $$"]).commandStatus, 128 + 9)
+    /// A killed node has no status of its own; its peers' "lost node" (1) is the VM's status.
+    func testAProcessKilledBySignalGivesThePeersStatusOrOne() throws {
+        XCTAssertEqual(try result(["kill -9 $$"]).commandStatus, 1)
+        XCTAssertEqual(try result(["kill -9 $$", "sleep 0.3; exit 1"]).commandStatus, 1)
+        XCTAssertEqual(try result(["kill -9 $$", "sleep 0.3; exit 2"]).commandStatus, 2)
     }
 }
