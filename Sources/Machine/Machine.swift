@@ -246,7 +246,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         environment = VCPUEnvironment(
             bus: bus, router: router, clock: clock, fence: fence,
             levelEOI: { v in if let ioapic { ioapic.eoi(vector: v) } else { remote?.forwardEOI(vector: v) } },
-            rearmTimer: { timer.rearm() }, acknowledgeExtINT: { pic.acknowledge() })
+            rearmTimer: { timer.rearm() }, acknowledgeExtINT: { pic.acknowledge() }, ramBytes: config.memoryBytes)
         do {
             for (irq, v) in zip(localIRQ, vcpus) {
                 runners.append(try VCPURunner(index: irq.index, vcpu: v, irq: irq, environment: environment, logger: logger))

@@ -215,7 +215,9 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
         let page = value & LocalAPIC.baseAddressMask
         xapicPage = mode == .xAPIC ? page : nil
         logger.debug("IA32_APIC_BASE = 0x\(String(value, radix: 16)): \(mode.map { "\($0)" } ?? "invalid")")
-        if mode == .xAPIC, page != localAPICBase, let r = env.bus.lookup(.mmio, page) {
+        if mode == .xAPIC, page < env.ramBytes {
+            logger.warning("the local APIC page moved to 0x\(String(page, radix: 16)), inside guest RAM: RAM answers there, the APIC is unreachable until it moves out")
+        } else if mode == .xAPIC, page != localAPICBase, let r = env.bus.lookup(.mmio, page) {
             logger.warning("the local APIC page moved to 0x\(String(page, radix: 16)), over device MMIO at 0x\(String(r.base, radix: 16)): the APIC answers there")
         }
         carryOut(effects, address: address)
