@@ -139,8 +139,8 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     var firmwareEntry: EntryState?
     /// The IOAPIC, when this node emulates it.
     public let ioapic: IOAPIC?
-    /// The 8259 pair on this node, if any (its INTR is LINT0 of vCPU 0; ISA lines 0-15 reach its
-    /// inputs as they reach the IOAPIC's pins).
+    /// The 8259 pair on this node, if any (its INTR is LINT0 of vCPU 0; ISA lines reach its
+    /// inputs as they reach the IOAPIC's pins: `PICLink.isaIRQ(forLine:)`).
     let pic = PICLink()
     /// The other nodes of a VM that spans several (nil on a single node): interrupt messages to
     /// their vCPUs, local APIC address changes, and — when the IOAPIC lives elsewhere — device
@@ -417,7 +417,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             interruptState(of: 0)?.setLINT0(level)
             return
         }
-        if line < 16 { pic.setInput(Int(line), level: level) }   // ISA lines also reach the 8259 here
+        pic.setInput(line: line, level: level)   // ISA lines also reach the 8259 here
         if ioapic == nil, let remote {   // the IOAPIC lives on another node
             remote.forwardIRQLine(line, level: level, device: device)
             return
@@ -442,7 +442,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// A device line forwarded from another node (this node has the IOAPIC): its pin, and the
     /// 8259's input for ISA lines 0-15 when the 8259 is here.
     public func forwardedLine(_ line: UInt32, level: Bool) {
-        if line < 16 { pic.setInput(Int(line), level: level) }
+        pic.setInput(line: line, level: level)
         ioapic?.setLine(Int(line), asserted: level)
     }
 

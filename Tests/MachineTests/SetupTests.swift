@@ -131,3 +131,13 @@ final class IOBusTests: XCTestCase {
         XCTAssertThrowsError(try bus.map(.pio, base: 0x2F8, length: 8, device: D("late")))
     }
 }
+
+/// Which 8259 input a device line (an IOAPIC pin) feeds: the firmware's IRQ0 -> GSI2 override.
+final class PICLinkTests: XCTestCase {
+    func testDeviceLinesMapToISAIRQsAsTheMADTSays() {
+        XCTAssertEqual(PICLink.isaIRQ(forLine: 2), 0, "pin 2 is the PIT's IRQ 0")
+        XCTAssertNil(PICLink.isaIRQ(forLine: 0), "pin 0 feeds no 8259 input")
+        for line: UInt32 in [1, 3, 4, 8, 15] { XCTAssertEqual(PICLink.isaIRQ(forLine: line), Int(line)) }
+        for line: UInt32 in [16, 20, 23, PICLink.intrLine] { XCTAssertNil(PICLink.isaIRQ(forLine: line)) }
+    }
+}

@@ -1,5 +1,5 @@
 // The host side of the 8259 pair (Plugins/devices/Models/PIC8259.swift), by the wiring convention
-// that model documents: ISA lines 0-15 reach its inputs through a 2-byte host write [line, level]
+// that model documents: ISA IRQs reach its inputs through a 2-byte host write [irq, level]
 // at offset 0x10000, its INT output comes back as interrupt line 0xFFFF0000 (LINT0 of vCPU 0),
 // and the interrupt acknowledge of an ExtINT is a 1-byte host read at offset 0x10001.
 //
@@ -17,10 +17,21 @@ final class PICLink: @unchecked Sendable {
 
     let device = Mutex<PluginDevice?>(nil)
 
-    /// ISA line `line` (0-15) changed level.
-    func setInput(_ line: Int, level: Bool) {
-        guard let d = device.withLock({ $0 }) else { return }
-        var bytes: [UInt8] = [UInt8(line), level ? 1 : 0]
+    /// The 8259 input a device line feeds. Device lines are IOAPIC pins (GSIs), and the firmware's
+    /// MADT and MP table say ISA IRQ 0 (the PIT) is GSI 2: so pin 2 is IRQ 0, pin 0 feeds nothing
+    /// (the 8259's own INTR in a PC's wiring), pins 1 and 3-15 are the IRQ of the same number.
+    static func isaIRQ(forLine line: UInt32) -> Int? {
+        switch line {
+        case 2: return 0
+        case 1, 3..<16: return Int(line)
+        default: return nil
+        }
+    }
+
+    /// Device line `line` changed level: the 8259's input for it, if any.
+    func setInput(line: UInt32, level: Bool) {
+        guard let irq = PICLink.isaIRQ(forLine: line), let d = device.withLock({ $0 }) else { return }
+        var bytes: [UInt8] = [UInt8(irq), level ? 1 : 0]
         bytes.withUnsafeMutableBytes { d.hostAccess(space: .pio, offset: PICLink.inputOffset, data: $0, isWrite: true) }
     }
 
