@@ -311,7 +311,31 @@ isr_syscall:
         je      sys_triple_fault
         cmp     $SYS_IO, %rax
         je      sys_io
+        cmp     $SYS_KCALL, %rax
+        je      sys_kcall
         mov     $-1, %rax
+        iretq
+/* rdi = op, rsi/rdx = arguments: k_call (k_apic.c); rax = its result. */
+sys_kcall:
+        push    %rcx
+        push    %rsi
+        push    %rdi
+        push    %r8
+        push    %r9
+        push    %r10
+        push    %r11
+        push    %rdx
+        sub     $8, %rsp                        /* 16-byte alignment for the call */
+        call    k_call
+        add     $8, %rsp
+        pop     %rdx
+        pop     %r11
+        pop     %r10
+        pop     %r9
+        pop     %r8
+        pop     %rdi
+        pop     %rsi
+        pop     %rcx
         iretq
 sys_send_ipi:                                   /* rdi = APIC id, rsi = vector */
         push    %rdx
@@ -506,8 +530,24 @@ exc_common:
         push    %rbx
         push    %rax
         mov     %rsp, %rdi
-        call    k_exception
-        ud2
+        call    k_exception                     /* returns only for a caught #GP (k_fixup) */
+        pop     %rax
+        pop     %rbx
+        pop     %rcx
+        pop     %rdx
+        pop     %rsi
+        pop     %rdi
+        pop     %rbp
+        pop     %r8
+        pop     %r9
+        pop     %r10
+        pop     %r11
+        pop     %r12
+        pop     %r13
+        pop     %r14
+        pop     %r15
+        add     $16, %rsp                       /* vector, error code */
+        iretq
 
 /* ------------------------------------------------------------------ */
 /* Static data: GDT and page tables (no ring-0 instructions to build).  */

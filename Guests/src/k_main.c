@@ -80,9 +80,16 @@ struct frame {
     u64 vec, err, rip, cs, rflags, rsp, ss;
 };
 
-void k_exception(struct frame *f) NORETURN;
+int k_fixup(u64 vec, u64 cs, u64 *rip);   /* k_apic.c: a #GP provoked on purpose */
+void k_apic_gates(void);                  /* k_apic.c */
+void k_set_gate(u32 vec, void *handler);
+void k_lapic_init(void);
+
+/* Reports the exception and ends the VM; returns only when k_fixup redirected it. */
+void k_exception(struct frame *f);
 void k_exception(struct frame *f)
 {
+    if (k_fixup(f->vec, f->cs, &f->rip)) return;
     static const char *names[32] = {
         "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "?", "#TS", "#NP", "#SS", "#GP", "#PF", "?",
         "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "?", "?", "?", "?", "?", "?", "?", "#VC", "#SX", "?"};
@@ -131,6 +138,8 @@ static void set_gate(u32 vec, void *handler, u8 dpl)
     e->off2 = (u32)(a >> 32);
 }
 
+void k_set_gate(u32 vec, void *handler) { set_gate(vec, handler, 0); }
+
 static void load_idt(void)
 {
     struct { u16 limit; u64 base; } __attribute__((packed)) d = {sizeof(k_idt) - 1, (u64)k_idt};
@@ -148,6 +157,13 @@ static void cpu_init(u32 id)
                         (((base >> 24) & 0xFF) << 56);
     k_gdt[6 + 2 * id + 1] = base >> 32;
     __asm__ volatile("ltr %w0" ::"r"(SEL_TSS0 + 16 * id));
+    k_lapic_init();
+    fetch_add32(&k_online, 1);
+}
+
+/* The local APIC as every vCPU runs with it (also after a probe reset it). */
+void k_lapic_init(void)
+{
     lapic_w(0x80, 0);                             /* TPR: accept everything */
     lapic_w(0xF0, 0x100 | VEC_SPURIOUS);          /* SVR: software enable */
     lapic_w(0x350, 0x10000);                      /* LINT0 masked: no 8259 ExtINT */
@@ -155,7 +171,6 @@ static void cpu_init(u32 id)
     lapic_w(0x3E0, 0x3);                          /* timer divide by 16 */
     lapic_w(0x320, VEC_TIMER | 0x20000);          /* timer: periodic */
     lapic_w(0x380, timer_count);                  /* start */
-    fetch_add32(&k_online, 1);
 }
 
 static void go_user(u32 id) NORETURN;
@@ -295,6 +310,7 @@ void kmain(struct bootinfo *bi)
     set_gate(VEC_TIMER, isr_timer, 0);
     for (u32 p = 0; p < DEV_LINES; p++) set_gate(VEC_DEV_BASE + p, isr_dev + 16 * p, 0);   /* u_pc.c */
     set_gate(VEC_SPURIOUS, isr_spurious, 0);
+    k_apic_gates();
     load_idt();
 
     clocks();

@@ -60,6 +60,7 @@
 #define IO_OUTL         9
 #define IO_RDMSR        10                  /* rsi = MSR index; rax = edx:eax */
 #define IO_CPUID        11                  /* rsi = leaf | subleaf << 32, rdx = 0-3 (eax-edx) */
+#define SYS_KCALL       5   /* rdi = op, rsi/rdx = arguments: ring-0 primitives (kcall.h) */
 
 /* User stacks: 16 KiB per vCPU (u_stacks in u_main.c). */
 #define USTACK_SHIFT    14

@@ -80,7 +80,7 @@ void guest_exit(u32 code) NORETURN;    /* port 0xF4 */
 /* ---- configuration from the command line (u_main.c) ---- */
 struct config {
     char workload[16];
-    u64 iters, ipis, trials, total_mib, ops, events, prime, timeout_s;
+    u64 iters, ipis, trials, total_mib, ops, events, prime, timeout_s, status;
     u64 table_bits;                      /* wordcount, invindex: log2 of the hash table slots */
 };
 extern struct config g_cfg;

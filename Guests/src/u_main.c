@@ -18,6 +18,7 @@ static const struct workload {
     {"pc", w_pc}, {"pcreset", w_pcreset}, {"pcoff", w_pcoff},
     {"cpuid", w_cpuid}, {"msrgp", w_msrgp},
     {"readfile", w_readfile}, {"disk-verify", w_disk_verify}, {"net-echo", w_net_echo}, {"virtio-hostile", w_virtio_hostile},
+    {"apic", w_apic}, {"ioapic", w_ioapic}, {"extint", w_extint}, {"partial", w_partial},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -35,6 +36,7 @@ static const struct option {
     {"prime", &g_cfg.prime, 10000},      /* cpu: primes up to this per event */
     {"timeout", &g_cfg.timeout_s, 20},   /* seconds any wait may take before failing */
     {"table", &g_cfg.table_bits, 16},    /* wordcount, invindex: log2 of hash table slots */
+    {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

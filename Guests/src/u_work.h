@@ -27,4 +27,8 @@ int w_net_echo(u32 id);
 int w_virtio_hostile(u32 id);
 u64 *virtio_option(const char *key);
 void virtio_defaults(void);
+int w_apic(u32 id);      /* u_apic.c */
+int w_ioapic(u32 id);
+int w_extint(u32 id);
+int w_partial(u32 id);
 #endif

@@ -63,7 +63,7 @@ public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
     }
 
     public func addressingChanged(vcpu index: Int, _ a: APICAddress) {
-        let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr).encode()
+        let bytes = CPUMessage.apicAddress(vcpu: UInt32(index), id: a.id, ldr: a.ldr, dfr: a.dfr, mode: a.mode.rawValue).encode()
         for p in node.peers { node.send(channel: .cpu, to: p, bytes) }
     }
 
@@ -97,20 +97,25 @@ public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
             }
             metrics.add(cIPIIn, 1)
             machine.router.deliver(to: Int(target), InterruptMessage(mode: dm, vector: vector, levelTriggered: level))
-        case let .apicAddress(vcpu, id, ldr, dfr):
+        case let .apicAddress(vcpu, id, ldr, dfr, mode):
             guard Int(vcpu) < vcpuNode.count, vcpuNode[Int(vcpu)] == from else {
                 logger.error("APIC address of vCPU \(vcpu) from node \(from), which does not run it: dropped")
                 return
             }
             metrics.add(cAddr, 1)
-            machine.router.updateAddress(of: Int(vcpu), APICAddress(id: id, ldr: ldr, dfr: dfr))
+            machine.router.updateAddress(of: Int(vcpu), APICAddress(id: id, ldr: ldr, dfr: dfr, mode: APICMode(rawValue: mode) ?? .xAPIC))
         case let .irqLine(line, level, device):
             guard let io = machine.ioapic else {
                 logger.error("interrupt line \(line) of device '\(device)' from node \(from), but the IOAPIC is not here: dropped")
                 return
             }
             metrics.add(cLinesIn, 1)
-            io.setLine(Int(line), asserted: level)
+            guard line < UInt32(IOAPIC.pinCount) else {
+                logger.error("interrupt line \(line) of device '\(device)' from node \(from): the IOAPIC has pins 0-\(IOAPIC.pinCount - 1): dropped")
+                return
+            }
+            _ = io
+            machine.forwardedLine(line, level: level)
         case let .eoi(vector):
             metrics.add(cEOIIn, 1)
             machine.ioapic?.eoi(vector: vector)

@@ -35,7 +35,9 @@ public struct WireError: Error, CustomStringConvertible, Equatable {
 /// One message of the cpu channel.
 public enum CPUMessage: Equatable {
     case ipi(target: UInt32, source: Int32, mode: UInt8, vector: UInt8, level: Bool)
-    case apicAddress(vcpu: UInt32, id: UInt8, ldr: UInt32, dfr: UInt32)
+    /// `mode`: APICMode's raw value (0 disabled, 1 xAPIC, 2 x2APIC); a trailing byte, read as
+    /// xAPIC when absent.
+    case apicAddress(vcpu: UInt32, id: UInt8, ldr: UInt32, dfr: UInt32, mode: UInt8 = 1)
     case irqLine(line: UInt32, level: Bool, device: String)
     case eoi(vector: UInt8)
     case timeRequest(seq: UInt32)
@@ -49,9 +51,9 @@ public enum CPUMessage: Equatable {
             var w = MessageWriter(type: CPUMessageType.ipi.rawValue)
             w.u32(target); w.i32(source); w.u8(mode); w.u8(vector); w.u8(level ? 1 : 0)
             return w.bytes
-        case let .apicAddress(vcpu, id, ldr, dfr):
+        case let .apicAddress(vcpu, id, ldr, dfr, mode):
             var w = MessageWriter(type: CPUMessageType.apicAddress.rawValue)
-            w.u32(vcpu); w.u8(id); w.u32(ldr); w.u32(dfr)
+            w.u32(vcpu); w.u8(id); w.u32(ldr); w.u32(dfr); w.u8(mode)
             return w.bytes
         case let .irqLine(line, level, device):
             var w = MessageWriter(type: CPUMessageType.irqLine.rawValue)
@@ -84,7 +86,8 @@ public enum CPUMessage: Equatable {
             } else { m = nil }
         case .apicAddress:
             if let v = r.u32(), let id = r.u8(), let ldr = r.u32(), let dfr = r.u32() {
-                m = .apicAddress(vcpu: v, id: id, ldr: ldr, dfr: dfr)
+                let mode = r.u8() ?? 1
+                m = mode <= 2 ? .apicAddress(vcpu: v, id: id, ldr: ldr, dfr: dfr, mode: mode) : nil
             } else { m = nil }
         case .irqLine:
             if let line = r.u32(), let lvl = r.u8(), lvl <= 1, let dev = r.text() {

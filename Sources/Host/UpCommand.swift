@@ -112,7 +112,8 @@ func launchNodes(_ cfg: ClusterConfig, configPath: String, logLevel: String, pla
 }
 
 /// Runs one process per node (`specs[i]` is node i): the launcher's policy, Ctrl-C/SIGTERM
-/// forwarded, the `[up]` summary lines; returns the command's exit status.
+/// forwarded, the `[up]` summary lines; returns the command's exit status (`LaunchResult.commandStatus`:
+/// the first failed node's own status, as `run` would exit for the same guest).
 func runNodes(_ cfg: ClusterConfig, specs: [ProcessSpec], deadline: Double? = nil,
               onLine: Launcher.LineHandler? = nil) -> Int32 {
     let signals = SignalWaiter.blockTerminationSignals()
@@ -138,6 +139,12 @@ func runNodes(_ cfg: ClusterConfig, specs: [ProcessSpec], deadline: Double? = ni
         launcher.emit("[up] all \(specs.count) nodes stopped cleanly\n", to: .stdout)
         return 0
     }
-    launcher.emit("[up] failed: node(s) \(result.failed.map { "\(cfg.nodes[$0].id)" }.joined(separator: ", ")) exited non-zero\n", to: .stderr)
-    return 1
+    // ssh's own 255 (it could not connect, or the remote node was killed) is no guest status:
+    // like any failure to start a node, `up` exits 1 then.
+    let first = result.firstFailure ?? result.failed.first ?? 0
+    let sshFailed = specs[first].stop == .closingStdin && result.ends[first] == .exited(255)
+    let status = sshFailed ? 1 : result.commandStatus
+    launcher.emit("[up] failed: node(s) \(result.failed.map { "\(cfg.nodes[$0].id)" }.joined(separator: ", ")) exited non-zero; "
+                  + "exit status \(status) (the first failure's)\n", to: .stderr)
+    return status
 }

@@ -1,4 +1,6 @@
-// The local APIC, emulated in user space (xAPIC, MMIO at 0xFEE00000). This file is pure state and
+// The local APIC, emulated in user space: xAPIC (MMIO page at IA32_APIC_BASE, 0xFEE00000 after
+// reset) and x2APIC (MSRs 0x800-0x8FF, X2APIC.swift), or hardware-disabled (IA32_APIC_BASE[11]
+// clear: no page, no interrupts accepted). This file is pure state and
 // arithmetic: no KVM, no threads, time passed in as nanoseconds. `VCPUInterrupts` wraps it with
 // a lock and the vCPU wake-up logic; `InterruptRouter` resolves destinations across vCPUs (and
 // nodes); the IOAPIC's messages reach it through the router too.
@@ -39,6 +41,16 @@ public enum APICRegister {
     public static let timerDivide: UInt32 = 0x3E0
 }
 
+/// The APIC's mode, from IA32_APIC_BASE bits 11 (EN) and 10 (EXTD) (SDM 10.12.5).
+public enum APICMode: UInt8, Equatable, Sendable {
+    /// EN = 0: no register interface, accepts no interrupts (LINT0 passes the 8259's INTR through).
+    case disabled = 0
+    /// EN = 1, EXTD = 0: the MMIO page at the base address.
+    case xAPIC = 1
+    /// EN = 1, EXTD = 1: the MSR interface; 32-bit IDs, LDR derived from the ID.
+    case x2APIC = 2
+}
+
 /// ICR / LVT delivery modes.
 public enum DeliveryMode: UInt8, Sendable {
     case fixed = 0, lowestPriority = 1, smi = 2, reserved3 = 3, nmi = 4, initialize = 5, startup = 6, extINT = 7
@@ -59,8 +71,19 @@ public struct InterruptCommand: Equatable, Sendable {
     /// Trigger mode bit (15): level-triggered when true.
     public var levelTriggered: Bool
     public var shorthand: DestinationShorthand
-    /// ICR high bits 24-31.
-    public var destination: UInt8
+    /// xAPIC format: ICR high bits 24-31 (0xFF = broadcast). x2APIC format: the whole 32-bit
+    /// destination field (0xFFFFFFFF = broadcast).
+    public var destination: UInt32
+    /// The command came from an x2APIC ICR (32-bit destination) rather than an xAPIC one, the
+    /// IOAPIC or an MSI (8-bit destination).
+    public var x2apicFormat = false
+
+    /// An x2APIC ICR write (MSR 0x830): low half as in xAPIC, destination in bits 32-63.
+    public init(x2apicICR v: UInt64) {
+        self.init(low: UInt32(truncatingIfNeeded: v), high: 0)
+        destination = UInt32(truncatingIfNeeded: v >> 32)
+        x2apicFormat = true
+    }
 
     public init(low: UInt32, high: UInt32) {
         vector = UInt8(low & 0xFF)
@@ -69,7 +92,7 @@ public struct InterruptCommand: Equatable, Sendable {
         assert = low & (1 << 14) != 0
         levelTriggered = low & (1 << 15) != 0
         shorthand = DestinationShorthand(rawValue: UInt8((low >> 18) & 3))!
-        destination = UInt8(high >> 24)
+        destination = high >> 24
     }
 
     /// An INIT with level de-assert and level trigger: the legacy "INIT level de-assert"
@@ -97,11 +120,30 @@ public struct APICAddress: Equatable, Sendable {
     public var dfr: UInt32
     /// Task priority, for lowest-priority arbitration.
     public var tpr: UInt8
-    public init(id: UInt8, ldr: UInt32 = 0, dfr: UInt32 = 0xFFFF_FFFF, tpr: UInt8 = 0) {
-        self.id = id; self.ldr = ldr; self.dfr = dfr; self.tpr = tpr
+    /// Disabled APICs are never a destination; x2APIC ones match 32-bit destinations and their
+    /// derived LDR (cluster in bits 31-16, one bit of 16 in bits 15-0).
+    public var mode: APICMode
+    public init(id: UInt8, ldr: UInt32 = 0, dfr: UInt32 = 0xFFFF_FFFF, tpr: UInt8 = 0, mode: APICMode = .xAPIC) {
+        self.id = id; self.ldr = ldr; self.dfr = dfr; self.tpr = tpr; self.mode = mode
     }
 
-    /// Logical destination match (flat model: DFR[31:28] = 0xF; cluster model: 0x0).
+    /// Physical destination match. Broadcast is 0xFF in xAPIC format and 0xFFFFFFFF in x2APIC
+    /// format; otherwise the (x2)APIC id must equal the destination.
+    public func matchesPhysical(_ dest: UInt32, x2apicFormat: Bool) -> Bool {
+        if dest == (x2apicFormat ? 0xFFFF_FFFF : 0xFF) { return true }
+        return UInt32(id) == dest
+    }
+
+    /// Logical destination match for either format: an x2APIC target compares cluster and bit
+    /// mask (an 8-bit xAPIC-format destination is cluster 0, except broadcast 0xFF); an xAPIC
+    /// target uses its LDR/DFR with the destination's low 8 bits.
+    public func matchesLogical(_ dest: UInt32, x2apicFormat: Bool) -> Bool {
+        if dest == (x2apicFormat ? 0xFFFF_FFFF : 0xFF) { return true }
+        if mode == .x2APIC { return ldr >> 16 == dest >> 16 && ldr & dest & 0xFFFF != 0 }
+        return matchesLogical(UInt8(truncatingIfNeeded: dest))
+    }
+
+    /// xAPIC logical destination match (flat model: DFR[31:28] = 0xF; cluster model: 0x0).
     public func matchesLogical(_ dest: UInt8) -> Bool {
         let logicalID = UInt8(ldr >> 24)
         if dfr >> 28 == 0xF { return logicalID & dest != 0 }
@@ -114,19 +156,19 @@ public struct APICAddress: Equatable, Sendable {
 /// Destination resolution: which vCPU indices an interrupt command reaches. Pure function;
 /// indices are global vCPU indices (a vCPU of another node is reached through RemoteInterrupts).
 public enum DestinationResolver {
+    /// Hardware-disabled APICs are never targets.
     public static func resolve(_ cmd: InterruptCommand, source: Int, apics: [APICAddress]) -> [Int] {
+        let live = apics.indices.filter { apics[$0].mode != .disabled }
         switch cmd.shorthand {
         case .selfOnly: return [source]
-        case .allIncludingSelf: return Array(apics.indices)
-        case .allExcludingSelf: return apics.indices.filter { $0 != source }
+        case .allIncludingSelf: return live
+        case .allExcludingSelf: return live.filter { $0 != source }
         case .none:
             var targets: [Int]
             if cmd.logical {
-                targets = apics.indices.filter { apics[$0].matchesLogical(cmd.destination) }
-            } else if cmd.destination == 0xFF {
-                targets = Array(apics.indices)
+                targets = live.filter { apics[$0].matchesLogical(cmd.destination, x2apicFormat: cmd.x2apicFormat) }
             } else {
-                targets = apics.indices.filter { apics[$0].id == cmd.destination }
+                targets = live.filter { apics[$0].matchesPhysical(cmd.destination, x2apicFormat: cmd.x2apicFormat) }
             }
             if cmd.mode == .lowestPriority, let best = lowestPriority(targets, apics) { targets = [best] }
             return targets
@@ -207,6 +249,12 @@ public struct LocalAPIC: Equatable, Sendable {
     public static let esrIllegalRegister: UInt32 = 1 << 7
 
     public internal(set) var id: UInt8
+    /// The ID the APIC had at power-on (the vCPU index): the x2APIC ID, and the ID a disabled
+    /// APIC comes back with.
+    public let initialID: UInt8
+    /// IA32_APIC_BASE: the mode (EN, EXTD) and the xAPIC page's address (bits 12-51).
+    public internal(set) var mode: APICMode = .xAPIC
+    public internal(set) var base: UInt64 = localAPICBase
     public internal(set) var tpr: UInt8 = 0
     public internal(set) var ldr: UInt32 = 0
     public internal(set) var dfr: UInt32 = 0xFFFF_FFFF
@@ -238,17 +286,21 @@ public struct LocalAPIC: Equatable, Sendable {
     /// A power-on APIC with the given id. `busHz` is the advertised APIC bus frequency.
     public init(id: UInt8, busHz: UInt64 = 100_000_000) {
         self.id = id
+        self.initialID = id
         self.busTickNanoseconds = max(1, 1_000_000_000 / busHz)
     }
 
     /// INIT: everything but the ID returns to its power-on value (SDM 10.4.7.3).
+    /// IA32_APIC_BASE returns to its power-on value (xAPIC at 0xFEE00000), as the runner sets it.
     public mutating func reset() {
-        self = LocalAPIC(id: id, busHz: 1_000_000_000 / busTickNanoseconds)
+        var fresh = LocalAPIC(id: initialID, busHz: 1_000_000_000 / busTickNanoseconds)
+        fresh.id = id
+        self = fresh
     }
 
     public var softwareEnabled: Bool { svr & 0x100 != 0 }
 
-    public var address: APICAddress { APICAddress(id: id, ldr: ldr, dfr: dfr, tpr: tpr) }
+    public var address: APICAddress { APICAddress(id: id, ldr: ldr, dfr: dfr, tpr: tpr, mode: mode) }
 
     // ---- priorities ------------------------------------------------------------------------
 
@@ -274,6 +326,7 @@ public struct LocalAPIC: Equatable, Sendable {
     /// Returns false when it was refused.
     @discardableResult
     public mutating func accept(vector: UInt8, levelTriggered: Bool) -> Bool {
+        if mode == .disabled { return false }
         if vector < 16 {
             raiseError(LocalAPIC.esrReceiveIllegalVector)
             return false

@@ -24,13 +24,17 @@ public enum VCPUEntry {
         public var canInject: Bool
         /// The TPR class (CR8) the guest enters with.
         public var cr8: UInt64
+        /// The 8259's INTR reaches the CPU: its output is high and LINT0 is unmasked in ExtINT mode
+        /// (or the APIC is hardware-disabled, LINT0 passing INTR through). The vector comes from
+        /// the 8259's interrupt acknowledge, outside the local APIC (no IRR, ISR or EOI).
+        public var extINT: Bool
 
         public init(stopping: Bool = false, runState: VCPURunState = .running, pendingINIT: Bool = false,
                     sipiVector: UInt8? = nil, pendingNMI: Bool = false, deliverableVector: UInt8? = nil,
-                    canInject: Bool = false, cr8: UInt64 = 0) {
+                    canInject: Bool = false, cr8: UInt64 = 0, extINT: Bool = false) {
             self.stopping = stopping; self.runState = runState; self.pendingINIT = pendingINIT
             self.sipiVector = sipiVector; self.pendingNMI = pendingNMI; self.deliverableVector = deliverableVector
-            self.canInject = canInject; self.cr8 = cr8
+            self.canInject = canInject; self.cr8 = cr8; self.extINT = extINT
         }
     }
 
@@ -44,8 +48,12 @@ public enum VCPUEntry {
         public var requestWindow: Bool
         /// kvm_run.cr8 on entry.
         public var cr8: UInt64
-        public init(nmi: Bool = false, inject: UInt8? = nil, requestWindow: Bool = false, cr8: UInt64 = 0) {
+        /// Acknowledge the 8259 (INTA) and inject the vector it returns (instead of `inject`).
+        public var injectExtINT: Bool
+        public init(nmi: Bool = false, inject: UInt8? = nil, requestWindow: Bool = false, cr8: UInt64 = 0,
+                    injectExtINT: Bool = false) {
             self.nmi = nmi; self.inject = inject; self.requestWindow = requestWindow; self.cr8 = cr8
+            self.injectExtINT = injectExtINT
         }
     }
 
@@ -68,7 +76,8 @@ public enum VCPUEntry {
     /// vCPU enters with the pending NMI and, when the guest can take one, the deliverable vector —
     /// or, when it cannot, asks for an interrupt window. After the injected vector is acknowledged
     /// no other vector is deliverable (its class now bounds PPR and it was the highest in IRR), so
-    /// an injection never needs a window too.
+    /// an injection never needs a window too. The 8259's ExtINT goes before the APIC's vectors
+    /// (as KVM's own APIC orders them); an APIC vector still pending then asks for a window.
     public static func decide(_ s: State) -> Action {
         if s.stopping { return .stop }
         if s.pendingINIT { return .reset }
@@ -77,13 +86,16 @@ public enum VCPUEntry {
             guard let v = s.sipiVector else { return .park }
             return .start(sipiVector: v)
         case let .halted(interruptsEnabled):
-            let wakes = s.pendingNMI || (interruptsEnabled && s.deliverableVector != nil)
+            let wakes = s.pendingNMI || (interruptsEnabled && (s.deliverableVector != nil || s.extINT))
             if !wakes { return .park }
         case .running:
             break
         }
         var e = Entry(nmi: s.pendingNMI, cr8: s.cr8)
-        if let v = s.deliverableVector {
+        if s.extINT {
+            if s.canInject { e.injectExtINT = true } else { e.requestWindow = true }
+            if s.deliverableVector != nil { e.requestWindow = true }
+        } else if let v = s.deliverableVector {
             if s.canInject { e.inject = v } else { e.requestWindow = true }
         }
         return .enter(e)

@@ -27,6 +27,8 @@ public final class VCPUInterrupts: @unchecked Sendable {
     var pendingINIT = false
     var sipiVector: UInt8?
     var state: VCPURunState
+    /// Level of LINT0 as the 8259's INT output drives it (the boot vCPU's; false elsewhere).
+    var lint0 = false
     /// Forces the vCPU out of guest mode (any thread; `VCPU.kick()` for a KVM vCPU). Called
     /// without this lock held.
     let kick: @Sendable () -> Void
@@ -66,6 +68,7 @@ public final class VCPUInterrupts: @unchecked Sendable {
     func receive(_ m: InterruptMessage) -> Bool {
         cond.lock()
         defer { cond.unlock() }
+        if apic.mode == .disabled { return false }   // a hardware-disabled APIC takes no message
         var wake = true
         switch m.mode {
         case .fixed, .lowestPriority, .extINT:
@@ -104,7 +107,7 @@ public final class VCPUInterrupts: @unchecked Sendable {
             let action = VCPUEntry.decide(VCPUEntry.State(
                 stopping: stopping(), runState: state, pendingINIT: pendingINIT, sipiVector: sipiVector,
                 pendingNMI: pendingNMI, deliverableVector: apic.deliverableVector, canInject: canInject,
-                cr8: apic.cr8))
+                cr8: apic.cr8, extINT: extINTPending))
             switch action {
             case .stop:
                 break
@@ -147,5 +150,58 @@ public final class VCPUInterrupts: @unchecked Sendable {
     /// A guest read of its APIC register `offset`.
     public func readAPIC(_ offset: UInt32, now: UInt64) -> UInt32 {
         locked { $0.apic.read(offset, now: now) }
+    }
+
+    // ---- IA32_APIC_BASE, x2APIC, LINT0 ------------------------------------------------------------
+
+    /// IA32_APIC_BASE changed to `value` (KVM accepted the guest's WRMSR): the effects and the
+    /// APIC's address afterwards.
+    public func setAPICBase(_ value: UInt64) -> (effects: [APICEffect], address: APICAddress) {
+        locked { s in
+            let e = s.apic.setBaseMSR(value)
+            if !e.isEmpty { s.cond.broadcast() }
+            return (e, s.apic.address)
+        }
+    }
+
+    /// RDMSR of an x2APIC MSR: the value, or nil for #GP.
+    public func readX2APIC(_ msr: UInt32, now: UInt64) -> UInt64? {
+        locked { $0.apic.readMSR(msr, now: now) }
+    }
+
+    /// WRMSR of an x2APIC MSR: the effects (nil for #GP) and the APIC's address afterwards.
+    public func writeX2APIC(_ msr: UInt32, _ value: UInt64, now: UInt64) -> (effects: [APICEffect]?, address: APICAddress) {
+        locked { s in (s.apic.writeMSR(msr, value, now: now), s.apic.address) }
+    }
+
+    /// The 8259's INTR as LINT0 sees it: ExtINT (and a hardware-disabled APIC's pass-through)
+    /// follows the level; Fixed and NMI entries fire on the rising edge. Kicks the vCPU out of
+    /// KVM_RUN when it must take the interrupt.
+    public func setLINT0(_ level: Bool) {
+        if lockedSetLINT0(level) { kick() }
+    }
+
+    func lockedSetLINT0(_ level: Bool) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        let rising = level && !lint0
+        lint0 = level
+        var wake = extINTPending
+        if rising, apic.mode != .disabled, let m = apic.lintMessage(pin: 0) {
+            switch m.mode {
+            case .fixed: wake = apic.accept(vector: m.vector, levelTriggered: false) || wake
+            case .nmi: pendingNMI = true; wake = true
+            default: break
+            }
+        }
+        if wake { cond.broadcast() }
+        return wake && state == .running
+    }
+
+    /// Called with the lock held: the 8259's INTR reaches the CPU now.
+    var extINTPending: Bool {
+        guard lint0 else { return false }
+        if apic.mode == .disabled { return true }
+        return apic.lintMessage(pin: 0)?.mode == .extINT
     }
 }

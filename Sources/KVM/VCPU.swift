@@ -30,6 +30,11 @@ public enum VCPUExit {
     case debug
     /// KVM_EXIT_HYPERCALL
     case hypercall(number: UInt64)
+    /// KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR (after `VirtualMachine.enableUserSpaceMSRs`): an
+    /// RDMSR or WRMSR KVM would refuse (`reason`: KVM_MSR_EXIT_REASON_*). Answer with
+    /// `completeMSR` before the next run.
+    case rdmsr(index: UInt32, reason: UInt32)
+    case wrmsr(index: UInt32, value: UInt64, reason: UInt32)
     /// Any other exit reason.
     case unknown(reason: UInt32)
 }
@@ -124,6 +129,9 @@ public final class VCPU: @unchecked Sendable {
         case KVM_EXIT_EXCEPTION: return .exception(vector: gvm_run_ex_exception(r), errorCode: gvm_run_ex_error_code(r))
         case KVM_EXIT_DEBUG: return .debug
         case KVM_EXIT_HYPERCALL: return .hypercall(number: gvm_run_hypercall_nr(r))
+        case gvm_KVM_EXIT_X86_RDMSR(): return .rdmsr(index: gvm_run_msr_index(r), reason: gvm_run_msr_reason(r))
+        case gvm_KVM_EXIT_X86_WRMSR():
+            return .wrmsr(index: gvm_run_msr_index(r), value: gvm_run_msr_data(r), reason: gvm_run_msr_reason(r))
         default: return .unknown(reason: gvm_run_exit_reason(r))
         }
     }
@@ -140,6 +148,12 @@ public final class VCPU: @unchecked Sendable {
         get { gvm_run_cr8(run) }
         set { gvm_run_set_cr8(run, newValue) }
     }
+    /// kvm_run.apic_base after the last exit: IA32_APIC_BASE as KVM holds it (KVM handles the
+    /// WRMSR itself, checking reserved bits and mode transitions; the VMM sees the result here).
+    public var apicBase: UInt64 { gvm_run_apic_base(run) }
+    /// Answers the `.rdmsr`/`.wrmsr` exit just returned: `failed` raises #GP in the guest;
+    /// `value` is what an RDMSR reads.
+    public func completeMSR(value: UInt64, failed: Bool) { gvm_run_msr_complete(run, failed ? 1 : 0, value) }
     /// kvm_run.request_interrupt_window
     public func requestInterruptWindow(_ on: Bool) { gvm_run_set_request_interrupt_window(run, on ? 1 : 0) }
 

@@ -41,6 +41,16 @@ public protocol VirtualCPU: AnyObject, Sendable {
     func setSpecialRegisters(_ sregs: SpecialRegisters) throws
     /// x87/SSE state back to its power-on values.
     func resetFPU() throws
+    /// IA32_APIC_BASE after the last exit.
+    var apicBase: UInt64 { get }
+    /// Answers an `.rdmsr`/`.wrmsr` exit (`failed`: #GP).
+    func completeMSR(value: UInt64, failed: Bool)
+}
+
+extension VirtualCPU {
+    /// Doubles without an APIC base model: xAPIC enabled at 0xFEE00000, BSP (KVM's power-on value).
+    public var apicBase: UInt64 { 0xFEE0_0900 }
+    public func completeMSR(value: UInt64, failed: Bool) {}
 }
 
 extension VCPU: VirtualCPU {}

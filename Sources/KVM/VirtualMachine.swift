@@ -56,6 +56,15 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try kvmIoctl(fd, gvm_KVM_SET_IDENTITY_MAP_ADDR(), "KVM_SET_IDENTITY_MAP_ADDR", &a)
     }
 
+    /// KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR): RDMSR/WRMSR that KVM would refuse with #GP
+    /// (the x2APIC MSRs, as the local APIC is in user space) or does not know exit to user space
+    /// as `.rdmsr`/`.wrmsr`. Before any vCPU runs.
+    public func enableUserSpaceMSRs() throws {
+        if gvm_enable_user_space_msr(fd, gvm_msr_exit_reasons()) != 0 {
+            throw KVMError(call: "KVM_ENABLE_CAP", errno: gvm_errno(), context: "KVM_CAP_X86_USER_SPACE_MSR (x2APIC MSRs in user space)")
+        }
+    }
+
     /// KVM_CREATE_VCPU with the given id (the APIC id), and maps its kvm_run page.
     public func createVCPU(id: UInt32) throws -> VCPU {
         // Sound: the argument is the integer vCPU id.

@@ -75,10 +75,14 @@ public enum MachineStop: CustomStringConvertible, Sendable {
     }
 }
 
-/// Serialises console output (UART bytes and result lines) to one sink. Any thread.
+/// Serialises console output (UART bytes and result lines) to one sink, and remembers whether
+/// the last byte written ended a line (so the VMM's closing line can start on a line of its own).
+/// Any thread.
 public final class ConsoleOutput: @unchecked Sendable {
     let lock = NSLock()
     let sink: (UnsafeRawBufferPointer) -> Void
+    /// Guarded by `lock`: nothing was written yet, or the last byte was a newline.
+    var atLineStart = true
     /// Default: stdout, unbuffered.
     public init(sink: ((UnsafeRawBufferPointer) -> Void)? = nil) {
         self.sink = sink ?? { b in
@@ -93,7 +97,20 @@ public final class ConsoleOutput: @unchecked Sendable {
     public func write(_ b: UnsafeRawBufferPointer) {
         lock.lock()
         defer { lock.unlock() }
+        guard let last = b.last else { return }
         sink(b)
+        atLineStart = last == UInt8(ascii: "\n")
+    }
+
+    /// Ends the guest's last line when it had no newline, so whatever the VMM prints next (its
+    /// closing line, a `[node N]` relay) starts on a line of its own. Call after the machine
+    /// stopped; writes nothing when the output is already at the start of a line.
+    public func finishLine() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !atLineStart else { return }
+        [UInt8(ascii: "\n")].withUnsafeBytes { sink($0) }
+        atLineStart = true
     }
 }
 
@@ -124,6 +141,9 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     var firmwareEntry: EntryState?
     /// The IOAPIC, when this node emulates it.
     public let ioapic: IOAPIC?
+    /// The 8259 pair on this node, if any (its INTR is LINT0 of vCPU 0; ISA lines reach its
+    /// inputs as they reach the IOAPIC's pins: `PICLink.isaIRQ(forLine:)`).
+    let pic = PICLink()
     /// The other nodes of a VM that spans several (nil on a single node): interrupt messages to
     /// their vCPUs, local APIC address changes, and — when the IOAPIC lives elsewhere — device
     /// lines and level-triggered EOIs.
@@ -178,12 +198,20 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             try vm.setIdentityMapAddress(0xFFFB_C000)
             try vm.setMemory(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: ram.size, hostAddress: ram.hostBase))
             try VCPU.installKickHandler()
+            // The x2APIC MSRs reach the user-space APIC only through MSR exits: without them,
+            // x2APIC is not offered.
+            var x2apic = true
+            do { try vm.enableUserSpaceMSRs() } catch {
+                x2apic = false
+                logger.warning("x2APIC not offered: \(error)")
+            }
             let supported = try Machine.probedCPUID(self.kvm, logger: logger)   // TruthfulCPUID.swift
             for i in local {
                 let v = try vm.createVCPU(id: UInt32(i))
                 let tsc = (try? v.tscKHz()) ?? 0
-                let policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
+                var policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
                                          apicBusKHz: UInt32(config.apicBusHz / 1000))
+                policy.offerX2APIC = x2apic
                 try v.setCPUID(policy.entries(supported: supported, vcpu: UInt32(i)))
                 try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
                 vcpus.append(v)
@@ -220,10 +248,11 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             ioapic = nil
         }
         let ioapic = self.ioapic
+        let pic = self.pic
         environment = VCPUEnvironment(
             bus: bus, router: router, clock: clock, fence: fence,
             levelEOI: { v in if let ioapic { ioapic.eoi(vector: v) } else { remote?.forwardEOI(vector: v) } },
-            rearmTimer: { timer.rearm() })
+            rearmTimer: { timer.rearm() }, acknowledgeExtINT: { pic.acknowledge() }, ramBytes: config.memoryBytes)
         do {
             for (irq, v) in zip(localIRQ, vcpus) {
                 runners.append(try VCPURunner(index: irq.index, vcpu: v, irq: irq, environment: environment, logger: logger))
@@ -235,8 +264,20 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
 
     // ---- setup ---------------------------------------------------------------------------------
 
-    /// Adds a device-plugin instance (it maps its own ranges through map_io during create).
-    public func addDevice(_ d: PluginDevice) { devices.append(d) }
+    /// Adds a device-plugin instance (it maps its own ranges through map_io during create). An
+    /// 8259 (model `i8259`) becomes the PIC whose INTR drives LINT0 of vCPU 0.
+    public func addDevice(_ d: PluginDevice) {
+        devices.append(d)
+        if d.modelName == PICLink.modelName {
+            pic.device.withLock { $0 = d }
+            if !config.localVCPUs.contains(0) {
+                logger.warning("device '\(d.name)' (i8259) is on node \(config.nodeID) but vCPU 0 is not: its INTR cannot reach LINT0 (place it on vCPU 0's node)")
+            }
+            if ioapic == nil && config.nodes.count > 1 {
+                logger.warning("device '\(d.name)' (i8259) is not on the IOAPIC's node: only lines of devices on node \(config.nodeID) reach its inputs")
+            }
+        }
+    }
 
     /// Adds a built-in device on fixed ranges.
     public func addDevice(_ d: IODevice, ranges: [(IOSpaceKind, UInt64, UInt64)]) throws {
@@ -383,6 +424,11 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// straight to vCPU 0's local APIC as fixed, edge-triggered vector
     /// `legacyIRQVectorBase + line`, on the rising edge.
     public func setIRQ(line: UInt32, level: Bool, from device: String) {
+        if line == PICLink.intrLine {   // the 8259's INT output: LINT0 of vCPU 0
+            interruptState(of: 0)?.setLINT0(level)
+            return
+        }
+        pic.setInput(line: line, level: level)   // ISA lines also reach the 8259 here
         if ioapic == nil, let remote {   // the IOAPIC lives on another node
             remote.forwardIRQLine(line, level: level, device: device)
             return
@@ -402,6 +448,13 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         }
         guard rising, line < 224 else { return }
         router.deliver(to: 0, InterruptMessage(mode: .fixed, vector: config.legacyIRQVectorBase &+ UInt8(line)))
+    }
+
+    /// A device line forwarded from another node (this node has the IOAPIC): its pin, and the
+    /// 8259's input for ISA lines 0-15 when the 8259 is here.
+    public func forwardedLine(_ line: UInt32, level: Bool) {
+        pic.setInput(line: line, level: level)
+        ioapic?.setLine(Int(line), asserted: level)
     }
 
     public func consoleWrite(_ bytes: UnsafeRawBufferPointer) { console.write(bytes) }

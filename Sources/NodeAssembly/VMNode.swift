@@ -296,6 +296,7 @@ public final class VMNode: @unchecked Sendable {
         }
         let started = monotonicNanoseconds()
         let stopped = machine.run()
+        machine.console.finishLine()   // the closing line must not run on from the guest's last line
         let elapsed = Double(monotonicNanoseconds() - started) / 1e9
         let recorded = localCause.withLock { $0 }
         let cause: StopCause

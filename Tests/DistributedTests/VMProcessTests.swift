@@ -201,10 +201,11 @@ final class VMProcessTests: XCTestCase {
         XCTAssertTrue(ipi.stdout.contains(#"[node 2] RESULT {"workload":"ipi","vcpus":4,"per_pair":10,"expected":120,"total":120,"#), ipi.stdout)
     }
 
-    /// A guest failure (exception report, exit value 3) ends every node with the same status.
+    /// A guest failure (exception report, exit value 3) ends every node with the same status, and
+    /// `up` exits with it too (as `run` would).
     func testGuestFailureStatusOnEveryNode() throws {
         let r = try up(vmConfig(port: 20320), cmdline: "fault")
-        XCTAssertEqual(r.status, 1, r.output)
+        XCTAssertEqual(r.status, 35, r.output)
         XCTAssertTrue(r.stderr.contains("[node 0] giantvm: error: node 0: guest failed: isa-debug-exit value 3 (status 7); giantvm exits 35"), r.stderr)
         XCTAssertTrue(r.stderr.contains("[up] node 0 exited with status 35"), r.stderr)
         XCTAssertTrue(r.stderr.contains("[up] node 1 exited with status 35"), r.stderr)

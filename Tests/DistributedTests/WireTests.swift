@@ -6,12 +6,22 @@ final class WireTests: XCTestCase {
         let all: [CPUMessage] = [
             .ipi(target: 3, source: -1, mode: 6, vector: 0x10, level: false),
             .apicAddress(vcpu: 2, id: 2, ldr: 0x0400_0000, dfr: 0xFFFF_FFFF),
+            .apicAddress(vcpu: 17, id: 17, ldr: 0x0001_0002, dfr: 0xFFFF_FFFF, mode: 2),   // x2APIC
+            .apicAddress(vcpu: 1, id: 1, ldr: 0, dfr: 0xFFFF_FFFF, mode: 0),               // disabled
             .irqLine(line: 4, level: true, device: "com1"),
             .eoi(vector: 0x34),
             .timeRequest(seq: 7),
             .timeReply(seq: 7, hostClock: 123_456_789, guestOffset: -5, realGuestOffset: Int64.min),
         ]
         for m in all { XCTAssertEqual(try CPUMessage.decode(m.encode()), m) }
+    }
+
+    func testAnAPICAddressWithoutItsModeByteIsXAPICAndABadModeIsRefused() throws {
+        var bytes = CPUMessage.apicAddress(vcpu: 2, id: 2, ldr: 0x0400_0000, dfr: 0xFFFF_FFFF, mode: 2).encode()
+        bytes.removeLast()
+        XCTAssertEqual(try CPUMessage.decode(bytes), .apicAddress(vcpu: 2, id: 2, ldr: 0x0400_0000, dfr: 0xFFFF_FFFF, mode: 1))
+        bytes.append(3)
+        XCTAssertThrowsError(try CPUMessage.decode(bytes))
     }
 }
 

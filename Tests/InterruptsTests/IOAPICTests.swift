@@ -99,3 +99,98 @@ final class IOAPICTests: XCTestCase {
         XCTAssertEqual(readRegister(0x7F), 0xFFFF_FFFF, "undefined register reads all-ones")
     }
 }
+
+/// IOAPIC semantics the guest test (`ioapic` workload) checks from inside a VM, pinned here:
+/// edges lost while masked, remote IRR through mask/unmask and both EOI paths, polarity.
+final class IOAPICExactnessTests: XCTestCase {
+    var delivered: [AddressedInterrupt] = []
+    var io: IOAPIC!
+
+    override func setUp() {
+        delivered = []
+        io = IOAPIC(deliver: { [unowned self] in self.delivered.append($0) })
+    }
+
+    func program(_ pin: Int, _ entry: UInt64) {
+        io.write(offset: IOAPIC.Offset.ioregsel, length: 4, value: UInt64(0x10 + 2 * pin + 1))
+        io.write(offset: IOAPIC.Offset.iowin, length: 4, value: entry >> 32)
+        io.write(offset: IOAPIC.Offset.ioregsel, length: 4, value: UInt64(0x10 + 2 * pin))
+        io.write(offset: IOAPIC.Offset.iowin, length: 4, value: entry & 0xFFFF_FFFF)
+    }
+
+    let level: UInt64 = 1 << 15, mask: UInt64 = 1 << 16, remoteIRR: UInt64 = 1 << 14
+
+    func testAnEdgeWhileMaskedIsLostAndUnmaskingDoesNotReplayIt() {
+        program(21, 0x61)
+        program(21, 0x61 | mask)
+        io.setLine(21, asserted: true)
+        program(21, 0x61)
+        XCTAssertTrue(delivered.isEmpty, "the edge came while masked")
+        io.setLine(21, asserted: false)
+        io.setLine(21, asserted: true)
+        XCTAssertEqual(delivered.map(\.vector), [0x61])
+    }
+
+    func testRemoteIRRBlocksEveryRedeliveryUntilTheEOIAndReTriggersAStillAssertedLine() {
+        program(20, 0x69 | level)
+        io.setLine(20, asserted: true)
+        XCTAssertEqual(delivered.count, 1)
+        XCTAssertNotEqual(io.entry(20) & remoteIRR, 0, "remote IRR set on delivery")
+        io.setLine(20, asserted: false)
+        io.setLine(20, asserted: true)
+        program(20, 0x69 | level)   // rewriting the entry does not clear remote IRR either
+        XCTAssertEqual(delivered.count, 1, "nothing while remote IRR is set")
+        io.eoi(vector: 0x68)
+        XCTAssertEqual(delivered.count, 1, "an EOI of another vector does not count")
+        io.eoi(vector: 0x69)
+        XCTAssertEqual(delivered.count, 2, "the line is still asserted: delivered again")
+        XCTAssertNotEqual(io.entry(20) & remoteIRR, 0)
+        io.setLine(20, asserted: false)
+        io.write(offset: IOAPIC.Offset.eoi, length: 4, value: 0x69)   // the EOI register
+        XCTAssertEqual(io.entry(20) & remoteIRR, 0)
+        XCTAssertEqual(delivered.count, 2, "the line is low: nothing more")
+    }
+
+    func testMaskingWhilePendingHoldsALevelInterruptUntilUnmasked() {
+        program(20, 0x69 | level | mask)
+        io.setLine(20, asserted: true)
+        XCTAssertTrue(delivered.isEmpty)
+        XCTAssertEqual(io.entry(20) & remoteIRR, 0, "masked: not delivered, so no remote IRR")
+        program(20, 0x69 | level)
+        XCTAssertEqual(delivered.map(\.vector), [0x69])
+        // Masked while in service: the EOI clears remote IRR but a masked entry stays quiet.
+        program(20, 0x69 | level | mask)
+        io.eoi(vector: 0x69)
+        XCTAssertEqual(io.entry(20) & remoteIRR, 0)
+        XCTAssertEqual(delivered.count, 1)
+        program(20, 0x69 | level)
+        XCTAssertEqual(delivered.count, 2, "still asserted when unmasked")
+    }
+
+    func testLevelLineDroppedBeforeTheEOIIsNotReplayed() {
+        program(20, 0x69 | level)
+        io.setLine(20, asserted: true)
+        io.setLine(20, asserted: false)
+        io.eoi(vector: 0x69)
+        XCTAssertEqual(delivered.count, 1)
+        XCTAssertEqual(io.entry(20) & remoteIRR, 0)
+    }
+
+    func testActiveLowLevelEntryFollowsTheInvertedLine() {
+        io.setLine(9, asserted: true)   // idle level of an active-low line
+        program(9, 0x59 | level | 1 << 13)
+        XCTAssertTrue(delivered.isEmpty)
+        io.setLine(9, asserted: false)   // active
+        XCTAssertEqual(delivered.map(\.vector), [0x59])
+        io.setLine(9, asserted: true)
+        io.eoi(vector: 0x59)
+        XCTAssertEqual(delivered.count, 1)
+    }
+
+    func testSwitchingAnEntryToEdgeClearsRemoteIRR() {
+        program(20, 0x69 | level)
+        io.setLine(20, asserted: true)
+        program(20, 0x69)
+        XCTAssertEqual(io.entry(20) & remoteIRR, 0)
+    }
+}

@@ -277,3 +277,40 @@ final class RecordingRemote: RemoteInterrupts, @unchecked Sendable {
         lock.lock(); _eois.append(vector); lock.unlock()
     }
 }
+
+/// The 8259's INTR through LINT0 (ExtINT): decisions and the LINT0 pin of a vCPU.
+final class ExtINTTests: XCTestCase {
+    func testExtINTIsInjectedBeforeAPICVectorsOrWaitsForAWindow() {
+        XCTAssertEqual(VCPUEntry.decide(.init(canInject: true, extINT: true)), .enter(.init(injectExtINT: true)))
+        XCTAssertEqual(VCPUEntry.decide(.init(canInject: false, extINT: true)), .enter(.init(requestWindow: true)))
+        XCTAssertEqual(VCPUEntry.decide(.init(deliverableVector: 0x40, canInject: true, extINT: true)),
+                       .enter(.init(requestWindow: true, injectExtINT: true)), "the APIC vector waits for the next window")
+        XCTAssertEqual(VCPUEntry.decide(.init(runState: .halted(interruptsEnabled: true), extINT: true)),
+                       .enter(.init(requestWindow: true)), "INTR wakes a halted CPU with IF set")
+        XCTAssertEqual(VCPUEntry.decide(.init(runState: .halted(interruptsEnabled: false), extINT: true)), .park)
+    }
+
+    func testLINT0RoutesINTROnlyInExtINTModeOrWithTheAPICDisabled() {
+        let irq = VCPUInterrupts(index: 0, busHz: 100_000_000, state: .running)
+        _ = irq.writeAPIC(APICRegister.svr, 0x1FF, now: 0)
+        func entry() -> VCPUEntry.Action { irq.nextEntry(canInject: true, stopping: { false }) }
+        irq.setLINT0(true)
+        XCTAssertEqual(entry(), .enter(.init()), "LINT0 masked: INTR ignored")
+        _ = irq.writeAPIC(APICRegister.lvtLINT0, 0x700, now: 0)
+        XCTAssertEqual(entry(), .enter(.init(injectExtINT: true)), "ExtINT follows the level")
+        irq.setLINT0(false)
+        XCTAssertEqual(entry(), .enter(.init()))
+        XCTAssertTrue(irq.apicSnapshot.isr.isEmpty, "ExtINT bypasses the APIC's IRR/ISR")
+        // Hardware-disabled APIC: LINT0 passes INTR through whatever the (reset) LVT says.
+        _ = irq.setAPICBase(0xFEE0_0000)
+        irq.setLINT0(true)
+        XCTAssertEqual(entry(), .enter(.init(injectExtINT: true)))
+        irq.setLINT0(false)
+        // Fixed mode fires on the rising edge through the APIC.
+        _ = irq.setAPICBase(0xFEE0_0000 | LocalAPIC.baseEN)
+        _ = irq.writeAPIC(APICRegister.svr, 0x1FF, now: 0)
+        _ = irq.writeAPIC(APICRegister.lvtLINT0, 0x45, now: 0)
+        irq.setLINT0(true)
+        XCTAssertEqual(entry(), .enter(.init(inject: 0x45)))
+    }
+}

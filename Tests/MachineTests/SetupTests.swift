@@ -14,13 +14,16 @@ final class CPUIDPolicyTests: XCTestCase {
         let p = CPUIDPolicy(totalVCPUs: 6, nodes: [(0, 4), (4, 2)], tscKHz: 2_000_000, apicBusKHz: 100_000)
         let e = p.entries(supported: supported, vcpu: 5)
         let leaf1 = e.first { $0.function == 1 }!
-        XCTAssertEqual(leaf1.ecx & (1 << 21), 0, "no x2APIC")
+        XCTAssertNotEqual(leaf1.ecx & (1 << 21), 0, "x2APIC offered (the user-space APIC's MSR interface)")
         XCTAssertEqual(leaf1.ecx & (1 << 24), 0, "no TSC-deadline")
         XCTAssertEqual(leaf1.ecx & (1 << 27), 0, "no OSXSAVE")
         XCTAssertNotEqual(leaf1.ecx & (1 << 31), 0, "hypervisor present")
         XCTAssertNotEqual(leaf1.edx & (1 << 9), 0, "APIC present")
         XCTAssertEqual(leaf1.ebx >> 24, 5, "initial APIC id = vCPU index")
         XCTAssertEqual(e.first { $0.function == 0xB }!.edx, 5)
+        var without = p
+        without.offerX2APIC = false   // KVM would not send the x2APIC MSRs to user space
+        XCTAssertEqual(without.entries(supported: supported, vcpu: 5).first { $0.function == 1 }!.ecx & (1 << 21), 0)
         // KVM's PV leaves (PV EOI, PV send-IPI, PV unhalt, async PF, steal time, PV TLB flush) are gone.
         XCTAssertFalse(e.contains { $0.function == 0x4000_0001 && $0.eax == 0xFFFF_FFFF })
         let sig = e.first { $0.function == 0x4000_0000 }!
@@ -126,5 +129,15 @@ final class IOBusTests: XCTestCase {
         XCTAssertThrowsError(try bus.map(.pio, base: 0xFFFF, length: 2, device: D("y")))
         bus.seal()
         XCTAssertThrowsError(try bus.map(.pio, base: 0x2F8, length: 8, device: D("late")))
+    }
+}
+
+/// Which 8259 input a device line (an IOAPIC pin) feeds: the firmware's IRQ0 -> GSI2 override.
+final class PICLinkTests: XCTestCase {
+    func testDeviceLinesMapToISAIRQsAsTheMADTSays() {
+        XCTAssertEqual(PICLink.isaIRQ(forLine: 2), 0, "pin 2 is the PIT's IRQ 0")
+        XCTAssertNil(PICLink.isaIRQ(forLine: 0), "pin 0 feeds no 8259 input")
+        for line: UInt32 in [1, 3, 4, 8, 15] { XCTAssertEqual(PICLink.isaIRQ(forLine: line), Int(line)) }
+        for line: UInt32 in [16, 20, 23, PICLink.intrLine] { XCTAssertNil(PICLink.isaIRQ(forLine: line)) }
     }
 }

@@ -103,6 +103,32 @@ static inline uint32_t gvm_run_ex_error_code(const struct kvm_run *r) { return r
 // KVM_EXIT_HYPERCALL
 static inline uint64_t gvm_run_hypercall_nr(const struct kvm_run *r) { return r->hypercall.nr; }
 
+// ---- MSR accesses in user space (KVM_CAP_X86_USER_SPACE_MSR; the x2APIC MSRs) --------------------
+static inline unsigned long gvm_KVM_ENABLE_CAP(void) { return KVM_ENABLE_CAP; }
+static inline int gvm_KVM_CAP_X86_USER_SPACE_MSR(void) { return KVM_CAP_X86_USER_SPACE_MSR; }
+/// The MSR accesses KVM sends to user space once enabled: ones it would fail with #GP (INVAL: the
+/// x2APIC MSRs without an in-kernel APIC, bad values) and ones it does not know (UNKNOWN).
+static inline uint64_t gvm_msr_exit_reasons(void) { return KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_UNKNOWN; }
+/// KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR, reasons) on a VM fd. Returns 0 or -1 (errno).
+static inline int gvm_enable_user_space_msr(int vmfd, uint64_t reasons) {
+    struct kvm_enable_cap c;
+    memset(&c, 0, sizeof c);
+    c.cap = KVM_CAP_X86_USER_SPACE_MSR;
+    c.args[0] = reasons;
+    return ioctl(vmfd, KVM_ENABLE_CAP, &c);
+}
+static inline int gvm_KVM_EXIT_X86_RDMSR(void) { return KVM_EXIT_X86_RDMSR; }
+static inline int gvm_KVM_EXIT_X86_WRMSR(void) { return KVM_EXIT_X86_WRMSR; }
+static inline uint32_t gvm_run_msr_index(const struct kvm_run *r) { return r->msr.index; }
+static inline uint32_t gvm_run_msr_reason(const struct kvm_run *r) { return r->msr.reason; }
+static inline uint64_t gvm_run_msr_data(const struct kvm_run *r) { return r->msr.data; }
+/// Completes an MSR exit before the next KVM_RUN: `error` 1 makes KVM raise #GP; for RDMSR `data`
+/// is the value read.
+static inline void gvm_run_msr_complete(struct kvm_run *r, uint8_t error, uint64_t data) {
+    r->msr.error = error;
+    r->msr.data = data;
+}
+
 // ---- variable-length structs -------------------------------------------------------------------
 /// Allocates a zeroed kvm_cpuid2 with room for n entries (free with free()).
 static inline struct kvm_cpuid2 *gvm_cpuid2_alloc(uint32_t n) {

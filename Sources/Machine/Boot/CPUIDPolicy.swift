@@ -1,7 +1,8 @@
 import KVM
 
 /// What the guest is told about its CPUs: the host's
-/// supported set, minus x2APIC and TSC-deadline (the APIC is an xAPIC in user space), minus
+/// supported set, with x2APIC (the user-space APIC's MSR interface, `offerX2APIC`), minus
+/// TSC-deadline (not emulated by the user-space APIC), minus
 /// every KVM paravirtual leaf (PV EOI, PV send-IPI, PV unhalt, async PF, steal time and PV TLB
 /// flush need an in-kernel APIC or let KVM write guest pages behind the DSM), plus our own
 /// hypervisor leaves:
@@ -16,6 +17,8 @@ public struct CPUIDPolicy: Sendable {
     public var nodes: [(first: UInt32, count: UInt32)]
     public var tscKHz: UInt32
     public var apicBusKHz: UInt32
+    /// Offer x2APIC (CPUID.1:ECX[21]): the local APIC's MSR interface reaches the VMM (MSR exits).
+    public var offerX2APIC = true
 
     public static let signature = "GiantVMSwift"
     public static let hypervisorBase: UInt32 = 0x4000_0000
@@ -47,6 +50,7 @@ public struct CPUIDPolicy: Sendable {
             switch e.function {
             case 1:
                 e.ecx &= ~(CPUIDPolicy.leaf1ECXx2APIC | CPUIDPolicy.leaf1ECXTSCDeadline | CPUIDPolicy.leaf1ECXOSXSAVE)
+                if offerX2APIC { e.ecx |= CPUIDPolicy.leaf1ECXx2APIC }
                 e.ecx |= CPUIDPolicy.leaf1ECXHypervisor
                 e.edx |= CPUIDPolicy.leaf1EDXAPIC
                 // EBX[31:24] initial APIC id, [23:16] logical processors per package.

@@ -20,11 +20,18 @@ final class VCPUEnvironment: @unchecked Sendable {
     let levelEOI: (UInt8) -> Void
     /// An APIC timer was (re)programmed.
     let rearmTimer: () -> Void
+    /// The 8259's interrupt acknowledge (INTA) when a vCPU takes its ExtINT: the vector, or nil
+    /// when there is no 8259 on this node.
+    let acknowledgeExtINT: () -> UInt8?
+    /// Guest RAM size: an xAPIC page moved below it is shadowed by RAM (KVM maps RAM first).
+    let ramBytes: UInt64
     private let stopFlag = Atomic<Bool>(false)
 
     init(bus: IOBus, router: InterruptRouter, clock: @escaping () -> UInt64,
          fence: ((_ vcpu: Int, _ kind: UInt32) -> Void)?, levelEOI: @escaping (UInt8) -> Void,
-         rearmTimer: @escaping () -> Void) {
+         rearmTimer: @escaping () -> Void, acknowledgeExtINT: @escaping () -> UInt8? = { nil }, ramBytes: UInt64 = 0) {
+        self.acknowledgeExtINT = acknowledgeExtINT
+        self.ramBytes = ramBytes
         self.bus = bus
         self.router = router
         self.clock = clock

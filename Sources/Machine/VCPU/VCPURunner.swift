@@ -47,9 +47,15 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
     var exitCounts = [UInt64](repeating: 0, count: ExitKind.allCases.count)
     /// The TPR class last written to kvm_run.cr8 / read back (avoids a lock when unchanged).
     var lastCR8: UInt64 = 0
+    /// IA32_APIC_BASE as last seen in kvm_run (KVM takes the WRMSR; a change is noticed at the
+    /// next exit, before the VMM acts on it), and the xAPIC page it selects (nil: the APIC is
+    /// disabled or in x2APIC mode, the page is not decoded).
+    var lastAPICBase: UInt64 = 0
+    var xapicPage: UInt64? = localAPICBase
+    var warnedMSRs = Set<UInt32>()
 
     enum ExitKind: Int, CaseIterable {
-        case io, mmio, hlt, irqWindow = 3, interrupted
+        case io, mmio, hlt, irqWindow = 3, interrupted, msr
         var name: String {
             switch self {
             case .io: return "io"
@@ -57,6 +63,7 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
             case .hlt: return "hlt"
             case .irqWindow: return "irq_window"
             case .interrupted: return "interrupted"
+            case .msr: return "msr"
             }
         }
     }
@@ -77,6 +84,7 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
         // KVM's power-on state, used for INIT (a CPU reset done by hand).
         resetRegisters = try vcpu.registers()
         resetSpecialRegisters = try vcpu.specialRegisters()
+        lastAPICBase = apicBaseMSR
     }
 
     var apicBaseMSR: UInt64 { localAPICBase | 0x800 | (index == 0 ? 0x100 : 0) }
@@ -149,6 +157,8 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
                 continue   // never returned: nextEntry parks until something changes
             case .reset:
                 try resetCPU()
+                lastAPICBase = apicBaseMSR
+                xapicPage = localAPICBase
                 apicChanged(addressing: true, timer: true)
             case let .start(v):
                 logger.debug("SIPI vector 0x\(String(v, radix: 16)): starting in real mode at 0x\(String(UInt64(v) << 12, radix: 16))")
@@ -161,10 +171,15 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
                 if let v = e.inject {
                     try vcpu.interrupt(vector: v)
                     env.fence?(index, GVM_FENCE_ACQUIRE)
+                } else if e.injectExtINT, let v = env.acknowledgeExtINT() {
+                    try vcpu.interrupt(vector: v)   // INTA done: the 8259's vector, no APIC state
+                    env.fence?(index, GVM_FENCE_ACQUIRE)
                 }
                 vcpu.requestInterruptWindow(e.requestWindow)
                 let exit = try vcpu.runOnce()
                 vcpu.clearImmediateExit()
+                let apicBase = vcpu.apicBase
+                if apicBase != lastAPICBase { apicBaseChanged(apicBase) }
                 let cr8 = vcpu.cr8
                 if cr8 != lastCR8 {
                     lastCR8 = cr8
@@ -191,6 +206,60 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
     }
 
     @inline(__always) func count(_ k: ExitKind) { exitCounts[k.rawValue] &+= 1 }
+
+    /// The guest wrote IA32_APIC_BASE (KVM accepted it): mode and page follow (X2APIC.swift).
+    func apicBaseChanged(_ value: UInt64) {
+        let (effects, address) = irq.setAPICBase(value)
+        lastAPICBase = value
+        let mode = LocalAPIC.mode(ofBase: value)
+        let page = value & LocalAPIC.baseAddressMask
+        xapicPage = mode == .xAPIC ? page : nil
+        logger.debug("IA32_APIC_BASE = 0x\(String(value, radix: 16)): \(mode.map { "\($0)" } ?? "invalid")")
+        if mode == .xAPIC, page < env.ramBytes {
+            logger.warning("the local APIC page moved to 0x\(String(page, radix: 16)), inside guest RAM: RAM answers there, the APIC is unreachable until it moves out")
+        } else if mode == .xAPIC, page != localAPICBase, let r = env.bus.lookup(.mmio, page) {
+            logger.warning("the local APIC page moved to 0x\(String(page, radix: 16)), over device MMIO at 0x\(String(r.base, radix: 16)): the APIC answers there")
+        }
+        carryOut(effects, address: address)
+    }
+
+    /// Carries out what an APIC register write asks for.
+    func carryOut(_ effects: [APICEffect], address: APICAddress) {
+        for e in effects {
+            switch e {
+            case let .sendIPI(cmd):
+                env.router.send(cmd, from: index)
+            case let .levelEOI(vector):
+                env.levelEOI(vector)   // the IOAPIC here, or forwarded to its node
+            case .timerChanged:
+                env.rearmTimer()
+            case .addressingChanged:
+                env.router.updateAddress(of: index, address)
+            }
+        }
+    }
+
+    /// An RDMSR/WRMSR KVM sent to user space: the x2APIC MSRs go to the local APIC; anything
+    /// else (an MSR KVM does not know, or a value it refused) raises #GP, as KVM would have.
+    func msrAccess(index msr: UInt32, value: UInt64?, reason: UInt32) {
+        let now = env.clock()
+        if LocalAPIC.x2apicMSRs.contains(msr) {
+            env.fence?(self.index, GVM_FENCE_RELEASE)
+            if let value {
+                let (effects, address) = irq.writeX2APIC(msr, value, now: now)
+                vcpu.completeMSR(value: 0, failed: effects == nil)
+                if let effects { carryOut(effects, address: address) }
+            } else {
+                let v = irq.readX2APIC(msr, now: now)
+                vcpu.completeMSR(value: v ?? 0, failed: v == nil)
+            }
+            return
+        }
+        vcpu.completeMSR(value: 0, failed: true)
+        if warnedMSRs.insert(msr).inserted {
+            logger.debug("\(value == nil ? "RDMSR" : "WRMSR") of MSR 0x\(String(msr, radix: 16)) refused by KVM (reason \(reason)): #GP")
+        }
+    }
 
     /// Decides what one exit means.
     func handle(_ exit: VCPUExit) throws -> ExitOutcome {
@@ -238,6 +307,14 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
             throw failure("debug exit (KVM_EXIT_DEBUG) without a debugger")
         case let .hypercall(nr):
             throw failure("hypercall \(nr) (KVM_EXIT_HYPERCALL) is not supported")
+        case let .rdmsr(msr, reason):
+            self.count(.msr)
+            msrAccess(index: msr, value: nil, reason: reason)
+            return env.isStopping ? .stopped : .handled
+        case let .wrmsr(msr, value, reason):
+            self.count(.msr)
+            msrAccess(index: msr, value: value, reason: reason)
+            return env.isStopping ? .stopped : .handled
         case let .unknown(reason):
             throw failure("unexpected exit reason \(reason)")
         }
@@ -255,8 +332,8 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
     }
 
     func mmio(address: UInt64, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
-        if address >= localAPICBase && address < localAPICBase + localAPICSize {
-            apicAccess(offset: UInt32(address - localAPICBase), data: data, isWrite: isWrite)
+        if let page = xapicPage, address >= page && address < page + localAPICSize {
+            apicAccess(offset: UInt32(address - page), data: data, isWrite: isWrite)
             return
         }
         if let r = env.bus.lookup(.mmio, address) {
@@ -286,18 +363,7 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
             for (i, b) in data.prefix(4).enumerated() { value |= UInt32(b) << (8 * UInt32(i)) }
             value <<= shift
             let (effects, address) = irq.writeAPIC(reg, value, now: now)
-            for e in effects {
-                switch e {
-                case let .sendIPI(cmd):
-                    env.router.send(cmd, from: index)
-                case let .levelEOI(vector):
-                    env.levelEOI(vector)   // the IOAPIC here, or forwarded to its node
-                case .timerChanged:
-                    env.rearmTimer()
-                case .addressingChanged:
-                    env.router.updateAddress(of: index, address)
-                }
-            }
+            carryOut(effects, address: address)
         } else {
             let v = irq.readAPIC(reg, now: now) >> shift
             for i in 0..<data.count { data[i] = i < 4 ? UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) : 0 }
