@@ -11,7 +11,7 @@ import DeviceModels
 import PluginKit
 
 let entry = DevicePluginEntry([UART16550.self, ExitDevice.self, ResultsDevice.self, IRQLines.self] + pcDeviceModels + virtioDeviceModels, name: "devices",
-                              version: "0.1.0", summary: "first device models: 16550 UART, isa-debug-exit, results port")
+                              version: "0.1.0", summary: "device models: UART, exit and results ports, PC chipset, HPET, QEMU test devices, virtio-blk, virtio-net")
 
 @_cdecl("giantvm_plugin_entry")
 public func giantvm_plugin_entry() -> UnsafeRawPointer { entry.pointer }
