@@ -10,6 +10,8 @@
 //   8      8    gfn       guest frame number, < page count
 //   16     8    txn       the manager's transaction number for this page (0 where unused)
 //   24     4096 payload   only `data` without `zero`
+//   24     8*n  gfns      only `getSBatch` (read-ahead): `txn` holds n (1...maxBatch), then n
+//                         distinct u64 gfns, the first equal to `gfn`, all managed by the receiver
 //
 // Every received message is validated (length, version, type, flags, gfn range, node ids and
 // who may send it) before the protocol sees it: hostile bytes give a `WireError`, never a crash.
@@ -34,6 +36,7 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case nack = 10      // non-owner -> manager: a forward reached me but I do not own the page
     case fetch = 11     // new owner -> old owner: my copy was gone at upgrade time: send the bytes
     case release = 12   // new owner -> old owner: upgrade done, forget the stashed bytes
+    case getSBatch = 13 // requester -> manager: read-ahead, a read miss for each listed page (ReadAhead.swift)
 
     public var name: String {
         switch self {
@@ -49,6 +52,7 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
         case .nack: "Nack"
         case .fetch: "Fetch"
         case .release: "Release"
+        case .getSBatch: "GetSBatch"
         }
     }
 
@@ -77,6 +81,8 @@ public struct Message {
     public var gfn: UInt64
     public var txn: UInt64
     public var payload: UnsafeRawPointer?
+    /// getSBatch: the pages requested (decoded and checked); empty for every other type.
+    public var batch: [UInt64] = []
 
     public init(type: MessageType, flags: MessageFlags = [], hops: UInt8 = 0, node: UInt32, gfn: UInt64,
                 txn: UInt64 = 0, payload: UnsafeRawPointer? = nil) {
@@ -102,6 +108,19 @@ public enum IvyWire {
     public static let version: UInt8 = 1
     public static let headerSize = 24
     public static let pageSize = Int(GVM_PAGE_SIZE)
+    /// The most pages one getSBatch may list (and so the largest read-ahead window).
+    public static let maxBatch = 64
+
+    /// A getSBatch message: header (txn = count) then the gfns, little endian.
+    public static func encodeBatch(node: UInt32, hops: UInt8 = 0, gfns: [UInt64]) -> [UInt8] {
+        precondition(!gfns.isEmpty && gfns.count <= maxBatch, "getSBatch lists 1...\(maxBatch) pages")
+        var b = header(Message(type: .getSBatch, hops: hops, node: node, gfn: gfns[0], txn: UInt64(gfns.count)))
+        b.reserveCapacity(headerSize + 8 * gfns.count)
+        for g in gfns {
+            for i in 0..<8 { b.append(UInt8(truncatingIfNeeded: g >> (8 * UInt64(i)))) }
+        }
+        return b
+    }
 
     /// Encodes the header of `m` into 24 bytes.
     public static func header(_ m: Message) -> [UInt8] {
@@ -163,7 +182,7 @@ public enum IvyWire {
         // Who may send it and about whom.
         let manager = managerOf(gfn)
         switch type {
-        case .getS, .getX, .confirm, .nack:
+        case .getS, .getX, .confirm, .nack, .getSBatch:
             guard manager == selfID else { throw WireError("\(type.name) for gfn \(gfn) sent to node \(selfID), but its manager is node \(manager)") }
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
         case .fwdGetS, .fwdGetX:
@@ -173,6 +192,11 @@ public enum IvyWire {
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
         }
 
+        if type == .getSBatch {
+            return try decodeBatch(buf, src: src, selfID: selfID, pageCount: pageCount, managerOf: managerOf,
+                                   hops: hops, node: node, gfn: gfn, count: txn)
+        }
+
         // Exact length.
         let expected = headerSize + ((type == .data && !flags.contains(.zero)) ? pageSize : 0)
         guard buf.count == expected else {
@@ -180,6 +204,36 @@ public enum IvyWire {
         }
         let payload: UnsafeRawPointer? = expected > headerSize ? UnsafeRawPointer(base + headerSize) : nil
         return Message(type: type, flags: flags, hops: hops, node: node, gfn: gfn, txn: txn, payload: payload)
+    }
+
+    /// The gfn list of a getSBatch whose header checked out: count in range, exact length, every
+    /// gfn in range, managed by this node, listed once, the first equal to the header's.
+    static func decodeBatch(_ buf: UnsafeRawBufferPointer, src: UInt32, selfID: UInt32, pageCount: UInt64,
+                            managerOf: (UInt64) -> UInt32, hops: UInt8, node: UInt32, gfn: UInt64,
+                            count: UInt64) throws -> Message {
+        guard count >= 1, count <= UInt64(maxBatch) else {
+            throw WireError("GetSBatch: \(count) pages listed, expected 1...\(maxBatch)")
+        }
+        let n = Int(count)
+        guard buf.count == headerSize + 8 * n else {
+            throw WireError("GetSBatch: \(buf.count) bytes, expected \(headerSize + 8 * n) for \(n) pages")
+        }
+        var gfns: [UInt64] = []
+        gfns.reserveCapacity(n)
+        var seen = Set<UInt64>()
+        for i in 0..<n {
+            let g = get64(buf, headerSize + 8 * i)
+            guard g < pageCount else { throw WireError("GetSBatch: gfn \(g) out of range (\(pageCount) pages)") }
+            guard managerOf(g) == selfID else {
+                throw WireError("GetSBatch: gfn \(g) sent to node \(selfID), but its manager is node \(managerOf(g))")
+            }
+            guard seen.insert(g).inserted else { throw WireError("GetSBatch: gfn \(g) listed twice") }
+            gfns.append(g)
+        }
+        guard gfns[0] == gfn else { throw WireError("GetSBatch: header gfn \(gfn) is not the first listed (\(gfns[0]))") }
+        var m = Message(type: .getSBatch, hops: hops, node: node, gfn: gfn, txn: count)
+        m.batch = gfns
+        return m
     }
 
     static func put32(_ b: inout [UInt8], _ at: Int, _ v: UInt32) {
