@@ -116,6 +116,8 @@ write("ivy-wire", "inv", ivy([1, 1, 0, 1], 5, 0, 1, 3, 4))
 write("ivy-wire", "data-zero", ivy([1, 1, 0, 1], 7, 2 | 4, 1, 3, 5))
 write("ivy-wire", "data-page", ivy([1, 1, 0, 1], 7, 0, 1, 3, 6, bytes(range(256)) * 16))
 write("ivy-wire", "confirm", ivy([1, 1, 0, 1], 9, 4, 1, 0, 7))
+# read-ahead: GetSBatch (txn = count), then the gfns; 2 nodes, 32 pages (node 0 manages 0-15)
+write("ivy-wire", "getsbatch", ivy([1, 1, 0, 2], 13, 0, 1, 3, 4, struct.pack("<4Q", 3, 4, 5, 7)))
 
 
 # --- tcp-wire: frames (length u32, "GV", kind, flags 0) as a stream
