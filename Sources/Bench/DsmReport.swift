@@ -94,6 +94,23 @@ public struct DsmBenchSummary {
     func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
     func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
 
+    /// seqread: node 0's sequential passes over the pages the last node wrote.
+    public struct SequentialRead: Sendable {
+        public var pages: Int, passes: Int, nanoseconds: UInt64
+        public var pagesPerSecond: Double { Double(pages * passes) / max(Double(nanoseconds) / 1e9, 1e-9) }
+        public var mibPerSecond: Double { pagesPerSecond * 4096 / 1048576 }
+        var line: String {
+            String(format: "sequential remote read by one thread (node 0): %d pages x %d passes in %.3f s = %.0f pages/s, %.1f MiB/s",
+                   pages, passes, Double(nanoseconds) / 1e9, pagesPerSecond, mibPerSecond)
+        }
+    }
+
+    public var sequentialRead: SequentialRead? {
+        guard workload == "seqread", let r0 = reports.first(where: { $0.node == 0 }), !r0.result.latencies.isEmpty else { return nil }
+        let pages = r0.result.operations.reduce(0, +) / r0.result.latencies.count
+        return SequentialRead(pages: pages, passes: r0.result.latencies.count, nanoseconds: r0.result.latencies.reduce(0, +))
+    }
+
     public func table() -> String {
         var out = "bench dsm \(workload): \(nodes) nodes x \(threadsPerNode) threads, wake mode \(mode), \(cpus) CPUs on this machine (threads unpinned), config \(config)\n"
         out += "pages crossed between nodes: \(pagesCrossed) (\(dsmTotal.pagesSentWithData) with data, \(dsmTotal.pagesSentWithoutData) without)\n"
@@ -117,6 +134,7 @@ public struct DsmBenchSummary {
         for r in reports {
             for (k, v) in r.result.checks.sorted(by: { $0.key < $1.key }) { out += "check node \(r.node): \(k) = \(v) (exact)\n" }
         }
+        if let t = sequentialRead { out += t.line + "\n" }
         if let lit = reports.first(where: { !$0.result.litmus.isEmpty })?.result.litmus {
             for (name, outcomes) in lit.sorted(by: { $0.key < $1.key }) {
                 out += "litmus \(name): " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "\n"
