@@ -75,6 +75,9 @@ public struct NodeResult: Codable, Sendable {
     /// of each round's whole sequential pass (node 0).
     public var latencies: [UInt64]
     public var seconds: Double
+    /// The floor's samples (ns), taken by the reader between its own reads (readmiss: one after
+    /// each page; seqread: a series after each pass, outside the timed pass). See `floorSample`.
+    public var floorLatencies: [UInt64]? = nil
 }
 
 final class ResultBox: @unchecked Sendable {
@@ -83,6 +86,7 @@ final class ResultBox: @unchecked Sendable {
     var checks: [String: UInt64] = [:]
     var litmus: [String: [String: Int]] = [:]
     var latencies: [UInt64] = []
+    var floorLatencies: [UInt64] = []
     var operations: [Int]
     init(threads: Int) { operations = [Int](repeating: 0, count: threads) }
     func error(_ s: String) { lock.lock(); errors.append(s); lock.unlock() }
@@ -100,6 +104,9 @@ public final class DsmWorkload: @unchecked Sendable {
     public let bytes: Int
     public let params: WorkloadParams
     public let node: Int
+    /// One sample of the bench's floor (ns, thread-observed), taken by readmiss and seqread
+    /// readers between their own reads so both see the same machine; nil: no floor.
+    public var floorSample: (() throws -> UInt64)?
 
     public init(memory: UnsafeMutableRawPointer, bytes: Int, params: WorkloadParams, node: Int) throws {
         guard bytes >= params.requiredBytes else {
@@ -189,7 +196,8 @@ public final class DsmWorkload: @unchecked Sendable {
         done.wait()
         return NodeResult(node: node, workload: params.kind, threads: params.threadsPerNode, operations: box.operations,
                           errors: box.errors, checks: box.checks, litmus: box.litmus, latencies: box.latencies,
-                          seconds: Double(now() - start) / 1e9)
+                          seconds: Double(now() - start) / 1e9,
+                          floorLatencies: box.floorLatencies.isEmpty ? nil : box.floorLatencies)
     }
 
     func body(tid: Int, local: Int, _ box: ResultBox) throws {
@@ -335,6 +343,10 @@ public final class DsmWorkload: @unchecked Sendable {
                         break
                     }
                     box.bump(local)
+                    if let f = floorSample {
+                        let ns = try f()
+                        box.lock.lock(); box.floorLatencies.append(ns); box.lock.unlock()
+                    }
                 }
             }
             try barrier("readmiss read \(round)")
@@ -369,6 +381,10 @@ public final class DsmWorkload: @unchecked Sendable {
                 let t1 = now()
                 if let bad { box.error(bad) }
                 box.lock.lock(); box.latencies.append(t1 - t0); box.operations[local] += params.pages; box.lock.unlock()
+                if let f = floorSample {
+                    let ns = try (0..<min(params.pages, 200)).map { _ in try f() }
+                    box.lock.lock(); box.floorLatencies += ns; box.lock.unlock()
+                }
             }
             try barrier("seqread read \(round)")
         }
