@@ -208,12 +208,15 @@ final class ReadAheadClusterTests: XCTestCase {
         let misses = reader.counter("dsm.fault.read_miss")
         let prefetched = reader.counter("ivy.readahead.prefetched")
         XCTAssertLessThanOrEqual(misses, 12, "one miss per page despite read-ahead")
-        XCTAssertGreaterThanOrEqual(prefetched + misses, 48, "every page arrived, one way or the other")
+        XCTAssertGreaterThanOrEqual(prefetched + misses, 48, "every page was requested, one way or the other")
         XCTAssertGreaterThan(reader.counter("ivy.msg.GetSBatch"), 0)
         XCTAssertEqual(reader.counter("ivy.readahead.batches"), reader.counter("ivy.msg.GetSBatch"))
-        XCTAssertGreaterThan(reader.counter("ivy.readahead.used"), 40)
+        XCTAssertGreaterThanOrEqual(reader.counter("ivy.readahead.used"), 36)
         XCTAssertEqual(reader.counter("ivy.readahead.wasted"), 0)
-        XCTAssertLessThanOrEqual(reader.counter("ivy.readahead.used"), prefetched + reader.counter("dsm.fault.coalesced"))
+        XCTAssertLessThanOrEqual(reader.counter("ivy.readahead.used"), prefetched)
+        // The replies came batched: forwards gathered by the manager, read copies by the owner.
+        XCTAssertGreaterThan(on.totals["ivy.msg.DataBatch"] ?? 0, 0)
+        XCTAssertGreaterThan(on.totals["ivy.msg.FwdGetSBatch"] ?? 0, 0)
     }
 
     func testStridedAndDescendingAndInterleavedManagersStayExact() throws {
@@ -243,7 +246,7 @@ final class ReadAheadClusterTests: XCTestCase {
             XCTAssertEqual(Conformance.statisticsProblems(c), [], "seed \(seed)")
             let n0 = c.nodes[0]
             XCTAssertLessThanOrEqual(n0.counter("ivy.readahead.used") + n0.counter("ivy.readahead.wasted"),
-                                     n0.counter("ivy.readahead.prefetched") + n0.counter("dsm.fault.coalesced"), "seed \(seed)")
+                                     n0.counter("ivy.readahead.prefetched"), "seed \(seed)")
             wasted += n0.counter("ivy.readahead.wasted")
             if !r.ok { break }
         }

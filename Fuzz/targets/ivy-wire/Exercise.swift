@@ -25,6 +25,15 @@ enum IvyWireFuzz {
                 precondition(IvyWire.encodeBatch(node: m.node, hops: m.hops, gfns: m.batch) == message,
                              "GetSBatch does not round-trip")
             }
+            if m.type == .fwdGetSBatch || m.type == .dataBatch {
+                precondition(UInt64(m.entries.count) == m.txn && Set(m.entries.map(\.gfn)).count == m.entries.count
+                             && m.entries.allSatisfy { $0.gfn < pages && ($0.payload != nil) == (m.type == .dataBatch && !$0.zero) },
+                             "IvyWire.decode accepted a \(m.type.name) with a bad entry list")
+                let head = m.type == .fwdGetSBatch
+                    ? IvyWire.encodeForwardBatch(requester: m.node, hops: m.hops, entries: m.entries.map { ($0.gfn, $0.txn) })
+                    : IvyWire.encodeDataBatchHead(sender: m.node, hops: m.hops, entries: m.entries)
+                precondition(head == Array(message.prefix(head.count)), "\(m.type.name) does not round-trip")
+            }
         }
     }
 }

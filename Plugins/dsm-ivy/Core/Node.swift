@@ -184,6 +184,8 @@ public final class IvyNode: @unchecked Sendable {
     var prefetchedUnused = Set<UInt64>()                   // installed by read-ahead, no access seen yet
     var prefetching = false                                // the read misses being started are read-ahead
     var gathering: [UInt32: [UInt64]]? = nil               // while prefetching: GetS gathered per manager
+    var forwardGather: [ForwardKey: [(gfn: UInt64, txn: UInt64)]]? = nil  // serving a GetSBatch
+    var dataGather: [UInt32: [GatheredData]]? = nil        // serving a FwdGetSBatch: Data per requester
 
     struct Outstanding {
         var kind: FaultKind
@@ -434,6 +436,8 @@ public final class IvyNode: @unchecked Sendable {
         case .confirm: runManager(.confirm, m, src); return
         case .nack: runManager(.nack, m, src); return
         case .getSBatch: serveBatch(m, from: src); return
+        case .fwdGetSBatch: serveForwardBatch(m, from: src); return
+        case .dataBatch: receiveDataBatch(m, from: src); return
         default: break
         }
 
@@ -465,7 +469,7 @@ public final class IvyNode: @unchecked Sendable {
             event = .fetch
         case .release:
             event = .release
-        case .getS, .getX, .confirm, .nack, .getSBatch:
+        case .getS, .getX, .confirm, .nack, .getSBatch, .fwdGetSBatch, .dataBatch:
             return
         }
         run(event, &ctx)
@@ -644,7 +648,6 @@ public final class IvyNode: @unchecked Sendable {
             try require(outstanding[gfn] != nil, "no outstanding fault to complete")
             let o = outstanding.removeValue(forKey: gfn)!
             if o.prefetch {   // read-ahead: nobody waited (a thread that faulted since claimed it); not a fault
-                raStats.prefetched(1)
                 prefetchedUnused.insert(gfn)
                 break
             }
@@ -786,6 +789,7 @@ public final class IvyNode: @unchecked Sendable {
 
     func startFault(_ gfn: UInt64, _ kind: FaultKind) {
         if prefetching {
+            raStats.prefetched(1)
             outstanding[gfn] = Outstanding(kind: kind, start: services.nowNanoseconds(), prefetch: true)
             return
         }
@@ -810,6 +814,10 @@ public final class IvyNode: @unchecked Sendable {
 
     func sendData(gfn: UInt64, to dst: UInt32, exclusive: Bool, zero: Bool, bytes: UnsafeRawPointer, txn: UInt64, hops: UInt8) {
         precondition(dst != selfID, "page data is never sent to this node itself")
+        if !exclusive, dataGather != nil {   // serving a FwdGetSBatch: one DataBatch per requester (ReadAhead.swift)
+            gatherData(gfn: gfn, to: dst, zero: zero, bytes: bytes, txn: txn, hops: hops)
+            return
+        }
         var flags: MessageFlags = exclusive ? .exclusive : []
         if zero { flags.insert(.zero) }
         let m = Message(type: .data, flags: flags, hops: hops == .max ? .max : hops + 1, node: selfID, gfn: gfn, txn: txn)
@@ -899,6 +907,11 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     func forward(_ gfn: UInt64, _ t: OpenTxn) {
+        if !t.exclusive, forwardGather != nil {   // serving a GetSBatch: one FwdGetSBatch per owner
+            forwardGather![ForwardKey(owner: owner[Int(gfn)], requester: t.requester, hops: t.hops), default: []]
+                .append((gfn, t.txn))
+            return
+        }
         let fwd = Message(type: t.exclusive ? .fwdGetX : .fwdGetS, flags: t.holdsCopy ? .holdsCopy : [],
                           hops: t.hops, node: t.requester, gfn: gfn, txn: t.txn)
         send(fwd, to: owner[Int(gfn)])

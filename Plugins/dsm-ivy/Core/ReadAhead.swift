@@ -17,11 +17,16 @@
 // the manager's owner and queue are the same per page as without read-ahead. The model
 // (Model/ivy.pml) checks that table, unchanged; zero pages still travel without bytes.
 //
-// Statistics (extras, "ivy.readahead."): `prefetched` pages installed by read-ahead; `used` those
+// Batching on the way back: the manager gathers the forwards one GetSBatch starts into one
+// FwdGetSBatch per owner; the owner runs each entry as its own FwdGetS and gathers the read copies
+// it sends meanwhile into DataBatch messages (within a transport frame); the requester runs each
+// entry as its own Data_S. Only the packaging is shared: every page keeps its own transaction.
+//
+// Statistics (extras, "ivy.readahead."): `prefetched` pages requested by read-ahead; `used` those
 // a later access was seen for — a fault on the page while still in flight (the thread then waits
 // as a read miss, counted and timed from its fault), a write fault on it, or its stream's next
 // fault lying past it; `wasted` those invalidated before any such access; `batches` GetSBatch
-// messages sent. prefetched - used - wasted are still resident and unaccounted.
+// messages sent. prefetched - used - wasted are in flight, resident or evicted otherwise.
 //
 // Threading: called by IvyNode under its lock; the detector is a plain value.
 
@@ -175,8 +180,10 @@ extension IvyNode {
         gathering = nil
         guard !failed else { return }
         for (manager, gfns) in batches.sorted(by: { $0.key < $1.key }) {
-            if manager == selfID {
-                for g in gfns { localQueue.append(Message(type: .getS, node: selfID, gfn: g)) }
+            if manager == selfID {   // this node's own manager: the same batch, through the local queue
+                var m = Message(type: .getSBatch, node: selfID, gfn: gfns[0], txn: UInt64(gfns.count))
+                m.batch = gfns
+                localQueue.append(m)
                 continue
             }
             var start = 0
@@ -203,11 +210,107 @@ extension IvyNode {
         raStats.used(1)
     }
 
-    /// The manager's side of a GetSBatch: one GetS per listed page, in order.
+    /// The manager's side of a GetSBatch: one GetS per listed page, in order; the forwards this
+    /// starts (pages idle at the manager) are gathered into one FwdGetSBatch per owner.
     func serveBatch(_ m: Message, from src: UInt32) {
+        forwardGather = [:]
         for g in m.batch {
-            if failed { return }
+            if failed { break }
             runManager(.getS, Message(type: .getS, hops: m.hops, node: m.node, gfn: g), src)
         }
+        let gathered = forwardGather ?? [:]
+        forwardGather = nil
+        guard !failed else { return }
+        for (key, list) in gathered.sorted(by: { ($0.key.owner, $0.value[0].gfn) < ($1.key.owner, $1.value[0].gfn) }) {
+            if key.owner == selfID {
+                for e in list { localQueue.append(Message(type: .fwdGetS, hops: key.hops, node: key.requester, gfn: e.gfn, txn: e.txn)) }
+                continue
+            }
+            var start = 0
+            while start < list.count {
+                let chunk = Array(list[start..<min(start + IvyWire.maxBatch, list.count)])
+                start += chunk.count
+                let bytes = IvyWire.encodeForwardBatch(requester: key.requester, hops: key.hops == .max ? .max : key.hops + 1,
+                                                       entries: chunk)
+                bytes.withUnsafeBytes { transmit(.fwdGetSBatch, gfn: chunk[0].gfn, to: key.owner, [$0], urgent: true) }
+                account(.fwdGetSBatch, bytes.count)
+            }
+        }
     }
+
+    /// The owner's side of a FwdGetSBatch: one FwdGetS per entry (each through the table, the
+    /// hold window and pins as usual); the read copies sent meanwhile go out as DataBatch messages.
+    func serveForwardBatch(_ m: Message, from src: UInt32) {
+        dataGather = [:]
+        for e in m.entries {
+            if failed { break }
+            handleMessage(Message(type: .fwdGetS, hops: m.hops, node: m.node, gfn: e.gfn, txn: e.txn), from: src)
+        }
+        let gathered = dataGather ?? [:]
+        dataGather = nil
+        guard !failed else { return }
+        for (dst, list) in gathered.sorted(by: { $0.key < $1.key }) { flushData(list, to: dst) }
+    }
+
+    /// The requester's side of a DataBatch: one Data_S per entry, in order.
+    func receiveDataBatch(_ m: Message, from src: UInt32) {
+        for e in m.entries {
+            if failed { return }
+            handleMessage(Message(type: .data, flags: e.zero ? .zero : [], hops: m.hops, node: m.node, gfn: e.gfn,
+                                  txn: e.txn, payload: e.payload), from: src)
+        }
+    }
+
+    func gatherData(gfn: UInt64, to dst: UInt32, zero: Bool, bytes: UnsafeRawPointer, txn: UInt64, hops: UInt8) {
+        let copy = zero ? [] : Array(UnsafeRawBufferPointer(start: bytes, count: IvyWire.pageSize))
+        dataGather![dst, default: []].append(GatheredData(gfn: gfn, txn: txn, hops: hops, bytes: copy))
+        if zero { stats.zeroPagesSent(1) } else { stats.pagesSent(1) }
+    }
+
+    /// Sends gathered read copies to `dst` as DataBatch messages within the frame budget.
+    func flushData(_ list: [GatheredData], to dst: UInt32) {
+        var start = 0
+        while start < list.count {
+            var end = start, bytes = IvyWire.headerSize
+            while end < list.count, end - start < IvyWire.maxBatch {
+                let more = 24 + list[end].bytes.count
+                if end > start && bytes + more > IvyWire.maxDataBatchBytes { break }
+                bytes += more
+                end += 1
+            }
+            let chunk = Array(list[start..<end])
+            start = end
+            let hops = chunk.map(\.hops).max()!
+            let head = IvyWire.encodeDataBatchHead(sender: selfID, hops: hops == .max ? .max : hops + 1,
+                                                   entries: chunk.map { BatchEntry(gfn: $0.gfn, txn: $0.txn, zero: $0.bytes.isEmpty) })
+            var parts: [[UInt8]] = [head]
+            for d in chunk where !d.bytes.isEmpty { parts.append(d.bytes) }
+            withBuffers(parts) { transmit(.dataBatch, gfn: chunk[0].gfn, to: dst, $0, urgent: false) }
+            account(.dataBatch, bytes)
+        }
+    }
+}
+
+/// Where a gathered forward goes.
+struct ForwardKey: Hashable {
+    var owner: UInt32
+    var requester: UInt32
+    var hops: UInt8
+}
+
+/// A read copy gathered for a DataBatch (empty bytes: a zero page).
+struct GatheredData {
+    var gfn: UInt64
+    var txn: UInt64
+    var hops: UInt8
+    var bytes: [UInt8]
+}
+
+/// Calls body with borrowed buffer pointers to every array (kept alive for the call).
+func withBuffers<R>(_ arrays: [[UInt8]], _ body: ([UnsafeRawBufferPointer]) -> R) -> R {
+    func go(_ i: Int, _ acc: [UnsafeRawBufferPointer]) -> R {
+        if i == arrays.count { return body(acc) }
+        return arrays[i].withUnsafeBytes { go(i + 1, acc + [$0]) }
+    }
+    return go(0, [])
 }
