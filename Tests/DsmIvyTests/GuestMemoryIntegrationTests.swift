@@ -202,6 +202,7 @@ final class GuestMemoryIntegrationTests: XCTestCase {
         XCTAssertGreaterThan(c.counter(0, "ivy.readahead.used"), 250)
         XCTAssertLessThan(c.counter(0, "dsm.fault.read_miss"), 450, "one read miss per page despite read-ahead")
         XCTAssertGreaterThan(c.counter(1, "ivy.msg.DataBatch"), 0)
+        XCTAssertGreaterThan(c.counter(0, "ivy.readahead.batch_installs"), 0, "no run installed with one UFFDIO_COPY")
     }
 
     /// Node 0 pins a page for writing (host code writing guest RAM); node 1's store must wait

@@ -217,6 +217,9 @@ final class ReadAheadClusterTests: XCTestCase {
         // The replies came batched: forwards gathered by the manager, read copies by the owner.
         XCTAssertGreaterThan(on.totals["ivy.msg.DataBatch"] ?? 0, 0)
         XCTAssertGreaterThan(on.totals["ivy.msg.FwdGetSBatch"] ?? 0, 0)
+        // ... and contiguous runs of them were installed with one page_install_batch each.
+        XCTAssertGreaterThan(reader.counter("ivy.readahead.batch_installs"), 0)
+        XCTAssertEqual(UInt64(reader.batchInstalls), reader.counter("ivy.readahead.batch_installs"))
     }
 
     func testStridedAndDescendingAndInterleavedManagersStayExact() throws {

@@ -186,6 +186,7 @@ public final class IvyNode: @unchecked Sendable {
     var gathering: [UInt32: [UInt64]]? = nil               // while prefetching: GetS gathered per manager
     var forwardGather: [ForwardKey: [(gfn: UInt64, txn: UInt64)]]? = nil  // serving a GetSBatch
     var dataGather: [UInt32: [GatheredData]]? = nil        // serving a FwdGetSBatch: Data per requester
+    var preinstalled = Set<UInt64>()                       // a DataBatch run installed in one copy; Data_S next
 
     struct Outstanding {
         var kind: FaultKind
@@ -613,7 +614,9 @@ public final class IvyNode: @unchecked Sendable {
         case .p_installData:
             let m = try message(ctx)
             let st: PageState = m.flags.contains(.exclusive) ? .modified : .shared
-            try pageOp(host.install(gfn, bytes: m.flags.contains(.zero) ? nil : m.payload, state: st), "install")
+            if preinstalled.remove(gfn) == nil {   // else installed already with its DataBatch run (ReadAhead.swift)
+                try pageOp(host.install(gfn, bytes: m.flags.contains(.zero) ? nil : m.payload, state: st), "install")
+            }
             ctx.hops = m.hops
             ctx.txn = m.txn
         case .p_upgrade:

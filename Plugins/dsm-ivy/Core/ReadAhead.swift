@@ -144,8 +144,9 @@ public struct ReadAheadDetector: Sendable {
 
 /// The read-ahead counters (extras of dsm-ivy, see the header of this file).
 final class ReadAheadStats {
-    let prefetched, used, wasted, batches: (UInt64) -> Void
+    let prefetched, used, wasted, batches, batchInstalls: (UInt64) -> Void
     init(_ s: ProtocolServices) {
+        batchInstalls = s.makeCounter("ivy.readahead.batch_installs")
         prefetched = s.makeCounter("ivy.readahead.prefetched")
         used = s.makeCounter("ivy.readahead.used")
         wasted = s.makeCounter("ivy.readahead.wasted")
@@ -252,13 +253,43 @@ extension IvyNode {
         for (dst, list) in gathered.sorted(by: { $0.key < $1.key }) { flushData(list, to: dst) }
     }
 
-    /// The requester's side of a DataBatch: one Data_S per entry, in order.
+    /// The requester's side of a DataBatch: one Data_S per entry, in order. Runs of consecutive
+    /// pages that will take (IS_D, Data_S) at once — whose first action is the install — are
+    /// installed first with one copy (page_install_batch); their Data_S then skips the install.
+    /// A run the host refuses (a pin, a present page, no service) goes page by page.
     func receiveDataBatch(_ m: Message, from src: UInt32) {
+        var i = 0
+        while i < m.entries.count {
+            var j = i
+            while j < m.entries.count, installableAtOnce(m.entries[j]),
+                  j == i || (m.entries[j].gfn == m.entries[j - 1].gfn + 1
+                             && m.entries[j].payload == m.entries[j - 1].payload! + IvyWire.pageSize) {
+                j += 1
+            }
+            if j - i >= 2, host.installBatch(m.entries[i].gfn, count: j - i, bytes: m.entries[i].payload!, state: .shared) == .ok {
+                for e in m.entries[i..<j] { preinstalled.insert(e.gfn) }
+                raStats.batchInstalls(1)
+            }
+            i = max(j, i + 1)
+        }
         for e in m.entries {
             if failed { return }
             handleMessage(Message(type: .data, flags: e.zero ? .zero : [], hops: m.hops, node: m.node, gfn: e.gfn,
                                   txn: e.txn, payload: e.payload), from: src)
+            if preinstalled.remove(e.gfn) != nil {
+                fail("gfn \(e.gfn): installed with its DataBatch run but its Data_S did not run")
+                return
+            }
         }
+    }
+
+    /// The entry's Data_S will run at once with the install first: a page with bytes, waiting
+    /// for exactly this read copy (IS_D, nothing parked before it).
+    func installableAtOnce(_ e: BatchEntry) -> Bool {
+        guard !e.zero, e.payload != nil, state[Int(e.gfn)] == .IS_D, outstanding[e.gfn] != nil, stalled[e.gfn] == nil else {
+            return false
+        }
+        return true
     }
 
     func gatherData(gfn: UInt64, to dst: UInt32, zero: Bool, bytes: UnsafeRawPointer, txn: UInt64, hops: UInt8) {
