@@ -116,6 +116,12 @@ write("ivy-wire", "inv", ivy([1, 1, 0, 1], 5, 0, 1, 3, 4))
 write("ivy-wire", "data-zero", ivy([1, 1, 0, 1], 7, 2 | 4, 1, 3, 5))
 write("ivy-wire", "data-page", ivy([1, 1, 0, 1], 7, 0, 1, 3, 6, bytes(range(256)) * 16))
 write("ivy-wire", "confirm", ivy([1, 1, 0, 1], 9, 4, 1, 0, 7))
+# read-ahead: GetSBatch (txn = count), then the gfns; 2 nodes, 32 pages (node 0 manages 0-15)
+write("ivy-wire", "getsbatch", ivy([1, 1, 0, 2], 13, 0, 1, 3, 4, struct.pack("<4Q", 3, 4, 5, 7)))
+# FwdGetSBatch from the manager (node 1 manages odd gfns with managerOf = gfn % nodes), requester 1
+write("ivy-wire", "fwdgetsbatch", ivy([1, 1, 0, 2], 14, 0, 1, 3, 2, struct.pack("<4Q", 3, 11, 5, 12)))
+# DataBatch from node 1: a page with bytes, then a zero page
+write("ivy-wire", "databatch", ivy([1, 1, 0, 2], 15, 0, 1, 4, 2, struct.pack("<6Q", 4, 9, 0, 6, 10, 2)) + bytes(range(256)) * 16)
 
 
 # --- tcp-wire: frames (length u32, "GV", kind, flags 0) as a stream

@@ -2,7 +2,8 @@
 // userfaultfd with the configured coherence plugin (NodeAssembly.CoherenceStack, as a VM node
 // has it), then the workload's threads on guest RAM (DsmWorkloads). It prints one
 // `RESULT {json}` line (NodeReport), keeps serving pages until every node is done, and node 0
-// stops the cluster. Node 0 also measures the floor in the same run.
+// stops the cluster. Node 0 also measures the read-miss floor (ReadMissFloor) against the last
+// node, in the same run: between the workload's own reads (readmiss, seqread) or right after it.
 //
 // Threading: `run` on the main thread (it waits for the stop); the workload and the floor on a
 // worker thread; channel handlers on transport receive threads.
@@ -46,6 +47,8 @@ public struct DsmBenchNode {
             return StopCause.setupFailed(node: id, "\(error)").stopReason(origin: id)
         }
         let control = BenchControl(node: node, nodes: config.nodes.count)
+        let floorProbe = ReadMissFloor(node: node)
+        defer { floorProbe.close() }
         do {
             try node.start()
             try stack.start()
@@ -56,18 +59,22 @@ public struct DsmBenchNode {
             return StopCause.setupFailed(node: id, "\(error)").stopReason(origin: id)
         }
         let (params, timeout, wakeMode) = (self.params, self.timeout, self.wakeMode)
+        let peer = UInt32(config.nodes.count - 1)
         let worker = Thread {
             var floor: FloorReport?
-            if id == 0 {
-                do { floor = try Self.measureFloor(control: control, wakeMode: wakeMode, loader: loader, logger: logger) } catch {
-                    node.stop(reason: "floor measurement failed: \(error)", status: 1)
-                    return
-                }
-            }
-            let result: NodeResult
+            let interleaved = params.kind == .readmiss || params.kind == .seqread
+            var result: NodeResult
             do {
                 let w = try DsmWorkload(memory: stack.memory.base, bytes: Int(stack.memory.size), params: params, node: Int(id))
+                if id == 0 {
+                    try floorProbe.prepare(peer: peer, wakeMode: wakeMode)
+                    if interleaved { w.floorSample = { try floorProbe.sample() } }
+                }
                 result = w.run()
+                if id == 0 && result.errors.isEmpty {
+                    let samples = interleaved ? (result.floorLatencies ?? []) : try floorProbe.samples(1000)
+                    floor = FloorReport(peer: Int(peer), interleaved: interleaved, samples: samples)
+                }
             } catch {
                 node.stop(reason: "\(error)", status: 1)
                 return
@@ -93,17 +100,5 @@ public struct DsmBenchNode {
         let reason = node.waitUntilStopped()
         stack.stop()
         return reason
-    }
-
-    /// The floor, same binary, same run, same wake mode: a userfaultfd fault resolved by another
-    /// thread (the minimal C handler series of `bench fault`), and a 4 KiB round trip to node 1
-    /// over the configured transport on the bulk lane.
-    static func measureFloor(control: BenchControl, wakeMode: HandlerWakeMode, loader: PluginLoader, logger: Logger) throws -> FloorReport {
-        let local = try loader.load("dsm-local", kind: .coherence)
-        let svc = HostServicesTable(pluginName: local.name, metrics: MetricsRegistry(), logger: logger, onFatal: { _ in })
-        let fault = try FaultBenchmark.run(mode: wakeMode, iterations: 2000, rounds: 4,
-                                           cpus: nil, pluginName: local.name, ops: local.coherenceOps!, services: svc.pointer)
-        let rtt = try control.roundTrips(to: 1, count: 1000, size: 4096)
-        return FloorReport(faultP50: fault.floor.p50, faultP99: fault.floor.p99, rttP50: rtt.p50, rttP99: rtt.p99)
     }
 }

@@ -23,9 +23,15 @@ public enum MessageType {
         /// net-bench: echo request (lane:u8 seq:u64 padding), echo answer, bulk data, end of bulk
         /// run (frames:u64), its confirmation (frames:u64 bytes:u64). Sources/Bench/NetBench.swift.
         case netPing = 0xB0, netPong = 0xB1, netData = 0xB2, netEnd = 0xB3, netDone = 0xB4
+        /// net-bench floor: "open a plain TCP echo listener" (node 0 -> peer), its answer
+        /// (port:u16, then an error text when port is 0). Sources/Bench/NetBench.swift.
+        case netFloorOpen = 0xB5, netFloorPort = 0xB6
         /// bench dsm: floor round trip (payload echoed), its answer, "this node finished".
         /// Sources/Bench/BenchControl.swift.
         case benchPing = 0xC0, benchPong = 0xC1, benchFinished = 0xC2
+        /// bench dsm: the read-miss floor's request (24 bytes) and its 4 KiB reply.
+        /// Sources/Bench/ReadMissFloor.swift.
+        case benchFloorRequest = 0xC3, benchFloorReply = 0xC4
         /// The channel probe (any channel). Sources/Bench/ChannelProbe.swift.
         case probePing = 0xE0, probePong = 0xE1
     }

@@ -143,6 +143,7 @@ public final class SimNode {
         m.page_state = { h, g in SimNode.of(h).state(g) }
         m.page_pinned = { h, g in SimNode.of(h).pinned(g) }
         m.page_wake = { h, g in SimNode.of(h).cluster.wake(node: SimNode.of(h).id, gfn: g) }
+        m.page_install_batch = { h, g, n, b, st in SimNode.of(h).installBatch(g, n, b, st) }
         memory.initialize(to: m)
 
         for i in 0..<cluster.nodeCount {
@@ -253,6 +254,23 @@ public final class SimNode {
         cluster.network.enqueue(m, now: cluster.now, rng: &cluster.rng)
         return GVM_OK.rawValue
     }
+
+    /// page_install_batch: all or nothing, every page absent and unpinned (counted for tests).
+    func installBatch(_ gfn: UInt64, _ count: UInt32, _ src: UnsafeRawPointer?, _ st: UInt32) -> Int32 {
+        guard let src, count >= 1, count <= 64, gfn < UInt64(pageCount), UInt64(count) <= UInt64(pageCount) - gfn,
+              st == GVM_PAGE_SHARED || st == GVM_PAGE_MODIFIED else { return GVM_ERR_INVALID.rawValue }
+        for i in 0..<Int(count) {
+            let g = Int(gfn) + i
+            if pinRead[g] > 0 || pinWrite[g] > 0 { return GVM_ERR_PINNED.rawValue }
+            if pageState[g] != GVM_PAGE_INVALID { return GVM_ERR_STATE.rawValue }
+        }
+        for i in 0..<Int(count) { _ = install(gfn + UInt64(i), src + i * pageSize, st) }
+        batchInstalls += 1
+        return GVM_OK.rawValue
+    }
+
+    /// page_install_batch calls that installed pages.
+    public internal(set) var batchInstalls = 0
 
     func install(_ gfn: UInt64, _ src: UnsafeRawPointer?, _ st: UInt32) -> Int32 {
         guard gfn < UInt64(pageCount), st == GVM_PAGE_SHARED || st == GVM_PAGE_MODIFIED else { return GVM_ERR_INVALID.rawValue }

@@ -12,7 +12,7 @@
 //   16..31   random: per-page tallies of CAS-free atomic adds (page 16+p, word tid)
 //   32..47   random: per-page last sequence number each thread wrote (page 32+p, word tid)
 //   64..79   random working set (word 0: shared counter, word 1+tid: the thread's slot)
-//   128..    readmiss pages
+//   128..    readmiss and seqread pages
 //
 // Threading: `run` starts `threadsPerNode` dedicated OS threads (pthreads via Foundation.Thread)
 // and joins them; every other method is called on the thread that called `run`.
@@ -21,7 +21,7 @@ import CSystem
 import Foundation
 
 public enum WorkloadKind: String, CaseIterable, Sendable, Codable {
-    case counter, litmus, random, pingpong, readmiss
+    case counter, litmus, random, pingpong, readmiss, seqread
 }
 
 public struct WorkloadParams: Sendable, Codable {
@@ -30,9 +30,9 @@ public struct WorkloadParams: Sendable, Codable {
     public var threadsPerNode: Int
     public var seed: UInt64
     /// counter: increments per thread; litmus: trials per test; random: operations per thread;
-    /// pingpong: rounds; readmiss: rounds over the pages.
+    /// pingpong: rounds; readmiss, seqread: rounds over the pages.
     public var iterations: Int
-    /// random: working-set pages (<= 16); readmiss: pages read per round.
+    /// random: working-set pages (<= 16); readmiss, seqread: pages read per round.
     public var pages: Int
     /// Give up (and report) after this many seconds of waiting at one point.
     public var timeoutSeconds: Double = 60
@@ -48,8 +48,9 @@ public struct WorkloadParams: Sendable, Codable {
         case .random: self.iterations = iterations ?? 2000
         case .pingpong: self.iterations = iterations ?? 200
         case .readmiss: self.iterations = iterations ?? 10
+        case .seqread: self.iterations = iterations ?? 3
         }
-        self.pages = pages ?? (kind == .readmiss ? 32 : 8)
+        self.pages = pages ?? (kind == .readmiss ? 32 : kind == .seqread ? 4096 : 8)
     }
 
     public var totalThreads: Int { nodes * threadsPerNode }
@@ -70,9 +71,13 @@ public struct NodeResult: Codable, Sendable {
     public var checks: [String: UInt64]
     /// litmus: test -> outcome -> count (reported by node 0).
     public var litmus: [String: [String: Int]]
-    /// pingpong round trips and readmiss faults, in ns (timed on this node).
+    /// pingpong round trips and readmiss faults, in ns (timed on this node); seqread: the time
+    /// of each round's whole sequential pass (node 0).
     public var latencies: [UInt64]
     public var seconds: Double
+    /// The floor's samples (ns), taken by the reader between its own reads (readmiss: one after
+    /// each page; seqread: a series after each pass, outside the timed pass). See `floorSample`.
+    public var floorLatencies: [UInt64]? = nil
 }
 
 final class ResultBox: @unchecked Sendable {
@@ -81,6 +86,7 @@ final class ResultBox: @unchecked Sendable {
     var checks: [String: UInt64] = [:]
     var litmus: [String: [String: Int]] = [:]
     var latencies: [UInt64] = []
+    var floorLatencies: [UInt64] = []
     var operations: [Int]
     init(threads: Int) { operations = [Int](repeating: 0, count: threads) }
     func error(_ s: String) { lock.lock(); errors.append(s); lock.unlock() }
@@ -98,15 +104,19 @@ public final class DsmWorkload: @unchecked Sendable {
     public let bytes: Int
     public let params: WorkloadParams
     public let node: Int
+    /// One sample of the bench's floor (ns, thread-observed), taken by readmiss and seqread
+    /// readers between their own reads so both see the same machine; nil: no floor.
+    public var floorSample: (() throws -> UInt64)?
 
     public init(memory: UnsafeMutableRawPointer, bytes: Int, params: WorkloadParams, node: Int) throws {
         guard bytes >= params.requiredBytes else {
             throw WorkloadError("workload \(params.kind) needs \(params.requiredBytes) bytes of guest memory, the cluster has \(bytes)")
         }
-        guard params.pages <= (params.kind == .random ? 16 : 4096), params.totalThreads <= 500 else {
-            throw WorkloadError("workload \(params.kind): at most 16 random pages and 500 threads")
+        let maxPages = params.kind == .random ? 16 : params.kind == .seqread ? 1 << 20 : 4096
+        guard params.pages >= 1, params.pages <= maxPages, params.totalThreads <= 500 else {
+            throw WorkloadError("workload \(params.kind): 1 to \(maxPages) pages and at most 500 threads")
         }
-        if params.kind == .pingpong || params.kind == .litmus || params.kind == .readmiss {
+        if params.kind == .pingpong || params.kind == .litmus || params.kind == .readmiss || params.kind == .seqread {
             guard params.nodes >= 2 else { throw WorkloadError("workload \(params.kind) needs at least 2 nodes") }
         }
         self.base = memory
@@ -186,7 +196,8 @@ public final class DsmWorkload: @unchecked Sendable {
         done.wait()
         return NodeResult(node: node, workload: params.kind, threads: params.threadsPerNode, operations: box.operations,
                           errors: box.errors, checks: box.checks, litmus: box.litmus, latencies: box.latencies,
-                          seconds: Double(now() - start) / 1e9)
+                          seconds: Double(now() - start) / 1e9,
+                          floorLatencies: box.floorLatencies.isEmpty ? nil : box.floorLatencies)
     }
 
     func body(tid: Int, local: Int, _ box: ResultBox) throws {
@@ -196,6 +207,7 @@ public final class DsmWorkload: @unchecked Sendable {
         case .random: try random(tid: tid, local: local, box)
         case .pingpong: try pingpong(tid: tid, local: local, box)
         case .readmiss: try readmiss(tid: tid, local: local, box)
+        case .seqread: try seqread(tid: tid, local: local, box)
         case .litmus: try litmus(tid: tid, local: local, box)
         }
         try barrier("end")
@@ -331,11 +343,52 @@ public final class DsmWorkload: @unchecked Sendable {
                         break
                     }
                     box.bump(local)
+                    if let f = floorSample {
+                        let ns = try f()
+                        box.lock.lock(); box.floorLatencies.append(ns); box.lock.unlock()
+                    }
                 }
             }
             try barrier("readmiss read \(round)")
         }
         if reader { box.check("readmiss.pages", UInt64(params.iterations * params.pages)) }
+    }
+
+    // MARK: seqread
+
+    /// The last node's first thread writes every page (each word its own pattern); after a
+    /// barrier node 0's first thread reads them all in order, every word checked, and times the
+    /// pass: the sequential remote read throughput of one thread.
+    func seqread(tid: Int, local: Int, _ box: ResultBox) throws {
+        let writer = node == params.nodes - 1 && local == 0
+        let reader = node == 0 && local == 0
+        for round in 0..<params.iterations {
+            if writer {
+                for p in 0..<params.pages {
+                    for i in stride(from: 0, to: 512, by: 1) { store(128 + p, i, Self.pattern(round, p, i)) }
+                }
+            }
+            try barrier("seqread written \(round)")
+            if reader {
+                let t0 = now()
+                var bad: String?
+                for p in 0..<params.pages {
+                    for i in 0..<512 where load(128 + p, i) != Self.pattern(round, p, i) {
+                        bad = bad ?? "seqread round \(round) page \(p) word \(i): \(load(128 + p, i))"
+                        break
+                    }
+                }
+                let t1 = now()
+                if let bad { box.error(bad) }
+                box.lock.lock(); box.latencies.append(t1 - t0); box.operations[local] += params.pages; box.lock.unlock()
+                if let f = floorSample {
+                    let ns = try (0..<min(params.pages, 200)).map { _ in try f() }
+                    box.lock.lock(); box.floorLatencies += ns; box.lock.unlock()
+                }
+            }
+            try barrier("seqread read \(round)")
+        }
+        if reader { box.check("seqread.pages", UInt64(params.iterations * params.pages)) }
     }
 
     // MARK: litmus

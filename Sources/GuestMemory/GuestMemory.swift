@@ -501,6 +501,37 @@ public final class GuestMemory: @unchecked Sendable {
         return GVM_OK
     }
 
+    /// The most pages `installBatch` takes at once.
+    public static let maxInstallBatch = 64
+
+    /// Makes `count` contiguous absent pages present with `bytes` (count * 4 KiB) in SHARED or
+    /// MODIFIED with one UFFDIO_COPY. All or nothing: a present page gives GVM_ERR_STATE, a
+    /// pinned one GVM_ERR_PINNED, and nothing is installed. Does not wake.
+    public func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: UInt32) -> gvm_status {
+        guard count >= 1, count <= Self.maxInstallBatch, gfn < pageCount, UInt64(count) <= pageCount - gfn,
+              state == GVM_PAGE_SHARED || state == GVM_PAGE_MODIFIED else { return GVM_ERR_INVALID }
+        // The pages' stripes, locked in ascending stripe order (count <= 64 < stripeCount: distinct).
+        let stripes = (0..<UInt64(count)).map { Int((gfn + $0) & stripeMask) }.sorted()
+        for s in stripes { pthread_mutex_lock(mutexes + s) }
+        defer { for s in stripes.reversed() { pthread_mutex_unlock(mutexes + s) } }
+        for i in 0..<count {
+            let g = Int(gfn) + i
+            if readPins[g] != 0 || writePins[g] != 0 { return GVM_ERR_PINNED }
+            if UInt32(states[g]) != GVM_PAGE_INVALID { return GVM_ERR_STATE }
+        }
+        do {
+            try uffd.copy(to: pageAddress(gfn), from: bytes, length: count * guestPageSize,
+                          writeProtect: state == GVM_PAGE_SHARED, wake: false)
+        } catch {
+            // Pages copied before a failure are present: record them, drop them again.
+            logger.error("pages \(gfn)..\(gfn + UInt64(count) - 1): batch install: \(error)")
+            for i in 0..<count { _ = dropLocked(gfn + UInt64(i)) }
+            return GVM_ERR_IO
+        }
+        for i in 0..<count { setState(gfn + UInt64(i), state) }
+        return GVM_OK
+    }
+
     /// SHARED -> MODIFIED in place. INVALID: GVM_ERR_NOT_PRESENT (WRITEPROTECT would silently do
     /// nothing on a missing page). MODIFIED: no-op.
     public func upgrade(_ gfn: UInt64) -> gvm_status {
@@ -791,6 +822,10 @@ public final class GuestMemory: @unchecked Sendable {
             GuestMemory.from(h).sendUrgent(dst, UnsafeBufferPointer(start: iov, count: Int(n)))
         }
         table.pointee.page_install = { h, gfn, bytes, state in GuestMemory.from(h).install(gfn, bytes: bytes, state: state).rawValue }
+        table.pointee.page_install_batch = { h, gfn, count, bytes, state in
+            guard let bytes else { return GVM_ERR_INVALID.rawValue }
+            return GuestMemory.from(h).installBatch(gfn, count: Int(count), bytes: bytes, state: state).rawValue
+        }
         table.pointee.page_upgrade = { h, gfn in GuestMemory.from(h).upgrade(gfn).rawValue }
         table.pointee.page_downgrade = { h, gfn, out in GuestMemory.from(h).downgrade(gfn, into: out).rawValue }
         table.pointee.page_drop = { h, gfn, out in GuestMemory.from(h).drop(gfn, into: out).rawValue }

@@ -28,10 +28,13 @@ struct BenchDsm: ParsableCommand {
             Workloads: counter (threads on every node add to one counter under a spinlock in guest
             memory), litmus (MP, SB, LB, 2+2W, IRIW across nodes; forbidden outcomes fail), random
             (reads, writes and atomic adds; any stale read or lost update fails), pingpong (two nodes
-            alternately write one page), readmiss (node 0 reads pages the last node wrote).
-            Every run reports how many pages crossed nodes; a run where none did fails. Node 0 also
-            measures the floor in the same run: a userfaultfd fault resolved by another thread plus
-            one 4 KiB round trip over the configured transport. Needs root (userfaultfd).
+            alternately write one page), readmiss (node 0 reads pages the last node wrote),
+            seqread (node 0's first thread reads --pages pages the last node wrote, in order:
+            pages/s and MiB/s). Every run reports how many pages crossed nodes; a run where none
+            did fails. Node 0 also measures the read-miss floor in the same run: a userfaultfd read
+            fault answered by the last node with a 24-byte request and a 4 KiB reply over the
+            configured transport, timed by the faulting thread (between the workload's own reads
+            for readmiss and seqread). Needs root (userfaultfd).
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -39,7 +42,7 @@ struct BenchDsm: ParsableCommand {
     @Option(name: .long, help: "The cluster YAML file.")
     var config: String
 
-    @Option(name: .long, help: "counter, litmus, random, pingpong or readmiss.")
+    @Option(name: .long, help: "counter, litmus, random, pingpong, readmiss or seqread.")
     var workload: String
 
     @Option(name: .long, help: "Seed of the random workload.")
@@ -51,7 +54,7 @@ struct BenchDsm: ParsableCommand {
     @Option(name: .long, help: "Iterations (per thread, trial count, rounds; default per workload).")
     var iterations: Int?
 
-    @Option(name: .long, help: "Pages (random working set, readmiss pages per round).")
+    @Option(name: .long, help: "Pages (random working set, readmiss and seqread pages per round).")
     var pages: Int?
 
     @Option(name: .long, help: "Fault-handler wake mode: poll, spin or spin:<us>.")

@@ -1,6 +1,6 @@
 // `giantvm net-bench F`: round-trip latency and one-way bandwidth between node 0 and every other
-// node through the configured transport, beside a raw-TCP floor measured in the same run
-// (Sources/Bench/NetBench.swift).
+// node through the configured transport, beside a raw-TCP floor measured in the same run between
+// the same node processes (Sources/Bench/NetBench.swift).
 
 import ArgumentParser
 import Config
@@ -16,8 +16,9 @@ struct NetBench: ParsableCommand {
             measures, against each other node in turn: the round trip of a 64-byte frame on the
             urgent lane and of a 4 KiB frame on the bulk lane (as the DSM sends page data), and the
             one-way bandwidth of 60 KiB frames on the bulk lane. Beside each figure it prints a
-            floor measured in the same run: the same exchange over a plain TCP loopback socket
-            pair, without giantvm's transport.
+            floor measured in the same run between the same two node processes: the same exchange
+            over a plain TCP connection to a listener the peer opens on its configured address,
+            without giantvm's transport.
             """)
 
     @OptionGroup var global: GlobalOptions

@@ -64,6 +64,19 @@ public struct CoherenceHost: @unchecked Sendable {
         PageStatus(raw: raw.pointee.page_install(host, gfn, bytes, state.rawValue))
     }
 
+    /// Installs `count` contiguous absent pages from `bytes` (count * 4 KiB) with one copy, all
+    /// or nothing (page_install_batch, ABI 3). A host without the service: GVM_ERR_UNSUPPORTED
+    /// (install page by page instead).
+    @discardableResult
+    public func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus {
+        let end = MemoryLayout<gvm_coherence_host>.offset(of: \gvm_coherence_host.page_install_batch)!
+            + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(raw.pointee.size) >= end, let f = raw.pointee.page_install_batch, count >= 1, count <= 64 else {
+            return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+        }
+        return PageStatus(raw: f(host, gfn, UInt32(count), bytes, state.rawValue))
+    }
+
     @discardableResult
     public func upgrade(_ gfn: UInt64) -> PageStatus {
         PageStatus(raw: raw.pointee.page_upgrade(host, gfn))

@@ -1,5 +1,6 @@
 // The control protocols of the cluster tools, over real `Node`s joined by the in-memory transport:
-// no binary, no sockets (except net-bench's own loopback floor), no KVM.
+// no binary, no KVM; sockets only for net-bench's raw-TCP floor (to the peer's listener) and
+// userfaultfd for bench dsm's read-miss floor.
 
 import Bench
 import Cluster
@@ -8,6 +9,7 @@ import DsmWorkloads
 import Foundation
 import Logging
 import Metrics
+import TestSupport
 import XCTest
 
 final class ControlProtocolTests: XCTestCase {
@@ -114,6 +116,53 @@ final class ControlProtocolTests: XCTestCase {
         XCTAssertTrue(report.contains("node 0 <-> 1"), report)
         XCTAssertTrue(report.contains("64 B, urgent") && report.contains("4 KiB, bulk"), report)
         XCTAssertTrue(report.contains("bandwidth") && report.contains("floor"), report)
+        // The floor ran over a plain TCP connection to node 1's own listener (its configured
+        // address), not a socket pair inside node 0.
+        XCTAssertTrue(report.contains("node 0 <-> 1      floor over TCP to 127.0.0.1:"), report)
+        let deadline = Date().addingTimeInterval(5)
+        while responders[1].floorConnectionsServed == 0 && Date() < deadline { usleep(10_000) }
+        XCTAssertEqual(responders[1].floorConnectionsServed, 1)
+        XCTAssertEqual(responders[0].floorConnectionsServed, 0)
+    }
+
+    func testNetBenchFloorFailsNamingAPeerThatCannotListen() throws {
+        // Node 1's configured address is not one of this machine's: its listener cannot bind.
+        var yaml = "cluster: benchtest\nnodes:\n  - {id: 0, address: 127.0.0.1, port: 21950}\n"
+        yaml += "  - {id: 1, address: 192.0.2.1, port: 21951}\n"
+        yaml += "memory: 4MiB\ntransport: {plugin: transport-tcp}\ncoherence: {plugin: dsm-ivy}\n"
+        let cfg = try ConfigLoader.parse(yaml: yaml, path: "benchtest.yaml")
+        let net = InMemoryNetwork(nodeCount: 2)
+        network = net
+        var logger = Logger(label: "benchtest")
+        logger.logLevel = .error
+        let nodes = try (0..<2).map { id in try Node(config: cfg, id: UInt32(id), logger: logger) { net.endpoint(UInt32(id), events: $0) } }
+        let responders = nodes.map { NetBenchResponder(node: $0) }
+        let group = DispatchGroup()
+        for n in nodes { group.enter(); Thread { try? n.start(); group.leave() }.start() }
+        XCTAssertEqual(group.wait(timeout: .now() + 10), .success)
+        defer { stopAll(nodes) }
+        XCTAssertThrowsError(try NetBenchDriver(node: nodes[0], responder: responders[0], roundTrips: 10, megabytes: 1).run()) {
+            XCTAssertTrue("\($0)".contains("floor: node 1 cannot listen: node 1: floor: cannot listen on 192.0.2.1"), "\($0)")
+        }
+    }
+
+    /// bench dsm's floor between two nodes: a userfaultfd read fault answered by the peer's 4 KiB
+    /// reply, timed by the faulting thread; a peer that does not answer fails the sample (the
+    /// thread is released, never left stopped on the page).
+    func testReadMissFloorRoundTripsToThePeerAndFailsWithoutIt() throws {
+        try Requirement.userfaultfd()
+        let (nodes, floors) = try cluster(3) { $0.id == 2 ? nil : ReadMissFloor(node: $0) }
+        defer { stopAll(nodes) }
+        defer { for f in floors { f?.close() } }
+        try floors[0]!.prepare(peer: 1, wakeMode: .poll)
+        let samples = try floors[0]!.samples(50, warmup: 5)
+        XCTAssertEqual(samples.count, 50)
+        XCTAssertTrue(samples.allSatisfy { $0 > 0 })
+        let silent = try XCTUnwrap(floors[1])
+        try silent.prepare(peer: 2, wakeMode: .spin(nanoseconds: 50_000))
+        let t0 = Date()
+        XCTAssertThrowsError(try silent.sample()) { XCTAssertEqual("\($0)", "no floor reply from node 2 within 5 s") }
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 8)
     }
 }
 

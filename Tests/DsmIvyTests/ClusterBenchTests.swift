@@ -77,13 +77,46 @@ final class ClusterBenchTests: XCTestCase {
     }
 
     func testPingPongAndReadMissReportLatencyBesideTheFloor() throws {
-        let (pp, _) = try bench(2, "pingpong", ["--iterations", "100"])
+        let (pp, ppJSON) = try bench(2, "pingpong", ["--iterations", "100"])
         XCTAssertTrue(pp.contains("check node 0: pingpong = 200 (exact)"), pp)
-        XCTAssertTrue(pp.contains("floor (node 0, same run): uffd fault p50"), pp)
-        let (rm, json) = try bench(2, "readmiss", ["--iterations", "4", "--pages", "16"])
+        XCTAssertTrue(pp.contains("floor (node 0 <-> node 1, right after the workload): userfaultfd read fault + 24 B request / 4120 B reply"), pp)
+        XCTAssertFalse(pp.contains("ratio to floor"), "only read misses are compared with the floor:\n\(pp)")
+        XCTAssertEqual((ppJSON["floor"] as? [String: Any])?["interleaved"] as? Bool, false)
+        // Read misses one page at a time (read_ahead 0), the floor sampled between them, against
+        // the node the pages come from (the last one).
+        let (rm, json) = try bench(3, "readmiss", ["--iterations", "4", "--pages", "16", "--threads", "1"], settings: "{read_ahead: 0}")
         XCTAssertTrue(rm.contains("check node 0: readmiss.pages = 64 (exact)"), rm)
+        XCTAssertTrue(rm.contains("floor (node 0 <-> node 2, interleaved with the workload's reads)"), rm)
+        XCTAssertTrue(rm.contains("read miss (node 0 reads a page the last node wrote, timed by the reading thread): n=64"), rm)
         XCTAssertTrue(rm.contains("p50 ratio to floor"), rm)
-        XCTAssertNotNil(json["floor"])
+        let floor = json["floor"] as? [String: Any] ?? [:]
+        XCTAssertEqual(floor["peer"] as? Int, 2)
+        XCTAssertEqual(floor["interleaved"] as? Bool, true)
+        XCTAssertEqual((floor["latency"] as? [String: Any])?["count"] as? Int, 64, "one floor sample after each read miss")
+        XCTAssertGreaterThan(json["read_miss_p50_ratio_to_floor"] as? Double ?? 0, 0)
+    }
+
+    /// One thread reads 2048 pages the other node wrote, in order: with read-ahead most arrive
+    /// prefetched (few read misses, batched replies), every word still exact; without it,
+    /// every page is a read miss.
+    func testSequentialRemoteReadGetsPagesPrefetchedAndStaysExact() throws {
+        let args = ["--threads", "1", "--iterations", "2", "--pages", "2048"]
+        let (on, onJSON) = try bench(2, "seqread", args, settings: "{read_ahead: 16}")
+        XCTAssertTrue(on.contains("check node 0: seqread.pages = 4096 (exact)"), on)
+        XCTAssertTrue(on.contains("sequential remote read by one thread (node 0): 2048 pages x 2 passes"), on)
+        let n0 = ((onJSON["per_node"] as? [String: Any])?["node0"] as? [String: Any])?["counters"] as? [String: Int] ?? [:]
+        XCTAssertGreaterThan(n0["ivy.readahead.prefetched"] ?? 0, 3000, on)
+        XCTAssertGreaterThan(n0["ivy.readahead.used"] ?? 0, 3000, on)
+        // Node 0 manages these pages itself (its batches go through its local queue); node 1,
+        // the owner, answers with DataBatch messages.
+        let n1 = ((onJSON["per_node"] as? [String: Any])?["node1"] as? [String: Any])?["counters"] as? [String: Int] ?? [:]
+        XCTAssertGreaterThan(n1["ivy.msg.DataBatch"] ?? 0, 100, on)
+        XCTAssertLessThan(n0["dsm.fault.read_miss"] ?? .max, 1000, on)
+        let (off, offJSON) = try bench(2, "seqread", args, settings: "{read_ahead: 0}")
+        XCTAssertTrue(off.contains("check node 0: seqread.pages = 4096 (exact)"), off)
+        let o0 = ((offJSON["per_node"] as? [String: Any])?["node0"] as? [String: Any])?["counters"] as? [String: Int] ?? [:]
+        XCTAssertEqual(o0["ivy.readahead.prefetched"] ?? 0, 0)
+        XCTAssertGreaterThanOrEqual(o0["dsm.fault.read_miss"] ?? 0, 4096)
     }
 
     /// Kill one node in the middle of a long workload: the others must stop with an error naming

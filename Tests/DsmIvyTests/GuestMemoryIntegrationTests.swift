@@ -185,10 +185,24 @@ final class GuestMemoryIntegrationTests: XCTestCase {
         defer { c.shutdown() }
         XCTAssertEqual(rs[0].checks["pingpong"], 400)
         XCTAssertGreaterThanOrEqual(c.total("dsm.page.sent_data"), 300, "every round moves the page")
-        let (c2, rs2) = try workload(.readmiss, nodes: 2, threads: 1, iterations: 3, pages: 16)
+        // One page per fault (read-ahead off): every read is a read miss.
+        let (c2, rs2) = try workload(.readmiss, nodes: 2, threads: 1, iterations: 3, pages: 16, settings: "{read_ahead: 0}")
         defer { c2.shutdown() }
         XCTAssertEqual(rs2[0].checks["readmiss.pages"], 48)
         XCTAssertGreaterThanOrEqual(c2.counter(0, "dsm.fault.read_miss"), 48)
+    }
+
+    /// A sequential remote read over real userfaultfd and TCP: with read-ahead most pages come
+    /// prefetched in batches, and every word read is exact.
+    func testSequentialReadGetsPagesPrefetchedOverRealUserfaultfd() throws {
+        let (c, rs) = try workload(.seqread, nodes: 2, threads: 1, iterations: 2, pages: 360, settings: "{read_ahead: 16}")
+        defer { c.shutdown() }
+        XCTAssertEqual(rs[0].checks["seqread.pages"], 720)
+        XCTAssertGreaterThan(c.counter(0, "ivy.readahead.prefetched"), 360)
+        XCTAssertGreaterThan(c.counter(0, "ivy.readahead.used"), 250)
+        XCTAssertLessThan(c.counter(0, "dsm.fault.read_miss"), 450, "one read miss per page despite read-ahead")
+        XCTAssertGreaterThan(c.counter(1, "ivy.msg.DataBatch"), 0)
+        XCTAssertGreaterThan(c.counter(0, "ivy.readahead.batch_installs"), 0, "no run installed with one UFFDIO_COPY")
     }
 
     /// Node 0 pins a page for writing (host code writing guest RAM); node 1's store must wait

@@ -14,6 +14,9 @@ public protocol PageHost {
     /// One message to `node` (never this node). `urgent` selects the urgent lane.
     func send(to node: UInt32, _ parts: [UnsafeRawBufferPointer], urgent: Bool) -> PageStatus
     func install(_ gfn: UInt64, bytes: UnsafeRawPointer?, state: PageState) -> PageStatus
+    /// `count` contiguous absent pages in one copy, all or nothing (page_install_batch, ABI 3);
+    /// anything but OK means "install them one by one".
+    func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus
     func upgrade(_ gfn: UInt64) -> PageStatus
     func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
     func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
@@ -24,6 +27,13 @@ public protocol PageHost {
 }
 
 extension CoherenceHost: PageHost {}
+
+extension PageHost {
+    /// A host without a batch service: the pages go one by one.
+    public func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus {
+        PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+    }
+}
 
 /// Logging, clock, statistics and `fatal`: what `HostServices` offers, reduced to closures so a
 /// test can implement it without the C table.

@@ -50,8 +50,11 @@ public struct IvyConfig: Sendable, Equatable {
     /// `send_wait`: how long a message may wait for room in a full transport send queue before
     /// the cluster stops naming the peer. See Liveness.swift.
     public var sendWaitNanoseconds: UInt64 = 5_000_000_000
+    /// `read_ahead`: pages requested ahead of a sequential or strided read stream, 0 (off) to
+    /// IvyWire.maxBatch. See ReadAhead.swift.
+    public var readAhead: Int = 16
 
-    public static let settingKeys = ["manager_chunk", "hold_time"] + livenessSettingKeys
+    public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead"] + livenessSettingKeys
 
     /// `manager_chunk`: "auto" (default: contiguous ranges, one per node) or a size that is a
     /// multiple of 4 KiB ("4KiB", "64KiB", "2MiB", "8192"): interleave chunks over the nodes.
@@ -85,6 +88,12 @@ public struct IvyConfig: Sendable, Equatable {
                 throw PluginError("setting 'hold_time': '\(h)' is not a duration up to 1s like 0, 20us, 1ms")
             case .failure(let f): throw PluginError("setting 'hold_time': \(f.message)")
             }
+        }
+        if let r = settings["read_ahead"] {
+            guard let n = Int(r.trimmingSpaces), n >= 0, n <= IvyWire.maxBatch else {
+                throw PluginError("setting 'read_ahead': '\(r)' is not a page count from 0 (off) to \(IvyWire.maxBatch)")
+            }
+            config.readAhead = n
         }
         return config
     }
@@ -137,6 +146,7 @@ public final class IvyNode: @unchecked Sendable {
     let host: PageHost
     let services: ProtocolServices
     let stats: IvyStats
+    let raStats: ReadAheadStats
     /// Messages that found the transport's queue full and waited in the outbox (Liveness.swift).
     let sendWaits: (UInt64) -> Void
 
@@ -169,11 +179,21 @@ public final class IvyNode: @unchecked Sendable {
     var flushTimer: UInt64 = 0                             // retries the outbox; 0 = none
     var watch = WatchState.idle                            // the request-timeout timer
 
+    // ---- read-ahead (ReadAhead.swift)
+    var detector: ReadAheadDetector
+    var prefetchedUnused = Set<UInt64>()                   // installed by read-ahead, no access seen yet
+    var prefetching = false                                // the read misses being started are read-ahead
+    var gathering: [UInt32: [UInt64]]? = nil               // while prefetching: GetS gathered per manager
+    var forwardGather: [ForwardKey: [(gfn: UInt64, txn: UInt64)]]? = nil  // serving a GetSBatch
+    var dataGather: [UInt32: [GatheredData]]? = nil        // serving a FwdGetSBatch: Data per requester
+    var preinstalled = Set<UInt64>()                       // a DataBatch run installed in one copy; Data_S next
+
     struct Outstanding {
         var kind: FaultKind
         var start: UInt64
         var txn: UInt64 = 0
         var grantedBy: UInt32 = 0
+        var prefetch = false   // read-ahead: no thread waits (yet)
     }
 
     struct OwnerTxn {
@@ -234,6 +254,8 @@ public final class IvyNode: @unchecked Sendable {
         self.host = host
         self.services = services
         self.stats = IvyStats(services)
+        self.raStats = ReadAheadStats(services)
+        self.detector = ReadAheadDetector(window: config.readAhead)
         self.sendWaits = services.makeCounter("ivy.send_waits")
         let pc = Int(host.pageCount)
         var st = [CacheState](repeating: .I, count: pc)
@@ -399,9 +421,13 @@ public final class IvyNode: @unchecked Sendable {
         } else {
             event = (state[g] == .OS && copyset[g] != 0) ? .storeSharers : .store
         }
+        let before = state[g]
+        if before == .IS_D { claimPrefetch(gfn) }
+        if access != .read, prefetchedUnused.remove(gfn) != nil { raStats.used(1) }
         var ctx = Context(gfn: gfn, src: selfID, msg: nil, input: .fault(access))
         ctx.requester = selfID
         run(event, &ctx)
+        if access == .read, before == .I || before == .IS_D, !prefetching { readAhead(after: gfn) }
     }
 
     func handleMessage(_ m: Message, from src: UInt32) {
@@ -410,6 +436,9 @@ public final class IvyNode: @unchecked Sendable {
         case .getX: runManager(.getX, m, src); return
         case .confirm: runManager(.confirm, m, src); return
         case .nack: runManager(.nack, m, src); return
+        case .getSBatch: serveBatch(m, from: src); return
+        case .fwdGetSBatch: serveForwardBatch(m, from: src); return
+        case .dataBatch: receiveDataBatch(m, from: src); return
         default: break
         }
 
@@ -441,7 +470,7 @@ public final class IvyNode: @unchecked Sendable {
             event = .fetch
         case .release:
             event = .release
-        case .getS, .getX, .confirm, .nack:
+        case .getS, .getX, .confirm, .nack, .getSBatch, .fwdGetSBatch, .dataBatch:
             return
         }
         run(event, &ctx)
@@ -565,6 +594,7 @@ public final class IvyNode: @unchecked Sendable {
         // --- page operations
         case .p_dropCopy:
             try pageOp(host.drop(gfn, into: nil), "drop")
+            if prefetchedUnused.remove(gfn) != nil { raStats.wasted(1) }
         case .p_dropToBuffer:
             try pageOp(host.drop(gfn, into: scratch), "drop")
             ctx.zero = IvyWire.isZeroPage(scratch)
@@ -584,7 +614,9 @@ public final class IvyNode: @unchecked Sendable {
         case .p_installData:
             let m = try message(ctx)
             let st: PageState = m.flags.contains(.exclusive) ? .modified : .shared
-            try pageOp(host.install(gfn, bytes: m.flags.contains(.zero) ? nil : m.payload, state: st), "install")
+            if preinstalled.remove(gfn) == nil {   // else installed already with its DataBatch run (ReadAhead.swift)
+                try pageOp(host.install(gfn, bytes: m.flags.contains(.zero) ? nil : m.payload, state: st), "install")
+            }
             ctx.hops = m.hops
             ctx.txn = m.txn
         case .p_upgrade:
@@ -605,7 +637,11 @@ public final class IvyNode: @unchecked Sendable {
         case .r_startWriteMiss: startFault(gfn, .writeMiss)
         case .r_startUpgrade: startFault(gfn, .upgrade)
         case .r_sendGetS:
-            send(Message(type: .getS, node: selfID, gfn: gfn), to: managerOf(gfn))
+            if prefetching, gathering != nil {
+                gathering![managerOf(gfn), default: []].append(gfn)
+            } else {
+                send(Message(type: .getS, node: selfID, gfn: gfn), to: managerOf(gfn))
+            }
         case .r_sendGetX:
             let holds = state[g] == .S
             send(Message(type: .getX, flags: holds ? .holdsCopy : [], node: selfID, gfn: gfn), to: managerOf(gfn))
@@ -614,6 +650,10 @@ public final class IvyNode: @unchecked Sendable {
         case .r_complete:
             try require(outstanding[gfn] != nil, "no outstanding fault to complete")
             let o = outstanding.removeValue(forKey: gfn)!
+            if o.prefetch {   // read-ahead: nobody waited (a thread that faulted since claimed it); not a fault
+                prefetchedUnused.insert(gfn)
+                break
+            }
             host.wake(gfn)
             let dt = services.nowNanoseconds() &- o.start
             stats.latency[o.kind.rawValue](dt)
@@ -751,6 +791,11 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     func startFault(_ gfn: UInt64, _ kind: FaultKind) {
+        if prefetching {
+            raStats.prefetched(1)
+            outstanding[gfn] = Outstanding(kind: kind, start: services.nowNanoseconds(), prefetch: true)
+            return
+        }
         stats.faults[kind.rawValue](1)
         outstanding[gfn] = Outstanding(kind: kind, start: services.nowNanoseconds())
     }
@@ -772,6 +817,10 @@ public final class IvyNode: @unchecked Sendable {
 
     func sendData(gfn: UInt64, to dst: UInt32, exclusive: Bool, zero: Bool, bytes: UnsafeRawPointer, txn: UInt64, hops: UInt8) {
         precondition(dst != selfID, "page data is never sent to this node itself")
+        if !exclusive, dataGather != nil {   // serving a FwdGetSBatch: one DataBatch per requester (ReadAhead.swift)
+            gatherData(gfn: gfn, to: dst, zero: zero, bytes: bytes, txn: txn, hops: hops)
+            return
+        }
         var flags: MessageFlags = exclusive ? .exclusive : []
         if zero { flags.insert(.zero) }
         let m = Message(type: .data, flags: flags, hops: hops == .max ? .max : hops + 1, node: selfID, gfn: gfn, txn: txn)
@@ -861,6 +910,11 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     func forward(_ gfn: UInt64, _ t: OpenTxn) {
+        if !t.exclusive, forwardGather != nil {   // serving a GetSBatch: one FwdGetSBatch per owner
+            forwardGather![ForwardKey(owner: owner[Int(gfn)], requester: t.requester, hops: t.hops), default: []]
+                .append((gfn, t.txn))
+            return
+        }
         let fwd = Message(type: t.exclusive ? .fwdGetX : .fwdGetS, flags: t.holdsCopy ? .holdsCopy : [],
                           hops: t.hops, node: t.requester, gfn: gfn, txn: t.txn)
         send(fwd, to: owner[Int(gfn)])

@@ -10,6 +10,14 @@
 //   8      8    gfn       guest frame number, < page count
 //   16     8    txn       the manager's transaction number for this page (0 where unused)
 //   24     4096 payload   only `data` without `zero`
+//   24     8*n  gfns      only `getSBatch` (read-ahead): `txn` holds n (1...maxBatch), then n
+//                         distinct u64 gfns, the first equal to `gfn`, all managed by the receiver
+//   24     16*n entries   only `fwdGetSBatch`: `txn` holds n, then n (gfn u64, txn u64), distinct
+//                         gfns, the first equal to `gfn`, all managed by the sender; `node` is
+//                         the requester of every entry
+//   24     24*n entries   only `dataBatch`: `txn` holds n, then n (gfn u64, txn u64, flags u8,
+//                         7 zero bytes; flags: zero only), then 4096 bytes for every entry
+//                         without `zero`, in entry order; `node` is the sender (the old owner)
 //
 // Every received message is validated (length, version, type, flags, gfn range, node ids and
 // who may send it) before the protocol sees it: hostile bytes give a `WireError`, never a crash.
@@ -34,6 +42,9 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case nack = 10      // non-owner -> manager: a forward reached me but I do not own the page
     case fetch = 11     // new owner -> old owner: my copy was gone at upgrade time: send the bytes
     case release = 12   // new owner -> old owner: upgrade done, forget the stashed bytes
+    case getSBatch = 13 // requester -> manager: read-ahead, a read miss for each listed page (ReadAhead.swift)
+    case fwdGetSBatch = 14 // manager -> owner: a FwdGetS for each listed (page, transaction)
+    case dataBatch = 15 // owner -> requester: a read-only Data for each listed page
 
     public var name: String {
         switch self {
@@ -49,11 +60,14 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
         case .nack: "Nack"
         case .fetch: "Fetch"
         case .release: "Release"
+        case .getSBatch: "GetSBatch"
+        case .fwdGetSBatch: "FwdGetSBatch"
+        case .dataBatch: "DataBatch"
         }
     }
 
     /// Page data travels on the bulk lane; everything small on the urgent lane.
-    public var urgent: Bool { self != .data }
+    public var urgent: Bool { self != .data && self != .dataBatch }
 }
 
 public struct MessageFlags: OptionSet, Sendable {
@@ -77,6 +91,11 @@ public struct Message {
     public var gfn: UInt64
     public var txn: UInt64
     public var payload: UnsafeRawPointer?
+    /// getSBatch: the pages requested (decoded and checked); empty for every other type.
+    public var batch: [UInt64] = []
+    /// fwdGetSBatch, dataBatch: the entries (decoded and checked). `payload` of a dataBatch entry
+    /// points into the received buffer (nil for a zero page).
+    public var entries: [BatchEntry] = []
 
     public init(type: MessageType, flags: MessageFlags = [], hops: UInt8 = 0, node: UInt32, gfn: UInt64,
                 txn: UInt64 = 0, payload: UnsafeRawPointer? = nil) {
@@ -92,6 +111,17 @@ public struct Message {
     public var hasPayload: Bool { type == .data && !flags.contains(.zero) }
 }
 
+/// One entry of a fwdGetSBatch or dataBatch.
+public struct BatchEntry {
+    public var gfn: UInt64
+    public var txn: UInt64
+    public var zero = false
+    public var payload: UnsafeRawPointer? = nil
+    public init(gfn: UInt64, txn: UInt64, zero: Bool = false, payload: UnsafeRawPointer? = nil) {
+        self.gfn = gfn; self.txn = txn; self.zero = zero; self.payload = payload
+    }
+}
+
 public struct WireError: Error, CustomStringConvertible, Equatable {
     public var message: String
     public init(_ message: String) { self.message = message }
@@ -102,6 +132,46 @@ public enum IvyWire {
     public static let version: UInt8 = 1
     public static let headerSize = 24
     public static let pageSize = Int(GVM_PAGE_SIZE)
+    /// The most pages one getSBatch may list (and so the largest read-ahead window).
+    public static let maxBatch = 64
+
+    /// The largest dataBatch message (header, entries and pages): within a transport frame.
+    public static let maxDataBatchBytes = 60 * 1024
+
+    /// A fwdGetSBatch message: header (txn = count, node = requester) then (gfn, txn) pairs.
+    public static func encodeForwardBatch(requester: UInt32, hops: UInt8, entries: [(gfn: UInt64, txn: UInt64)]) -> [UInt8] {
+        precondition(!entries.isEmpty && entries.count <= maxBatch, "fwdGetSBatch lists 1...\(maxBatch) pages")
+        var b = header(Message(type: .fwdGetSBatch, hops: hops, node: requester, gfn: entries[0].gfn, txn: UInt64(entries.count)))
+        for e in entries { append64(&b, e.gfn); append64(&b, e.txn) }
+        return b
+    }
+
+    /// The header and entry table of a dataBatch (the pages follow, one per non-zero entry).
+    public static func encodeDataBatchHead(sender: UInt32, hops: UInt8, entries: [BatchEntry]) -> [UInt8] {
+        precondition(!entries.isEmpty && entries.count <= maxBatch, "dataBatch lists 1...\(maxBatch) pages")
+        var b = header(Message(type: .dataBatch, hops: hops, node: sender, gfn: entries[0].gfn, txn: UInt64(entries.count)))
+        for e in entries {
+            append64(&b, e.gfn)
+            append64(&b, e.txn)
+            append64(&b, e.zero ? UInt64(MessageFlags.zero.rawValue) : 0)
+        }
+        return b
+    }
+
+    static func append64(_ b: inout [UInt8], _ v: UInt64) {
+        for i in 0..<8 { b.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+    }
+
+    /// A getSBatch message: header (txn = count) then the gfns, little endian.
+    public static func encodeBatch(node: UInt32, hops: UInt8 = 0, gfns: [UInt64]) -> [UInt8] {
+        precondition(!gfns.isEmpty && gfns.count <= maxBatch, "getSBatch lists 1...\(maxBatch) pages")
+        var b = header(Message(type: .getSBatch, hops: hops, node: node, gfn: gfns[0], txn: UInt64(gfns.count)))
+        b.reserveCapacity(headerSize + 8 * gfns.count)
+        for g in gfns {
+            for i in 0..<8 { b.append(UInt8(truncatingIfNeeded: g >> (8 * UInt64(i)))) }
+        }
+        return b
+    }
 
     /// Encodes the header of `m` into 24 bytes.
     public static func header(_ m: Message) -> [UInt8] {
@@ -163,7 +233,12 @@ public enum IvyWire {
         // Who may send it and about whom.
         let manager = managerOf(gfn)
         switch type {
-        case .getS, .getX, .confirm, .nack:
+        case .fwdGetSBatch:
+            guard manager == src else { throw WireError("\(type.name) for gfn \(gfn) from node \(src), but its manager is node \(manager)") }
+            guard node != selfID else { throw WireError("\(type.name) for gfn \(gfn) names this node as requester") }
+        case .dataBatch:
+            guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
+        case .getS, .getX, .confirm, .nack, .getSBatch:
             guard manager == selfID else { throw WireError("\(type.name) for gfn \(gfn) sent to node \(selfID), but its manager is node \(manager)") }
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
         case .fwdGetS, .fwdGetX:
@@ -173,6 +248,15 @@ public enum IvyWire {
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
         }
 
+        if type == .getSBatch {
+            return try decodeBatch(buf, src: src, selfID: selfID, pageCount: pageCount, managerOf: managerOf,
+                                   hops: hops, node: node, gfn: gfn, count: txn)
+        }
+        if type == .fwdGetSBatch || type == .dataBatch {
+            return try decodeEntries(buf, type: type, src: src, pageCount: pageCount, managerOf: managerOf,
+                                     hops: hops, node: node, gfn: gfn, count: txn)
+        }
+
         // Exact length.
         let expected = headerSize + ((type == .data && !flags.contains(.zero)) ? pageSize : 0)
         guard buf.count == expected else {
@@ -180,6 +264,92 @@ public enum IvyWire {
         }
         let payload: UnsafeRawPointer? = expected > headerSize ? UnsafeRawPointer(base + headerSize) : nil
         return Message(type: type, flags: flags, hops: hops, node: node, gfn: gfn, txn: txn, payload: payload)
+    }
+
+    /// The gfn list of a getSBatch whose header checked out: count in range, exact length, every
+    /// gfn in range, managed by this node, listed once, the first equal to the header's.
+    static func decodeBatch(_ buf: UnsafeRawBufferPointer, src: UInt32, selfID: UInt32, pageCount: UInt64,
+                            managerOf: (UInt64) -> UInt32, hops: UInt8, node: UInt32, gfn: UInt64,
+                            count: UInt64) throws -> Message {
+        guard count >= 1, count <= UInt64(maxBatch) else {
+            throw WireError("GetSBatch: \(count) pages listed, expected 1...\(maxBatch)")
+        }
+        let n = Int(count)
+        guard buf.count == headerSize + 8 * n else {
+            throw WireError("GetSBatch: \(buf.count) bytes, expected \(headerSize + 8 * n) for \(n) pages")
+        }
+        var gfns: [UInt64] = []
+        gfns.reserveCapacity(n)
+        var seen = Set<UInt64>()
+        for i in 0..<n {
+            let g = get64(buf, headerSize + 8 * i)
+            guard g < pageCount else { throw WireError("GetSBatch: gfn \(g) out of range (\(pageCount) pages)") }
+            guard managerOf(g) == selfID else {
+                throw WireError("GetSBatch: gfn \(g) sent to node \(selfID), but its manager is node \(managerOf(g))")
+            }
+            guard seen.insert(g).inserted else { throw WireError("GetSBatch: gfn \(g) listed twice") }
+            gfns.append(g)
+        }
+        guard gfns[0] == gfn else { throw WireError("GetSBatch: header gfn \(gfn) is not the first listed (\(gfns[0]))") }
+        var m = Message(type: .getSBatch, hops: hops, node: node, gfn: gfn, txn: count)
+        m.batch = gfns
+        return m
+    }
+
+    /// The entries of a fwdGetSBatch (every gfn managed by the sender) or a dataBatch (flags zero
+    /// only; exactly one page of bytes per non-zero entry): count in range, exact length, gfns in
+    /// range and listed once, the first equal to the header's.
+    static func decodeEntries(_ buf: UnsafeRawBufferPointer, type: MessageType, src: UInt32, pageCount: UInt64,
+                              managerOf: (UInt64) -> UInt32, hops: UInt8, node: UInt32, gfn: UInt64,
+                              count: UInt64) throws -> Message {
+        let name = type.name
+        guard count >= 1, count <= UInt64(maxBatch) else {
+            throw WireError("\(name): \(count) pages listed, expected 1...\(maxBatch)")
+        }
+        let n = Int(count)
+        let entrySize = type == .dataBatch ? 24 : 16
+        guard buf.count >= headerSize + entrySize * n else {
+            throw WireError("\(name): \(buf.count) bytes, shorter than the \(headerSize + entrySize * n)-byte entry table")
+        }
+        var entries: [BatchEntry] = []
+        entries.reserveCapacity(n)
+        var seen = Set<UInt64>()
+        var pages = 0
+        for i in 0..<n {
+            let at = headerSize + entrySize * i
+            let g = get64(buf, at)
+            guard g < pageCount else { throw WireError("\(name): gfn \(g) out of range (\(pageCount) pages)") }
+            guard seen.insert(g).inserted else { throw WireError("\(name): gfn \(g) listed twice") }
+            var e = BatchEntry(gfn: g, txn: get64(buf, at + 8))
+            if type == .fwdGetSBatch {
+                guard managerOf(g) == src else {
+                    throw WireError("\(name): gfn \(g) from node \(src), but its manager is node \(managerOf(g))")
+                }
+            } else {
+                let flags = get64(buf, at + 16)
+                guard flags == 0 || flags == UInt64(MessageFlags.zero.rawValue) else {
+                    throw WireError("\(name): gfn \(g): flags 0x\(String(flags, radix: 16)) not allowed")
+                }
+                e.zero = flags != 0
+                if !e.zero { pages += 1 }
+            }
+            entries.append(e)
+        }
+        guard entries[0].gfn == gfn else { throw WireError("\(name): header gfn \(gfn) is not the first listed (\(entries[0].gfn))") }
+        let expected = headerSize + entrySize * n + pageSize * pages
+        guard buf.count == expected else {
+            throw WireError("\(name): \(buf.count) bytes, expected \(expected) for \(n) entries and \(pages) pages")
+        }
+        if type == .dataBatch, let base = buf.baseAddress {
+            var at = headerSize + entrySize * n
+            for i in entries.indices where !entries[i].zero {
+                entries[i].payload = UnsafeRawPointer(base + at)
+                at += pageSize
+            }
+        }
+        var m = Message(type: type, hops: hops, node: node, gfn: gfn, txn: count)
+        m.entries = entries
+        return m
     }
 
     static func put32(_ b: inout [UInt8], _ at: Int, _ v: UInt32) {

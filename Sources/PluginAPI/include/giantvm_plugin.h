@@ -32,6 +32,8 @@
  * size grammar.
  * ABI 3 — the descriptor ends with the plugin's self-description (description, setting_count,
  * settings: gvm_setting_info), read by `giantvm plugins describe` without creating an instance.
+ * Also ABI 3 — gvm_coherence_host ends with page_install_batch (OPTIONAL: contiguous pages installed
+ * with one copy, for batched replies such as dsm-ivy's read-ahead).
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -413,6 +415,18 @@ typedef struct gvm_coherence_host {
 
     /** Wake every thread (and pin) waiting on gfn: each retries its access. Any thread. */
     void (*page_wake)(gvm_host *host, uint64_t gfn);
+
+    /* ---- ABI 3 ---- */
+
+    /** OPTIONAL (NULL, or past the end of a shorter table: install page by page). Makes the
+     *  `count` pages gfn .. gfn+count-1 (1 .. 64) present with `bytes` (count * GVM_PAGE_SIZE
+     *  contiguous bytes, not NULL) in state GVM_PAGE_SHARED or GVM_PAGE_MODIFIED, with one copy
+     *  into guest memory (one UFFDIO_COPY). All or nothing: every page must be INVALID and
+     *  unpinned, else nothing is installed and it returns GVM_ERR_STATE (a present page) or
+     *  GVM_ERR_PINNED; GVM_ERR_INVALID for a bad range, count or state. Does not wake waiters:
+     *  call page_wake for each page. Thread: any. May block: on the pages' locks only. */
+    int (*page_install_batch)(gvm_host *host, uint64_t gfn, uint32_t count, const void *bytes,
+                              uint32_t state);
 } gvm_coherence_host;
 
 typedef struct gvm_coherence_ops {
