@@ -21,6 +21,8 @@ public final class IvyPlugin: CoherencePlugin {
                     "pages per manager: auto = one contiguous range per node, or a multiple of 4KiB (up to 1TiB) interleaved over the nodes"),
         SettingInfo("hold_time", default: "20us",
                     "after a fault is resolved, forwards and invalidations for that page wait this long so woken threads use it (0 to 1s; 0 = no hold)"),
+        SettingInfo("read_ahead", default: "16",
+                    "pages requested ahead of a sequential or strided read stream, batched per manager and owner (0 = off, up to 64)"),
         SettingInfo("request_timeout", default: "10s",
                     "a page request unanswered this long stops the cluster naming request, page and peer (0 = off, or 1ms to 1h)"),
         SettingInfo("send_wait", default: "5s",
