@@ -356,7 +356,7 @@ extension IvyTable {
         return out
     }
 
-    static func pad(_ s: String, _ n: Int) -> String {
+    public static func pad(_ s: String, _ n: Int) -> String {
         s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
     }
 }

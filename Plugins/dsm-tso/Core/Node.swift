@@ -1,0 +1,646 @@
+// TSONode: one node's instance of dsm-tso — an IvyNode (dsm-ivy's engine, unchanged) for the sc
+// pages, and the engine of Table.swift's mw table for the pages in relaxed ranges.
+//
+// Threading: every entry point may be called from any thread, concurrently; the mw engine runs
+// under the node's one lock. Under it the node calls the host's page operations, send and wake,
+// and hands dsm-ivy messages to the IvyNode (which takes its own lock and never calls back into
+// this node): the lock order is TSONode, then IvyNode. Faults on sc pages go to the IvyNode
+// directly. `fence` waits (outside nothing: it sleeps on the node's condition variable, which
+// releases the lock) until this node's releases are complete.
+//
+// Once `fail` has been called the node ignores everything that follows.
+
+import IvyCore
+import PluginKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the mw engine needs beyond dsm-ivy's PageHost: applying a diff (page_patch).
+public protocol TSOPageHost: PageHost {
+    func patch(_ gfn: UInt64, offset: UInt32, bytes: UnsafeRawBufferPointer) -> PageStatus
+}
+
+extension CoherenceHost: TSOPageHost {}
+
+enum TSOInterrupt: Error {
+    case deferPinned
+    case violation(String)
+}
+
+public final class TSONode: @unchecked Sendable {
+    public let ivy: IvyNode
+    public let selfID: UInt32
+    public let nodeCount: UInt32
+    public let pageCount: UInt64
+    public let config: TSOConfig
+    let host: TSOPageHost
+    let services: ProtocolServices
+    let stats: TSOStats
+
+    // ---- per page
+    var relaxed: [Bool]
+    var state: [MwState]
+    var twins: [UInt64: UnsafeMutableRawPointer] = [:]
+    var dirty: Set<UInt64> = []
+    var outstanding: [UInt64: (kind: FaultKind, start: UInt64)] = [:]
+    var stalled: [UInt64: [Input]] = [:]
+    var deferredFlush: Set<UInt64> = []
+
+    // ---- writer: this node's diffs not yet applied everywhere (and the home's own rounds)
+    var nextSeq: UInt64 = 1
+    var inflight: [UInt64: (gfn: UInt64, ranges: [Range<Int>])] = [:]
+    var pending: Set<UInt64> = []
+    var releaseStarted: [UInt64: UInt64] = [:]     // ticket -> start time (latency)
+
+    // ---- home
+    var holders: [UInt64: UInt64] = [:]            // bit n: node n holds a copy
+    var lastApplied: [UInt64]                      // per node: its highest diff number applied here
+    var rounds: [RoundKey: Round] = [:]
+
+    // ---- sc handover: dsm-ivy messages held until a release completes (FIFO)
+    var gate: [(src: UInt32, bytes: [UInt8], ticket: UInt64)] = []
+
+    // ---- engine
+    var lock = pthread_mutex_t()
+    var cond = pthread_cond_t()
+    var failed = false
+    var flushTimer: UInt64 = 0
+    let scratch: UnsafeMutableRawPointer
+
+    struct RoundKey: Hashable {
+        var origin: UInt32
+        var seq: UInt64
+    }
+
+    struct Round {
+        var gfn: UInt64
+        var acksLeft: Int
+    }
+
+    enum Input {
+        case fault(Access)
+        case flush
+        case message(TSOMessage, UInt32, [UInt8]?)
+    }
+
+    struct Context {
+        var gfn: UInt64
+        var src: UInt32
+        var msg: TSOMessage?
+        var input: Input
+        var runs: [DiffRun] = []
+    }
+
+    public init(selfID: UInt32, nodeCount: UInt32, config: TSOConfig, host: TSOPageHost, services: ProtocolServices) throws {
+        ivy = try IvyNode(selfID: selfID, nodeCount: nodeCount, config: config.ivy, host: host, services: services)
+        self.selfID = selfID
+        self.nodeCount = nodeCount
+        self.pageCount = host.pageCount
+        self.config = config
+        self.host = host
+        self.services = services
+        stats = TSOStats(services)
+        let pc = Int(host.pageCount)
+        relaxed = [Bool](repeating: false, count: pc)
+        state = [MwState](repeating: .I, count: pc)
+        for r in config.relaxed {
+            for g in r where g < host.pageCount { relaxed[Int(g)] = true }
+        }
+        for g in 0..<pc where config.ivy.managerMap.manager(of: UInt64(g)) == selfID { state[g] = .HZ }
+        lastApplied = [UInt64](repeating: 0, count: Int(nodeCount))
+        scratch = UnsafeMutableRawPointer.allocate(byteCount: TSOWire.pageSize, alignment: 4096)
+        pthread_mutex_init(&lock, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    deinit {
+        if flushTimer != 0 { services.cancelOneShot(flushTimer) }
+        for (_, t) in twins { t.deallocate() }
+        scratch.deallocate()
+        pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&lock)
+    }
+
+    public func homeOf(_ gfn: UInt64) -> UInt32 { config.ivy.managerMap.manager(of: gfn) }
+
+    /// Whether gfn is an mw page (a relaxed range). Lock not needed: classes are fixed at create.
+    public func isRelaxed(_ gfn: UInt64) -> Bool { gfn < pageCount && relaxed[Int(gfn)] }
+
+    // MARK: - entry points
+
+    public func fault(gfn: UInt64, access: Access) {
+        guard isRelaxed(gfn) else {
+            ivy.fault(gfn: gfn, access: access)
+            return
+        }
+        entry { handle(gfn, event: access == .read ? .load : .store, Context(gfn: gfn, src: selfID, msg: nil, input: .fault(access))) }
+    }
+
+    public func receive(from src: UInt32, bytes: UnsafeRawBufferPointer) {
+        guard let first = bytes.first, first >= TSOWire.firstType else {
+            receiveIvy(from: src, bytes: bytes)
+            return
+        }
+        entry {
+            guard !failed else { return }
+            let m: TSOMessage
+            do {
+                m = try TSOWire.decode(bytes, src: src, selfID: selfID, nodeCount: nodeCount, pageCount: pageCount,
+                                       homeOf: homeOf, isRelaxed: isRelaxed)
+            } catch {
+                stats.malformed(1)
+                fail("malformed message from node \(src): \(error)")
+                return
+            }
+            stats.receivedMessage(bytes: bytes.count)
+            let event: MwEvent
+            switch m.type {
+            case .mwGet: event = .mwGet
+            case .mwData: event = .mwData
+            case .diff: event = .diff
+            case .update: event = .update
+            case .updateAck: event = .updateAck
+            case .diffDone: event = .diffDone
+            }
+            handle(m.gfn, event: event, Context(gfn: m.gfn, src: src, msg: m, input: .message(m, src, nil)))
+        }
+    }
+
+    /// A dsm-ivy message: held behind this node's releases when it could move an sc page away
+    /// (a request at its manager, a forward at its owner, an invalidation at a sharer), or when
+    /// messages are already held (FIFO).
+    func receiveIvy(from src: UInt32, bytes: UnsafeRawBufferPointer) {
+        entry {
+            guard !failed else { return }
+            let type = bytes.first ?? 0
+            let movesPage = (MessageType.getS.rawValue...MessageType.inv.rawValue).contains(type)
+            if gate.isEmpty && !(movesPage && hasUnreleased) {
+                ivy.receive(from: src, bytes: bytes)
+                return
+            }
+            let ticket = movesPage ? (release(.scHandover) ?? 0) : 0
+            stats.scHeld(1)
+            gate.append((src, Array(bytes), ticket))
+        }
+    }
+
+    public func pageUnpinned(gfn: UInt64) {
+        ivy.pageUnpinned(gfn: gfn)
+        guard isRelaxed(gfn) else { return }
+        entry {
+            guard !failed, let inputs = stalled.removeValue(forKey: gfn) else { return }
+            for input in inputs { replay(gfn, input) }
+        }
+    }
+
+    public func peerLost(node: UInt32) {
+        ivy.peerLost(node: node)
+        withLock {
+            failed = true
+            pthread_cond_broadcast(&cond)
+        }
+    }
+
+    public func stop() {
+        ivy.stop()
+        let t: UInt64 = withLock {
+            failed = true
+            pthread_cond_broadcast(&cond)
+            let t = flushTimer
+            flushTimer = 0
+            return t
+        }
+        if t != 0 { services.cancelOneShot(t) }
+    }
+
+    // MARK: - releases
+
+    /// Starts a release: every dirty mw page's diff goes out. Returns a ticket to wait on, or nil
+    /// when this node had nothing unreleased. Any thread; never waits.
+    public func startRelease(_ cause: FlushCause) -> UInt64? {
+        var t: UInt64?
+        entry { t = release(cause) }
+        return t
+    }
+
+    /// Whether every diff made up to `ticket` is applied at its home and every holder.
+    public func isReleased(_ ticket: UInt64) -> Bool { withLock { released(ticket) } }
+
+    /// The fence hook: a release, waited for (at most request_timeout; then the node stops).
+    public func fence(kind: UInt32) -> PageStatus {
+        guard kind == GVM_FENCE_RELEASE || kind == GVM_FENCE_FULL else { return .ok }
+        return releaseAndWait(.fence)
+    }
+
+    /// A release that blocks the calling thread until complete (fence hook, fence hint).
+    public func releaseAndWait(_ cause: FlushCause) -> PageStatus {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        guard !failed else { return .closed }
+        guard let ticket = release(cause) else { return .ok }
+        drainGate()
+        let timeout = config.ivy.requestTimeoutNanoseconds
+        let deadline = services.nowNanoseconds() &+ timeout
+        while !failed && !released(ticket) {
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            ts.tv_nsec += 50_000_000
+            if ts.tv_nsec >= 1_000_000_000 { ts.tv_sec += 1; ts.tv_nsec -= 1_000_000_000 }
+            pthread_cond_timedwait(&cond, &lock, &ts)
+            if timeout > 0 && !failed && !released(ticket) && services.nowNanoseconds() > deadline {
+                fail("a \(cause.rawValue) release waited \(Units.format(nanoseconds: timeout)) (request_timeout) for its diffs: \(pendingSummaryLocked())")
+            }
+        }
+        return failed ? .closed : .ok
+    }
+
+    var hasUnreleased: Bool { !dirty.isEmpty || !pending.isEmpty || !deferredFlush.isEmpty }
+
+    func released(_ ticket: UInt64) -> Bool {
+        deferredFlush.isEmpty && !pending.contains { $0 <= ticket }
+    }
+
+    /// Lock held. Flushes every dirty page; nil if nothing was unreleased.
+    func release(_ cause: FlushCause) -> UInt64? {
+        guard !failed, hasUnreleased else { return nil }
+        if !dirty.isEmpty {
+            stats.flushes[cause]!(1)
+            for g in dirty.sorted() {
+                handle(g, event: .flush, Context(gfn: g, src: selfID, msg: nil, input: .flush))
+            }
+        }
+        let ticket = nextSeq - 1
+        if !released(ticket) && releaseStarted[ticket] == nil { releaseStarted[ticket] = services.nowNanoseconds() }
+        return ticket
+    }
+
+    func armFlushTimer() {
+        guard flushTimer == 0, !failed else { return }
+        flushTimer = services.startOneShot(afterNanoseconds: config.flushIntervalNanoseconds, { ctx in
+            Unmanaged<TSONode>.fromOpaque(ctx!).takeUnretainedValue().flushTimerFired()
+        }, context: Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    func flushTimerFired() {
+        entry {
+            flushTimer = 0
+            _ = release(.interval)
+        }
+    }
+
+    // MARK: - engine
+
+    func entry(_ body: () -> Void) {
+        pthread_mutex_lock(&lock)
+        body()
+        drainGate()
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&lock)
+    }
+
+    func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        return body()
+    }
+
+    /// Hands held dsm-ivy messages over, in order, once the release each waits for is complete.
+    func drainGate() {
+        while !failed, let first = gate.first, released(first.ticket) {
+            gate.removeFirst()
+            first.bytes.withUnsafeBytes { ivy.receive(from: first.src, bytes: $0) }
+        }
+        if !pending.isEmpty || releaseStarted.isEmpty { return }
+        let now = services.nowNanoseconds()
+        for (t, start) in releaseStarted where released(t) {
+            stats.releaseLatency(now &- start)
+            releaseStarted[t] = nil
+        }
+    }
+
+    func fail(_ why: String) {
+        if failed { return }
+        failed = true
+        pthread_cond_broadcast(&cond)
+        services.log(.error, "node \(selfID): \(why)")
+        services.fatal("dsm-tso node \(selfID): \(why)")
+    }
+
+    /// Runs one input, or queues it behind inputs already stalled on its page.
+    func handle(_ gfn: UInt64, event: MwEvent, _ ctx: Context) {
+        guard !failed else { return }
+        if stalled[gfn] != nil {
+            stalled[gfn]!.append(ctx.input)
+            if event == .flush { deferredFlush.insert(gfn) }
+            return
+        }
+        var c = ctx
+        run(event, &c)
+    }
+
+    func replay(_ gfn: UInt64, _ input: Input) {
+        if failed { return }
+        if stalled[gfn] != nil {
+            stalled[gfn]!.append(input)
+            return
+        }
+        switch input {
+        case let .fault(a):
+            var c = Context(gfn: gfn, src: selfID, msg: nil, input: input)
+            run(a == .read ? .load : .store, &c)
+        case .flush:
+            deferredFlush.remove(gfn)
+            guard state[Int(gfn)].isDirty else { return }   // an earlier replay already flushed it
+            var c = Context(gfn: gfn, src: selfID, msg: nil, input: input)
+            run(.flush, &c)
+        case let .message(m, src, page):
+            var mm = m
+            let event = eventOf(m.type)
+            if let page {
+                page.withUnsafeBytes { p in
+                    mm.page = p.baseAddress
+                    var c = Context(gfn: gfn, src: src, msg: mm, input: .message(mm, src, page))
+                    run(event, &c)
+                }
+            } else {
+                var c = Context(gfn: gfn, src: src, msg: mm, input: input)
+                run(event, &c)
+            }
+        }
+    }
+
+    func eventOf(_ t: TSOMessageType) -> MwEvent {
+        switch t {
+        case .mwGet: .mwGet
+        case .mwData: .mwData
+        case .diff: .diff
+        case .update: .update
+        case .updateAck: .updateAck
+        case .diffDone: .diffDone
+        }
+    }
+
+    func run(_ event: MwEvent, _ ctx: inout Context) {
+        let g = Int(ctx.gfn)
+        let from = state[g]
+        switch TSOTable.mw(from, event) {
+        case let .error(why):
+            fail("gfn \(ctx.gfn): \(event.rawValue) in state \(from)\(ctx.msg != nil ? " from node \(ctx.src)" : ""): \(why)")
+        case let .go(next, actions):
+            for (i, a) in actions.enumerated() {
+                do {
+                    try perform(a, &ctx, event)
+                } catch TSOInterrupt.deferPinned {
+                    guard i == 0 else {
+                        fail("gfn \(ctx.gfn): \(a.rawValue) refused (pinned) after side effects in \(from)/\(event.rawValue)")
+                        return
+                    }
+                    stats.pinDeferred(1)
+                    var input = ctx.input
+                    if case let .message(m, src, nil) = input, let p = m.page {
+                        input = .message(m, src, Array(UnsafeRawBufferPointer(start: p, count: TSOWire.pageSize)))
+                    }
+                    stalled[ctx.gfn, default: []].append(input)
+                    if event == .flush { deferredFlush.insert(ctx.gfn) }
+                    return
+                } catch let TSOInterrupt.violation(why) {
+                    fail("gfn \(ctx.gfn): \(event.rawValue) in state \(from): \(a.rawValue): \(why)")
+                    return
+                } catch {
+                    fail("gfn \(ctx.gfn): \(error)")
+                    return
+                }
+                if failed { return }
+            }
+            state[g] = next
+        }
+    }
+
+    func require(_ cond: Bool, _ why: @autoclosure () -> String) throws {
+        if !cond { throw TSOInterrupt.violation(why()) }
+    }
+
+    func pageOp(_ st: PageStatus, _ what: String) throws {
+        if st == .ok { return }
+        if st == .pinned { throw TSOInterrupt.deferPinned }
+        throw TSOInterrupt.violation("\(what) failed: \(st)")
+    }
+
+    func bit(_ n: UInt32) -> UInt64 { UInt64(1) << UInt64(n) }
+
+    func message(_ ctx: Context) throws -> TSOMessage {
+        guard let m = ctx.msg else { throw TSOInterrupt.violation("action needs a message") }
+        return m
+    }
+
+    // MARK: - actions
+
+    func perform(_ a: MwAction, _ ctx: inout Context, _ event: MwEvent) throws {
+        let gfn = ctx.gfn
+        switch a {
+        case .p_installFetched:
+            let m = try message(ctx)
+            try pageOp(host.install(gfn, bytes: m.flags.contains(.zero) ? nil : m.page, state: .shared), "install")
+        case .p_installZero:
+            try pageOp(host.install(gfn, bytes: nil, state: .shared), "install zeros")
+        case .p_twinAndUpgrade:
+            try require(twins[gfn] == nil, "a twin already exists")
+            let twin = UnsafeMutableRawPointer.allocate(byteCount: TSOWire.pageSize, alignment: 64)
+            let st = host.read(gfn, into: twin)
+            guard st == .ok else {
+                twin.deallocate()
+                throw TSOInterrupt.violation("reading the page for its twin failed: \(st)")
+            }
+            try pageOp(host.upgrade(gfn), "upgrade")
+            twins[gfn] = twin
+            dirty.insert(gfn)
+            stats.twins(1)
+            armFlushTimer()
+        case .p_protectAndDiff:
+            try pageOp(host.downgrade(gfn, into: scratch), "write-protect")
+            try require(twins[gfn] != nil, "dirty page without a twin")
+            let twin = twins.removeValue(forKey: gfn)!
+            ctx.runs = TSOWire.diff(twin: twin, copy: scratch)
+            twin.deallocate()
+            dirty.remove(gfn)
+            deferredFlush.remove(gfn)
+        case .p_applyRuns:
+            let m = try message(ctx)
+            try applyRuns(gfn, m, event)
+        case .r_startReadMiss: startFault(gfn, .readMiss)
+        case .r_startWriteMiss: startFault(gfn, .writeMiss)
+        case .r_startUpgrade: startFault(gfn, .upgrade)
+        case .r_sendGet:
+            send(TSOMessage(type: .mwGet, node: selfID, gfn: gfn), to: homeOf(gfn))
+        case .r_coalesce:
+            stats.coalesced(1)
+        case .r_complete:
+            try require(outstanding[gfn] != nil, "no outstanding fault to complete")
+            let o = outstanding.removeValue(forKey: gfn)!
+            host.wake(gfn)
+            let dt = services.nowNanoseconds() &- o.start
+            stats.latency[o.kind.rawValue](dt)
+            stats.latencyAll(dt)
+        case .d_sendDiff:
+            guard !ctx.runs.isEmpty else { stats.diffEmpty(1); return }
+            let seq = nextSeq
+            nextSeq += 1
+            inflight[seq] = (gfn, ctx.runs.map { $0.offset..<($0.offset + $0.bytes.count) })
+            pending.insert(seq)
+            send(TSOMessage(type: .diff, node: selfID, gfn: gfn, seq: seq, runs: ctx.runs), to: homeOf(gfn))
+            stats.diffMade(1)
+            stats.diffBytes(UInt64(ctx.runs.reduce(0) { $0 + $1.bytes.count }))
+        case .d_done:
+            let m = try message(ctx)
+            try require(inflight[m.seq]?.gfn == gfn, "DiffDone for diff \(m.seq), which is not in flight for this page")
+            inflight[m.seq] = nil
+            pending.remove(m.seq)
+        case .u_sendAck:
+            let m = try message(ctx)
+            send(TSOMessage(type: .updateAck, node: m.node, gfn: gfn, seq: m.seq), to: homeOf(gfn))
+        case .h_addHolder:
+            holders[gfn, default: 0] |= bit(ctx.src)
+        case .h_sendData:
+            try pageOp(host.read(gfn, into: scratch), "read")
+            let zero = IvyWire.isZeroPage(scratch)
+            let m = TSOMessage(type: .mwData, flags: zero ? .zero : [], node: selfID, gfn: gfn, page: zero ? nil : UnsafeRawPointer(scratch))
+            send(m, to: ctx.src)
+            if zero { stats.zeroPagesSent(1) } else { stats.pagesSent(1) }
+        case .h_forward:
+            let m = try message(ctx)
+            try require(holders[gfn, default: 0] & bit(m.node) != 0, "diff from node \(m.node), which never fetched the page")
+            try require(m.seq > lastApplied[Int(m.node)], "diff \(m.seq) from node \(m.node) after its diff \(lastApplied[Int(m.node)])")
+            lastApplied[Int(m.node)] = m.seq
+            startRound(origin: m.node, seq: m.seq, gfn: gfn, runs: m.runs)
+        case .h_forwardOwn:
+            guard !ctx.runs.isEmpty else { stats.diffEmpty(1); return }
+            let seq = nextSeq
+            nextSeq += 1
+            pending.insert(seq)
+            stats.diffMade(1)
+            stats.diffBytes(UInt64(ctx.runs.reduce(0) { $0 + $1.bytes.count }))
+            startRound(origin: selfID, seq: seq, gfn: gfn, runs: ctx.runs)
+        case .h_countAck:
+            let m = try message(ctx)
+            let key = RoundKey(origin: m.node, seq: m.seq)
+            try require(rounds[key]?.gfn == gfn, "UpdateAck for diff \(m.seq) of node \(m.node), which has no open round on this page")
+            rounds[key]!.acksLeft -= 1
+            if rounds[key]!.acksLeft == 0 {
+                rounds[key] = nil
+                finishRound(origin: m.node, seq: m.seq, gfn: gfn)
+            }
+        case .w_wakeStale:
+            stats.stale(1)
+            host.wake(gfn)
+        }
+    }
+
+    func startFault(_ gfn: UInt64, _ kind: FaultKind) {
+        stats.faults[kind.rawValue](1)
+        outstanding[gfn] = (kind, services.nowNanoseconds())
+    }
+
+    /// Patches a diff's runs into the page (and the twin), skipping bytes this node changed
+    /// later in the home's order: dirty against the twin, or (an Update) in one of this node's
+    /// diffs the home had not applied when it sent the update.
+    func applyRuns(_ gfn: UInt64, _ m: TSOMessage, _ event: MwEvent) throws {
+        let twin = twins[gfn]
+        if twin != nil {
+            try pageOp(host.downgrade(gfn, into: scratch), "write-protect")
+        } else {
+            try pageOp(host.read(gfn, into: scratch), "read")
+        }
+        var mine: [Range<Int>] = []
+        if event == .update {
+            for (seq, d) in inflight where d.gfn == gfn && seq > m.applied { mine += d.ranges }
+        }
+        let copy = scratch.assumingMemoryBound(to: UInt8.self)
+        let tw = twin?.assumingMemoryBound(to: UInt8.self)
+        var skipped = 0
+        for run in m.runs {
+            var i = 0
+            while i < run.bytes.count {
+                func keep(_ k: Int) -> Bool {
+                    let at = run.offset + k
+                    if let tw, copy[at] != tw[at] { return true }
+                    return mine.contains { $0.contains(at) }
+                }
+                if keep(i) { skipped += 1; i += 1; continue }
+                let start = i
+                while i < run.bytes.count && !keep(i) { i += 1 }
+                let st = run.bytes[start..<i].withUnsafeBytes {
+                    host.patch(gfn, offset: UInt32(run.offset + start), bytes: $0)
+                }
+                if st != .ok { throw TSOInterrupt.violation("patch failed: \(st)") }
+                if let tw { for k in start..<i { tw[run.offset + k] = run.bytes[k] } }
+            }
+        }
+        if twin != nil { try pageOp(host.upgrade(gfn), "re-enable writes") }
+        stats.diffApplied(1)
+        if skipped > 0 { stats.skippedBytes(UInt64(skipped)) }
+    }
+
+    /// The home forwards a diff to every holder but its writer; the last ack completes it.
+    func startRound(origin: UInt32, seq: UInt64, gfn: UInt64, runs: [DiffRun]) {
+        let targets = holders[gfn, default: 0] & ~bit(origin) & ~bit(selfID)
+        var n = 0
+        for dst in 0..<nodeCount where targets & bit(dst) != 0 {
+            send(TSOMessage(type: .update, node: origin, gfn: gfn, seq: seq, applied: lastApplied[Int(dst)], runs: runs), to: dst)
+            stats.updatesSent(1)
+            n += 1
+        }
+        if n == 0 {
+            finishRound(origin: origin, seq: seq, gfn: gfn)
+        } else {
+            rounds[RoundKey(origin: origin, seq: seq)] = Round(gfn: gfn, acksLeft: n)
+        }
+    }
+
+    func finishRound(origin: UInt32, seq: UInt64, gfn: UInt64) {
+        if origin == selfID {
+            pending.remove(seq)
+        } else {
+            send(TSOMessage(type: .diffDone, node: origin, gfn: gfn, seq: seq), to: origin)
+        }
+    }
+
+    // MARK: - sending
+
+    /// Home-to-holder messages (data, updates, DiffDone) share the bulk lane, so they arrive in
+    /// the home's order; requests and acks take the urgent lane.
+    func send(_ m: TSOMessage, to dst: UInt32) {
+        precondition(dst != selfID, "dsm-tso never sends to itself")
+        let urgent = m.type == .mwGet || m.type == .updateAck
+        var bytes = TSOWire.header(m)
+        if m.type.carriesRuns { bytes += TSOWire.encodeRuns(m.runs) }
+        let st: PageStatus
+        if m.type == .mwData, let p = m.page {
+            st = bytes.withUnsafeBytes { h in host.send(to: dst, [h, UnsafeRawBufferPointer(start: p, count: TSOWire.pageSize)], urgent: urgent) }
+        } else {
+            st = bytes.withUnsafeBytes { host.send(to: dst, [$0], urgent: urgent) }
+        }
+        let size = bytes.count + (m.type == .mwData && m.page != nil ? TSOWire.pageSize : 0)
+        stats.msgCount[m.type]!(1)
+        stats.msgBytes[m.type]!(UInt64(size))
+        if st != .ok { fail("sending \(m.type.name) for gfn \(m.gfn) to node \(dst): \(st)") }
+    }
+
+    // MARK: - diagnostics
+
+    public var dirtyCount: Int { withLock { dirty.count } }
+    public var pendingCount: Int { withLock { pending.count } }
+    public func mwState(_ gfn: UInt64) -> MwState { withLock { state[Int(gfn)] } }
+    public var hasFailed: Bool { withLock { failed } }
+
+    func pendingSummaryLocked() -> String {
+        var parts: [String] = []
+        for (seq, d) in inflight.sorted(by: { $0.key < $1.key }) {
+            parts.append("diff \(seq) for gfn \(d.gfn) unacknowledged by home node \(homeOf(d.gfn))")
+        }
+        for (k, r) in rounds { parts.append("round \(k.seq) of node \(k.origin) on gfn \(r.gfn): \(r.acksLeft) ack(s) missing") }
+        if !deferredFlush.isEmpty { parts.append("\(deferredFlush.count) page(s) pinned, flush deferred") }
+        return parts.isEmpty ? "nothing pending" : parts.joined(separator: "; ")
+    }
+}

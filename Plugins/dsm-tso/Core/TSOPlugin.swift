@@ -1,0 +1,37 @@
+// TSOPlugin: the adapter from the coherence ABI (through PluginKit's CoherencePlugin) to
+// TSONode, and `TSOPlugin.entry`, its descriptor. The .so's exported entry
+// (Plugins/dsm-tso/Plugin.swift) returns it; tests use the same value in-process.
+//
+// Threading: the rules of gvm_coherence_ops; TSONode serializes what it must.
+
+import IvyCore
+import PluginKit
+
+public final class TSOPlugin: CoherencePlugin {
+    public static let name = "dsm-tso"
+    public static let version = "0.2.0"
+    public static let summary = "hybrid DSM: Ivy (sequential consistency) outside relaxed ranges, home-based multiple writers with diffs inside"
+    public static let entry = CoherencePluginEntry(TSOPlugin.self, name: name, version: version, summary: summary)
+    public static var handlesFences: Bool { true }
+
+    public let node: TSONode
+
+    public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
+        let n = UInt32(cluster.nodes.count)
+        guard memory.pageCount == cluster.pageCount else {
+            throw PluginError("guest memory has \(memory.pageCount) pages but the cluster says \(cluster.pageCount)")
+        }
+        let config = try TSOConfig.parse(settings.values, pageCount: memory.pageCount, nodeCount: n)
+        node = try TSONode(selfID: cluster.selfID, nodeCount: n, config: config, host: memory, services: services)
+        let pages = config.relaxed.reduce(0) { $0 + $1.count }
+        services.log(.info, "dsm-tso: node \(cluster.selfID) of \(n), \(memory.pageCount) pages, \(pages) relaxed (mw) in \(config.relaxed.count) range(s), flush interval \(Units.format(nanoseconds: config.flushIntervalNanoseconds))")
+    }
+
+    public func fault(gfn: UInt64, access: Access, fromPin: Bool) { node.fault(gfn: gfn, access: access) }
+    public func receive(from src: UInt32, message: UnsafeRawBufferPointer) { node.receive(from: src, bytes: message) }
+    public func pageUnpinned(gfn: UInt64) { node.pageUnpinned(gfn: gfn) }
+    public func peerLost(node id: UInt32) { node.peerLost(node: id) }
+    public func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { node.fence(kind: kind) }
+    public func describe() -> String { TSOTable.describe() }
+    public func stop() { node.stop() }
+}
