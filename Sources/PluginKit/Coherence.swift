@@ -257,3 +257,12 @@ func copyOut(_ s: String, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int) -> In
     }
     return bytes.count
 }
+
+extension CoherencePluginEntry {
+    /// The Swift object behind an instance pointer that this entry's create() returned, for
+    /// in-process tests and tools that drive a hook the C table does not carry (e.g. a
+    /// non-blocking release in a simulated cluster).
+    public static func plugin(of instance: UnsafeMutableRawPointer) -> any CoherencePlugin {
+        coherenceInstance(instance)
+    }
+}

@@ -169,6 +169,13 @@ public final class IvyNode: @unchecked Sendable {
     var flushTimer: UInt64 = 0                             // retries the outbox; 0 = none
     var watch = WatchState.idle                            // the request-timeout timer
 
+    /// A hook for a protocol built on this one (dsm-tso): called under this node's lock before
+    /// a transition whose first action sends this page's contents away or gives up this node's
+    /// copy (`CacheAction.movesPageAway`). Returning false keeps the event stalled, exactly as a
+    /// pinned page does, until `pageUnpinned(gfn:)` replays it. Must not call back into this
+    /// node or take a lock held around calls into it. Set before the first fault or message.
+    public var releaseGate: ((_ gfn: UInt64) -> Bool)?
+
     struct Outstanding {
         var kind: FaultKind
         var start: UInt64
@@ -456,6 +463,10 @@ public final class IvyNode: @unchecked Sendable {
         case let .error(why):
             fail("gfn \(ctx.gfn): \(event.rawValue) in state \(from)\(ctx.msg != nil ? " from node \(ctx.src)" : ""): \(why)")
         case let .go(next, actions):
+            if let gate = releaseGate, let first = actions.first, first.movesPageAway, !gate(ctx.gfn) {
+                stall(ctx)
+                return
+            }
             for (i, a) in actions.enumerated() {
                 do {
                     try perform(a, &ctx, event)

@@ -59,8 +59,13 @@ public final class TSONode: @unchecked Sendable {
     var lastApplied: [UInt64]                      // per node: its highest diff number applied here
     var rounds: [RoundKey: Round] = [:]
 
-    // ---- sc handover: dsm-ivy messages held until a release completes (FIFO)
-    var gate: [(src: UInt32, bytes: [UInt8], ticket: UInt64)] = []
+    // ---- sc handover: sc pages whose departure waits for a release (replayed in order)
+    var gate: [(pages: [UInt64], ticket: UInt64)] = []
+    var gateLock = pthread_mutex_t()        // a leaf lock: the three fields below
+    var unreleasedMirror = false            // hasUnreleased, as of the end of the last entry
+    var heldScPages: [UInt64] = []
+    var kickTimer: UInt64 = 0               // the pending kick (0 = none)
+    var stopping = false
 
     // ---- engine
     var lock = pthread_mutex_t()
@@ -112,14 +117,17 @@ public final class TSONode: @unchecked Sendable {
         lastApplied = [UInt64](repeating: 0, count: Int(nodeCount))
         scratch = UnsafeMutableRawPointer.allocate(byteCount: TSOWire.pageSize, alignment: 4096)
         pthread_mutex_init(&lock, nil)
+        pthread_mutex_init(&gateLock, nil)
         pthread_cond_init(&cond, nil)
+        ivy.releaseGate = { [unowned self] gfn in scPageLeaving(gfn) }
     }
 
     deinit {
-        if flushTimer != 0 { services.cancelOneShot(flushTimer) }
+        for id in [flushTimer, kickTimer] where id != 0 { services.cancelOneShot(id) }
         for (_, t) in twins { t.deallocate() }
         scratch.deallocate()
         pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&gateLock)
         pthread_mutex_destroy(&lock)
     }
 
@@ -168,21 +176,39 @@ public final class TSONode: @unchecked Sendable {
         }
     }
 
-    /// A dsm-ivy message: held behind this node's releases when it could move an sc page away
-    /// (a request at its manager, a forward at its owner, an invalidation at a sharer), or when
-    /// messages are already held (FIFO).
+    /// A dsm-ivy message: straight to the IvyNode (its releaseGate holds page departures).
     func receiveIvy(from src: UInt32, bytes: UnsafeRawBufferPointer) {
+        ivy.receive(from: src, bytes: bytes)
+    }
+
+    /// IvyNode.releaseGate: called under the IvyNode's lock when an sc page is about to leave
+    /// this node. With writes unreleased, the page waits (the event stays stalled in the
+    /// IvyNode) while a timer starts a release; once complete, the event is replayed.
+    func scPageLeaving(_ gfn: UInt64) -> Bool {
+        pthread_mutex_lock(&gateLock)
+        defer { pthread_mutex_unlock(&gateLock) }
+        guard unreleasedMirror else { return true }
+        heldScPages.append(gfn)
+        if kickTimer == 0 && !stopping {
+            kickTimer = services.startOneShot(afterNanoseconds: 1, { ctx in
+                Unmanaged<TSONode>.fromOpaque(ctx!).takeUnretainedValue().kick()
+            }, context: Unmanaged.passUnretained(self).toOpaque())
+        }
+        return false
+    }
+
+    /// Starts the release sc pages wait for; replays them once it is complete.
+    func kick() {
         entry {
-            guard !failed else { return }
-            let type = bytes.first ?? 0
-            let movesPage = (MessageType.getS.rawValue...MessageType.inv.rawValue).contains(type)
-            if gate.isEmpty && !(movesPage && hasUnreleased) {
-                ivy.receive(from: src, bytes: bytes)
-                return
-            }
-            let ticket = movesPage ? (release(.scHandover) ?? 0) : 0
-            stats.scHeld(1)
-            gate.append((src, Array(bytes), ticket))
+            pthread_mutex_lock(&gateLock)
+            let pages = heldScPages
+            heldScPages = []
+            kickTimer = 0
+            pthread_mutex_unlock(&gateLock)
+            guard !failed, !pages.isEmpty else { return }
+            stats.scHeld(UInt64(pages.count))
+            let ticket = release(.scHandover) ?? 0
+            gate.append((pages, ticket))
         }
     }
 
@@ -212,7 +238,13 @@ public final class TSONode: @unchecked Sendable {
             flushTimer = 0
             return t
         }
-        if t != 0 { services.cancelOneShot(t) }
+        pthread_mutex_lock(&gateLock)
+        stopping = true
+        let k = kickTimer
+        kickTimer = 0
+        pthread_mutex_unlock(&gateLock)
+        // Outside the locks: cancel waits for a running callback, which takes them.
+        for id in [t, k] where id != 0 { services.cancelOneShot(id) }
     }
 
     // MARK: - releases
@@ -296,6 +328,10 @@ public final class TSONode: @unchecked Sendable {
         pthread_mutex_lock(&lock)
         body()
         drainGate()
+        let unreleased = hasUnreleased
+        pthread_mutex_lock(&gateLock)
+        unreleasedMirror = unreleased
+        pthread_mutex_unlock(&gateLock)
         pthread_cond_broadcast(&cond)
         pthread_mutex_unlock(&lock)
     }
@@ -306,11 +342,11 @@ public final class TSONode: @unchecked Sendable {
         return body()
     }
 
-    /// Hands held dsm-ivy messages over, in order, once the release each waits for is complete.
+    /// Replays held sc page departures, in order, once the release each waits for is complete.
     func drainGate() {
         while !failed, let first = gate.first, released(first.ticket) {
             gate.removeFirst()
-            first.bytes.withUnsafeBytes { ivy.receive(from: first.src, bytes: $0) }
+            for g in first.pages { ivy.pageUnpinned(gfn: g) }
         }
         if !pending.isEmpty || releaseStarted.isEmpty { return }
         let now = services.nowNanoseconds()

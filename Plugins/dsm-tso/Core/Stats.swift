@@ -11,7 +11,8 @@
 //   tso.update.sent                    updates a home forwarded to holders
 //   tso.update.skipped_bytes           bytes of diffs not applied because this node's own write
 //                                      is later in the home's order
-//   tso.sc_held                        dsm-ivy messages held until this node's releases completed
+//   tso.sc_held                        sc page departures (forward, invalidation, downgrade) held
+//                                      until this node's releases completed
 //   tso.class_switch.to_mw, .to_sc     page ranges whose class a hint changed on this node
 //   tso.msg.<Type>, tso.bytes.<Type>   messages and bytes sent per dsm-tso message type
 //   tso.rx_malformed                   dsm-tso messages that failed to decode (the node then stops)
