@@ -188,7 +188,7 @@ let package = Package(
                                    "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DsmIvyTests"),
         .testTarget(name: "DsmTSOTests",
-                    dependencies: ["TSOCore", "IvyCore", "PluginKit", "CoherenceKit", "PluginAPI"],
+                    dependencies: ["TSOCore", "IvyCore", "PluginKit", "CoherenceKit", "PluginAPI", "TestSupport"],
                     path: "Tests/DsmTSOTests"),
         .testTarget(name: "GuestMemoryTests",
                     dependencies: ["GuestMemory", "UserfaultFD", "CSystem", "PluginAPI", "DsmLocal", "PluginHost",

@@ -14,6 +14,7 @@ static const struct workload {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
+    {"falseshare", w_falseshare}, {"rmutex", w_rmutex}, {"rlitmus", w_rlitmus}, {"rlitmus-fence", w_rlitmus_fence},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

@@ -12,4 +12,9 @@ int w_mutex(u32 id);
 int w_cpu(u32 id);
 int w_fault(u32 id);
 int w_triplefault(u32 id);
+/* u_tso.c: relaxed (multiple-writer) memory */
+int w_falseshare(u32 id);
+int w_rmutex(u32 id);
+int w_rlitmus(u32 id);
+int w_rlitmus_fence(u32 id);
 #endif

@@ -3,11 +3,12 @@
 //   uart16550       16550A UART                         (Models/UART16550.swift)
 //   isa-debug-exit  QEMU's exit device at port 0xf4     (Models/ExitAndResults.swift)
 //   results         the test guest's result port 0xe0  (Models/ExitAndResults.swift)
+//   coherence-hint  guest coherence hints at port 0x580 (Models/CoherenceHint.swift)
 //   PC devices (fw-cfg, i8254, cmos-rtc, i8042, i8259, post-ports, pci-host): Models/*.swift, pcDeviceModels
 import DeviceModels
 import PluginKit
 
-let entry = DevicePluginEntry([UART16550.self, ExitDevice.self, ResultsDevice.self] + pcDeviceModels, name: "devices",
+let entry = DevicePluginEntry([UART16550.self, ExitDevice.self, ResultsDevice.self, CoherenceHintDevice.self] + pcDeviceModels, name: "devices",
                               version: "0.1.0", summary: "first device models: 16550 UART, isa-debug-exit, results port")
 
 @_cdecl("giantvm_plugin_entry")

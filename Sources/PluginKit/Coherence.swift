@@ -134,6 +134,12 @@ public protocol CoherencePlugin: AnyObject {
     static var handlesFences: Bool { get }
     /// A synchronisation point of a vCPU; may block that vCPU until flushed.
     func fence(vcpu: UInt32, kind: UInt32) -> PageStatus
+
+    /// Protocols that take coherence hints from the guest: set to true and implement `hint`.
+    static var handlesHints: Bool { get }
+    /// A coherence hint (GVM_HINT_*; see gvm_coherence_ops.hint); may block until applied on
+    /// every node.
+    func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus
 }
 
 public extension CoherencePlugin {
@@ -144,6 +150,8 @@ public extension CoherencePlugin {
     func stop() {}
     static var handlesFences: Bool { false }
     func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { .ok }
+    static var handlesHints: Bool { false }
+    func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus { PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) }
 }
 
 final class CoherenceBox {
@@ -231,6 +239,9 @@ public struct CoherencePluginEntry: @unchecked Sendable {
         o.pointee.page_unpinned = { inst, gfn in coherenceInstance(inst).pageUnpinned(gfn: gfn) }
         if type.handlesFences {
             o.pointee.fence = { inst, vcpu, kind in coherenceInstance(inst).fence(vcpu: vcpu, kind: kind).raw }
+        }
+        if type.handlesHints {
+            o.pointee.hint = { inst, kind, gpa, length in coherenceInstance(inst).hint(kind: kind, gpa: gpa, length: length).raw }
         }
         o.pointee.peer_lost = { inst, node in coherenceInstance(inst).peerLost(node: node) }
         o.pointee.describe = { inst, buf, cap in copyOut(coherenceInstance(inst).describe(), buf, cap) }

@@ -40,7 +40,9 @@ public final class TSONode: @unchecked Sendable {
     let stats: TSOStats
 
     // ---- per page
-    var relaxed: [Bool]
+    /// 1 = the page is mw. Read without the lock (fault path); written under it, only for pages
+    /// nobody uses (a guest hint declares a range before using it).
+    let relaxed: UnsafeMutablePointer<UInt8>
     var state: [MwState]
     var twins: [UInt64: UnsafeMutableRawPointer] = [:]
     var dirty: Set<UInt64> = []
@@ -58,6 +60,10 @@ public final class TSONode: @unchecked Sendable {
     var holders: [UInt64: UInt64] = [:]            // bit n: node n holds a copy
     var lastApplied: [UInt64]                      // per node: its highest diff number applied here
     var rounds: [RoundKey: Round] = [:]
+
+    // ---- class changes this node passed on (request id -> acks missing)
+    var nextClassRequest: UInt64 = 0
+    var classAcksLeft: [UInt64: Int] = [:]
 
     // ---- sc handover: sc pages whose departure waits for a release (replayed in order)
     var gate: [(pages: [UInt64], ticket: UInt64)] = []
@@ -108,10 +114,11 @@ public final class TSONode: @unchecked Sendable {
         self.services = services
         stats = TSOStats(services)
         let pc = Int(host.pageCount)
-        relaxed = [Bool](repeating: false, count: pc)
+        relaxed = .allocate(capacity: max(pc, 1))
+        relaxed.initialize(repeating: 0, count: max(pc, 1))
         state = [MwState](repeating: .I, count: pc)
         for r in config.relaxed {
-            for g in r where g < host.pageCount { relaxed[Int(g)] = true }
+            for g in r where g < host.pageCount { relaxed[Int(g)] = 1 }
         }
         for g in 0..<pc where config.ivy.managerMap.manager(of: UInt64(g)) == selfID { state[g] = .HZ }
         lastApplied = [UInt64](repeating: 0, count: Int(nodeCount))
@@ -126,6 +133,7 @@ public final class TSONode: @unchecked Sendable {
         for id in [flushTimer, kickTimer] where id != 0 { services.cancelOneShot(id) }
         for (_, t) in twins { t.deallocate() }
         scratch.deallocate()
+        relaxed.deallocate()
         pthread_cond_destroy(&cond)
         pthread_mutex_destroy(&gateLock)
         pthread_mutex_destroy(&lock)
@@ -134,7 +142,7 @@ public final class TSONode: @unchecked Sendable {
     public func homeOf(_ gfn: UInt64) -> UInt32 { config.ivy.managerMap.manager(of: gfn) }
 
     /// Whether gfn is an mw page (a relaxed range). Lock not needed: classes are fixed at create.
-    public func isRelaxed(_ gfn: UInt64) -> Bool { gfn < pageCount && relaxed[Int(gfn)] }
+    public func isRelaxed(_ gfn: UInt64) -> Bool { gfn < pageCount && relaxed[Int(gfn)] != 0 }
 
     // MARK: - entry points
 
@@ -163,16 +171,11 @@ public final class TSONode: @unchecked Sendable {
                 return
             }
             stats.receivedMessage(bytes: bytes.count)
-            let event: MwEvent
-            switch m.type {
-            case .mwGet: event = .mwGet
-            case .mwData: event = .mwData
-            case .diff: event = .diff
-            case .update: event = .update
-            case .updateAck: event = .updateAck
-            case .diffDone: event = .diffDone
+            if m.type.isClass {
+                receiveClass(m, from: src)
+                return
             }
-            handle(m.gfn, event: event, Context(gfn: m.gfn, src: src, msg: m, input: .message(m, src, nil)))
+            handle(m.gfn, event: eventOf(m.type), Context(gfn: m.gfn, src: src, msg: m, input: .message(m, src, nil)))
         }
     }
 
@@ -415,6 +418,7 @@ public final class TSONode: @unchecked Sendable {
         case .update: .update
         case .updateAck: .updateAck
         case .diffDone: .diffDone
+        case .classChange, .classAck: .mwGet   // never: class messages bypass the table
         }
     }
 
@@ -661,6 +665,89 @@ public final class TSONode: @unchecked Sendable {
         stats.msgCount[m.type]!(1)
         stats.msgBytes[m.type]!(UInt64(size))
         if st != .ok { fail("sending \(m.type.name) for gfn \(m.gfn) to node \(dst): \(st)") }
+    }
+
+    // MARK: - guest hints: page classes
+
+    /// Makes `pages` mw (`relaxed`) or sc on every node, waiting for every node's ack. The pages
+    /// must be unused (the guest declares a range before touching it): a page in use is
+    /// GVM_ERR_STATE here, and stops the cluster with a message on another node.
+    public func setClass(_ pages: Range<UInt64>, relaxed toMw: Bool) -> PageStatus {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        guard !failed else { return .closed }
+        if let why = classChangeRefused(pages, toMw) {
+            services.log(.warning, "node \(selfID): \(toMw ? "relaxed" : "sc") hint for gfn \(pages.lowerBound)..<\(pages.upperBound) refused: \(why)")
+            return PageStatus(raw: GVM_ERR_STATE.rawValue)
+        }
+        applyClass(pages, toMw)
+        nextClassRequest += 1
+        let id = nextClassRequest
+        classAcksLeft[id] = Int(nodeCount) - 1
+        let m = TSOMessage(type: .classChange, flags: toMw ? .relaxed : [], node: selfID, gfn: pages.lowerBound,
+                           seq: UInt64(pages.count), applied: id)
+        for n in 0..<nodeCount where n != selfID { send(m, to: n) }
+        let deadline = services.nowNanoseconds() &+ config.ivy.requestTimeoutNanoseconds
+        while !failed && classAcksLeft[id, default: 0] > 0 {
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            ts.tv_nsec += 50_000_000
+            if ts.tv_nsec >= 1_000_000_000 { ts.tv_sec += 1; ts.tv_nsec -= 1_000_000_000 }
+            pthread_cond_timedwait(&cond, &lock, &ts)
+            if config.ivy.requestTimeoutNanoseconds > 0 && !failed && services.nowNanoseconds() > deadline {
+                fail("class change of gfn \(pages.lowerBound)..<\(pages.upperBound): \(classAcksLeft[id]!) node(s) did not acknowledge within request_timeout")
+            }
+        }
+        classAcksLeft[id] = nil
+        return failed ? .closed : .ok
+    }
+
+    func receiveClass(_ m: TSOMessage, from src: UInt32) {
+        let pages = m.gfn..<(m.gfn + m.seq)
+        if m.type == .classAck {
+            guard let left = classAcksLeft[m.applied], left > 0 else {
+                fail("ClassAck from node \(src) for request \(m.applied), which is not waiting")
+                return
+            }
+            classAcksLeft[m.applied] = left - 1
+            return
+        }
+        let toMw = m.flags.contains(.relaxed)
+        if let why = classChangeRefused(pages, toMw) {
+            fail("node \(src) passed on a guest hint making gfn \(pages.lowerBound)..<\(pages.upperBound) \(toMw ? "relaxed (mw)" : "sc"), but \(why): a guest must declare a range before it uses it")
+            return
+        }
+        applyClass(pages, toMw)
+        send(TSOMessage(type: .classAck, node: m.node, gfn: m.gfn, seq: m.seq, applied: m.applied), to: src)
+    }
+
+    /// Why this node cannot change the pages' class now (nil: it can). Lock held.
+    func classChangeRefused(_ pages: Range<UInt64>, _ toMw: Bool) -> String? {
+        for g in pages where isRelaxed(g) != toMw {
+            let i = Int(g)
+            if toMw {
+                let s = ivy.cacheState(g)
+                let untouched = homeOf(g) == selfID ? s == .OZ : s == .I
+                if !untouched || host.state(g) != .invalid {
+                    return "gfn \(g) is in use on node \(selfID) (sc state \(s))"
+                }
+            } else {
+                let untouched = state[i] == (homeOf(g) == selfID ? .HZ : .I)
+                if !untouched || host.state(g) != .invalid {
+                    return "gfn \(g) is in use on node \(selfID) (mw state \(state[i])); an mw page cannot return to sc once used"
+                }
+            }
+        }
+        return nil
+    }
+
+    func applyClass(_ pages: Range<UInt64>, _ toMw: Bool) {
+        var changed = false
+        for g in pages where isRelaxed(g) != toMw {
+            relaxed[Int(g)] = toMw ? 1 : 0
+            changed = true
+        }
+        if changed { (toMw ? stats.toMw : stats.toSc)(1) }
     }
 
     // MARK: - diagnostics

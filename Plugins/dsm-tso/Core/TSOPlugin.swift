@@ -13,6 +13,7 @@ public final class TSOPlugin: CoherencePlugin {
     public static let summary = "hybrid DSM: Ivy (sequential consistency) outside relaxed ranges, home-based multiple writers with diffs inside"
     public static let entry = CoherencePluginEntry(TSOPlugin.self, name: name, version: version, summary: summary)
     public static var handlesFences: Bool { true }
+    public static var handlesHints: Bool { true }
 
     public let node: TSONode
 
@@ -33,5 +34,24 @@ public final class TSOPlugin: CoherencePlugin {
     public func peerLost(node id: UInt32) { node.peerLost(node: id) }
     public func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { node.fence(kind: kind) }
     public func describe() -> String { TSOTable.describe() }
+
+    /// Guest hints (ABI 3): a fence is a release waited for; a range's class changes on every
+    /// node before this returns.
+    public func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus {
+        switch kind {
+        case GVM_HINT_FENCE:
+            return node.releaseAndWait(.hint)
+        case GVM_HINT_RELAXED, GVM_HINT_SC:
+            let page = UInt64(GVM_PAGE_SIZE)
+            guard length > 0, gpa % page == 0, length % page == 0, gpa / page < node.pageCount,
+                  length / page <= node.pageCount - gpa / page else {
+                node.services.log(.warning, "coherence hint: range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)) is not page aligned inside guest memory")
+                return .invalid
+            }
+            return node.setClass((gpa / page)..<((gpa + length) / page), relaxed: kind == GVM_HINT_RELAXED)
+        default:
+            return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+        }
+    }
     public func stop() { node.stop() }
 }

@@ -33,6 +33,10 @@ public enum TSOMessageType: UInt8, CaseIterable, Sendable {
     case update = 35      // home -> every other holder: apply a writer's diff, then ack
     case updateAck = 36   // holder -> home
     case diffDone = 37    // home -> writer: your diff is applied at the home and at every holder
+    case classChange = 38 // a node passing on a guest hint -> every other node: pages gfn ..<
+                          // gfn+seq are now of class mw (flag relaxed) or sc; `applied` numbers
+                          // the request
+    case classAck = 39    // -> the node that sent classChange (`node`): applied here
 
     public var name: String {
         switch self {
@@ -42,11 +46,15 @@ public enum TSOMessageType: UInt8, CaseIterable, Sendable {
         case .update: "Update"
         case .updateAck: "UpdateAck"
         case .diffDone: "DiffDone"
+        case .classChange: "ClassChange"
+        case .classAck: "ClassAck"
         }
     }
 
     /// Who sends it: to the home (true) or from the home (false).
     var toHome: Bool { self == .mwGet || self == .diff || self == .updateAck }
+    /// Messages about a page range's class, outside the mw table.
+    var isClass: Bool { self == .classChange || self == .classAck }
     var carriesRuns: Bool { self == .diff || self == .update }
 }
 
@@ -55,6 +63,8 @@ public struct TSOFlags: OptionSet, Sendable {
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// mwData: the page is all zeros; no payload follows.
     public static let zero = TSOFlags(rawValue: 1)
+    /// classChange: the pages become mw (else sc).
+    public static let relaxed = TSOFlags(rawValue: 2)
 }
 
 /// One run of changed bytes in a page.
@@ -164,7 +174,7 @@ public enum TSOWire {
         guard let type = TSOMessageType(rawValue: buf[0]) else { throw WireError("unknown message type \(buf[0])") }
         guard buf[1] == version else { throw WireError("\(type.name): wire version \(buf[1]), expected \(version)") }
         let flags = TSOFlags(rawValue: buf[2])
-        let allowed: TSOFlags = type == .mwData ? .zero : []
+        let allowed: TSOFlags = type == .mwData ? .zero : (type == .classChange ? .relaxed : [])
         guard allowed.isSuperset(of: flags) else {
             throw WireError("\(type.name): flags 0x\(String(buf[2], radix: 16)) not allowed")
         }
@@ -175,6 +185,18 @@ public enum TSOWire {
         let applied = get(buf, 24, 8)
         guard gfn < pageCount else { throw WireError("\(type.name): gfn \(gfn) out of range (\(pageCount) pages)") }
         guard node < nodeCount else { throw WireError("\(type.name): node \(node) out of range (\(nodeCount) nodes)") }
+        if type == .classChange || type == .classAck {
+            guard buf.count == headerSize else { throw WireError("\(type.name): \(buf.count) bytes, expected \(headerSize)") }
+            guard seq >= 1, seq <= pageCount - gfn else {
+                throw WireError("\(type.name): \(seq) pages from gfn \(gfn) leave guest memory (\(pageCount) pages)")
+            }
+            if type == .classChange {
+                guard node == src else { throw WireError("ClassChange from node \(src) claims to be from node \(node)") }
+            } else {
+                guard node == selfID else { throw WireError("ClassAck for node \(node)'s request reached node \(selfID)") }
+            }
+            return TSOMessage(type: type, flags: flags, node: node, gfn: gfn, seq: seq, applied: applied)
+        }
         guard isRelaxed(gfn) else {
             throw WireError("\(type.name): gfn \(gfn) is not a relaxed (mw) page on node \(selfID)")
         }
@@ -193,6 +215,8 @@ public enum TSOWire {
             guard node == selfID else { throw WireError("DiffDone for node \(node)'s diff reached node \(selfID)") }
         case .update:
             break
+        case .classChange, .classAck:
+            break   // handled above
         }
         guard type == .update || applied == 0 else { throw WireError("\(type.name): applied field is \(applied), must be 0") }
         var m = TSOMessage(type: type, flags: flags, node: node, gfn: gfn, seq: seq, applied: applied)
@@ -206,6 +230,8 @@ public enum TSOWire {
                 throw WireError("MwData: \(buf.count) bytes, expected \(headerSize + expected)")
             }
             if expected > 0 { m.page = UnsafeRawPointer(base + headerSize) }
+        case .classChange, .classAck:
+            break
         case .diff, .update:
             m.runs = try decodeRuns(body, type.name)
             guard !m.runs.isEmpty else { throw WireError("\(type.name) for gfn \(gfn) has no runs") }

@@ -1,0 +1,92 @@
+// dsm-tso under a real VM: `giantvm up` with real node processes, KVM, userfaultfd and TCP, the
+// test guest's relaxed-memory workloads (Guests/src/u_tso.c), which declare their range through
+// the coherence-hint device and check their own results exactly.
+
+import Foundation
+import TestSupport
+import XCTest
+
+/// A VM config for dsm-tso (or another protocol) with the coherence-hint device on node 0.
+func tsoVMConfig(port: Int, vcpus: [Int], coherence: String = "{plugin: dsm-tso}", cmdline: String) -> String {
+    let image = Built.packageRoot + "/Guests/build/testguest.elf"
+    var nodes = ""
+    for (i, n) in vcpus.enumerated() { nodes += "  - {id: \(i), address: 127.0.0.1, port: \(port + i), vcpus: \(n)}\n" }
+    return temporaryFile("""
+        cluster: tsotest
+        nodes:
+        \(nodes)
+        memory: 32MiB
+        transport: {plugin: transport-tcp}
+        coherence: \(coherence)
+        devices:
+          - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+          - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+          - {name: results, model: results, node: 0, base: 0xe0}
+          - {name: hints, model: coherence-hint, node: 0, base: 0x580}
+        ioapic_node: 0
+        timeouts: {connect: 10s, heartbeat: 100ms, failure: 2s}
+        guest:
+          image: \(image)
+          cmdline: "\(cmdline)"
+        """)
+}
+
+/// The guest's RESULT line (node 0 holds the UART).
+func resultLine(_ r: ProcessResult) -> String {
+    r.stdout.split(separator: "\n").map(String.init).first { $0.hasPrefix("[node 0] RESULT ") }.map { String($0.dropFirst(16)) } ?? ""
+}
+
+final class TSOVMTests: XCTestCase {
+    override func setUpWithError() throws { try Requirement.testGuestVM() }
+
+    func up(_ config: String, timeout: Double = 60) throws -> ProcessResult {
+        try giantvm(["up", config, "--timeout", "\(Int(timeout - 10))", "--stats"], timeout: timeout)
+    }
+
+    func testFalseShareExactOnOneAndTwoNodes() throws {
+        for (i, shape) in [[2], [1, 1], [2, 2]].enumerated() {
+            let n = shape.reduce(0, +)
+            let r = try up(tsoVMConfig(port: 20740 + 4 * i, vcpus: shape, cmdline: "falseshare iters=200000"))
+            XCTAssertEqual(r.status, 0, "\(shape): \(r.output)")
+            let res = resultLine(r)
+            XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":\#(n),"relaxed":true,"expected":\#(200000 * n),"total":\#(200000 * n),"#), "\(shape): \(res)\n\(r.output)")
+            XCTAssertTrue(res.hasSuffix(#""ok":true}"#), res)
+            if shape.count > 1 {
+                XCTAssertTrue(r.stdout.contains("diffs_made="), "diffs must have travelled: \(r.output)")
+            }
+        }
+    }
+
+    func testRelaxedMutexExactOnTwoNodes() throws {
+        let r = try up(tsoVMConfig(port: 20760, vcpus: [2, 2], cmdline: "rmutex ops=3000"))
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        XCTAssertTrue(res.hasPrefix(#"{"workload":"rmutex","vcpus":4,"relaxed":true,"expected":12000,"total":12000,"torn":0,"#), "\(res)\n\(r.output)")
+        XCTAssertTrue(res.hasSuffix(#""ok":true}"#), res)
+    }
+
+    func testRelaxedLitmusWithFencesHasNoForbiddenOutcome() throws {
+        let r = try up(tsoVMConfig(port: 20764, vcpus: [2, 2], cmdline: "rlitmus-fence trials=200"), timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        XCTAssertTrue(res.contains(#""relaxed":true"#) && res.contains(#""forbidden":0,"iriw_forbidden":"#), "\(res)\n\(r.output)")
+        XCTAssertTrue(res.hasSuffix(#""ok":true}"#), res)
+        print("rlitmus-fence on 2x2 dsm-tso:", res)
+    }
+
+    func testRelaxedLitmusWithoutFencesIsReported() throws {
+        let r = try up(tsoVMConfig(port: 20768, vcpus: [2, 2], cmdline: "rlitmus trials=200"), timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        XCTAssertTrue(res.contains(#""relaxed":true"#) && res.contains(#""forbidden":"#), "\(res)\n\(r.output)")
+        print("rlitmus (no fences) on 2x2 dsm-tso:", res)
+    }
+
+    /// dsm-ivy takes no hints: the same workload runs on sequentially consistent memory.
+    func testIvyIgnoresTheHintAndStaysExact() throws {
+        let r = try up(tsoVMConfig(port: 20772, vcpus: [1, 1], coherence: "{plugin: dsm-ivy}", cmdline: "falseshare iters=20000"))
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":2,"relaxed":false,"expected":40000,"total":40000,"#), "\(res)\n\(r.output)")
+    }
+}
