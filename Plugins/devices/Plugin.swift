@@ -8,7 +8,7 @@
 import DeviceModels
 import PluginKit
 
-let entry = DevicePluginEntry([UART16550.self, ExitDevice.self, ResultsDevice.self, CoherenceHintDevice.self] + pcDeviceModels, name: "devices",
+let entry = DevicePluginEntry([UART16550.self, ExitDevice.self, ResultsDevice.self] + pcDeviceModels + [CoherenceHintDevice.self], name: "devices",
                               version: "0.1.0", summary: "first device models: 16550 UART, isa-debug-exit, results port")
 
 @_cdecl("giantvm_plugin_entry")

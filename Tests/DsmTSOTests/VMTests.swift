@@ -90,3 +90,42 @@ final class TSOVMTests: XCTestCase {
         XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":2,"relaxed":false,"expected":40000,"total":40000,"#), "\(res)\n\(r.output)")
     }
 }
+
+final class TSOKillTests: XCTestCase {
+    override func setUpWithError() throws { try Requirement.testGuestVM() }
+
+    /// The pid of the `node --id N` process started from this config, if running.
+    func nodePID(config: String, node: Int) -> Int32? {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+        for e in entries {
+            guard let pid = Int32(e), let data = FileManager.default.contents(atPath: "/proc/\(e)/cmdline") else { continue }
+            let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if args.contains(where: { $0.hasSuffix(config) }), let i = args.firstIndex(of: "--id"), i + 1 < args.count, args[i + 1] == "\(node)" {
+                if let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8), stat.contains(") Z ") { continue }
+                return pid
+            }
+        }
+        return nil
+    }
+
+    /// A node killed while the other flushes diffs to it (falseshare: both write one mw page,
+    /// releases every 50us) stops every node with a named error; nothing hangs.
+    func testANodeKilledMidFlushStopsEveryNode() throws {
+        let cfg = tsoVMConfig(port: 20780, vcpus: [1, 1], coherence: "{plugin: dsm-tso, settings: {flush_interval: 50us}}",
+                              cmdline: "falseshare iters=100000000000")
+        let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "60", "--stats"])
+        defer { up.signal(SIGKILL) }
+        XCTAssertTrue(up.waitForOutput(timeout: 30) { $0.contains("guest: workload=falseshare") }, up.stdoutSoFar + up.stderrSoFar)
+        usleep(500_000)
+        guard let victim = nodePID(config: cfg, node: 1) else { return XCTFail("node 1 not found:\n\(up.stdoutSoFar)") }
+        kill(victim, SIGKILL)
+        let t0 = Date()
+        let r = up.wait(timeout: 40)
+        XCTAssertFalse(r.timedOut, "a node hung after its peer died:\n\(r.output)")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 30)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.output.contains("lost node 1"), r.output)
+        XCTAssertNil(nodePID(config: cfg, node: 0), "node 0 still running")
+        print("killed mid-flush:", r.output.split(separator: "\n").filter { $0.contains("error") || $0.contains("lost") }.prefix(6).joined(separator: "\n"))
+    }
+}
