@@ -10,8 +10,9 @@ import CoherenceKit
 
 final class MultipleWriterTests: XCTestCase {
     /// Lock at gfn 0 (sc), counter at gfn 2 (mw): the lock's handover carries the data.
-    func lockedCounter(nodes: Int, threads: Int, increments: Int, seed: UInt64, maxDelay: Int = 0, bias: Int = 50) throws -> (SimCluster, String?) {
-        let c = try cluster(nodes: nodes, relaxed: [2], seed: seed, maxDelay: maxDelay, threadBias: bias)
+    func lockedCounter(nodes: Int, threads: Int, increments: Int, seed: UInt64, maxDelay: Int = 0, bias: Int = 50,
+                       extra: [(String, String)] = []) throws -> (SimCluster, String?) {
+        let c = try cluster(nodes: nodes, relaxed: [2], seed: seed, maxDelay: maxDelay, threadBias: bias, extra: extra)
         let cs = LockedCounterProgram.CriticalSection()
         for n in 0..<nodes {
             for _ in 0..<threads {
@@ -57,8 +58,9 @@ final class MultipleWriterTests: XCTestCase {
     }
 
     /// Disjoint concurrent writes: every thread's own slot of one mw page, on every node.
-    func falseShare(nodes: Int, threads: Int, count: Int, seed: UInt64, maxDelay: Int = 0, fenceEvery: Int = 0) throws -> (SimCluster, String?) {
-        let c = try cluster(nodes: nodes, relaxed: [1], seed: seed, maxDelay: maxDelay, threadBias: 70)
+    func falseShare(nodes: Int, threads: Int, count: Int, seed: UInt64, maxDelay: Int = 0, fenceEvery: Int = 0,
+                    extra: [(String, String)] = []) throws -> (SimCluster, String?) {
+        let c = try cluster(nodes: nodes, relaxed: [1], seed: seed, maxDelay: maxDelay, threadBias: 70, extra: extra)
         var slot = 0
         for n in 0..<nodes {
             for _ in 0..<threads {
@@ -181,5 +183,40 @@ final class MultipleWriterTests: XCTestCase {
         XCTAssertEqual(c.total("tso.flush.fence"), 1)
         let (seen, _) = readEverywhere(c, [(2, 0)])
         XCTAssertEqual(seen, [[7], [7], [7]])
+    }
+
+    /// relaxed_start: sc — pages of the relaxed range start under Ivy and their home switches
+    /// them to mw once several nodes write them; results stay exact through the switch.
+    func testPagesStartScAndSwitchToMwWhenSeveralNodesWriteThem() throws {
+        let auto: [(String, String)] = [("relaxed_start", "sc"), ("switch_after", "2"), ("switch_window", "100ms")]
+        var switched: UInt64 = 0
+        for seed in UInt64(4000)..<UInt64(4150) {
+            let nodes = 2 + Int(seed % 3)
+            let (c1, p1) = try falseShare(nodes: nodes, threads: 1 + Int(seed % 2), count: 30, seed: seed,
+                                          maxDelay: Int(seed % 4) * 3, extra: auto)
+            if let p1 { XCTFail("false sharing, seed \(seed): \(p1)"); return }
+            XCTAssertEqual(Conformance.statisticsProblems(c1), [], "seed \(seed)")
+            let (c2, p2) = try lockedCounter(nodes: nodes, threads: 1 + Int(seed % 2), increments: 5, seed: seed,
+                                             maxDelay: Int(seed % 4) * 3, extra: auto)
+            if let p2 { XCTFail("locked counter, seed \(seed): \(p2)"); return }
+            switched += c1.total("tso.class_switch.to_mw") + c2.total("tso.class_switch.to_mw")
+            if seed == 4000 {
+                // Every node agrees the page is mw after a switch.
+                let classes = (0..<nodes).map { engine(c1, $0).pageClass(1) }
+                XCTAssertTrue(classes.allSatisfy { $0 == classes[0] }, "\(classes)")
+            }
+        }
+        XCTAssertGreaterThan(switched, 100, "pages written by several nodes must have switched to mw")
+    }
+
+    /// A page written by one node only stays sc (dsm-ivy) under relaxed_start: sc.
+    func testAPageWrittenByOneNodeStaysSc() throws {
+        let c = try cluster(nodes: 3, relaxed: [1], seed: 3, extra: [("relaxed_start", "sc"), ("switch_after", "2")])
+        c.addThread(node: 2, FalseShareProgram(page: 1, slot: 0, count: 50))
+        c.addThread(node: 0, ClosureProgram { t in t.load(1, 8) == nil })
+        XCTAssertTrue(c.run().ok)
+        XCTAssertEqual(c.total("tso.class_switch.to_mw"), 0)
+        XCTAssertEqual(c.total("dsm.diff.made"), 0)
+        XCTAssertEqual(engine(c, 0).pageClass(1), 3)
     }
 }

@@ -82,6 +82,18 @@ final class TSOVMTests: XCTestCase {
         print("rlitmus (no fences) on 2x2 dsm-tso:", res)
     }
 
+    /// relaxed_start: sc — the counters' page starts under Ivy and switches to mw once both nodes
+    /// write it; the counts stay exact.
+    func testFalseSharePageSwitchesFromScToMw() throws {
+        let r = try up(tsoVMConfig(port: 20776, vcpus: [1, 1], coherence: "{plugin: dsm-tso, settings: {relaxed_start: sc, switch_after: 2}}",
+                                   cmdline: "falseshare iters=100000000"))
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":2,"relaxed":true,"expected":200000000,"total":200000000,"#), "\(res)\n\(r.output)")
+        let switched = r.output.split(separator: "\n").filter { $0.contains("tso.class_switch.to_mw") && !$0.hasSuffix(" 0") }
+        XCTAssertEqual(switched.count, 2, "both nodes must have switched the page: \(r.output)")
+    }
+
     /// dsm-ivy takes no hints: the same workload runs on sequentially consistent memory.
     func testIvyIgnoresTheHintAndStaysExact() throws {
         let r = try up(tsoVMConfig(port: 20772, vcpus: [1, 1], coherence: "{plugin: dsm-ivy}", cmdline: "falseshare iters=20000"))

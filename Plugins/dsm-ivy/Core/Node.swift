@@ -336,6 +336,15 @@ public final class IvyNode: @unchecked Sendable {
     /// The cache-controller state of a page (tests, diagnostics).
     public func cacheState(_ gfn: UInt64) -> CacheState { withLock { state[Int(gfn)] } }
 
+    /// Whether nothing is in progress for gfn on this node: no request, owner transaction, held or
+    /// stalled input (cache controller), and no open or queued transaction (as its manager).
+    public func isSettled(_ gfn: UInt64) -> Bool {
+        withLock {
+            outstanding[gfn] == nil && ownerTxn[gfn] == nil && held[gfn] == nil && (stalled[gfn] ?? []).isEmpty
+                && open[gfn] == nil && (waiting[gfn] ?? []).isEmpty
+        }
+    }
+
     /// Whether this node has stopped after a failure.
     public var hasFailed: Bool { withLock { failed } }
 

@@ -6,6 +6,10 @@
 //                    (decimal or 0x hex), LENGTH a size in the config's grammar that is a
 //                    multiple of 4KiB: "0x200000:64KiB, 0x400000:4KiB". Default: none (then
 //                    dsm-tso is exactly dsm-ivy).
+//   relaxed_start    mw (default): relaxed pages are mw from the start; sc: they start sc (Ivy)
+//                    and a page's home switches it to mw when several nodes write it: after
+//                    `switch_after` ownership moves between different writers (default 4, 1 ...
+//                    1000), each within `switch_window` of the previous (default 10ms; 1us ... 10s)
 //   flush_interval   a dirty mw page's diff is out at most this long after its first write, even
 //                    without a fence (default 1ms; 10us ... 1s)
 //   manager_chunk, hold_time, request_timeout, send_wait: as dsm-ivy (docs/dsm-ivy.md); the
@@ -21,8 +25,12 @@ public struct TSOConfig: Sendable, Equatable {
     /// Relaxed page ranges (gfn ranges), sorted, disjoint.
     public var relaxed: [Range<UInt64>] = []
     public var flushIntervalNanoseconds: UInt64 = 1_000_000
+    /// Relaxed pages start sc and switch to mw when several nodes write them.
+    public var startSc = false
+    public var switchAfter = 4
+    public var switchWindowNanoseconds: UInt64 = 10_000_000
 
-    public static let ownKeys = ["relaxed", "flush_interval"]
+    public static let ownKeys = ["relaxed", "flush_interval", "relaxed_start", "switch_after", "switch_window"]
     public static var settingKeys: [String] { ownKeys + IvyConfig.settingKeys }
     public static let flushIntervalRange: ClosedRange<UInt64> = (10 * Units.microsecond)...Units.second
 
@@ -38,6 +46,14 @@ public struct TSOConfig: Sendable, Equatable {
         if let text = settings["relaxed"] {
             config.relaxed = try parseRanges(text, pageCount: pageCount)
         }
+        switch settings["relaxed_start"] ?? "mw" {
+        case "mw": config.startSc = false
+        case "sc": config.startSc = true
+        case let v: throw PluginError("setting 'relaxed_start': '\(v)' is not mw or sc")
+        }
+        let s = Settings(settings)
+        config.switchAfter = try s.int("switch_after", default: 4, range: 1...1000)
+        config.switchWindowNanoseconds = try s.duration("switch_window", default: 10_000_000, range: Units.microsecond...(10 * Units.second))
         if let t = settings["flush_interval"] {
             switch Units.duration(t, range: flushIntervalRange) {
             case .success(let ns): config.flushIntervalNanoseconds = ns

@@ -24,6 +24,35 @@ public protocol TSOPageHost: PageHost {
 
 extension CoherenceHost: TSOPageHost {}
 
+/// The page host as the IvyNode sees it: the real one, with `wake` also reported to dsm-tso (the
+/// end of the gather that switches a page from sc to mw). `onWake` runs under the IvyNode's lock.
+final class WakeWatchHost: PageHost, @unchecked Sendable {
+    let base: TSOPageHost
+    var onWake: ((UInt64) -> Void)?
+    init(_ base: TSOPageHost) { self.base = base }
+    var pageCount: UInt64 { base.pageCount }
+    func send(to node: UInt32, _ parts: [UnsafeRawBufferPointer], urgent: Bool) -> PageStatus { base.send(to: node, parts, urgent: urgent) }
+    func install(_ gfn: UInt64, bytes: UnsafeRawPointer?, state: PageState) -> PageStatus { base.install(gfn, bytes: bytes, state: state) }
+    func upgrade(_ gfn: UInt64) -> PageStatus { base.upgrade(gfn) }
+    func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus { base.downgrade(gfn, into: out) }
+    func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus { base.drop(gfn, into: out) }
+    func read(_ gfn: UInt64, into out: UnsafeMutableRawPointer) -> PageStatus { base.read(gfn, into: out) }
+    func state(_ gfn: UInt64) -> PageState { base.state(gfn) }
+    func pinned(_ gfn: UInt64) -> Access? { base.pinned(gfn) }
+    func wake(_ gfn: UInt64) {
+        base.wake(gfn)
+        onWake?(gfn)
+    }
+}
+
+/// A page's class, one byte per page (TSONode.relaxed).
+enum PageClass {
+    static let sc: UInt8 = 0         // dsm-ivy
+    static let mw: UInt8 = 1         // this file's table
+    static let switching: UInt8 = 2  // sc -> mw in progress: faults wait
+    static let scAuto: UInt8 = 3     // sc in a relaxed range: switches to mw when several nodes write it
+}
+
 enum TSOInterrupt: Error {
     case deferPinned
     case violation(String)
@@ -31,6 +60,7 @@ enum TSOInterrupt: Error {
 
 public final class TSONode: @unchecked Sendable {
     public let ivy: IvyNode
+    let ivyHost: WakeWatchHost
     public let selfID: UInt32
     public let nodeCount: UInt32
     public let pageCount: UInt64
@@ -64,6 +94,10 @@ public final class TSONode: @unchecked Sendable {
     // ---- class changes this node passed on (request id -> acks missing)
     var nextClassRequest: UInt64 = 0
     var classAcksLeft: [UInt64: Int] = [:]
+    // ---- sc -> mw switches: writers seen at the home, switches waiting for acks, faults waiting
+    var writers: [UInt64: (last: UInt32, at: UInt64, moves: Int)] = [:]
+    var switchOf: [UInt64: UInt64] = [:]          // request id -> gfn
+    var switchWaiters: [UInt64: [Access]] = [:]
 
     // ---- sc handover: sc pages whose departure waits for a release (replayed in order)
     var gate: [(pages: [UInt64], ticket: UInt64)] = []
@@ -71,6 +105,8 @@ public final class TSONode: @unchecked Sendable {
     var unreleasedMirror = false            // hasUnreleased, as of the end of the last entry
     var heldScPages: [UInt64] = []
     var kickTimer: UInt64 = 0               // the pending kick (0 = none)
+    var gathering: Set<UInt64> = []         // pages this home is gathering (sc -> mw)
+    var gatherWoken: [UInt64] = []          // ... whose IvyNode woke them since the last kick
     var stopping = false
 
     // ---- engine
@@ -78,6 +114,7 @@ public final class TSONode: @unchecked Sendable {
     var cond = pthread_cond_t()
     var failed = false
     var flushTimer: UInt64 = 0
+    var retryTimer: UInt64 = 0              // re-checks pages being gathered (sc -> mw)
     let scratch: UnsafeMutableRawPointer
 
     struct RoundKey: Hashable {
@@ -105,7 +142,9 @@ public final class TSONode: @unchecked Sendable {
     }
 
     public init(selfID: UInt32, nodeCount: UInt32, config: TSOConfig, host: TSOPageHost, services: ProtocolServices) throws {
-        ivy = try IvyNode(selfID: selfID, nodeCount: nodeCount, config: config.ivy, host: host, services: services)
+        let watch = WakeWatchHost(host)
+        ivyHost = watch
+        ivy = try IvyNode(selfID: selfID, nodeCount: nodeCount, config: config.ivy, host: watch, services: services)
         self.selfID = selfID
         self.nodeCount = nodeCount
         self.pageCount = host.pageCount
@@ -118,7 +157,7 @@ public final class TSONode: @unchecked Sendable {
         relaxed.initialize(repeating: 0, count: max(pc, 1))
         state = [MwState](repeating: .I, count: pc)
         for r in config.relaxed {
-            for g in r where g < host.pageCount { relaxed[Int(g)] = 1 }
+            for g in r where g < host.pageCount { relaxed[Int(g)] = config.startSc ? PageClass.scAuto : PageClass.mw }
         }
         for g in 0..<pc where config.ivy.managerMap.manager(of: UInt64(g)) == selfID { state[g] = .HZ }
         lastApplied = [UInt64](repeating: 0, count: Int(nodeCount))
@@ -127,10 +166,11 @@ public final class TSONode: @unchecked Sendable {
         pthread_mutex_init(&gateLock, nil)
         pthread_cond_init(&cond, nil)
         ivy.releaseGate = { [unowned self] gfn in scPageLeaving(gfn) }
+        watch.onWake = { [unowned self] gfn in ivyWoke(gfn) }
     }
 
     deinit {
-        for id in [flushTimer, kickTimer] where id != 0 { services.cancelOneShot(id) }
+        for id in [flushTimer, kickTimer, retryTimer] where id != 0 { services.cancelOneShot(id) }
         for (_, t) in twins { t.deallocate() }
         scratch.deallocate()
         relaxed.deallocate()
@@ -142,16 +182,37 @@ public final class TSONode: @unchecked Sendable {
     public func homeOf(_ gfn: UInt64) -> UInt32 { config.ivy.managerMap.manager(of: gfn) }
 
     /// Whether gfn is an mw page (a relaxed range). Lock not needed: classes are fixed at create.
-    public func isRelaxed(_ gfn: UInt64) -> Bool { gfn < pageCount && relaxed[Int(gfn)] != 0 }
+    public func isRelaxed(_ gfn: UInt64) -> Bool { gfn < pageCount && relaxed[Int(gfn)] == PageClass.mw }
+
+    /// The page's class byte (PageClass), for tests and diagnostics.
+    public func pageClass(_ gfn: UInt64) -> UInt8 { relaxed[Int(gfn)] }
 
     // MARK: - entry points
 
     public func fault(gfn: UInt64, access: Access) {
-        guard isRelaxed(gfn) else {
+        let c = gfn < pageCount ? relaxed[Int(gfn)] : PageClass.sc
+        if c == PageClass.sc {
             ivy.fault(gfn: gfn, access: access)
             return
         }
-        entry { handle(gfn, event: access == .read ? .load : .store, Context(gfn: gfn, src: selfID, msg: nil, input: .fault(access))) }
+        entry {
+            switch relaxed[Int(gfn)] {
+            case PageClass.mw:
+                handle(gfn, event: access == .read ? .load : .store, Context(gfn: gfn, src: selfID, msg: nil, input: .fault(access)))
+            case PageClass.switching:
+                switchWaiters[gfn, default: []].append(access)
+            case PageClass.scAuto:
+                // Under the lock: no sc request starts after this node acknowledged a switch.
+                if access == .write && homeOf(gfn) == selfID { noteWriter(gfn, selfID) }
+                if relaxed[Int(gfn)] == PageClass.switching {
+                    switchWaiters[gfn, default: []].append(access)
+                } else {
+                    ivy.fault(gfn: gfn, access: access)
+                }
+            default:
+                ivy.fault(gfn: gfn, access: access)
+            }
+        }
     }
 
     public func receive(from src: UInt32, bytes: UnsafeRawBufferPointer) {
@@ -181,6 +242,14 @@ public final class TSONode: @unchecked Sendable {
 
     /// A dsm-ivy message: straight to the IvyNode (its releaseGate holds page departures).
     func receiveIvy(from src: UInt32, bytes: UnsafeRawBufferPointer) {
+        // A write request at the manager of a page that may switch: count its writers.
+        if bytes.count >= 16, bytes[0] == MessageType.getX.rawValue {
+            var g: UInt64 = 0
+            for i in 0..<8 { g |= UInt64(bytes[8 + i]) << (8 * UInt64(i)) }
+            if g < pageCount, relaxed[Int(g)] == PageClass.scAuto, homeOf(g) == selfID {
+                entry { noteWriter(g, src) }
+            }
+        }
         ivy.receive(from: src, bytes: bytes)
     }
 
@@ -207,7 +276,10 @@ public final class TSONode: @unchecked Sendable {
             let pages = heldScPages
             heldScPages = []
             kickTimer = 0
+            let gathered = gatherWoken
+            gatherWoken = []
             pthread_mutex_unlock(&gateLock)
+            for g in gathered { finishSwitch(g) }
             guard !failed, !pages.isEmpty else { return }
             stats.scHeld(UInt64(pages.count))
             let ticket = release(.scHandover) ?? 0
@@ -217,6 +289,10 @@ public final class TSONode: @unchecked Sendable {
 
     public func pageUnpinned(gfn: UInt64) {
         ivy.pageUnpinned(gfn: gfn)
+        if gfn < pageCount, relaxed[Int(gfn)] == PageClass.switching {
+            entry { finishSwitch(gfn) }
+            return
+        }
         guard isRelaxed(gfn) else { return }
         entry {
             guard !failed, let inputs = stalled.removeValue(forKey: gfn) else { return }
@@ -241,13 +317,18 @@ public final class TSONode: @unchecked Sendable {
             flushTimer = 0
             return t
         }
+        let r: UInt64 = withLock {
+            let r = retryTimer
+            retryTimer = 0
+            return r
+        }
         pthread_mutex_lock(&gateLock)
         stopping = true
         let k = kickTimer
         kickTimer = 0
         pthread_mutex_unlock(&gateLock)
         // Outside the locks: cancel waits for a running callback, which takes them.
-        for id in [t, k] where id != 0 { services.cancelOneShot(id) }
+        for id in [t, k, r] where id != 0 { services.cancelOneShot(id) }
     }
 
     // MARK: - releases
@@ -649,10 +730,12 @@ public final class TSONode: @unchecked Sendable {
     // MARK: - sending
 
     /// Home-to-holder messages (data, updates, DiffDone) share the bulk lane, so they arrive in
-    /// the home's order; requests and acks take the urgent lane.
+    /// the home's order; requests, acks and class changes take the urgent lane — dsm-ivy's lane
+    /// for its requests, so a node's acknowledgement of a switch never overtakes an sc request
+    /// it sent before.
     func send(_ m: TSOMessage, to dst: UInt32) {
         precondition(dst != selfID, "dsm-tso never sends to itself")
-        let urgent = m.type == .mwGet || m.type == .updateAck
+        let urgent = m.type == .mwGet || m.type == .updateAck || m.type.isClass
         var bytes = TSOWire.header(m)
         if m.type.carriesRuns { bytes += TSOWire.encodeRuns(m.runs) }
         let st: PageStatus
@@ -710,6 +793,27 @@ public final class TSONode: @unchecked Sendable {
                 return
             }
             classAcksLeft[m.applied] = left - 1
+            if left == 1, let g = switchOf.removeValue(forKey: m.applied) {
+                classAcksLeft[m.applied] = nil
+                startGather(g)
+            }
+            return
+        }
+        if m.flags.contains(.prepare) {
+            guard m.seq == 1, src == homeOf(m.gfn), relaxed[Int(m.gfn)] == PageClass.scAuto else {
+                fail("node \(src) asked to switch gfn \(m.gfn) to mw, but it is not that page's home or the page is not an sc page of a relaxed range here (class \(relaxed[Int(m.gfn)]))")
+                return
+            }
+            relaxed[Int(m.gfn)] = PageClass.switching
+            send(TSOMessage(type: .classAck, node: m.node, gfn: m.gfn, seq: 1, applied: m.applied), to: src)
+            return
+        }
+        if m.seq == 1, src == homeOf(m.gfn), relaxed[Int(m.gfn)] == PageClass.switching, m.flags.contains(.relaxed) {
+            // The home gathered the page: it is mw from now on; waiting faults fetch it.
+            relaxed[Int(m.gfn)] = PageClass.mw
+            state[Int(m.gfn)] = .I
+            stats.toMw(1)
+            for a in switchWaiters.removeValue(forKey: m.gfn) ?? [] { replay(m.gfn, .fault(a)) }
             return
         }
         let toMw = m.flags.contains(.relaxed)
@@ -721,21 +825,129 @@ public final class TSONode: @unchecked Sendable {
         send(TSOMessage(type: .classAck, node: m.node, gfn: m.gfn, seq: m.seq, applied: m.applied), to: src)
     }
 
-    /// Why this node cannot change the pages' class now (nil: it can). Lock held.
+    // MARK: - switching a page from sc to mw (relaxed_start: sc)
+
+    /// The home saw node `n` take write ownership of gfn. Lock held.
+    func noteWriter(_ gfn: UInt64, _ n: UInt32) {
+        guard relaxed[Int(gfn)] == PageClass.scAuto else { return }
+        let now = services.nowNanoseconds()
+        var w = writers[gfn] ?? (n, now, 0)
+        if n != w.last { w.moves = now &- w.at <= config.switchWindowNanoseconds ? w.moves + 1 : 1 }
+        w.last = n
+        w.at = now
+        if w.moves >= config.switchAfter {
+            writers[gfn] = nil
+            beginSwitch(gfn)
+        } else {
+            writers[gfn] = w
+        }
+    }
+
+    /// The home starts a switch: every node stops starting sc requests for the page and acks;
+    /// then the home gathers it through dsm-ivy (a write fault of its own), and it is mw.
+    func beginSwitch(_ gfn: UInt64) {
+        relaxed[Int(gfn)] = PageClass.switching
+        if nodeCount == 1 {
+            startGather(gfn)
+            return
+        }
+        nextClassRequest += 1
+        let id = nextClassRequest
+        classAcksLeft[id] = Int(nodeCount) - 1
+        switchOf[id] = gfn
+        let m = TSOMessage(type: .classChange, flags: [.relaxed, .prepare], node: selfID, gfn: gfn, seq: 1, applied: id)
+        for n in 0..<nodeCount where n != selfID { send(m, to: n) }
+    }
+
+    func startGather(_ gfn: UInt64) {
+        pthread_mutex_lock(&gateLock)
+        gathering.insert(gfn)
+        pthread_mutex_unlock(&gateLock)
+        ivy.fault(gfn: gfn, access: .write)
+        finishSwitch(gfn)
+    }
+
+    func armGatherRetry() {
+        guard retryTimer == 0, !failed else { return }
+        retryTimer = services.startOneShot(afterNanoseconds: 50_000, { ctx in
+            let node = Unmanaged<TSONode>.fromOpaque(ctx!).takeUnretainedValue()
+            node.entry {
+                node.retryTimer = 0
+                pthread_mutex_lock(&node.gateLock)
+                let pages = node.gathering.sorted()
+                pthread_mutex_unlock(&node.gateLock)
+                for g in pages { node.finishSwitch(g) }
+            }
+        }, context: Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// IvyNode woke a page (under its lock): if it is being gathered, finish from a kick.
+    func ivyWoke(_ gfn: UInt64) {
+        pthread_mutex_lock(&gateLock)
+        defer { pthread_mutex_unlock(&gateLock) }
+        guard gathering.contains(gfn) else { return }
+        gatherWoken.append(gfn)
+        if kickTimer == 0 && !stopping {
+            kickTimer = services.startOneShot(afterNanoseconds: 1, { ctx in
+                Unmanaged<TSONode>.fromOpaque(ctx!).takeUnretainedValue().kick()
+            }, context: Unmanaged.passUnretained(self).toOpaque())
+        }
+    }
+
+    /// Once dsm-ivy made this home the page's only (writable) holder: write-protect the master
+    /// copy, make the page mw here and everywhere, replay the faults that waited. Lock held.
+    func finishSwitch(_ gfn: UInt64) {
+        pthread_mutex_lock(&gateLock)
+        let mine = gathering.contains(gfn)
+        pthread_mutex_unlock(&gateLock)
+        guard !failed, mine, relaxed[Int(gfn)] == PageClass.switching else { return }
+        // dsm-ivy must hold the page here, writable, with nothing in progress for it (a forward
+        // held by the hold window would still hand it away): otherwise look again shortly, and
+        // ask for the page again if it went elsewhere meanwhile.
+        guard ivy.isSettled(gfn), ivy.cacheState(gfn) == .OM else {
+            if ivy.isSettled(gfn) { ivy.fault(gfn: gfn, access: .write) }
+            armGatherRetry()
+            return
+        }
+        let st = host.downgrade(gfn, into: nil)
+        if st == .pinned { return }   // retried from pageUnpinned
+        guard st == .ok else {
+            fail("gfn \(gfn): write-protecting the gathered page failed: \(st)")
+            return
+        }
+        pthread_mutex_lock(&gateLock)
+        gathering.remove(gfn)
+        pthread_mutex_unlock(&gateLock)
+        relaxed[Int(gfn)] = PageClass.mw
+        state[Int(gfn)] = .HS
+        holders[gfn] = 0
+        stats.toMw(1)
+        let m = TSOMessage(type: .classChange, flags: .relaxed, node: selfID, gfn: gfn, seq: 1, applied: 0)
+        for n in 0..<nodeCount where n != selfID { send(m, to: n) }
+        for a in switchWaiters.removeValue(forKey: gfn) ?? [] { replay(gfn, .fault(a)) }
+    }
+
+    /// Why this node cannot change the pages' class now (nil: it can): a page must be unused
+    /// (a relaxed range is declared before use; an mw page never returns to sc once used). Lock held.
     func classChangeRefused(_ pages: Range<UInt64>, _ toMw: Bool) -> String? {
-        for g in pages where isRelaxed(g) != toMw {
+        for g in pages {
             let i = Int(g)
-            if toMw {
+            let c = relaxed[i]
+            if toMw == (c != PageClass.sc) { continue }   // already in that class
+            switch c {
+            case PageClass.sc, PageClass.scAuto:
                 let s = ivy.cacheState(g)
                 let untouched = homeOf(g) == selfID ? s == .OZ : s == .I
                 if !untouched || host.state(g) != .invalid {
                     return "gfn \(g) is in use on node \(selfID) (sc state \(s))"
                 }
-            } else {
+            case PageClass.mw:
                 let untouched = state[i] == (homeOf(g) == selfID ? .HZ : .I)
                 if !untouched || host.state(g) != .invalid {
                     return "gfn \(g) is in use on node \(selfID) (mw state \(state[i])); an mw page cannot return to sc once used"
                 }
+            default:
+                return "gfn \(g) is switching from sc to mw on node \(selfID)"
             }
         }
         return nil
@@ -743,11 +955,12 @@ public final class TSONode: @unchecked Sendable {
 
     func applyClass(_ pages: Range<UInt64>, _ toMw: Bool) {
         var changed = false
-        for g in pages where isRelaxed(g) != toMw {
-            relaxed[Int(g)] = toMw ? 1 : 0
+        for g in pages where toMw != (relaxed[Int(g)] != PageClass.sc) {
+            relaxed[Int(g)] = toMw ? (config.startSc ? PageClass.scAuto : PageClass.mw) : PageClass.sc
             changed = true
         }
-        if changed { (toMw ? stats.toMw : stats.toSc)(1) }
+        // Counted when pages became mw (or sc) here; with relaxed_start: sc, at their switch.
+        if changed && !(toMw && config.startSc) { (toMw ? stats.toMw : stats.toSc)(1) }
     }
 
     // MARK: - diagnostics

@@ -13,7 +13,8 @@
 //                                      is later in the home's order
 //   tso.sc_held                        sc page departures (forward, invalidation, downgrade) held
 //                                      until this node's releases completed
-//   tso.class_switch.to_mw, .to_sc     page ranges whose class a hint changed on this node
+//   tso.class_switch.to_mw, .to_sc     on this node: ranges a guest hint made mw or sc, and pages
+//                                      that switched from sc to mw (relaxed_start: sc)
 //   tso.msg.<Type>, tso.bytes.<Type>   messages and bytes sent per dsm-tso message type
 //   tso.rx_malformed                   dsm-tso messages that failed to decode (the node then stops)
 //   tso.release_latency (histogram)    from a release with work to its completion (ns)

@@ -65,6 +65,10 @@ public struct TSOFlags: OptionSet, Sendable {
     public static let zero = TSOFlags(rawValue: 1)
     /// classChange: the pages become mw (else sc).
     public static let relaxed = TSOFlags(rawValue: 2)
+    /// classChange from a page's home switching it from sc to mw: stop starting sc requests for
+    /// it and acknowledge (the home then gathers the page); without it (and with relaxed), the
+    /// switch is complete.
+    public static let prepare = TSOFlags(rawValue: 4)
 }
 
 /// One run of changed bytes in a page.
@@ -174,7 +178,7 @@ public enum TSOWire {
         guard let type = TSOMessageType(rawValue: buf[0]) else { throw WireError("unknown message type \(buf[0])") }
         guard buf[1] == version else { throw WireError("\(type.name): wire version \(buf[1]), expected \(version)") }
         let flags = TSOFlags(rawValue: buf[2])
-        let allowed: TSOFlags = type == .mwData ? .zero : (type == .classChange ? .relaxed : [])
+        let allowed: TSOFlags = type == .mwData ? .zero : (type == .classChange ? [.relaxed, .prepare] : [])
         guard allowed.isSuperset(of: flags) else {
             throw WireError("\(type.name): flags 0x\(String(buf[2], radix: 16)) not allowed")
         }
