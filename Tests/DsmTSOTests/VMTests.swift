@@ -141,3 +141,15 @@ final class TSOKillTests: XCTestCase {
         print("killed mid-flush:", r.output.split(separator: "\n").filter { $0.contains("error") || $0.contains("lost") }.prefix(6).joined(separator: "\n"))
     }
 }
+
+final class TSOExampleTests: XCTestCase {
+    override func setUpWithError() throws { try Requirement.testGuestVM() }
+
+    /// examples/vm-2node-tso.yaml does what its comment says (the default workload).
+    func testExampleConfig() throws {
+        let r = try giantvm(["up", Built.packageRoot + "/examples/vm-2node-tso.yaml", "--timeout", "40"], timeout: 50)
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":4,"relaxed":true,"expected":80000000,"total":80000000,"#), "\(res)\n\(r.output)")
+    }
+}

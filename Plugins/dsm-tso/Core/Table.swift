@@ -205,6 +205,9 @@ public enum TSOTable {
         diffs in arrival order and forwards each to every other holder; the release completes
         when every holder has acknowledged. A diff never overwrites bytes the receiver changed
         later in the home's order, so racy writes converge to the home's order everywhere.
+        With relaxed_start: sc, relaxed pages start sc; a page's home switches it to mw after
+        switch_after ownership moves between writers (prepare on every node, gather through
+        Ivy, then mw everywhere).
 
         mw states:
 
