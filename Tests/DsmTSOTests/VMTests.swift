@@ -153,3 +153,32 @@ final class TSOExampleTests: XCTestCase {
         XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":4,"relaxed":true,"expected":80000000,"total":80000000,"#), "\(res)\n\(r.output)")
     }
 }
+
+/// `giantvm bench dsm --workload falseshare`: host threads on every node increment their own
+/// word of one page (page 14), with dsm-ivy and with dsm-tso keeping that page relaxed.
+final class TSOBenchTests: XCTestCase {
+    override func setUpWithError() throws {
+        try Requirement.userfaultfd()
+        try Requirement.builtGiantVM()
+    }
+
+    func bench(_ coherence: String, port: Int) throws -> ProcessResult {
+        var y = "cluster: benchtso\nnodes:\n"
+        for i in 0..<2 { y += "  - {id: \(i), address: 127.0.0.1, port: \(port + i), vcpus: 1}\n" }
+        y += "memory: 16MiB\ntransport: {plugin: transport-tcp}\ncoherence: \(coherence)\n"
+        y += "timeouts: {connect: 10s, heartbeat: 200ms, failure: 3s}\n"
+        return try giantvm(["bench", "dsm", "--config", temporaryFile(y), "--workload", "falseshare", "--threads", "2",
+                            "--iterations", "200000", "--timeout", "50"], timeout: 58)
+    }
+
+    func testFalseShareExactWithIvyAndWithTSO() throws {
+        for (i, c) in ["{plugin: dsm-ivy}", #"{plugin: dsm-tso, settings: {relaxed: "0xE000:4KiB"}}"#].enumerated() {
+            let r = try bench(c, port: 20840 + 4 * i)
+            XCTAssertEqual(r.status, 0, r.output)
+            XCTAssertTrue(r.stdout.contains("check node 0: falseshare = 800000 (exact)"), r.output)
+            XCTAssertTrue(r.stdout.contains("check node 1: falseshare = 800000 (exact)"), r.output)
+            XCTAssertTrue(r.stdout.contains("bench dsm falseshare: PASS"), r.output)
+            if i == 1 { XCTAssertTrue(r.stdout.contains("dsm-tso release_latency"), "releases must have happened: \(r.output)") }
+        }
+    }
+}
