@@ -219,4 +219,22 @@ final class MultipleWriterTests: XCTestCase {
         XCTAssertEqual(c.total("dsm.diff.made"), 0)
         XCTAssertEqual(engine(c, 0).pageClass(1), 3)
     }
+
+    /// A transport whose send queues are full (GVM_ERR_NOMEM) delays dsm-tso's messages in
+    /// order; nothing is lost and the results stay exact.
+    func testFullSendQueuesDelayButLoseNothing() throws {
+        var refused = 0
+        for seed in UInt64(5000)..<UInt64(5060) {
+            let c = try cluster(nodes: 3, relaxed: [1], seed: seed, maxDelay: 4, threadBias: 60)
+            c.queueCapacity = 1
+            for n in 0..<3 { c.addThread(node: UInt32(n), FalseShareProgram(page: 1, slot: n, count: 25, fenceEvery: 4)) }
+            let r = c.run(maxSteps: 600_000)
+            XCTAssertTrue(r.ok, "seed \(seed): \(r)")
+            let (seen, rep) = readEverywhere(c, [(1, 0), (1, 8), (1, 16)])
+            XCTAssertTrue(rep.ok, "seed \(seed): \(rep)")
+            XCTAssertEqual(seen, [[UInt64]](repeating: [25, 25, 25], count: 3), "seed \(seed)")
+            refused += c.sendsRefused
+        }
+        XCTAssertGreaterThan(refused, 0, "no send was ever refused")
+    }
 }

@@ -1,6 +1,6 @@
 // dsm-tso under a real VM: `giantvm up` with real node processes, KVM, userfaultfd and TCP, the
 // test guest's relaxed-memory workloads (Guests/src/u_tso.c), which declare their range through
-// the coherence-hint device and check their own results exactly.
+// the coherence-hint device and check their own results exactly. Ports 22100-22199.
 
 import Foundation
 import TestSupport
@@ -46,7 +46,7 @@ final class TSOVMTests: XCTestCase {
     func testFalseShareExactOnOneAndTwoNodes() throws {
         for (i, shape) in [[2], [1, 1], [2, 2]].enumerated() {
             let n = shape.reduce(0, +)
-            let r = try up(tsoVMConfig(port: 20740 + 4 * i, vcpus: shape, cmdline: "falseshare iters=200000"))
+            let r = try up(tsoVMConfig(port: 22100 + 4 * i, vcpus: shape, cmdline: "falseshare iters=200000"))
             XCTAssertEqual(r.status, 0, "\(shape): \(r.output)")
             let res = resultLine(r)
             XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":\#(n),"relaxed":true,"expected":\#(200000 * n),"total":\#(200000 * n),"#), "\(shape): \(res)\n\(r.output)")
@@ -58,7 +58,7 @@ final class TSOVMTests: XCTestCase {
     }
 
     func testRelaxedMutexExactOnTwoNodes() throws {
-        let r = try up(tsoVMConfig(port: 20760, vcpus: [2, 2], cmdline: "rmutex ops=3000"))
+        let r = try up(tsoVMConfig(port: 22120, vcpus: [2, 2], cmdline: "rmutex ops=3000"))
         XCTAssertEqual(r.status, 0, r.output)
         let res = resultLine(r)
         XCTAssertTrue(res.hasPrefix(#"{"workload":"rmutex","vcpus":4,"relaxed":true,"expected":12000,"total":12000,"torn":0,"#), "\(res)\n\(r.output)")
@@ -66,7 +66,7 @@ final class TSOVMTests: XCTestCase {
     }
 
     func testRelaxedLitmusWithFencesHasNoForbiddenOutcome() throws {
-        let r = try up(tsoVMConfig(port: 20764, vcpus: [2, 2], cmdline: "rlitmus-fence trials=200"), timeout: 90)
+        let r = try up(tsoVMConfig(port: 22124, vcpus: [2, 2], cmdline: "rlitmus-fence trials=200"), timeout: 90)
         XCTAssertEqual(r.status, 0, r.output)
         let res = resultLine(r)
         XCTAssertTrue(res.contains(#""relaxed":true"#) && res.contains(#""forbidden":0,"iriw_forbidden":"#), "\(res)\n\(r.output)")
@@ -75,7 +75,7 @@ final class TSOVMTests: XCTestCase {
     }
 
     func testRelaxedLitmusWithoutFencesIsReported() throws {
-        let r = try up(tsoVMConfig(port: 20768, vcpus: [2, 2], cmdline: "rlitmus trials=200"), timeout: 90)
+        let r = try up(tsoVMConfig(port: 22128, vcpus: [2, 2], cmdline: "rlitmus trials=200"), timeout: 90)
         XCTAssertEqual(r.status, 0, r.output)
         let res = resultLine(r)
         XCTAssertTrue(res.contains(#""relaxed":true"#) && res.contains(#""forbidden":"#), "\(res)\n\(r.output)")
@@ -85,7 +85,7 @@ final class TSOVMTests: XCTestCase {
     /// relaxed_start: sc — the counters' page starts under Ivy and switches to mw once both nodes
     /// write it; the counts stay exact.
     func testFalseSharePageSwitchesFromScToMw() throws {
-        let r = try up(tsoVMConfig(port: 20776, vcpus: [1, 1], coherence: "{plugin: dsm-tso, settings: {relaxed_start: sc, switch_after: 2}}",
+        let r = try up(tsoVMConfig(port: 22136, vcpus: [1, 1], coherence: "{plugin: dsm-tso, settings: {relaxed_start: sc, switch_after: 2}}",
                                    cmdline: "falseshare iters=100000000"))
         XCTAssertEqual(r.status, 0, r.output)
         let res = resultLine(r)
@@ -96,7 +96,7 @@ final class TSOVMTests: XCTestCase {
 
     /// dsm-ivy takes no hints: the same workload runs on sequentially consistent memory.
     func testIvyIgnoresTheHintAndStaysExact() throws {
-        let r = try up(tsoVMConfig(port: 20772, vcpus: [1, 1], coherence: "{plugin: dsm-ivy}", cmdline: "falseshare iters=20000"))
+        let r = try up(tsoVMConfig(port: 22132, vcpus: [1, 1], coherence: "{plugin: dsm-ivy}", cmdline: "falseshare iters=20000"))
         XCTAssertEqual(r.status, 0, r.output)
         let res = resultLine(r)
         XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":2,"relaxed":false,"expected":40000,"total":40000,"#), "\(res)\n\(r.output)")
@@ -123,7 +123,7 @@ final class TSOKillTests: XCTestCase {
     /// A node killed while the other flushes diffs to it (falseshare: both write one mw page,
     /// releases every 50us) stops every node with a named error; nothing hangs.
     func testANodeKilledMidFlushStopsEveryNode() throws {
-        let cfg = tsoVMConfig(port: 20780, vcpus: [1, 1], coherence: "{plugin: dsm-tso, settings: {flush_interval: 50us}}",
+        let cfg = tsoVMConfig(port: 22140, vcpus: [1, 1], coherence: "{plugin: dsm-tso, settings: {flush_interval: 50us}}",
                               cmdline: "falseshare iters=100000000000")
         let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "60", "--stats"])
         defer { up.signal(SIGKILL) }
@@ -173,7 +173,7 @@ final class TSOBenchTests: XCTestCase {
 
     func testFalseShareExactWithIvyAndWithTSO() throws {
         for (i, c) in ["{plugin: dsm-ivy}", #"{plugin: dsm-tso, settings: {relaxed: "0xE000:4KiB"}}"#].enumerated() {
-            let r = try bench(c, port: 20840 + 4 * i)
+            let r = try bench(c, port: 22150 + 4 * i)
             XCTAssertEqual(r.status, 0, r.output)
             XCTAssertTrue(r.stdout.contains("check node 0: falseshare = 800000 (exact)"), r.output)
             XCTAssertTrue(r.stdout.contains("check node 1: falseshare = 800000 (exact)"), r.output)

@@ -45,6 +45,16 @@ final class WakeWatchHost: PageHost, @unchecked Sendable {
     }
 }
 
+/// The transport status for a full send queue.
+let queueFull = PageStatus(raw: GVM_ERR_NOMEM.rawValue)
+
+/// One lane to one peer (the outbox keeps each lane's order).
+struct LaneKey: Hashable, Comparable {
+    var node: UInt32
+    var urgent: Bool
+    static func < (a: LaneKey, b: LaneKey) -> Bool { (a.node, a.urgent ? 0 : 1) < (b.node, b.urgent ? 0 : 1) }
+}
+
 /// A page's class, one byte per page (TSONode.relaxed).
 enum PageClass {
     static let sc: UInt8 = 0         // dsm-ivy
@@ -115,6 +125,8 @@ public final class TSONode: @unchecked Sendable {
     var failed = false
     var flushTimer: UInt64 = 0
     var retryTimer: UInt64 = 0              // re-checks pages being gathered (sc -> mw)
+    var outbox: [LaneKey: [(bytes: [UInt8], type: TSOMessageType, gfn: UInt64, since: UInt64)]] = [:]
+    var outboxTimer: UInt64 = 0             // retries the outbox; 0 = none
     let scratch: UnsafeMutableRawPointer
 
     struct RoundKey: Hashable {
@@ -170,7 +182,7 @@ public final class TSONode: @unchecked Sendable {
     }
 
     deinit {
-        for id in [flushTimer, kickTimer, retryTimer] where id != 0 { services.cancelOneShot(id) }
+        for id in [flushTimer, kickTimer, retryTimer, outboxTimer] where id != 0 { services.cancelOneShot(id) }
         for (_, t) in twins { t.deallocate() }
         scratch.deallocate()
         relaxed.deallocate()
@@ -317,9 +329,10 @@ public final class TSONode: @unchecked Sendable {
             flushTimer = 0
             return t
         }
-        let r: UInt64 = withLock {
-            let r = retryTimer
+        let r: [UInt64] = withLock {
+            let r = [retryTimer, outboxTimer]
             retryTimer = 0
+            outboxTimer = 0
             return r
         }
         pthread_mutex_lock(&gateLock)
@@ -328,7 +341,7 @@ public final class TSONode: @unchecked Sendable {
         kickTimer = 0
         pthread_mutex_unlock(&gateLock)
         // Outside the locks: cancel waits for a running callback, which takes them.
-        for id in [t, k, r] where id != 0 { services.cancelOneShot(id) }
+        for id in [t, k] + r where id != 0 { services.cancelOneShot(id) }
     }
 
     // MARK: - releases
@@ -738,16 +751,54 @@ public final class TSONode: @unchecked Sendable {
         let urgent = m.type == .mwGet || m.type == .updateAck || m.type.isClass
         var bytes = TSOWire.header(m)
         if m.type.carriesRuns { bytes += TSOWire.encodeRuns(m.runs) }
-        let st: PageStatus
-        if m.type == .mwData, let p = m.page {
-            st = bytes.withUnsafeBytes { h in host.send(to: dst, [h, UnsafeRawBufferPointer(start: p, count: TSOWire.pageSize)], urgent: urgent) }
-        } else {
-            st = bytes.withUnsafeBytes { host.send(to: dst, [$0], urgent: urgent) }
-        }
-        let size = bytes.count + (m.type == .mwData && m.page != nil ? TSOWire.pageSize : 0)
+        if m.type == .mwData, let p = m.page { bytes += UnsafeRawBufferPointer(start: p, count: TSOWire.pageSize) }
         stats.msgCount[m.type]!(1)
-        stats.msgBytes[m.type]!(UInt64(size))
-        if st != .ok { fail("sending \(m.type.name) for gfn \(m.gfn) to node \(dst): \(st)") }
+        stats.msgBytes[m.type]!(UInt64(bytes.count))
+        let key = LaneKey(node: dst, urgent: urgent)
+        if outbox[key] == nil {
+            let st = bytes.withUnsafeBytes { host.send(to: dst, [$0], urgent: urgent) }
+            if st == .ok { return }
+            guard st == queueFull else {
+                fail("sending \(m.type.name) for gfn \(m.gfn) to node \(dst): \(st)")
+                return
+            }
+        }
+        // The transport's queue is full (or messages already wait): keep it, in order, and
+        // retry every millisecond; after send_wait the cluster stops naming the peer.
+        outbox[key, default: []].append((bytes, m.type, m.gfn, services.nowNanoseconds()))
+        armOutboxTimer()
+    }
+
+    func armOutboxTimer() {
+        guard outboxTimer == 0, !failed else { return }
+        outboxTimer = services.startOneShot(afterNanoseconds: 1_000_000, { ctx in
+            let node = Unmanaged<TSONode>.fromOpaque(ctx!).takeUnretainedValue()
+            node.entry {
+                node.outboxTimer = 0
+                node.retryOutbox()
+            }
+        }, context: Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    func retryOutbox() {
+        guard !failed else { return }
+        let now = services.nowNanoseconds()
+        for key in outbox.keys.sorted() {
+            while let first = outbox[key]?.first {
+                let st = first.bytes.withUnsafeBytes { host.send(to: key.node, [$0], urgent: key.urgent) }
+                if st == .ok {
+                    outbox[key]!.removeFirst()
+                    if outbox[key]!.isEmpty { outbox[key] = nil }
+                    continue
+                }
+                if st != queueFull || now &- first.since > config.ivy.sendWaitNanoseconds {
+                    fail("sending \(first.type.name) for gfn \(first.gfn) to node \(key.node): \(st == queueFull ? "the transport's queue stayed full for send_wait (\(Units.format(nanoseconds: config.ivy.sendWaitNanoseconds)))" : "\(st)")")
+                    return
+                }
+                break
+            }
+        }
+        if !outbox.isEmpty { armOutboxTimer() }
     }
 
     // MARK: - guest hints: page classes
