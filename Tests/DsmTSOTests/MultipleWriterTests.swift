@@ -188,8 +188,10 @@ final class MultipleWriterTests: XCTestCase {
     /// relaxed_start: sc — pages of the relaxed range start under Ivy and their home switches
     /// them to mw once several nodes write them; results stay exact through the switch.
     func testPagesStartScAndSwitchToMwWhenSeveralNodesWriteThem() throws {
-        let auto: [(String, String)] = [("relaxed_start", "sc"), ("switch_after", "2"), ("switch_window", "100ms")]
+        let auto: [(String, String)] = [("relaxed_start", "sc"), ("switch_after", "2"), ("switch_window", "100ms"),
+                                        ("switch_back_after", "3")]
         var switched: UInt64 = 0
+        var back: UInt64 = 0
         for seed in UInt64(4000)..<UInt64(4150) {
             let nodes = 2 + Int(seed % 3)
             let (c1, p1) = try falseShare(nodes: nodes, threads: 1 + Int(seed % 2), count: 30, seed: seed,
@@ -200,6 +202,7 @@ final class MultipleWriterTests: XCTestCase {
                                              maxDelay: Int(seed % 4) * 3, extra: auto)
             if let p2 { XCTFail("locked counter, seed \(seed): \(p2)"); return }
             switched += c1.total("tso.class_switch.to_mw") + c2.total("tso.class_switch.to_mw")
+            back += c1.total("tso.class_switch.to_sc") + c2.total("tso.class_switch.to_sc")
             if seed == 4000 {
                 // Every node agrees the page is mw after a switch.
                 let classes = (0..<nodes).map { engine(c1, $0).pageClass(1) }
@@ -207,6 +210,7 @@ final class MultipleWriterTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(switched, 100, "pages written by several nodes must have switched to mw")
+        XCTAssertGreaterThan(back, 0, "no page went back to sc after diffs from one writer in a row")
     }
 
     /// A page written by one node only stays sc (dsm-ivy) under relaxed_start: sc.

@@ -38,6 +38,7 @@ enum PageClass {
     static let mw: UInt8 = 1         // this file's table
     static let switching: UInt8 = 2  // sc -> mw in progress: faults wait
     static let scAuto: UInt8 = 3     // sc in a relaxed range: switches to mw when several nodes write it
+    static let leaving: UInt8 = 4    // mw -> sc in progress: copies flushed and dropped, faults wait
 }
 
 extension TSONode {
@@ -88,6 +89,30 @@ extension TSONode {
                 classAcksLeft[m.applied] = nil
                 startGather(g)
             }
+            if left == 1, let g = backOf.removeValue(forKey: m.applied) {
+                classAcksLeft[m.applied] = nil
+                backReady.insert(g)
+            }
+            return
+        }
+        if m.flags.contains(.prepare) && !m.flags.contains(.relaxed) {
+            guard m.seq == 1, src == homeOf(m.gfn), relaxed[Int(m.gfn)] == PageClass.mw else {
+                fail("node \(src) asked to switch gfn \(m.gfn) back to sc, but it is not that page's home or the page is not mw here (class \(relaxed[Int(m.gfn)]))")
+                return
+            }
+            relaxed[Int(m.gfn)] = PageClass.leaving
+            leavingPages[m.gfn] = (m.applied, src)
+            return
+        }
+        if m.seq == 1, src == homeOf(m.gfn), relaxed[Int(m.gfn)] == PageClass.leaving, m.flags.isEmpty {
+            // Every copy is gone and the home holds the page under dsm-ivy: sc from now on.
+            guard leavingPages[m.gfn] == nil, state[Int(m.gfn)] == .I else {
+                fail("gfn \(m.gfn): switch back to sc completed by node \(src) while this node still holds the page")
+                return
+            }
+            relaxed[Int(m.gfn)] = PageClass.scAuto
+            stats.toSc(1)
+            for a in switchWaiters.removeValue(forKey: m.gfn) ?? [] { ivy.fault(gfn: m.gfn, access: a) }
             return
         }
         if m.flags.contains(.prepare) {
@@ -216,6 +241,78 @@ extension TSONode {
         let m = TSOMessage(type: .classChange, flags: .relaxed, node: selfID, gfn: gfn, seq: 1, applied: 0)
         for n in 0..<nodeCount where n != selfID { send(m, to: n) }
         for a in switchWaiters.removeValue(forKey: gfn) ?? [] { replay(gfn, .fault(a)) }
+    }
+
+    // MARK: - switching a page back from mw to sc (relaxed_start: sc, switch_back_after)
+
+    /// The home applied a diff of `writer` (or made its own): after switch_back_after in a row
+    /// from one writer, the page goes back to sc. Lock held.
+    func noteDiff(_ gfn: UInt64, _ writer: UInt32) {
+        guard config.startSc, config.switchBackAfter > 0, relaxed[Int(gfn)] == PageClass.mw else { return }
+        var s = diffStreak[gfn] ?? (writer, 0)
+        s = s.writer == writer ? (writer, s.count + 1) : (writer, 1)
+        if s.count >= config.switchBackAfter {
+            diffStreak[gfn] = nil
+            beginBack(gfn)
+        } else {
+            diffStreak[gfn] = s
+        }
+    }
+
+    /// The home starts the switch back: every node flushes and drops its copy and acks; then the
+    /// home hands the page back to dsm-ivy (it owns it there since the gather).
+    func beginBack(_ gfn: UInt64) {
+        relaxed[Int(gfn)] = PageClass.leaving
+        if nodeCount == 1 {
+            backReady.insert(gfn)
+            return
+        }
+        nextClassRequest += 1
+        let id = nextClassRequest
+        classAcksLeft[id] = Int(nodeCount) - 1
+        backOf[id] = gfn
+        let m = TSOMessage(type: .classChange, flags: .prepare, node: selfID, gfn: gfn, seq: 1, applied: id)
+        for n in 0..<nodeCount where n != selfID { send(m, to: n) }
+    }
+
+    /// Moves leaving pages along (end of every entry): a node flushes a written copy, waits for
+    /// its diffs, drops the copy and acks; the home, once every node acked and no update round is
+    /// open, flushes its own writes and gives the page back to dsm-ivy. Lock held.
+    func progressLeaving() {
+        for (g, req) in leavingPages {
+            guard !failed, stalled[g] == nil else { continue }
+            let i = Int(g)
+            if state[i] == .M { handle(g, event: .flush, Context(gfn: g, src: selfID, msg: nil, input: .flush)) }
+            guard state[i] == .S || state[i] == .I, !inflight.values.contains(where: { $0.gfn == g }) else { continue }
+            if state[i] == .S {
+                let st = host.drop(g, into: nil)
+                if st == .pinned { continue }   // again after page_unpinned
+                guard st == .ok else { fail("gfn \(g): dropping the copy for the switch back to sc failed: \(st)"); return }
+                state[i] = .I
+            }
+            leavingPages[g] = nil
+            send(TSOMessage(type: .classAck, node: req.home, gfn: g, seq: 1, applied: req.id), to: req.home)
+        }
+        for g in backReady.sorted() {
+            guard !failed, stalled[g] == nil, !rounds.values.contains(where: { $0.gfn == g }) else { continue }
+            let i = Int(g)
+            if state[i] == .HM { handle(g, event: .flush, Context(gfn: g, src: selfID, msg: nil, input: .flush)) }
+            guard state[i] == .HS, ivy.cacheState(g) == .OM else {
+                if state[i] == .HZ || state[i] == .HS { fail("gfn \(g): the switch back to sc found dsm-ivy in state \(ivy.cacheState(g)) at the home") }
+                continue
+            }
+            let st = host.upgrade(g)
+            guard st == .ok else { fail("gfn \(g): re-enabling writes for dsm-ivy failed: \(st)"); return }
+            backReady.remove(g)
+            holders[g] = nil
+            state[i] = .HZ
+            relaxed[i] = PageClass.scAuto
+            writers[g] = nil
+            stats.toSc(1)
+            let m = TSOMessage(type: .classChange, flags: [], node: selfID, gfn: g, seq: 1, applied: 0)
+            for n in 0..<nodeCount where n != selfID { send(m, to: n) }
+            for a in switchWaiters.removeValue(forKey: g) ?? [] { ivy.fault(gfn: g, access: a) }
+        }
     }
 
     /// Why this node cannot change the pages' class now (nil: it can): a page must be unused

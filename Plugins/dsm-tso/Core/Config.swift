@@ -9,7 +9,9 @@
 //   relaxed_start    mw (default): relaxed pages are mw from the start; sc: they start sc (Ivy)
 //                    and a page's home switches it to mw when several nodes write it: after
 //                    `switch_after` ownership moves between different writers (default 4, 1 ...
-//                    1000), each within `switch_window` of the previous (default 10ms; 1us ... 10s)
+//                    1000), each within `switch_window` of the previous (default 10ms; 1us ... 10s);
+//                    and back to sc after `switch_back_after` diffs in a row from one writer
+//                    (default 16; 0 = never; 1 ... 100000)
 //   flush_interval   a dirty mw page's diff is out at most this long after its first write, even
 //                    without a fence (default 1ms; 10us ... 1s)
 //   manager_chunk, hold_time, request_timeout, send_wait: as dsm-ivy (docs/dsm-ivy.md); the
@@ -29,8 +31,9 @@ public struct TSOConfig: Sendable, Equatable {
     public var startSc = false
     public var switchAfter = 4
     public var switchWindowNanoseconds: UInt64 = 10_000_000
+    public var switchBackAfter = 16
 
-    public static let ownKeys = ["relaxed", "flush_interval", "relaxed_start", "switch_after", "switch_window"]
+    public static let ownKeys = ["relaxed", "flush_interval", "relaxed_start", "switch_after", "switch_window", "switch_back_after"]
     public static var settingKeys: [String] { ownKeys + IvyConfig.settingKeys }
     public static let flushIntervalRange: ClosedRange<UInt64> = (10 * Units.microsecond)...Units.second
 
@@ -53,6 +56,7 @@ public struct TSOConfig: Sendable, Equatable {
         }
         let s = Settings(settings)
         config.switchAfter = try s.int("switch_after", default: 4, range: 1...1000)
+        config.switchBackAfter = try s.int("switch_back_after", default: 16, range: 0...100_000)
         config.switchWindowNanoseconds = try s.duration("switch_window", default: 10_000_000, range: Units.microsecond...(10 * Units.second))
         if let t = settings["flush_interval"] {
             switch Units.duration(t, range: flushIntervalRange) {

@@ -72,6 +72,11 @@ public final class TSONode: @unchecked Sendable {
     var writers: [UInt64: (last: UInt32, at: UInt64, moves: Int)] = [:]
     var switchOf: [UInt64: UInt64] = [:]          // request id -> gfn
     var switchWaiters: [UInt64: [Access]] = [:]
+    // ---- mw -> sc switches: one writer's diffs in a row (home), pages leaving mw
+    var diffStreak: [UInt64: (writer: UInt32, count: Int)] = [:]
+    var leavingPages: [UInt64: (id: UInt64, home: UInt32)] = [:]  // non-home: ack owed when dropped
+    var backOf: [UInt64: UInt64] = [:]                             // home: request id -> gfn
+    var backReady: Set<UInt64> = []                                // home: every node dropped it
 
     // ---- sc handover: sc pages whose departure waits for a release (replayed in order)
     var gate: [(pages: [UInt64], ticket: UInt64)] = []
@@ -175,7 +180,7 @@ public final class TSONode: @unchecked Sendable {
             switch relaxed[Int(gfn)] {
             case PageClass.mw:
                 handle(gfn, event: access == .read ? .load : .store, Context(gfn: gfn, src: selfID, msg: nil, input: .fault(access)))
-            case PageClass.switching:
+            case PageClass.switching, PageClass.leaving:
                 switchWaiters[gfn, default: []].append(access)
             case PageClass.scAuto:
                 // Under the lock: no sc request starts after this node acknowledged a switch.
@@ -201,7 +206,7 @@ public final class TSONode: @unchecked Sendable {
             let m: TSOMessage
             do {
                 m = try TSOWire.decode(bytes, src: src, selfID: selfID, nodeCount: nodeCount, pageCount: pageCount,
-                                       homeOf: homeOf, isRelaxed: isRelaxed)
+                                       homeOf: homeOf, isRelaxed: { [unowned self] g in isRelaxed(g) || relaxed[Int(g)] == PageClass.leaving })
             } catch {
                 stats.malformed(1)
                 fail("malformed message from node \(src): \(error)")
@@ -210,6 +215,11 @@ public final class TSONode: @unchecked Sendable {
             stats.receivedMessage(bytes: bytes.count)
             if m.type.isClass {
                 receiveClass(m, from: src)
+                return
+            }
+            if m.type == .update, relaxed[Int(m.gfn)] == PageClass.leaving, state[Int(m.gfn)] == .I {
+                // Dropped for the switch back to sc: nothing to update.
+                send(TSOMessage(type: .updateAck, node: m.node, gfn: m.gfn, seq: m.seq), to: src)
                 return
             }
             handle(m.gfn, event: eventOf(m.type), Context(gfn: m.gfn, src: src, msg: m, input: .message(m, src, nil)))
@@ -269,7 +279,7 @@ public final class TSONode: @unchecked Sendable {
             entry { finishSwitch(gfn) }
             return
         }
-        guard isRelaxed(gfn) else { return }
+        guard isRelaxed(gfn) || relaxed[Int(gfn)] == PageClass.leaving else { return }
         entry {
             guard !failed, let inputs = stalled.removeValue(forKey: gfn) else { return }
             for input in inputs { replay(gfn, input) }
@@ -277,11 +287,12 @@ public final class TSONode: @unchecked Sendable {
     }
 
     public func peerLost(node: UInt32) {
-        ivy.peerLost(node: node)
+        // This node first: no diff or update is sent to the lost peer after this.
         withLock {
             failed = true
             pthread_cond_broadcast(&cond)
         }
+        ivy.peerLost(node: node)
     }
 
     public func stop() {
@@ -388,6 +399,7 @@ public final class TSONode: @unchecked Sendable {
     func entry(_ body: () -> Void) {
         pthread_mutex_lock(&lock)
         body()
+        if !leavingPages.isEmpty || !backReady.isEmpty { progressLeaving() }
         drainGate()
         let unreleased = hasUnreleased
         pthread_mutex_lock(&gateLock)
@@ -612,6 +624,7 @@ public final class TSONode: @unchecked Sendable {
             try require(m.seq > lastApplied[Int(m.node)], "diff \(m.seq) from node \(m.node) after its diff \(lastApplied[Int(m.node)])")
             lastApplied[Int(m.node)] = m.seq
             startRound(origin: m.node, seq: m.seq, gfn: gfn, runs: m.runs)
+            noteDiff(gfn, m.node)
         case .h_forwardOwn:
             guard !ctx.runs.isEmpty else { stats.diffEmpty(1); return }
             let seq = nextSeq
@@ -620,6 +633,7 @@ public final class TSONode: @unchecked Sendable {
             stats.diffMade(1)
             stats.diffBytes(UInt64(ctx.runs.reduce(0) { $0 + $1.bytes.count }))
             startRound(origin: selfID, seq: seq, gfn: gfn, runs: ctx.runs)
+            noteDiff(gfn, selfID)
         case .h_countAck:
             let m = try message(ctx)
             let key = RoundKey(origin: m.node, seq: m.seq)

@@ -207,7 +207,8 @@ public enum TSOTable {
         later in the home's order, so racy writes converge to the home's order everywhere.
         With relaxed_start: sc, relaxed pages start sc; a page's home switches it to mw after
         switch_after ownership moves between writers (prepare on every node, gather through
-        Ivy, then mw everywhere).
+        Ivy, then mw everywhere), and back to sc after switch_back_after diffs in a row from
+        one writer (every copy flushed and dropped, the master handed back to Ivy).
 
         mw states:
 
