@@ -93,6 +93,12 @@ final class TSOWireTests: XCTestCase {
         XCTAssertTrue(err(["flush_interval": "1us"]).hasPrefix("setting 'flush_interval':"), err(["flush_interval": "1us"]))
         XCTAssertTrue(err(["promote": "2"]).hasPrefix("unknown setting 'promote'"))
         XCTAssertEqual(try TSOConfig.parse(["hold_time": "0"], pageCount: 16, nodeCount: 2).ivy.holdNanoseconds, 0)
+        let auto = try TSOConfig.parse(["relaxed_start": "sc", "switch_after": "3", "switch_window": "5ms", "switch_back_after": "0"],
+                                       pageCount: 16, nodeCount: 2)
+        XCTAssertEqual([auto.startSc ? 1 : 0, auto.switchAfter, Int(auto.switchWindowNanoseconds), auto.switchBackAfter], [1, 3, 5_000_000, 0])
+        XCTAssertEqual(try TSOConfig.parse([:], pageCount: 16, nodeCount: 2).switchBackAfter, 16)
+        XCTAssertEqual(err(["relaxed_start": "auto"]), "setting 'relaxed_start': 'auto' is not mw or sc")
+        XCTAssertEqual(err(["switch_after": "0"]), "setting 'switch_after': 0 is out of range 1...1000")
     }
 
     func testFuzzedFramesStopTheNodeWithAMessageNeverACrash() throws {

@@ -94,6 +94,21 @@ final class TSOVMTests: XCTestCase {
         XCTAssertEqual(switched.count, 2, "both nodes must have switched the page: \(r.output)")
     }
 
+    /// switch_back_after: 2 — pages go back and forth between sc and mw while locks hand the data
+    /// over and counters are shared; every result stays exact.
+    func testPagesSwitchBackAndForthAndStayExact() throws {
+        let c = "{plugin: dsm-tso, settings: {relaxed_start: sc, switch_after: 2, switch_back_after: 2}}"
+        var back = 0
+        for (i, w) in ["rmutex ops=4000", "falseshare iters=50000000"].enumerated() {
+            let r = try up(tsoVMConfig(port: 22144 + 2 * i, vcpus: [2, 2], coherence: c, cmdline: w))
+            XCTAssertEqual(r.status, 0, r.output)
+            let res = resultLine(r)
+            XCTAssertTrue(res.contains(#""relaxed":true"#) && res.hasSuffix(#""ok":true}"#), "\(w): \(res)\n\(r.output)")
+            back += r.output.split(separator: "\n").filter { $0.contains("tso.class_switch.to_sc") && !$0.hasSuffix(" 0") }.count
+        }
+        XCTAssertGreaterThan(back, 0, "no page went back to sc")
+    }
+
     /// dsm-ivy takes no hints: the same workload runs on sequentially consistent memory.
     func testIvyIgnoresTheHintAndStaysExact() throws {
         let r = try up(tsoVMConfig(port: 22132, vcpus: [1, 1], coherence: "{plugin: dsm-ivy}", cmdline: "falseshare iters=20000"))

@@ -296,7 +296,10 @@ extension TSONode {
         for g in backReady.sorted() {
             guard !failed, stalled[g] == nil, !rounds.values.contains(where: { $0.gfn == g }) else { continue }
             let i = Int(g)
+            // Every other node dropped its copy: the home's last diff has nobody to update.
+            holders[g] = 0
             if state[i] == .HM { handle(g, event: .flush, Context(gfn: g, src: selfID, msg: nil, input: .flush)) }
+            guard !rounds.values.contains(where: { $0.gfn == g }) else { continue }
             guard state[i] == .HS, ivy.cacheState(g) == .OM else {
                 if state[i] == .HZ || state[i] == .HS { fail("gfn \(g): the switch back to sc found dsm-ivy in state \(ivy.cacheState(g)) at the home") }
                 continue
