@@ -35,13 +35,13 @@
 //   Host           the `giantvm` executable: the CLI only
 // Plugins (each product is one .so)
 //   TransportTCP, TransportRDMA (+ RDMALane: its slot/credit logic in pure C), IvyCore + DsmIvy,
-//   DsmTSO, DsmLocal, DeviceModels + Devices, ExampleC (a device plugin in plain C)
+//   TSOCore + DsmTSO, DsmLocal, DeviceModels + Devices, ExampleC (a device plugin in plain C)
 // Test fixtures and support
 //   TestAbiTooOld, TestAbiTooNew, TestNoEntry, TestSmallOps, TestSwiftDevice (plugins the loader
 //   tests load), TestBroken* (coherence plugins broken on purpose: conformance must fail them),
 //   TestSupport (paths, processes, requirements)
 // Tests: one target per library (ConfigTests, PluginHostTests, DsmIvyTests, GuestMemoryTests,
-//   CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
+//   DsmTSOTests, CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
 //   GuestTests, ClusterTests, LaunchTests, SlurmTests, NodeAssemblyTests, BenchTests,
 //   TelemetryTests, ABTests, FirmwareTests, RDMALaneTests, PCDevicesTests, BootTests)
 
@@ -178,7 +178,9 @@ let package = Package(
         .target(name: "IvyCore", dependencies: ["PluginKit"], path: "Plugins/dsm-ivy/Core", swiftSettings: swiftSettings),
         .target(name: "DsmIvy", dependencies: ["IvyCore", "PluginKit"], path: "Plugins/dsm-ivy", exclude: ["Core"],
                 swiftSettings: swiftSettings),
-        .target(name: "DsmTSO", dependencies: ["PluginKit"], path: "Plugins/dsm-tso", swiftSettings: swiftSettings),
+        .target(name: "TSOCore", dependencies: ["IvyCore", "PluginKit"], path: "Plugins/dsm-tso/Core", swiftSettings: swiftSettings),
+        .target(name: "DsmTSO", dependencies: ["TSOCore", "PluginKit"], path: "Plugins/dsm-tso", exclude: ["Core"],
+                swiftSettings: swiftSettings),
         .target(name: "DsmLocal", dependencies: ["PluginKit"], path: "Plugins/dsm-local", swiftSettings: swiftSettings),
         .target(name: "DeviceModels", dependencies: ["PluginKit", "CSystem"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
         .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
@@ -209,6 +211,9 @@ let package = Package(
                     dependencies: ["IvyCore", "DsmLocal", "PluginKit", "CoherenceKit", "DsmWorkloads", "TestSupport", "GuestMemory", "PluginHost",
                                    "Config", "Metrics", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/DsmIvyTests"),
+        .testTarget(name: "DsmTSOTests",
+                    dependencies: ["TSOCore", "IvyCore", "PluginKit", "CoherenceKit", "PluginAPI", "TestSupport"],
+                    path: "Tests/DsmTSOTests"),
         .testTarget(name: "GuestMemoryTests",
                     dependencies: ["GuestMemory", "UserfaultFD", "CSystem", "PluginAPI", "DsmLocal", "PluginHost",
                                    "Metrics", "TestSupport", .product(name: "Logging", package: "swift-log")],

@@ -23,7 +23,7 @@ struct tss {
  * allowed from ring 3 even if IOPL were 0 (PVM does not keep the guest's IOPL
  * on iretq); the 0xFF byte after it is the terminator the CPU requires. Ports
  * above are governed by IOPL alone. Static zero bytes: no ring-0 stores. */
-#define IOBITMAP_PORTS 0x400
+#define IOBITMAP_PORTS 0x800
 static struct ktss { struct tss t; u8 iobitmap[IOBITMAP_PORTS / 8]; u8 end; } PAGE_ALIGNED k_tss[MAX_VCPUS];
 u8 k_stacks[MAX_VCPUS][PAGE] PAGE_ALIGNED;
 

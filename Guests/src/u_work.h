@@ -31,4 +31,9 @@ int w_apic(u32 id);      /* u_apic.c */
 int w_ioapic(u32 id);
 int w_extint(u32 id);
 int w_partial(u32 id);
+/* u_tso.c: relaxed (multiple-writer) memory */
+int w_falseshare(u32 id);
+int w_rmutex(u32 id);
+int w_rlitmus(u32 id);
+int w_rlitmus_fence(u32 id);
 #endif

@@ -256,14 +256,14 @@ public enum Conformance {
     /// of real messages) to fresh clusters. The plugin must neither crash nor hang; it may call
     /// fatal. Returns how many were reported through fatal and how many were accepted silently.
     public static func fuzzReceive(_ d: UnsafeRawPointer, nodes: Int, seed: UInt64, iterations: Int,
-                                   samples: [SimMessage]) throws -> (fatal: Int, silent: Int) {
+                                   samples: [SimMessage], options: ConformanceOptions = .init()) throws -> (fatal: Int, silent: Int) {
         var rng = SplitMix64(seed: seed)
         var fatal = 0
         var silent = 0
-        var c = try make(d, nodes: nodes, pages: 4, seed: seed, .init())
+        var c = try make(d, nodes: nodes, pages: 4, seed: seed, options)
         for i in 0..<iterations {
             if c.nodes.contains(where: { !$0.fatals.isEmpty }) || i % 50 == 0 {
-                c = try make(d, nodes: nodes, pages: 4, seed: seed &+ UInt64(i), .init())
+                c = try make(d, nodes: nodes, pages: 4, seed: seed &+ UInt64(i), options)
             }
             var bytes: [UInt8]
             var src = UInt32(rng.next(UInt64(nodes)))

@@ -9,6 +9,8 @@
 //   8, 9     counter: lock word, counter word
 //   10, 11   litmus variables x, y;  12: litmus per-role results
 //   13       pingpong word
+//   14       falseshare: one word per thread, each incremented by its thread only (declare the
+//            page relaxed for dsm-tso: `relaxed: "0xE000:4KiB"`)
 //   16..31   random: per-page tallies of CAS-free atomic adds (page 16+p, word tid)
 //   32..47   random: per-page last sequence number each thread wrote (page 32+p, word tid)
 //   64..79   random working set (word 0: shared counter, word 1+tid: the thread's slot)
@@ -21,7 +23,7 @@ import CSystem
 import Foundation
 
 public enum WorkloadKind: String, CaseIterable, Sendable, Codable {
-    case counter, litmus, random, pingpong, readmiss, seqread
+    case counter, litmus, random, pingpong, readmiss, seqread, falseshare
 }
 
 public struct WorkloadParams: Sendable, Codable {
@@ -49,6 +51,7 @@ public struct WorkloadParams: Sendable, Codable {
         case .pingpong: self.iterations = iterations ?? 200
         case .readmiss: self.iterations = iterations ?? 10
         case .seqread: self.iterations = iterations ?? 3
+        case .falseshare: self.iterations = iterations ?? 100_000
         }
         self.pages = pages ?? (kind == .readmiss ? 32 : kind == .seqread ? 4096 : 8)
     }
@@ -209,6 +212,7 @@ public final class DsmWorkload: @unchecked Sendable {
         case .readmiss: try readmiss(tid: tid, local: local, box)
         case .seqread: try seqread(tid: tid, local: local, box)
         case .litmus: try litmus(tid: tid, local: local, box)
+        case .falseshare: try falseshare(tid: tid, local: local, box)
         }
         try barrier("end")
     }
@@ -232,6 +236,26 @@ public final class DsmWorkload: @unchecked Sendable {
         let got = load(9, 0)
         if got != expected { box.error("node \(node) thread \(tid): counter is \(got), expected \(expected)") }
         else if local == 0 { box.check("counter", got) }
+    }
+
+    // MARK: falseshare
+
+    /// Every thread increments its own word of page 14 with a plain load and store: the page is
+    /// written by every node at once (false sharing). Exact: every word ends at `iterations`.
+    func falseshare(tid: Int, local: Int, _ box: ResultBox) throws {
+        for _ in 0..<params.iterations {
+            store(14, tid, load(14, tid) + 1)
+        }
+        box.lock.lock(); box.operations[local] += params.iterations; box.lock.unlock()
+        try barrier("falseshare done")
+        guard local == 0 else { return }
+        var total: UInt64 = 0
+        for t in 0..<params.totalThreads {
+            let v = load(14, t)
+            if v != UInt64(params.iterations) { box.error("node \(node): thread \(t)'s counter is \(v), expected \(params.iterations) (lost update)") }
+            total += v
+        }
+        box.check("falseshare", total)
     }
 
     // MARK: random

@@ -51,6 +51,15 @@ public final class CoherencePluginInstance {
         return { vcpu, kind in _ = fence(inst, UInt32(vcpu), kind) }
     }
 
+    /// The plugin's optional `hint` hook (ABI 3) as a closure returning a gvm_status, or nil when
+    /// the plugin has none (or its ops table is too short to hold it).
+    public var hintHook: ((_ kind: UInt32, _ gpa: UInt64, _ length: UInt64) -> Int32)? {
+        let end = MemoryLayout<gvm_coherence_ops>.offset(of: \.hint)! + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(ops.pointee.size) >= end, let hint = ops.pointee.hint else { return nil }
+        let inst = instance
+        return { kind, gpa, length in hint(inst, kind, gpa, length) }
+    }
+
     /// Calls the optional `start` hook.
     public func start() throws {
         guard let start = ops.pointee.start else { return }

@@ -139,6 +139,8 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     var entryPoint: UInt64?
     /// The boot vCPU's entry state when a firmware loader (multiboot, Linux) booted the image.
     var firmwareEntry: EntryState?
+    /// The coherence plugin's hint hook (see init).
+    let coherenceHintHook: ((_ kind: UInt32, _ gpa: UInt64, _ length: UInt64) -> Int32)?
     /// The IOAPIC, when this node emulates it.
     public let ioapic: IOAPIC?
     /// The 8259 pair on this node, if any (its INTR is LINT0 of vCPU 0; ISA lines reach its
@@ -158,10 +160,14 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     ///   GVM_FENCE_RELEASE before the VMM acts on an I/O or MMIO exit (device access, IPI send)
     ///   and on HLT, and with GVM_FENCE_ACQUIRE when an interrupt is injected. nil (the default)
     ///   costs one check per exit.
+    /// - `coherenceHint`: the coherence plugin's optional `hint` hook (ABI 3), which device
+    ///   plugins reach through gvm_device_host.coherence_hint; nil: hints are UNSUPPORTED.
     public init(config: MachineConfiguration, ram: any GuestRAM, kvm: KVMSystem? = nil,
                 console: ConsoleOutput = ConsoleOutput(), remote: (any RemoteInterrupts)? = nil,
                 fence: ((_ vcpu: Int, _ kind: UInt32) -> Void)? = nil,
+                coherenceHint: ((_ kind: UInt32, _ gpa: UInt64, _ length: UInt64) -> Int32)? = nil,
                 logger: Logger = Logger(label: "giantvm.machine")) throws {
+        self.coherenceHintHook = coherenceHint
         self.config = config
         self.ram = ram
         self.console = console
@@ -475,6 +481,13 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             return try r.transfer(on: node, gpa: gpa, read: nil, write: bytes)
         }
         try ram.withPinned(gpa: gpa, length: bytes.count, write: true) { $0.copyMemory(from: bytes) }
+    }
+
+    /// To this node's coherence protocol. A fence hint needs nothing more from the host: the
+    /// vCPU that wrote the device already passed GVM_FENCE_RELEASE on its own node before its
+    /// I/O exit (even when the device lives on another node).
+    public func coherenceHint(kind: UInt32, gpa: UInt64, length: UInt64) -> Int32 {
+        coherenceHintHook?(kind, gpa, length) ?? GVM_ERR_UNSUPPORTED.rawValue
     }
 }
 

@@ -88,6 +88,9 @@ public final class CoherenceStack: @unchecked Sendable {
     /// The plugin's fence hook for the VMM's synchronisation points (nil if it has none).
     public var fenceHook: ((_ vcpu: Int, _ kind: UInt32) -> Void)? { instance.fenceHook }
 
+    /// The plugin's coherence-hint hook for devices (nil if it has none: hints are UNSUPPORTED).
+    public var hintHook: ((_ kind: UInt32, _ gpa: UInt64, _ length: UInt64) -> Int32)? { instance.hintHook }
+
     /// Starts the plugin, then the fault handlers.
     public func start() throws {
         try instance.start()

@@ -162,7 +162,8 @@ public final class VMNode: @unchecked Sendable {
         }
         let m: Machine
         // Multiple-writer protocols flush at the VMM's synchronisation points.
-        do { m = try Machine(config: mc, ram: ram, remote: cpu, fence: coherence?.fenceHook, logger: logger) } catch {
+        do { m = try Machine(config: mc, ram: ram, remote: cpu, fence: coherence?.fenceHook,
+                                      coherenceHint: coherence?.hintHook, logger: logger) } catch {
             throw AssemblyError("node \(id): cannot create the VM: \(error)")
         }
         cpu?.attach(m)

@@ -153,6 +153,12 @@ public protocol CoherencePlugin: AnyObject {
     static var handlesFences: Bool { get }
     /// A synchronisation point of a vCPU; may block that vCPU until flushed.
     func fence(vcpu: UInt32, kind: UInt32) -> PageStatus
+
+    /// Protocols that take coherence hints from the guest: set to true and implement `hint`.
+    static var handlesHints: Bool { get }
+    /// A coherence hint (GVM_HINT_*; see gvm_coherence_ops.hint); may block until applied on
+    /// every node.
+    func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus
 }
 
 public extension CoherencePlugin {
@@ -165,6 +171,8 @@ public extension CoherencePlugin {
     func stop() {}
     static var handlesFences: Bool { false }
     func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { .ok }
+    static var handlesHints: Bool { false }
+    func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus { PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) }
 }
 
 final class CoherenceBox {
@@ -253,6 +261,9 @@ public struct CoherencePluginEntry: @unchecked Sendable {
         if type.handlesFences {
             o.pointee.fence = { inst, vcpu, kind in coherenceInstance(inst).fence(vcpu: vcpu, kind: kind).raw }
         }
+        if type.handlesHints {
+            o.pointee.hint = { inst, kind, gpa, length in coherenceInstance(inst).hint(kind: kind, gpa: gpa, length: length).raw }
+        }
         o.pointee.peer_lost = { inst, node in coherenceInstance(inst).peerLost(node: node) }
         o.pointee.describe = { inst, buf, cap in copyOut(coherenceInstance(inst).describe(), buf, cap) }
         o.pointee.stop = { inst in coherenceInstance(inst).stop() }
@@ -278,4 +289,13 @@ func copyOut(_ s: String, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int) -> In
         buf[n] = 0
     }
     return bytes.count
+}
+
+extension CoherencePluginEntry {
+    /// The Swift object behind an instance pointer that this entry's create() returned, for
+    /// in-process tests and tools that drive a hook the C table does not carry (e.g. a
+    /// non-blocking release in a simulated cluster).
+    public static func plugin(of instance: UnsafeMutableRawPointer) -> any CoherencePlugin {
+        coherenceInstance(instance)
+    }
 }

@@ -37,6 +37,18 @@ public struct DeviceHost: @unchecked Sendable {
     public func dmaWrite(gpa: UInt64, _ bytes: UnsafeRawBufferPointer) -> PageStatus {
         PageStatus(raw: raw.pointee.dma_write(host, gpa, bytes.baseAddress, bytes.count))
     }
+
+    /// Passes a coherence hint (GVM_HINT_*) to the node's coherence protocol; may block until
+    /// applied on every node. UNSUPPORTED from a protocol that takes none, or a host table from
+    /// before ABI 3.
+    @discardableResult
+    public func coherenceHint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus {
+        let end = MemoryLayout<gvm_device_host>.offset(of: \.coherence_hint)! + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(raw.pointee.size) >= end, let fn = raw.pointee.coherence_hint else {
+            return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+        }
+        return PageStatus(raw: fn(host, kind, gpa, length))
+    }
 }
 
 /// Placement of one device instance from the YAML.

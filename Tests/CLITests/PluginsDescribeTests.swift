@@ -38,7 +38,7 @@ final class PluginsDescribeTests: XCTestCase {
     func testDevicePluginListsModelsAndPerModelSettings() throws {
         let r = try describe("devices")
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.contains("models (18):"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("models (19):"), r.stdout)
         for model in ["uart16550", "isa-debug-exit", "results", "fw-cfg", "pci-host"] {
             XCTAssertTrue(r.stdout.contains("\n  \(model)"), "\(model) listed: \(r.stdout)")
         }

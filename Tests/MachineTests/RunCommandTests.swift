@@ -121,7 +121,7 @@ final class RunCommandTests: XCTestCase {
         let cfg = setup(code: TinyGuests.hello(exitValue: 0), extraDevice: "  - {name: x, model: floppy, node: 0}")
         let r = try giantvm(["run", "--config", cfg], timeout: 40)
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("device 'x': plugin devices has no model 'floppy' (it offers: uart16550, isa-debug-exit, results, irq-lines, fw-cfg, i8254, cmos-rtc, i8042, i8259, post-ports, pci-host, pci-testdev, port92, hpet, pc-testdev, acpi-pm, virtio-blk, virtio-net)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("device 'x': plugin devices has no model 'floppy' (it offers: uart16550, isa-debug-exit, results, irq-lines, fw-cfg, i8254, cmos-rtc, i8042, i8259, post-ports, pci-host, pci-testdev, port92, hpet, pc-testdev, acpi-pm, virtio-blk, virtio-net, coherence-hint)"), r.stderr)
         let missing = temporaryFile(config(image: "nope.elf"))
         let r2 = try giantvm(["run", "--config", missing], timeout: 40)
         XCTAssertEqual(r2.status, 1)

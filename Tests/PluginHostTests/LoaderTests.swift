@@ -118,7 +118,8 @@ final class LoaderTests: XCTestCase {
     /// Issue 16: the loader read whole ops tables without checking their size.
     func testOpsTableSmallerThanItsRequiredHooksIsRefusedAndUnloaded() {
         let path = Built.plugin("test-small-ops")
-        let full = MemoryLayout<gvm_coherence_ops>.size
+        // Up to the last REQUIRED hook (destroy): ABI 3's optional `hint` follows it.
+        let full = MemoryLayout<gvm_coherence_ops>.offset(of: \gvm_coherence_ops.destroy)! + MemoryLayout<UnsafeRawPointer>.size
         let declared = UInt32(MemoryLayout<gvm_coherence_ops>.offset(of: \gvm_coherence_ops.destroy)!)
         XCTAssertThrowsError(try loader.load("test-small-ops", kind: .coherence)) { e in
             XCTAssertEqual(e as? PluginLoadError, .opsTooSmall(path: path, name: "test-small-ops", table: "gvm_coherence_ops",
@@ -156,7 +157,8 @@ final class LoaderTests: XCTestCase {
         for i in 0..<64 { buffer.storeBytes(of: UInt(0x1000 + i), toByteOffset: i * 8, as: UInt.self) }
         func declare(_ size: Int) { buffer.storeBytes(of: UInt32(size), as: UInt32.self) }
         for (kind, pk, table, size) in [(GVM_PLUGIN_TRANSPORT, PluginKind.transport, "gvm_transport_ops", MemoryLayout<gvm_transport_ops>.size),
-                                        (GVM_PLUGIN_COHERENCE, .coherence, "gvm_coherence_ops", MemoryLayout<gvm_coherence_ops>.size)] {
+                                        (GVM_PLUGIN_COHERENCE, .coherence, "gvm_coherence_ops",
+                                         MemoryLayout<gvm_coherence_ops>.offset(of: \gvm_coherence_ops.destroy)! + 8)] {
             declare(size - 8)
             XCTAssertThrowsError(try PluginLoader.check(descriptor(kind, buffer), path: "/x.so")) { e in
                 XCTAssertEqual(e as? PluginLoadError, .opsTooSmall(path: "/x.so", name: "t", table: table, size: UInt32(size - 8), needed: size))

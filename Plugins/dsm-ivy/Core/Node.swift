@@ -187,6 +187,12 @@ public final class IvyNode: @unchecked Sendable {
     var forwardGather: [ForwardKey: [(gfn: UInt64, txn: UInt64)]]? = nil  // serving a GetSBatch
     var dataGather: [UInt32: [GatheredData]]? = nil        // serving a FwdGetSBatch: Data per requester
     var preinstalled = Set<UInt64>()                       // a DataBatch run installed in one copy; Data_S next
+    /// A hook for a protocol built on this one (dsm-tso): called under this node's lock before
+    /// a transition whose first action sends this page's contents away or gives up this node's
+    /// copy (`CacheAction.movesPageAway`). Returning false keeps the event stalled, exactly as a
+    /// pinned page does, until `pageUnpinned(gfn:)` replays it. Must not call back into this
+    /// node or take a lock held around calls into it. Set before the first fault or message.
+    public var releaseGate: ((_ gfn: UInt64) -> Bool)?
 
     struct Outstanding {
         var kind: FaultKind
@@ -351,6 +357,15 @@ public final class IvyNode: @unchecked Sendable {
     /// The cache-controller state of a page (tests, diagnostics).
     public func cacheState(_ gfn: UInt64) -> CacheState { withLock { state[Int(gfn)] } }
 
+    /// Whether nothing is in progress for gfn on this node: no request, owner transaction, held or
+    /// stalled input (cache controller), and no open or queued transaction (as its manager).
+    public func isSettled(_ gfn: UInt64) -> Bool {
+        withLock {
+            outstanding[gfn] == nil && ownerTxn[gfn] == nil && held[gfn] == nil && (stalled[gfn] ?? []).isEmpty
+                && open[gfn] == nil && (waiting[gfn] ?? []).isEmpty
+        }
+    }
+
     /// Whether this node has stopped after a failure.
     public var hasFailed: Bool { withLock { failed } }
 
@@ -485,6 +500,10 @@ public final class IvyNode: @unchecked Sendable {
         case let .error(why):
             fail("gfn \(ctx.gfn): \(event.rawValue) in state \(from)\(ctx.msg != nil ? " from node \(ctx.src)" : ""): \(why)")
         case let .go(next, actions):
+            if let gate = releaseGate, let first = actions.first, first.movesPageAway, !gate(ctx.gfn) {
+                stall(ctx)
+                return
+            }
             for (i, a) in actions.enumerated() {
                 do {
                     try perform(a, &ctx, event)

@@ -141,6 +141,14 @@ public enum CacheAction: String, CaseIterable, Sendable {
     case f_nack                  // a forward reached a non-owner: refuse; the manager retries
 }
 
+extension CacheAction {
+    /// Actions that send the page's contents to another node or give up this node's copy (the
+    /// points where IvyNode.releaseGate is asked first).
+    public var movesPageAway: Bool {
+        [.p_dropCopy, .p_dropToBuffer, .p_downgradeToBuffer, .p_readToBuffer].contains(self)
+    }
+}
+
 // MARK: - Cache controller: transitions
 
 public enum Transition<State, Action>: Sendable where State: Sendable, Action: Sendable {
@@ -356,7 +364,7 @@ extension IvyTable {
         return out
     }
 
-    static func pad(_ s: String, _ n: Int) -> String {
+    public static func pad(_ s: String, _ n: Int) -> String {
         s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
     }
 }

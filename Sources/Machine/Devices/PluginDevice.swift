@@ -1,5 +1,6 @@
 // Device plugin instances on the I/O bus, and the host side of the device ABI
-// (`gvm_device_host`: map_io, set_irq, console_write, request_stop, dma_read, dma_write).
+// (`gvm_device_host`: map_io, set_irq, console_write, request_stop, dma_read, dma_write,
+// coherence_hint).
 import Foundation
 import PluginAPI
 
@@ -11,6 +12,12 @@ public protocol DeviceHostDelegate: AnyObject {
     func requestStop(guestStatus: Int32, reason: String)
     func dmaRead(gpa: UInt64, into out: UnsafeMutableRawBufferPointer) throws
     func dmaWrite(gpa: UInt64, _ bytes: UnsafeRawBufferPointer) throws
+    /// A coherence hint (GVM_HINT_*) for this node's coherence protocol; returns a gvm_status.
+    func coherenceHint(kind: UInt32, gpa: UInt64, length: UInt64) -> Int32
+}
+
+public extension DeviceHostDelegate {
+    func coherenceHint(kind: UInt32, gpa: UInt64, length: UInt64) -> Int32 { GVM_ERR_UNSUPPORTED.rawValue }
 }
 
 /// One device-plugin instance. Calls into it are serialised by `lock` (the ABI promises the
@@ -85,6 +92,10 @@ public final class PluginDevice: IODevice, @unchecked Sendable {
                 return GVM_ERR_INVALID.rawValue
             }
             return GVM_OK.rawValue
+        }
+        table.pointee.coherence_hint = { host, kind, gpa, length in
+            guard let d = PluginDevice.from(host), let delegate = d.delegate else { return GVM_ERR_CLOSED.rawValue }
+            return delegate.coherenceHint(kind: kind, gpa: gpa, length: length)
         }
 
         var cfg = gvm_device_config()

@@ -34,6 +34,9 @@
  * settings: gvm_setting_info), read by `giantvm plugins describe` without creating an instance.
  * Also ABI 3 — gvm_coherence_host ends with page_install_batch (OPTIONAL: contiguous pages installed
  * with one copy, for batched replies such as dsm-ivy's read-ahead).
+ * Also ABI 3 — coherence hints from the guest: gvm_device_host ends with coherence_hint (a device
+ * passes a range's class or a fence to the host), gvm_coherence_ops ends with the OPTIONAL hint
+ * hook (the host passes it to the protocol); GVM_HINT_* kinds.
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -479,7 +482,28 @@ typedef struct gvm_coherence_ops {
 
     /** REQUIRED. Free the instance. Thread: main, after stop. */
     void (*destroy)(void *coherence);
+
+    /* --- ABI 3 (appended: the host checks `size` covers it before use) */
+
+    /** OPTIONAL. A coherence hint from the guest (GVM_HINT_*), passed on by a device through
+     *  gvm_device_host.coherence_hint and by the host to the protocol instance of the device's
+     *  node. gpa/length: a guest-physical range (GVM_HINT_RELAXED, GVM_HINT_SC; 0/0 for
+     *  GVM_HINT_FENCE). A class change concerns every node: the protocol tells its peers through
+     *  its own messages before it returns. Thread: the vCPU thread that wrote the device, or the
+     *  host's I/O forwarding thread when that vCPU runs on another node. May block: yes, until
+     *  the hint took effect on every node (the vCPU waits). Returns GVM_OK, GVM_ERR_UNSUPPORTED
+     *  (a kind this protocol does not take), GVM_ERR_INVALID (a range outside guest memory or
+     *  not page aligned) or GVM_ERR_STATE (a change the protocol cannot make now, logged). NULL:
+     *  every hint is GVM_ERR_UNSUPPORTED (invalidation protocols: every page is sequentially
+     *  consistent, and the host's fences are enough). */
+    int (*hint)(void *coherence, uint32_t kind, uint64_t gpa, uint64_t length);
 } gvm_coherence_ops;
+
+/** Coherence hint kinds (gvm_coherence_ops.hint, gvm_device_host.coherence_hint). */
+#define GVM_HINT_FENCE 1u     /* a release point: this guest's writes so far must become visible */
+#define GVM_HINT_RELAXED 2u   /* [gpa, gpa+length) holds only data whose synchronisation the host
+                                 sees (locks and flags elsewhere): it may use a weaker protocol */
+#define GVM_HINT_SC 3u        /* [gpa, gpa+length) is sequentially consistent again */
 
 /* ---------------------------------------------------------------------------------------------
  * Standard statistics
@@ -622,6 +646,14 @@ typedef struct gvm_device_host {
      *  outside guest RAM. May block: yes, on the DSM (never call from a timer callback). */
     int (*dma_read)(gvm_host *host, uint64_t gpa, void *out, size_t len);
     int (*dma_write)(gvm_host *host, uint64_t gpa, const void *bytes, size_t len);
+
+    /* --- ABI 3 (appended) */
+
+    /** Pass a coherence hint (GVM_HINT_*) from the guest to this node's coherence protocol
+     *  (gvm_coherence_ops.hint). Thread: the thread of io(). May block: yes, until the protocol
+     *  applied it on every node. Returns the protocol's status; GVM_ERR_UNSUPPORTED when the
+     *  protocol takes no hints (dsm-ivy: every page is already sequentially consistent). */
+    int (*coherence_hint)(gvm_host *host, uint32_t kind, uint64_t gpa, uint64_t length);
 } gvm_device_host;
 
 typedef struct gvm_device_model {

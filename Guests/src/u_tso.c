@@ -1,0 +1,340 @@
+/* u_tso.c - workloads for relaxed (multiple-writer) memory, the guest side of
+ * dsm-tso's contract: data lives in a range the guest declares relaxed through
+ * the coherence-hint device (port 0x580: base, length, command), locks and
+ * flags stay in ordinary (sequentially consistent) memory, and a write of the
+ * fence command is the mfence of relaxed memory. Under a protocol that takes
+ * no hints (dsm-ivy) the declaration reads back "unsupported" and the same
+ * workload runs on sequentially consistent memory: the baseline.
+ *
+ *   falseshare     every vCPU increments its own counter `iters` times, all
+ *                  counters in one relaxed page: exact counts, ops_per_s
+ *   rmutex         `ops` lock/update/unlock per vCPU: 4 spinlocks in sc
+ *                  memory, each protecting a record in relaxed memory
+ *   rlitmus        MP, SB, LB, 2+2W, IRIW on relaxed x, y; observed
+ *                  relaxations counted (TSO-forbidden outcomes), not failed
+ *   rlitmus-fence  the same with a fence where x86 needs mfence (and between
+ *                  every store and a later access): MP, SB, LB, 2+2W must show
+ *                  no forbidden outcome; IRIW is reported (relaxed memory is
+ *                  not multi-copy atomic) */
+#include "u_lib.h"
+#include "u_work.h"
+
+#define HINT_PORT 0x580
+#define HINT_FENCE 1
+#define HINT_RELAXED 2
+/* The relaxed range: the first RELAXED_BYTES of the heap; litmus results and
+ * other sc data follow it. */
+#define RELAXED_BYTES (1UL << 20)
+
+static u32 nv(void) { return g_info.vcpus; }
+
+static void hint_fence(void) { outb(HINT_PORT + 16, HINT_FENCE); }
+
+/* Declares [heap_start, +RELAXED_BYTES) relaxed; returns the device status:
+ * 0 declared, -6 the protocol takes no hints (the range stays sc). */
+static i64 declare_relaxed(void)
+{
+    u64 base = g_info.heap_start;
+    outl(HINT_PORT, (u32)base);
+    outl(HINT_PORT + 4, (u32)(base >> 32));
+    outl(HINT_PORT + 8, (u32)RELAXED_BYTES);
+    outl(HINT_PORT + 12, 0);
+    outb(HINT_PORT + 16, HINT_RELAXED);
+    return (i64)(signed char)inb(HINT_PORT + 16);
+}
+
+static void mark_start(u32 id) { g_ucpu[id].t0 = rdtsc(); }
+static void mark_end(u32 id) { g_ucpu[id].t1 = rdtsc(); }
+static u64 span_cycles(void)
+{
+    u64 lo = ~0UL, hi = 0;
+    for (u32 i = 0; i < nv(); i++) {
+        if (g_ucpu[i].t0 < lo) lo = g_ucpu[i].t0;
+        if (g_ucpu[i].t1 > hi) hi = g_ucpu[i].t1;
+    }
+    return hi > lo ? hi - lo : 1;
+}
+
+static struct { volatile i64 status; } PAGE_ALIGNED tso_state;
+
+/* vCPU 0 declares the range before anyone touches it; every vCPU waits. */
+static int setup(u32 id)
+{
+    if (heap_size() < 2 * RELAXED_BYTES) fail("relaxed workloads: guest memory too small for the relaxed range");
+    if (id == 0) tso_state.status = declare_relaxed();
+    barrier_all(id);
+    i64 s = tso_state.status;
+    if (s != 0 && s != -6) {
+        if (id == 0) {
+            char m[120];
+            struct buf b = BUF_INIT(m);
+            buf_str(&b, "coherence-hint: declaring the relaxed range failed with status ");
+            buf_i64(&b, s);
+            buf_term(&b);
+            fail(m);
+        }
+        return 0;
+    }
+    return 1;
+}
+
+static void start_result(struct buf *b, const char *name)
+{
+    buf_char(b, '{');
+    buf_kv_str(b, "workload", name);
+    buf_kv_u64(b, "vcpus", nv());
+    buf_kv_bool(b, "relaxed", tso_state.status == 0);
+}
+
+/* ------------------------------------------------------------------ */
+int w_falseshare(u32 id)
+{
+    if (!setup(id)) return 0;
+    volatile u64 *counters = (volatile u64 *)g_info.heap_start;   /* one page, 8 bytes per vCPU */
+    u64 iters = g_cfg.iters;
+    barrier_all(id);
+    u64 w0 = rdtsc();
+    mark_start(id);
+    for (u64 i = 0; i < iters; i++) counters[id] = counters[id] + 1;
+    mark_end(id);
+    barrier_all(id);
+    if (id) return 1;
+    /* wall: vCPU 0's own clock from the start barrier to the end barrier
+     * (one TSC: comparable across protocols whatever the nodes' offsets) */
+    u64 wall = rdtsc() - w0;
+    int ok = 1;
+    u64 total = 0;
+    for (u32 i = 0; i < nv(); i++) {
+        total += counters[i];
+        if (counters[i] != iters) ok = 0;
+    }
+    char r[256];
+    struct buf j = BUF_INIT(r);
+    start_result(&j, "falseshare");
+    buf_kv_u64(&j, "expected", iters * nv());
+    buf_kv_u64(&j, "total", total);
+    buf_kv_fix2(&j, "ops_per_s", rate_x100(iters * nv(), span_cycles()));
+    buf_kv_u64(&j, "wall_us", cycles_to_us(wall));
+    buf_kv_fix2(&j, "wall_ops_per_s", rate_x100(iters * nv(), wall ? wall : 1));
+    buf_kv_bool(&j, "ok", ok);
+    buf_char(&j, '}');
+    emit_result(&j);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ */
+#define RM_LOCKS 4
+static struct { volatile u32 lock; } PAGE_ALIGNED rm_locks[RM_LOCKS];
+struct rm_record { u64 count, a, b; };
+
+int w_rmutex(u32 id)
+{
+    if (!setup(id)) return 0;
+    /* one record per lock, each on its own relaxed page */
+    volatile struct rm_record *rec = (volatile struct rm_record *)g_info.heap_start;
+    u32 stride = PAGE / sizeof(struct rm_record);
+    u64 ops = g_cfg.ops;
+    barrier_all(id);
+    u64 seed = 0x9E3779B97F4A7C15UL * (id + 1);
+    u64 torn = 0;
+    mark_start(id);
+    for (u64 i = 0; i < ops; i++) {
+        seed = seed * 6364136223846793005UL + 1442695040888963407UL;
+        u32 k = (u32)(seed >> 33) % RM_LOCKS;
+        volatile struct rm_record *r = &rec[k * stride];
+        spin_lock(&rm_locks[k].lock);
+        if (r->a != r->b) torn++;
+        r->count = r->count + 1;
+        r->a = r->a + id + 1;
+        r->b = r->b + id + 1;
+        spin_unlock(&rm_locks[k].lock);
+    }
+    mark_end(id);
+    g_ucpu[id].val[0] = torn;
+    barrier_all(id);
+    if (id) return 1;
+    u64 sum = 0, bad = 0;
+    for (u32 k = 0; k < RM_LOCKS; k++) {
+        sum += rec[k * stride].count;
+        if (rec[k * stride].a != rec[k * stride].b) bad++;
+    }
+    for (u32 i = 0; i < nv(); i++) bad += g_ucpu[i].val[0];
+    int ok = sum == ops * nv() && bad == 0;
+    char r[256];
+    struct buf j = BUF_INIT(r);
+    start_result(&j, "rmutex");
+    buf_kv_u64(&j, "expected", ops * nv());
+    buf_kv_u64(&j, "total", sum);
+    buf_kv_u64(&j, "torn", bad);
+    buf_kv_fix2(&j, "ops_per_s", rate_x100(ops * nv(), span_cycles()));
+    buf_kv_bool(&j, "ok", ok);
+    buf_char(&j, '}');
+    emit_result(&j);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ */
+/* litmus on relaxed memory: groups as in u_work.c's litmus (member k of  */
+/* group g is vCPU g + k*G); x, y in the relaxed range, results after it. */
+enum { T_MP, T_SB, T_LB, T_22W, T_IRIW, NTESTS };
+static const char *const names[NTESTS] = {"MP", "SB", "LB", "2+2W", "IRIW"};
+static const u32 threads[NTESTS] = {2, 2, 2, 2, 4};
+static struct gbarrier rl_bar[MAX_VCPUS / 2];
+
+static u64 pages_for(u64 bytes) { return (bytes + PAGE - 1) & ~(u64)(PAGE - 1); }
+
+struct rgroup { volatile u64 *x, *y; volatile u8 *res[4]; };
+
+static struct rgroup rgroup_mem(u32 g, u64 trials)
+{
+    u64 xs = pages_for(trials * 8), rs = pages_for(trials);
+    struct rgroup L;
+    u64 rel = g_info.heap_start + (u64)g * 2 * xs;
+    L.x = (volatile u64 *)rel;
+    L.y = (volatile u64 *)(rel + xs);
+    u64 sc = g_info.heap_start + RELAXED_BYTES + (u64)g * 4 * rs;
+    for (int k = 0; k < 4; k++) L.res[k] = (volatile u8 *)(sc + (u64)k * rs);
+    return L;
+}
+
+static void rtrials(u32 test, u32 role, u32 g, u32 id, u64 trials, int f)
+{
+    struct rgroup L = rgroup_mem(g, trials);
+    u32 *sense = &g_ucpu[id].gsense;
+#define F() do { if (f) hint_fence(); } while (0)
+    for (u64 t = 0; t < trials; t++) {
+        volatile u64 *x = &L.x[t], *y = &L.y[t];
+        u64 a, c;
+        barrier_wait(&rl_bar[g], threads[test], sense);
+        switch (test) {
+        case T_MP:
+            if (role == 0) { *x = 1; F(); *y = 1; }
+            else { a = *y; F(); c = *x; L.res[1][t] = (u8)(a << 1 | c); }
+            break;
+        case T_SB:
+            if (role == 0) { *x = 1; F(); a = *y; L.res[0][t] = (u8)a; }
+            else { *y = 1; F(); c = *x; L.res[1][t] = (u8)c; }
+            break;
+        case T_LB:
+            if (role == 0) { a = *x; F(); *y = 1; L.res[0][t] = (u8)a; }
+            else { c = *y; F(); *x = 1; L.res[1][t] = (u8)c; }
+            break;
+        case T_22W:
+            if (role == 0) { *x = 1; F(); *y = 2; }
+            else { *y = 1; F(); *x = 2; }
+            break;
+        default:
+            if (role == 0) { *x = 1; F(); }
+            else if (role == 1) { *y = 1; F(); }
+            else if (role == 2) { a = *x; F(); c = *y; L.res[2][t] = (u8)(a << 1 | c); }
+            else { a = *y; F(); c = *x; L.res[3][t] = (u8)(a << 1 | c); }
+            break;
+        }
+    }
+#undef F
+}
+
+static u32 routcome(u32 test, struct rgroup *L, u64 t)
+{
+    switch (test) {
+    case T_MP: return L->res[1][t];
+    case T_SB: return (u32)L->res[0][t] << 1 | L->res[1][t];
+    case T_LB: return (u32)L->res[0][t] << 1 | L->res[1][t];
+    case T_22W: return (u32)(L->x[t] - 1) << 1 | (u32)(L->y[t] - 1);
+    default: return (u32)L->res[2][t] << 2 | L->res[3][t];
+    }
+}
+
+/* forbidden by x86-TSO; with fences (mfence between store and load) SB's
+ * 00 is forbidden too */
+static int rforbidden(u32 test, u32 o, int f)
+{
+    switch (test) {
+    case T_MP: return o == 2;
+    case T_SB: return f && o == 0;
+    case T_LB: return o == 3;
+    case T_22W: return o == 0;
+    default: return o == 10;
+    }
+}
+
+static int rlitmus(u32 id, int f)
+{
+    if (!setup(id)) return 0;
+    u32 n = nv();
+    u64 trials = g_cfg.trials;
+    if (n > 1) {
+        u64 G = n / 2;
+        if (!trials || G * 2 * pages_for(trials * 8) > RELAXED_BYTES || G * 4 * pages_for(trials) > RELAXED_BYTES)
+            fail("rlitmus: trials=0 or trials too large for the relaxed range");
+    }
+    u64 counts[NTESTS][16];
+    u64 groups_of[NTESTS];
+    memset(counts, 0, sizeof(counts));
+    for (u32 test = 0; test < NTESTS; test++) {
+        u32 th = threads[test], G = n / th;
+        groups_of[test] = G;
+        g_ucpu[id].gsense = 0;
+        if (id == 0)
+            for (u32 g = 0; g < MAX_VCPUS / 2; g++) rl_bar[g].count = rl_bar[g].sense = 0;
+        if (id < G) {
+            struct rgroup L = rgroup_mem(id, trials);
+            for (u64 t = 0; t < trials; t++) L.x[t] = L.y[t] = 0;
+        }
+        barrier_all(id);
+        if (id < G * th) rtrials(test, id / G, id % G, id, trials, f);
+        barrier_all(id);
+        if (id == 0)
+            for (u32 g = 0; g < G; g++) {
+                struct rgroup L = rgroup_mem(g, trials);
+                for (u64 t = 0; t < trials; t++) counts[test][routcome(test, &L, t)]++;
+            }
+        barrier_all(id);
+    }
+    if (id) return 1;
+    u64 forb = 0, iriw = 0;
+    char r[2048];
+    struct buf j = BUF_INIT(r);
+    start_result(&j, f ? "rlitmus-fence" : "rlitmus");
+    buf_kv_u64(&j, "trials", trials);
+    buf_str(&j, ",\"tests\":{");
+    for (u32 test = 0; test < NTESTS; test++) {
+        u64 fc = 0;
+        if (test) buf_char(&j, ',');
+        buf_char(&j, '"');
+        buf_str(&j, names[test]);
+        buf_str(&j, "\":{");
+        buf_kv_u64(&j, "groups", groups_of[test]);
+        buf_str(&j, ",\"outcomes\":{");
+        int first = 1;
+        for (u32 o = 0; o < 16; o++) {
+            if (!counts[test][o]) continue;
+            if (rforbidden(test, o, f)) fc += counts[test][o];
+            if (!first) buf_char(&j, ',');
+            first = 0;
+            buf_char(&j, '"');
+            u32 bits = test == T_IRIW ? 4 : 2;
+            for (int i = (int)bits - 1; i >= 0; i--)
+                buf_char(&j, (char)('0' + ((o >> i) & 1) + (test == T_22W ? 1 : 0)));
+            buf_str(&j, "\":");
+            buf_u64(&j, counts[test][o]);
+        }
+        buf_char(&j, '}');
+        buf_kv_u64(&j, "forbidden", fc);
+        buf_char(&j, '}');
+        if (test == T_IRIW) iriw = fc; else forb += fc;
+    }
+    buf_char(&j, '}');
+    buf_kv_u64(&j, "forbidden", forb);
+    buf_kv_u64(&j, "iriw_forbidden", iriw);
+    /* without fences relaxations are what this workload measures; with
+     * them, every test but IRIW must show none */
+    int ok = f ? forb == 0 : 1;
+    buf_kv_bool(&j, "ok", ok);
+    buf_char(&j, '}');
+    emit_result(&j);
+    return ok;
+}
+
+int w_rlitmus(u32 id) { return rlitmus(id, 0); }
+int w_rlitmus_fence(u32 id) { return rlitmus(id, 1); }
