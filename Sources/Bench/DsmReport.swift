@@ -194,6 +194,13 @@ public struct DsmBenchSummary {
             line("plugin read_miss", d0.readMissLatency)
             line("plugin write_miss", d0.writeMissLatency)
             line("plugin upgrade", d0.upgradeLatency)
+            // Then the plugin's own histograms (its extras prefix), e.g. dsm-tso's release latency.
+            if let plugin = r0.plugin {
+                let prefix = DSMStatistics.extrasPrefix(plugin: plugin)
+                for (name, h) in r0.histograms.sorted(by: { $0.key < $1.key }) where name.hasPrefix(prefix) {
+                    line("\(plugin) \(name.dropFirst(prefix.count))", h)
+                }
+            }
         }
         return out
     }
