@@ -41,6 +41,19 @@ public protocol VirtualCPU: AnyObject, Sendable {
     func setSpecialRegisters(_ sregs: SpecialRegisters) throws
     /// x87/SSE state back to its power-on values.
     func resetFPU() throws
+    /// Live migration: everything KVM holds for this vCPU, and loading it back (VCPUState.swift).
+    func captureState() throws -> VCPUState
+    func restoreState(_ state: VCPUState) throws
+}
+
+extension VirtualCPU {
+    /// A vCPU double without KVM state cannot migrate.
+    public func captureState() throws -> VCPUState {
+        throw KVMError(call: "captureState", errno: 95 /* EOPNOTSUPP */, context: "vCPU \(id) cannot be migrated")
+    }
+    public func restoreState(_ state: VCPUState) throws {
+        throw KVMError(call: "restoreState", errno: 95 /* EOPNOTSUPP */, context: "vCPU \(id) cannot be migrated")
+    }
 }
 
 extension VCPU: VirtualCPU {}
