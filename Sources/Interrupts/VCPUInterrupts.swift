@@ -27,6 +27,11 @@ public final class VCPUInterrupts: @unchecked Sendable {
     var pendingINIT = false
     var sipiVector: UInt8?
     var state: VCPURunState
+    /// Live migration (VCPUMigration.swift): this node runs the vCPU (false: it lives on another
+    /// node and this copy is idle), a requested departure, the state that arrived for it.
+    var resident = true
+    var departure: UInt32?
+    var arrival: (any Sendable)?
     /// Forces the vCPU out of guest mode (any thread; `VCPU.kick()` for a KVM vCPU). Called
     /// without this lock held.
     let kick: @Sendable () -> Void
@@ -66,6 +71,11 @@ public final class VCPUInterrupts: @unchecked Sendable {
     func receive(_ m: InterruptMessage) -> Bool {
         cond.lock()
         defer { cond.unlock() }
+        return receiveLocked(m)
+    }
+
+    /// `receive` with the lock held.
+    func receiveLocked(_ m: InterruptMessage) -> Bool {
         var wake = true
         switch m.mode {
         case .fixed, .lowestPriority, .extINT:
@@ -101,6 +111,10 @@ public final class VCPUInterrupts: @unchecked Sendable {
         cond.lock()
         defer { cond.unlock() }
         while true {
+            if let m = migrationAction(stopping: stopping()) {   // VCPUMigration.swift
+                if m == .park { cond.wait(); continue }
+                return m
+            }
             let action = VCPUEntry.decide(VCPUEntry.State(
                 stopping: stopping(), runState: state, pendingINIT: pendingINIT, sipiVector: sipiVector,
                 pendingNMI: pendingNMI, deliverableVector: apic.deliverableVector, canInject: canInject,
@@ -123,6 +137,8 @@ public final class VCPUInterrupts: @unchecked Sendable {
                 state = .running
                 if e.nmi { pendingNMI = false }
                 if let v = e.inject { apic.acknowledge(v) }
+            case .depart, .arrive:
+                break   // decide never returns them (migrationAction does)
             }
             return action
         }
