@@ -21,6 +21,8 @@ final class VCPUEnvironment: @unchecked Sendable {
     /// An APIC timer was (re)programmed.
     let rearmTimer: () -> Void
     private let stopFlag = Atomic<Bool>(false)
+    /// Where departing vCPUs' states go (live migration; set before the vCPUs run).
+    var migration: (any VCPUMigrationSink)?
 
     init(bus: IOBus, router: InterruptRouter, clock: @escaping () -> UInt64,
          fence: ((_ vcpu: Int, _ kind: UInt32) -> Void)?, levelEOI: @escaping (UInt8) -> Void,
