@@ -78,6 +78,8 @@ public final class VMNode: @unchecked Sendable {
     let io: IOForwarder?
     let clock: ClockAligner?
     let barrier: StartupBarrier?
+    /// Live vCPU migration (nil on a one-node VM): docs/migration.md.
+    public let migrator: VCPUMigrator?
     private let localCause = Mutex<StopCause?>(nil)
     /// The in-process transport of a one-node VM (its endpoint holds it weakly).
     private let loopback: InMemoryNetwork?
@@ -148,6 +150,7 @@ public final class VMNode: @unchecked Sendable {
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = id
         mc.ioapic = id == cfg.ioapicNode
+        mc.allVCPUs = distributed   // any vCPU may migrate to any node
         // The interrupt forwarder is the machine's remote seam (absent on one node); it registers
         // its message types now and gets the machine right after it exists.
         var cpu: CPUForwarder?
@@ -163,6 +166,17 @@ public final class VMNode: @unchecked Sendable {
         }
         cpu?.attach(m)
         machine = m
+        if let cpu {
+            let mig = VCPUMigrator(node: n, placement: cpu.placement, metrics: metrics, logger: logger) { why in
+                if let vm = target.vm { vm.stop(.vcpuFailure(node: id, why)) } else {
+                    n.stop(StopCause.vcpuFailure(node: id, why).stopReason(origin: id))
+                }
+            }
+            mig.attach(m)
+            migrator = mig
+        } else {
+            migrator = nil
+        }
         let kernelCmdline = options.cmdline ?? cfg.guest?.cmdline ?? ""
         do {
             devices = try m.addDevices(of: cfg, onNode: id, loader: loader, metrics: metrics, logger: logger) { d in
@@ -184,8 +198,9 @@ public final class VMNode: @unchecked Sendable {
             io = nil; clock = nil; barrier = nil
         }
         target.vm = self
-        n.onStop { [weak m, io] r in
+        n.onStop { [weak m, io, migrator] r in
             io?.failAll("node \(id) is stopping: \(r.message)")
+            migrator?.failAll("node \(id) is stopping: \(r.message)")
             m?.requestStop(.requested("cluster stopping: \(r.message)"))
         }
     }
@@ -317,7 +332,9 @@ public final class VMNode: @unchecked Sendable {
             } },
             hottest: memory.map { m in { @Sendable n in m.hottestPages(n) } })
         let port = mc.port(of: id)
-        do { metricsServer = try MetricsServer(address: mc.address, port: port) { exporter.render() } } catch {
+        let migrator = self.migrator, timeout = max(5, config.timeouts.failure * 2)
+        let control: MetricsServer.Control = { path in ControlEndpoint.handle(path: path, migrator: migrator, timeout: timeout) }
+        do { metricsServer = try MetricsServer(address: mc.address, port: port, control: control) { exporter.render() } } catch {
             throw AssemblyError("node \(id): \(config.sourcePath): \(error)")
         }
         say("node \(id): metrics at http://\(mc.address):\(port)/metrics")

@@ -12,9 +12,9 @@ import KVM
 /// Threading: `departed` on the vCPU's thread with its interrupt lock held (send and return; never
 /// block, never take another vCPU's lock); the others on the vCPU's thread, no lock held.
 public protocol VCPUMigrationSink: AnyObject, Sendable {
-    /// Vcpu `vcpu` stops here: hand `kvm` and `interrupts` to node `to` (and move the placement).
-    /// Throwing keeps the vCPU here.
-    func departed(vcpu: Int, to node: UInt32, kvm: VCPUState, interrupts: [UInt8]) throws
+    /// Vcpu `vcpu` stopped here at `stoppedAt` (monotonic ns, before its state was captured):
+    /// hand `kvm` and `interrupts` to node `to` (and move the placement). Throwing keeps the vCPU here.
+    func departed(vcpu: Int, to node: UInt32, kvm: VCPUState, interrupts: [UInt8], stoppedAt: UInt64) throws
     /// The departure could not happen (capture or send failed): the vCPU keeps running here.
     func departureFailed(vcpu: Int, to node: UInt32, _ why: String)
     /// The vCPU's state was loaded here and it is about to run.
@@ -27,10 +27,11 @@ extension VCPURunner {
             irq.cancelDeparture()
             return
         }
+        let stoppedAt = env.clock()
         do {
             let state = try vcpu.captureState()
             try irq.completeDeparture(now: env.clock()) { bytes in
-                try sink.departed(vcpu: index, to: node, kvm: state, interrupts: bytes)
+                try sink.departed(vcpu: index, to: node, kvm: state, interrupts: bytes, stoppedAt: stoppedAt)
             }
         } catch {
             irq.cancelDeparture()
