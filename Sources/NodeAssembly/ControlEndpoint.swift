@@ -6,8 +6,10 @@
 //   400  <what is wrong with the request>
 //
 // Threading: on the metrics server's thread; blocks it for at most `timeout` seconds.
+import Config
 import Distributed
 import Foundation
+import Telemetry
 
 enum ControlEndpoint {
     /// Parses `path` and runs it against `migrator`; nil when the path is not a control path.
@@ -33,5 +35,33 @@ enum ControlEndpoint {
             return ("200 OK", "ok vcpu=\(v) to=\(to) pause_ns=\(r.pauseNanoseconds) state_bytes=\(r.stateBytes): \(r.message)\n")
         }
         return ("409 Conflict", "failed vcpu=\(v) to=\(to): \(r.message)\n")
+    }
+}
+
+/// The client side: `giantvm migrate` (and tests) ask one node's control endpoint.
+public enum ControlClient {
+    /// POSTs `/migrate?vcpu=N&to=M` to node `via` of `cfg` and returns (ok, answer line).
+    /// Errors name the config, the node and the cause.
+    public static func migrate(config cfg: ClusterConfig, vcpu: Int, to: UInt32, via: UInt32, timeout: Double = 15) throws -> (ok: Bool, answer: String) {
+        guard let mc = cfg.metrics else {
+            throw AssemblyError("\(cfg.sourcePath): no `metrics:` section: the control endpoint lives on each node's metrics listener")
+        }
+        guard vcpu >= 0, vcpu < cfg.totalVCPUs else {
+            throw AssemblyError("\(cfg.sourcePath): --vcpu \(vcpu): the VM has vCPUs 0-\(cfg.totalVCPUs - 1)")
+        }
+        guard Int(to) < cfg.nodes.count else { throw AssemblyError("\(cfg.sourcePath): --to \(to): the VM has nodes 0-\(cfg.nodes.count - 1)") }
+        guard let node = cfg.nodes.first(where: { $0.id == via }) else {
+            throw AssemblyError("\(cfg.sourcePath): --via \(via): the VM has nodes 0-\(cfg.nodes.count - 1)")
+        }
+        let (host, port) = mc.endpoint(of: node)
+        let r: (status: Int, body: String)
+        do {
+            r = try HTTPGet.get(host: host, port: port, path: "/migrate?vcpu=\(vcpu)&to=\(to)", timeout: timeout, limit: 1 << 16, method: "POST")
+        } catch {
+            throw AssemblyError("node \(via) (\(host):\(port)): control endpoint unreachable: \(error)")
+        }
+        let line = r.body.trimmingCharacters(in: .whitespacesAndNewlines)
+        if r.status == 400 { throw AssemblyError("node \(via): \(line)") }
+        return (r.status == 200, line)
     }
 }

@@ -359,6 +359,15 @@ extension VMNode {
                      + "apic_updates_in=\(v("cpu.apic_address_updates")) io_forwarded=\(v("io.forwarded")) "
                      + "io_served=\(v("io.served_for_peers")) irq_lines_out=\(v("cpu.irq_lines_forwarded")) "
                      + "eoi_out=\(v("cpu.eoi_forwarded")); ran \(String(format: "%.3f", elapsed)) s")
+        if v("migrate.departed") + v("migrate.arrived") > 0 {
+            var l = "node \(id): migration: departed=\(v("migrate.departed")) arrived=\(v("migrate.arrived")) "
+                + "state_bytes=\(v("migrate.state_bytes"))"
+            if let h = snap.histograms["migrate.pause"], h.count > 0 {
+                l += String(format: " pause_us: count=%llu p50=%.1f p99=%.1f max=%.1f", h.count, Double(h.p50) / 1000,
+                            Double(h.p99) / 1000, Double(h.max) / 1000)
+            }
+            lines.append(l + "; resident now: \(machine.residentVCPUs.map(String.init).joined(separator: ","))")
+        }
         if let h = snap.histograms["io.forward_round_trip"], h.count > 0 {
             func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
             lines.append("node \(id): forwarded I/O round trip (µs): count=\(h.count) p50=\(us(h.p50)) p90=\(us(h.p90)) "
