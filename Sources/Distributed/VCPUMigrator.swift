@@ -187,6 +187,12 @@ public final class VCPUMigrator: VCPUMigrationSink, @unchecked Sendable {
         w.u32(UInt32(vcpu)); w.u64(version); w.u32(UInt32(interrupts.count))
         var bytes = w.bytes + interrupts
         kvm.encode(into: &bytes)
+        // Recorded before the send: the destination's MIGRATE_ARRIVED may come back at once.
+        state.withLock { s in
+            if s.inFlight[vcpu] == nil { s.inFlight[vcpu] = InFlight(req: 0, requester: node.id) }
+            s.inFlight[vcpu]!.stoppedAt = stoppedAt
+            s.inFlight[vcpu]!.bytes = bytes.count
+        }
         let rc = node.send(channel: .cpu, to: to, bytes)
         guard rc == 0 else { throw ClusterError("cannot send vCPU \(vcpu)'s state to node \(to) (status \(rc))") }
         placement.update(vcpu, node: to, version: version)
@@ -195,11 +201,6 @@ public final class VCPUMigrator: VCPUMigrationSink, @unchecked Sendable {
         for peer in node.peers where peer != to { node.send(channel: .cpu, to: peer, p.bytes) }
         metrics.add(cDeparted, 1)
         metrics.add(cBytes, UInt64(bytes.count))
-        state.withLock { s in
-            if s.inFlight[vcpu] == nil { s.inFlight[vcpu] = InFlight(req: 0, requester: node.id) }
-            s.inFlight[vcpu]!.stoppedAt = stoppedAt
-            s.inFlight[vcpu]!.bytes = bytes.count
-        }
     }
 
     public func departureFailed(vcpu: Int, to: UInt32, _ why: String) {
