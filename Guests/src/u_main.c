@@ -13,7 +13,7 @@ static const struct workload {
 } workloads[] = {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
-    {"fault", w_fault}, {"triplefault", w_triplefault},
+    {"fault", w_fault}, {"triplefault", w_triplefault}, {"ticks", w_ticks},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -30,6 +30,7 @@ static const struct option {
     {"events", &g_cfg.events, 20},       /* cpu: events per vCPU */
     {"prime", &g_cfg.prime, 10000},      /* cpu: primes up to this per event */
     {"timeout", &g_cfg.timeout_s, 20},   /* seconds any wait may take before failing */
+    {"seconds", &g_ticks_seconds, 3},    /* ticks: seconds each vCPU spins (u_migrate.c) */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
