@@ -1,6 +1,8 @@
 /* u_migrate.c - the `ticks` workload (live vCPU migration, docs/migration.md): every vCPU spins
  * for `seconds` seconds and counts the APIC timer ticks it takes meanwhile. A vCPU moved between
- * nodes during the run must keep ticking: each must take at least 80% of seconds * TIMER_HZ. */
+ * nodes during the run must keep ticking: each must take at least a quarter of seconds * TIMER_HZ
+ * (a loaded host drops late ticks; a timer lost in a move stops at once). Per-vCPU counts are
+ * reported so a test can compare the moved vCPU with the others. */
 #include "u_lib.h"
 #include "u_work.h"
 
@@ -14,7 +16,7 @@ int w_ticks(u32 id)
     g_ucpu[id].val[0] = g_ucpu[id].ticks - k0;
     barrier_all(id);
     if (id) return 1;
-    u64 want = g_ticks_seconds * TIMER_HZ * 8 / 10, tmin = ~0UL, tmax = 0;
+    u64 want = g_ticks_seconds * TIMER_HZ / 4, tmin = ~0UL, tmax = 0;
     for (u32 i = 0; i < g_info.vcpus; i++) {
         u64 t = g_ucpu[i].val[0];
         if (t < tmin) tmin = t;
@@ -30,6 +32,12 @@ int w_ticks(u32 id)
     buf_kv_u64(&j, "want_min", want);
     buf_kv_u64(&j, "ticks_min", tmin);
     buf_kv_u64(&j, "ticks_max", tmax);
+    buf_str(&j, ",\"per_vcpu\":[");
+    for (u32 i = 0; i < g_info.vcpus; i++) {
+        if (i) buf_char(&j, ',');
+        buf_u64(&j, g_ucpu[i].val[0]);
+    }
+    buf_char(&j, ']');
     buf_kv_bool(&j, "ok", ok);
     buf_char(&j, '}');
     emit_result(&j);
