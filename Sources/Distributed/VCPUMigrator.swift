@@ -134,6 +134,10 @@ public final class VCPUMigrator: VCPUMigrationSink, @unchecked Sendable {
 
     /// Sends a request towards the node running `vcpu`, or starts the departure here.
     private func route(req: UInt64, requester: UInt32, vcpu: Int, to: UInt32, hops: UInt8) {
+        guard node.config.nodes[Int(to)].vcpus > 0 else {
+            return answer(req: req, requester: requester, ok: false,
+                          "node \(to) is a device-only node (vcpus: 0 in the config): it runs no vCPU and takes none")
+        }
         let owner = placement.node(of: vcpu)
         guard owner == node.id else {
             guard hops < 8 else {

@@ -150,7 +150,9 @@ public final class VMNode: @unchecked Sendable {
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = id
         mc.ioapic = id == cfg.ioapicNode
-        mc.allVCPUs = distributed   // any vCPU may migrate to any node
+        // Any vCPU may migrate to any node that runs vCPUs (a device-only node takes none: it has
+        // no vCPU, and so no TSC, to align).
+        mc.allVCPUs = distributed && cfg.nodes[Int(id)].vcpus > 0
         // The interrupt forwarder is the machine's remote seam (absent on one node); it registers
         // its message types now and gets the machine right after it exists.
         var cpu: CPUForwarder?
