@@ -4,16 +4,64 @@
 //   200  ok vcpu=N to=M pause_ns=P state_bytes=B: <message>
 //   409  failed vcpu=N to=M: <why>            (the VM keeps running)
 //   400  <what is wrong with the request>
+//   403  <why the request was not authenticated>
+//
+// With `key_file`, a request must carry `&t=UNIX_SECONDS&mac=HEX`: HMAC-SHA256 under the cluster
+// key of "giantvm-control-v1 migrate vcpu=N to=M t=T" (the key the nodes authenticate each other
+// with). It is accepted within 60 s of `t`, and each MAC once (no replay).
 //
 // Threading: on the metrics server's thread; blocks it for at most `timeout` seconds.
+import Cluster
 import Config
 import Distributed
 import Foundation
+import Logging
+import Synchronization
 import Telemetry
+
+/// Signs and checks control requests with the cluster key (nil key: no authentication).
+final class ControlAuth: @unchecked Sendable {
+    let auth: Authenticator?
+    private let seen = Mutex<[String: Double]>([:])
+
+    init(config cfg: ClusterConfig) throws {
+        auth = cfg.keyFile == nil ? nil
+            : try Authenticator(cluster: cfg.cluster, selfID: 0, nodeCount: cfg.nodes.count, keyFile: cfg.keyFile,
+                                logger: Logger(label: "giantvm.control"))
+    }
+
+    static func text(vcpu: Int, to: UInt32, t: Int) -> String { "giantvm-control-v1 migrate vcpu=\(vcpu) to=\(to) t=\(t)" }
+
+    func mac(vcpu: Int, to: UInt32, t: Int) -> String {
+        let bytes = Array(ControlAuth.text(vcpu: vcpu, to: to, t: t).utf8)
+        return bytes.withUnsafeBytes { auth?.sign($0) ?? [] }.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// nil when accepted, else why not.
+    func check(vcpu: Int, to: UInt32, query q: [String: String]) -> String? {
+        guard auth != nil else { return nil }
+        guard let ts = q["t"], let t = Int(ts), let m = q["mac"], m.count == 64 else {
+            return "this cluster has a key_file: the request needs t= and mac= (giantvm migrate adds them)"
+        }
+        let now = Date().timeIntervalSince1970
+        guard abs(now - Double(t)) <= 60 else { return "the request's time \(t) is more than 60 s from this node's clock" }
+        let want = Array(mac(vcpu: vcpu, to: to, t: t).utf8), got = Array(m.lowercased().utf8)
+        var diff: UInt8 = 0
+        for (x, y) in zip(want, got) { diff |= x ^ y }
+        guard diff == 0 else { return "wrong MAC (not signed with this cluster's key_file)" }
+        let fresh = seen.withLock { d -> Bool in
+            d = d.filter { now - $0.value < 120 }
+            guard d[m] == nil else { return false }
+            d[m] = now
+            return true
+        }
+        return fresh ? nil : "this request was already used (replay)"
+    }
+}
 
 enum ControlEndpoint {
     /// Parses `path` and runs it against `migrator`; nil when the path is not a control path.
-    static func handle(path: String, migrator: VCPUMigrator?, timeout: Double) -> (status: String, body: String)? {
+    static func handle(path: String, migrator: VCPUMigrator?, auth: ControlAuth, timeout: Double) -> (status: String, body: String)? {
         let parts = path.split(separator: "?", maxSplits: 1)
         guard parts.first == "/migrate" else { return nil }
         var q: [String: String] = [:]
@@ -30,6 +78,7 @@ enum ControlEndpoint {
         guard let ts = q["to"], let to = UInt32(ts), to < 64 else {
             return ("400 Bad Request", "migrate: 'to' must be a node id 0-63 (got '\(q["to"] ?? "")')\n")
         }
+        if let why = auth.check(vcpu: v, to: to, query: q) { return ("403 Forbidden", "migrate: \(why)\n") }
         let r = migrator.migrate(vcpu: v, to: to, timeout: timeout)
         if r.ok {
             return ("200 OK", "ok vcpu=\(v) to=\(to) pause_ns=\(r.pauseNanoseconds) state_bytes=\(r.stateBytes): \(r.message)\n")
@@ -54,14 +103,20 @@ public enum ControlClient {
             throw AssemblyError("\(cfg.sourcePath): --via \(via): the VM has nodes 0-\(cfg.nodes.count - 1)")
         }
         let (host, port) = mc.endpoint(of: node)
+        var path = "/migrate?vcpu=\(vcpu)&to=\(to)"
+        let auth = try ControlAuth(config: cfg)
+        if auth.auth != nil {
+            let t = Int(Date().timeIntervalSince1970)
+            path += "&t=\(t)&mac=\(auth.mac(vcpu: vcpu, to: to, t: t))"
+        }
         let r: (status: Int, body: String)
         do {
-            r = try HTTPGet.get(host: host, port: port, path: "/migrate?vcpu=\(vcpu)&to=\(to)", timeout: timeout, limit: 1 << 16, method: "POST")
+            r = try HTTPGet.get(host: host, port: port, path: path, timeout: timeout, limit: 1 << 16, method: "POST")
         } catch {
             throw AssemblyError("node \(via) (\(host):\(port)): control endpoint unreachable: \(error)")
         }
         let line = r.body.trimmingCharacters(in: .whitespacesAndNewlines)
-        if r.status == 400 { throw AssemblyError("node \(via): \(line)") }
+        if r.status == 400 || r.status == 403 { throw AssemblyError("node \(via): \(line)") }
         return (r.status == 200, line)
     }
 }

@@ -335,7 +335,9 @@ public final class VMNode: @unchecked Sendable {
             hottest: memory.map { m in { @Sendable n in m.hottestPages(n) } })
         let port = mc.port(of: id)
         let migrator = self.migrator, timeout = max(5, config.timeouts.failure * 2)
-        let control: MetricsServer.Control = { path in ControlEndpoint.handle(path: path, migrator: migrator, timeout: timeout) }
+        let auth: ControlAuth
+        do { auth = try ControlAuth(config: config) } catch { throw AssemblyError("node \(id): \(config.sourcePath): \(error)") }
+        let control: MetricsServer.Control = { path in ControlEndpoint.handle(path: path, migrator: migrator, auth: auth, timeout: timeout) }
         do { metricsServer = try MetricsServer(address: mc.address, port: port, control: control) { exporter.render() } } catch {
             throw AssemblyError("node \(id): \(config.sourcePath): \(error)")
         }

@@ -161,6 +161,33 @@ final class MigrationProcessTests: XCTestCase {
         _ = nodes[1].wait(timeout: 5)
     }
 
+    /// With a cluster key, the control endpoint takes only requests signed with it: an unsigned or
+    /// wrongly signed POST is refused (403) and the vCPU stays; `giantvm migrate` signs and moves it.
+    func testKeyedClusterTakesOnlySignedRequests() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") else { throw XCTSkip("curl is not installed: run scripts/deps/tmux.sh") }
+        let key = temporaryFile("0123456789abcdef0123456789abcdef\n", name: "cluster.key")
+        chmod(key, 0o600)
+        let cfg = try config(port: 23840, metricsPort: 23860, vcpus: [2, 2], cmdline: "counter iters=1000000000 timeout=60")
+        try (try String(contentsOfFile: cfg, encoding: .utf8) + "key_file: \(key)\n").write(toFile: cfg, atomically: true, encoding: .utf8)
+        let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "40"])
+        defer { up.signal(SIGKILL) }
+        XCTAssertTrue(up.waitForOutput(timeout: 30) { $0.contains("guest: workload=counter") }, up.stdoutSoFar + up.stderrSoFar)
+        func post(_ path: String) throws -> String {
+            try TestSupport.run("/usr/bin/curl", ["-sS", "--max-time", "10", "-X", "POST", "-w", " %{http_code}", "http://127.0.0.1:23860\(path)"],
+                                timeout: 15).stdout
+        }
+        let unsigned = try post("/migrate?vcpu=1&to=1")
+        XCTAssertTrue(unsigned.hasSuffix(" 403") && unsigned.contains("needs t= and mac="), unsigned)
+        let t = Int(Date().timeIntervalSince1970)
+        let forged = try post("/migrate?vcpu=1&to=1&t=\(t)&mac=\(String(repeating: "ab", count: 32))")
+        XCTAssertTrue(forged.hasSuffix(" 403") && forged.contains("wrong MAC"), forged)
+        let r = try giantvm(["migrate", cfg, "--vcpu", "1", "--to", "1"], timeout: 30)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.stdout.hasPrefix("ok vcpu=1 to=1 ") && r.stdout.contains("moved from node 0 to node 1"), r.output)
+        up.signal(SIGINT)
+        _ = up.wait(timeout: 20)
+    }
+
     /// Requests the VM cannot take are refused with the reason, before any node is asked.
     func testMigrateRejectsBadRequests() throws {
         let cfg = try config(port: 23820, metricsPort: 23870, vcpus: [2, 2], cmdline: "hello")
