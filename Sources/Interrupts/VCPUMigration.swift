@@ -22,8 +22,8 @@ extension VCPUInterrupts {
     /// normal decision). Under the lock.
     func migrationAction(stopping: Bool) -> VCPUEntry.Action? {
         if stopping { return nil }
+        if arrival != nil { return .arrive }   // first: a departure asked before the state is loaded waits for it
         if resident, let to = departure { return .depart(node: to) }
-        if arrival != nil { return .arrive }
         return resident ? nil : .park
     }
 

@@ -50,8 +50,12 @@ final class VCPUMigrationTests: XCTestCase {
         XCTAssertEqual(s.lvt[1], 0x2_0030)
         XCTAssertEqual(b.runState, .halted(interruptsEnabled: true))
         XCTAssertTrue(b.locked { $0.pendingNMI })
+        // A departure asked before the arrived state is loaded waits for it.
+        XCTAssertTrue(b.requestDeparture(to: 0))
         XCTAssertEqual(b.nextEntry(canInject: false, stopping: { false }), .arrive)
         XCTAssertEqual(b.takeArrival() as? String, "kvm")
+        XCTAssertEqual(b.nextEntry(canInject: false, stopping: { false }), .depart(node: 0))
+        b.cancelDeparture()
         // Then the normal decision: the NMI wakes the halted vCPU.
         XCTAssertEqual(b.nextEntry(canInject: true, stopping: { false }),
                        .enter(VCPUEntry.Entry(nmi: true, inject: 0x52, cr8: 2)))
