@@ -63,6 +63,12 @@ enum ControlEndpoint {
     /// Parses `path` and runs it against `migrator`; nil when the path is not a control path.
     static func handle(path: String, migrator: VCPUMigrator?, auth: ControlAuth, timeout: Double) -> (status: String, body: String)? {
         let parts = path.split(separator: "?", maxSplits: 1)
+        if parts.first == "/placement" {
+            // The vCPU-to-node map as this node knows it: "placement 0:0 1:0 2:1 …".
+            guard let migrator else { return ("409 Conflict", "failed: this VM runs on one node\n") }
+            let map = migrator.placement.nodes.enumerated().map { "\($0.offset):\($0.element)" }
+            return ("200 OK", "placement " + map.joined(separator: " ") + "\n")
+        }
         guard parts.first == "/migrate" else { return nil }
         var q: [String: String] = [:]
         if parts.count == 2 {
@@ -118,5 +124,57 @@ public enum ControlClient {
         let line = r.body.trimmingCharacters(in: .whitespacesAndNewlines)
         if r.status == 400 || r.status == 403 { throw AssemblyError("node \(via): \(line)") }
         return (r.status == 200, line)
+    }
+}
+
+extension ControlClient {
+    /// The vCPU-to-node map as node `via` knows it (index: vCPU, value: node).
+    public static func placement(config cfg: ClusterConfig, via: UInt32, timeout: Double = 10) throws -> [UInt32] {
+        guard let mc = cfg.metrics else {
+            throw AssemblyError("\(cfg.sourcePath): no `metrics:` section: the control endpoint lives on each node's metrics listener")
+        }
+        guard let node = cfg.nodes.first(where: { $0.id == via }) else {
+            throw AssemblyError("\(cfg.sourcePath): --via \(via): the VM has nodes 0-\(cfg.nodes.count - 1)")
+        }
+        let (host, port) = mc.endpoint(of: node)
+        let r: (status: Int, body: String)
+        do { r = try HTTPGet.get(host: host, port: port, path: "/placement", timeout: timeout, limit: 1 << 16, method: "POST") } catch {
+            throw AssemblyError("node \(via) (\(host):\(port)): control endpoint unreachable: \(error)")
+        }
+        let words = r.body.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard r.status == 200, words.first == "placement", words.count == cfg.totalVCPUs + 1 else {
+            throw AssemblyError("node \(via): unexpected placement answer (\(r.status)): \(r.body.prefix(200))")
+        }
+        var map: [UInt32] = []
+        for (i, w) in words.dropFirst().enumerated() {
+            let kv = w.split(separator: ":")
+            guard kv.count == 2, Int(kv[0]) == i, let n = UInt32(kv[1]), Int(n) < cfg.nodes.count else {
+                throw AssemblyError("node \(via): bad placement entry '\(w)'")
+            }
+            map.append(n)
+        }
+        return map
+    }
+
+    /// Moves every vCPU off node `node`, each to the node with vCPUs (not `node`) that runs the
+    /// fewest at that moment; asks node `via`. Returns one answer line per vCPU moved, and whether
+    /// all moved. Pages the node owns and device homes stay where they are.
+    public static func evacuate(config cfg: ClusterConfig, node: UInt32, via: UInt32) throws -> (ok: Bool, lines: [String]) {
+        guard Int(node) < cfg.nodes.count else { throw AssemblyError("\(cfg.sourcePath): --node \(node): the VM has nodes 0-\(cfg.nodes.count - 1)") }
+        let targets = cfg.nodes.filter { $0.id != node && $0.vcpus > 0 }.map(\.id)
+        guard !targets.isEmpty else { throw AssemblyError("\(cfg.sourcePath): no other node runs vCPUs: node \(node)'s have nowhere to go") }
+        var map = try placement(config: cfg, via: via)
+        var lines: [String] = []
+        var ok = true
+        for v in map.indices where map[v] == node {
+            let to = targets.min { a, b in
+                let ca = map.filter { $0 == a }.count, cb = map.filter { $0 == b }.count
+                return ca != cb ? ca < cb : a < b
+            }!
+            let r = try migrate(config: cfg, vcpu: v, to: to, via: via)
+            lines.append(r.answer)
+            if r.ok { map[v] = to } else { ok = false }
+        }
+        return (ok, lines)
     }
 }

@@ -132,6 +132,28 @@ final class MigrationProcessTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Double(ticks[1]), 0.4 * Double(others[1]), "moved vCPU 1 vs the others: \(ticks)")
     }
 
+    /// `giantvm evacuate` moves every vCPU off a node, the BSP's included, while the guest runs:
+    /// node 0 (BSP, devices) first, then node 1, which ends with none; the result stays exact.
+    func testEvacuateMovesEveryVCPUOffANode() throws {
+        let cfg = try config(port: 23850, metricsPort: 23900, vcpus: [2, 1, 1], cmdline: "counter iters=300000000 timeout=90")
+        let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "90"])
+        defer { up.signal(SIGKILL) }
+        XCTAssertTrue(up.waitForOutput(timeout: 30) { $0.contains("guest: workload=counter") }, up.stdoutSoFar + up.stderrSoFar)
+        let e0 = try giantvm(["evacuate", cfg, "--node", "0"], timeout: 60)
+        XCTAssertEqual(e0.status, 0, e0.output)
+        XCTAssertTrue(e0.stdout.contains("ok vcpu=0 to=1 ") && e0.stdout.contains("ok vcpu=1 to=2 "), e0.output)
+        XCTAssertTrue(e0.stdout.contains("evacuate: node 0: 2 vCPU(s) asked to move, all moved"), e0.output)
+        let e1 = try giantvm(["evacuate", cfg, "--node", "1"], timeout: 60)
+        XCTAssertEqual(e1.status, 0, e1.output)
+        XCTAssertTrue(e1.stdout.contains("evacuate: node 1: 2 vCPU(s) asked to move, all moved"), e1.output)
+        let r = up.wait(timeout: 100)
+        XCTAssertFalse(r.timedOut, r.output)
+        XCTAssertEqual(r.status, 0, r.output)
+        let result = lines(r.stdout, "[node 0] RESULT ").first ?? ""
+        XCTAssertTrue(result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":1200000000,"total":1200000000,"#), result)
+        XCTAssertTrue(r.stdout.contains("node 1: migration: departed=2 arrived=1 state_bytes=") && r.stdout.contains("resident now: \n"), r.stdout)
+    }
+
     // ---- failures ---------------------------------------------------------------------------
 
     /// A node killed while a vCPU moves between it and the others: every other node stops with a
