@@ -20,6 +20,7 @@ static const struct workload {
     {"readfile", w_readfile}, {"disk-verify", w_disk_verify}, {"net-echo", w_net_echo}, {"virtio-hostile", w_virtio_hostile},
     {"apic", w_apic}, {"ioapic", w_ioapic}, {"extint", w_extint}, {"partial", w_partial},
     {"falseshare", w_falseshare}, {"rmutex", w_rmutex}, {"rlitmus", w_rlitmus}, {"rlitmus-fence", w_rlitmus_fence},
+    {"ticks", w_ticks},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -38,6 +39,7 @@ static const struct option {
     {"timeout", &g_cfg.timeout_s, 20},   /* seconds any wait may take before failing */
     {"table", &g_cfg.table_bits, 16},    /* wordcount, invindex: log2 of hash table slots */
     {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
+    {"ticks", w_ticks},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

@@ -4,6 +4,8 @@
 #define U_WORK_H
 #include "guest.h"
 int w_hello(u32 id);
+int w_ticks(u32 id);             /* u_migrate.c */
+extern u64 g_ticks_seconds;
 int w_ipi(u32 id);
 int w_counter(u32 id);
 int w_litmus(u32 id);

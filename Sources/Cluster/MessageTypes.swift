@@ -47,6 +47,8 @@ public enum MessageType {
     public enum CPU: UInt8, CaseIterable, Sendable {
         case ipi = 0x01, apicAddress = 0x02, irqLine = 0x03, eoi = 0x04
         case timeRequest = 0x10, timeReply = 0x11
+        /// Live vCPU migration (Sources/Distributed/VCPUMigrator.swift has the formats).
+        case migrateRequest = 0x20, migrateState = 0x21, placement = 0x22, migrateArrived = 0x23, migrateResult = 0x24
         case probePing = 0xE0, probePong = 0xE1
     }
 

@@ -23,8 +23,8 @@ public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
     /// The machine this forwarder was given to at its init (`attach`, before the cpu channel is
     /// registered).
     private(set) weak var machine: Machine?
-    /// Node of each global vCPU index.
-    let vcpuNode: [UInt32]
+    /// Node of each global vCPU index: cluster state, moved by live migration (VCPUMigrator).
+    public let placement: VCPUPlacement
     let ioapicNode: UInt32
     let logger: Logger
     let metrics: MetricsRegistry
@@ -33,7 +33,7 @@ public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
     /// Registers IPI, APIC_ADDR, IRQ_LINE and EOI on the cpu channel: before `node.start()`.
     public init(node: Node, vcpuNode: [UInt32], ioapicNode: UInt32, metrics: MetricsRegistry, logger: Logger) {
         self.node = node
-        self.vcpuNode = vcpuNode
+        self.placement = VCPUPlacement(vcpuNode)
         self.ioapicNode = ioapicNode
         self.metrics = metrics
         self.logger = logger
@@ -55,7 +55,11 @@ public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
     // ---- RemoteInterrupts (this node's traffic out) --------------------------------------------
 
     public func deliver(toRemoteVCPU index: Int, _ m: InterruptMessage) {
-        let target = vcpuNode[index]
+        let target = placement.node(of: index)
+        guard target != node.id else {
+            logger.error("interrupt for vCPU \(index): placed on this node but not resident here: dropped")
+            return
+        }
         metrics.add(cIPIOut, 1)
         node.send(channel: .cpu, to: target,
                   CPUMessage.ipi(target: UInt32(index), source: -1, mode: m.mode.rawValue, vector: m.vector,
@@ -90,16 +94,16 @@ public final class CPUForwarder: RemoteInterrupts, @unchecked Sendable {
         }
         switch m {
         case let .ipi(target, _, mode, vector, level):
-            guard Int(target) < vcpuNode.count, vcpuNode[Int(target)] == node.id,
-                  let dm = DeliveryMode(rawValue: mode) else {
-                logger.error("IPI from node \(from) for vCPU \(target), which is not on this node: dropped")
+            // Delivered where the vCPU is resident; forwarded on when it has moved (migration).
+            guard Int(target) < placement.count, let dm = DeliveryMode(rawValue: mode) else {
+                logger.error("IPI from node \(from) for vCPU \(target), which the VM does not have: dropped")
                 return
             }
             metrics.add(cIPIIn, 1)
             machine.router.deliver(to: Int(target), InterruptMessage(mode: dm, vector: vector, levelTriggered: level))
         case let .apicAddress(vcpu, id, ldr, dfr, mode):
-            guard Int(vcpu) < vcpuNode.count, vcpuNode[Int(vcpu)] == from else {
-                logger.error("APIC address of vCPU \(vcpu) from node \(from), which does not run it: dropped")
+            guard Int(vcpu) < placement.count else {
+                logger.error("APIC address of vCPU \(vcpu) from node \(from), which the VM does not have: dropped")
                 return
             }
             metrics.add(cAddr, 1)

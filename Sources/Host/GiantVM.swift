@@ -23,7 +23,8 @@ struct GiantVM: ParsableCommand {
               giantvm plugins list                             what plugins are installed, with ABI versions
             """,
         version: "0.1.0",
-        subcommands: [Validate.self, Plugins.self, ConformanceCommand.self, Bench.self, Run.self, NodeCommand.self, Up.self, NetBench.self, Top.self, AB.self]
+        subcommands: [Validate.self, Plugins.self, ConformanceCommand.self, Bench.self, Run.self, NodeCommand.self, Up.self, NetBench.self, Top.self, AB.self,
+                      Migrate.self, Evacuate.self]
     )
 }
 

@@ -55,11 +55,13 @@ public final class InterruptRouter: @unchecked Sendable {
     public func deliver(to index: Int, _ m: InterruptMessage, kick: Bool = true) {
         guard index >= 0 && index < local.count else { return }
         delivered.add(1, ordering: .relaxed)
-        guard let target = local[index] else {
+        // Applied where the vCPU is resident (checked under its lock: VCPUMigration.swift),
+        // else forwarded once to the node that runs it.
+        guard let target = local[index], let wake = target.receiveIfResident(m) else {
             remote?.deliver(toRemoteVCPU: index, m)
             return
         }
-        if target.receive(m) && kick { target.kick() }
+        if wake && kick { target.kick() }
     }
 
     /// Delivers a message addressed the way the IOAPIC (or an MSI) addresses it: physical APIC
@@ -92,6 +94,6 @@ public final class InterruptRouter: @unchecked Sendable {
     public func updateAddress(of index: Int, _ a: APICAddress) {
         guard index >= 0 && index < local.count else { return }
         addresses.withLock { $0[index] = a }
-        if local[index] != nil { remote?.addressingChanged(vcpu: index, a) }
+        if local[index]?.isResident == true { remote?.addressingChanged(vcpu: index, a) }
     }
 }

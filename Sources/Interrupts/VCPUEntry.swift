@@ -68,6 +68,10 @@ public enum VCPUEntry {
         case park
         /// Enter the guest.
         case enter(Entry)
+        /// Live migration: capture this vCPU's state and hand it to `node` (VCPUMigration.swift).
+        case depart(node: UInt32)
+        /// Live migration: this vCPU's state arrived here; load it, then run.
+        case arrive
     }
 
     /// The decision. In order: a stop wins; then a pending INIT (whatever the run state); a vCPU

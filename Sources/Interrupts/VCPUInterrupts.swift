@@ -29,6 +29,11 @@ public final class VCPUInterrupts: @unchecked Sendable {
     var state: VCPURunState
     /// Level of LINT0 as the 8259's INT output drives it (the boot vCPU's; false elsewhere).
     var lint0 = false
+    /// Live migration (VCPUMigration.swift): this node runs the vCPU (false: it lives on another
+    /// node and this copy is idle), a requested departure, the state that arrived for it.
+    var resident = true
+    var departure: UInt32?
+    var arrival: (any Sendable)?
     /// Forces the vCPU out of guest mode (any thread; `VCPU.kick()` for a KVM vCPU). Called
     /// without this lock held.
     let kick: @Sendable () -> Void
@@ -68,6 +73,11 @@ public final class VCPUInterrupts: @unchecked Sendable {
     func receive(_ m: InterruptMessage) -> Bool {
         cond.lock()
         defer { cond.unlock() }
+        return receiveLocked(m)
+    }
+
+    /// `receive` with the lock held.
+    func receiveLocked(_ m: InterruptMessage) -> Bool {
         if apic.mode == .disabled { return false }   // a hardware-disabled APIC takes no message
         var wake = true
         switch m.mode {
@@ -104,6 +114,10 @@ public final class VCPUInterrupts: @unchecked Sendable {
         cond.lock()
         defer { cond.unlock() }
         while true {
+            if let m = migrationAction(stopping: stopping()) {   // VCPUMigration.swift
+                if m == .park { cond.wait(); continue }
+                return m
+            }
             let action = VCPUEntry.decide(VCPUEntry.State(
                 stopping: stopping(), runState: state, pendingINIT: pendingINIT, sipiVector: sipiVector,
                 pendingNMI: pendingNMI, deliverableVector: apic.deliverableVector, canInject: canInject,
@@ -126,6 +140,8 @@ public final class VCPUInterrupts: @unchecked Sendable {
                 state = .running
                 if e.nmi { pendingNMI = false }
                 if let v = e.inject { apic.acknowledge(v) }
+            case .depart, .arrive:
+                break   // decide never returns them (migrationAction does)
             }
             return action
         }

@@ -45,12 +45,21 @@ public protocol VirtualCPU: AnyObject, Sendable {
     var apicBase: UInt64 { get }
     /// Answers an `.rdmsr`/`.wrmsr` exit (`failed`: #GP).
     func completeMSR(value: UInt64, failed: Bool)
+    /// Live migration: everything KVM holds for this vCPU, and loading it back (VCPUState.swift).
+    func captureState() throws -> VCPUState
+    func restoreState(_ state: VCPUState) throws
 }
 
 extension VirtualCPU {
     /// Doubles without an APIC base model: xAPIC enabled at 0xFEE00000, BSP (KVM's power-on value).
     public var apicBase: UInt64 { 0xFEE0_0900 }
     public func completeMSR(value: UInt64, failed: Bool) {}
+    /// A vCPU double without KVM state cannot migrate.
+    public func captureState() throws -> VCPUState {
+        throw KVMError(call: "captureState", errno: 95 /* EOPNOTSUPP */, context: "vCPU \(id) cannot be migrated")
+    }
+    public func restoreState(_ state: VCPUState) throws {
+        throw KVMError(call: "restoreState", errno: 95 /* EOPNOTSUPP */, context: "vCPU \(id) cannot be migrated")
 }
 
 extension VCPU: VirtualCPU {}

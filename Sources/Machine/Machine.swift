@@ -31,6 +31,9 @@ public struct MachineConfiguration: Sendable {
     /// the legacy route is used: line n -> fixed vector `legacyIRQVectorBase + n` on vCPU 0.
     public var ioapic: Bool = true
     public var legacyIRQVectorBase: UInt8 = 0x20
+    /// Live migration: create a KVM vCPU for every vCPU of the VM on this node and run only the
+    /// resident ones (at start, `localVCPUs`); the others park until one arrives.
+    public var allVCPUs: Bool = false
 
     public init(memoryBytes: UInt64, vcpus: Int, cmdline: String = "") {
         self.memoryBytes = memoryBytes
@@ -194,7 +197,9 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
         guard remote != nil || local.count == config.totalVCPUs else {
             throw MachineError.config("vCPUs \(local.lowerBound)-\(local.upperBound - 1) of \(config.totalVCPUs) run here, but no remote-interrupt route was given for the others")
         }
-        // The VM and its local vCPUs (KVM), each with CPUID and MSRs.
+        // The VM and its local vCPUs (KVM), each with CPUID and MSRs — every vCPU of the VM when
+        // vCPUs may migrate here (`allVCPUs`).
+        let created = config.allVCPUs ? 0..<config.totalVCPUs : local
         var vcpus: [VCPU] = []
         do {
             self.kvm = try kvm ?? KVMSystem()
@@ -212,7 +217,7 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
                 logger.warning("x2APIC not offered: \(error)")
             }
             let supported = try Machine.probedCPUID(self.kvm, logger: logger)   // TruthfulCPUID.swift
-            for i in local {
+            for i in created {
                 let v = try vm.createVCPU(id: UInt32(i))
                 let tsc = (try? v.tscKHz()) ?? 0
                 var policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
@@ -230,12 +235,14 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
             throw MachineError.kvm(e)
         }
         // Their interrupt state; every vCPU of the VM in the router (nil: on another node).
-        let localIRQ = zip(local, vcpus).map { i, v in
-            VCPUInterrupts(index: i, busHz: config.apicBusHz, state: i == 0 ? .running : .waitingForSIPI,
-                           kick: { v.kick() })
+        let localIRQ = zip(created, vcpus).map { i, v in
+            let irq = VCPUInterrupts(index: i, busHz: config.apicBusHz, state: i == 0 ? .running : .waitingForSIPI,
+                                     kick: { v.kick() })
+            irq.setResident(local.contains(i))
+            return irq
         }
         interrupts = localIRQ
-        router = InterruptRouter(local: (0..<config.totalVCPUs).map { local.contains($0) ? localIRQ[$0 - local.lowerBound] : nil },
+        router = InterruptRouter(local: (0..<config.totalVCPUs).map { created.contains($0) ? localIRQ[$0 - created.lowerBound] : nil },
                                  remote: remote)
         let timer = APICTimerThread(vcpus: localIRQ, clock: clock)
         self.timer = timer

@@ -82,6 +82,8 @@ public final class VMNode: @unchecked Sendable {
     let clock: ClockAligner?
     let barrier: StartupBarrier?
     let dma: DMAForwarder?
+    /// Live vCPU migration (nil on a one-node VM): docs/migration.md.
+    public let migrator: VCPUMigrator?
     private let localCause = Mutex<StopCause?>(nil)
     /// The in-process transport of a one-node VM (its endpoint holds it weakly).
     private let loopback: InMemoryNetwork?
@@ -152,6 +154,9 @@ public final class VMNode: @unchecked Sendable {
         mc.nodes = cfg.nodes.map { (cfg.firstVCPU(of: $0.id), $0.vcpus) }
         mc.nodeID = id
         mc.ioapic = id == cfg.ioapicNode
+        // Any vCPU may migrate to any node that runs vCPUs (a device-only node takes none: it has
+        // no vCPU, and so no TSC, to align).
+        mc.allVCPUs = distributed && cfg.nodes[Int(id)].vcpus > 0
         // The interrupt forwarder is the machine's remote seam (absent on one node); it registers
         // its message types now and gets the machine right after it exists.
         var cpu: CPUForwarder?
@@ -168,6 +173,17 @@ public final class VMNode: @unchecked Sendable {
         }
         cpu?.attach(m)
         machine = m
+        if let cpu {
+            let mig = VCPUMigrator(node: n, placement: cpu.placement, metrics: metrics, logger: logger) { why in
+                if let vm = target.vm { vm.stop(.vcpuFailure(node: id, why)) } else {
+                    n.stop(StopCause.vcpuFailure(node: id, why).stopReason(origin: id))
+                }
+            }
+            mig.attach(m)
+            migrator = mig
+        } else {
+            migrator = nil
+        }
         let kernelCmdline = options.cmdline ?? cfg.guest?.cmdline ?? ""
         do {
             devices = try m.addDevices(of: cfg, onNode: id, loader: loader, metrics: metrics, logger: logger) { d in
@@ -197,9 +213,10 @@ public final class VMNode: @unchecked Sendable {
             io = nil; clock = nil; barrier = nil; dma = nil
         }
         target.vm = self
-        n.onStop { [weak m, io, dma] r in
+        n.onStop { [weak m, io, dma, migrator] r in
             io?.failAll("node \(id) is stopping: \(r.message)")
             dma?.failAll("node \(id) is stopping: \(r.message)")
+            migrator?.failAll("node \(id) is stopping: \(r.message)")
             m?.requestStop(.requested("cluster stopping: \(r.message)"))
         }
     }
@@ -333,7 +350,11 @@ public final class VMNode: @unchecked Sendable {
             } },
             hottest: memory.map { m in { @Sendable n in m.hottestPages(n) } })
         let port = mc.port(of: id)
-        do { metricsServer = try MetricsServer(address: mc.address, port: port) { exporter.render() } } catch {
+        let migrator = self.migrator, timeout = max(5, config.timeouts.failure * 2)
+        let auth: ControlAuth
+        do { auth = try ControlAuth(config: config) } catch { throw AssemblyError("node \(id): \(config.sourcePath): \(error)") }
+        let control: MetricsServer.Control = { path in ControlEndpoint.handle(path: path, migrator: migrator, auth: auth, timeout: timeout) }
+        do { metricsServer = try MetricsServer(address: mc.address, port: port, control: control) { exporter.render() } } catch {
             throw AssemblyError("node \(id): \(config.sourcePath): \(error)")
         }
         say("node \(id): metrics at http://\(mc.address):\(port)/metrics")
@@ -358,6 +379,15 @@ extension VMNode {
                      + "apic_updates_in=\(v("cpu.apic_address_updates")) io_forwarded=\(v("io.forwarded")) "
                      + "io_served=\(v("io.served_for_peers")) irq_lines_out=\(v("cpu.irq_lines_forwarded")) "
                      + "eoi_out=\(v("cpu.eoi_forwarded")); ran \(String(format: "%.3f", elapsed)) s")
+        if v("migrate.departed") + v("migrate.arrived") > 0 {
+            var l = "node \(id): migration: departed=\(v("migrate.departed")) arrived=\(v("migrate.arrived")) "
+                + "state_bytes=\(v("migrate.state_bytes"))"
+            if let h = snap.histograms["migrate.pause"], h.count > 0 {
+                l += String(format: " pause_us: count=%llu p50=%.1f p99=%.1f max=%.1f", h.count, Double(h.p50) / 1000,
+                            Double(h.p99) / 1000, Double(h.max) / 1000)
+            }
+            lines.append(l + "; resident now: \(machine.residentVCPUs.map(String.init).joined(separator: ","))")
+        }
         if let h = snap.histograms["io.forward_round_trip"], h.count > 0 {
             func us(_ ns: UInt64) -> String { String(format: "%.1f", Double(ns) / 1000) }
             lines.append("node \(id): forwarded I/O round trip (µs): count=\(h.count) p50=\(us(h.p50)) p90=\(us(h.p90)) "

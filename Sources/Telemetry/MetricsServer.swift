@@ -19,13 +19,18 @@ public final class MetricsServer: @unchecked Sendable {
     private let listenFD: Int32
     private let stopPipe: (read: Int32, write: Int32)
     private let body: @Sendable () -> String
+    /// `POST path`: the node's control endpoint (live migration; NodeAssembly/ControlEndpoint.swift):
+    /// nil when the path is not a control path. Runs on the serving thread and may block briefly.
+    public typealias Control = @Sendable (_ path: String) -> (status: String, body: String)?
+    private let control: Control?
     private let done = DispatchSemaphore(value: 0)
     private var stopped = false
 
     /// Listens on `address:port` (IPv4; port 0: any free port, see `port`) and starts the serving thread.
-    public init(address: String, port: UInt16, body: @escaping @Sendable () -> String) throws {
+    public init(address: String, port: UInt16, control: Control? = nil, body: @escaping @Sendable () -> String) throws {
         self.address = address
         self.body = body
+        self.control = control
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw MetricsServerError(description: "metrics: socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
@@ -108,6 +113,8 @@ public final class MetricsServer: @unchecked Sendable {
         let status: String, type: String, text: String
         if line.count < 2 || !line[line.count - 1].hasPrefix("HTTP/") && line.count == 3 {
             (status, type, text) = ("400 Bad Request", "text/plain", "bad request\n")
+        } else if line[0] == "POST", let control, let r = control(String(line[1])) {
+            (status, type, text) = (r.status, "text/plain", r.body)
         } else if line[0] != "GET" && line[0] != "HEAD" {
             (status, type, text) = ("405 Method Not Allowed", "text/plain", "only GET /metrics\n")
         } else if line[1] != "/metrics" && !line[1].hasPrefix("/metrics?") {

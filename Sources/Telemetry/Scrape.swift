@@ -78,7 +78,7 @@ public enum HTTPGet {
     /// GET http://host:port/path (host: an IPv4 literal or a name resolved to IPv4); the status code and body. The whole
     /// exchange takes at most about `timeout` seconds per step; the body is read up to `limit` bytes.
     public static func get(host: String, port: UInt16, path: String = "/metrics", timeout: Double = 1,
-                           limit: Int = 16 << 20) throws -> (status: Int, body: String) {
+                           limit: Int = 16 << 20, method: String = "GET") throws -> (status: Int, body: String) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw HTTPGetError(description: "socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -105,7 +105,7 @@ public enum HTTPGet {
         let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
             connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard rc == 0 else { throw HTTPGetError(description: "\(host):\(port): \(String(cString: strerror(errno)))") }
-        let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n\r\n".utf8)
+        let request = Array("\(method) \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
             throw HTTPGetError(description: "\(host):\(port): send: \(String(cString: strerror(errno)))")
         }

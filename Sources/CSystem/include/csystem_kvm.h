@@ -34,6 +34,20 @@ static inline unsigned long gvm_KVM_INTERRUPT(void) { return KVM_INTERRUPT; }
 static inline unsigned long gvm_KVM_NMI(void) { return KVM_NMI; }
 static inline unsigned long gvm_KVM_SET_TSC_KHZ(void) { return KVM_SET_TSC_KHZ; }
 static inline unsigned long gvm_KVM_GET_TSC_KHZ(void) { return KVM_GET_TSC_KHZ; }
+// vCPU state for live migration (Sources/KVM/VCPUState.swift).
+static inline unsigned long gvm_KVM_GET_XSAVE(void) { return KVM_GET_XSAVE; }
+static inline unsigned long gvm_KVM_SET_XSAVE(void) { return KVM_SET_XSAVE; }
+static inline unsigned long gvm_KVM_GET_XCRS(void) { return KVM_GET_XCRS; }
+static inline unsigned long gvm_KVM_SET_XCRS(void) { return KVM_SET_XCRS; }
+static inline unsigned long gvm_KVM_GET_VCPU_EVENTS(void) { return KVM_GET_VCPU_EVENTS; }
+static inline unsigned long gvm_KVM_SET_VCPU_EVENTS(void) { return KVM_SET_VCPU_EVENTS; }
+static inline unsigned long gvm_KVM_GET_DEBUGREGS(void) { return KVM_GET_DEBUGREGS; }
+static inline unsigned long gvm_KVM_SET_DEBUGREGS(void) { return KVM_SET_DEBUGREGS; }
+static inline size_t gvm_sizeof_kvm_xsave(void) { return sizeof(struct kvm_xsave); }
+static inline size_t gvm_sizeof_kvm_xcrs(void) { return sizeof(struct kvm_xcrs); }
+static inline size_t gvm_sizeof_kvm_vcpu_events(void) { return sizeof(struct kvm_vcpu_events); }
+static inline size_t gvm_sizeof_kvm_debugregs(void) { return sizeof(struct kvm_debugregs); }
+static inline size_t gvm_sizeof_kvm_fpu(void) { return sizeof(struct kvm_fpu); }
 
 // ---- capabilities ------------------------------------------------------------------------------
 static inline int gvm_KVM_CAP_IMMEDIATE_EXIT(void) { return KVM_CAP_IMMEDIATE_EXIT; }

@@ -26,6 +26,8 @@ final class VCPUEnvironment: @unchecked Sendable {
     /// Guest RAM size: an xAPIC page moved below it is shadowed by RAM (KVM maps RAM first).
     let ramBytes: UInt64
     private let stopFlag = Atomic<Bool>(false)
+    /// Where departing vCPUs' states go (live migration; set before the vCPUs run).
+    var migration: (any VCPUMigrationSink)?
 
     init(bus: IOBus, router: InterruptRouter, clock: @escaping () -> UInt64,
          fence: ((_ vcpu: Int, _ kind: UInt32) -> Void)?, levelEOI: @escaping (UInt8) -> Void,

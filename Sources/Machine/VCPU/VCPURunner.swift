@@ -53,6 +53,9 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
     var lastAPICBase: UInt64 = 0
     var xapicPage: UInt64? = localAPICBase
     var warnedMSRs = Set<UInt32>()
+    /// The vCPU's state was just loaded (live migration): kvm_run's injection fields are stale
+    /// until the next exit, so nothing is injected on the first entry.
+    var arrived = false
 
     enum ExitKind: Int, CaseIterable {
         case io, mmio, hlt, irqWindow = 3, interrupted, msr
@@ -149,7 +152,7 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
         let env = self.env
         while true {
             // 1. What to do before this entry (parks inside while there is nothing to do).
-            let canInject = vcpu.readyForInterruptInjection && vcpu.interruptFlag
+            let canInject = !arrived && vcpu.readyForInterruptInjection && vcpu.interruptFlag
             switch irq.nextEntry(canInject: canInject, stopping: { env.isStopping }) {
             case .stop:
                 return
@@ -163,6 +166,10 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
             case let .start(v):
                 logger.debug("SIPI vector 0x\(String(v, radix: 16)): starting in real mode at 0x\(String(UInt64(v) << 12, radix: 16))")
                 try startAt(sipiVector: v)
+            case let .depart(node):
+                try depart(to: node)   // VCPUMigrationRunner.swift
+            case .arrive:
+                try arrive()
             case let .enter(e):
                 // 2. Injection (one vector per entry) and entry.
                 lastCR8 = e.cr8
@@ -180,6 +187,7 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
                 vcpu.clearImmediateExit()
                 let apicBase = vcpu.apicBase
                 if apicBase != lastAPICBase { apicBaseChanged(apicBase) }
+                arrived = false
                 let cr8 = vcpu.cr8
                 if cr8 != lastCR8 {
                     lastCR8 = cr8
