@@ -39,7 +39,7 @@ static const struct option {
     {"timeout", &g_cfg.timeout_s, 20},   /* seconds any wait may take before failing */
     {"table", &g_cfg.table_bits, 16},    /* wordcount, invindex: log2 of hash table slots */
     {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
-    {"ticks", w_ticks},
+    {"seconds", &g_ticks_seconds, 3},    /* ticks: seconds each vCPU spins (u_migrate.c) */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

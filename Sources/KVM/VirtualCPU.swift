@@ -60,6 +60,7 @@ extension VirtualCPU {
     }
     public func restoreState(_ state: VCPUState) throws {
         throw KVMError(call: "restoreState", errno: 95 /* EOPNOTSUPP */, context: "vCPU \(id) cannot be migrated")
+    }
 }
 
 extension VCPU: VirtualCPU {}
