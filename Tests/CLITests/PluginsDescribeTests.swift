@@ -60,12 +60,14 @@ final class PluginsDescribeTests: XCTestCase {
         }
     }
 
-    func testAPluginThatCannotRunStillDescribesItself() throws {
-        // dsm-tso refuses create(): the description comes from the descriptor, not an instance.
+    func testACoherencePluginDescribesItsTablesAndSettings() throws {
+        // The description comes from the descriptor, not an instance (nothing is created).
         let r = try describe("dsm-tso")
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.contains("promote_after_writers  2 "), r.stdout)
-        XCTAssertTrue(r.stdout.contains("multi-writer pages"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("\n  relaxed            none "), r.stdout)
+        XCTAssertTrue(r.stdout.contains("\n  flush_interval "), r.stdout)
+        XCTAssertTrue(r.stdout.contains("mw transitions"), r.stdout)
+        XCTAssertFalse(r.stdout.contains("\n  read_ahead "), "dsm-tso refuses read_ahead: \(r.stdout)")
         let local = try describe("dsm-local")
         XCTAssertTrue(local.stdout.contains("INVALID  + read  -> install zeros SHARED"), local.stdout)
         XCTAssertTrue(local.stdout.hasSuffix("settings: none\n"), local.stdout)
