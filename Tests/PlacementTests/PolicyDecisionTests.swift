@@ -74,14 +74,21 @@ final class CoLocateTests: XCTestCase {
         XCTAssertEqual(p.decide(st), [PlacementMove(vcpu: 0, node: 1)])
     }
 
+    func testFullNodesTakeNobody() {
+        var o = CoLocate.Options()
+        o.maxPerNode = 2
+        var p = CoLocate(o)
+        XCTAssertEqual(p.decide(figures(nodes: [0, 1, 0, 1], nodeCount: 2, sharing: [(0, 1, 800)])), [])
+    }
+
     func testGroupsMergeOnOneNode() {
         // Four vCPUs on two nodes in two sharing pairs across nodes: (0,1) and (2,3).
         var p = CoLocate(CoLocate.Options())
         let moves = p.decide(figures(nodes: [0, 1, 0, 1], nodeCount: 2, sharing: [(0, 1, 800), (2, 3, 700)]))
         XCTAssertEqual(moves, [PlacementMove(vcpu: 1, node: 0), PlacementMove(vcpu: 3, node: 0)])
-        // With a cap of 2 per node, the second pair goes to node 1 instead.
+        // With a cap of 3 per node, the second pair goes to node 1 instead.
         var o = CoLocate.Options()
-        o.maxPerNode = 2
+        o.maxPerNode = 3
         var q = CoLocate(o)
         XCTAssertEqual(q.decide(figures(nodes: [0, 1, 0, 1], nodeCount: 2, sharing: [(0, 1, 800), (2, 3, 700)])),
                        [PlacementMove(vcpu: 1, node: 0), PlacementMove(vcpu: 2, node: 1)])

@@ -29,7 +29,7 @@ public struct MoveBook: Sendable {
     public func movable(_ v: Int, _ stats: PlacementStats) -> Bool {
         let id = UInt32(v)
         return stats.vcpuNode[v] != PlacementStats.migrating && !inFlight.contains(id)
-            && (coolingUntil[id].map { interval >= $0 } ?? true)
+            && (coolingUntil[id].map { interval > $0 } ?? true)
     }
 
     public mutating func requested(_ m: PlacementMove) { inFlight.insert(m.vcpu) }
