@@ -67,11 +67,11 @@ public struct PlacementConfig: Sendable {
     /// `interval:`: how often the policy sees the figures (100ms to 1h; default 1s).
     public var intervalNanoseconds: UInt64 = 1_000_000_000
     /// `sample_pages:`: distinct faulting pages remembered per vCPU per interval for the sharing
-    /// matrix (16 to 65536; default 4096).
+    /// matrix (16 to 4096, so that one vCPU's figures fit one frame; default 4096).
     public var samplePages: Int = 4096
 
     public static let intervalRange: ClosedRange<UInt64> = 100_000_000...3_600_000_000_000
-    public static let samplePagesRange: ClosedRange<UInt64> = 16...65536
+    public static let samplePagesRange: ClosedRange<UInt64> = 16...4096
 
     public init(plugin: PluginRef, intervalNanoseconds: UInt64 = 1_000_000_000, samplePages: Int = 4096) {
         self.plugin = plugin
