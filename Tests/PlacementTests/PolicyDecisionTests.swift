@@ -136,6 +136,16 @@ final class FollowMemoryTests: XCTestCase {
         XCTAssertEqual(p.decide(back), [PlacementMove(vcpu: 0, node: 0)], "after the cool-down it may move")
     }
 
+    func testNoSwap() {
+        // vCPU 0 (node 0) faults on node 1's pages and vCPU 1 (node 1) on node 0's: only the
+        // one with more remote faults moves, so they end on one node instead of swapping.
+        var o = FollowMemory.Options()
+        o.persist = 1
+        var p = FollowMemory(o)
+        XCTAssertEqual(p.decide(figures(nodes: [0, 1], nodeCount: 2, faults: [(0, 1, 800), (1, 0, 900)])),
+                       [PlacementMove(vcpu: 1, node: 0)])
+    }
+
     func testCap() {
         var o = FollowMemory.Options()
         o.persist = 1

@@ -4,7 +4,8 @@
 // faults and at least `margin_percent`% more than its own node served (local faults). The same
 // node must win `persist` intervals in a row (hysteresis), the destination must have fewer than
 // `max_per_node` vCPUs, and a vCPU that moved stays put for `cooldown` intervals, so a page set
-// that moves with the vCPU does not make it ping-pong.
+// that moves with the vCPU does not make it ping-pong. Two vCPUs chasing each other's pages are
+// not swapped in one interval: the one with more remote faults moves, the other stays.
 
 import PluginKit
 
@@ -55,15 +56,26 @@ public struct FollowMemory: PlacementDecider {
         book.tick()
         var count = occupancy(stats)
         var moves: [PlacementMove] = []
-        for v in 0..<stats.vcpuCount {
+        // Planned (from, to) node pairs: a move from b to a is skipped when one from a to b is
+        // planned (two vCPUs chasing each other's pages would only swap nodes). The vCPU with the
+        // most remote faults is considered first.
+        var planned = Set<[Int]>()
+        let order = (0..<stats.vcpuCount).sorted {
+            let a = stats.remoteFaults(vcpu: $0), b = stats.remoteFaults(vcpu: $1)
+            return a != b ? a > b : $0 < $1
+        }
+        for v in order {
             guard book.movable(v, stats), let n = winner(v, stats) else {
                 streak[v] = nil
                 continue
             }
             let s: (node: Int, count: Int) = streak[v].map { $0.node == n ? ($0.node, $0.count + 1) : (n, 1) } ?? (n, 1)
             streak[v] = s
-            guard s.count >= options.persist, options.maxPerNode == 0 || count[n] < options.maxPerNode else { continue }
-            count[Int(stats.vcpuNode[v])] -= 1
+            let home = Int(stats.vcpuNode[v])
+            guard s.count >= options.persist, options.maxPerNode == 0 || count[n] < options.maxPerNode,
+                  !planned.contains([n, home]) else { continue }
+            planned.insert([home, n])
+            count[home] -= 1
             count[n] += 1
             streak[v] = nil
             let m = PlacementMove(vcpu: UInt32(v), node: UInt32(n))
