@@ -3,7 +3,8 @@
 // two nodes increment one counter under one spinlock (they fault on the same pages all the
 // time); with `placement: {plugin: placement, settings: {policy: co-locate}}` node 0's policy must
 // move one of them so both run on one node, through a live migration, and the count must stay
-// exact. Without a policy nothing moves. Every wait is bounded.
+// exact; with `follow-memory` one follows the other's pages. Without a policy nothing moves.
+// Every wait is bounded.
 
 import Foundation
 import TestSupport
@@ -51,6 +52,17 @@ final class PlacementProcessTests: XCTestCase {
         XCTAssertTrue(r.output.contains("[node 0] node 0: migration: departed=0 arrived=1 "), r.output)
         XCTAssertTrue(r.output.contains("resident now: 0,1\n"), r.output)
         XCTAssertEqual(counter(r.output, node: 1, "migrate.departed"), 1, r.output)
+    }
+
+    /// follow-memory: each vCPU's faults come from the other's node; one of them (the one with
+    /// more remote faults) follows, the other stays (no swap), and the count stays exact.
+    func testFollowMemoryBringsOneVCPUToTheOther() throws {
+        let r = try run(port: 24640, placement: "{plugin: placement, interval: 200ms, settings: {policy: follow-memory, threshold: 20}}")
+        XCTAssertEqual(r.status, 0, r.output)
+        assertExact(r.output)
+        XCTAssertEqual(counter(r.output, node: 0, "placement.migrations_done"), 1, r.output)
+        XCTAssertEqual(counter(r.output, node: 0, "placement.migrations_failed"), 0, r.output)
+        XCTAssertTrue(r.output.contains("resident now: 0,1\n"), r.output)
     }
 
     func testWithoutAPolicyNothingMoves() throws {
