@@ -746,9 +746,9 @@ typedef const gvm_plugin_descriptor *(*gvm_plugin_entry_fn)(void);
  * Placement policies (ABI 3)
  *
  * A placement plugin decides which node each vCPU runs on while the VM runs. One instance exists
- * per VM, on node 0 only (YAML `placement: {plugin: NAME, settings: {...}}`). Every interval
- * (the host's `interval` setting, default 1s) the host gathers each node's per-vCPU DSM figures
- * for the interval just ended and calls observe(); the policy may then ask for moves with
+ * per VM, on node 0 only (YAML `placement: {plugin: NAME, interval: 1s, settings: {...}}`). Every
+ * `interval` (default 1s) the host gathers each node's per-vCPU DSM figures for the interval
+ * just ended and calls observe(); the policy may then ask for moves with
  * gvm_placement_host.migrate. A move is a live vCPU migration (docs/migration.md): asynchronous,
  * at most one in flight per vCPU; its outcome comes back through migration_done.
  *
@@ -789,8 +789,7 @@ typedef struct gvm_placement_host {
      *  Returns at once: GVM_OK when the request was accepted (the outcome comes later through
      *  migration_done), GVM_ERR_INVALID for a vcpu or node out of range or the node it is
      *  already on, GVM_ERR_STATE while that vCPU has a migration in flight, GVM_ERR_CLOSED while
-     *  the VM stops. Thread: the thread of
-     *  observe() or migration_done(). May block: no. */
+     *  the VM stops. Thread: the thread of observe() or migration_done(). May block: no. */
     int (*migrate)(gvm_host *host, uint32_t vcpu, uint32_t node);
 } gvm_placement_host;
 
