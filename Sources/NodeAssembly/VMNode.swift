@@ -209,6 +209,9 @@ public final class VMNode: @unchecked Sendable {
             }
         } else {
             placement = nil
+            if cfg.placement != nil && !distributed {
+                logger.notice("placement: a one-node VM has nowhere to move a vCPU; the policy is not loaded")
+            }
         }
         if distributed {
             let forwarder = IOForwarder(node: n, metrics: metrics, timeout: max(5, cfg.timeouts.failure * 2), logger: logger)
