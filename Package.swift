@@ -35,13 +35,13 @@
 //   Host           the `giantvm` executable: the CLI only
 // Plugins (each product is one .so)
 //   TransportTCP, TransportRDMA (+ RDMALane: its slot/credit logic in pure C), IvyCore + DsmIvy,
-//   TSOCore + DsmTSO, DsmLocal, DeviceModels + Devices, ExampleC (a device plugin in plain C)
+//   TSOCore + DsmTSO, DsmLocal, PlacementCore + Placement, DeviceModels + Devices, ExampleC (a device plugin in plain C)
 // Test fixtures and support
 //   TestAbiTooOld, TestAbiTooNew, TestNoEntry, TestSmallOps, TestSwiftDevice (plugins the loader
 //   tests load), TestBroken* (coherence plugins broken on purpose: conformance must fail them),
 //   TestSupport (paths, processes, requirements)
 // Tests: one target per library (ConfigTests, PluginHostTests, DsmIvyTests, GuestMemoryTests,
-//   DsmTSOTests, CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
+//   DsmTSOTests, PlacementTests, CLITests, InterruptsTests, TimeSyncTests, MachineTests, DistributedTests, DevicesTests,
 //   GuestTests, ClusterTests, LaunchTests, SlurmTests, NodeAssemblyTests, BenchTests,
 //   TelemetryTests, ABTests, FirmwareTests, RDMALaneTests, PCDevicesTests, BootTests)
 
@@ -66,6 +66,7 @@ let package = Package(
         .library(name: "dsm-tso", type: .dynamic, targets: ["DsmTSO"]),
         .library(name: "dsm-local", type: .dynamic, targets: ["DsmLocal"]),
         .library(name: "devices", type: .dynamic, targets: ["Devices"]),
+        .library(name: "placement", type: .dynamic, targets: ["Placement"]),
         .library(name: "example-c", type: .dynamic, targets: ["ExampleC"]),
         // Deliberately broken plugins the loader tests load (built like any plugin).
         .library(name: "test-abi-too-old", type: .dynamic, targets: ["TestAbiTooOld"]),
@@ -185,6 +186,10 @@ let package = Package(
         .target(name: "DeviceModels", dependencies: ["PluginKit", "CSystem"], path: "Plugins/devices/Models", swiftSettings: swiftSettings),
         .target(name: "Devices", dependencies: ["DeviceModels", "PluginKit"], path: "Plugins/devices", exclude: ["Models"],
                 swiftSettings: swiftSettings),
+        // vCPU placement policies (co-locate, follow-memory): the deciders in PlacementCore, the entry in Placement.
+        .target(name: "PlacementCore", dependencies: ["PluginKit"], path: "Plugins/placement/Core", swiftSettings: swiftSettings),
+        .target(name: "Placement", dependencies: ["PlacementCore", "PluginKit"], path: "Plugins/placement", exclude: ["Core"],
+                swiftSettings: swiftSettings),
         .target(name: "ExampleC", dependencies: ["PluginAPI"], path: "Plugins/example-c", linkerSettings: pureCPlugin),
         .target(name: "TestAbiTooOld", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-old", linkerSettings: pureCPlugin),
         .target(name: "TestAbiTooNew", dependencies: ["PluginAPI"], path: "Tests/Fixtures/abi-too-new", linkerSettings: pureCPlugin),
@@ -214,6 +219,9 @@ let package = Package(
         .testTarget(name: "DsmTSOTests",
                     dependencies: ["TSOCore", "IvyCore", "PluginKit", "CoherenceKit", "PluginAPI", "TestSupport"],
                     path: "Tests/DsmTSOTests"),
+        .testTarget(name: "PlacementTests", dependencies: ["PlacementCore", "PluginKit", "PluginAPI", "PluginHost", "GuestMemory", "CSystem", "Config",
+                                                         "Metrics", "TestSupport", .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/PlacementTests"),
         .testTarget(name: "GuestMemoryTests",
                     dependencies: ["GuestMemory", "UserfaultFD", "CSystem", "PluginAPI", "DsmLocal", "PluginHost",
                                    "Metrics", "TestSupport", .product(name: "Logging", package: "swift-log")],

@@ -49,6 +49,8 @@ public enum MessageType {
         case timeRequest = 0x10, timeReply = 0x11
         /// Live vCPU migration (Sources/Distributed/VCPUMigrator.swift has the formats).
         case migrateRequest = 0x20, migrateState = 0x21, placement = 0x22, migrateArrived = 0x23, migrateResult = 0x24
+        /// Placement policy: a node's per-vCPU fault figures for node 0 (Sources/NodeAssembly/PlacementService.swift).
+        case placementFigures = 0x25
         case probePing = 0xE0, probePong = 0xE1
     }
 

@@ -60,6 +60,26 @@ public struct GuestConfig: Sendable {
     public var bootProtocol: String = "auto"
 }
 
+/// `placement:`: the vCPU placement policy (docs/migration.md, "Placement policies").
+public struct PlacementConfig: Sendable {
+    /// `plugin:` and `settings:` (the plugin checks its own settings when created).
+    public var plugin: PluginRef
+    /// `interval:`: how often the policy sees the figures (100ms to 1h; default 1s).
+    public var intervalNanoseconds: UInt64 = 1_000_000_000
+    /// `sample_pages:`: distinct faulting pages remembered per vCPU per interval for the sharing
+    /// matrix (16 to 4096, so that one vCPU's figures fit one frame; default 4096).
+    public var samplePages: Int = 4096
+
+    public static let intervalRange: ClosedRange<UInt64> = 100_000_000...3_600_000_000_000
+    public static let samplePagesRange: ClosedRange<UInt64> = 16...4096
+
+    public init(plugin: PluginRef, intervalNanoseconds: UInt64 = 1_000_000_000, samplePages: Int = 4096) {
+        self.plugin = plugin
+        self.intervalNanoseconds = intervalNanoseconds
+        self.samplePages = samplePages
+    }
+}
+
 /// Timeouts in seconds (`timeouts:`). Each is range-checked when read (`Durations.timeoutRange`,
 /// 1ms to 24h); use the `...Nanoseconds` accessors for arithmetic (checked, never trapping).
 public struct Timeouts: Sendable, Equatable {
@@ -102,6 +122,8 @@ public struct ClusterConfig: Sendable {
     public var warnings: [Diagnostic]
     /// `metrics:`: every node serves live Prometheus metrics (nil: none).
     public var metrics: MetricsConfig? = nil
+    /// `placement:`: a placement-policy plugin run on node 0 (nil: vCPUs stay where the YAML puts them).
+    public var placement: PlacementConfig? = nil
 
     /// Largest `memory:` a VM supports: guest RAM must end below the 32-bit device window at
     /// 0xC0000000 (Firmware's `FirmwareLayout.maxRAM`; Machine refuses more too). Checked when the

@@ -258,7 +258,8 @@ struct Reader {
     static let maxKeyFileBytes: Int64 = 64 << 10
 
     static let topLevel = ["cluster", "nodes", "memory", "plugin_path", "transport", "coherence",
-                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench", "metrics"]
+                           "devices", "ioapic_node", "guest", "key_file", "timeouts", "bench", "metrics",
+                           "placement"]
 
     mutating func cluster(_ root: Node) -> ClusterConfig? {
         guard let top = mapping(root, "", allowed: Self.topLevel + [Self.sshSection]) else { return nil }
@@ -321,6 +322,9 @@ struct Reader {
             var none: Node?
             coherence = pluginRef(c, "coherence", allowed: ["plugin", "settings"], faults: &none)
         }
+
+        var placement: PlacementConfig?
+        if let p = top["placement"]?.value { placement = placementSection(p) }
 
         var devices: [DeviceConfig] = []
         if let d = top["devices"]?.value { devices = deviceList(d, nodeCount: max(nodes.count, rawNodeCount(top["nodes"]?.value))) }
@@ -416,7 +420,24 @@ struct Reader {
                              devices: devices, ioapicNode: ioapicNode, guest: guest, keyFile: keyFile,
                              timeouts: timeouts, extra: extra, faults: faultPlan)
         config.metrics = metrics
+        config.placement = placement
         return config
+    }
+
+    /// `placement: {plugin: NAME, interval: 1s, sample_pages: 4096, settings: {...}}`.
+    mutating func placementSection(_ node: Node) -> PlacementConfig? {
+        guard let m = mapping(node, "placement", allowed: ["plugin", "settings", "interval", "sample_pages"]) else { return nil }
+        var out = PlacementConfig(plugin: PluginRef(plugin: ""))
+        if let p = m["plugin"]?.value { out.plugin.plugin = string(p, "placement.plugin") ?? "" }
+        else { report(node, "placement.plugin", "missing (a placement plugin name or path to a .so, e.g. placement)") }
+        if let s = m["settings"]?.value { out.plugin.settings = settings(s, "placement.settings") }
+        if let i = m["interval"]?.value,
+           let d = duration(i, "placement.interval", range: PlacementConfig.intervalRange) { out.intervalNanoseconds = d }
+        if let n = m["sample_pages"]?.value,
+           let v = integer(n, "placement.sample_pages", range: PlacementConfig.samplePagesRange, what: "a page count") {
+            out.samplePages = Int(v)
+        }
+        return out
     }
 
     /// `plugin:` and `settings:`; the `faults:` value (transport only) is handed back in `faults`.

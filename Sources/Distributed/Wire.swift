@@ -105,6 +105,8 @@ public enum CPUMessage: Equatable {
             throw WireError("cpu message type 0x\(String(t, radix: 16)) belongs to the channel probe")
         case .migrateRequest, .migrateState, .placement, .migrateArrived, .migrateResult:
             throw WireError("cpu message type 0x\(String(t, radix: 16)) belongs to the vCPU migrator (VCPUMigrator.swift)")
+        case .placementFigures:
+            throw WireError("cpu message type 0x\(String(t, radix: 16)) belongs to the placement policy (PlacementService.swift)")
         }
         guard let m else { throw WireError("truncated or invalid cpu message \(type) (\(b.count) bytes)") }
         guard r.remaining == 0 else { throw WireError("cpu message \(type) has \(r.remaining) trailing bytes") }

@@ -80,7 +80,9 @@ public final class CoherencePluginInstance {
 
     /// Delivers a coherence message from node `src` (the Cluster layer calls this).
     public func receive(from src: UInt32, _ message: UnsafeRawBufferPointer) {
+        FaultAttribution.setMessageSource(src)
         ops.pointee.receive(instance, src, message.baseAddress, message.count)
+        FaultAttribution.setMessageSource(nil)
     }
 
     deinit {

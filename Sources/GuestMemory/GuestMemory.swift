@@ -175,6 +175,19 @@ public final class GuestMemory: @unchecked Sendable {
     let sendUrgent: CoherenceSender
     /// Called (once per dying handler thread) when fault handling cannot go on.
     let onFatal: (String) -> Void
+    /// Per-vCPU fault figures for a placement policy (nil: none). Set before `start`.
+    public private(set) var attribution: FaultAttribution?
+    /// Whether userfaultfd messages name the faulting thread (needed for `attribution`).
+    public var threadIDs: Bool { uffd.features.contains(.threadID) }
+
+    /// Attributes faults to vCPUs from now on (before `start`). False when the kernel does not
+    /// report faulting threads (UFFD_FEATURE_THREAD_ID), so no fault could be attributed.
+    @discardableResult
+    public func enableAttribution(_ a: FaultAttribution) -> Bool {
+        guard threadIDs else { return false }
+        attribution = a
+        return true
+    }
     private let table: UnsafeMutablePointer<gvm_coherence_host>
 
     // Handler threads.
@@ -202,8 +215,11 @@ public final class GuestMemory: @unchecked Sendable {
             throw GuestMemoryError.mapping("handler thread count \(handlerThreads) is not in 1...64")
         }
         let uffd: Userfaultfd
-        do { uffd = try Userfaultfd(features: [.pagefaultFlagWP]) } catch let e as UFFDError {
-            throw GuestMemoryError.userfaultfd(e)
+        // THREAD_ID when the kernel has it: faults are then attributed to vCPUs (FaultAttribution).
+        do { uffd = try Userfaultfd(features: [.pagefaultFlagWP, .threadID]) } catch {
+            do { uffd = try Userfaultfd(features: [.pagefaultFlagWP]) } catch let e as UFFDError {
+                throw GuestMemoryError.userfaultfd(e)
+            }
         }
         let length = Int(bytes)
         guard let map = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
@@ -378,7 +394,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     @inline(__always)
     func handle(_ event: UFFDEvent) {
-        guard case .pageFault(let address, let write, let wp, _) = event else {
+        guard case .pageFault(let address, let write, let wp, let tid) = event else {
             bump(.unexpected)
             logger.warning("userfaultfd: unexpected event \(event)")
             return
@@ -404,6 +420,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         bump(.delivered)
         pageFaults[Int(gfn)].wrappingAdd(1, ordering: .relaxed)
+        attribution?.fault(tid: tid, gfn: gfn)
         faultHook!(pluginInstance, gfn, access, 0)
     }
 
@@ -498,6 +515,7 @@ public final class GuestMemory: @unchecked Sendable {
             return GVM_ERR_IO
         }
         setState(gfn, state)
+        attribution?.installed(gfn)
         return GVM_OK
     }
 
@@ -529,6 +547,7 @@ public final class GuestMemory: @unchecked Sendable {
             return GVM_ERR_IO
         }
         for i in 0..<count { setState(gfn + UInt64(i), state) }
+        if let a = attribution { for i in 0..<count { a.installed(gfn + UInt64(i)) } }
         return GVM_OK
     }
 

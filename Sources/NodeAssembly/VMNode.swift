@@ -84,6 +84,8 @@ public final class VMNode: @unchecked Sendable {
     let dma: DMAForwarder?
     /// Live vCPU migration (nil on a one-node VM): docs/migration.md.
     public let migrator: VCPUMigrator?
+    /// The placement policy (YAML `placement:`; nil without one or on a one-node VM).
+    public let placement: PlacementService?
     private let localCause = Mutex<StopCause?>(nil)
     /// The in-process transport of a one-node VM (its endpoint holds it weakly).
     private let loopback: InMemoryNetwork?
@@ -195,6 +197,22 @@ public final class VMNode: @unchecked Sendable {
         }
 
         // 4. The distributed components, each registering its own message types.
+        if distributed, let pc = cfg.placement, let mig = migrator {
+            guard let memory = coherence?.memory else {
+                throw AssemblyError("\(cfg.sourcePath): placement: needs coherent guest memory (node \(id))")
+            }
+            placement = try PlacementService(node: n, config: cfg, placement: pc, memory: memory, migrator: mig, loader: loader,
+                                             metrics: metrics, logger: logger) { why in
+                if let vm = target.vm { vm.stop(.pluginFatal(plugin: pc.plugin.plugin, why)) } else {
+                    n.stop(StopCause.pluginFatal(plugin: pc.plugin.plugin, why).stopReason(origin: id))
+                }
+            }
+        } else {
+            placement = nil
+            if cfg.placement != nil && !distributed {
+                logger.notice("placement: a one-node VM has nowhere to move a vCPU; the policy is not loaded")
+            }
+        }
         if distributed {
             let forwarder = IOForwarder(node: n, metrics: metrics, timeout: max(5, cfg.timeouts.failure * 2), logger: logger)
             forwarder.serve(bus: m.bus)
@@ -258,6 +276,7 @@ public final class VMNode: @unchecked Sendable {
                 say(timeLine(try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))))
             }
             try barrier.arriveAndWait(timeout: config.timeouts.connect)
+            placement?.start()
         }
         if machine.config.localVCPUs.contains(0) {
             let summary = try image.load(into: machine)
@@ -333,6 +352,7 @@ public final class VMNode: @unchecked Sendable {
 
     /// Stops the devices, then guest memory and the plugin (no vCPU runs any more).
     public func shutdown() {
+        placement?.stop()
         machine.shutdownDevices()
         coherence?.stop()
         metricsServer?.stop()

@@ -8,12 +8,13 @@ import PluginAPI
 import Config
 
 public enum PluginKind: UInt32, Sendable, CustomStringConvertible {
-    case transport = 1, coherence = 2, device = 3
+    case transport = 1, coherence = 2, device = 3, placement = 4
     public var description: String {
         switch self {
         case .transport: return "transport"
         case .coherence: return "coherence"
         case .device: return "device"
+        case .placement: return "placement"
         }
     }
 }
@@ -49,7 +50,7 @@ public enum PluginLoadError: Error, CustomStringConvertible, Equatable {
         case let .abiTooNew(path, name, abi):
             return "plugin '\(name)' (\(path)) was built for plugin ABI \(abi), newer than this giantvm supports (\(GVM_ABI_VERSION)): use a newer giantvm or rebuild the plugin against ABI \(GVM_ABI_VERSION)"
         case let .unknownKind(path, kind):
-            return "plugin '\(path)' declares an unknown kind \(kind) (expected 1 transport, 2 coherence or 3 device)"
+            return "plugin '\(path)' declares an unknown kind \(kind) (expected 1 transport, 2 coherence, 3 device or 4 placement)"
         case let .wrongKind(path, name, found, expected):
             return "plugin '\(name)' (\(path)) is a \(found) plugin, but a \(expected) plugin is needed here"
         case let .duplicateName(name, path, firstPath):
@@ -86,6 +87,10 @@ public struct LoadedPlugin: @unchecked Sendable {
     }
     public var deviceOps: UnsafePointer<gvm_device_ops>? {
         kind == .device ? ops.assumingMemoryBound(to: gvm_device_ops.self) : nil
+    }
+    /// The placement-policy ops (ABI 3), when this is a placement plugin.
+    public var placementOps: UnsafePointer<gvm_placement_ops>? {
+        kind == .placement ? ops.assumingMemoryBound(to: gvm_placement_ops.self) : nil
     }
 
     /// Names of the device models a device plugin offers.
@@ -314,6 +319,8 @@ public final class PluginLoader {
             return ("gvm_coherence_ops", MemoryLayout<gvm_coherence_ops>.size, end(\gvm_coherence_ops.destroy, gvm_coherence_ops.self))
         case .device:
             return ("gvm_device_ops", MemoryLayout<gvm_device_ops>.size, end(\gvm_device_ops.models, gvm_device_ops.self))
+        case .placement:
+            return ("gvm_placement_ops", MemoryLayout<gvm_placement_ops>.size, end(\gvm_placement_ops.destroy, gvm_placement_ops.self))
         }
     }
 
@@ -367,6 +374,11 @@ public final class PluginLoader {
                 if m.io == nil { throw missing("\(n).io") }
                 if m.destroy == nil { throw missing("\(n).destroy") }
             }
+        case .placement:
+            let o = ops.assumingMemoryBound(to: gvm_placement_ops.self).pointee
+            if o.create == nil { throw missing("create") }
+            if o.observe == nil { throw missing("observe") }
+            if o.destroy == nil { throw missing("destroy") }
         }
     }
 }

@@ -147,6 +147,9 @@ int gvm_thread_get_affinity(gvm_cpu_mask *out);
 int gvm_thread_set_affinity(const gvm_cpu_mask *mask);
 /// Pins the calling thread to one CPU; 0 or -errno.
 int gvm_thread_pin_cpu(int cpu);
+
+/** The calling thread's kernel id (the id userfaultfd reports with UFFD_FEATURE_THREAD_ID). */
+static inline uint32_t gvm_gettid(void) { return (uint32_t)syscall(SYS_gettid); }
 /// The id of the n-th (from 0) CPU this process may run on (sched_getaffinity), or -1.
 int gvm_nth_available_cpu(int n);
 

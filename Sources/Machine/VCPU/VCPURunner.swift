@@ -11,6 +11,7 @@
 // Threading: one runner per local vCPU, on its own dedicated thread (never a Swift task). It is
 // the only thread that calls its vCPU; other threads reach it through its VCPUInterrupts (under
 // that lock) and `kick()`.
+import GuestMemory
 import Foundation
 import Interrupts
 import KVM
@@ -148,7 +149,11 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
     /// Runs until the machine stops. Throws a VCPUFailure when this vCPU cannot go on.
     func run() throws {
         vcpu.bindToCurrentThread()
-        defer { vcpu.unbindThread() }
+        FaultAttribution.registerCurrentThread(vcpu: Int(vcpu.id))   // its DSM faults count for it
+        defer {
+            FaultAttribution.unregisterCurrentThread()
+            vcpu.unbindThread()
+        }
         let env = self.env
         while true {
             // 1. What to do before this entry (parks inside while there is nothing to do).

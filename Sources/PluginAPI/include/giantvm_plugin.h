@@ -13,6 +13,7 @@
  *   GVM_PLUGIN_TRANSPORT  moves opaque frames between nodes (TCP, RDMA, ...)
  *   GVM_PLUGIN_COHERENCE  the distributed-shared-memory protocol (Ivy, TSO, ...)
  *   GVM_PLUGIN_DEVICE     one or more device models (UART, exit device, ...)
+ *   GVM_PLUGIN_PLACEMENT  a vCPU placement policy (co-locate, follow-memory, ...)
  *
  * Versioning. GVM_ABI_VERSION is the version this header describes. The host refuses a plugin
  * whose descriptor says abi_version < GVM_ABI_MIN_VERSION ("too old: rebuild it against this
@@ -37,6 +38,9 @@
  * Also ABI 3 — coherence hints from the guest: gvm_device_host ends with coherence_hint (a device
  * passes a range's class or a fence to the host), gvm_coherence_ops ends with the OPTIONAL hint
  * hook (the host passes it to the protocol); GVM_HINT_* kinds.
+ * Also ABI 3 — placement policies: GVM_PLUGIN_PLACEMENT (4), gvm_placement_ops (observe per-vCPU
+ * fault and page-sharing figures every interval) and gvm_placement_host (request a live vCPU
+ * migration; the result comes back through migration_done).
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -86,6 +90,7 @@ typedef enum gvm_plugin_kind {
     GVM_PLUGIN_TRANSPORT = 1,
     GVM_PLUGIN_COHERENCE = 2,
     GVM_PLUGIN_DEVICE = 3,
+    GVM_PLUGIN_PLACEMENT = 4, /* ABI 3 */
 } gvm_plugin_kind;
 
 typedef enum gvm_status {
@@ -714,7 +719,8 @@ typedef struct gvm_plugin_descriptor {
     const char *name;     /* unique among loaded plugins, e.g. "transport-tcp" */
     const char *version;  /* the plugin's own version, e.g. "0.1.0" */
     const char *summary;  /* one line */
-    const void *ops;      /* gvm_transport_ops*, gvm_coherence_ops* or gvm_device_ops* */
+    const void *ops;      /* gvm_transport_ops*, gvm_coherence_ops*, gvm_device_ops* or
+                             gvm_placement_ops* */
 
     /* --- ABI 3: the plugin's self-description. Read by `giantvm plugins describe` (and `plugins
      * list`) straight from the descriptor, on the main thread, without creating an instance:
@@ -735,6 +741,84 @@ typedef struct gvm_plugin_descriptor {
 /** The type of GVM_PLUGIN_ENTRY_SYMBOL. Called once, on the main thread, right after dlopen;
  *  must not call back into the host. The descriptor must stay valid while the .so is loaded. */
 typedef const gvm_plugin_descriptor *(*gvm_plugin_entry_fn)(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Placement policies (ABI 3)
+ *
+ * A placement plugin decides which node each vCPU runs on while the VM runs. One instance exists
+ * per VM, on node 0 only (YAML `placement: {plugin: NAME, interval: 1s, settings: {...}}`). Every
+ * `interval` (default 1s) the host gathers each node's per-vCPU DSM figures for the interval
+ * just ended and calls observe(); the policy may then ask for moves with
+ * gvm_placement_host.migrate. A move is a live vCPU migration (docs/migration.md): asynchronous,
+ * at most one in flight per vCPU; its outcome comes back through migration_done.
+ *
+ * Fault attribution: the host counts a DSM fault against the vCPU whose thread took it (the
+ * userfaultfd message carries the faulting thread id). Faults of other threads (device DMA, I/O
+ * forwarding) are not attributed to a vCPU and appear in no figure.
+ * ------------------------------------------------------------------------------------------- */
+
+/** The most vCPUs and nodes the placement figures describe (bounds the loader and host keep). */
+#define GVM_PLACEMENT_MAX_VCPUS 256u
+#define GVM_PLACEMENT_MAX_NODES 64u
+
+/** The figures of one interval, borrowed for the duration of observe(). Arrays are dense and
+ *  row-major; every count covers the interval only (it is reset after each observe()). */
+typedef struct gvm_placement_stats {
+    uint32_t size;          /* sizeof(gvm_placement_stats) as the host filled it */
+    uint32_t vcpu_count;    /* V: 1 .. GVM_PLACEMENT_MAX_VCPUS */
+    uint32_t node_count;    /* N: 1 .. GVM_PLACEMENT_MAX_NODES */
+    uint32_t sample_pages;  /* the per-vCPU page-set bound used for `sharing` (e.g. 4096) */
+    uint64_t interval_ns;   /* the length of the interval these figures cover */
+    /** [V]: the node each vCPU runs on at the end of the interval (UINT32_MAX: migrating). */
+    const uint32_t *vcpu_node;
+    /** [V*N]: faults[v*N + n] = DSM faults vCPU v took in the interval that node n served (n is
+     *  the page's owner the fault was resolved from; n == the vCPU's node counts local faults,
+     *  e.g. a first touch or an upgrade served without a transfer). */
+    const uint64_t *faults;
+    /** [V*V]: sharing[i*V + j] = distinct pages both vCPU i and vCPU j faulted on in the interval,
+     *  counted over each vCPU's first `sample_pages` distinct faulting pages (so capped by it).
+     *  Symmetric; the diagonal holds each vCPU's distinct faulting pages (also capped). */
+    const uint64_t *sharing;
+} gvm_placement_stats;
+
+typedef struct gvm_placement_host {
+    uint32_t size;
+    gvm_host *host;
+
+    /** REQUIRED. Ask the host to move `vcpu` to `node` (live migration, docs/migration.md).
+     *  Returns at once: GVM_OK when the request was accepted (the outcome comes later through
+     *  migration_done), GVM_ERR_INVALID for a vcpu or node out of range or the node it is
+     *  already on, GVM_ERR_STATE while that vCPU has a migration in flight, GVM_ERR_CLOSED while
+     *  the VM stops. Thread: the thread of observe() or migration_done(). May block: no. */
+    int (*migrate)(gvm_host *host, uint32_t vcpu, uint32_t node);
+} gvm_placement_host;
+
+typedef struct gvm_placement_ops {
+    uint32_t size;
+
+    /** REQUIRED. Create the policy (on node 0 only). `node_count` and `vcpu_count` are the VM's;
+     *  `initial_node` [vcpu_count] gives each vCPU's node from the YAML. Thread: main.
+     *  May block: no. */
+    void *(*create)(const gvm_host_services *svc, const gvm_placement_host *ph, uint32_t node_count,
+                    uint32_t vcpu_count, const uint32_t *initial_node, const gvm_setting *settings,
+                    uint32_t setting_count, gvm_error *err);
+
+    /** REQUIRED. The figures of one interval (see gvm_placement_stats); the policy may call
+     *  ph->migrate from here. Calls never overlap each other or migration_done. Thread: the
+     *  host's placement thread. May block: briefly (no network, no DSM). */
+    void (*observe)(void *policy, const gvm_placement_stats *stats);
+
+    /** OPTIONAL. The outcome of a migrate() the policy asked for: status GVM_OK when `vcpu` now
+     *  runs on `node`, otherwise why not (the vCPU stayed where it was). `elapsed_ns` is the
+     *  time the move took. Thread: the host's placement thread. May block: briefly.
+     *  A policy keeps its statistics in host counters (svc->counter, "placement.*" names):
+     *  they are printed in node 0's stop summary. */
+    void (*migration_done)(void *policy, uint32_t vcpu, uint32_t node, int status,
+                           uint64_t elapsed_ns);
+
+    /** REQUIRED. Free the policy. No call follows. Thread: main. */
+    void (*destroy)(void *policy);
+} gvm_placement_ops;
 
 #ifdef __cplusplus
 }
