@@ -40,6 +40,7 @@ static const struct option {
     {"table", &g_cfg.table_bits, 16},    /* wordcount, invindex: log2 of hash table slots */
     {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
     {"seconds", &g_ticks_seconds, 3},    /* ticks: seconds each vCPU spins (u_migrate.c) */
+    {"ms", &g_falseshare_ms, 0},         /* falseshare: ms each vCPU increments (0: iters each) */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -114,7 +115,7 @@ static const struct workload *parse(u32 id)
             buf_str(&b, "bad option '");
             buf_str(&b, tok);
             if (has_eq) { buf_char(&b, '='); buf_str(&b, eq + 1); }
-            buf_str(&b, "' (expected key=<decimal or 0xhex> with key one of iters, ipis, trials, total, ops, events, prime, timeout, table, or a virtio option of docs/virtio.md)");
+            buf_str(&b, "' (expected key=<decimal or 0xhex> with key one of iters, ipis, trials, total, ops, events, prime, timeout, table, seconds, ms, or a virtio option of docs/virtio.md)");
             buf_term(&b);
             fail(m);
         }

@@ -6,8 +6,9 @@
  * no hints (dsm-ivy) the declaration reads back "unsupported" and the same
  * workload runs on sequentially consistent memory: the baseline.
  *
- *   falseshare     every vCPU increments its own counter `iters` times, all
- *                  counters in one relaxed page: exact counts, ops_per_s
+ *   falseshare     every vCPU increments its own counter `iters` times (or,
+ *                  with ms=N, for N ms of its own clock), all counters in
+ *                  one relaxed page: exact counts, ops_per_s
  *   rmutex         `ops` lock/update/unlock per vCPU: 4 spinlocks in sc
  *                  memory, each protecting a record in relaxed memory
  *   rlitmus        MP, SB, LB, 2+2W, IRIW on relaxed x, y; observed
@@ -87,10 +88,60 @@ static void start_result(struct buf *b, const char *name)
 }
 
 /* ------------------------------------------------------------------ */
+u64 g_falseshare_ms;   /* falseshare ms=N: every vCPU increments for N ms (0: iters each) */
+
+/* Timed falseshare: after the start barrier every vCPU increments its own
+ * counter until its own clock has run `ms` milliseconds (checking the clock
+ * every FS_BATCH increments), so all vCPUs write the page during the same
+ * interval whatever the protocol does to one of them. Each vCPU also counts
+ * in a register; the counter in (relaxed) memory must equal that count.
+ * rate = all increments / the longest vCPU's own interval (each interval is
+ * one vCPU's own TSC, never compared across nodes). `min_share` is the
+ * smallest vCPU's share of the total in thousandths (1000/vcpus when every
+ * vCPU progressed equally): a protocol that stalls a node shows it there. */
+#define FS_BATCH 1024
+static int falseshare_timed(u32 id, volatile u64 *counters)
+{
+    u64 len = muldiv(g_falseshare_ms, g_info.tsc_hz, 1000), n = 0;
+    barrier_all(id);
+    u64 t0 = rdtsc(), end = t0 + len, t;
+    do {
+        for (u32 k = 0; k < FS_BATCH; k++) counters[id] = counters[id] + 1;
+        n += FS_BATCH;
+    } while ((t = rdtsc()) < end);
+    g_ucpu[id].val[0] = n;
+    g_ucpu[id].val[1] = t - t0;
+    barrier_all(id);
+    if (id) return 1;
+    int ok = 1;
+    u64 total = 0, counted = 0, longest = 1, least = ~0UL;
+    for (u32 i = 0; i < nv(); i++) {
+        total += counters[i];
+        counted += g_ucpu[i].val[0];
+        if (counters[i] != g_ucpu[i].val[0]) ok = 0;
+        if (g_ucpu[i].val[1] > longest) longest = g_ucpu[i].val[1];
+        if (g_ucpu[i].val[0] < least) least = g_ucpu[i].val[0];
+    }
+    char r[320];
+    struct buf j = BUF_INIT(r);
+    start_result(&j, "falseshare");
+    buf_kv_u64(&j, "expected", counted);
+    buf_kv_u64(&j, "total", total);
+    buf_kv_u64(&j, "ms", g_falseshare_ms);
+    buf_kv_fix2(&j, "ops_per_s", rate_x100(total, longest));
+    buf_kv_u64(&j, "longest_us", cycles_to_us(longest));
+    buf_kv_u64(&j, "min_share", counted ? muldiv(least, 1000, counted) : 0);
+    buf_kv_bool(&j, "ok", ok);
+    buf_char(&j, '}');
+    emit_result(&j);
+    return ok;
+}
+
 int w_falseshare(u32 id)
 {
     if (!setup(id)) return 0;
     volatile u64 *counters = (volatile u64 *)g_info.heap_start;   /* one page, 8 bytes per vCPU */
+    if (g_falseshare_ms) return falseshare_timed(id, counters);
     u64 iters = g_cfg.iters;
     barrier_all(id);
     u64 w0 = rdtsc();

@@ -108,6 +108,10 @@ public struct DsmBenchSummary {
                                                "nanoseconds": AnyCodable(t.nanoseconds), "pages_per_second": AnyCodable(t.pagesPerSecond),
                                                "mib_per_second": AnyCodable(t.mibPerSecond)])
         }
+        if let f = falseShareRate {
+            s["falseshare"] = AnyCodable(["increments": AnyCodable(f.increments), "longest_loop_ns": AnyCodable(f.longestNanoseconds),
+                                          "increments_per_second": AnyCodable(f.perSecond)])
+        }
         if let lit = reports.first(where: { !$0.result.litmus.isEmpty })?.result.litmus { s["litmus"] = AnyCodable(lit) }
         return s
     }
@@ -130,6 +134,24 @@ public struct DsmBenchSummary {
         guard workload == "seqread", let r0 = reports.first(where: { $0.node == 0 }), !r0.result.latencies.isEmpty else { return nil }
         let pages = r0.result.operations.reduce(0, +) / r0.result.latencies.count
         return SequentialRead(pages: pages, passes: r0.result.latencies.count, nanoseconds: r0.result.latencies.reduce(0, +))
+    }
+
+    /// falseshare: every thread's increments over the longest thread's loop (each loop timed by
+    /// its own thread from the start barrier on).
+    public struct FalseShareRate: Sendable {
+        public var increments: Int, longestNanoseconds: UInt64
+        public var perSecond: Double { Double(increments) / max(Double(longestNanoseconds) / 1e9, 1e-9) }
+        var line: String {
+            String(format: "falseshare: %d increments, longest thread's loop %.3f s = %.0f increments/s (all threads)",
+                   increments, Double(longestNanoseconds) / 1e9, perSecond)
+        }
+    }
+
+    public var falseShareRate: FalseShareRate? {
+        guard workload == "falseshare" else { return nil }
+        let loops = reports.flatMap(\.result.latencies)
+        guard let longest = loops.max() else { return nil }
+        return FalseShareRate(increments: reports.reduce(0) { $0 + $1.result.operations.reduce(0, +) }, longestNanoseconds: longest)
     }
 
     /// readmiss: node 0's thread-observed read-miss p50 over the floor's p50 (same run, same way).
@@ -163,6 +185,7 @@ public struct DsmBenchSummary {
             for (k, v) in r.result.checks.sorted(by: { $0.key < $1.key }) { out += "check node \(r.node): \(k) = \(v) (exact)\n" }
         }
         if let t = sequentialRead { out += t.line + "\n" }
+        if let f = falseShareRate { out += f.line + "\n" }
         if let lit = reports.first(where: { !$0.result.litmus.isEmpty })?.result.litmus {
             for (name, outcomes) in lit.sorted(by: { $0.key < $1.key }) {
                 out += "litmus \(name): " + outcomes.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "\n"
@@ -179,7 +202,7 @@ public struct DsmBenchSummary {
                     out += "read miss (node 0 reads a page the last node wrote, timed by the reading thread): n=\(s.count) "
                         + "p50 \(us(s.p50)) us, p90 \(us(s.p90)) us, p99 \(us(s.p99)) us, max \(us(s.max)) us; "
                         + String(format: "p50 ratio to floor %.2fx\n", readMissRatio ?? 0)
-                } else {
+                } else if workload == "pingpong" {
                     out += "pingpong round (two page moves, timed by the thread): n=\(s.count) p50 \(us(s.p50)) us, "
                         + "p99 \(us(s.p99)) us (two write misses: not the floor's shape, no ratio)\n"
                 }

@@ -242,11 +242,16 @@ public final class DsmWorkload: @unchecked Sendable {
 
     /// Every thread increments its own word of page 14 with a plain load and store: the page is
     /// written by every node at once (false sharing). Exact: every word ends at `iterations`.
+    /// Each thread's loop time (from leaving the start barrier to its last store) goes to
+    /// `latencies`: the report's rate is all increments over the longest loop, never a time that
+    /// includes start-up.
     func falseshare(tid: Int, local: Int, _ box: ResultBox) throws {
+        let t0 = now()
         for _ in 0..<params.iterations {
             store(14, tid, load(14, tid) + 1)
         }
-        box.lock.lock(); box.operations[local] += params.iterations; box.lock.unlock()
+        let t1 = now()
+        box.lock.lock(); box.operations[local] += params.iterations; box.latencies.append(t1 - t0); box.lock.unlock()
         try barrier("falseshare done")
         guard local == 0 else { return }
         var total: UInt64 = 0

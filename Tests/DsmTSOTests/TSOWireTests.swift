@@ -93,6 +93,10 @@ final class TSOWireTests: XCTestCase {
         XCTAssertTrue(err(["flush_interval": "1us"]).hasPrefix("setting 'flush_interval':"), err(["flush_interval": "1us"]))
         XCTAssertTrue(err(["promote": "2"]).hasPrefix("unknown setting 'promote'"))
         XCTAssertEqual(try TSOConfig.parse(["hold_time": "0"], pageCount: 16, nodeCount: 2).ivy.holdNanoseconds, 0)
+        // read-ahead: off unless asked for; when asked for, dsm-ivy's range check applies
+        XCTAssertEqual(try TSOConfig.parse([:], pageCount: 16, nodeCount: 2).ivy.readAhead, 0)
+        XCTAssertEqual(try TSOConfig.parse(["read_ahead": "16"], pageCount: 16, nodeCount: 2).ivy.readAhead, 16)
+        XCTAssertTrue(err(["read_ahead": "65"]).contains("read_ahead"), err(["read_ahead": "65"]))
         let auto = try TSOConfig.parse(["relaxed_start": "sc", "switch_after": "3", "switch_window": "5ms", "switch_back_after": "0"],
                                        pageCount: 16, nodeCount: 2)
         XCTAssertEqual([auto.startSc ? 1 : 0, auto.switchAfter, Int(auto.switchWindowNanoseconds), auto.switchBackAfter], [1, 3, 5_000_000, 0])

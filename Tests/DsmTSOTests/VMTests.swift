@@ -116,6 +116,23 @@ final class TSOVMTests: XCTestCase {
         let res = resultLine(r)
         XCTAssertTrue(res.hasPrefix(#"{"workload":"falseshare","vcpus":2,"relaxed":false,"expected":40000,"total":40000,"#), "\(res)\n\(r.output)")
     }
+
+    /// falseshare ms=N: both vCPUs increment during the same interval; the counters in relaxed
+    /// memory equal the counts each vCPU kept, and both nodes made progress.
+    func testTimedFalseShareCountsEveryIncrementOnBothNodes() throws {
+        let r = try up(tsoVMConfig(port: 22176, vcpus: [1, 1], cmdline: "falseshare ms=300"))
+        XCTAssertEqual(r.status, 0, r.output)
+        let res = resultLine(r)
+        guard let data = res.data(using: .utf8), let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let expected = j["expected"] as? Int, let total = j["total"] as? Int, let share = j["min_share"] as? Int,
+              let longest = j["longest_us"] as? Int else { return XCTFail("no timed falseshare result: \(res)\n\(r.output)") }
+        XCTAssertEqual(j["relaxed"] as? Bool, true, res)
+        XCTAssertEqual(j["ok"] as? Bool, true, res)
+        XCTAssertEqual(total, expected, res)
+        XCTAssertGreaterThan(total, 1_000_000, res)
+        XCTAssertGreaterThan(share, 0, "a vCPU made no progress: \(res)")
+        XCTAssertGreaterThanOrEqual(longest, 300_000, res)
+    }
 }
 
 final class TSOKillTests: XCTestCase {

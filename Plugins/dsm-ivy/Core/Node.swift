@@ -193,6 +193,11 @@ public final class IvyNode: @unchecked Sendable {
     /// pinned page does, until `pageUnpinned(gfn:)` replays it. Must not call back into this
     /// node or take a lock held around calls into it. Set before the first fault or message.
     public var releaseGate: ((_ gfn: UInt64) -> Bool)?
+    /// A hook for a protocol built on this one (dsm-tso): called under this node's lock for each
+    /// page read-ahead is about to request; false leaves the page alone (its next access faults
+    /// as usual). Must not call back into this node. nil: every page may be read ahead. Set
+    /// before the first fault.
+    public var readAheadFilter: ((_ gfn: UInt64) -> Bool)?
 
     struct Outstanding {
         var kind: FaultKind

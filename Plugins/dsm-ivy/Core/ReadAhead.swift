@@ -164,6 +164,7 @@ extension IvyNode {
         for p in d.fetch {
             let g = Int(p)
             guard state[g] == .I, outstanding[p] == nil, stalled[p] == nil, held[p] == nil else { continue }
+            if let keep = readAheadFilter, !keep(p) { continue }
             wanted.append(p)
         }
         guard !wanted.isEmpty else { return }

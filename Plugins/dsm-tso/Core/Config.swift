@@ -14,9 +14,10 @@
 //                    (default 16; 0 = never; 1 ... 100000)
 //   flush_interval   a dirty mw page's diff is out at most this long after its first write, even
 //                    without a fence (default 1ms; 10us ... 1s)
-//   manager_chunk, hold_time, request_timeout, send_wait: as dsm-ivy (docs/dsm-ivy.md); dsm-ivy's
-//                    read_ahead is refused: dsm-tso never reads ahead; the
+//   manager_chunk, hold_time, request_timeout, send_wait: as dsm-ivy (docs/dsm-ivy.md); the
 //                    home of an mw page is its Ivy manager; a fence waits at most request_timeout.
+//   read_ahead       as dsm-ivy's but default 0 (off), and only sc pages outside every relaxed
+//                    range are read ahead; a guest hint over a prefetched page is refused.
 //
 // Threading: value types; safe anywhere.
 
@@ -42,12 +43,13 @@ public struct TSOConfig: Sendable, Equatable {
         for key in settings.keys.sorted() where !settingKeys.contains(key) {
             throw PluginError("unknown setting '\(key)' (accepted: \(settingKeys.sorted().joined(separator: ", ")))")
         }
-        if settings["read_ahead"] != nil {
-            throw PluginError("setting 'read_ahead': dsm-tso does not read ahead (a prefetched copy of a page the guest later declares relaxed would bypass its twin); remove it")
-        }
         var ivySettings = settings
         for k in ownKeys { ivySettings[k] = nil }
-        ivySettings["read_ahead"] = "0"
+        // Read-ahead is off unless asked for: a prefetched copy makes its page "in use", so a
+        // guest hint declaring it relaxed later is refused (GVM_ERR_STATE, the cluster stops
+        // naming the page). With read_ahead set, dsm-ivy prefetches only pages of class sc
+        // outside every relaxed range (TSONode sets IvyNode.readAheadFilter).
+        if ivySettings["read_ahead"] == nil { ivySettings["read_ahead"] = "0" }
         var ivy = try IvyConfig.parse(ivySettings, pageCount: pageCount, nodeCount: nodeCount)
         try ivy.parseLivenessSettings(ivySettings)
         var config = TSOConfig(ivy: ivy)

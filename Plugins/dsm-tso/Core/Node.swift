@@ -147,6 +147,7 @@ public final class TSONode: @unchecked Sendable {
         pthread_mutex_init(&gateLock, nil)
         pthread_cond_init(&cond, nil)
         ivy.releaseGate = { [unowned self] gfn in scPageLeaving(gfn) }
+        ivy.readAheadFilter = { [unowned self] gfn in relaxed[Int(gfn)] == PageClass.sc }
         watch.onWake = { [unowned self] gfn in ivyWoke(gfn) }
     }
 

@@ -13,7 +13,7 @@ public final class TSOPlugin: CoherencePlugin {
     public static let summary = "hybrid DSM: Ivy (sequential consistency) outside relaxed ranges, home-based multiple writers with diffs inside"
     public static let entry = CoherencePluginEntry(TSOPlugin.self, name: name, version: version, summary: summary)
     /// Every setting, for the ABI 3 descriptor (`giantvm plugins describe dsm-tso`): its own and
-    /// dsm-ivy's for the sc pages (Config.swift), less read_ahead, which dsm-tso refuses.
+    /// dsm-ivy's for the sc pages (Config.swift); read_ahead defaults to 0 here.
     public static let settingInfo: [SettingInfo] = [
         SettingInfo("relaxed", default: "none",
                     "guest-physical ranges of class mw (multiple writers): \"BASE:LENGTH, ...\", page aligned; none = exactly dsm-ivy"),
@@ -22,6 +22,8 @@ public final class TSOPlugin: CoherencePlugin {
         SettingInfo("switch_window", default: "10ms", "longest gap between those moves (1us to 10s)"),
         SettingInfo("switch_back_after", default: "16", "diffs in a row from one writer before an mw page goes back to sc (0 = never, up to 100000)"),
         SettingInfo("flush_interval", default: "1ms", "a dirty mw page's diff is out at most this long after its first write, fence or not (10us to 1s)"),
+        SettingInfo("read_ahead", default: "0",
+                    "as dsm-ivy's, for sc pages outside every relaxed range only; off by default: a guest hint over a prefetched page is refused (0 = off, up to 64)"),
     ] + IvyPlugin.settingInfo.filter { $0.key != "read_ahead" }
     /// Both state tables, printed by `giantvm plugins describe dsm-tso`.
     public static var pluginDescription: String? { TSOTable.describe() }
