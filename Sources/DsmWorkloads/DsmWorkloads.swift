@@ -350,15 +350,18 @@ public final class DsmWorkload: @unchecked Sendable {
         UInt64(round + 1) << 48 | UInt64(page) << 16 | UInt64(i)
     }
 
+    /// The writer's half of readmiss and seqread: every word of every page its own pattern.
+    func writePatterns(round: Int) {
+        for p in 0..<params.pages {
+            for i in 0..<512 { store(128 + p, i, Self.pattern(round, p, i)) }
+        }
+    }
+
     func readmiss(tid: Int, local: Int, _ box: ResultBox) throws {
         let writer = node == params.nodes - 1 && local == 0
         let reader = node == 0 && local == 0
         for round in 0..<params.iterations {
-            if writer {
-                for p in 0..<params.pages {
-                    for i in stride(from: 0, to: 512, by: 1) { store(128 + p, i, Self.pattern(round, p, i)) }
-                }
-            }
+            if writer { writePatterns(round: round) }
             try barrier("readmiss written \(round)")
             if reader {
                 for p in 0..<params.pages {
@@ -392,11 +395,7 @@ public final class DsmWorkload: @unchecked Sendable {
         let writer = node == params.nodes - 1 && local == 0
         let reader = node == 0 && local == 0
         for round in 0..<params.iterations {
-            if writer {
-                for p in 0..<params.pages {
-                    for i in stride(from: 0, to: 512, by: 1) { store(128 + p, i, Self.pattern(round, p, i)) }
-                }
-            }
+            if writer { writePatterns(round: round) }
             try barrier("seqread written \(round)")
             if reader {
                 let t0 = now()
