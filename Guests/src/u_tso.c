@@ -19,6 +19,7 @@
  *                  not multi-copy atomic) */
 #include "u_lib.h"
 #include "u_work.h"
+#include "litmus.h"
 
 #define HINT_PORT 0x580
 #define HINT_FENCE 1
@@ -227,19 +228,13 @@ int w_rmutex(u32 id)
 /* ------------------------------------------------------------------ */
 /* litmus on relaxed memory: groups as in u_work.c's litmus (member k of  */
 /* group g is vCPU g + k*G); x, y in the relaxed range, results after it. */
-enum { T_MP, T_SB, T_LB, T_22W, T_IRIW, NTESTS };
-static const char *const names[NTESTS] = {"MP", "SB", "LB", "2+2W", "IRIW"};
-static const u32 threads[NTESTS] = {2, 2, 2, 2, 4};
 static struct gbarrier rl_bar[MAX_VCPUS / 2];
 
-static u64 pages_for(u64 bytes) { return (bytes + PAGE - 1) & ~(u64)(PAGE - 1); }
 
-struct rgroup { volatile u64 *x, *y; volatile u8 *res[4]; };
-
-static struct rgroup rgroup_mem(u32 g, u64 trials)
+static struct lgroup rgroup_mem(u32 g, u64 trials)
 {
     u64 xs = pages_for(trials * 8), rs = pages_for(trials);
-    struct rgroup L;
+    struct lgroup L;
     u64 rel = g_info.heap_start + (u64)g * 2 * xs;
     L.x = (volatile u64 *)rel;
     L.y = (volatile u64 *)(rel + xs);
@@ -250,13 +245,13 @@ static struct rgroup rgroup_mem(u32 g, u64 trials)
 
 static void rtrials(u32 test, u32 role, u32 g, u32 id, u64 trials, int f)
 {
-    struct rgroup L = rgroup_mem(g, trials);
+    struct lgroup L = rgroup_mem(g, trials);
     u32 *sense = &g_ucpu[id].gsense;
 #define F() do { if (f) hint_fence(); } while (0)
     for (u64 t = 0; t < trials; t++) {
         volatile u64 *x = &L.x[t], *y = &L.y[t];
         u64 a, c;
-        barrier_wait(&rl_bar[g], threads[test], sense);
+        barrier_wait(&rl_bar[g], litmus_threads[test], sense);
         switch (test) {
         case T_MP:
             if (role == 0) { *x = 1; F(); *y = 1; }
@@ -285,30 +280,6 @@ static void rtrials(u32 test, u32 role, u32 g, u32 id, u64 trials, int f)
 #undef F
 }
 
-static u32 routcome(u32 test, struct rgroup *L, u64 t)
-{
-    switch (test) {
-    case T_MP: return L->res[1][t];
-    case T_SB: return (u32)L->res[0][t] << 1 | L->res[1][t];
-    case T_LB: return (u32)L->res[0][t] << 1 | L->res[1][t];
-    case T_22W: return (u32)(L->x[t] - 1) << 1 | (u32)(L->y[t] - 1);
-    default: return (u32)L->res[2][t] << 2 | L->res[3][t];
-    }
-}
-
-/* forbidden by x86-TSO; with fences (mfence between store and load) SB's
- * 00 is forbidden too */
-static int rforbidden(u32 test, u32 o, int f)
-{
-    switch (test) {
-    case T_MP: return o == 2;
-    case T_SB: return f && o == 0;
-    case T_LB: return o == 3;
-    case T_22W: return o == 0;
-    default: return o == 10;
-    }
-}
-
 static int rlitmus(u32 id, int f)
 {
     if (!setup(id)) return 0;
@@ -323,13 +294,13 @@ static int rlitmus(u32 id, int f)
     u64 groups_of[NTESTS];
     memset(counts, 0, sizeof(counts));
     for (u32 test = 0; test < NTESTS; test++) {
-        u32 th = threads[test], G = n / th;
+        u32 th = litmus_threads[test], G = n / th;
         groups_of[test] = G;
         g_ucpu[id].gsense = 0;
         if (id == 0)
             for (u32 g = 0; g < MAX_VCPUS / 2; g++) rl_bar[g].count = rl_bar[g].sense = 0;
         if (id < G) {
-            struct rgroup L = rgroup_mem(id, trials);
+            struct lgroup L = rgroup_mem(id, trials);
             for (u64 t = 0; t < trials; t++) L.x[t] = L.y[t] = 0;
         }
         barrier_all(id);
@@ -337,8 +308,8 @@ static int rlitmus(u32 id, int f)
         barrier_all(id);
         if (id == 0)
             for (u32 g = 0; g < G; g++) {
-                struct rgroup L = rgroup_mem(g, trials);
-                for (u64 t = 0; t < trials; t++) counts[test][routcome(test, &L, t)]++;
+                struct lgroup L = rgroup_mem(g, trials);
+                for (u64 t = 0; t < trials; t++) counts[test][litmus_outcome(test, &L, t)]++;
             }
         barrier_all(id);
     }
@@ -353,20 +324,18 @@ static int rlitmus(u32 id, int f)
         u64 fc = 0;
         if (test) buf_char(&j, ',');
         buf_char(&j, '"');
-        buf_str(&j, names[test]);
+        buf_str(&j, litmus_names[test]);
         buf_str(&j, "\":{");
         buf_kv_u64(&j, "groups", groups_of[test]);
         buf_str(&j, ",\"outcomes\":{");
         int first = 1;
         for (u32 o = 0; o < 16; o++) {
             if (!counts[test][o]) continue;
-            if (rforbidden(test, o, f)) fc += counts[test][o];
+            if (litmus_forbidden(test, o, f)) fc += counts[test][o];
             if (!first) buf_char(&j, ',');
             first = 0;
             buf_char(&j, '"');
-            u32 bits = test == T_IRIW ? 4 : 2;
-            for (int i = (int)bits - 1; i >= 0; i--)
-                buf_char(&j, (char)('0' + ((o >> i) & 1) + (test == T_22W ? 1 : 0)));
+            litmus_outcome_name(&j, test, o);
             buf_str(&j, "\":");
             buf_u64(&j, counts[test][o]);
         }

@@ -3,6 +3,7 @@
  * really shares. Results: vCPU 0 emits exactly one RESULT line per run. */
 #include "u_lib.h"
 #include "u_work.h"
+#include "litmus.h"
 
 static u32 nv(void) { return g_info.vcpus; }
 
@@ -176,15 +177,9 @@ int w_counter(u32 id)
 /* locations x[t], y[t] (x and y on different pages). Outcomes are      */
 /* tallied by vCPU 0 afterwards.                                         */
 /* ------------------------------------------------------------------ */
-enum { T_MP, T_SB, T_LB, T_22W, T_IRIW, NTESTS };
-static const char *const test_names[NTESTS] = {"MP", "SB", "LB", "2+2W", "IRIW"};
-static const u32 test_threads[NTESTS] = {2, 2, 2, 2, 4};
 
 static struct gbarrier litmus_bar[MAX_VCPUS / 2];
 
-struct lgroup { volatile u64 *x, *y; volatile u8 *res[4]; };
-
-static u64 pages_for(u64 bytes) { return (bytes + PAGE - 1) & ~(u64)(PAGE - 1); }
 
 static struct lgroup group_mem(u32 g, u64 trials)
 {
@@ -200,7 +195,7 @@ static struct lgroup group_mem(u32 g, u64 trials)
 static void run_trials(u32 test, u32 role, u32 g, u32 id, u64 trials)
 {
     struct lgroup L = group_mem(g, trials);
-    u32 th = test_threads[test];
+    u32 th = litmus_threads[test];
     struct gbarrier *gb = &litmus_bar[g];
     u32 *sense = &g_ucpu[id].gsense;
     for (u64 t = 0; t < trials; t++) {
@@ -234,33 +229,6 @@ static void run_trials(u32 test, u32 role, u32 g, u32 id, u64 trials)
     }
 }
 
-/* outcome index of trial t and whether x86-TSO forbids it */
-static u32 outcome(u32 test, struct lgroup *L, u64 t)
-{
-    switch (test) {
-    case T_MP: return L->res[1][t];                              /* r(y) r(x) */
-    case T_SB: return (u32)L->res[0][t] << 1 | L->res[1][t];     /* r0(y) r1(x) */
-    case T_LB: return (u32)L->res[0][t] << 1 | L->res[1][t];     /* r0(x) r1(y) */
-    case T_22W: return (u32)(L->x[t] - 1) << 1 | (u32)(L->y[t] - 1); /* final x, y */
-    default: return (u32)L->res[2][t] << 2 | L->res[3][t];       /* (x y) (y x) */
-    }
-}
-static int forbidden(u32 test, u32 o)
-{
-    switch (test) {
-    case T_MP: return o == 2;        /* saw y=1 but x=0 */
-    case T_SB: return 0;             /* r0=r1=0 allowed by TSO (store buffer) */
-    case T_LB: return o == 3;        /* both loads saw the other's later store */
-    case T_22W: return o == 0;       /* final x=1, y=1 */
-    default: return o == 10;         /* readers disagree on the order: 10 10 */
-    }
-}
-static void outcome_name(struct buf *b, u32 test, u32 o)
-{
-    u32 bits = test == T_IRIW ? 4 : 2;
-    for (int i = (int)bits - 1; i >= 0; i--)
-        buf_char(b, (char)('0' + ((o >> i) & 1) + (test == T_22W ? 1 : 0)));
-}
 
 int w_litmus(u32 id)
 {
@@ -274,7 +242,7 @@ int w_litmus(u32 id)
     u64 groups_of[NTESTS];
     memset(counts, 0, sizeof(counts));
     for (u32 test = 0; test < NTESTS; test++) {
-        u32 th = test_threads[test];
+        u32 th = litmus_threads[test];
         u32 G = n / th;
         groups_of[test] = G;
         /* fresh group barriers and senses, and clear this test's locations
@@ -292,7 +260,7 @@ int w_litmus(u32 id)
         if (id == 0)
             for (u32 g = 0; g < G; g++) {
                 struct lgroup L = group_mem(g, trials);
-                for (u64 t = 0; t < trials; t++) counts[test][outcome(test, &L, t)]++;
+                for (u64 t = 0; t < trials; t++) counts[test][litmus_outcome(test, &L, t)]++;
             }
         barrier_all(id);
     }
@@ -307,24 +275,24 @@ int w_litmus(u32 id)
         u64 f = 0;
         if (test) buf_char(&j, ',');
         buf_char(&j, '"');
-        buf_str(&j, test_names[test]);
+        buf_str(&j, litmus_names[test]);
         buf_str(&j, "\":{");
         buf_kv_u64(&j, "groups", groups_of[test]);
         /* groups whose members are not all on one node (boot info vcpu_node) */
         u64 cross = 0;
         for (u32 g = 0; g < groups_of[test]; g++)
-            for (u32 k = 1; k < test_threads[test]; k++)
+            for (u32 k = 1; k < litmus_threads[test]; k++)
                 if (g_info.vcpu_node[g + k * groups_of[test]] != g_info.vcpu_node[g]) { cross++; break; }
         buf_kv_u64(&j, "cross_node", cross);
         buf_str(&j, ",\"outcomes\":{");
         int first = 1;
         for (u32 o = 0; o < 16; o++) {
             if (!counts[test][o]) continue;
-            if (forbidden(test, o)) f += counts[test][o];
+            if (litmus_forbidden(test, o, 0)) f += counts[test][o];
             if (!first) buf_char(&j, ',');
             first = 0;
             buf_char(&j, '"');
-            outcome_name(&j, test, o);
+            litmus_outcome_name(&j, test, o);
             buf_str(&j, "\":");
             buf_u64(&j, counts[test][o]);
         }
