@@ -80,6 +80,9 @@ public final class CoherencePluginInstance {
 
     /// Delivers a coherence message from node `src` (the Cluster layer calls this).
     public func receive(from src: UInt32, _ message: UnsafeRawBufferPointer) {
+        guard FaultAttribution.isInUse else {
+            return ops.pointee.receive(instance, src, message.baseAddress, message.count)
+        }
         FaultAttribution.setMessageSource(src)
         ops.pointee.receive(instance, src, message.baseAddress, message.count)
         FaultAttribution.setMessageSource(nil)

@@ -47,6 +47,11 @@ public final class FaultAttribution: @unchecked Sendable {
         return k
     }()
 
+    /// Whether any GuestMemory of this process attributes faults: without one, marking message
+    /// sources is skipped (it would cost two thread-specific writes per coherence message).
+    static let inUse = Atomic<Bool>(false)
+    public static var isInUse: Bool { inUse.load(ordering: .relaxed) }
+
     /// Marks the calling thread as handling a coherence message from `node` (nil: none).
     public static func setMessageSource(_ node: UInt32?) {
         pthread_setspecific(sourceKey, node.map { UnsafeRawPointer(bitPattern: UInt(UInt32($0)) + 1) } ?? nil)

@@ -186,6 +186,7 @@ public final class GuestMemory: @unchecked Sendable {
     public func enableAttribution(_ a: FaultAttribution) -> Bool {
         guard threadIDs else { return false }
         attribution = a
+        FaultAttribution.inUse.store(true, ordering: .relaxed)
         return true
     }
     private let table: UnsafeMutablePointer<gvm_coherence_host>
