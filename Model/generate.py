@@ -129,43 +129,38 @@ def emit_actions(acts, indent):
     return lines
 
 
-out.append("/* One transition of the cache controller of node n, page p: sets nx and runs the actions")
-out.append("   (an action may set abort: the rest is skipped and the state is kept). */")
-out.append("inline cache_table() {")
-out.append("    if")
-for st in states:
-    for ev in events:
-        e = cache[(st, ev)]
-        guard = "    :: (cst[I(n,p)] == S_%s && evt == E_%s) ->" % (st, ev)
-        if e[0] == "error":
-            out.append(guard)
-            out.append('        printf("VIOLATION node %%d gfn %%d: %s in state %s: %s\\n", n, p);' % (ev, st, e[1].replace('"', "'")))
-            out.append("        assert(false)")
-        else:
-            out.append(guard + " nx = S_%s;" % e[1])
-            out += emit_actions(e[2], "        ")
-            out.append("        skip")
-out.append("    fi")
-out.append("}")
-out.append("")
-out.append("/* One transition of the manager of page p on node n (mevt, mstate). */")
-out.append("inline manager_table() {")
-out.append("    if")
-for st in mstates:
-    for ev in mevents:
-        e = manager[(st, ev)]
-        guard = "    :: (mstate == MS_%s && mevt == ME_%s) ->" % (st, ev)
-        if e[0] == "error":
-            out.append(guard)
-            out.append('        printf("VIOLATION manager node %%d gfn %%d: %s in %s: %s\\n", n, p);' % (ev, st, e[1].replace('"', "'")))
-            out.append("        assert(false)")
-        else:
-            out.append(guard)
-            out += emit_actions(e[2], "        ")
-            out.append("        skip")
-out.append("    fi")
-out.append("}")
-out.append("")
+def emit_table(name, comment, rows, cols, table, guard, sets_next, violation):
+    """One Promela inline choosing the transition of (state, event): an error entry prints the
+    violation (`violation` % (event, state, reason)) and fails; any other entry (the cache's also
+    setting nx) runs its actions."""
+    out.extend(comment)
+    out.append("inline %s() {" % name)
+    out.append("    if")
+    for st in rows:
+        for ev in cols:
+            e = table[(st, ev)]
+            g = guard % (st, ev)
+            if e[0] == "error":
+                out.append(g)
+                out.append('        printf("VIOLATION %s\\n", n, p);' % (violation % (ev, st, e[1].replace('"', "'"))))
+                out.append("        assert(false)")
+            else:
+                out.append(g + (" nx = S_%s;" % e[1] if sets_next else ""))
+                out.extend(emit_actions(e[2], "        "))
+                out.append("        skip")
+    out.append("    fi")
+    out.append("}")
+    out.append("")
+
+
+emit_table("cache_table",
+           ["/* One transition of the cache controller of node n, page p: sets nx and runs the actions",
+            "   (an action may set abort: the rest is skipped and the state is kept). */"],
+           states, events, cache, "    :: (cst[I(n,p)] == S_%s && evt == E_%s) ->", True,
+           "node %%d gfn %%d: %s in state %s: %s")
+emit_table("manager_table", ["/* One transition of the manager of page p on node n (mevt, mstate). */"],
+           mstates, mevents, manager, "    :: (mstate == MS_%s && mevt == ME_%s) ->", False,
+           "manager node %%d gfn %%d: %s in %s: %s")
 level = {"none": 0, "read": 1, "read-write": 2}
 out.append("/* The access each state grants (the table's permission column) is the host page state. */")
 out.append("inline check_permission(i) {")
