@@ -57,7 +57,7 @@ final class PlacementProcessTests: XCTestCase {
     /// follow-memory: each vCPU's faults come from the other's node; one of them (the one with
     /// more remote faults) follows, the other stays (no swap), and the count stays exact.
     func testFollowMemoryBringsOneVCPUToTheOther() throws {
-        let r = try run(port: 24640, placement: "{plugin: placement, interval: 200ms, settings: {policy: follow-memory, threshold: 20}}")
+        let r = try run(port: 24640, placement: "{plugin: placement, interval: 200ms, settings: {policy: follow-memory, threshold: 20, persist: 1}}")
         XCTAssertEqual(r.status, 0, r.output)
         assertExact(r.output)
         XCTAssertEqual(counter(r.output, node: 0, "placement.migrations_done"), 1, r.output)
