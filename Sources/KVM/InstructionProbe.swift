@@ -93,9 +93,41 @@ public enum InstructionProbe {
                                  "#SS", "#GP", "#PF", "?", "#MF", "#AC", "#MC", "#XM"]
 
     static func run(kvm: KVMSystem, supported: [CPUIDEntry]) throws -> ProbeReport {
+        try withProbeVM(kvm: kvm) { vm, mem in
+            func put(_ at: UInt64, _ bytes: [UInt8]) { for (i, b) in bytes.enumerated() { mem.storeBytes(of: b, toByteOffset: Int(at) + i, as: UInt8.self) } }
+            var report = ProbeReport()
+            var vcpu: VCPU? = nil
+            var nextID: UInt32 = 0
+            for c in cases where c.feature.isSet(in: supported) {
+                report.tested.append(c.feature)
+                if vcpu == nil {
+                    vcpu = try vm.createVCPU(id: nextID)
+                    nextID += 1
+                    try vcpu!.setCPUID(supported)
+                }
+                let v = vcpu!
+                put(codeAt, c.code + [0xF4])
+                for i in 0..<16 { put(data + UInt64(i), [0]) }
+                var r = try enterProbeCode(v, supported: supported)
+                r.rax = c.rax; r.rcx = c.rcx
+                try v.setRegisters(r)
+                if let why = try runOne(v, check: c.check) {
+                    report.failed.append(.init(feature: c.feature, reason: why))
+                    vcpu = nil                          // a failed vCPU is not reused
+                }
+            }
+            return report
+        }
+    }
+
+    /// Runs `body` with a fresh 2 MiB probe VM: its memory (GDT at 0x1000, an IDT at 0x2000 whose
+    /// 32 handlers report their vector on port 0x80 and halt, page tables at 0x3000 mapping the
+    /// 2 MiB at 0 once) is `mem`; code goes at `codeAt`, the stack below 0x7FF0, 0x9000 and
+    /// 0xB000-0xFFFF are free scratch. The memory is unmapped when `body` returns.
+    static func withProbeVM<T>(kvm: KVMSystem, _ body: (VirtualMachine, UnsafeMutableRawPointer) throws -> T) throws -> T {
         let size = 2 << 20
         guard let mem = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), mem != MAP_FAILED else {
-            throw KVMError(call: "mmap", errno: errno, context: "instruction probe memory")
+            throw KVMError(call: "mmap", errno: errno, context: "probe VM memory")
         }
         defer { munmap(mem, size) }
         func put(_ at: UInt64, _ bytes: [UInt8]) { for (i, b) in bytes.enumerated() { mem.storeBytes(of: b, toByteOffset: Int(at) + i, as: UInt8.self) } }
@@ -115,45 +147,30 @@ public enum InstructionProbe {
         let vm = try kvm.createVM()
         try vm.setMemory(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: UInt64(size), hostAddress: mem))
         try VCPU.installKickHandler()
-        var report = ProbeReport()
-        var vcpu: VCPU? = nil
-        var nextID: UInt32 = 0
-        let xsaveOffered = CPUFeature.xsave.isSet(in: supported)
-        let fsgsOffered = CPUFeature.fsgsbase.isSet(in: supported)
-        for c in cases where c.feature.isSet(in: supported) {
-            report.tested.append(c.feature)
-            if vcpu == nil {
-                vcpu = try vm.createVCPU(id: nextID)
-                nextID += 1
-                try vcpu!.setCPUID(supported)
-            }
-            let v = vcpu!
-            put(codeAt, c.code + [0xF4])
-            for i in 0..<16 { put(data + UInt64(i), [0]) }
-            var s = try v.specialRegisters()
-            let code = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, s: true, l: true, g: true)
-            let dseg = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, s: true, g: true)
-            s.cs = code; s.ds = dseg; s.es = dseg; s.fs = dseg; s.gs = dseg; s.ss = dseg
-            s.tr = Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false)
-            s.gdt = DescriptorTable(base: 0x1000, limit: 23)
-            s.idt = DescriptorTable(base: 0x2000, limit: 32 * 16 - 1)
-            s.cr0 = 0x8000_0033                     // PG, NE, ET, MP, PE
-            s.cr3 = 0x3000
-            s.cr4 = 0x20 | 0x600                    // PAE, OSFXSR, OSXMMEXCPT
-                | (xsaveOffered ? 0x4_0000 : 0)     // OSXSAVE (xgetbv needs it)
-                | (fsgsOffered ? 0x1_0000 : 0)      // FSGSBASE (rdfsbase needs it)
-            s.efer = 0x500                          // LME, LMA
-            try v.setSpecialRegisters(s)
-            var r = Registers()
-            r.rip = codeAt; r.rsp = 0x7FF0; r.rflags = 0x2
-            r.rax = c.rax; r.rcx = c.rcx; r.rbx = data; r.rsi = data; r.rdi = data
-            try v.setRegisters(r)
-            if let why = try runOne(v, check: c.check) {
-                report.failed.append(.init(feature: c.feature, reason: why))
-                vcpu = nil                          // a failed vCPU is not reused
-            }
-        }
-        return report
+        return try body(vm, mem)
+    }
+
+    /// Puts probe vCPU `v` in 64-bit ring 0 on the probe VM's tables, at `codeAt`; returns the
+    /// general registers to set (rbx, rsi, rdi = the scratch at `data`).
+    static func enterProbeCode(_ v: VCPU, supported: [CPUIDEntry]) throws -> Registers {
+        var s = try v.specialRegisters()
+        let code = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, s: true, l: true, g: true)
+        let dseg = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, s: true, g: true)
+        s.cs = code; s.ds = dseg; s.es = dseg; s.fs = dseg; s.gs = dseg; s.ss = dseg
+        s.tr = Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false)
+        s.gdt = DescriptorTable(base: 0x1000, limit: 23)
+        s.idt = DescriptorTable(base: 0x2000, limit: 32 * 16 - 1)
+        s.cr0 = 0x8000_0033                     // PG, NE, ET, MP, PE
+        s.cr3 = 0x3000
+        s.cr4 = 0x20 | 0x600                    // PAE, OSFXSR, OSXMMEXCPT
+            | (CPUFeature.xsave.isSet(in: supported) ? 0x4_0000 : 0)     // OSXSAVE (xgetbv needs it)
+            | (CPUFeature.fsgsbase.isSet(in: supported) ? 0x1_0000 : 0)  // FSGSBASE (rdfsbase needs it)
+        s.efer = 0x500                          // LME, LMA
+        try v.setSpecialRegisters(s)
+        var r = Registers()
+        r.rip = codeAt; r.rsp = 0x7FF0; r.rflags = 0x2
+        r.rbx = data; r.rsi = data; r.rdi = data
+        return r
     }
 
     /// Runs the probe vCPU to its hlt; nil on success, else why it failed.

@@ -3,7 +3,7 @@
 // writes). Only features the VMM itself takes away are listed (what KVM does not support, its own
 // MSR handling already refuses): a KVM that computes parts of the guest's CPUID itself (PVM)
 // may show the guest bits the VMM's table lacks, and their MSRs must then keep working. Derived
-// from the final CPUID table, so a feature offered later (kvmclock) drops its MSRs by itself.
+// from the final CPUID table: kvmclock, when offered (KVMClock.swift), drops its two MSRs by itself.
 import CSystem
 import Glibc
 
@@ -23,11 +23,15 @@ public enum MSRFilterPolicy {
         var out: [MSRRange] = []
         if !CPUFeature.tscAdjust.isSet(in: cpuid) { out.append(MSRRange(base: 0x3B, why: "IA32_TSC_ADJUST: tsc_adjust hidden")) }
         if !CPUFeature.tscDeadline.isSet(in: cpuid) { out.append(MSRRange(base: 0x6E0, why: "IA32_TSC_DEADLINE: tsc_deadline hidden")) }
-        // KVM's paravirtual MSRs, unless a KVM signature leaf offers them
-        let kvmLeaf = cpuid.contains { $0.function == 0x4000_0000 && $0.ebx == 0x4B4D_564B } // "KVMK"
-        if !kvmLeaf {
-            out.append(MSRRange(base: 0x11, count: 2, why: "kvmclock (old): KVM PV leaves hidden"))
-            out.append(MSRRange(base: 0x4B56_4D00, count: 8, why: "KVM PV MSRs: KVM PV leaves hidden"))
+        // KVM's paravirtual MSRs: only those of the KVM features the table offers (kvmclock's
+        // MSR_KVM_WALL_CLOCK_NEW and MSR_KVM_SYSTEM_TIME_NEW with KVM_FEATURE_CLOCKSOURCE2); the
+        // old kvmclock MSRs (KVM_FEATURE_CLOCKSOURCE) and the rest are never offered
+        let kvm = KVMParavirt.base(in: cpuid) == nil ? "KVM PV leaves hidden" : "not offered"
+        out.append(MSRRange(base: 0x11, count: 2, why: "kvmclock (old): \(kvm)"))
+        if KVMParavirt.features(in: cpuid) & KVMParavirt.featureClocksource2 != 0 {
+            out.append(MSRRange(base: 0x4B56_4D02, count: 6, why: "KVM PV MSRs but kvmclock: \(kvm)"))
+        } else {
+            out.append(MSRRange(base: 0x4B56_4D00, count: 8, why: "KVM PV MSRs: \(kvm)"))
         }
         return out
     }

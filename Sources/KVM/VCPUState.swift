@@ -39,9 +39,12 @@ public struct VCPUState: Sendable, Equatable {
 
     /// The MSRs the VMM exposes to the guest and keeps in KVM (EFER, FS/GS base and APIC base
     /// travel in the special registers; the TSC is aligned per node, not copied).
+    /// MSR_KVM_SYSTEM_TIME_NEW carries the vCPU's pvclock address and enable bit: written on the
+    /// destination, it makes that node's KVM keep the vCPU's pvclock structure (kvmclock) up to
+    /// date from its next entry (0, kvmclock off or not offered, restores as off).
     public static let migratedMSRs: [UInt32] = [
         MSR.sysenterCS, MSR.sysenterESP, MSR.sysenterEIP, MSR.star, MSR.lstar, MSR.cstar, MSR.sfmask,
-        MSR.kernelGSBase, MSR.pat, MSR.miscEnable, 0xC000_0103 /* TSC_AUX */,
+        MSR.kernelGSBase, MSR.pat, MSR.miscEnable, 0xC000_0103 /* TSC_AUX */, KVMParavirt.msrSystemTimeNew,
     ]
 
     /// Bytes on the wire (the figure `giantvm migrate` reports).

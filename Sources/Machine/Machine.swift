@@ -34,6 +34,10 @@ public struct MachineConfiguration: Sendable {
     /// Live migration: create a KVM vCPU for every vCPU of the VM on this node and run only the
     /// resident ones (at start, `localVCPUs`); the others park until one arrives.
     public var allVCPUs: Bool = false
+    /// Offer kvmclock (CPUIDPolicy.offerKVMClock) when this KVM runs it (the start-up probe);
+    /// GIANTVM_KVMCLOCK=0 in the environment turns it off as well. Every node of a VM must
+    /// decide alike (one host, one environment): a vCPU's CPUID does not change when it moves.
+    public var kvmclock: Bool = true
 
     public init(memoryBytes: UInt64, vcpus: Int, cmdline: String = "") {
         self.memoryBytes = memoryBytes
@@ -153,6 +157,9 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// their vCPUs, local APIC address changes, and — when the IOAPIC lives elsewhere — device
     /// lines and level-triggered EOIs.
     let remote: (any RemoteInterrupts)?
+    /// Whether the guest is offered kvmclock (CPUID and MSR filter; `MachineConfiguration.kvmclock`
+    /// and the start-up probe): clock alignment then makes the VM's kvmclock node 0's.
+    public let kvmclockOffered: Bool
 
     /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
     ///
@@ -217,19 +224,25 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
                 logger.warning("x2APIC not offered: \(error)")
             }
             let supported = try Machine.probedCPUID(self.kvm, logger: logger)   // TruthfulCPUID.swift
+            let kvmFeatures = try Machine.kvmclockOffer(requested: config.kvmclock, kvm: self.kvm, supported: supported, logger: logger)
+            kvmclockOffered = kvmFeatures != nil
+            func tablePolicy(tscKHz: UInt32) -> CPUIDPolicy {
+                var p = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tscKHz,
+                                    apicBusKHz: UInt32(config.apicBusHz / 1000))
+                p.offerX2APIC = x2apic
+                p.offerKVMClock = kvmFeatures != nil
+                p.kvmclockStable = config.nodes.count == 1 && (kvmFeatures ?? 0) & KVMParavirt.featureClocksourceStable != 0
+                return p
+            }
             for i in created {
                 let v = try vm.createVCPU(id: UInt32(i))
                 let tsc = (try? v.tscKHz()) ?? 0
-                var policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tsc,
-                                         apicBusKHz: UInt32(config.apicBusHz / 1000))
-                policy.offerX2APIC = x2apic
-                try v.setCPUID(policy.entries(supported: supported, vcpu: UInt32(i)))
+                try v.setCPUID(tablePolicy(tscKHz: tsc).entries(supported: supported, vcpu: UInt32(i)))
                 try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
                 vcpus.append(v)
             }
             if let first = local.first {
-                let policy = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: 0, apicBusKHz: 0)
-                try Machine.installMSRFilter(vm, cpuid: policy.entries(supported: supported, vcpu: UInt32(first)), logger: logger)
+                try Machine.installMSRFilter(vm, cpuid: tablePolicy(tscKHz: 0).entries(supported: supported, vcpu: UInt32(first)), logger: logger)
             }
         } catch let e as KVMError {
             throw MachineError.kvm(e)

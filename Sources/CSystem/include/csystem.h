@@ -8,4 +8,5 @@
 #include "csystem_net.h"
 #include "csystem_ivy.h"
 #include "csystem_dist.h"
+#include "csystem_kvmclock.h"
 #endif

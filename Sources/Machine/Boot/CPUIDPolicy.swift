@@ -11,6 +11,14 @@ import KVM
 ///   0x40000001  EAX = total vCPUs, EBX = node count, ECX = this vCPU's node, EDX = 0
 ///   0x40000002  subleaf n < node count: EAX = first vCPU of node n, EBX = its vCPU count
 ///   0x40000010  EAX = TSC frequency (kHz), EBX = APIC bus frequency (kHz) (VMware timing leaf)
+///
+/// and, when kvmclock is offered (`offerKVMClock`), KVM's own signature leaf at the next
+/// hypervisor base, where guests look for it after ours (Linux scans 0x40000000 + 0x100 n; QEMU
+/// puts KVM's leaves there too when Hyper-V's take 0x40000000):
+///
+///   0x40000100  EAX = 0x40000101 (max leaf), EBX:ECX:EDX = "KVMKVMKVM\0\0\0"
+///   0x40000101  EAX = KVM_FEATURE_CLOCKSOURCE2 (bit 3), plus KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+///               (bit 24) when `kvmclockStable`; EBX = ECX = EDX = 0 (no other PV feature)
 public struct CPUIDPolicy: Sendable {
     public var totalVCPUs: UInt32
     /// (first vCPU, vCPU count) of each node, by node id.
@@ -19,6 +27,17 @@ public struct CPUIDPolicy: Sendable {
     public var apicBusKHz: UInt32
     /// Offer x2APIC (CPUID.1:ECX[21]): the local APIC's MSR interface reaches the VMM (MSR exits).
     public var offerX2APIC = true
+    /// Offer kvmclock (KVM's signature at `kvmBase`, KVM_FEATURE_CLOCKSOURCE2): KVM keeps each
+    /// vCPU's pvclock structure itself; clock alignment makes the clock one across nodes.
+    public var offerKVMClock = false
+    /// Also offer KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: the guest may then trust the pvclock's
+    /// TSC-stable flag and skip its cross-vCPU monotonicity guard. True only where KVM's one
+    /// clock is every vCPU's clock: a VM on one node (across nodes the clocks agree only within
+    /// the alignment's bound).
+    public var kvmclockStable = false
+
+    /// Where KVM's leaves go when offered (the hypervisor base after ours).
+    public static let kvmBase: UInt32 = 0x4000_0100
 
     public static let signature = "GiantVMSwift"
     public static let hypervisorBase: UInt32 = 0x4000_0000
@@ -74,6 +93,12 @@ public struct CPUIDPolicy: Sendable {
                                   eax: n.first, ebx: n.count, ecx: 0, edx: 0))
         }
         out.append(CPUIDEntry(function: 0x4000_0010, eax: tscKHz, ebx: apicBusKHz, ecx: 0, edx: 0))
+        if offerKVMClock {
+            let b = CPUIDPolicy.kvmBase, sig = KVMParavirt.signature
+            out.append(CPUIDEntry(function: b, eax: b + 1, ebx: sig.ebx, ecx: sig.ecx, edx: sig.edx))
+            out.append(CPUIDEntry(function: b + 1, eax: KVMParavirt.featureClocksource2 | (kvmclockStable ? KVMParavirt.featureClocksourceStable : 0),
+                                  ebx: 0, ecx: 0, edx: 0))
+        }
         return out
     }
 }

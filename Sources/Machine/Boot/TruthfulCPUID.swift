@@ -35,6 +35,31 @@ extension Machine {
         return CPUFeature.hide(report.hidden, in: supported)
     }
 
+    private static let kvmclockLogged = Mutex(false)
+
+    /// Whether to offer kvmclock: `requested` (MachineConfiguration.kvmclock), unless
+    /// GIANTVM_KVMCLOCK=0 in the environment turns it off, and only when the start-up probe
+    /// (KVMClockProbe, once per process) shows this KVM runs it. The outcome is logged at info
+    /// the first time. Returns the KVM feature bits supported when offered, nil when not.
+    static func kvmclockOffer(requested: Bool, kvm: KVMSystem, supported: [CPUIDEntry], logger: Logger) throws -> UInt32? {
+        var want = requested
+        if let v = getenv("GIANTVM_KVMCLOCK") {
+            switch String(cString: v) {
+            case "0": want = false
+            case "1", "": break
+            case let other: throw MachineError.config("environment GIANTVM_KVMCLOCK=\(other): expected 0 (kvmclock not offered) or 1 (offered when this KVM runs it)")
+            }
+        }
+        let first = kvmclockLogged.withLock { l -> Bool in defer { l = true }; return !l }
+        guard want else {
+            if first { logger.info("kvmclock: not offered (\(requested ? "GIANTVM_KVMCLOCK=0" : "turned off by the machine configuration"))") }
+            return nil
+        }
+        let s = KVMClockProbe.support(kvm: kvm, supported: supported)
+        if first { logger.info("kvmclock: \(s.works ? "offered" : "not offered"): \(s.detail)") }
+        return s.works ? s.kvmFeatures : nil
+    }
+
     /// Installs the MSR filter for a guest whose CPUID is `cpuid` (KVMs without
     /// KVM_X86_SET_MSR_FILTER keep their own MSR handling; that is logged).
     static func installMSRFilter(_ vm: VirtualMachine, cpuid: [CPUIDEntry], logger: Logger) throws {
