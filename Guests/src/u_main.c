@@ -20,7 +20,7 @@ static const struct workload {
     {"readfile", w_readfile}, {"disk-verify", w_disk_verify}, {"net-echo", w_net_echo}, {"virtio-hostile", w_virtio_hostile},
     {"apic", w_apic}, {"ioapic", w_ioapic}, {"extint", w_extint}, {"partial", w_partial},
     {"falseshare", w_falseshare}, {"rmutex", w_rmutex}, {"rlitmus", w_rlitmus}, {"rlitmus-fence", w_rlitmus_fence},
-    {"ticks", w_ticks},
+    {"ticks", w_ticks}, {"kvmclock", w_kvmclock},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -41,6 +41,7 @@ static const struct option {
     {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
     {"seconds", &g_ticks_seconds, 3},    /* ticks: seconds each vCPU spins (u_migrate.c) */
     {"ms", &g_falseshare_ms, 0},         /* falseshare: ms each vCPU increments (0: iters each) */
+    {"bound", &g_kvmclock_bound_us, 1000}, /* kvmclock: largest disagreement between vCPUs (us) */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

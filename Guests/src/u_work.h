@@ -39,4 +39,6 @@ int w_falseshare(u32 id);
 int w_rmutex(u32 id);
 int w_rlitmus(u32 id);
 int w_rlitmus_fence(u32 id);
+int w_kvmclock(u32 id);     /* u_kvmclock.c */
+extern u64 g_kvmclock_bound_us;
 #endif
