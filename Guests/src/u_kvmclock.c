@@ -7,17 +7,20 @@
  *   2. WRMSR MSR_KVM_SYSTEM_TIME_NEW := the vCPU's pvclock structure | 1. The
  *      structures of all vCPUs share one page (as Linux's array does), so on
  *      a multi-node VM each node's KVM writes into a page the DSM moves.
- *   3. Reads (`iters`, default 100000 for this workload's reads per vCPU: the
- *      counter option) under the version protocol (odd: being written; a
+ *   3. `iters` reads per vCPU (default 100000) under the version protocol (odd: being written; a
  *      changed version: retry): time = system_time + ((tsc - tsc_timestamp)
  *      << tsc_shift) * tsc_to_system_mul >> 32. Each vCPU's readings must
  *      never go back.
- *   4. Ordering across vCPUs: each vCPU takes a lock `ops` times, reads the
- *      clock under it and compares with the reading of the previous holder.
- *      The lock orders the two readings in real time, so a reading below the
- *      previous one is a disagreement between the two vCPUs' clocks; the
- *      largest, between vCPUs of one node and of different nodes, must stay
- *      within `bound` microseconds (default 1000).
+ *   4. Ordering across vCPUs: a token goes round the vCPUs `ops` times; its
+ *      holder reads the clock and compares with the previous holder's
+ *      reading. Passing the token orders the two readings in real time, so a
+ *      reading below the previous one is a disagreement between the two
+ *      vCPUs' clocks; the largest, between vCPUs of one node and of different
+ *      nodes (CPUID 0x40000001 ECX), must stay within `bound` microseconds
+ *      (default 1000). Across nodes a pass to a higher node takes latency +
+ *      skew, a pass down latency - skew: half the difference of the least
+ *      gap each way estimates the skew between the nodes' clocks (skew_ns,
+ *      the higher node's minus the lower's), also within the bound.
  *   5. MSR_KVM_WALL_CLOCK_NEW on vCPU 0 and on the last vCPU: KVM writes the
  *      wall-clock time at kvmclock 0; it must be after 2020 and the same on
  *      both within 10 ms + bound.
@@ -49,13 +52,14 @@ struct wallclock { volatile u32 version, sec, nsec; };
 static struct { struct pvclock c[MAX_VCPUS]; } g_pvclock PAGE_ALIGNED;
 static struct { struct wallclock w[2]; } g_wall PAGE_ALIGNED;
 static struct {
-    volatile u32 lock;
+    volatile u64 turn;                /* vCPU turn % n holds the token */
     volatile u32 last_vcpu;           /* MAX_VCPUS: none yet */
     volatile u64 last_time;
     volatile u64 handoffs, cross_handoffs;
     volatile u64 max_back_same, max_back_cross;
+    volatile i64 min_up, min_down;    /* least gap of a token pass to a higher / lower node */
 } g_order PAGE_ALIGNED;
-static struct { volatile u32 bad; char why[120]; volatile u64 retries, reads, base, features; } g_kc PAGE_ALIGNED;
+static struct { volatile u32 bad; char why[120]; volatile u64 retries, reads, base, features; u32 node[MAX_VCPUS]; } g_kc PAGE_ALIGNED;
 
 static inline u64 kcall(u64 op, u64 a, u64 b)
 {
@@ -89,6 +93,14 @@ static void kc_fail(const char *what, u64 v)
     buf_term(&b);
 }
 
+/* RDTSC after every earlier load (as Linux's rdtsc_ordered): a reading taken
+ * after seeing the token is not a TSC value from before it. */
+static inline u64 rdtsc_ordered(void)
+{
+    __asm__ volatile("lfence" ::: "memory");
+    return rdtsc();
+}
+
 /* One reading under the version protocol; counts retries. */
 static u64 kvmclock_read(const struct pvclock *p)
 {
@@ -98,7 +110,7 @@ static u64 kvmclock_read(const struct pvclock *p)
         u64 ts = p->tsc_timestamp, st = p->system_time;
         u32 mul = p->tsc_to_system_mul;
         signed char shift = p->tsc_shift;
-        u64 tsc = rdtsc();
+        u64 tsc = rdtsc_ordered();
         barrier();
         if ((v & 1) || v != p->version) { g_kc.retries++; cpu_relax(); continue; }
         u64 d = tsc > ts ? tsc - ts : 0;
@@ -128,7 +140,7 @@ int w_kvmclock(u32 id)
         if (id == 0) fail("kvmclock not offered: the KVM leaf has no KVM_FEATURE_CLOCKSOURCE2");
         return 0;
     }
-    if (id == 0) { g_order.last_vcpu = MAX_VCPUS; }
+    if (id == 0) { g_order.last_vcpu = MAX_VCPUS; g_order.min_up = g_order.min_down = 0x7FFFFFFFFFFFFFFFL; }
     struct pvclock *me = &g_pvclock.c[id];
     if (kcall(KC_WRMSR, MSR_KVM_SYSTEM_TIME_NEW, (u64)me | 1)) kc_fail("wrmsr MSR_KVM_SYSTEM_TIME_NEW raised #GP on vCPU", id);
     if (id == 0 || id == last) {
@@ -152,16 +164,26 @@ int w_kvmclock(u32 id)
     }
     barrier_all(id);
 
-    /* 4. ordering across vCPUs through a lock */
-    if (!g_kc.bad) {
+    /* 4. ordering across vCPUs: a token passed round the vCPUs */
+    g_kc.node[id] = kcpuid(0x40000001, 2);    /* this vCPU's node (GiantVM leaf) */
+    barrier_all(id);
+    if (!g_kc.bad && n > 1) {
+        u64 until = tsc_deadline(g_cfg.timeout_s);
         for (u64 i = 0; i < g_cfg.ops; i++) {
-            spin_lock(&g_order.lock);
+            u64 mine = i * n + id;
+            while (g_order.turn != mine && rdtsc() < until) cpu_relax();
+            if (g_order.turn != mine) { kc_fail("the token did not come round within the timeout: vCPU", id); break; }
             u64 t = kvmclock_read(me);
             u32 pv = g_order.last_vcpu;
             if (pv < MAX_VCPUS && pv != id) {
-                int cross = g_info.vcpu_node[pv] != g_info.vcpu_node[id];
+                int cross = g_kc.node[pv] != g_kc.node[id];
                 g_order.handoffs++;
-                if (cross) g_order.cross_handoffs++;
+                if (cross) {
+                    g_order.cross_handoffs++;
+                    i64 gap = (i64)(t - g_order.last_time);
+                    if (g_kc.node[pv] < g_kc.node[id] && gap < g_order.min_up) g_order.min_up = gap;
+                    if (g_kc.node[pv] > g_kc.node[id] && gap < g_order.min_down) g_order.min_down = gap;
+                }
                 if (t < g_order.last_time) {
                     u64 back = g_order.last_time - t;
                     if (cross && back > g_order.max_back_cross) g_order.max_back_cross = back;
@@ -170,8 +192,8 @@ int w_kvmclock(u32 id)
             }
             g_order.last_time = t;
             g_order.last_vcpu = id;
-            spin_unlock(&g_order.lock);
-            for (u32 k = 0; k < 64; k++) cpu_relax();   /* let the others take it */
+            barrier();
+            g_order.turn = mine + 1;
         }
     }
     barrier_all(id);
@@ -180,6 +202,12 @@ int w_kvmclock(u32 id)
     u64 bound = g_kvmclock_bound_us * 1000;
     u64 back = g_order.max_back_same > g_order.max_back_cross ? g_order.max_back_same : g_order.max_back_cross;
     if (!g_kc.bad && back > bound) kc_fail("kvmclock readings of two vCPUs disagree by more than the bound: ns", back);
+    /* the skew between the nodes' clocks: a pass up takes latency + skew, a pass
+     * down latency - skew; the least of each (latency at its floor) give it */
+    int both = g_order.min_up != 0x7FFFFFFFFFFFFFFFL && g_order.min_down != 0x7FFFFFFFFFFFFFFFL;
+    i64 skew = both ? (g_order.min_up - g_order.min_down) / 2 : 0;
+    u64 skew_abs = skew < 0 ? (u64)-skew : (u64)skew;
+    if (!g_kc.bad && skew_abs > bound) kc_fail("the nodes' kvmclocks are skewed by more than the bound: ns", skew_abs);
     struct wallclock *w0 = &g_wall.w[0], *w1 = &g_wall.w[1];
     u64 wall0 = (u64)w0->sec * 1000000000UL + w0->nsec;
     u64 wall1 = last ? (u64)w1->sec * 1000000000UL + w1->nsec : wall0;
@@ -187,7 +215,7 @@ int w_kvmclock(u32 id)
     if (!g_kc.bad && ((w0->version & 1) || w0->sec < 1577836800u || w0->sec > 4102444800u))
         kc_fail("the wall clock KVM wrote is not a plausible time (seconds since 1970)", w0->sec);
     if (!g_kc.bad && wdiff > 10000000UL + bound) kc_fail("the wall clock differs between vCPU 0 and the last vCPU by ns", wdiff);
-    if (!g_kc.bad && n > 1 && !g_order.handoffs) kc_fail("the lock never passed between vCPUs", 0);
+    if (!g_kc.bad && n > 1 && !g_order.handoffs) kc_fail("the token never passed between vCPUs", 0);
 
     char r[600];
     struct buf j = BUF_INIT(r);
@@ -205,6 +233,11 @@ int w_kvmclock(u32 id)
     buf_kv_u64(&j, "cross_node_handoffs", g_order.cross_handoffs);
     buf_kv_u64(&j, "max_back_same_node_ns", g_order.max_back_same);
     buf_kv_u64(&j, "max_back_cross_node_ns", g_order.max_back_cross);
+    if (both) {
+        buf_str(&j, ",\"min_gap_up_ns\":"); buf_i64(&j, g_order.min_up);
+        buf_str(&j, ",\"min_gap_down_ns\":"); buf_i64(&j, g_order.min_down);
+        buf_str(&j, ",\"skew_ns\":"); buf_i64(&j, skew);
+    }
     buf_kv_u64(&j, "bound_ns", bound);
     buf_kv_u64(&j, "wall_sec", w0->sec);
     buf_kv_u64(&j, "wall_diff_ns", wdiff);

@@ -6,6 +6,13 @@
 // the reply is assumed read half-way through it) and programs every local vCPU's TSC offset
 // (Machine.VCPUClock, through the KVM layer) to host_clock + (leader_host - local_host) + leader_offset.
 //
+// kvmclock (when the guest is offered it, Machine.kvmClock): each VM's clock counts from its own
+// creation, so nodes disagree by the moments their processes made their VMs. The leader's replies
+// carry its kvmclock read at the host clock they report; the follower carries the best sample's
+// reading forward to its own host clock (TimeSync.ClockSync.followerKVMClock) and sets its VM's
+// kvmclock to it (KVM_SET_CLOCK) before its vCPUs run, so kvmclock read on any node agrees within
+// the estimate's uncertainty plus the reading brackets.
+//
 // `skew` (giantvm node --tsc-skew) injects a difference on purpose: this node then acts as if its
 // host TSC ran `skew` ticks ahead (every host-clock reading, and its vCPUs' initial TSC), since
 // nodes on one machine otherwise share one TSC. The same-machine check at the end compares the
@@ -26,7 +33,7 @@ public final class ClockAligner: @unchecked Sendable {
     let skew: Int64
     let logger: Logger
     let cond = NSCondition()
-    var replies: [UInt32: (localReceive: UInt64, hostClock: UInt64, guestOffset: Int64, real: Int64)] = [:]
+    var replies: [UInt32: (localReceive: UInt64, hostClock: UInt64, guestOffset: Int64, real: Int64, kvmclock: UInt64)] = [:]
     /// Leader: its guest offset against its host clock, and against the raw RDTSC.
     var leaderOffset: Int64 = 0
     var leaderRealOffset: Int64 = 0
@@ -86,15 +93,27 @@ public final class ClockAligner: @unchecked Sendable {
             logger.error("time request from node \(from) before this node measured its TSC: not answered")
             return
         }
-        node.send(channel: .cpu, to: from, CPUMessage.timeReply(seq: seq, hostClock: hostClock(), guestOffset: o, realGuestOffset: r).encode())
+        // with kvmclock: the reading and the host clock it was taken at, as one sample
+        var clock = hostClock(), kvmclock: UInt64 = 0
+        if let kc = machine.kvmClock {
+            do {
+                let k = try kc.read()
+                clock = UInt64(bitPattern: Int64(bitPattern: k.hostTSC) &+ skew)
+                kvmclock = k.nanoseconds
+            } catch {
+                logger.error("time request from node \(from): cannot read this VM's kvmclock (\(error)): answered without it")
+            }
+        }
+        node.send(channel: .cpu, to: from, CPUMessage.timeReply(seq: seq, hostClock: clock, guestOffset: o, realGuestOffset: r,
+                                                                kvmclock: kvmclock).encode())
     }
 
     /// Follower, receive thread.
     func reply(from: UInt32, _ m: CPUMessage) {
         let now = hostClock()
-        guard case let .timeReply(seq, clock, off, real) = m else { return }
+        guard case let .timeReply(seq, clock, off, real, kvmclock) = m else { return }
         cond.lock()
-        replies[seq] = (now, clock, off, real)
+        replies[seq] = (now, clock, off, real, kvmclock)
         cond.broadcast()
         cond.unlock()
     }
@@ -108,6 +127,10 @@ public final class ClockAligner: @unchecked Sendable {
         /// its guests read the host TSC directly).
         public var programmed: Int64
         public var applied: Bool
+        /// kvmclock (when offered): this VM's minus node 0's, before and after alignment (ns),
+        /// and how far the "after" figure may be off (ns: the estimate's uncertainty plus the
+        /// reading brackets). nil without kvmclock.
+        public var kvmclock: (beforeNs: Int64, afterNs: Int64, uncertaintyNs: Int64)? = nil
     }
 
     /// Follower: samples the leader, programs every local vCPU's TSC, checks the result.
@@ -117,6 +140,7 @@ public final class ClockAligner: @unchecked Sendable {
         let realBefore = try first.offset()
         var list: [ClockSample] = []
         var leaderOff: Int64 = 0, leaderReal: Int64 = 0
+        var leaderKVM: [(hostClock: Int64, kvmclock: UInt64)] = []
         for seq in 0..<UInt32(samples) {
             let sent = hostClock()
             node.send(channel: .cpu, to: leader, CPUMessage.timeRequest(seq: seq).encode())
@@ -132,6 +156,7 @@ public final class ClockAligner: @unchecked Sendable {
                                     localReceive: Int64(bitPattern: r.localReceive)))
             leaderOff = r.guestOffset
             leaderReal = r.real
+            leaderKVM.append((Int64(bitPattern: r.hostClock), r.kvmclock))
         }
         let est = try ClockSync.estimate(list)
         // guest = host clock + model offset on both; leader host = local host + est.offset.
@@ -142,7 +167,49 @@ public final class ClockAligner: @unchecked Sendable {
         if !applied {
             logger.info("time: KVM kept the vCPUs' TSC offset at \(realAfter) instead of \(model &+ skew): this KVM ignores TSC offset changes (PVM guests read the host TSC directly)")
         }
-        return Result(estimate: est, beforeTicks: realBefore &- leaderReal, afterTicks: realAfter &- leaderReal, tscKHz: khz,
-                      programmed: model &+ skew, applied: applied)
+        var result = Result(estimate: est, beforeTicks: realBefore &- leaderReal, afterTicks: realAfter &- leaderReal, tscKHz: khz,
+                            programmed: model &+ skew, applied: applied)
+        if let kc = machine.kvmClock {
+            // the leader's reading of the best (minimum round trip) sample
+            let best = list.indices.min { list[$0].roundTrip < list[$1].roundTrip }!
+            result.kvmclock = try alignKVMClock(kc, leader: leaderKVM[best], hostOffset: est.offset, tscKHz: khz,
+                                                uncertaintyTicks: est.uncertainty)
+        } else if leaderKVM.contains(where: { $0.kvmclock != 0 }) {
+            logger.warning("time: node \(leader) offers kvmclock but this node does not (GIANTVM_KVMCLOCK or its probe differ): the guest's CPUID differs between nodes")
+        }
+        return result
+    }
+
+    /// Follower: sets this VM's kvmclock to the leader's `leader` reading carried forward
+    /// (before the vCPUs run); returns this clock minus the leader's before and after, in ns.
+    func alignKVMClock(_ kc: VMClock, leader: (hostClock: Int64, kvmclock: UInt64), hostOffset: Int64, tscKHz: UInt32,
+                       uncertaintyTicks: Int64) throws -> (beforeNs: Int64, afterNs: Int64, uncertaintyNs: Int64)? {
+        guard leader.kvmclock != 0 else {
+            logger.warning("time: node 0 sent no kvmclock reading (it does not offer kvmclock, this node does: GIANTVM_KVMCLOCK or its probe differ): kvmclock not aligned")
+            return nil
+        }
+        func leaderNow(atLocal host: UInt64) throws -> Int64 {
+            do {
+                return Int64(try ClockSync.followerKVMClock(leaderKVMClock: leader.kvmclock, leaderHostClock: leader.hostClock, hostOffset: hostOffset,
+                                                            localHostClock: Int64(bitPattern: host) &+ skew, tscKHz: tscKHz))
+            } catch { throw WireError("kvmclock alignment with node 0: \(error)") }
+        }
+        let before = try kc.read()
+        let beforeNs = Int64(before.nanoseconds) &- (try leaderNow(atLocal: before.hostTSC))
+        // KVM_SET_CLOCK takes effect a little after the host clock is read for the target: a
+        // second round sets it again, less the first round's residual
+        var afterNs: Int64 = 0, bracket: UInt64 = 0, correction: Int64 = 0
+        for _ in 0..<2 {
+            let target = try leaderNow(atLocal: VCPUClock.hostTSC()) &- correction
+            guard target >= 0 else { throw WireError("kvmclock alignment with node 0: negative target \(target) ns") }
+            try kc.set(UInt64(target))
+            let after = try kc.read()
+            afterNs = Int64(after.nanoseconds) &- (try leaderNow(atLocal: after.hostTSC))
+            bracket = after.uncertaintyTicks
+            correction = correction &+ afterNs
+        }
+        let ticks = uncertaintyTicks &+ Int64(clamping: bracket)
+        let uncertaintyNs = tscKHz > 0 ? ticks &* 1_000_000 / Int64(tscKHz) : 0
+        return (beforeNs, afterNs, uncertaintyNs)
     }
 }

@@ -42,8 +42,10 @@ public enum CPUMessage: Equatable {
     case eoi(vector: UInt8)
     case timeRequest(seq: UInt32)
     /// hostClock: the leader's host clock when it answered; guestOffset: leader guest TSC minus
-    /// its host clock; realGuestOffset: the same against the raw RDTSC (same-machine check only).
-    case timeReply(seq: UInt32, hostClock: UInt64, guestOffset: Int64, realGuestOffset: Int64)
+    /// its host clock; realGuestOffset: the same against the raw RDTSC (same-machine check only);
+    /// kvmclock: the leader VM's kvmclock (ns) read at `hostClock`, 0 when it offers none (a
+    /// trailing field, read as 0 when absent).
+    case timeReply(seq: UInt32, hostClock: UInt64, guestOffset: Int64, realGuestOffset: Int64, kvmclock: UInt64 = 0)
 
     public func encode() -> [UInt8] {
         switch self {
@@ -67,9 +69,9 @@ public enum CPUMessage: Equatable {
             var w = MessageWriter(type: CPUMessageType.timeRequest.rawValue)
             w.u32(seq)
             return w.bytes
-        case let .timeReply(seq, clock, off, real):
+        case let .timeReply(seq, clock, off, real, kvmclock):
             var w = MessageWriter(type: CPUMessageType.timeReply.rawValue)
-            w.u32(seq); w.u64(clock); w.u64(UInt64(bitPattern: off)); w.u64(UInt64(bitPattern: real))
+            w.u32(seq); w.u64(clock); w.u64(UInt64(bitPattern: off)); w.u64(UInt64(bitPattern: real)); w.u64(kvmclock)
             return w.bytes
         }
     }
@@ -99,7 +101,8 @@ public enum CPUMessage: Equatable {
             m = r.u32().map { .timeRequest(seq: $0) }
         case .timeReply:
             if let s = r.u32(), let c = r.u64(), let o = r.u64(), let real = r.u64() {
-                m = .timeReply(seq: s, hostClock: c, guestOffset: Int64(bitPattern: o), realGuestOffset: Int64(bitPattern: real))
+                m = .timeReply(seq: s, hostClock: c, guestOffset: Int64(bitPattern: o), realGuestOffset: Int64(bitPattern: real),
+                               kvmclock: r.u64() ?? 0)
             } else { m = nil }
         case .probePing, .probePong:
             throw WireError("cpu message type 0x\(String(t, radix: 16)) belongs to the channel probe")

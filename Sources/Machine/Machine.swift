@@ -430,6 +430,9 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// the VM runs; never while run() is in progress).
     public var localClocks: [VCPUClock] { runners.map { VCPUClock(index: $0.index, vcpu: $0.vcpu) } }
 
+    /// The VM's kvmclock when the guest is offered kvmclock (clock alignment sets it), else nil.
+    public var kvmClock: VMClock? { kvmclockOffered ? VMClock(vm: vm) : nil }
+
     /// Exit counts of every local vCPU (valid after run()).
     public var exitCounts: [Int: [String: UInt64]] {
         Dictionary(uniqueKeysWithValues: runners.map { ($0.index, $0.exits) })

@@ -291,6 +291,8 @@ public final class VMNode: @unchecked Sendable {
             + "(best round trip \(r.estimate.roundTrip) ticks, ± \(us(r.estimate.uncertainty))); injected skew \(options.tscSkew) ticks; "
             + "TSC offset \(r.programmed) \(r.applied ? "applied" : "ignored by this KVM (guest TSC = host TSC)"); "
             + "guest TSC minus node 0's: before \(r.beforeTicks) ticks (\(us(r.beforeTicks))), after \(r.afterTicks) ticks (\(us(r.afterTicks)))"
+            + (r.kvmclock.map { k in String(format: "; kvmclock minus node 0's: before %.1f µs, after %.1f µs (± %.1f µs)",
+                                            Double(k.beforeNs) / 1000, Double(k.afterNs) / 1000, Double(k.uncertaintyNs) / 1000) } ?? "")
     }
 
     /// Host console input to every device that takes it (the UART's receive FIFO).

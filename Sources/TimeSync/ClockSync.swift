@@ -34,12 +34,43 @@ public enum ClockSync {
     public enum Failure: Error, CustomStringConvertible, Equatable {
         case noSamples
         case negativeRoundTrip(ClockSample)
+        case tscFrequency(UInt32)
+        case interval(Int64)
+        case negativeClock(Int64)
         public var description: String {
             switch self {
             case .noSamples: return "clock synchronisation got no samples from the leader"
             case .negativeRoundTrip(let s): return "clock sample with a negative round trip (\(s)): the local clock is not monotonic"
+            case .tscFrequency(let k): return "TSC frequency \(k) kHz is outside \(ClockSync.tscKHzRange) kHz: cannot turn host clock ticks into kvmclock nanoseconds"
+            case .interval(let t): return "the leader's kvmclock reading is \(t) ticks away from now (more than an hour): the host clocks or the offset are wrong"
+            case .negativeClock(let ns): return "the aligned kvmclock would be negative (\(ns) ns)"
             }
         }
+    }
+
+    /// TSC frequencies (kHz) the kvmclock arithmetic accepts: 1 MHz to 100 GHz.
+    public static let tscKHzRange: ClosedRange<UInt32> = 1_000...100_000_000
+
+    /// The kvmclock (ns) a follower sets when its host clock reads `localHostClock` (ticks), so
+    /// that its VM's kvmclock reads what the leader's does: the leader read `leaderKVMClock` (ns)
+    /// when its host clock read `leaderHostClock`; leader_host = follower_host + hostOffset (the
+    /// estimate's offset); both host clocks tick at `tscKHz`. kvmclock advances at host-time
+    /// rate, so the leader's clock now is its reading plus the ticks since, in ns. The interval
+    /// must be under an hour and the frequency in `tscKHzRange` (checked before arithmetic).
+    public static func followerKVMClock(leaderKVMClock: UInt64, leaderHostClock: Int64, hostOffset: Int64,
+                                        localHostClock: Int64, tscKHz: UInt32) throws -> UInt64 {
+        guard tscKHzRange.contains(tscKHz) else { throw Failure.tscFrequency(tscKHz) }
+        let khz = Int64(tscKHz)
+        let limit = khz * 1000 * 3600   // an hour of ticks (< 3.6e14: no overflow)
+        let (sum, o1) = localHostClock.addingReportingOverflow(hostOffset)
+        let (elapsed, o2) = sum.subtractingReportingOverflow(leaderHostClock)
+        guard !o1, !o2, elapsed.magnitude <= UInt64(limit) else { throw Failure.interval(o1 || o2 ? Int64.max : elapsed) }
+        // exact integer ns without overflow: whole milliseconds, then the rest
+        let ns = elapsed / khz * 1_000_000 + elapsed % khz * 1_000_000 / khz
+        guard leaderKVMClock <= UInt64(Int64.max) else { throw Failure.negativeClock(Int64.min) }
+        let result = Int64(leaderKVMClock) + ns
+        guard result >= 0 else { throw Failure.negativeClock(result) }
+        return UInt64(result)
     }
 
     /// Picks the minimum-round-trip sample and returns its offset.

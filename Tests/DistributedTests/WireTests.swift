@@ -12,8 +12,15 @@ final class WireTests: XCTestCase {
             .eoi(vector: 0x34),
             .timeRequest(seq: 7),
             .timeReply(seq: 7, hostClock: 123_456_789, guestOffset: -5, realGuestOffset: Int64.min),
+            .timeReply(seq: 8, hostClock: 1, guestOffset: 2, realGuestOffset: 3, kvmclock: 4_000_000_123),
         ]
         for m in all { XCTAssertEqual(try CPUMessage.decode(m.encode()), m) }
+    }
+
+    func testATimeReplyWithoutItsKVMClockFieldReadsZero() throws {
+        var bytes = CPUMessage.timeReply(seq: 1, hostClock: 2, guestOffset: 3, realGuestOffset: 4, kvmclock: 5).encode()
+        bytes.removeLast(8)
+        XCTAssertEqual(try CPUMessage.decode(bytes), .timeReply(seq: 1, hostClock: 2, guestOffset: 3, realGuestOffset: 4, kvmclock: 0))
     }
 
     func testAnAPICAddressWithoutItsModeByteIsXAPICAndABadModeIsRefused() throws {

@@ -23,3 +23,21 @@ public struct VCPUClock: @unchecked Sendable {
     /// The host's time-stamp counter now (RDTSC).
     public static func hostTSC() -> UInt64 { KVM.hostTSC() }
 }
+
+/// The VM's kvmclock (KVM_GET_CLOCK / KVM_SET_CLOCK) as clock alignment sees it: node 0's is the
+/// reference, every other node sets its own to it before its vCPUs run. `Machine.kvmClock` is nil
+/// when the guest is not offered kvmclock.
+public struct VMClock: @unchecked Sendable {
+    let vm: VirtualMachine
+
+    /// The clock (ns) and the host TSC it was read at, with how far that TSC may be off (ticks:
+    /// 0 when KVM returned its own, else half the RDTSC bracket around the ioctl). Any thread.
+    public func read() throws -> (nanoseconds: UInt64, hostTSC: UInt64, uncertaintyTicks: UInt64) {
+        let r = try vm.kvmclock()
+        return (r.nanoseconds, r.hostTSC, r.uncertaintyTicks)
+    }
+
+    /// Sets the clock to `nanoseconds` now (every vCPU rewrites its pvclock at its next entry).
+    /// On the setup thread, before the VM runs.
+    public func set(_ nanoseconds: UInt64) throws { try vm.setKVMClock(nanoseconds) }
+}
