@@ -27,7 +27,9 @@ final class InstructionProbeTests: XCTestCase {
         XCTAssertEqual(bases(withAdjust), [0x6E0, 0x11, 0x4B56_4D00], "TSC_ADJUST offered: not filtered")
         XCTAssertEqual(bases(CPUFeature.hide([.tscAdjust], in: withAdjust)), [0x3B, 0x6E0, 0x11, 0x4B56_4D00])
         let kvm = withAdjust + [CPUIDEntry(function: 0x4000_0000, eax: 0x4000_0001, ebx: 0x4B4D_564B, ecx: 0x564B_4D56, edx: 0x4D)]
-        XCTAssertEqual(bases(kvm), [0x6E0], "a KVM signature leaf offers its PV MSRs")
+        XCTAssertEqual(bases(kvm), [0x6E0, 0x11, 0x4B56_4D00], "a KVM signature leaf without CLOCKSOURCE2 offers no PV MSR")
+        let clock = kvm + [CPUIDEntry(function: 0x4000_0001, eax: KVMParavirt.featureClocksource2, ebx: 0, ecx: 0, edx: 0)]
+        XCTAssertEqual(bases(clock), [0x6E0, 0x11, 0x4B56_4D02], "with CLOCKSOURCE2: kvmclock's two MSRs only (KVMClockTests)")
     }
 
     func testHidingXSAVEHidesAVX() {
