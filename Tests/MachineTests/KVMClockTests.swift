@@ -11,11 +11,11 @@ import TestSupport
 
 final class KVMClockUnitTests: XCTestCase {
     func testPVClockScaling() {
-        // 2.5 GHz: mul = 2^32 * 0.4 * 2 with shift -1 (KVM picks a shift that keeps mul in 32 bits)
+        // 2.5 GHz: ns = (ticks >> 1) * 0.8, mul = 0.8 * 2^32 rounded up (KVM picks a shift that keeps mul in 32 bits)
         let info = PVClockTimeInfo(version: 2, tscTimestamp: 1_000, systemTime: 5_000_000, tscToSystemMul: 3_435_973_837,
                                    tscShift: -1, flags: 1)
         XCTAssertEqual(info.nanoseconds(atTSC: 1_000), 5_000_000)
-        XCTAssertEqual(info.nanoseconds(atTSC: 1_000 + 2_500_000_000), 5_000_000 + 1_000_000_000 - 1, "one second of ticks (mul rounds down)")
+        XCTAssertEqual(info.nanoseconds(atTSC: 1_000 + 2_500_000_000), 5_000_000 + 1_000_000_000, "one second of ticks")
         XCTAssertEqual(info.nanoseconds(atTSC: 10), 5_000_000, "a TSC before the timestamp reads system_time")
         var up = info
         up.tscShift = 2; up.tscToSystemMul = 1 << 30   // (delta << 2) / 4 = delta
