@@ -59,6 +59,9 @@ public enum MessageType {
         case deviceMap = 0x01, request = 0x02, reply = 0x03, ready = 0x04
         /// Device DMA run on the requesting vCPU's node (Sources/Distributed/DMAForwarding.swift).
         case dmaRequest = 0x05, dmaReply = 0x06
+        /// Start-up: what a node's host lets the VMM offer (hidden CPUID features, kvmclock), so
+        /// every node offers the same CPUID (Sources/Distributed/StartupBarrier.swift).
+        case cpuFeatures = 0x07
         case probePing = 0xE0, probePong = 0xE1
     }
 

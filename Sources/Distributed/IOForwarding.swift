@@ -154,7 +154,7 @@ public final class IOForwarder: @unchecked Sendable {
             return
         }
         switch m {
-        case .deviceMap, .ready:
+        case .deviceMap, .ready, .cpuFeatures:
             logger.error("io message \(m) from node \(from) reached the I/O forwarder: dropped")
         case let .reply(id, status, data):
             guard let w = lock.withLock({ pending.removeValue(forKey: id) }) else {

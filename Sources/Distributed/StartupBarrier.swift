@@ -1,5 +1,7 @@
-// Start-up of one VM across nodes, on the io channel: every node announces the device ranges it
-// homes (DEVMAP), maps every other node's ranges as forwarding stubs, and says READY when its
+// Start-up of one VM across nodes, on the io channel: every node announces what its host lets the
+// VMM offer the guest (CPU_FEATURES: the CPUID features its probe hid, kvmclock) and applies the
+// merge of every node's, so each vCPU's CPUID is the same everywhere; announces the device ranges
+// it homes (DEVMAP), maps every other node's ranges as forwarding stubs, and says READY when its
 // own start-up (maps, time) is done; the BSP's node loads the guest once every node is ready.
 //
 // Peers' messages may arrive before this node asks for them (they are kept from the moment the
@@ -18,12 +20,14 @@ public final class StartupBarrier: @unchecked Sendable {
     private let mon = NSCondition()
     private var maps: [UInt32: [DeviceRange]] = [:]
     private var ready = Set<UInt32>()
+    private var features: [UInt32: HostCPUFeatures] = [:]
 
     /// Registers DEVMAP and READY on the io channel: call before `node.start()`.
     public init(node: Node, logger: Logger) {
         self.node = node
         self.logger = logger
-        node.register(channel: .io, types: [IOMessageType.deviceMap.rawValue, IOMessageType.ready.rawValue]) {
+        node.register(channel: .io, types: [IOMessageType.deviceMap.rawValue, IOMessageType.ready.rawValue,
+                                            IOMessageType.cpuFeatures.rawValue]) {
             [weak self] from, p in self?.handle(from: from, p)
         }
     }
@@ -34,6 +38,8 @@ public final class StartupBarrier: @unchecked Sendable {
             mon.lock(); maps[from] = ranges; mon.broadcast(); mon.unlock()
         case .ready?:
             mon.lock(); ready.insert(from); mon.broadcast(); mon.unlock()
+        case let .cpuFeatures(f)?:
+            mon.lock(); features[from] = f; mon.broadcast(); mon.unlock()
         default:
             logger.error("dropped a malformed start-up message from node \(from)")
         }
@@ -71,6 +77,16 @@ public final class StartupBarrier: @unchecked Sendable {
             }
         }
         return (mine.count, all.values.reduce(0) { $0 + $1.count })
+    }
+
+    /// Sends `mine` (this node's Machine.hostFeatures) to every peer, waits for theirs and returns
+    /// the merge of all (the same on every node), with each peer's for the log.
+    public func exchangeCPUFeatures(_ mine: HostCPUFeatures, timeout: Double) throws -> (merged: HostCPUFeatures, peers: [UInt32: HostCPUFeatures]) {
+        let bytes = IOMessage.cpuFeatures(mine).encode()
+        for p in node.peers { node.send(channel: .io, to: p, bytes) }
+        try wait(for: "the CPU features of every node", timeout: timeout) { features.count == node.peers.count }
+        let all = mon.withLock { features }
+        return (HostCPUFeatures.merge([mine] + all.sorted { $0.key < $1.key }.map(\.value)), all)
     }
 
     /// Says READY to every peer and waits until every peer said it.

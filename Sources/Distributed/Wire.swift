@@ -21,6 +21,7 @@
 //   0x04 READY      (a node finished its start-up: maps, time)
 
 import Cluster
+import Machine
 
 public typealias CPUMessageType = MessageType.CPU
 public typealias IOMessageType = MessageType.IO
@@ -136,6 +137,9 @@ public enum IOMessage: Equatable {
     case request(id: UInt64, space: UInt8, address: UInt64, itemSize: UInt8, count: UInt32, isWrite: Bool, data: [UInt8])
     case reply(id: UInt64, status: UInt8, data: [UInt8])
     case ready
+    /// kvmFeatures:u32 count:u32 { leaf:u32 subleaf:u32 register:u8 bit:u8 name:text }: what the
+    /// sender's host lets the VMM offer (Machine.HostCPUFeatures).
+    case cpuFeatures(HostCPUFeatures)
 
     /// Upper bound of one forwarded access (a whole `rep ins/outs` page-sized string and more).
     public static let maxData = 1 << 20
@@ -159,6 +163,11 @@ public enum IOMessage: Equatable {
             return w.bytes
         case .ready:
             return [IOMessageType.ready.rawValue]
+        case let .cpuFeatures(f):
+            var w = MessageWriter(type: IOMessageType.cpuFeatures.rawValue)
+            w.u32(f.kvmFeatures); w.u32(UInt32(f.hidden.count))
+            for h in f.hidden { w.u32(h.leaf); w.u32(h.subleaf); w.u8(h.register); w.u8(h.bit); w.text(h.name) }
+            return w.bytes
         }
     }
 
@@ -197,6 +206,19 @@ public enum IOMessage: Equatable {
         case .ready:
             guard r.remaining == 0 else { throw WireError("ready has trailing bytes") }
             return .ready
+        case .cpuFeatures:
+            guard let kvm = r.u32(), let n = r.u32(), n <= 256 else { throw WireError("CPU features: bad header") }
+            var hidden: [HostCPUFeatures.Feature] = []
+            for i in 0..<n {
+                guard let leaf = r.u32(), let sub = r.u32(), let reg = r.u8(), let bit = r.u8(), let name = r.text() else {
+                    throw WireError("CPU features: feature \(i) truncated")
+                }
+                let f = HostCPUFeatures.Feature(name: name, leaf: leaf, subleaf: sub, register: reg, bit: bit)
+                guard f.isValid else { throw WireError("CPU features: feature \(i) (\(name)) has register \(reg) bit \(bit)") }
+                hidden.append(f)
+            }
+            guard r.remaining == 0 else { throw WireError("CPU features have \(r.remaining) trailing bytes") }
+            return .cpuFeatures(HostCPUFeatures(hidden: hidden, kvmFeatures: kvm))
         case .probePing, .probePong:
             throw WireError("io message type 0x\(String(t, radix: 16)) belongs to the channel probe")
         case .dmaRequest, .dmaReply:

@@ -157,9 +157,17 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
     /// their vCPUs, local APIC address changes, and — when the IOAPIC lives elsewhere — device
     /// lines and level-triggered EOIs.
     let remote: (any RemoteInterrupts)?
-    /// Whether the guest is offered kvmclock (CPUID and MSR filter; `MachineConfiguration.kvmclock`
-    /// and the start-up probe): clock alignment then makes the VM's kvmclock node 0's.
-    public let kvmclockOffered: Bool
+    /// Whether the guest is offered kvmclock (CPUID and MSR filter; `MachineConfiguration.kvmclock`,
+    /// the start-up probe and, on several nodes, every node's): clock alignment then makes the
+    /// VM's kvmclock node 0's. Any thread.
+    public var kvmclockOffered: Bool { appliedFeatures.withLock { $0.kvmFeatures } & KVMParavirt.featureClocksource2 != 0 }
+    /// What this node's host allows beyond KVM's supported CPUID (exchanged between nodes at start).
+    public let hostFeatures: HostCPUFeatures
+    /// What the vCPUs' CPUID offers now: `hostFeatures`, or the merge applied by `applyClusterFeatures`.
+    let appliedFeatures: Mutex<HostCPUFeatures>
+    /// KVM's supported CPUID, and whether x2APIC is offered (to rebuild the tables).
+    let cpuidBase: [CPUIDEntry]
+    let offersX2APIC: Bool
 
     /// Creates the VM: RAM slot, vCPUs with CPUID and MSRs; no in-kernel irqchip.
     ///
@@ -223,26 +231,26 @@ public final class Machine: DeviceHostDelegate, @unchecked Sendable {
                 x2apic = false
                 logger.warning("x2APIC not offered: \(error)")
             }
-            let supported = try Machine.probedCPUID(self.kvm, logger: logger)   // TruthfulCPUID.swift
-            let kvmFeatures = try Machine.kvmclockOffer(requested: config.kvmclock, kvm: self.kvm, supported: supported, logger: logger)
-            kvmclockOffered = kvmFeatures != nil
-            func tablePolicy(tscKHz: UInt32) -> CPUIDPolicy {
-                var p = CPUIDPolicy(totalVCPUs: UInt32(config.totalVCPUs), nodes: config.nodes, tscKHz: tscKHz,
-                                    apicBusKHz: UInt32(config.apicBusHz / 1000))
-                p.offerX2APIC = x2apic
-                p.offerKVMClock = kvmFeatures != nil
-                p.kvmclockStable = config.nodes.count == 1 && (kvmFeatures ?? 0) & KVMParavirt.featureClocksourceStable != 0
-                return p
+            let (supported, hidden) = try Machine.probedCPUID(self.kvm, logger: logger)   // TruthfulCPUID.swift
+            let probed = CPUFeature.hide(hidden, in: supported)
+            let kvmFeatures = try Machine.kvmclockOffer(requested: config.kvmclock, kvm: self.kvm, supported: probed, logger: logger)
+            let host = HostCPUFeatures(hidden: hidden.map(HostCPUFeatures.Feature.init), kvmFeatures: kvmFeatures ?? 0)
+            hostFeatures = host
+            appliedFeatures = Mutex(host)
+            cpuidBase = supported
+            offersX2APIC = x2apic
+            func table(_ i: Int, tscKHz: UInt32) -> [CPUIDEntry] {
+                Machine.cpuidTable(base: supported, config: config, x2apic: x2apic, features: host, vcpu: UInt32(i), tscKHz: tscKHz)
             }
             for i in created {
                 let v = try vm.createVCPU(id: UInt32(i))
                 let tsc = (try? v.tscKHz()) ?? 0
-                try v.setCPUID(tablePolicy(tscKHz: tsc).entries(supported: supported, vcpu: UInt32(i)))
+                try v.setCPUID(table(i, tscKHz: tsc))
                 try v.setMSRs([(MSR.miscEnable, 1), (MSR.sysenterCS, 0), (MSR.sysenterESP, 0), (MSR.sysenterEIP, 0)])
                 vcpus.append(v)
             }
             if let first = local.first {
-                try Machine.installMSRFilter(vm, cpuid: tablePolicy(tscKHz: 0).entries(supported: supported, vcpu: UInt32(first)), logger: logger)
+                try Machine.installMSRFilter(vm, cpuid: table(first, tscKHz: 0), logger: logger)
             }
         } catch let e as KVMError {
             throw MachineError.kvm(e)

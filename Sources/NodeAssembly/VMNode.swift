@@ -268,6 +268,13 @@ public final class VMNode: @unchecked Sendable {
             say("node \(id): met \(node.peers.map { "node \($0)" }.joined(separator: ", ")) over \(node.transportName); "
                 + "vCPUs \(machine.config.localVCPUs.lowerBound)-\(machine.config.localVCPUs.upperBound - 1) here"
                 + (machine.ioapic != nil ? ", IOAPIC here" : ""))
+            let (merged, peers) = try barrier.exchangeCPUFeatures(machine.hostFeatures, timeout: config.timeouts.connect)
+            let changes = try machine.applyClusterFeatures(merged)
+            if !changes.isEmpty {
+                let why = peers.sorted { $0.key < $1.key }.map { "node \($0.key) hides [\($0.value.hidden.map(\.name).joined(separator: ", "))]"
+                    + ($0.value.kvmFeatures == 0 ? " without kvmclock" : "") }.joined(separator: "; ")
+                logger.info("CPUID merged across nodes: \(changes.joined(separator: "; ")) (\(why))")
+            }
             let counts = try barrier.exchangeDeviceMaps(bus: machine.bus, forwarder: io, timeout: config.timeouts.connect) {
                 [weak self] why in self?.stop(.vcpuFailure(node: self?.id ?? 0, "I/O forwarding: \(why)"))
             }
