@@ -1,4 +1,5 @@
 import XCTest
+import Machine
 @testable import Distributed
 
 final class WireTests: XCTestCase {
@@ -33,6 +34,26 @@ final class WireTests: XCTestCase {
 }
 
 final class IOWireTests: XCTestCase {
+    func testCPUFeaturesRefuseOutOfRangeFields() throws {
+        var bad = IOMessage.cpuFeatures(HostCPUFeatures(hidden: [.init(name: "x", leaf: 1, subleaf: 0, register: 4, bit: 1)], kvmFeatures: 0)).encode()
+        XCTAssertThrowsError(try IOMessage.decode(bad)) { XCTAssertTrue("\($0)".contains("register 4"), "\($0)") }
+        bad = IOMessage.cpuFeatures(HostCPUFeatures(hidden: [.init(name: "x", leaf: 1, subleaf: 0, register: 1, bit: 32)], kvmFeatures: 0)).encode()
+        XCTAssertThrowsError(try IOMessage.decode(bad))
+        var count = IOMessage.cpuFeatures(HostCPUFeatures(hidden: [], kvmFeatures: 0)).encode()
+        count[5] = 0xFF   // 255 features announced, none present
+        XCTAssertThrowsError(try IOMessage.decode(count))
+    }
+
+    func testMergeIsTheUnionOfHiddenAndTheCommonKVMClock() {
+        let cx16 = HostCPUFeatures.Feature(name: "cx16", leaf: 1, subleaf: 0, register: 2, bit: 13)
+        let clwb = HostCPUFeatures.Feature(name: "clwb", leaf: 7, subleaf: 0, register: 1, bit: 24)
+        let a = HostCPUFeatures(hidden: [cx16], kvmFeatures: 8 | 1 << 24), b = HostCPUFeatures(hidden: [clwb, cx16], kvmFeatures: 8)
+        XCTAssertEqual(HostCPUFeatures.merge([a, b]), HostCPUFeatures(hidden: [cx16, clwb], kvmFeatures: 8))
+        XCTAssertEqual(HostCPUFeatures.merge([a, HostCPUFeatures(hidden: [], kvmFeatures: 0)]).kvmFeatures, 0, "one node without kvmclock: none")
+        XCTAssertEqual(HostCPUFeatures.merge([HostCPUFeatures(hidden: [], kvmFeatures: 1 << 24)]).kvmFeatures, 0, "no CLOCKSOURCE2: no kvmclock")
+        XCTAssertEqual(HostCPUFeatures.merge([a]), a)
+    }
+
     func testIOMessagesRoundTrip() throws {
         let all: [IOMessage] = [
             .deviceMap([DeviceRange(space: 1, base: 0x3F8, length: 8, name: "com1"),
@@ -43,6 +64,9 @@ final class IOWireTests: XCTestCase {
             .reply(id: 43, status: 0, data: [1, 2, 3, 4]),
             .reply(id: 42, status: 0, data: []),
             .ready,
+            .cpuFeatures(HostCPUFeatures(hidden: [.init(name: "cx16", leaf: 1, subleaf: 0, register: 2, bit: 13),
+                                                  .init(name: "clwb", leaf: 7, subleaf: 0, register: 1, bit: 24)], kvmFeatures: 8)),
+            .cpuFeatures(HostCPUFeatures(hidden: [], kvmFeatures: 0)),
         ]
         for m in all { XCTAssertEqual(try IOMessage.decode(m.encode()), m) }
     }
