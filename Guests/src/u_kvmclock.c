@@ -112,7 +112,7 @@ static u64 kvmclock_read(const struct pvclock *p)
         signed char shift = p->tsc_shift;
         u64 tsc = rdtsc_ordered();
         barrier();
-        if ((v & 1) || v != p->version) { g_kc.retries++; cpu_relax(); continue; }
+        if ((v & 1) || v != p->version) { fetch_add64(&g_kc.retries, 1); cpu_relax(); continue; }
         u64 d = tsc > ts ? tsc - ts : 0;
         if (shift < 0) d >>= -shift; else d <<= shift;
         return st + (u64)(((unsigned __int128)d * mul) >> 32);

@@ -195,7 +195,7 @@ public final class ClockAligner: @unchecked Sendable {
             } catch { throw WireError("kvmclock alignment with node 0: \(error)") }
         }
         let before = try kc.read()
-        let beforeNs = Int64(before.nanoseconds) &- (try leaderNow(atLocal: before.hostTSC))
+        let beforeNs = Int64(clamping: before.nanoseconds) &- (try leaderNow(atLocal: before.hostTSC))
         // KVM_SET_CLOCK takes effect a little after the host clock is read for the target: a
         // second round sets it again, less the first round's residual
         var afterNs: Int64 = 0, bracket: UInt64 = 0, correction: Int64 = 0
@@ -204,7 +204,7 @@ public final class ClockAligner: @unchecked Sendable {
             guard target >= 0 else { throw WireError("kvmclock alignment with node 0: negative target \(target) ns") }
             try kc.set(UInt64(target))
             let after = try kc.read()
-            afterNs = Int64(after.nanoseconds) &- (try leaderNow(atLocal: after.hostTSC))
+            afterNs = Int64(clamping: after.nanoseconds) &- (try leaderNow(atLocal: after.hostTSC))
             bracket = after.uncertaintyTicks
             correction = correction &+ afterNs
         }

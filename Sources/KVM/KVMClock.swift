@@ -193,7 +193,8 @@ public enum KVMClockProbe {
                 // the guest's reading must fall between the two host readings (1 ms of slack for
                 // the scale's rounding and the brackets)
                 let slack: UInt64 = 1_000_000
-                guard ns + slack >= before.nanoseconds && ns <= after.nanoseconds + slack else {
+                let low = before.nanoseconds > slack ? before.nanoseconds - slack : 0
+                guard ns >= low && ns <= after.nanoseconds &+ slack else {
                     return KVMClockSupport(works: false, detail: "the guest's kvmclock reading \(ns) ns is outside KVM_GET_CLOCK's \(before.nanoseconds)...\(after.nanoseconds) ns", kvmFeatures: features)
                 }
                 guard wallSec >= 1_500_000_000 else {
