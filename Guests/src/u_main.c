@@ -2,6 +2,7 @@
  * workload dispatch, summary and exit. */
 #include "u_lib.h"
 #include "u_work.h"
+#include "litmus.h"
 
 u8 u_stacks[MAX_VCPUS][USTACK_SIZE] PAGE_ALIGNED;
 
@@ -41,6 +42,7 @@ static const struct option {
     {"status", &g_cfg.status, 5},        /* partial: the isa-debug-exit value */
     {"seconds", &g_ticks_seconds, 3},    /* ticks: seconds each vCPU spins (u_migrate.c) */
     {"ms", &g_falseshare_ms, 0},         /* falseshare: ms each vCPU increments (0: iters each) */
+    {"gap", &g_litmus_gap_us, 0},        /* litmus, rlitmus: µs between trials on a shared clock (0: barrier per trial; u_litmus.c) */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
