@@ -94,7 +94,7 @@ final class TSOVMTests: XCTestCase {
     }
 
     func testRelaxedLitmusWithFencesHasNoForbiddenOutcome() throws {
-        let r = try up(tsoVMConfig(port: 22124, vcpus: [2, 2], cmdline: "rlitmus-fence trials=300 gap=200"), timeout: 90)
+        let r = try up(tsoVMConfig(port: 22124, vcpus: [2, 2], cmdline: "rlitmus-fence trials=300 gap=3000"), timeout: 90)
         XCTAssertEqual(r.status, 0, r.output)
         let res = resultLine(r)
         XCTAssertTrue(res.contains(#""relaxed":true"#) && res.contains(#""forbidden":0,"iriw_forbidden":"#), "\(res)\n\(r.output)")
