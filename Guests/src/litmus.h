@@ -39,6 +39,15 @@ static inline int litmus_forbidden(u32 test, u32 o, int fenced)
     }
 }
 
+/* u_litmus.c: running the trials (see there for gap=). vCPU 0 arms a test before the barrier that
+ * starts it; every member then runs its role's trials on its group's locations (`fence`, when not
+ * 0, is called where x86 would need mfence); vCPU 0 prints a progress line per test. */
+extern u64 g_litmus_gap_us;   /* gap=N (µs): trials on a shared clock; 0: a group barrier per trial */
+void litmus_arm(u32 test);
+void litmus_trials(u32 test, u32 role, u32 id, struct lgroup *L, u64 trials, struct gbarrier *gb, void (*fence)(void));
+u64 litmus_late(u32 test);    /* trials started more than a whole gap after their slot */
+void litmus_progress(const char *workload, u32 test, u64 trials, u64 *counts, int fenced);
+
 static inline void litmus_outcome_name(struct buf *b, u32 test, u32 o)
 {
     u32 bits = test == T_IRIW ? 4 : 2;

@@ -2,6 +2,7 @@
  * workload dispatch, summary and exit. */
 #include "u_lib.h"
 #include "u_work.h"
+#include "litmus.h"
 
 u8 u_stacks[MAX_VCPUS][USTACK_SIZE] PAGE_ALIGNED;
 
@@ -42,6 +43,7 @@ static const struct option {
     {"seconds", &g_ticks_seconds, 3},    /* ticks: seconds each vCPU spins (u_migrate.c) */
     {"ms", &g_falseshare_ms, 0},         /* falseshare: ms each vCPU increments (0: iters each) */
     {"bound", &g_kvmclock_bound_us, 1000}, /* kvmclock: largest disagreement between vCPUs (us) */
+    {"gap", &g_litmus_gap_us, 0},        /* litmus, rlitmus: µs between trials on a shared clock (0: barrier per trial; u_litmus.c) */
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

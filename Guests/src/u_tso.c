@@ -243,43 +243,6 @@ static struct lgroup rgroup_mem(u32 g, u64 trials)
     return L;
 }
 
-static void rtrials(u32 test, u32 role, u32 g, u32 id, u64 trials, int f)
-{
-    struct lgroup L = rgroup_mem(g, trials);
-    u32 *sense = &g_ucpu[id].gsense;
-#define F() do { if (f) hint_fence(); } while (0)
-    for (u64 t = 0; t < trials; t++) {
-        volatile u64 *x = &L.x[t], *y = &L.y[t];
-        u64 a, c;
-        barrier_wait(&rl_bar[g], litmus_threads[test], sense);
-        switch (test) {
-        case T_MP:
-            if (role == 0) { *x = 1; F(); *y = 1; }
-            else { a = *y; F(); c = *x; L.res[1][t] = (u8)(a << 1 | c); }
-            break;
-        case T_SB:
-            if (role == 0) { *x = 1; F(); a = *y; L.res[0][t] = (u8)a; }
-            else { *y = 1; F(); c = *x; L.res[1][t] = (u8)c; }
-            break;
-        case T_LB:
-            if (role == 0) { a = *x; F(); *y = 1; L.res[0][t] = (u8)a; }
-            else { c = *y; F(); *x = 1; L.res[1][t] = (u8)c; }
-            break;
-        case T_22W:
-            if (role == 0) { *x = 1; F(); *y = 2; }
-            else { *y = 1; F(); *x = 2; }
-            break;
-        default:
-            if (role == 0) { *x = 1; F(); }
-            else if (role == 1) { *y = 1; F(); }
-            else if (role == 2) { a = *x; F(); c = *y; L.res[2][t] = (u8)(a << 1 | c); }
-            else { a = *y; F(); c = *x; L.res[3][t] = (u8)(a << 1 | c); }
-            break;
-        }
-    }
-#undef F
-}
-
 static int rlitmus(u32 id, int f)
 {
     if (!setup(id)) return 0;
@@ -303,14 +266,20 @@ static int rlitmus(u32 id, int f)
             struct lgroup L = rgroup_mem(id, trials);
             for (u64 t = 0; t < trials; t++) L.x[t] = L.y[t] = 0;
         }
+        if (id == 0) litmus_arm(test);
         barrier_all(id);
-        if (id < G * th) rtrials(test, id / G, id % G, id, trials, f);
+        if (id < G * th) {
+            struct lgroup L = rgroup_mem(id % G, trials);
+            litmus_trials(test, id / G, id, &L, trials, &rl_bar[id % G], f ? hint_fence : 0);
+        }
         barrier_all(id);
-        if (id == 0)
+        if (id == 0) {
             for (u32 g = 0; g < G; g++) {
                 struct lgroup L = rgroup_mem(g, trials);
                 for (u64 t = 0; t < trials; t++) counts[test][litmus_outcome(test, &L, t)]++;
             }
+            if (G) litmus_progress(f ? "rlitmus-fence" : "rlitmus", test, G * trials, counts[test], f);
+        }
         barrier_all(id);
     }
     if (id) return 1;
@@ -319,6 +288,7 @@ static int rlitmus(u32 id, int f)
     struct buf j = BUF_INIT(r);
     start_result(&j, f ? "rlitmus-fence" : "rlitmus");
     buf_kv_u64(&j, "trials", trials);
+    buf_kv_u64(&j, "gap_us", g_litmus_gap_us);
     buf_str(&j, ",\"tests\":{");
     for (u32 test = 0; test < NTESTS; test++) {
         u64 fc = 0;
@@ -341,6 +311,7 @@ static int rlitmus(u32 id, int f)
         }
         buf_char(&j, '}');
         buf_kv_u64(&j, "forbidden", fc);
+        if (g_litmus_gap_us) buf_kv_u64(&j, "late", litmus_late(test));
         buf_char(&j, '}');
         if (test == T_IRIW) iriw = fc; else forb += fc;
     }

@@ -192,44 +192,6 @@ static struct lgroup group_mem(u32 g, u64 trials)
     return L;
 }
 
-static void run_trials(u32 test, u32 role, u32 g, u32 id, u64 trials)
-{
-    struct lgroup L = group_mem(g, trials);
-    u32 th = litmus_threads[test];
-    struct gbarrier *gb = &litmus_bar[g];
-    u32 *sense = &g_ucpu[id].gsense;
-    for (u64 t = 0; t < trials; t++) {
-        volatile u64 *x = &L.x[t], *y = &L.y[t];
-        u64 a, c;
-        barrier_wait(gb, th, sense);
-        switch (test) {
-        case T_MP:
-            if (role == 0) { *x = 1; *y = 1; }
-            else { a = *y; c = *x; L.res[1][t] = (u8)(a << 1 | c); }
-            break;
-        case T_SB:
-            if (role == 0) { *x = 1; a = *y; L.res[0][t] = (u8)a; }
-            else { *y = 1; c = *x; L.res[1][t] = (u8)c; }
-            break;
-        case T_LB:
-            if (role == 0) { a = *x; *y = 1; L.res[0][t] = (u8)a; }
-            else { c = *y; *x = 1; L.res[1][t] = (u8)c; }
-            break;
-        case T_22W:
-            if (role == 0) { *x = 1; *y = 2; }
-            else { *y = 1; *x = 2; }
-            break;
-        case T_IRIW:
-            if (role == 0) *x = 1;
-            else if (role == 1) *y = 1;
-            else if (role == 2) { a = *x; c = *y; L.res[2][t] = (u8)(a << 1 | c); }
-            else { a = *y; c = *x; L.res[3][t] = (u8)(a << 1 | c); }
-            break;
-        }
-    }
-}
-
-
 int w_litmus(u32 id)
 {
     u32 n = nv();
@@ -254,14 +216,20 @@ int w_litmus(u32 id)
             struct lgroup L = group_mem(id, trials);
             for (u64 t = 0; t < trials; t++) L.x[t] = L.y[t] = 0;
         }
+        if (id == 0) litmus_arm(test);
         barrier_all(id);
-        if (id < G * th) run_trials(test, id / G, id % G, id, trials);
+        if (id < G * th) {
+            struct lgroup L = group_mem(id % G, trials);
+            litmus_trials(test, id / G, id, &L, trials, &litmus_bar[id % G], 0);
+        }
         barrier_all(id);
-        if (id == 0)
+        if (id == 0) {
             for (u32 g = 0; g < G; g++) {
                 struct lgroup L = group_mem(g, trials);
                 for (u64 t = 0; t < trials; t++) counts[test][litmus_outcome(test, &L, t)]++;
             }
+            if (G) litmus_progress("litmus", test, G * trials, counts[test], 0);
+        }
         barrier_all(id);
     }
     if (id) return 1;
@@ -270,6 +238,7 @@ int w_litmus(u32 id)
     struct buf j = BUF_INIT(r);
     start_result(&j, "litmus");
     buf_kv_u64(&j, "trials", trials);
+    buf_kv_u64(&j, "gap_us", g_litmus_gap_us);
     buf_str(&j, ",\"tests\":{");
     for (u32 test = 0; test < NTESTS; test++) {
         u64 f = 0;
@@ -298,6 +267,7 @@ int w_litmus(u32 id)
         }
         buf_char(&j, '}');
         buf_kv_u64(&j, "forbidden", f);
+        if (g_litmus_gap_us) buf_kv_u64(&j, "late", litmus_late(test));
         buf_char(&j, '}');
         forb += f;
     }

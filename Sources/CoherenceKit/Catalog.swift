@@ -27,6 +27,8 @@ public struct ScenarioParameters {
     public var model: MemoryModel
     /// Plugin settings, network delays, thread bias, checks and the trace.
     public var options: ConformanceOptions
+    /// Which pages the settings make relaxed, and the sc pages the scenarios use (PageLayout).
+    public var layout: PageLayout
 
     /// The step limit of each run of a schedule.
     public static let defaultMaxSteps = 50_000
@@ -43,8 +45,14 @@ public struct ScenarioParameters {
         // Every scenario finishes in a few thousand steps; a schedule still running at this bound
         // is reported as a livelock.
         options.maxSteps = Self.defaultMaxSteps
-        options.checkSWMR = model == .sc
-        options.checkLinearizable = model == .sc
+        // A malformed `relaxed` setting is reported by ConformancePlan.scenarios() before any run.
+        layout = (try? PageLayout(settings: settings)) ?? PageLayout()
+        options.relaxedPages = layout.relaxed
+        options.minimumPages = layout.minimumPages
+        // With relaxed ranges, the pages outside them are held to every SC check whatever the
+        // model: a protocol that names relaxed ranges promises sequential consistency elsewhere.
+        options.checkSWMR = model == .sc || layout.hasRelaxed
+        options.checkLinearizable = model == .sc || layout.hasRelaxed
         options.trace = trace
     }
 }
@@ -58,11 +66,14 @@ public struct ConformanceScenario {
     public let defaultSize: Int
     /// A litmus test: its outcomes are tallied in the certificate.
     public let isLitmus: Bool
+    /// Runs only when the plugin settings name relaxed ranges (PageLayout; Relaxed.swift).
+    public let needsRelaxed: Bool
     public let body: (UnsafeRawPointer, ScenarioParameters) throws -> ScenarioResult
 
     public init(name: String, summary: String, models: Set<MemoryModel> = Set(MemoryModel.allCases),
-                nodes: ClosedRange<Int> = 2...4, defaultSize: Int, isLitmus: Bool = false,
+                nodes: ClosedRange<Int> = 2...4, defaultSize: Int, isLitmus: Bool = false, needsRelaxed: Bool = false,
                 body: @escaping (UnsafeRawPointer, ScenarioParameters) throws -> ScenarioResult) {
+        self.needsRelaxed = needsRelaxed
         self.name = name
         self.summary = summary
         self.models = models
@@ -75,10 +86,11 @@ public struct ConformanceScenario {
 
 public enum ScenarioCatalog {
     /// Every scenario, in the order they run. Add a group here.
-    public static var all: [ConformanceScenario] { standard + litmus }
+    public static var all: [ConformanceScenario] { standard + litmus + relaxed }
 
-    public static func scenarios(for model: MemoryModel) -> [ConformanceScenario] {
-        all.filter { $0.models.contains(model) }
+    /// The scenarios for `model`; `relaxed`: the settings name relaxed ranges (adds the relaxed group).
+    public static func scenarios(for model: MemoryModel, relaxed: Bool = false) -> [ConformanceScenario] {
+        all.filter { $0.models.contains(model) && (relaxed || !$0.needsRelaxed) }
     }
 
     public static func named(_ name: String) -> ConformanceScenario? { all.first { $0.name == name } }
@@ -88,24 +100,26 @@ public enum ScenarioCatalog {
         ConformanceScenario(name: "locked-counter", summary: "threads on every node add to one counter under a spinlock (cmpxchg): exact total, mutual exclusion",
                             defaultSize: 5) { d, p in
             try Conformance.lockedCounter(d, nodes: p.nodes, threadsPerNode: 1 + Int(p.seed % 2), increments: p.size,
-                                          seed: p.seed, options: p.options)
+                                          seed: p.seed, options: p.options, lockPage: p.layout.sc(0), counterPage: p.layout.sc(1),
+                                          pages: p.layout.pageCount(p.layout.sc(count: 4), atLeast: 4))
         },
-        ConformanceScenario(name: "random-rw", summary: "random reads, writes and CAS increments over 3 pages from 2 threads per node: every read and every copy checked, exact totals",
+        ConformanceScenario(name: "random-rw", summary: "random reads, writes and CAS increments over 3 pages from 2 threads per node: every read and every copy checked, exact totals (with relaxed ranges: plain accesses also to 2 relaxed pages, which must converge)",
                             defaultSize: 12) { d, p in
-            try Conformance.random(d, nodes: p.nodes, threadsPerNode: 2, pages: 3, ops: p.size,
-                                   writePercent: 30 + p.seed % 50, seed: p.seed, options: p.options)
+            try randomRW(d, p, writePercent: 30 + p.seed % 50)
         },
         ConformanceScenario(name: "ping-pong", summary: "two nodes alternately increment one word: the page moves every round",
                             defaultSize: 6) { d, p in
-            try Conformance.pingPong(d, nodes: p.nodes, rounds: p.size, seed: p.seed, options: p.options)
+            try Conformance.pingPong(d, nodes: p.nodes, rounds: p.size, seed: p.seed, options: p.options, page: p.layout.sc(1))
         },
         ConformanceScenario(name: "pin-deferral", summary: "a page pinned for host DMA holds off another node's write until it is unpinned (page_unpinned)",
                             defaultSize: 6) { d, p in
-            try Conformance.pinHoldsOffWrites(d, nodes: p.nodes, holdSteps: 5 * p.size, seed: p.seed, options: p.options)
+            try Conformance.pinHoldsOffWrites(d, nodes: p.nodes, holdSteps: 5 * p.size, seed: p.seed, options: p.options, gfn: p.layout.sc(1))
         },
         ConformanceScenario(name: "receive-fuzz", summary: "hostile messages (random, truncated, bit-flipped, replayed out of context): no crash, no hang (fatal is fine)",
                             defaultSize: 4) { d, p in
-            let samples = try Conformance.sampleMessages(d, nodes: p.nodes, seed: p.seed)
+            let l = p.layout
+            let samples = try Conformance.sampleMessages(d, nodes: p.nodes, seed: p.seed, options: p.options,
+                                                         pageList: l.hasRelaxed ? [l.sc(0), l.sc(1), l.mw(0)!, l.mw(1)!] : [0, 1, 2, 3])
             let n = 25 * p.size
             let (fatal, silent) = try Conformance.fuzzReceive(d, nodes: p.nodes, seed: p.seed, iterations: n, samples: samples)
             let report = RunReport(seed: p.seed, steps: n, messages: n, bytes: 0, violations: [], fatals: [], stuck: nil)
@@ -115,8 +129,7 @@ public enum ScenarioCatalog {
         },
         ConformanceScenario(name: "standard-statistics", summary: "after a random run, the dsm.* statistics (giantvm_plugin.h, GVM_STAT_*) are all registered and agree with the messages, bytes and requests the kit saw",
                             defaultSize: 12) { d, p in
-            var r = try Conformance.random(d, nodes: p.nodes, threadsPerNode: 2, pages: 3, ops: p.size,
-                                           writePercent: 50, seed: p.seed, options: p.options)
+            var r = try randomRW(d, p, writePercent: 50)
             if r.ok && !r.statistics.isEmpty {
                 r.problems = r.statistics.map { "statistics: " + $0 }
                 r.failedAtStep = r.report.steps
@@ -125,11 +138,22 @@ public enum ScenarioCatalog {
         },
     ]
 
+    /// random-rw's run: CAS increments and plain accesses over 3 sc pages, and with relaxed ranges
+    /// plain accesses over 2 relaxed pages too (atomics never go to relaxed memory).
+    static func randomRW(_ d: UnsafeRawPointer, _ p: ScenarioParameters, writePercent: UInt64) throws -> ScenarioResult {
+        let l = p.layout
+        let sc = l.sc(count: 3)
+        let list = l.hasRelaxed ? sc + [l.mw(0)!, l.mw(1)!] : sc
+        return try Conformance.random(d, nodes: p.nodes, threadsPerNode: 2, pages: 3, ops: p.size, writePercent: writePercent,
+                                      seed: p.seed, options: p.options, pageList: Array(Set(list)).sorted(), atomicPages: sc)
+    }
+
     /// The classic litmus tests, judged against the declared model.
     public static let litmus: [ConformanceScenario] = LitmusTest.classic.map { test in
         ConformanceScenario(name: "litmus-" + test.name, summary: "\(test.summary) (\(test.program))",
                             defaultSize: 4, isLitmus: true) { d, p in
-            try Conformance.litmus(d, test, nodes: p.nodes, size: p.size, seed: p.seed, model: p.model, options: p.options)
+            try Conformance.litmus(d, test, nodes: p.nodes, size: p.size, seed: p.seed, model: p.model, options: p.options,
+                                   variablePages: p.layout.sc(count: test.variables))
         }
     }
 }

@@ -40,6 +40,10 @@ public struct ConformanceOptions {
     public var checkLinearizable = true
     /// Receives the schedule step by step (see SimCluster.trace).
     public var trace: ((String) -> Void)?
+    /// Pages the plugin keeps relaxed (PageLayout): the per-step checks skip them.
+    public var relaxedPages: Set<UInt64> = []
+    /// The simulated guest memory holds at least this many pages (every relaxed range).
+    public var minimumPages = 0
     public init(settings: [(String, String)] = [], maxDelay: Int = 0, threadBias: Int = 50, maxSteps: Int = 400_000) {
         self.settings = settings
         self.maxDelay = maxDelay
@@ -50,7 +54,8 @@ public struct ConformanceOptions {
 
 public enum Conformance {
     public static func make(_ d: UnsafeRawPointer, nodes: Int, pages: Int, seed: UInt64, _ o: ConformanceOptions) throws -> SimCluster {
-        let c = try SimCluster(descriptor: d, nodes: nodes, pages: pages, seed: seed, settings: o.settings)
+        let c = try SimCluster(descriptor: d, nodes: nodes, pages: max(pages, o.minimumPages), seed: seed, settings: o.settings)
+        c.uncheckedPages = o.relaxedPages
         c.network.maxDelay = o.maxDelay
         c.threadBias = o.threadBias
         c.checkSWMR = o.checkSWMR
@@ -148,13 +153,18 @@ public enum Conformance {
     }
 
     /// Random reads, writes and CAS increments; checks every read, every copy and the totals.
+    /// `pageList` (default gfns 0..<pages): the pages accessed; `atomicPages` (default all of
+    /// them): where the CAS increments go. Words of relaxed pages (options.relaxedPages) are not
+    /// checked per access; at the end every node must read one value for each, one that was written.
     public static func random(_ d: UnsafeRawPointer, nodes: Int, threadsPerNode: Int, pages: Int, ops: Int,
-                              writePercent: UInt64 = 50, seed: UInt64, options: ConformanceOptions = .init()) throws -> ScenarioResult {
-        let c = try make(d, nodes: nodes, pages: pages, seed: seed, options)
+                              writePercent: UInt64 = 50, seed: UInt64, options: ConformanceOptions = .init(),
+                              pageList: [UInt64]? = nil, atomicPages: [UInt64]? = nil) throws -> ScenarioResult {
+        let list = pageList ?? (0..<UInt64(pages)).map { $0 }
+        let c = try make(d, nodes: nodes, pages: max(pages, Int(list.max() ?? 0) + 1), seed: seed, options)
         var programs: [RandomProgram] = []
         for n in 0..<nodes {
             for i in 0..<threadsPerNode {
-                let p = RandomProgram(pages: (0..<UInt64(pages)).map { $0 }, slots: 3, ops: ops, writePercent: writePercent,
+                let p = RandomProgram(pages: list, atomicPages: atomicPages, slots: 3, ops: ops, writePercent: writePercent,
                                       seed: seed &* 31 &+ UInt64(n * 7 + i))
                 programs.append(p)
                 c.addThread(node: UInt32(n), p)
@@ -163,23 +173,24 @@ public enum Conformance {
         let r = c.run(maxSteps: options.maxSteps)
         var extra: [String] = []
         if r.ok {
-            for g in 0..<UInt64(pages) {
+            for g in Set(atomicPages ?? list).sorted() {
                 let expected = programs.reduce(0) { $0 + ($1.increments[g] ?? 0) }
                 if c.latest(g, 0) != expected { extra.append("gfn \(g): increments total \(c.latest(g, 0)), expected \(expected) (lost update)") }
             }
+            extra += convergence(c)
         }
         return finish(c, r, extra)
     }
 
     /// Two nodes alternately write one page.
     public static func pingPong(_ d: UnsafeRawPointer, nodes: Int = 2, rounds: Int, seed: UInt64,
-                                options: ConformanceOptions = .init()) throws -> ScenarioResult {
-        let c = try make(d, nodes: nodes, pages: 2, seed: seed, options)
-        c.addThread(node: 0, PingPongProgram(page: 1, parity: 0, rounds: rounds))
-        c.addThread(node: UInt32(nodes - 1), PingPongProgram(page: 1, parity: 1, rounds: rounds))
+                                options: ConformanceOptions = .init(), page: UInt64 = 1) throws -> ScenarioResult {
+        let c = try make(d, nodes: nodes, pages: Int(page) + 1, seed: seed, options)
+        c.addThread(node: 0, PingPongProgram(page: page, parity: 0, rounds: rounds))
+        c.addThread(node: UInt32(nodes - 1), PingPongProgram(page: page, parity: 1, rounds: rounds))
         let r = c.run(maxSteps: options.maxSteps)
         var extra: [String] = []
-        if r.ok && c.latest(1, 0) != UInt64(2 * rounds) { extra.append("final \(c.latest(1, 0)), expected \(2 * rounds)") }
+        if r.ok && c.latest(page, 0) != UInt64(2 * rounds) { extra.append("final \(c.latest(page, 0)), expected \(2 * rounds)") }
         return finish(c, r, extra)
     }
 
@@ -187,10 +198,11 @@ public enum Conformance {
     /// write it, stores through the pin, and unpins. The writer's store must land after the DMA
     /// store (the pin held it off), so the final value is the writer's and the writer read the
     /// DMA value first.
+    /// `gfn` must be an sc page: on a relaxed (multiple-writer) page another node may write while
+    /// the pin holds (see Conformance.pinnedRelaxedWrite).
     public static func pinHoldsOffWrites(_ d: UnsafeRawPointer, nodes: Int = 2, holdSteps: Int = 40, seed: UInt64,
-                                         options: ConformanceOptions = .init()) throws -> ScenarioResult {
-        let c = try make(d, nodes: nodes, pages: 2, seed: seed, options)
-        let gfn: UInt64 = 1
+                                         options: ConformanceOptions = .init(), gfn: UInt64 = 1) throws -> ScenarioResult {
+        let c = try make(d, nodes: nodes, pages: Int(gfn) + 1, seed: seed, options)
         var pinned = false
         var unpinned = false
         var held = 0
@@ -241,12 +253,20 @@ public enum Conformance {
     }
 
     /// Records every message a short random run delivers, for fuzzing with realistic shapes.
-    public static func sampleMessages(_ d: UnsafeRawPointer, nodes: Int, seed: UInt64) throws -> [SimMessage] {
-        let c = try make(d, nodes: nodes, pages: 4, seed: seed, .init())
+    /// `options`: the plugin's settings (with relaxed pages, `pageList` should include some, so
+    /// that the protocol's multiple-writer messages are sampled too).
+    public static func sampleMessages(_ d: UnsafeRawPointer, nodes: Int, seed: UInt64, options: ConformanceOptions = .init(),
+                                      pageList: [UInt64] = [0, 1, 2, 3]) throws -> [SimMessage] {
+        var o = ConformanceOptions(settings: options.settings)
+        o.relaxedPages = options.relaxedPages
+        o.minimumPages = options.minimumPages
+        o.checkSWMR = false
+        o.checkLinearizable = false
+        let c = try make(d, nodes: nodes, pages: Int(pageList.max() ?? 3) + 1, seed: seed, o)
         var seen: [SimMessage] = []
         c.onDeliver = { seen.append($0) }
         for n in 0..<nodes {
-            c.addThread(node: UInt32(n), RandomProgram(pages: [0, 1, 2, 3], slots: 2, ops: 20, writePercent: 50, seed: seed + UInt64(n)))
+            c.addThread(node: UInt32(n), RandomProgram(pages: pageList, slots: 2, ops: 20, writePercent: 50, seed: seed + UInt64(n)))
         }
         _ = c.run()
         return seen

@@ -132,9 +132,12 @@ extension Conformance {
     /// (some nodes read them, one may write 0), then each thread waits 0..<3*size steps and runs
     /// its accesses. The outcome must be one `model` allows. Variable k lives at (gfn k, offset 0).
     public static func litmus(_ d: UnsafeRawPointer, _ test: LitmusTest, nodes: Int, size: Int, seed: UInt64,
-                              model: MemoryModel, options: ConformanceOptions = .init()) throws -> ScenarioResult {
-        let c = try make(d, nodes: nodes, pages: test.variables, seed: seed, options)
-        for x in 0..<UInt64(test.variables) {
+                              model: MemoryModel, options: ConformanceOptions = .init(),
+                              variablePages: [UInt64]? = nil) throws -> ScenarioResult {
+        let gfns = variablePages ?? (0..<UInt64(test.variables)).map { $0 }
+        precondition(gfns.count == test.variables, "one page per litmus variable")
+        let c = try make(d, nodes: nodes, pages: Int(gfns.max() ?? 0) + 1, seed: seed, options)
+        for x in gfns {
             if c.random(3) == 0 {
                 let writer = UInt32(c.random(UInt64(nodes)))
                 c.addThread(node: writer, ClosureProgram { t in !t.store(x, 0, 0) })
@@ -154,9 +157,9 @@ extension Conformance {
             c.addThread(node: UInt32(i % nodes), ClosureProgram { t in
                 if idle > 0 { idle -= 1; return true }
                 switch ops[pc] {
-                case let .store(x, v): guard t.store(UInt64(x), 0, v) else { return true }
+                case let .store(x, v): guard t.store(gfns[x], 0, v) else { return true }
                 case let .load(x, r):
-                    guard let v = t.load(UInt64(x), 0) else { return true }
+                    guard let v = t.load(gfns[x], 0) else { return true }
                     regs[r] = v
                 }
                 pc += 1
@@ -169,7 +172,7 @@ extension Conformance {
             var final = [UInt64](repeating: 0, count: test.variables)
             var x = 0
             c.addThread(node: 0, ClosureProgram { t in
-                guard let v = t.load(UInt64(x), 0) else { return true }
+                guard let v = t.load(gfns[x], 0) else { return true }
                 final[x] = v
                 x += 1
                 return x < test.variables

@@ -30,11 +30,13 @@ public struct ConformancePlan: Sendable {
 
     /// The scenarios this plan runs; throws naming an unknown scenario.
     public func scenarios() throws -> [ConformanceScenario] {
-        let all = ScenarioCatalog.scenarios(for: model)
+        let layout = try PageLayout(settings: settings)
+        let all = ScenarioCatalog.scenarios(for: model, relaxed: layout.hasRelaxed)
         if only.isEmpty { return all }
         return try only.map { name in
             guard let s = all.first(where: { $0.name == name }) else {
-                throw SimError("no scenario '\(name)' for --model \(model.rawValue); there are: \(all.map(\.name).joined(separator: ", "))")
+                let needs = ScenarioCatalog.named(name)?.needsRelaxed == true ? " (it needs relaxed ranges: --setting relaxed=BASE:LENGTH)" : ""
+                throw SimError("no scenario '\(name)' for --model \(model.rawValue)\(needs); there are: \(all.map(\.name).joined(separator: ", "))")
             }
             return s
         }

@@ -227,6 +227,9 @@ public final class SimCluster {
     public var threadBias = 50
 
     var golden: [UInt64: [Int: UInt64]] = [:]
+    /// Every value stored to each word of an unchecked (relaxed) page: a racy word must end with
+    /// one of them on every node.
+    public internal(set) var everWritten: [UInt64: [Int: Set<UInt64>]] = [:]
     var lastWriter: [UInt64: [Int: Int]] = [:]
     var dirty: Set<UInt64> = []
     public internal(set) var violations: [String] = []
@@ -285,6 +288,7 @@ public final class SimCluster {
     }
 
     func recordStore(_ t: SimThread, _ gfn: UInt64, _ off: Int, _ v: UInt64) {
+        if uncheckedPages.contains(gfn) { everWritten[gfn, default: [:]][off, default: []].insert(v) }
         golden[gfn, default: [:]][off] = v
         lastWriter[gfn, default: [:]][off] = t.id
         dirty.insert(gfn)

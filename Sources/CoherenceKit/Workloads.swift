@@ -71,6 +71,8 @@ public final class LockedCounterProgram: SimProgram {
 /// increments go to word 0 of each page with a CAS loop, and their exact total is checked at the end.
 public final class RandomProgram: SimProgram {
     let pages: [UInt64]
+    /// Pages the atomic increments go to (default: every page).
+    let atomicPages: [UInt64]
     let slots: Int
     let ops: Int
     let writePercent: UInt64
@@ -87,8 +89,11 @@ public final class RandomProgram: SimProgram {
         case incCAS(UInt64, UInt64)
     }
 
-    public init(pages: [UInt64], slots: Int, ops: Int, writePercent: UInt64, seed: UInt64) {
+    /// `atomicPages`: where the CAS increments go (default `pages`): a protocol with relaxed
+    /// memory keeps its atomics in sc pages, and plain reads and writes may go anywhere.
+    public init(pages: [UInt64], atomicPages: [UInt64]? = nil, slots: Int, ops: Int, writePercent: UInt64, seed: UInt64) {
         self.pages = pages
+        self.atomicPages = atomicPages ?? pages
         self.slots = slots
         self.ops = ops
         self.writePercent = writePercent
@@ -104,7 +109,7 @@ public final class RandomProgram: SimProgram {
             let r = rng.next(100)
             let slot = 1 + Int(rng.next(UInt64(slots)))
             if r < writePercent / 2 {
-                current = .incRead(p)
+                current = .incRead(atomicPages.contains(p) ? p : atomicPages[Int(p % UInt64(atomicPages.count))])
             } else if r < writePercent {
                 seq += 1
                 current = .write(p, slot * 8, UInt64(t.id + 1) << 32 | seq)

@@ -55,6 +55,25 @@ final class ConformanceCLITests: XCTestCase {
         XCTAssertNil(sb["r0=0 r1=0"])
     }
 
+    /// dsm-tso with relaxed ranges (issue 13): the kit reads the `relaxed` setting, runs every SC
+    /// scenario on the pages outside it and the relaxed scenarios on the pages inside; all pass.
+    func testDsmTSOWithRelaxedRangesPassesTheKit() throws {
+        let out = scratch() + "/tso.json"
+        let r = try giantvm(["conformance", "dsm-tso", "--model", "tso", "--seeds", "6", "--setting", "relaxed=0x1000:8KiB", "--out", out],
+                            timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        for name in ["locked-counter", "random-rw", "ping-pong", "pin-deferral", "receive-fuzz", "standard-statistics",
+                     "litmus-MP", "litmus-IRIW", "mw-locked-data", "mw-disjoint", "mw-racy", "mw-pin"] {
+            XCTAssertTrue(r.stdout.contains("PASS  \(name)"), "\(name) passes: \(r.stdout)")
+        }
+        XCTAssertEqual(try certificate(out)["passed"] as? Bool, true)
+        let l = try giantvm(["conformance", "dsm-tso", "--model", "tso", "--list"])
+        XCTAssertFalse(l.stdout.contains("mw-"), "the relaxed scenarios need relaxed ranges: \(l.stdout)")
+        let bad = try giantvm(["conformance", "dsm-tso", "--model", "tso", "--setting", "relaxed=0x1000"])
+        XCTAssertEqual(bad.status, 2, bad.output)
+        XCTAssertTrue(bad.stderr.contains("setting 'relaxed'"), bad.stderr)
+    }
+
     /// Each broken fixture fails; the printed replay line reproduces the failure with a trace.
     func testBrokenPluginsFailWithAReplayableSeed() throws {
         let expected = ["no-invalidate": "single-writer violated", "lost-writeback": "lost update", "no-wake": "stuck"]
