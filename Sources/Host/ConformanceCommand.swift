@@ -22,11 +22,18 @@ struct ConformanceCommand: ParsableCommand {
             writer or many readers per page, every copy up to date, every load the latest store. \
             tso: TSO outcomes (store buffers), final values exact.
 
+            A protocol with relaxed (multiple-writer) ranges, given as --setting relaxed=BASE:LENGTH \
+            (the same setting the plugin reads, e.g. dsm-tso's): the kit keeps locks, flags, \
+            cmpxchg counters, pins and litmus variables in sc pages outside those ranges and adds \
+            the mw-* scenarios over the relaxed pages: data under an sc lock exact, disjoint writes \
+            to one page never lost, racy writes converging to one value on every node.
+
             A failure prints its seed, the shortest schedule found that still fails (the same seed \
             with fewer nodes and less work) and the command that replays it step by step, every \
             message printed. Examples:
               giantvm conformance dsm-ivy --model sc
               giantvm conformance ./libmine.so --seeds 1000 --out cert.json
+              giantvm conformance dsm-tso --model tso --setting relaxed=0x1000:8KiB
               giantvm conformance ./libmine.so --scenario ping-pong --nodes 2 \\
                   --size 1 --replay 17
 
