@@ -38,6 +38,9 @@ final class DrainTests: XCTestCase {
         }
     }
 
+    /// Per scenario, over its seeds: how often each path of the drain ran (the tests require each at least once).
+    var seen: [String: UInt64] = [:]
+
     func drainScenario(nodes: Int, leaving: UInt32, to: UInt32, seed: UInt64, file: StaticString = #filePath, line: UInt = #line) throws {
         let pages = 4 * nodes   // auto manager map: 4 pages per node
         let c = try SimCluster(descriptor: ivy, nodes: nodes, pages: pages, seed: seed, settings: noRequestTimeout)
@@ -104,6 +107,7 @@ final class DrainTests: XCTestCase {
             }
         }
         for n in others { XCTAssertTrue(ivyNode(c, Int(n)).hasDeparted(leaving), file: file, line: line) }
+        for k in ["ivy.drain.deferred", "ivy.drain.pulled", "ivy.drain.zero_refaults"] { seen[k, default: 0] += c.total(k) }
         XCTAssertEqual(report.to, to, file: file, line: line)
         XCTAssertEqual(report.managedPagesMoved, 4, file: file, line: line)
         XCTAssertGreaterThan(report.pagesMoved, 0, file: file, line: line)
@@ -115,14 +119,67 @@ final class DrainTests: XCTestCase {
 
     func testNodeOneOfTwoDrainsWhileTheOtherKeepsCounting() throws {
         for seed in UInt64(0)..<25 { try drainScenario(nodes: 2, leaving: 1, to: 0, seed: seed) }
+
+        XCTAssertGreaterThan(seen["ivy.drain.pulled"] ?? 0, 0, "no page was pulled: \(seen)")
+        XCTAssertGreaterThan(seen["ivy.drain.deferred"] ?? 0, 0, "no request was deferred: \(seen)")
+        print("drain paths over the seeds: \(seen.sorted { $0.key < $1.key })")
     }
 
     func testNodeTwoOfThreeDrainsToNodeZero() throws {
         for seed in UInt64(0)..<25 { try drainScenario(nodes: 3, leaving: 2, to: 0, seed: seed) }
+
+        XCTAssertGreaterThan(seen["ivy.drain.pulled"] ?? 0, 0, "no page was pulled: \(seen)")
+        XCTAssertGreaterThan(seen["ivy.drain.deferred"] ?? 0, 0, "no request was deferred: \(seen)")
+        print("drain paths over the seeds: \(seen.sorted { $0.key < $1.key })")
     }
 
     func testMiddleNodeOfThreeDrainsToTheLastNode() throws {
         for seed in UInt64(0)..<25 { try drainScenario(nodes: 3, leaving: 1, to: 2, seed: seed) }
+
+        XCTAssertGreaterThan(seen["ivy.drain.pulled"] ?? 0, 0, "no page was pulled: \(seen)")
+        XCTAssertGreaterThan(seen["ivy.drain.deferred"] ?? 0, 0, "no request was deferred: \(seen)")
+        print("drain paths over the seeds: \(seen.sorted { $0.key < $1.key })")
+    }
+
+    /// The successor faults on a never-written page of the leaving node while the hand-over is
+    /// held back: its request is deferred, then re-run as a local fault on the page it now owns
+    /// (zeros, no message). The counts stay exact.
+    func testDeferredRequestForANeverWrittenPageBecomesALocalFault() throws {
+        var refaults: UInt64 = 0
+        for seed in UInt64(0)..<30 {
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: seed, settings: noRequestTimeout)
+            var leaverDone = false, drainStarted = false, finished = false
+            var polls = 0
+            c.hold = { m in
+                guard ivyType(m) == .managerState, c.nodes[0].counter("ivy.drain.deferred") == 0 else { return false }
+                polls += 1
+                return polls < 20_000   // give up holding: this seed's request was not deferred
+            }
+            c.addThread(node: 1, incrementer(pages: [4, 0], rounds: 2, done: { leaverDone = true }))
+            c.addThread(node: 0, incrementer(pages: [7, 4], rounds: 3, after: { drainStarted }))
+            let leaver = ivyNode(c, 1)
+            c.addThread(node: 1, ClosureProgram { _ in
+                guard leaverDone else { return true }
+                if !drainStarted {
+                    drainStarted = true
+                    XCTAssertNil(leaver.startDrain(to: 0))
+                    return true
+                }
+                guard let r = leaver.pollDrain() else { return true }
+                if case let .failure(f) = r { XCTFail("seed \(seed): \(f)") }
+                finished = true
+                return false
+            })
+            let r = c.run(maxSteps: 2_000_000)
+            XCTAssertTrue(r.ok && finished, "seed \(seed): \(r)")
+            XCTAssertEqual(c.latest(7, 0), 3, "seed \(seed)")
+            XCTAssertEqual(c.latest(4, 0), 5, "seed \(seed)")
+            XCTAssertEqual(c.latest(0, 0), 2, "seed \(seed)")
+            XCTAssertEqual(ivyNode(c, 0).cacheState(7), .OM, "seed \(seed)")
+            XCTAssertEqual(ivyNode(c, 0).recordedOwner(7), 0, "seed \(seed)")
+            refaults += c.total("ivy.drain.zero_refaults")
+        }
+        XCTAssertGreaterThan(refaults, 0, "no seed deferred a request for a never-written page")
     }
 
     func testDrainRefusesABadSuccessor() throws {

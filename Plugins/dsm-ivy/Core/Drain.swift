@@ -406,7 +406,7 @@ extension IvyNode {
             run(event, &ctx)
             pulling = false
             if failed { return }
-            if outstanding[g] != nil { pullWaiting.insert(g) }
+            if outstanding[g] != nil { pullWaiting.insert(g); drainPulled(1) }
         }
         pullsOwed[src, default: 0] += 1
         if pullWaiting.isEmpty { payPulls() }
@@ -452,6 +452,7 @@ extension IvyNode {
                 deferred.remove(at: k)
                 outstanding[g] = nil
                 state[gi] = .OZ
+                drainRefaults(1)
                 handleFault(g, access)
             default:
                 fail("ManagerState: gfn \(g) is never written, yet \(state[gi]) here")

@@ -149,6 +149,9 @@ public final class IvyNode: @unchecked Sendable {
     let raStats: ReadAheadStats
     /// Messages that found the transport's queue full and waited in the outbox (Liveness.swift).
     let sendWaits: (UInt64) -> Void
+    /// Node evacuation (Drain.swift): requests deferred for a manager handing over, pulls taken,
+    /// deferred requests for never-written pages re-run as local faults.
+    let drainDeferred: (UInt64) -> Void, drainPulled: (UInt64) -> Void, drainRefaults: (UInt64) -> Void
 
     // ---- cache controller state (per page)
     var state: [CacheState]
@@ -281,6 +284,9 @@ public final class IvyNode: @unchecked Sendable {
         self.raStats = ReadAheadStats(services)
         self.detector = ReadAheadDetector(window: config.readAhead)
         self.sendWaits = services.makeCounter("ivy.send_waits")
+        drainDeferred = services.makeCounter("ivy.drain.deferred")
+        drainPulled = services.makeCounter("ivy.drain.pulled")
+        drainRefaults = services.makeCounter("ivy.drain.zero_refaults")
         let pc = Int(host.pageCount)
         var st = [CacheState](repeating: .I, count: pc)
         var own = [UInt32](repeating: 0, count: pc)
@@ -866,6 +872,7 @@ public final class IvyNode: @unchecked Sendable {
     func send(_ m: Message, to dst: UInt32, urgent: Bool? = nil) {
         if (m.type == .getS || m.type == .getX), frozen[dst] != nil, !pulling {
             deferred.append(m)   // its manager is handing its role over (Drain.swift)
+            drainDeferred(1)
             return
         }
         if dst == selfID {
