@@ -44,7 +44,7 @@ final class EvacuationProcessTests: XCTestCase {
         let e = try giantvm(["evacuate", cfg, "--node", "\(node)"], timeout: 90)
         let r = up.wait(timeout: Double(timeout + 20))
         XCTAssertFalse(r.timedOut, r.output)
-        return Evacuated(evacuate: e, vm: r, result: lines(r.stdout, "[node 0] RESULT ").first ?? "")
+        return Evacuated(evacuate: e, vm: r, result: lines(r.stdout, "[node \(uartNode)] RESULT ").first ?? "")   // the console's node
     }
 
     /// The evacuation succeeded: vCPUs moved, the node left and exited 0, bytes < guest RAM / 4.
