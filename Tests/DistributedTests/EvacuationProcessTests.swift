@@ -113,17 +113,22 @@ final class EvacuationProcessTests: XCTestCase {
         XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":160000000,"total":160000000,"#), e.result)
     }
 
-    /// Node 1 killed while node 2 is evacuated: every node still running stops with a named
-    /// error ("lost node 1"), and `giantvm evacuate` ends instead of hanging.
+    /// Node 1 killed while node 2 drains (node 1's PrepareAck to node 2 is delayed 3 s by the
+    /// transport's fault injection, so the drain is surely under way): every node still running
+    /// stops with a named error ("lost node 1"), and `giantvm evacuate` fails instead of hanging.
     func testNodeKilledDuringEvacuationStopsEveryNode() throws {
         let cfg = try config(port: 24200, metricsPort: 24290, vcpus: [2, 1, 1], cmdline: "counter iters=1000000000 timeout=60")
+        let slowAck = "transport: {plugin: transport-tcp, faults: {rules: [{channel: coherence, type: 19, from: 1, to: 2, action: delay, delay: 3s}]}}"
+        let text = try String(contentsOfFile: cfg, encoding: .utf8).replacingOccurrences(of: "transport: {plugin: transport-tcp}", with: slowAck)
+        try text.write(toFile: cfg, atomically: true, encoding: .utf8)
         let nodes = try (0..<3).map { try Child(Built.giantvm, ["node", "--config", cfg, "--id", "\($0)", "--timeout", "60"]) }
         defer { for n in nodes { n.signal(SIGKILL) } }
         XCTAssertTrue(nodes[0].waitForOutput(timeout: 30) { $0.contains("guest: workload=counter") }, nodes[0].stdoutSoFar + nodes[0].stderrSoFar)
         let evacuate = try Child(Built.giantvm, ["evacuate", cfg, "--node", "2"])
         defer { evacuate.signal(SIGKILL) }
-        // Once node 2's vCPU moved, its drain is next: kill node 1 then.
+        // Once node 2's vCPU moved, its drain starts and waits for node 1's delayed ack: kill node 1 then.
         XCTAssertTrue(evacuate.waitForOutput(timeout: 30) { $0.contains("ok vcpu=3 ") }, evacuate.stdoutSoFar + evacuate.stderrSoFar)
+        usleep(500_000)
         nodes[1].signal(SIGKILL)
         let started = Date()
         let r0 = nodes[0].wait(timeout: 25)
@@ -132,12 +137,14 @@ final class EvacuationProcessTests: XCTestCase {
         XCTAssertTrue(r0.stderr.contains("lost node 1"), r0.output)
         let r2 = nodes[2].wait(timeout: 25)
         XCTAssertFalse(r2.timedOut, "node 2 did not stop: \(r2.output)")
-        // Node 2 left before node 1 died (exit 0), or stopped naming the lost node.
-        XCTAssertTrue((r2.status == 0 && r2.output.contains("left the cluster")) || (r2.status != 0 && r2.stderr.contains("lost node 1")),
-                      r2.output)
+        XCTAssertNotEqual(r2.status, 0, r2.output)
+        XCTAssertTrue(r2.stderr.contains("lost node 1"), r2.output)
+        XCTAssertFalse(r2.output.contains("left the cluster"), r2.output)
         XCTAssertLessThan(Date().timeIntervalSince(started), 40)
         let e = evacuate.wait(timeout: 100)
         XCTAssertFalse(e.timedOut, "giantvm evacuate hung: \(e.output)")
+        XCTAssertNotEqual(e.status, 0, e.output)
+        XCTAssertTrue(e.output.contains("cannot leave"), e.output)
         _ = nodes[1].wait(timeout: 5)
     }
 }
