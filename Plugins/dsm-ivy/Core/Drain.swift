@@ -215,17 +215,21 @@ extension IvyNode {
         }
     }
 
-    /// The blocking hook: starts the drain and polls it every millisecond until done or timeout.
+    /// The blocking hook: starts the drain and polls it (every millisecond at first, every 10 ms
+    /// after the first 100: a poll may scan every page's state under the lock) until done or
+    /// timeout.
     public func drain(to: UInt32, timeoutNanoseconds: UInt64) -> Result<DrainReport, DrainFailure> {
         if let f = startDrain(to: to) { return .failure(f) }
         let start = services.nowNanoseconds()
+        var polls: UInt32 = 0
         while true {
+            polls += 1
             if let r = pollDrain() { return r }
             if timeoutNanoseconds > 0, services.nowNanoseconds() &- start > timeoutNanoseconds {
                 return .failure(DrainFailure(.init(raw: GVM_ERR_STATE.rawValue),
                                              "drain of node \(selfID) not done after \(seconds(timeoutNanoseconds)): \(drainProgress())"))
             }
-            usleep(1000)
+            usleep(polls < 100 ? 1000 : 10_000)
         }
     }
 
