@@ -256,7 +256,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
     @discardableResult
     public func send(channel: Channel, to node: UInt32, parts: [UnsafeRawBufferPointer], lane: UInt32? = nil) -> Int32 {
         if hasDeparted(node) { return GVM_OK.rawValue }   // it left: nothing is for it any more
-        return withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: parts.count + 1) { iov in
+        return transmit(channel: channel, to: node, parts: parts, lane: lane)
+    }
+
+    /// `send` without the departure check (LEAVE_ACK goes to a node already marked departed).
+    private func transmit(channel: Channel, to node: UInt32, parts: [UnsafeRawBufferPointer], lane: UInt32? = nil) -> Int32 {
+        withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: parts.count + 1) { iov in
             iov[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
             for (i, p) in parts.enumerated() { iov[i + 1] = gvm_iovec(base: p.baseAddress, len: p.count) }
             return transport.send(to: node, lane: lane ?? channel.defaultLane, UnsafeBufferPointer(iov))
@@ -384,11 +389,11 @@ public final class Node: TransportEvents, @unchecked Sendable {
                 mon.broadcast()
                 return true
             }
-            // Acknowledged (before the mark takes effect on the send path) even when stopping:
-            // the leaving node must not wait for a peer that heard it.
-            send(channel: .control, to: node, [MessageType.Control.leaveAck.rawValue])
+            if fresh { setDeparted(node) }
+            // Acknowledged once recorded (even when stopping: the leaving node must not wait for
+            // a peer that heard it).
+            _ = [MessageType.Control.leaveAck.rawValue].withUnsafeBytes { transmit(channel: .control, to: node, parts: [$0]) }
             if fresh {
-                setDeparted(node)
                 logger.notice("node \(node) left the cluster (evacuated); the others keep running")
             }
         case (.control, MessageType.Control.leaveAck.rawValue):
