@@ -55,6 +55,7 @@ struct Evacuate: ParsableCommand {
                 print("evacuate: node \(node): \(r.lines.count) vCPU(s) asked to move, all moved; its pages and device homes stay there")
                 return
             }
+            fflush(stdout)   // the moves are visible while the node drains
             let l = try ControlClient.leave(config: cfg, node: node, to: to ?? other)
             guard l.ok else {
                 print("evacuate: node \(node): \(r.lines.count) vCPU(s) moved; the node cannot leave: \(l.answer)")
