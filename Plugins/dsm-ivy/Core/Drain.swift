@@ -241,10 +241,11 @@ extension IvyNode {
     }
 
     /// Nothing in progress here: no request, owner transaction, stash, held or stalled input,
-    /// queued local message, and no open or queued transaction in the directory (lock held).
+    /// queued local message or message waiting for room in the transport (Liveness.swift), and
+    /// no open or queued transaction in the directory (lock held).
     func directoryIdle() -> Bool {
         outstanding.isEmpty && ownerTxn.isEmpty && stash.isEmpty && held.isEmpty && stalled.values.allSatisfy(\.isEmpty)
-            && localQueue.isEmpty && open.isEmpty && waiting.values.allSatisfy(\.isEmpty)
+            && localQueue.isEmpty && open.isEmpty && waiting.values.allSatisfy(\.isEmpty) && outbox.values.allSatisfy(\.isEmpty)
     }
 
     func runDrain(_ e: DrainEvent, from src: UInt32) {
