@@ -94,7 +94,7 @@ extension VMNode {
             stop(.vcpuFailure(node: id, "evacuation: \(why)"))
             return .failure(AssemblyError(why))
         }
-        do { try node.leave(timeout: timeout) } catch {
+        do { try node.leave(timeout: min(timeout, 10)) } catch {   // the acks are one round trip
             let why = "node \(id): pages handed to node \(to), but leaving failed: \(error)"
             stop(.vcpuFailure(node: id, "evacuation: \(why)"))
             return .failure(AssemblyError(why))
