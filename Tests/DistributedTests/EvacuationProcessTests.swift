@@ -71,15 +71,15 @@ final class EvacuationProcessTests: XCTestCase {
     }
 
     func testCounterExactWhileNodeOneOfTwoIsEvacuated() throws {
-        let e = try evacuateMidRun(port: 24100, metricsPort: 24190, vcpus: [2, 2], cmdline: "counter iters=60000000 timeout=80", node: 1)
+        let e = try evacuateMidRun(port: 24100, metricsPort: 24190, vcpus: [2, 2], cmdline: "counter iters=150000000 timeout=80", node: 1)
         assertLeft(e, node: 1, vcpus: 2)
-        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":240000000,"total":240000000,"#), e.result)
+        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":600000000,"total":600000000,"#), e.result)
     }
 
     func testCounterExactWhileNodeTwoOfThreeIsEvacuated() throws {
-        let e = try evacuateMidRun(port: 24110, metricsPort: 24180, vcpus: [2, 1, 1], cmdline: "counter iters=60000000 timeout=80", node: 2)
+        let e = try evacuateMidRun(port: 24110, metricsPort: 24180, vcpus: [2, 1, 1], cmdline: "counter iters=150000000 timeout=80", node: 2)
         assertLeft(e, node: 2, vcpus: 1)
-        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":240000000,"total":240000000,"#), e.result)
+        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":600000000,"total":600000000,"#), e.result)
     }
 
     func testLitmusWhileNodeTwoOfThreeIsEvacuated() throws {
@@ -92,25 +92,25 @@ final class EvacuationProcessTests: XCTestCase {
     /// A device homed on the node: its vCPUs move, the node stays (refusal naming the device),
     /// the guest finishes exact.
     func testDeviceHomedOnTheNodeRefusesTheLeaveNamingIt() throws {
-        let e = try evacuateMidRun(port: 24130, metricsPort: 24160, vcpus: [2, 2], cmdline: "counter iters=40000000 timeout=80",
+        let e = try evacuateMidRun(port: 24130, metricsPort: 24160, vcpus: [2, 2], cmdline: "counter iters=100000000 timeout=80",
                                    node: 1, uartNode: 1)
         XCTAssertEqual(e.evacuate.status, 1, e.evacuate.output)
         XCTAssertTrue(e.evacuate.stdout.contains("ok vcpu=2 ") && e.evacuate.stdout.contains("ok vcpu=3 "), e.evacuate.output)
         XCTAssertTrue(e.evacuate.stdout.contains("the node cannot leave: failed: device(s) 'com1' (uart16550) homed on node 1 cannot move"),
                       e.evacuate.output)
         XCTAssertEqual(e.vm.status, 0, e.vm.output)
-        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":160000000,"total":160000000,"#), e.result)
+        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":400000000,"total":400000000,"#), e.result)
     }
 
     /// A coherence plugin without the drain hook (dsm-tso): the vCPUs move, the node stays.
     func testProtocolWithoutDrainHookRefusesTheLeave() throws {
-        let e = try evacuateMidRun(port: 24140, metricsPort: 24150, vcpus: [2, 2], cmdline: "counter iters=40000000 timeout=80",
+        let e = try evacuateMidRun(port: 24140, metricsPort: 24150, vcpus: [2, 2], cmdline: "counter iters=100000000 timeout=80",
                                    node: 1, coherence: "dsm-tso")
         XCTAssertEqual(e.evacuate.status, 1, e.evacuate.output)
         XCTAssertTrue(e.evacuate.stdout.contains("ok vcpu=2 ") && e.evacuate.stdout.contains("ok vcpu=3 "), e.evacuate.output)
         XCTAssertTrue(e.evacuate.stdout.contains("coherence plugin 'dsm-tso' has no drain hook"), e.evacuate.output)
         XCTAssertEqual(e.vm.status, 0, e.vm.output)
-        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":160000000,"total":160000000,"#), e.result)
+        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":400000000,"total":400000000,"#), e.result)
     }
 
     /// Node 1 killed while node 2 drains (node 1's PrepareAck to node 2 is delayed 3 s by the
