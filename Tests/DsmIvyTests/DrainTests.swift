@@ -188,6 +188,20 @@ final class DrainTests: XCTestCase {
         XCTAssertEqual(ivyNode(c, 1).startDrain(to: 7)?.status, .invalid)
     }
 
+    /// Through the C table: a refused drain returns its status and fills the error text.
+    func testDrainHookThroughTheCABIReportsARefusal() throws {
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 4, seed: 1)
+        let drain = try XCTUnwrap(IvyPlugin.entry.ops.pointee.drain)
+        var report = gvm_drain_report()
+        report.size = UInt32(MemoryLayout<gvm_drain_report>.size)
+        var err = gvm_error()
+        let rc = drain(c.nodes[1].pluginInstance, 1, 1_000_000, &report, &err)
+        XCTAssertEqual(rc, GVM_ERR_INVALID.rawValue)
+        let msg = withUnsafeBytes(of: &err.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        XCTAssertTrue(msg.contains("node 1 cannot take node 1's pages"), msg)
+        XCTAssertEqual(report.pages_moved, 0)
+    }
+
     func testDrainHookIsInTheABITable() {
         XCTAssertNotNil(IvyPlugin.entry.ops.pointee.drain)
         XCTAssertTrue(IvyPlugin.pluginDescription?.contains("Leaving node transitions") ?? false)
