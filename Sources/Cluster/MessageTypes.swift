@@ -6,7 +6,7 @@
 // given out twice is caught by `MessageTypeTests` and, at run time, by `Node.register`.
 //
 // Ranges:
-//   control, heartbeat  0x01-0x7F  the node runtime (STOP, STOP_ACK, BEAT); 0x80-0xFF tools
+//   control, heartbeat  0x01-0x7F  the node runtime (STOP, STOP_ACK, LEAVE, LEAVE_ACK, BEAT); 0x80-0xFF tools
 //   cpu, io             0x01-0x7F  the distributed VM (Sources/Distributed/Wire.swift has formats)
 //   coherence           every byte belongs to the coherence plugin (never the probe: it runs only
 //                       on nodes without a VM)
@@ -20,6 +20,11 @@ public enum MessageType {
         case stop = 0x01
         /// Node runtime: STOP received.
         case stopAck = 0x02
+        /// Node runtime: this node leaves the cluster (node evacuation): its disconnect is not a
+        /// lost peer. Empty. Node.swift.
+        case leave = 0x03
+        /// Node runtime: LEAVE recorded.
+        case leaveAck = 0x04
         /// net-bench: echo request (lane:u8 seq:u64 padding), echo answer, bulk data, end of bulk
         /// run (frames:u64), its confirmation (frames:u64 bytes:u64). Sources/Bench/NetBench.swift.
         case netPing = 0xB0, netPong = 0xB1, netData = 0xB2, netEnd = 0xB3, netDone = 0xB4

@@ -5,6 +5,8 @@
 // Control channel messages (types < 0x80, runtime-owned):
 //   0x01 STOP      status:i32 origin:u32 lost:u32 (0xFFFFFFFF = none) message:text
 //   0x02 STOP_ACK  (empty)
+//   0x03 LEAVE     (empty) the sender leaves the cluster (node evacuation); the others keep running
+//   0x04 LEAVE_ACK (empty)
 // Heartbeat channel messages (types < 0x80):
 //   0x01 BEAT      seq:u64 sent_ns:u64
 //
@@ -12,6 +14,12 @@
 // `waitUntilStopped()` then sends STOP to every live peer, waits (at most 2 s) until each has
 // acknowledged, sent its own STOP or gone, and stops the transport. A peer that receives STOP
 // acknowledges it and stops with the same status, so one failing node stops all of them.
+//
+// Leave protocol (node evacuation, docs/migration.md): `leave(timeout:)` on the leaving node sends
+// LEAVE to every live peer and waits until each acknowledged it. A peer records the node as
+// departed first: from then on its disconnect or silence is not a lost node, no heartbeat or STOP
+// goes to it and a send to it is dropped (GVM_OK). The leaving node then stops with status 0
+// without telling the others to stop.
 
 import Config
 import Foundation
@@ -19,6 +27,7 @@ import Logging
 import Metrics
 import PluginAPI
 import PluginHost
+import Synchronization
 
 /// Why a node stopped. `status` is the process exit status (0 = clean).
 public struct StopReason: Sendable, CustomStringConvertible, Equatable {
@@ -67,6 +76,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
     private var lostWhy: [String?]
     private var peerStopping: [Bool]
     private var acked: [Bool]
+    /// Peers that left the cluster (LEAVE received) — and, on the leaving node, every peer.
+    private var departed: [Bool]
+    /// Bit n: node n departed (read without the lock on the send path; nodes 0-63).
+    private let departedMask = Atomic<UInt64>(0)
+    private var leaveAcked: [Bool]
+    private var hasLeft = false
     private var lastHeard: [UInt64]
     private var heartbeatThread: OSThread?
     private let headers: UnsafeMutablePointer<UInt8>
@@ -118,6 +133,8 @@ public final class Node: TransportEvents, @unchecked Sendable {
         lostWhy = Array(repeating: nil, count: n)
         peerStopping = Array(repeating: false, count: n)
         acked = Array(repeating: false, count: n)
+        departed = Array(repeating: false, count: n)
+        leaveAcked = Array(repeating: false, count: n)
         lastHeard = Array(repeating: 0, count: n)
         headers = .allocate(capacity: Channel.allCases.count * ChannelHeader.size)
         for c in Channel.allCases {
@@ -238,6 +255,12 @@ public final class Node: TransportEvents, @unchecked Sendable {
     /// Any thread; never waits for the peer.
     @discardableResult
     public func send(channel: Channel, to node: UInt32, parts: [UnsafeRawBufferPointer], lane: UInt32? = nil) -> Int32 {
+        if hasDeparted(node) { return GVM_OK.rawValue }   // it left: nothing is for it any more
+        return transmit(channel: channel, to: node, parts: parts, lane: lane)
+    }
+
+    /// `send` without the departure check (LEAVE_ACK goes to a node already marked departed).
+    private func transmit(channel: Channel, to node: UInt32, parts: [UnsafeRawBufferPointer], lane: UInt32? = nil) -> Int32 {
         withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: parts.count + 1) { iov in
             iov[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
             for (i, p) in parts.enumerated() { iov[i + 1] = gvm_iovec(base: p.baseAddress, len: p.count) }
@@ -253,7 +276,8 @@ public final class Node: TransportEvents, @unchecked Sendable {
     /// Sends a gather list as given by a plugin (e.g. gvm_coherence_host.send).
     @discardableResult
     public func send(channel: Channel, to node: UInt32, iov: UnsafeBufferPointer<gvm_iovec>, lane: UInt32? = nil) -> Int32 {
-        withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: iov.count + 1) { all in
+        if hasDeparted(node) { return GVM_OK.rawValue }
+        return withUnsafeTemporaryAllocation(of: gvm_iovec.self, capacity: iov.count + 1) { all in
             all[0] = gvm_iovec(base: headers + Int(channel.rawValue) * ChannelHeader.size, len: ChannelHeader.size)
             for (i, v) in iov.enumerated() { all[i + 1] = v }
             return transport.send(to: node, lane: lane ?? channel.defaultLane, UnsafeBufferPointer(all))
@@ -307,6 +331,11 @@ public final class Node: TransportEvents, @unchecked Sendable {
     private func peerGone(_ node: UInt32, _ why: String) {
         let report: Bool = mon.withLock {
             guard !lost[Int(node)] else { return false }
+            if departed[Int(node)] {   // it left the cluster: its disconnect is expected
+                lost[Int(node)] = true
+                mon.broadcast()
+                return false
+            }
             lost[Int(node)] = true
             lostWhy[Int(node)] = why
             mon.broadcast()
@@ -353,6 +382,22 @@ public final class Node: TransportEvents, @unchecked Sendable {
             stop(StopReason(status: status, message: text, origin: origin, lostNode: lostID))
         case (.control, MessageType.Control.stopAck.rawValue):
             mon.withLock { acked[Int(node)] = true; mon.broadcast() }
+        case (.control, MessageType.Control.leave.rawValue):
+            let fresh: Bool = mon.withLock {
+                guard reason == nil, !departed[Int(node)] else { return false }
+                departed[Int(node)] = true
+                mon.broadcast()
+                return true
+            }
+            if fresh { setDeparted(node) }
+            // Acknowledged once recorded (even when stopping: the leaving node must not wait for
+            // a peer that heard it).
+            _ = [MessageType.Control.leaveAck.rawValue].withUnsafeBytes { transmit(channel: .control, to: node, parts: [$0]) }
+            if fresh {
+                logger.notice("node \(node) left the cluster (evacuated); the others keep running")
+            }
+        case (.control, MessageType.Control.leaveAck.rawValue):
+            mon.withLock { leaveAcked[Int(node)] = true; mon.broadcast() }
         default:
             logger.warning("unknown \(channel) message type 0x\(String(type, radix: 16)) from node \(node): dropped")
         }
@@ -373,7 +418,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
                 let now = monotonicNanoseconds()
                 return peers.compactMap { p in
                     let i = Int(p)
-                    guard !lost[i], !peerStopping[i], now > lastHeard[i], now - lastHeard[i] > failure else { return nil }
+                    guard !lost[i], !peerStopping[i], !departed[i], now > lastHeard[i], now - lastHeard[i] > failure else { return nil }
                     return (p, now - lastHeard[i])
                 }
             }
@@ -386,7 +431,7 @@ public final class Node: TransportEvents, @unchecked Sendable {
             var w = MessageWriter(type: MessageType.Heartbeat.beat.rawValue)
             w.u64(seq)
             w.u64(monotonicNanoseconds())
-            for p in peers where !mon.withLock({ lost[Int(p)] }) {
+            for p in peers where !mon.withLock({ lost[Int(p)] || departed[Int(p)] }) {
                 send(channel: .heartbeat, to: p, w.bytes, lane: GVM_LANE_URGENT)
             }
             let sum = next.addingReportingOverflow(interval)
@@ -415,6 +460,48 @@ public final class Node: TransportEvents, @unchecked Sendable {
     public func stop(reason message: String, status: Int32 = 0) {
         stop(StopReason(status: status, message: message, origin: id))
     }
+
+    /// True once `node` left the cluster (LEAVE received), or this node left. Any thread.
+    public func hasDeparted(_ node: UInt32) -> Bool {
+        node < 64 && departedMask.load(ordering: .acquiring) & (UInt64(1) << UInt64(node)) != 0
+    }
+
+    /// This node leaves the cluster (node evacuation): sends LEAVE to every live peer and waits
+    /// until each acknowledged it (at most `timeout` seconds). Afterwards every peer takes this
+    /// node's disconnect as a departure; call `stop` with status 0 next (no peer is told to
+    /// stop). Throws naming the peers that did not answer. Any thread but a receive thread.
+    public func leave(timeout: Double) throws {
+        let targets: [UInt32] = try mon.withLock {
+            guard reason == nil else { throw ClusterError("node \(id) is stopping: \(reason!.message)") }
+            return peers.filter { up[Int($0)] && !lost[Int($0)] && !departed[Int($0)] }
+        }
+        for p in targets { send(channel: .control, to: p, [MessageType.Control.leave.rawValue]) }
+        let deadline = monotonicNanoseconds() + UInt64(max(0, min(timeout, 3600)) * 1e9)
+        let missing: [UInt32] = mon.withLock {
+            while monotonicNanoseconds() < deadline && reason == nil
+                    && targets.contains(where: { !leaveAcked[Int($0)] && !lost[Int($0)] }) {
+                mon.wait(until: deadline)
+            }
+            return targets.filter { !leaveAcked[Int($0)] }
+        }
+        guard missing.isEmpty else {
+            throw ClusterError("node(s) \(missing.map(String.init).joined(separator: ", ")) did not acknowledge that node \(id) leaves")
+        }
+        mon.withLock {
+            hasLeft = true
+            for p in peers { departed[Int(p)] = true }
+        }
+        for p in peers { setDeparted(p) }
+        logger.notice("left the cluster: every peer recorded it")
+    }
+
+    private func setDeparted(_ node: UInt32) {
+        guard node < 64 else { return }
+        departedMask.bitwiseOr(UInt64(1) << UInt64(node), ordering: .sequentiallyConsistent)
+    }
+
+    /// Whether this node left the cluster (`leave` completed).
+    public var leftCluster: Bool { mon.withLock { hasLeft } }
 
     /// [dist hook] True once `node` said it is stopping (its STOP arrived) or this node is
     /// stopping: a send to it that fails as closed is then expected, not a fault. Any thread.
@@ -446,7 +533,9 @@ public final class Node: TransportEvents, @unchecked Sendable {
         // Tell every live peer, unless it told us first (then it is stopping already).
         // The node whose loss caused the stop (possibly unknown to this node yet, when a peer
         // told us) will not answer: do not wait for it.
-        let targets: [UInt32] = mon.withLock { peers.filter { up[Int($0)] && !lost[Int($0)] && $0 != r.lostNode } }
+        let targets: [UInt32] = mon.withLock {
+            hasLeft ? [] : peers.filter { up[Int($0)] && !lost[Int($0)] && !departed[Int($0)] && $0 != r.lostNode }
+        }
         var w = MessageWriter(type: MessageType.Control.stop.rawValue)
         w.i32(r.status)
         w.u32(r.origin)

@@ -382,7 +382,13 @@ public final class VMNode: @unchecked Sendable {
         let migrator = self.migrator, timeout = max(5, config.timeouts.failure * 2)
         let auth: ControlAuth
         do { auth = try ControlAuth(config: config) } catch { throw AssemblyError("node \(id): \(config.sourcePath): \(error)") }
-        let control: MetricsServer.Control = { path in ControlEndpoint.handle(path: path, migrator: migrator, auth: auth, timeout: timeout) }
+        let selfID = id
+        let leave: (UInt32) -> Result<String, AssemblyError> = { [weak self] to in
+            self?.leave(to: to, timeout: 60) ?? .failure(AssemblyError("node \(selfID) is stopping"))
+        }
+        let control: MetricsServer.Control = { path in
+            ControlEndpoint.handle(path: path, migrator: migrator, auth: auth, timeout: timeout, leave: leave, selfID: selfID)
+        }
         do { metricsServer = try MetricsServer(address: mc.address, port: port, control: control) { exporter.render() } } catch {
             throw AssemblyError("node \(id): \(config.sourcePath): \(error)")
         }

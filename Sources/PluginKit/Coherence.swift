@@ -159,6 +159,34 @@ public protocol CoherencePlugin: AnyObject {
     /// A coherence hint (GVM_HINT_*; see gvm_coherence_ops.hint); may block until applied on
     /// every node.
     func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus
+
+    /// Protocols that can let a node leave (node evacuation, ABI 4): set to true and implement
+    /// `drain`. false: the hook is NULL and the host refuses to remove a node.
+    static var handlesDrain: Bool { get }
+    /// Moves everything this (leaving) node keeps to other nodes (see gvm_coherence_ops.drain).
+    /// Thread: a host control thread; may block until done or `timeoutNanoseconds`.
+    func drain(to: UInt32, timeoutNanoseconds: UInt64) -> Result<DrainReport, DrainFailure>
+}
+
+/// What a drain moved (gvm_drain_report, ABI 4).
+public struct DrainReport: Sendable, Equatable {
+    public var to: UInt32
+    public var pagesMoved: UInt64
+    public var managedPagesMoved: UInt64
+    public var bytesSent: UInt64
+    public var durationNanoseconds: UInt64
+    public init(to: UInt32, pagesMoved: UInt64, managedPagesMoved: UInt64, bytesSent: UInt64, durationNanoseconds: UInt64) {
+        self.to = to; self.pagesMoved = pagesMoved; self.managedPagesMoved = managedPagesMoved
+        self.bytesSent = bytesSent; self.durationNanoseconds = durationNanoseconds
+    }
+}
+
+/// Why a drain did not complete: a gvm_status and the reason.
+public struct DrainFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    public var status: PageStatus
+    public var message: String
+    public init(_ status: PageStatus, _ message: String) { self.status = status; self.message = message }
+    public var description: String { message }
 }
 
 public extension CoherencePlugin {
@@ -173,6 +201,10 @@ public extension CoherencePlugin {
     func fence(vcpu: UInt32, kind: UInt32) -> PageStatus { .ok }
     static var handlesHints: Bool { false }
     func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus { PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) }
+    static var handlesDrain: Bool { false }
+    func drain(to: UInt32, timeoutNanoseconds: UInt64) -> Result<DrainReport, DrainFailure> {
+        .failure(DrainFailure(PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue), "this protocol cannot let a node leave"))
+    }
 }
 
 final class CoherenceBox {
@@ -263,6 +295,27 @@ public struct CoherencePluginEntry: @unchecked Sendable {
         }
         if type.handlesHints {
             o.pointee.hint = { inst, kind, gpa, length in coherenceInstance(inst).hint(kind: kind, gpa: gpa, length: length).raw }
+        }
+        if type.handlesDrain {
+            o.pointee.drain = { inst, to, timeout, report, err in
+                switch coherenceInstance(inst).drain(to: to, timeoutNanoseconds: timeout) {
+                case let .success(r):
+                    if let report {
+                        // Fill only the fields the host's table has room for (its `size`).
+                        var full = gvm_drain_report(size: report.pointee.size, to: r.to, pages_moved: r.pagesMoved,
+                                                    managed_pages_moved: r.managedPagesMoved, bytes_sent: r.bytesSent,
+                                                    duration_ns: r.durationNanoseconds)
+                        let n = min(Int(report.pointee.size), MemoryLayout<gvm_drain_report>.size)
+                        withUnsafeBytes(of: &full) { src in
+                            UnsafeMutableRawPointer(report).copyMemory(from: src.baseAddress!, byteCount: n)
+                        }
+                    }
+                    return GVM_OK.rawValue
+                case let .failure(f):
+                    fill(err, f.message)
+                    return f.status.raw
+                }
+            }
         }
         o.pointee.peer_lost = { inst, node in coherenceInstance(inst).peerLost(node: node) }
         o.pointee.describe = { inst, buf, cap in copyOut(coherenceInstance(inst).describe(), buf, cap) }

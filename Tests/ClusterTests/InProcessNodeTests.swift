@@ -43,6 +43,25 @@ final class InProcessNodeTests: XCTestCase {
         return [r0, r1.value!]
     }
 
+    /// LEAVE (node evacuation): node 1 leaves, stops with status 0 and closes its connections;
+    /// node 0 records it as departed and keeps running past the failure timeout (its disconnect
+    /// and silence are no lost node; a send to it is dropped), then stops cleanly on its own.
+    func testALeavingNodeIsNotALostNode() throws {
+        let nodes = try makePair(ports: [17294, 17295])
+        try startBoth(nodes)
+        XCTAssertFalse(nodes[0].hasDeparted(1))
+        try nodes[1].leave(timeout: 5)
+        XCTAssertTrue(nodes[0].hasDeparted(1))
+        XCTAssertTrue(nodes[1].leftCluster)
+        nodes[1].stop(reason: "left the cluster")
+        XCTAssertEqual(nodes[1].waitUntilStopped().status, 0)
+        usleep(3_600_000)   // past timeouts.failure (3s): no heartbeat from node 1 any more
+        XCTAssertNil(nodes[0].stopReason, "node 0 stopped: \(nodes[0].stopReason?.message ?? "")")
+        XCTAssertEqual(nodes[0].send(channel: .cpu, to: 1, [0x90, 1]), GVM_OK.rawValue)
+        nodes[0].stop(reason: "test finished")
+        XCTAssertEqual(nodes[0].waitUntilStopped().status, 0)
+    }
+
     func testUrgentLaneIsNotBlockedByABlockedBulkLaneAndBulkStaysInOrder() throws {
         let nodes = try makePair(ports: [17290, 17291])
         let release = DispatchSemaphore(value: 0)

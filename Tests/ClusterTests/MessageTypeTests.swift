@@ -9,7 +9,7 @@ import XCTest
 final class MessageTypeTests: XCTestCase {
     func testRegistryRanges() {
         for (t, name) in MessageType.assigned(on: .control) + MessageType.assigned(on: .heartbeat) {
-            let runtime = ["stop", "stopAck", "beat"].contains(name)
+            let runtime = ["stop", "stopAck", "leave", "leaveAck", "beat"].contains(name)
             XCTAssertEqual(t < 0x80, runtime, "control/heartbeat type \(name) 0x\(String(t, radix: 16)): below 0x80 is the runtime's")
         }
         for c in Channel.allCases where c != .coherence {

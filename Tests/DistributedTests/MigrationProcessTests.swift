@@ -145,18 +145,18 @@ final class MigrationProcessTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Double(ticks[1]), 0.4 * Double(others[1]), "moved vCPU 1 vs the others: \(ticks)")
     }
 
-    /// `giantvm evacuate` moves every vCPU off a node, the BSP's included, while the guest runs:
+    /// `giantvm evacuate --vcpus-only` moves every vCPU off a node, the BSP's included, while the guest runs:
     /// node 0 (BSP, devices) first, then node 1, which ends with none; the result stays exact.
     func testEvacuateMovesEveryVCPUOffANode() throws {
         let cfg = try config(port: 23850, metricsPort: 23900, vcpus: [2, 1, 1], cmdline: "counter iters=150000000 timeout=90")
         let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "90"])
         defer { up.signal(SIGKILL) }
         XCTAssertTrue(up.waitForOutput(timeout: 30) { $0.contains("guest: workload=counter") }, up.stdoutSoFar + up.stderrSoFar)
-        let e0 = try giantvm(["evacuate", cfg, "--node", "0"], timeout: 60)
+        let e0 = try giantvm(["evacuate", cfg, "--node", "0", "--vcpus-only"], timeout: 60)
         XCTAssertEqual(e0.status, 0, e0.output)
         XCTAssertTrue(e0.stdout.contains("ok vcpu=0 to=1 ") && e0.stdout.contains("ok vcpu=1 to=2 "), e0.output)
         XCTAssertTrue(e0.stdout.contains("evacuate: node 0: 2 vCPU(s) asked to move, all moved"), e0.output)
-        let e1 = try giantvm(["evacuate", cfg, "--node", "1"], timeout: 60)
+        let e1 = try giantvm(["evacuate", cfg, "--node", "1", "--vcpus-only"], timeout: 60)
         XCTAssertEqual(e1.status, 0, e1.output)
         XCTAssertTrue(e1.stdout.contains("evacuate: node 1: 2 vCPU(s) asked to move, all moved"), e1.output)
         let r = up.wait(timeout: 100)

@@ -74,7 +74,7 @@ final class EntryTests: XCTestCase {
         // Driven through their descriptors, each is itself: its own description, its own behaviour.
         let ivyCluster = try SimCluster(descriptor: ivy.pointer, nodes: 2, pages: 2, seed: 1)
         let localCluster = try SimCluster(descriptor: local.pointer, nodes: 1, pages: 2, seed: 1)
-        XCTAssertEqual(ivyCluster.nodes[0].describe(), IvyTable.describe())
+        XCTAssertEqual(ivyCluster.nodes[0].describe(), IvyTable.describe() + IvyTable.describeDrain())
         XCTAssertTrue(localCluster.nodes[0].describe().hasPrefix("dsm-local: single node"))
         XCTAssertThrowsError(try SimCluster(descriptor: local.pointer, nodes: 2, pages: 2, seed: 1)) { e in
             XCTAssertTrue("\(e)".contains("dsm-local serves one node only"), "\(e)")

@@ -152,7 +152,9 @@ final class TableTests: XCTestCase {
         XCTAssertTrue(text.contains("Busy_C  Confirm  -> Idle    m_checkConfirm, m_recordOwner, m_serveNext"), text)
         XCTAssertTrue(text.contains("I     Inv             -> error: a node without a copy is never in a copyset"), text)
         XCTAssertEqual(text.components(separatedBy: "\n").filter { $0.hasPrefix("  ") && $0.contains(" -> ") }.count,
-                       CacheState.allCases.count * CacheEvent.allCases.count + 2 * 4)
+                       CacheState.allCases.count * CacheEvent.allCases.count + 2 * 4
+                       + DrainState.allCases.count * DrainEvent.allCases.count)   // the drain's table (Drain.swift)
+        XCTAssertTrue(text.contains("Pulling    Settled         -> Handing    d_handOverZeroPages, d_sendManagerState"), text)
     }
 }
 

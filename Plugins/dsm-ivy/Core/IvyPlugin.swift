@@ -29,7 +29,7 @@ public final class IvyPlugin: CoherencePlugin {
                     "how long a message may wait for room in a full transport send queue before the cluster stops (1ms to 1h)"),
     ]
     /// The state table (Table.swift), printed by `giantvm plugins describe dsm-ivy`.
-    public static var pluginDescription: String? { IvyTable.describe() }
+    public static var pluginDescription: String? { IvyTable.describe() + IvyTable.describeDrain() }
 
     public init(services: HostServices, memory: CoherenceHost, cluster: ClusterInfo, settings: Settings) throws {
         let n = UInt32(cluster.nodes.count)
@@ -52,6 +52,11 @@ public final class IvyPlugin: CoherencePlugin {
 
     public func pageUnpinned(gfn: UInt64) { node.pageUnpinned(gfn: gfn) }
     public func peerLost(node id: UInt32) { node.peerLost(node: id) }
-    public func describe() -> String { IvyTable.describe() }
+    public func describe() -> String { IvyTable.describe() + IvyTable.describeDrain() }
+    /// Node evacuation (ABI 4): Drain.swift.
+    public static var handlesDrain: Bool { true }
+    public func drain(to: UInt32, timeoutNanoseconds: UInt64) -> Result<DrainReport, DrainFailure> {
+        node.drain(to: to, timeoutNanoseconds: timeoutNanoseconds)
+    }
     public func stop() { node.stop() }
 }

@@ -149,6 +149,9 @@ public final class IvyNode: @unchecked Sendable {
     let raStats: ReadAheadStats
     /// Messages that found the transport's queue full and waited in the outbox (Liveness.swift).
     let sendWaits: (UInt64) -> Void
+    /// Node evacuation (Drain.swift): requests deferred for a manager handing over, pulls taken,
+    /// deferred requests for never-written pages re-run as local faults.
+    let drainDeferred: (UInt64) -> Void, drainPulled: (UInt64) -> Void, drainRefaults: (UInt64) -> Void
 
     // ---- cache controller state (per page)
     var state: [CacheState]
@@ -166,6 +169,18 @@ public final class IvyNode: @unchecked Sendable {
     var open: [UInt64: OpenTxn] = [:]
     var waiting: [UInt64: [Message]] = [:]
     var nextTxn: UInt64 = 1
+
+    // ---- node evacuation (Drain.swift)
+    var redirect: [UInt32]                                 // node n's managed pages are managed by redirect[n] (n: none left)
+    var frozen: [UInt32: UInt32] = [:]                     // leaving node -> its successor, from Prepare to Commit
+    var departed = Set<UInt32>()                           // nodes that left: their loss is not a failure
+    var deferred: [Message] = []                           // GetS/GetX held for a frozen manager, in order
+    var pulling = false                                    // the write misses being started are pulls
+    var pullWaiting = Set<UInt64>()                        // successor: pulls (and released requests) not complete
+    var pullsOwed: [UInt32: Int] = [:]                     // successor: PullDone owed per leaving node
+    var leaving: DrainRun? = nil                           // the leaving node's drain
+    var drainBytes: UInt64 = 0                             // bytes sent while `leaving` is set
+    var takenOver: [UInt32: UInt64] = [:]                  // successor: managed pages received per leaving node
 
     // ---- engine
     var lock = pthread_mutex_t()
@@ -205,6 +220,7 @@ public final class IvyNode: @unchecked Sendable {
         var txn: UInt64 = 0
         var grantedBy: UInt32 = 0
         var prefetch = false   // read-ahead: no thread waits (yet)
+        var pull = false       // a pull for a leaving node (Drain.swift): no thread waits (yet)
     }
 
     struct OwnerTxn {
@@ -268,6 +284,9 @@ public final class IvyNode: @unchecked Sendable {
         self.raStats = ReadAheadStats(services)
         self.detector = ReadAheadDetector(window: config.readAhead)
         self.sendWaits = services.makeCounter("ivy.send_waits")
+        drainDeferred = services.makeCounter("ivy.drain.deferred")
+        drainPulled = services.makeCounter("ivy.drain.pulled")
+        drainRefaults = services.makeCounter("ivy.drain.zero_refaults")
         let pc = Int(host.pageCount)
         var st = [CacheState](repeating: .I, count: pc)
         var own = [UInt32](repeating: 0, count: pc)
@@ -278,6 +297,7 @@ public final class IvyNode: @unchecked Sendable {
         }
         state = st
         owner = own
+        redirect = (0..<nodeCount).map { $0 }
         copyset = [UInt64](repeating: 0, count: pc)
         scratch = UnsafeMutableRawPointer.allocate(byteCount: IvyWire.pageSize, alignment: 4096)
         pthread_mutex_init(&lock, nil)
@@ -289,7 +309,17 @@ public final class IvyNode: @unchecked Sendable {
         pthread_mutex_destroy(&lock)
     }
 
-    public func managerOf(_ gfn: UInt64) -> UInt32 { config.managerMap.manager(of: gfn) }
+    /// The node that manages gfn now: the map's, or whoever took the role from a node that left
+    /// (Drain.swift). Lock held (or before the first event).
+    public func managerOf(_ gfn: UInt64) -> UInt32 {
+        var m = config.managerMap.manager(of: gfn)
+        var steps = 0
+        while redirect[Int(m)] != m && steps < redirect.count {
+            m = redirect[Int(m)]
+            steps += 1
+        }
+        return m
+    }
 
     // MARK: - entry points
 
@@ -313,7 +343,7 @@ public final class IvyNode: @unchecked Sendable {
             let m: Message
             do {
                 m = try IvyWire.decode(bytes, src: src, selfID: selfID, nodeCount: nodeCount, pageCount: pageCount,
-                                       managerOf: managerOf)
+                                       managerOf: managerOf, successorOf: successorOf)
             } catch {
                 stats.malformed(1)
                 fail("malformed message from node \(src): \(error)")
@@ -337,7 +367,7 @@ public final class IvyNode: @unchecked Sendable {
     /// A peer is gone: the node is stopping; nothing waits on it silently.
     public func peerLost(node: UInt32) {
         withLock {
-            guard !failed else { return }
+            guard !failed, !departed.contains(node) else { return }
             let waitingPages = outstanding.count
             failed = true
             services.log(.error, "peer node \(node) lost; \(waitingPages) page request(s) cannot complete; stopping")
@@ -443,6 +473,7 @@ public final class IvyNode: @unchecked Sendable {
         }
         let before = state[g]
         if before == .IS_D { claimPrefetch(gfn) }
+        if outstanding[gfn]?.pull == true { outstanding[gfn]!.pull = false }   // a thread now waits for the pull
         if access != .read, prefetchedUnused.remove(gfn) != nil { raStats.used(1) }
         var ctx = Context(gfn: gfn, src: selfID, msg: nil, input: .fault(access))
         ctx.requester = selfID
@@ -459,6 +490,9 @@ public final class IvyNode: @unchecked Sendable {
         case .getSBatch: serveBatch(m, from: src); return
         case .fwdGetSBatch: serveForwardBatch(m, from: src); return
         case .dataBatch: receiveDataBatch(m, from: src); return
+        case .pull, .pullDone, .leavePrepare, .prepareAck, .managerState, .managerStateEnd, .managerStateAck,
+             .leaveCommit, .commitAck:
+            receiveDrain(m, from: src); return
         default: break
         }
 
@@ -490,7 +524,8 @@ public final class IvyNode: @unchecked Sendable {
             event = .fetch
         case .release:
             event = .release
-        case .getS, .getX, .confirm, .nack, .getSBatch, .fwdGetSBatch, .dataBatch:
+        case .getS, .getX, .confirm, .nack, .getSBatch, .fwdGetSBatch, .dataBatch, .pull, .pullDone, .leavePrepare,
+             .prepareAck, .managerState, .managerStateEnd, .managerStateAck, .leaveCommit, .commitAck:
             return
         }
         run(event, &ctx)
@@ -674,6 +709,8 @@ public final class IvyNode: @unchecked Sendable {
         case .r_complete:
             try require(outstanding[gfn] != nil, "no outstanding fault to complete")
             let o = outstanding.removeValue(forKey: gfn)!
+            if !pullWaiting.isEmpty { pullCompleted(gfn) }
+            if o.pull { break }   // a pull for a leaving node: nobody waited
             if o.prefetch {   // read-ahead: nobody waited (a thread that faulted since claimed it); not a fault
                 prefetchedUnused.insert(gfn)
                 break
@@ -805,7 +842,9 @@ public final class IvyNode: @unchecked Sendable {
         case .f_nack:
             let m = try message(ctx)
             stats.refusals(1)
-            send(Message(type: .nack, node: selfID, gfn: gfn, txn: m.txn), to: managerOf(gfn))
+            // To the manager that forwarded it (during a hand-over the successor may forward
+            // before this node has heard of the new manager: Drain.swift).
+            send(Message(type: .nack, node: selfID, gfn: gfn, txn: m.txn), to: ctx.src)
         }
     }
 
@@ -815,6 +854,10 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     func startFault(_ gfn: UInt64, _ kind: FaultKind) {
+        if pulling {
+            outstanding[gfn] = Outstanding(kind: kind, start: services.nowNanoseconds(), pull: true)
+            return
+        }
         if prefetching {
             raStats.prefetched(1)
             outstanding[gfn] = Outstanding(kind: kind, start: services.nowNanoseconds(), prefetch: true)
@@ -827,6 +870,11 @@ public final class IvyNode: @unchecked Sendable {
     // MARK: - sending
 
     func send(_ m: Message, to dst: UInt32, urgent: Bool? = nil) {
+        if (m.type == .getS || m.type == .getX), frozen[dst] != nil, !pulling {
+            deferred.append(m)   // its manager is handing its role over (Drain.swift)
+            drainDeferred(1)
+            return
+        }
         if dst == selfID {
             precondition(!m.hasPayload, "page data is never sent to this node itself")
             localQueue.append(m)
@@ -858,6 +906,7 @@ public final class IvyNode: @unchecked Sendable {
     }
 
     func account(_ t: MessageType, _ bytes: Int) {
+        if leaving != nil { drainBytes &+= UInt64(bytes) }
         stats.msgCount[Int(t.rawValue)](1)
         stats.msgBytes[Int(t.rawValue)](UInt64(bytes))
     }

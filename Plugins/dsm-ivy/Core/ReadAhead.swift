@@ -164,6 +164,7 @@ extension IvyNode {
         for p in d.fetch {
             let g = Int(p)
             guard state[g] == .I, outstanding[p] == nil, stalled[p] == nil, held[p] == nil else { continue }
+            if frozen[managerOf(p)] != nil { continue }   // its manager is handing over (Drain.swift)
             if let keep = readAheadFilter, !keep(p) { continue }
             wanted.append(p)
         }

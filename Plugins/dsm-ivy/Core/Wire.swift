@@ -15,6 +15,10 @@
 //   24     16*n entries   only `fwdGetSBatch`: `txn` holds n, then n (gfn u64, txn u64), distinct
 //                         gfns, the first equal to `gfn`, all managed by the sender; `node` is
 //                         the requester of every entry
+//   24     8*n  gfns      only `pull` (node evacuation): `txn` holds n (1...maxPull), distinct gfns
+//   24     n    owners    only `managerState`: `txn` holds n (1...maxManagerState), the owner node
+//                         of pages gfn..gfn+n-1, all managed by the sender
+//   24     8    next txn  only `managerStateEnd`: the leaving manager's next transaction number
 //   24     24*n entries   only `dataBatch`: `txn` holds n, then n (gfn u64, txn u64, flags u8,
 //                         7 zero bytes; flags: zero only), then 4096 bytes for every entry
 //                         without `zero`, in entry order; `node` is the sender (the old owner)
@@ -45,6 +49,16 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case getSBatch = 13 // requester -> manager: read-ahead, a read miss for each listed page (ReadAhead.swift)
     case fwdGetSBatch = 14 // manager -> owner: a FwdGetS for each listed (page, transaction)
     case dataBatch = 15 // owner -> requester: a read-only Data for each listed page
+    // node evacuation (Drain.swift); `node` is always the sender
+    case pull = 16          // leaving node -> successor: take ownership of the listed pages (txn = count)
+    case pullDone = 17      // successor -> leaving node: every pull that message started has finished
+    case leavePrepare = 18  // leaving node -> every peer: hold new requests for pages it manages (txn = successor)
+    case prepareAck = 19    // peer -> leaving node: no request of mine to you is still on its way
+    case managerState = 20  // leaving node -> successor: owners of txn contiguous pages from gfn, 1 byte each
+    case managerStateEnd = 21 // leaving node -> successor: every managerState is sent (txn = pages in all)
+    case managerStateAck = 22 // successor -> leaving node: I manage them now
+    case leaveCommit = 23   // leaving node -> every peer: its pages are managed by the successor (txn)
+    case commitAck = 24     // peer -> leaving node
 
     public var name: String {
         switch self {
@@ -63,6 +77,15 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
         case .getSBatch: "GetSBatch"
         case .fwdGetSBatch: "FwdGetSBatch"
         case .dataBatch: "DataBatch"
+        case .pull: "Pull"
+        case .pullDone: "PullDone"
+        case .leavePrepare: "LeavePrepare"
+        case .prepareAck: "PrepareAck"
+        case .managerState: "ManagerState"
+        case .managerStateEnd: "ManagerStateEnd"
+        case .managerStateAck: "ManagerStateAck"
+        case .leaveCommit: "LeaveCommit"
+        case .commitAck: "CommitAck"
         }
     }
 
@@ -96,6 +119,8 @@ public struct Message {
     /// fwdGetSBatch, dataBatch: the entries (decoded and checked). `payload` of a dataBatch entry
     /// points into the received buffer (nil for a zero page).
     public var entries: [BatchEntry] = []
+    /// managerState: the owner of each page from `gfn` on (decoded and checked); empty otherwise.
+    public var owners: [UInt32] = []
 
     public init(type: MessageType, flags: MessageFlags = [], hops: UInt8 = 0, node: UInt32, gfn: UInt64,
                 txn: UInt64 = 0, payload: UnsafeRawPointer? = nil) {
@@ -198,8 +223,11 @@ public enum IvyWire {
     /// Decodes and validates one message from `src` received by `selfID`.
     /// - Parameters:
     ///   - managerOf: the manager of a gfn (checks who may send manager-bound and forwarded messages)
+    ///   - successorOf: while a leaving node hands its manager role over (Drain.swift), the node
+    ///     taking it for a gfn, which may already forward requests for it; nil otherwise
     public static func decode(_ buf: UnsafeRawBufferPointer, src: UInt32, selfID: UInt32, nodeCount: UInt32,
-                              pageCount: UInt64, managerOf: (UInt64) -> UInt32) throws -> Message {
+                              pageCount: UInt64, managerOf: (UInt64) -> UInt32,
+                              successorOf: (UInt64) -> UInt32? = { _ in nil }) throws -> Message {
         guard buf.count >= headerSize, let base = buf.baseAddress else {
             throw WireError("message of \(buf.count) bytes is shorter than the \(headerSize)-byte header")
         }
@@ -234,7 +262,7 @@ public enum IvyWire {
         let manager = managerOf(gfn)
         switch type {
         case .fwdGetSBatch:
-            guard manager == src else { throw WireError("\(type.name) for gfn \(gfn) from node \(src), but its manager is node \(manager)") }
+            guard manager == src || successorOf(gfn) == src else { throw WireError("\(type.name) for gfn \(gfn) from node \(src), but its manager is node \(manager)") }
             guard node != selfID else { throw WireError("\(type.name) for gfn \(gfn) names this node as requester") }
         case .dataBatch:
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
@@ -242,10 +270,15 @@ public enum IvyWire {
             guard manager == selfID else { throw WireError("\(type.name) for gfn \(gfn) sent to node \(selfID), but its manager is node \(manager)") }
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
         case .fwdGetS, .fwdGetX:
-            guard manager == src else { throw WireError("\(type.name) for gfn \(gfn) from node \(src), but its manager is node \(manager)") }
+            guard manager == src || successorOf(gfn) == src else { throw WireError("\(type.name) for gfn \(gfn) from node \(src), but its manager is node \(manager)") }
             guard node != selfID else { throw WireError("\(type.name) for gfn \(gfn) names this node as requester") }
         case .inv, .invAck, .data, .grant, .fetch, .release:
             guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
+        case .pull, .pullDone, .leavePrepare, .prepareAck, .managerState, .managerStateEnd, .managerStateAck,
+             .leaveCommit, .commitAck:
+            guard node == src else { throw WireError("\(type.name) from node \(src) claims to be from node \(node)") }
+            return try decodeDrain(buf, type: type, src: src, selfID: selfID, nodeCount: nodeCount, pageCount: pageCount,
+                                   managerOf: managerOf, flags: flags, hops: hops, gfn: gfn, txn: txn)
         }
 
         if type == .getSBatch {
@@ -253,7 +286,9 @@ public enum IvyWire {
                                    hops: hops, node: node, gfn: gfn, count: txn)
         }
         if type == .fwdGetSBatch || type == .dataBatch {
-            return try decodeEntries(buf, type: type, src: src, pageCount: pageCount, managerOf: managerOf,
+            // A successor taking over a leaving node's pages may already forward them (Drain.swift).
+            let sender: (UInt64) -> UInt32 = { g in successorOf(g) == src ? src : managerOf(g) }
+            return try decodeEntries(buf, type: type, src: src, pageCount: pageCount, managerOf: sender,
                                      hops: hops, node: node, gfn: gfn, count: txn)
         }
 
@@ -349,6 +384,79 @@ public enum IvyWire {
         }
         var m = Message(type: type, hops: hops, node: node, gfn: gfn, txn: count)
         m.entries = entries
+        return m
+    }
+
+    /// The most pages one pull lists.
+    public static let maxPull = 512
+    /// The most pages one managerState covers (one byte each).
+    public static let maxManagerState = 16384
+
+    /// A pull message: header (txn = count) then the gfns.
+    public static func encodePull(node: UInt32, gfns: [UInt64]) -> [UInt8] {
+        precondition(!gfns.isEmpty && gfns.count <= maxPull, "pull lists 1...\(maxPull) pages")
+        var b = header(Message(type: .pull, node: node, gfn: gfns[0], txn: UInt64(gfns.count)))
+        for g in gfns { append64(&b, g) }
+        return b
+    }
+
+    /// A managerState message: header (gfn = first page, txn = count) then one owner byte per page.
+    public static func encodeManagerState(node: UInt32, first: UInt64, owners: [UInt32]) -> [UInt8] {
+        precondition(!owners.isEmpty && owners.count <= maxManagerState, "managerState covers 1...\(maxManagerState) pages")
+        var b = header(Message(type: .managerState, node: node, gfn: first, txn: UInt64(owners.count)))
+        for o in owners { b.append(UInt8(truncatingIfNeeded: o)) }
+        return b
+    }
+
+    /// The node-evacuation messages (sender already checked): exact lengths, counts, node ids and
+    /// pages in range; a managerState only for pages the sender manages.
+    static func decodeDrain(_ buf: UnsafeRawBufferPointer, type: MessageType, src: UInt32, selfID: UInt32, nodeCount: UInt32,
+                            pageCount: UInt64, managerOf: (UInt64) -> UInt32, flags: MessageFlags, hops: UInt8,
+                            gfn: UInt64, txn: UInt64) throws -> Message {
+        let name = type.name
+        guard flags.isEmpty else { throw WireError("\(name): flags 0x\(String(flags.rawValue, radix: 16)) not allowed") }
+        var m = Message(type: type, hops: hops, node: src, gfn: gfn, txn: txn)
+        switch type {
+        case .pull:
+            guard txn >= 1, txn <= UInt64(maxPull) else { throw WireError("\(name): \(txn) pages listed, expected 1...\(maxPull)") }
+            let n = Int(txn)
+            guard buf.count == headerSize + 8 * n else { throw WireError("\(name): \(buf.count) bytes, expected \(headerSize + 8 * n)") }
+            var seen = Set<UInt64>()
+            for i in 0..<n {
+                let g = get64(buf, headerSize + 8 * i)
+                guard g < pageCount else { throw WireError("\(name): gfn \(g) out of range (\(pageCount) pages)") }
+                guard seen.insert(g).inserted else { throw WireError("\(name): gfn \(g) listed twice") }
+                m.batch.append(g)
+            }
+        case .managerState:
+            guard txn >= 1, txn <= UInt64(maxManagerState) else {
+                throw WireError("\(name): \(txn) pages, expected 1...\(maxManagerState)")
+            }
+            let n = Int(txn)
+            guard gfn + txn <= pageCount else { throw WireError("\(name): pages \(gfn)+\(txn) beyond the \(pageCount) guest pages") }
+            guard buf.count == headerSize + n else { throw WireError("\(name): \(buf.count) bytes, expected \(headerSize + n)") }
+            for i in 0..<n {
+                let o = UInt32(buf[headerSize + i])
+                guard o < nodeCount else { throw WireError("\(name): gfn \(gfn + UInt64(i)): owner node \(o) out of range") }
+                guard managerOf(gfn + UInt64(i)) == src else {
+                    throw WireError("\(name): gfn \(gfn + UInt64(i)) is not managed by node \(src)")
+                }
+                m.owners.append(o)
+            }
+        case .managerStateEnd:
+            // the leaving manager's next transaction number follows the header (the successor
+            // numbers on from it, so no (page, txn) pair is reused): kept in `batch[0]`
+            guard buf.count == headerSize + 8 else { throw WireError("\(name): \(buf.count) bytes, expected \(headerSize + 8)") }
+            guard txn <= pageCount else { throw WireError("\(name): \(txn) pages, more than the \(pageCount) guest pages") }
+            m.batch = [get64(buf, headerSize)]
+        case .leavePrepare, .leaveCommit:
+            guard txn < UInt64(nodeCount), txn != UInt64(src) else {
+                throw WireError("\(name): successor \(txn) is not another node (\(nodeCount) nodes)")
+            }
+            guard buf.count == headerSize else { throw WireError("\(name): \(buf.count) bytes, expected \(headerSize)") }
+        default:
+            guard buf.count == headerSize else { throw WireError("\(name): \(buf.count) bytes, expected \(headerSize)") }
+        }
         return m
     }
 

@@ -41,6 +41,9 @@
  * Also ABI 3 — placement policies: GVM_PLUGIN_PLACEMENT (4), gvm_placement_ops (observe per-vCPU
  * fault and page-sharing figures every interval) and gvm_placement_host (request a live vCPU
  * migration; the result comes back through migration_done).
+ * ABI 4 — node evacuation: gvm_coherence_ops ends with the OPTIONAL drain hook (hand every page a
+ * leaving node owns or holds, and the manager role of the pages it manages, to another node;
+ * gvm_drain_report says what moved); a protocol without it cannot let a node leave.
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -72,10 +75,10 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 /** The ABI version this header describes. Bumped on every incompatible change while pre-1.0. */
-#define GVM_ABI_VERSION 3u
+#define GVM_ABI_VERSION 4u
 /** The oldest plugin ABI version a host built from this header still loads. (ABI 1 coherence
  *  plugins do not report the standard statistics, so summaries would show them as zeros.) */
-#define GVM_ABI_MIN_VERSION 3u
+#define GVM_ABI_MIN_VERSION 4u
 
 /** Name of the one symbol every plugin exports (type: gvm_plugin_entry_fn). */
 #define GVM_PLUGIN_ENTRY_SYMBOL "giantvm_plugin_entry"
@@ -437,6 +440,17 @@ typedef struct gvm_coherence_host {
                               uint32_t state);
 } gvm_coherence_host;
 
+/** ABI 4. What a drain moved (gvm_coherence_ops.drain), counted on the leaving node. */
+typedef struct gvm_drain_report {
+    uint32_t size;                /* sizeof(gvm_drain_report) as the host was built (set by it) */
+    uint32_t to;                  /* the node the manager role went to */
+    uint64_t pages_moved;         /* pages this node owned or held a copy of, handed to others */
+    uint64_t managed_pages_moved; /* pages whose manager (directory) role moved off this node */
+    uint64_t bytes_sent;          /* coherence bytes this node sent during the drain (headers,
+                                     page data, directory state) */
+    uint64_t duration_ns;         /* from the call to the return */
+} gvm_drain_report;
+
 typedef struct gvm_coherence_ops {
     uint32_t size;
 
@@ -502,7 +516,34 @@ typedef struct gvm_coherence_ops {
      *  every hint is GVM_ERR_UNSUPPORTED (invalidation protocols: every page is sequentially
      *  consistent, and the host's fences are enough). */
     int (*hint)(void *coherence, uint32_t kind, uint64_t gpa, uint64_t length);
+
+    /* --- ABI 4 (appended: the host checks `size` covers it before use) */
+
+    /** OPTIONAL. Node evacuation: this node is about to leave the cluster while the guest runs.
+     *  Called on the leaving node only, after every vCPU moved off it and no device of it is
+     *  left (nothing on this node faults any more). The protocol moves, through its own
+     *  messages, everything it keeps on this node to other nodes: every page this node owns
+     *  (with its bytes) and every read copy it holds (dropped, so no peer's state names this
+     *  node), then the role of every page this node manages or serializes (directory state:
+     *  owner, copyset, queued requests) to `to` (or other nodes of its choice), with the new
+     *  assignment agreed by every other node before it returns. Afterwards no peer sends this
+     *  node a coherence message, and a peer's fault never waits on it: the host may then close
+     *  its connections (peers are told the node left, not lost: peer_lost is not called for it).
+     *  `to`: the node the host suggests (never this node; < node_count). `timeout_ns`: give up
+     *  then with GVM_ERR_STATE (err says what was left); the cluster is then in an unknown
+     *  state and the host stops it. Fills `report` (its `size` set by the host) with
+     *  what moved. Thread: a host control thread (not main, not a receive or fault thread).
+     *  May block: yes, until the drain is complete or the timeout (messages keep flowing on
+     *  the receive threads meanwhile). Returns GVM_OK, GVM_ERR_INVALID (a bad
+     *  `to`), GVM_ERR_STATE (this node still faults, the protocol is stopping, or the timeout
+     *  passed: err says which and what was left)
+     *  or GVM_ERR_UNSUPPORTED (pages of a class it cannot move: err names them). NULL: the
+     *  protocol cannot let a node leave; the host refuses the evacuation's last step, naming
+     *  the plugin. */
+    int (*drain)(void *coherence, uint32_t to, uint64_t timeout_ns, gvm_drain_report *report,
+                 gvm_error *err);
 } gvm_coherence_ops;
+
 
 /** Coherence hint kinds (gvm_coherence_ops.hint, gvm_device_host.coherence_hint). */
 #define GVM_HINT_FENCE 1u     /* a release point: this guest's writes so far must become visible */
