@@ -119,6 +119,20 @@ final class MigrationProcessTests: XCTestCase {
         }
     }
 
+    /// examples/pingpong-colocate.yaml as docs/migration.md runs it (its A/B against
+    /// pingpong-static.yaml): co-locate gathers the pingpong pair on node 0 with one move of
+    /// vCPU 1, and every hand-off is counted exactly once.
+    func testCoLocateExampleGathersThePingpongPairOnOneNode() throws {
+        let r = try giantvm(["up", Built.packageRoot + "/examples/pingpong-colocate.yaml", "--cmdline", "pingpong iters=300 timeout=60",
+                             "--timeout", "60"], timeout: 80)
+        XCTAssertEqual(r.status, 0, r.output)
+        let result = lines(r.stdout, "[node 0] RESULT ").first ?? ""
+        XCTAssertTrue(result.hasPrefix(#"{"workload":"pingpong","vcpus":2,"pairs":1,"expected":600,"total":600,"#), result)
+        XCTAssertTrue(result.hasSuffix(#""ok":true}"#), result)
+        XCTAssertTrue(r.stdout.contains("node 1: migration: departed=1 arrived=0 "), r.output)
+        XCTAssertTrue(r.stdout.contains("node 0: migration: departed=0 arrived=1 state_bytes=0; resident now: 0,1"), r.output)
+    }
+
     /// The moved vCPU's APIC timer keeps ticking: its tick count over the spin is of the order of
     /// the vCPUs that stayed (a timer lost in a move would stop at once).
     func testTimerTicksContinueOnTheMovedVCPU() throws {
