@@ -21,7 +21,7 @@ static const struct workload {
     {"readfile", w_readfile}, {"disk-verify", w_disk_verify}, {"net-echo", w_net_echo}, {"virtio-hostile", w_virtio_hostile},
     {"apic", w_apic}, {"ioapic", w_ioapic}, {"extint", w_extint}, {"partial", w_partial},
     {"falseshare", w_falseshare}, {"rmutex", w_rmutex}, {"rlitmus", w_rlitmus}, {"rlitmus-fence", w_rlitmus_fence},
-    {"ticks", w_ticks}, {"kvmclock", w_kvmclock},
+    {"ticks", w_ticks}, {"kvmclock", w_kvmclock}, {"pingpong", w_pingpong},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

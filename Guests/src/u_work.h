@@ -6,6 +6,7 @@
 int w_hello(u32 id);
 int w_ticks(u32 id);             /* u_migrate.c */
 extern u64 g_ticks_seconds;
+int w_pingpong(u32 id);          /* u_share.c */
 extern u64 g_falseshare_ms;
 int w_ipi(u32 id);
 int w_counter(u32 id);

@@ -151,6 +151,9 @@ public final class VCPUMigrator: VCPUMigrationSink, @unchecked Sendable {
             return
         }
         guard let m = machine, m.interruptState(of: vcpu)?.isResident == true else {
+            // It may have left between the two reads: its departure moves the placement under the
+            // vCPU's interrupt lock, which `isResident` waits for. Then the request follows it.
+            if placement.node(of: vcpu) != node.id { return route(req: req, requester: requester, vcpu: vcpu, to: to, hops: hops) }
             return answer(req: req, requester: requester, ok: false, "vCPU \(vcpu) is placed on node \(node.id) but not resident there")
         }
         if to == node.id {

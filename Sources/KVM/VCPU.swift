@@ -49,6 +49,9 @@ public final class VCPU: @unchecked Sendable {
     let run: UnsafeMutablePointer<kvm_run>
     let runSize: Int
     private let thread = Mutex<pthread_t?>(nil)
+    /// The exit `runOnce` last returned when KVM finishes its instruction only at the next
+    /// KVM_RUN (I/O, MMIO, user-space RDMSR/WRMSR), nil otherwise. Only the vCPU's thread.
+    private var unfinishedExit: String?
 
     /// The signal that kicks vCPU threads (SIGRTMIN); `installKickHandler()` installs its handler.
     public static var kickSignal: Int32 { gvm_sigrtmin() }
@@ -99,13 +102,21 @@ public final class VCPU: @unchecked Sendable {
     public func runOnce() throws -> VCPUExit {
         // Sound: KVM_RUN takes no argument; results land in the mmapped kvm_run page we own.
         let rc = gvm_ioctl_int(fd, gvm_KVM_RUN(), 0)
+        unfinishedExit = nil
         if rc < 0 {
             let e = gvm_errno()
             if e == EINTR || e == EAGAIN { return .interrupted }
             throw KVMError(call: "KVM_RUN", errno: e, context: "vCPU \(id)")
         }
         let r = run
-        switch Int32(gvm_run_exit_reason(r)) {
+        let reason = Int32(gvm_run_exit_reason(r))
+        switch reason {
+        case KVM_EXIT_IO: unfinishedExit = "I/O (KVM_EXIT_IO)"
+        case KVM_EXIT_MMIO: unfinishedExit = "MMIO (KVM_EXIT_MMIO)"
+        case gvm_KVM_EXIT_X86_RDMSR(), gvm_KVM_EXIT_X86_WRMSR(): unfinishedExit = "MSR (KVM_EXIT_X86_RDMSR/WRMSR)"
+        default: break
+        }
+        switch reason {
         case KVM_EXIT_IO:
             let size = Int(gvm_run_io_size(r)), count = Int(gvm_run_io_count(r))
             let base = UnsafeMutableRawPointer(r) + Int(gvm_run_io_data_offset(r))
@@ -134,6 +145,25 @@ public final class VCPU: @unchecked Sendable {
             return .wrmsr(index: gvm_run_msr_index(r), value: gvm_run_msr_data(r), reason: gvm_run_msr_reason(r))
         default: return .unknown(reason: gvm_run_exit_reason(r))
         }
+    }
+
+    /// The last exit left its instruction for KVM to finish at the next KVM_RUN (see
+    /// `finishPendingExit`): what kind of exit it was, nil when nothing is pending.
+    public var pendingExit: String? { unfinishedExit }
+
+    /// Lets KVM finish the instruction the last exit left half done, without running the guest
+    /// further: KVM_RUN with kvm_run.immediate_exit set. For an I/O, MMIO or user-space MSR exit
+    /// KVM completes the instruction only on re-entry (the value read lands in its register, RIP
+    /// moves past it) and keeps that pending work where KVM_GET_* cannot see it, so registers read
+    /// before are those of an unfinished instruction, and registers loaded before are overwritten
+    /// by its completion (KVM API, "KVM_RUN": complete before a migration with immediate_exit).
+    /// Returns `.interrupted` when done, or the next exit the same instruction needs (a string
+    /// I/O or split MMIO access continuing), which must be handled and finished in turn.
+    public func finishPendingExit() throws -> VCPUExit {
+        guard unfinishedExit != nil else { return .interrupted }
+        gvm_run_set_immediate_exit(run, 1)
+        defer { gvm_run_set_immediate_exit(run, 0) }
+        return try runOnce()
     }
 
     // ---- kvm_run fields for interrupt injection without an in-kernel APIC --------------------

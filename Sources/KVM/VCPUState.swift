@@ -140,8 +140,21 @@ extension VCPU {
         return out
     }
 
-    /// Captures everything KVM holds for this vCPU (see the file comment). Out of KVM_RUN.
+    /// Refuses to read or replace the state while KVM still owes the last exit's instruction
+    /// its completion (`finishPendingExit` first): captured, it would be an unfinished
+    /// instruction's; loaded, the completion at the next KVM_RUN would overwrite RIP, RFLAGS and
+    /// the register read into with the old instruction's.
+    private func requireNoPendingExit(_ what: String) throws {
+        if let p = pendingExit {
+            throw KVMError(call: what, errno: EBUSY,
+                           context: "vCPU \(id): the last exit (\(p)) is not complete; finish it with KVM_RUN and immediate_exit first")
+        }
+    }
+
+    /// Captures everything KVM holds for this vCPU (see the file comment). Out of KVM_RUN, with
+    /// no exit pending completion.
     public func captureState() throws -> VCPUState {
+        try requireNoPendingExit("capture vCPU state")
         var r = kvm_regs()
         // Sound: r is a kvm_regs on the stack, filled by the kernel.
         _ = try kvmIoctl(fd, gvm_KVM_GET_REGS(), "KVM_GET_REGS", &r, context: "vCPU \(id)")
@@ -166,8 +179,10 @@ extension VCPU {
     }
 
     /// Loads a captured state into this vCPU (the order QEMU uses: registers, XSAVE, XCRs,
-    /// special registers, MSRs, events, debug registers). Out of KVM_RUN.
+    /// special registers, MSRs, events, debug registers). Out of KVM_RUN, with no exit pending
+    /// completion.
     public func restoreState(_ st: VCPUState) throws {
+        try requireNoPendingExit("restore vCPU state")
         guard st.registers.count == MemoryLayout<kvm_regs>.size, st.specialRegisters.count == MemoryLayout<kvm_sregs>.size else {
             throw KVMError(call: "vCPU state", errno: EINVAL, context: "vCPU \(id): register blobs of the wrong size")
         }

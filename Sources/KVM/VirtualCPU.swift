@@ -45,6 +45,10 @@ public protocol VirtualCPU: AnyObject, Sendable {
     var apicBase: UInt64 { get }
     /// Answers an `.rdmsr`/`.wrmsr` exit (`failed`: #GP).
     func completeMSR(value: UInt64, failed: Bool)
+    /// Completes the instruction the last exit left half done without running the guest further
+    /// (`VCPU.finishPendingExit`): `.interrupted` when nothing remains, else the next exit of that
+    /// instruction. Called before the vCPU's registers are captured or replaced.
+    func finishPendingExit() throws -> VCPUExit
     /// Live migration: everything KVM holds for this vCPU, and loading it back (VCPUState.swift).
     func captureState() throws -> VCPUState
     func restoreState(_ state: VCPUState) throws
@@ -54,6 +58,8 @@ extension VirtualCPU {
     /// Doubles without an APIC base model: xAPIC enabled at 0xFEE00000, BSP (KVM's power-on value).
     public var apicBase: UInt64 { 0xFEE0_0900 }
     public func completeMSR(value: UInt64, failed: Bool) {}
+    /// Doubles finish every exit at once: nothing is ever pending.
+    public func finishPendingExit() throws -> VCPUExit { .interrupted }
     /// A vCPU double without KVM state cannot migrate.
     public func captureState() throws -> VCPUState {
         throw KVMError(call: "captureState", errno: 95 /* EOPNOTSUPP */, context: "vCPU \(id) cannot be migrated")

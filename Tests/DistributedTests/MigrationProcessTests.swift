@@ -89,20 +89,12 @@ final class MigrationProcessTests: XCTestCase {
     }
 
     /// Every IPI counted once per sender by the guest: none lost, none twice, while the vCPU
-    /// that sends and receives them moves.
-    /// KNOWN BUG, not yet found: under repeated live migration the `ipi` workload sometimes
-    /// loses an IPI (the guest waits until its timeout) or the moved vCPU takes a #PF at a
-    /// kernel address with a user CS (about one run in three on this machine since the
-    /// x2APIC/APIC-base and migration work met; `counter` and `litmus` under the same moves stay
-    /// exact). README "Does not work yet" and docs/migration.md say so; these two tests run with
-    /// GIANTVM_KNOWN_BUGS=1 so that whoever hunts it has the reproducer.
-    static func knownBugGate() throws {
-        try XCTSkipUnless(ProcessInfo.processInfo.environment["GIANTVM_KNOWN_BUGS"] == "1",
-                          "known bug: ipi under repeated vCPU migration sometimes loses an IPI or faults (docs/migration.md); GIANTVM_KNOWN_BUGS=1 runs it")
-    }
-
+    /// that sends and receives them moves. Its departures often come at an exit KVM completes
+    /// only at the next KVM_RUN (the APIC's ICR read, an EOI write): the run loop must let KVM
+    /// finish it before capturing, else the state is an unfinished instruction's and the copy
+    /// left behind completes the old read over the vCPU when it comes back (a lost IPI, or a #PF
+    /// at the kernel RIP after that read under a user CS). VCPUUnfinishedExitTests pin it down.
     func testIPIExactWithVCPUMovedOnTwoNodes() throws {
-        try Self.knownBugGate()
         let r = try run(port: 23720, metricsPort: 23770, vcpus: [2, 2], cmdline: "ipi ipis=400 timeout=60",
                         vcpu: 1, targets: [1, 0], moves: 12)
         assertOK(r, prefix: #"{"workload":"ipi","vcpus":4,"per_pair":400,"expected":4800,"total":4800,"#)
@@ -110,7 +102,6 @@ final class MigrationProcessTests: XCTestCase {
     }
 
     func testIPIExactWithVCPUMovedRoundThreeNodes() throws {
-        try Self.knownBugGate()
         let r = try run(port: 23730, metricsPort: 23760, vcpus: [2, 1, 1], cmdline: "ipi ipis=300 timeout=60",
                         vcpu: 1, targets: [1, 2, 0], moves: 12)
         assertOK(r, prefix: #"{"workload":"ipi","vcpus":4,"per_pair":300,"expected":3600,"total":3600,"#)
@@ -126,6 +117,20 @@ final class MigrationProcessTests: XCTestCase {
             XCTAssertTrue(r.result.hasSuffix(#""ok":true}"#), r.result)
             assertMoved(r, atLeast: 4)
         }
+    }
+
+    /// examples/pingpong-colocate.yaml as docs/migration.md runs it (its A/B against
+    /// pingpong-static.yaml): co-locate gathers the pingpong pair on node 0 with one move of
+    /// vCPU 1, and every hand-off is counted exactly once.
+    func testCoLocateExampleGathersThePingpongPairOnOneNode() throws {
+        let r = try giantvm(["up", Built.packageRoot + "/examples/pingpong-colocate.yaml", "--cmdline", "pingpong iters=300 timeout=60",
+                             "--timeout", "60"], timeout: 80)
+        XCTAssertEqual(r.status, 0, r.output)
+        let result = lines(r.stdout, "[node 0] RESULT ").first ?? ""
+        XCTAssertTrue(result.hasPrefix(#"{"workload":"pingpong","vcpus":2,"pairs":1,"expected":600,"total":600,"#), result)
+        XCTAssertTrue(result.hasSuffix(#""ok":true}"#), result)
+        XCTAssertTrue(r.stdout.contains("node 1: migration: departed=1 arrived=0 "), r.output)
+        XCTAssertTrue(r.stdout.contains("node 0: migration: departed=0 arrived=1 state_bytes=0; resident now: 0,1"), r.output)
     }
 
     /// The moved vCPU's APIC timer keeps ticking: its tick count over the spin is of the order of

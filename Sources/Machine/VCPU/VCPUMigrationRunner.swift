@@ -1,7 +1,9 @@
 // Live vCPU migration, the run-loop side (the protocol is in Interrupts/VCPUMigration.swift, the
-// cluster side in Distributed/VCPUMigrator.swift). On the source the vCPU's thread captures the
-// KVM state at its next exit and hands it, with the interrupt state, to the sink under the vCPU's
-// lock; on the destination it loads the state that arrived and runs.
+// cluster side in Distributed/VCPUMigrator.swift). On the source the vCPU's thread, at its next
+// exit, lets KVM finish the instruction that exit left half done (an I/O, MMIO or MSR exit is
+// completed only by the next KVM_RUN), captures the KVM state and hands it, with the interrupt
+// state, to the sink under the vCPU's lock; on the destination it loads the state that arrived
+// and runs.
 //
 // Threading: `depart`/`arrive` on the vCPU's own thread; the Machine methods from any thread.
 import Foundation
@@ -22,12 +24,52 @@ public protocol VCPUMigrationSink: AnyObject, Sendable {
 }
 
 extension VCPURunner {
+    /// How many further exits one unfinished instruction may ask for while it is being finished
+    /// (a string I/O instruction moves at most a page per exit).
+    static var maxFinishingExits: Int { 4096 }
+
+    enum Finishing { case done, stopping, unfinished }
+
+    /// Lets KVM finish the instruction the last exit left half done (`VirtualCPU.finishPendingExit`)
+    /// and handles the further exits it asks for, before this vCPU's registers are captured (a
+    /// departure) or replaced (INIT). Captured unfinished, the state is that of an instruction
+    /// that did not happen yet; and the KVM vCPU left behind still owes it its completion, which
+    /// the next KVM_RUN on this node performs over whatever state is loaded by then (an arriving
+    /// vCPU's): an MMIO read's register, RFLAGS and RIP from the old instruction.
+    func finishPendingExits() throws -> Finishing {
+        for _ in 0..<Self.maxFinishingExits {
+            let exit = try vcpu.finishPendingExit()
+            if case .interrupted = exit { return .done }
+            switch try handle(exit) {
+            case .handled, .interrupted:
+                continue
+            case .halted:
+                irq.halt(interruptsEnabled: vcpu.interruptFlag)
+                return .done
+            case .stopped:
+                return .stopping
+            }
+        }
+        return .unfinished
+    }
+
     func depart(to node: UInt32) throws {
         guard let sink = env.migration else {
             irq.cancelDeparture()
             return
         }
         let stoppedAt = env.clock()
+        switch try finishPendingExits() {
+        case .done:
+            break
+        case .stopping:
+            irq.cancelDeparture()
+            return
+        case .unfinished:
+            irq.cancelDeparture()
+            sink.departureFailed(vcpu: index, to: node, "the instruction at its last exit was still doing I/O after \(Self.maxFinishingExits) exits; ask again")
+            return
+        }
         do {
             let state = try vcpu.captureState()
             try irq.completeDeparture(now: env.clock()) { bytes in

@@ -164,6 +164,10 @@ final class VCPURunner<CPU: VirtualCPU>: @unchecked Sendable {
             case .park:
                 continue   // never returned: nextEntry parks until something changes
             case .reset:
+                // Finished first: the completion would otherwise land on the reset state.
+                if try finishPendingExits() == .unfinished {
+                    logger.warning("INIT: the instruction at the last exit was still doing I/O after \(Self.maxFinishingExits) exits; reset anyway")
+                }
                 try resetCPU()
                 lastAPICBase = apicBaseMSR
                 xapicPage = localAPICBase
