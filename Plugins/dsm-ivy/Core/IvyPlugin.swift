@@ -50,6 +50,18 @@ public final class IvyPlugin: CoherencePlugin {
         node.receive(from: src, bytes: message)
     }
 
+    /// Hints (ABI 4): GVM_HINT_REPLICATED only (Replicated.swift); every page is sequentially
+    /// consistent already, so fences and class changes are UNSUPPORTED.
+    public static var handlesHints: Bool { true }
+    public func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus {
+        guard kind == GVM_HINT_REPLICATED else { return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) }
+        guard let pages = IvyNode.pageRange(gpa: gpa, length: length, pageCount: node.pageCount) else {
+            node.services.log(.warning, "replicated range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)) is not page aligned inside guest memory")
+            return .invalid
+        }
+        return node.replicate(pages)
+    }
+
     public func pageUnpinned(gfn: UInt64) { node.pageUnpinned(gfn: gfn) }
     public func peerLost(node id: UInt32) { node.peerLost(node: id) }
     public func describe() -> String { IvyTable.describe() }
