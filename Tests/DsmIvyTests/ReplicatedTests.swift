@@ -109,6 +109,19 @@ final class ReplicatedTests: XCTestCase {
         XCTAssertEqual(plugin.hint(kind: GVM_HINT_RELAXED, gpa: 0, length: 4096).raw, GVM_ERR_UNSUPPORTED.rawValue)
     }
 
+    /// `replicated: off`: every node answers UNSUPPORTED (the host loads on one node); the setting
+    /// takes on or off only.
+    func testSettingOffAnswersUnsupported() throws {
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: 2, settings: [("replicated", "off")])
+        XCTAssertEqual(c.replicate(pages: 0..<4, words: moduleWords), [GVM_ERR_UNSUPPORTED.rawValue, GVM_ERR_UNSUPPORTED.rawValue])
+        for n in c.nodes { for g in 0..<4 { XCTAssertEqual(n.pageState[g], GVM_PAGE_INVALID) } }
+        XCTAssertTrue(try IvyConfig.parse([:], pageCount: 8, nodeCount: 2).replicated)
+        XCTAssertFalse(try IvyConfig.parse(["replicated": "off"], pageCount: 8, nodeCount: 2).replicated)
+        XCTAssertThrowsError(try IvyConfig.parse(["replicated": "yes"], pageCount: 8, nodeCount: 2)) {
+            XCTAssertEqual("\($0)", "setting 'replicated': 'yes' is not on or off")
+        }
+    }
+
     func testRangeCheck() {
         XCTAssertEqual(IvyNode.pageRange(gpa: 8192, length: 8192, pageCount: 4), 2..<4)
         XCTAssertNil(IvyNode.pageRange(gpa: 8192, length: 12288, pageCount: 4))

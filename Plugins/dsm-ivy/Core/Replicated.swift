@@ -19,9 +19,11 @@ extension IvyNode {
     /// Starts `pages` as read copies on every node (see above). Every page must be untouched on
     /// this node (OZ on its manager, I elsewhere; no request, transaction or stalled input), else
     /// nothing changes and the result is GVM_ERR_STATE (logged, naming the first page in use).
+    /// With the setting `replicated: off` the answer is GVM_ERR_UNSUPPORTED.
     public func replicate(_ pages: Range<UInt64>) -> PageStatus {
         withLock {
             guard !failed else { return .closed }
+            guard config.replicated else { return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) }
             guard !pages.isEmpty, pages.upperBound <= pageCount else { return .invalid }
             for g in pages {
                 let i = Int(g)
