@@ -299,9 +299,12 @@ public final class VMNode: @unchecked Sendable {
     }
 
     /// Every node, before the start-up barrier: the modules as read copies in this node's own RAM
-    /// when the coherence plugin takes GVM_HINT_REPLICATED (GuestImage.replicateModules).
+    /// when the coherence plugin takes GVM_HINT_REPLICATED (GuestImage.replicateModules). Not on
+    /// a one-node VM: nothing to replicate to, and on this host a read-only (write-protected)
+    /// page costs the guest more on its first access than the writable pages the BSP's loader
+    /// leaves (docs/performance.md).
     private func replicateModules() throws -> Bool {
-        guard let coherence, !image.modules.isEmpty else { return false }
+        guard let coherence, !image.modules.isEmpty, config.nodes.count > 1 else { return false }
         let t0 = monotonicNanoseconds()
         let done = try image.replicateModules(coherence, ramSize: machine.ram.size)
         if done {
