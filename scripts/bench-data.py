@@ -134,6 +134,7 @@ def main():
                     help="dsm-ivy settings to compare, e.g. 'ra-off={read_ahead: 0}' (default: 'default={}')")
     ap.add_argument("--seqread-mib", type=int, default=64)
     ap.add_argument("--no-seqread", action="store_true", help="skip the sequential remote read and net-bench")
+    ap.add_argument("--seqread-only", action="store_true", help="only the sequential remote read and net-bench")
     ap.add_argument("--giantvm", default=default_giantvm())
     ap.add_argument("--json", help="also write every figure here")
     a = ap.parse_args()
@@ -170,6 +171,9 @@ def main():
 def bench(a, coh, topo, tmp):
     """Every case runs once per round, rounds repeated --reps times (A/B interleaved: a load that
     comes and goes on a shared host falls on every case alike)."""
+    if a.seqread_only:
+        print(f"bench-data: seqread {a.seqread_mib} MiB, {a.reps} run(s) each, interleaved, giantvm {os.path.relpath(a.giantvm, ROOT)}")
+        return seqread(a, coh, tmp, {"workload": "seqread", "reps": a.reps, "native": {}, "vm": [], "seqread": []})
     text = a.text
     if not text:
         text = os.path.join(tmp, "text.txt")
@@ -237,8 +241,11 @@ def bench(a, coh, topo, tmp):
     if a.no_seqread:
         targets(report, [])
         return report
+    return seqread(a, coh, tmp, report)
 
-    # Sequential remote read beside the transport's bandwidth between the same two nodes.
+
+def seqread(a, coh, tmp, report):
+    """The sequential remote read beside the transport's bandwidth between the same two nodes."""
     print()
     bench_cfg = config(tmp, "seq2x1", 2, 1, a.memory, "{}", None, "hello")
     seq_cfgs = [config(tmp, f"seq2x1-{i}", 2, 1, a.memory, settings, None, f"seqread total={a.seqread_mib}")
