@@ -38,9 +38,15 @@ final class DataWorkloadTests: XCTestCase {
     }
 
     /// A VM of `vcpus[i]` vCPUs on node i with the text as module 0.
-    func config(port: Int, vcpus: [Int], memory: String = "128MiB", cmdline: String, modules: [String]? = nil) -> String {
+    /// `replicated`: dsm-ivy's `replicated: on` (the modules start as read copies on every node).
+    func config(port: Int, vcpus: [Int], memory: String = "128MiB", cmdline: String, modules: [String]? = nil,
+                replicated: Bool = false) -> String {
         let base = vmConfig(port: port, vcpus: vcpus, memory: memory, cmdline: cmdline)
         var text = try! String(contentsOfFile: base, encoding: .utf8)
+        if replicated {
+            precondition(text.contains("coherence: {plugin: dsm-ivy}"), text)
+            text = text.replacingOccurrences(of: "coherence: {plugin: dsm-ivy}", with: "coherence: {plugin: dsm-ivy, settings: {replicated: on}}")
+        }
         let mods = (modules ?? [Self.text!]).map { "\"\($0)\"" }.joined(separator: ", ")
         text += "\n  modules: [\(mods)]\n"
         FileManager.default.createFile(atPath: base, contents: Data(text.utf8))
@@ -52,10 +58,11 @@ final class DataWorkloadTests: XCTestCase {
     }
 
     @discardableResult
-    func assertMatches(_ workload: String, vcpus: [Int], port: Int, file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
+    func assertMatches(_ workload: String, vcpus: [Int], port: Int, replicated: Bool = false,
+                       file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
         let total = vcpus.reduce(0, +)
         let want = try reference(workload, threads: total)
-        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: workload), "--timeout", "60"], timeout: 90)
+        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: workload, replicated: replicated), "--timeout", "60"], timeout: 90)
         XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
         XCTAssertEqual(guestLines(r, "DATA "), [want], "\(vcpus.count) node(s) x \(vcpus) vCPUs: \(r.output)", file: file, line: line)
         let result = guestLines(r, "RESULT ")
@@ -87,13 +94,14 @@ final class DataWorkloadTests: XCTestCase {
 
     func testWordcountOneNodeTwoVCPUs() throws { try assertMatches("wordcount", vcpus: [2], port: 20800) }
     func testWordcountTwoNodesOneVCPU() throws {
-        assertTextNotPulled(try assertMatches("wordcount", vcpus: [1, 1], port: 20802))
+        assertTextNotPulled(try assertMatches("wordcount", vcpus: [1, 1], port: 20802, replicated: true))
     }
     func testWordcountTwoNodesTwoVCPUs() throws {
-        assertTextNotPulled(try assertMatches("wordcount", vcpus: [2, 2], port: 20804))
+        assertTextNotPulled(try assertMatches("wordcount", vcpus: [2, 2], port: 20804, replicated: true))
     }
-    /// `replicated: off` (dsm-ivy): the BSP's node loads the text and node 1 pulls its half through
-    /// the DSM, as before ABI 4; the result is the same.
+    /// `replicated: off` (dsm-ivy's default, here explicit): the BSP's node loads the text and
+    /// node 1 pulls its half through the DSM, as before ABI 4; the result is the same. (The
+    /// invindex tests run this way too; the wordcount ones with the text replicated.)
     func testWordcountTwoNodesWithoutReplication() throws {
         let want = try reference("wordcount", threads: 2)
         let path = config(port: 20896, vcpus: [1, 1], cmdline: "wordcount")
@@ -115,7 +123,7 @@ final class DataWorkloadTests: XCTestCase {
     /// last vCPU (node 1) writes module page 1, vCPU 0 (node 0) page 2; after a barrier every vCPU
     /// checks both and that page 0 is unchanged (`modwrite`, Guests/src/u_data.c).
     func assertModuleWriteCoherent(vcpus: [Int], port: Int, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: "modwrite"), "--timeout", "60"], timeout: 90)
+        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: "modwrite", replicated: true), "--timeout", "60"], timeout: 90)
         XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
         let total = vcpus.reduce(0, +)
         XCTAssertEqual(guestLines(r, "RESULT "),

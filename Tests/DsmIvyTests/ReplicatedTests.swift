@@ -12,6 +12,9 @@ import CoherenceKit
 /// Page g's initial words: a value at offsets 0 and 256 that names the page.
 func moduleWords(_ g: UInt64) -> [Int: UInt64] { [0: 0x0D0D_0000_0000 | g, 256: 0x0E0E_0000_0000 | g] }
 
+/// dsm-ivy's setting that accepts the hint (off by default).
+let on = [("replicated", "on")]
+
 final class ReplicatedTests: XCTestCase {
     func engine(_ c: SimCluster, _ i: Int) -> IvyNode {
         (CoherencePluginEntry.plugin(of: c.nodes[i].pluginInstance!) as! IvyPlugin).node
@@ -20,7 +23,7 @@ final class ReplicatedTests: XCTestCase {
     /// The initial state: the manager is OS with every other node in its copyset, every other
     /// node S, every copy SHARED with the bytes; reads on every node then cost no message.
     func testEveryNodeStartsWithAReadCopyAndReadsWithoutAMiss() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 48, seed: 1)
+        let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 48, seed: 1, settings: on)
         XCTAssertEqual(c.replicate(pages: 8..<40, words: moduleWords), [GVM_OK.rawValue, GVM_OK.rawValue, GVM_OK.rawValue])
         for i in 0..<3 {
             let e = engine(c, i)
@@ -47,7 +50,7 @@ final class ReplicatedTests: XCTestCase {
     /// nodes then read the new value (the simulation checks each load against the latest write).
     func testAWriteInvalidatesTheOtherCopiesAndIsSeenEverywhere() throws {
         for writer in 0..<3 {
-            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 30, seed: UInt64(10 + writer))
+            let c = try SimCluster(descriptor: ivy, nodes: 3, pages: 30, seed: UInt64(10 + writer), settings: on)
             c.replicate(pages: 0..<30, words: moduleWords)
             // Pages 0..<10 are managed (and owned) by node 0, 10..<20 by node 1, 20..<30 by node 2:
             // the writer writes pages of every manager, as owner and as sharer.
@@ -71,7 +74,7 @@ final class ReplicatedTests: XCTestCase {
         for seed in UInt64(1)...30 {
             let nodes = 2 + Int(seed % 3)
             let c = try SimCluster(descriptor: ivy, nodes: nodes, pages: 24, seed: seed,
-                                   settings: [("read_ahead", seed % 2 == 0 ? "0" : "8"),
+                                   settings: on + [("read_ahead", seed % 2 == 0 ? "0" : "8"),
                                               ("manager_chunk", seed % 3 == 0 ? "4KiB" : "auto")])
             c.network.maxDelay = Int(seed % 4) * 2
             c.replicate(pages: 0..<24, words: moduleWords)
@@ -88,7 +91,7 @@ final class ReplicatedTests: XCTestCase {
     /// A range with a page already in use is refused on that node without any change; a bad
     /// range is INVALID; other hint kinds stay UNSUPPORTED for dsm-ivy.
     func testTouchedRangesAndBadRangesAreRefused() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 16, seed: 3)
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 16, seed: 3, settings: on)
         c.addThread(node: 1, PageWriter(pages: [5]))
         XCTAssertTrue(c.run().ok)
         let statuses = c.replicate(pages: 4..<8, words: moduleWords)
@@ -109,13 +112,14 @@ final class ReplicatedTests: XCTestCase {
         XCTAssertEqual(plugin.hint(kind: GVM_HINT_RELAXED, gpa: 0, length: 4096).raw, GVM_ERR_UNSUPPORTED.rawValue)
     }
 
-    /// `replicated: off`: every node answers UNSUPPORTED (the host loads on one node); the setting
-    /// takes on or off only.
+    /// `replicated: off` (the default): every node answers UNSUPPORTED (the host loads on one
+    /// node); the setting takes on or off only.
     func testSettingOffAnswersUnsupported() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: 2, settings: [("replicated", "off")])
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: 2)
         XCTAssertEqual(c.replicate(pages: 0..<4, words: moduleWords), [GVM_ERR_UNSUPPORTED.rawValue, GVM_ERR_UNSUPPORTED.rawValue])
         for n in c.nodes { for g in 0..<4 { XCTAssertEqual(n.pageState[g], GVM_PAGE_INVALID) } }
-        XCTAssertTrue(try IvyConfig.parse([:], pageCount: 8, nodeCount: 2).replicated)
+        XCTAssertFalse(try IvyConfig.parse([:], pageCount: 8, nodeCount: 2).replicated)
+        XCTAssertTrue(try IvyConfig.parse(["replicated": "on"], pageCount: 8, nodeCount: 2).replicated)
         XCTAssertFalse(try IvyConfig.parse(["replicated": "off"], pageCount: 8, nodeCount: 2).replicated)
         XCTAssertThrowsError(try IvyConfig.parse(["replicated": "yes"], pageCount: 8, nodeCount: 2)) {
             XCTAssertEqual("\($0)", "setting 'replicated': 'yes' is not on or off")

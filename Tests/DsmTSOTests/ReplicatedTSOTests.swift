@@ -10,7 +10,7 @@ import CoherenceKit
 
 final class ReplicatedTSOTests: XCTestCase {
     func testScPagesStartAsReadCopiesAndAWriteIsSeenEverywhere() throws {
-        let c = try cluster(nodes: 2, pages: 16, relaxed: [12, 13], seed: 4)
+        let c = try cluster(nodes: 2, pages: 16, relaxed: [12, 13], seed: 4, extra: [("replicated", "on")])
         let words: (UInt64) -> [Int: UInt64] = { [0: 0x7E57_0000 | $0] }
         XCTAssertEqual(c.replicate(pages: 2..<10, words: words), [GVM_OK.rawValue, GVM_OK.rawValue])
         for i in 0..<2 {
@@ -41,7 +41,7 @@ final class ReplicatedTSOTests: XCTestCase {
     }
 
     func testARangeOverARelaxedPageIsUnsupportedOnEveryNode() throws {
-        let c = try cluster(nodes: 2, pages: 16, relaxed: [12, 13], seed: 5)
+        let c = try cluster(nodes: 2, pages: 16, relaxed: [12, 13], seed: 5, extra: [("replicated", "on")])
         XCTAssertEqual(c.replicate(pages: 10..<14, words: { _ in [:] }),
                        [GVM_ERR_UNSUPPORTED.rawValue, GVM_ERR_UNSUPPORTED.rawValue])
         for i in 0..<2 { for g in 10..<14 { XCTAssertEqual(c.nodes[i].pageState[g], GVM_PAGE_INVALID) } }

@@ -24,7 +24,7 @@ final class ReplicatedModulesTests: XCTestCase {
               - {id: 0, address: 127.0.0.1, port: 21993, vcpus: 1}
             memory: 16MiB
             transport: {plugin: transport-tcp}
-            coherence: {plugin: \(plugin)}
+            coherence: {plugin: \(plugin)\(plugin == "dsm-ivy" ? ", settings: {replicated: on}" : "")}
             guest: {image: \(image), modules: [\(module)]}
             """, path: "/tmp/repl.yaml")
         var logger = Logger(label: "repl-test")
