@@ -11,7 +11,7 @@ final class PluginsDescribeTests: XCTestCase {
     func testCoherencePluginPrintsItsStateTableAndSettings() throws {
         let r = try describe("dsm-ivy")
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.hasPrefix("dsm-ivy 0.1.0 — coherence plugin, ABI 3"), r.stdout)
+        XCTAssertTrue(r.stdout.hasPrefix("dsm-ivy 0.1.0 — coherence plugin, ABI 4"), r.stdout)
         XCTAssertTrue(r.stdout.contains("state table:"), r.stdout)
         XCTAssertTrue(r.stdout.contains("Cache controller transitions"), "the Ivy table itself: \(r.stdout)")
         let rows = r.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
@@ -50,7 +50,7 @@ final class PluginsDescribeTests: XCTestCase {
     func testCPluginsByPathDescribeThemselves() throws {
         let r = try describe(Built.plugin("example-c"))
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.contains("example-c 0.1.0 — device plugin, ABI 3"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("example-c 0.1.0 — device plugin, ABI 4"), r.stdout)
         XCTAssertTrue(r.stdout.contains("  scratch:\n    KEY      DEFAULT  MEANING\n    initial  0 "), r.stdout)
         let rdma = Built.plugin("transport-rdma")
         if FileManager.default.fileExists(atPath: rdma) {
@@ -80,6 +80,6 @@ final class PluginsDescribeTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("plugin 'no-such-plugin' not found: looked for libno-such-plugin.so in"), r.stderr)
         let bad = try describe(Built.plugin("test-abi-too-old"))
         XCTAssertEqual(bad.status, 1)
-        XCTAssertTrue(bad.stderr.contains("older than the oldest this giantvm supports (3)"), bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("older than the oldest this giantvm supports (4)"), bad.stderr)
     }
 }
