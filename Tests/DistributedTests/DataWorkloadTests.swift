@@ -38,7 +38,8 @@ final class DataWorkloadTests: XCTestCase {
     }
 
     /// A VM of `vcpus[i]` vCPUs on node i with the text as module 0.
-    /// `replicated`: dsm-ivy's `replicated: on` (the modules start as read copies on every node).
+    /// `replicated`: dsm-ivy's `replicated: on` spelled out (the default: the modules start as
+    /// read copies on every node).
     func config(port: Int, vcpus: [Int], memory: String = "128MiB", cmdline: String, modules: [String]? = nil,
                 replicated: Bool = false) -> String {
         let base = vmConfig(port: port, vcpus: vcpus, memory: memory, cmdline: cmdline)
@@ -99,9 +100,8 @@ final class DataWorkloadTests: XCTestCase {
     func testWordcountTwoNodesTwoVCPUs() throws {
         assertTextNotPulled(try assertMatches("wordcount", vcpus: [2, 2], port: 20804, replicated: true))
     }
-    /// `replicated: off` (dsm-ivy's default, here explicit): the BSP's node loads the text and
-    /// node 1 pulls its half through the DSM, as before ABI 4; the result is the same. (The
-    /// invindex tests run this way too; the wordcount ones with the text replicated.)
+    /// `replicated: off` (dsm-ivy): the BSP's node loads the text and node 1 pulls its half
+    /// through the DSM, as before ABI 4; the result is the same.
     func testWordcountTwoNodesWithoutReplication() throws {
         let want = try reference("wordcount", threads: 2)
         let path = config(port: 20896, vcpus: [1, 1], cmdline: "wordcount")

@@ -12,7 +12,7 @@ import CoherenceKit
 /// Page g's initial words: a value at offsets 0 and 256 that names the page.
 func moduleWords(_ g: UInt64) -> [Int: UInt64] { [0: 0x0D0D_0000_0000 | g, 256: 0x0E0E_0000_0000 | g] }
 
-/// dsm-ivy's setting that accepts the hint (off by default).
+/// dsm-ivy's setting that accepts the hint (the default, spelled out).
 let on = [("replicated", "on")]
 
 final class ReplicatedTests: XCTestCase {
@@ -112,13 +112,13 @@ final class ReplicatedTests: XCTestCase {
         XCTAssertEqual(plugin.hint(kind: GVM_HINT_RELAXED, gpa: 0, length: 4096).raw, GVM_ERR_UNSUPPORTED.rawValue)
     }
 
-    /// `replicated: off` (the default): every node answers UNSUPPORTED (the host loads on one
-    /// node); the setting takes on or off only.
+    /// `replicated: off`: every node answers UNSUPPORTED (the host loads on one node); the
+    /// setting takes on (the default) or off only.
     func testSettingOffAnswersUnsupported() throws {
-        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: 2)
+        let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: 2, settings: [("replicated", "off")])
         XCTAssertEqual(c.replicate(pages: 0..<4, words: moduleWords), [GVM_ERR_UNSUPPORTED.rawValue, GVM_ERR_UNSUPPORTED.rawValue])
         for n in c.nodes { for g in 0..<4 { XCTAssertEqual(n.pageState[g], GVM_PAGE_INVALID) } }
-        XCTAssertFalse(try IvyConfig.parse([:], pageCount: 8, nodeCount: 2).replicated)
+        XCTAssertTrue(try IvyConfig.parse([:], pageCount: 8, nodeCount: 2).replicated)
         XCTAssertTrue(try IvyConfig.parse(["replicated": "on"], pageCount: 8, nodeCount: 2).replicated)
         XCTAssertFalse(try IvyConfig.parse(["replicated": "off"], pageCount: 8, nodeCount: 2).replicated)
         XCTAssertThrowsError(try IvyConfig.parse(["replicated": "yes"], pageCount: 8, nodeCount: 2)) {

@@ -23,7 +23,7 @@ public final class IvyPlugin: CoherencePlugin {
                     "after a fault is resolved, forwards and invalidations for that page wait this long so woken threads use it (0 to 1s; 0 = no hold)"),
         SettingInfo("read_ahead", default: "16",
                     "pages requested ahead of a sequential or strided read stream, batched per manager and owner (0 = off, up to 64)"),
-        SettingInfo("replicated", default: "off",
+        SettingInfo("replicated", default: "on",
                     "on: guest.modules every node loads itself start as read copies on every node (ABI 4 GVM_HINT_REPLICATED); off: the boot node loads them and the others fault them in"),
         SettingInfo("request_timeout", default: "10s",
                     "a page request unanswered this long stops the cluster naming request, page and peer (0 = off, or 1ms to 1h)"),

@@ -53,12 +53,10 @@ public struct IvyConfig: Sendable, Equatable {
     /// `read_ahead`: pages requested ahead of a sequential or strided read stream, 0 (off) to
     /// IvyWire.maxBatch. See ReadAhead.swift.
     public var readAhead: Int = 16
-    /// `replicated`: accept GVM_HINT_REPLICATED (on: modules every node loads start as read
-    /// copies everywhere) or answer UNSUPPORTED (off, the default: the boot node loads them and
-    /// the others fault them in, as before ABI 4). Off by default: on this PVM host a read-only
-    /// (write-protected) page costs the guest more on first access than a writable one, which
-    /// outweighs the transfer for a 200 MiB text (docs/performance.md). See Replicated.swift.
-    public var replicated = false
+    /// `replicated`: accept GVM_HINT_REPLICATED (on, the default: modules every node loads start
+    /// as read copies everywhere) or answer UNSUPPORTED (off: the boot node loads them and the
+    /// others fault them in, as before ABI 4). See Replicated.swift and docs/performance.md.
+    public var replicated = true
 
     public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead", "replicated"] + livenessSettingKeys
 
@@ -101,7 +99,7 @@ public struct IvyConfig: Sendable, Equatable {
             }
             config.readAhead = n
         }
-        switch settings["replicated"]?.trimmingSpaces ?? "off" {
+        switch settings["replicated"]?.trimmingSpaces ?? "on" {
         case "on": config.replicated = true
         case "off": config.replicated = false
         case let v: throw PluginError("setting 'replicated': '\(v)' is not on or off")
