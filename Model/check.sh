@@ -12,6 +12,7 @@
 #   Model/check.sh --table-only    only the table as built
 #   Model/check.sh --mutate 'S Inv -> I: s_sendInvAck'
 #                                  the table with that entry replaced (repeatable): must FAIL
+#   MODEL_REPLICATED=1             --mutate and --mutants-only from the replicated initial state
 #   MODEL_FAULTS=2 MODEL_WRITES=1 MODEL_TIME=300   bounds: faults per node, writes per page,
 #                                  seconds; defaults check 3.3 M states in about 75 s
 set -euo pipefail
@@ -21,7 +22,7 @@ export PATH="/opt/swift/usr/bin:$PATH"
 faults=${MODEL_FAULTS:-2}
 writes=${MODEL_WRITES:-1}
 limit=${MODEL_TIME:-300}
-replicated=0
+replicated=${MODEL_REPLICATED:-0}
 out=${MODEL_OUT:-.build-model}
 mkdir -p "$out"
 
