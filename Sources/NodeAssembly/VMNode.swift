@@ -11,8 +11,9 @@
 //   3. the machine, then this node's devices (YAML `node:`), from their plugins;
 //   4. the distributed components register their message types;
 //   5. coherence start, node start (meets every peer), device maps exchanged, time aligned,
-//      READY barrier;
-//   6. the BSP's node loads the image;
+//      every node loads the modules as replicated read copies when the protocol takes
+//      GVM_HINT_REPLICATED (ABI 4; not on a one-node VM), READY barrier;
+//   6. the BSP's node loads the image (and the modules, unless replicated);
 //   7. every node runs its vCPUs until the guest exits, a vCPU fails, or the cluster stops: the
 //      first cause stops every node (`StopCause`).
 //
