@@ -248,6 +248,7 @@ let package = Package(
         .testTarget(name: "SlurmTests", dependencies: ["TestSupport"], path: "Tests/SlurmTests"),
         .testTarget(name: "NodeAssemblyTests",
                     dependencies: ["NodeAssembly", "Distributed", "Machine", "Cluster", "Config", "PluginHost", "TestSupport",
+                                   "GuestMemory", "Metrics", "PluginAPI",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/NodeAssemblyTests"),
         .testTarget(name: "BenchTests",

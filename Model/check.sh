@@ -5,11 +5,14 @@
 # writer, no lost write, one owner, no deadlock, no table error reached. Fails on a violation and
 # prints the counterexample. See docs/robustness.md.
 #
-#   Model/check.sh                 the table as built must pass, and three deliberately broken
-#                                  tables (one entry each, listed below) must each be caught
+#   Model/check.sh                 the table as built must pass (from the usual initial state and
+#                                  from replicated pages, every page a read copy on every node:
+#                                  GVM_HINT_REPLICATED), and deliberately broken tables (one entry
+#                                  each, listed below) must each be caught
 #   Model/check.sh --table-only    only the table as built
 #   Model/check.sh --mutate 'S Inv -> I: s_sendInvAck'
 #                                  the table with that entry replaced (repeatable): must FAIL
+#   MODEL_REPLICATED=1             --mutate and --mutants-only from the replicated initial state
 #   MODEL_FAULTS=2 MODEL_WRITES=1 MODEL_TIME=300   bounds: faults per node, writes per page,
 #                                  seconds; defaults check 3.3 M states in about 75 s
 set -euo pipefail
@@ -19,6 +22,7 @@ export PATH="/opt/swift/usr/bin:$PATH"
 faults=${MODEL_FAULTS:-2}
 writes=${MODEL_WRITES:-1}
 limit=${MODEL_TIME:-300}
+replicated=${MODEL_REPLICATED:-0}
 out=${MODEL_OUT:-.build-model}
 mkdir -p "$out"
 
@@ -50,7 +54,7 @@ verify() {
     rm -rf "$dir"; mkdir -p "$dir"
     python3 Model/generate.py "$out/table.txt" Model/ivy.pml "$dir/table.pml" "$@"
     cp Model/ivy.pml "$dir/ivy.pml"
-    (cd "$dir" && spin -DFAULTS="$faults" -DWRITES="$writes" -a ivy.pml >spin.log 2>&1) \
+    (cd "$dir" && spin -DFAULTS="$faults" -DWRITES="$writes" -DREPLICATED="$replicated" -a ivy.pml >spin.log 2>&1) \
         || { cat "$dir/spin.log" >&2; echo "Model/check.sh: spin could not read the model" >&2; exit 1; }
     # -O2 pays for itself on the full state space; the broken tables fail within a few thousand
     # states, where compiling pan.c is the whole cost (-O0: 2 s instead of 45 s).
@@ -72,13 +76,13 @@ verify() {
     if [ "${errors:-1}" != 0 ]; then
         echo "Model/check.sh [$name]: VIOLATION found in ${took} s ($states): $(grep -m1 -E '^pan:[0-9]+: ' "$dir/pan.log")"
         # The counterexample: the protocol steps (table transitions taken, messages) up to the violation.
-        (cd "$dir" && spin -DFAULTS="$faults" -DWRITES="$writes" -t -k ivy.pml.trail ivy.pml >trail.txt 2>&1) || true
-        (cd "$dir" && spin -DFAULTS="$faults" -DWRITES="$writes" -t -p -g -k ivy.pml.trail ivy.pml >trail-full.txt 2>&1) || true
+        (cd "$dir" && spin -DFAULTS="$faults" -DWRITES="$writes" -DREPLICATED="$replicated" -t -k ivy.pml.trail ivy.pml >trail.txt 2>&1) || true
+        (cd "$dir" && spin -DFAULTS="$faults" -DWRITES="$writes" -DREPLICATED="$replicated" -t -p -g -k ivy.pml.trail ivy.pml >trail-full.txt 2>&1) || true
         grep -E 'VIOLATION|assertion violated' "$dir/trail.txt" | head -5 || true
         echo "  full trail: $dir/trail-full.txt (spin -t -p -g)"
         return 1
     fi
-    echo "Model/check.sh [$name]: no violation: $states in ${took} s (3 nodes, 2 pages, $faults faults/node, $writes writes/page)"
+    echo "Model/check.sh [$name]: no violation: $states in ${took} s (3 nodes, 2 pages, $faults faults/node, $writes writes/page$([ "$replicated" = 1 ] && echo ', pages replicated at start'))"
     return 0
 }
 
@@ -117,10 +121,12 @@ prepare
 case "${1:-}" in
     "")
         verify table
+        replicated=1 verify table-replicated
         check_mutants
         ;;
     --table-only)
         verify table
+        replicated=1 verify table-replicated
         ;;
     --mutants-only)
         check_mutants

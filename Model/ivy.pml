@@ -33,6 +33,9 @@
 #ifndef FAULTS
 #define FAULTS 2
 #endif
+#ifndef REPLICATED
+#define REPLICATED 0   /* 1: every page starts as a read copy on every node (GVM_HINT_REPLICATED) */
+#endif
 #ifndef WRITES
 #define WRITES 2
 #endif
@@ -454,7 +457,15 @@ init {
     atomic {
         for (i : 0 .. N - 1) {
             faultsLeft[i] = FAULTS; nextTxn[i] = 1;
-            for (q : 0 .. P - 1) { if :: MGR(q) == i -> cst[I(i, q)] = S_OZ :: else -> cst[I(i, q)] = S_I fi }
+            for (q : 0 .. P - 1) {
+                if
+                :: REPLICATED && MGR(q) == i ->   /* the manager owns a read copy, every other node shares it */
+                    cst[I(i, q)] = S_OS; hst[I(i, q)] = 1; cset[I(i, q)] = ((1 << N) - 1) & ~(1 << i)
+                :: REPLICATED && MGR(q) != i -> cst[I(i, q)] = S_S; hst[I(i, q)] = 1
+                :: !REPLICATED && MGR(q) == i -> cst[I(i, q)] = S_OZ
+                :: else -> cst[I(i, q)] = S_I
+                fi
+            }
         }
         for (q : 0 .. P - 1) { owner[q] = MGR(q); writesLeft[q] = WRITES }
         run Node(0); run Node(1); run Node(2); run Quiescence()

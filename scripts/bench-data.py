@@ -15,7 +15,8 @@ Then the sequential remote read: the test guest's `seqread` on 2 nodes x 1 vCPU 
 reads what vCPU 1 wrote on node 1: pages/s, MiB/s), once per --coherence setting, beside the
 transport's own one-way bandwidth between the same two nodes (`giantvm net-bench`).
 
-Every figure is the median of --reps runs (min-max beside it). The last lines compare the medians
+Every figure is the median of --reps runs (min-max beside it); the runs are interleaved (every
+case once per round, --reps rounds), so a load that comes and goes falls on every case alike. The last lines compare the medians
 with issue 15's bars (2x1 at most 1.5x native, 1x2 at most 1.1x; seqread at least 5x the first
 --coherence column's pages/s and at least half the transport's bandwidth).
 
@@ -132,6 +133,8 @@ def main():
     ap.add_argument("--coherence", action="append", metavar="LABEL=SETTINGS",
                     help="dsm-ivy settings to compare, e.g. 'ra-off={read_ahead: 0}' (default: 'default={}')")
     ap.add_argument("--seqread-mib", type=int, default=64)
+    ap.add_argument("--no-seqread", action="store_true", help="skip the sequential remote read and net-bench")
+    ap.add_argument("--seqread-only", action="store_true", help="only the sequential remote read and net-bench")
     ap.add_argument("--giantvm", default=default_giantvm())
     ap.add_argument("--json", help="also write every figure here")
     a = ap.parse_args()
@@ -166,20 +169,29 @@ def main():
 
 
 def bench(a, coh, topo, tmp):
+    """Every case runs once per round, rounds repeated --reps times (A/B interleaved: a load that
+    comes and goes on a shared host falls on every case alike)."""
+    if a.seqread_only:
+        print(f"bench-data: seqread {a.seqread_mib} MiB, {a.reps} run(s) each, interleaved, giantvm {os.path.relpath(a.giantvm, ROOT)}")
+        return seqread(a, coh, tmp, {"workload": "seqread", "reps": a.reps, "native": {}, "vm": [], "seqread": []})
     text = a.text
     if not text:
         text = os.path.join(tmp, "text.txt")
         subprocess.run([os.path.join(TOOLS, "zipf-text"), "--size", a.size, "--seed", a.seed, "-o", text], check=True)
     size = os.path.getsize(text)
     print(f"bench-data: {a.workload} over {size / 2**20:.1f} MiB of Zipf text (seed {a.seed}), {a.reps} run(s) each, "
-          f"giantvm {os.path.relpath(a.giantvm, ROOT)}, guest RAM {a.memory}", flush=True)
+          f"interleaved, giantvm {os.path.relpath(a.giantvm, ROOT)}, guest RAM {a.memory}", flush=True)
     report = {"workload": a.workload, "bytes": size, "reps": a.reps, "native": {}, "vm": [], "seqread": []}
 
-    # Native reference: 1 thread and every vCPU count of the topologies.
-    ref_line, native = None, {}
-    for th in sorted({1} | {n * v for n, v in topo}):
-        times = []
-        for _ in range(a.reps):
+    # Native reference (1 thread and every vCPU count of the topologies) and the VM cases.
+    threads = sorted({1} | {n * v for n, v in topo})
+    native = {th: [] for th in threads}
+    vm = [(n, v, label, settings, config(tmp, f"data{n}x{v}-{i}", n, v, a.memory, settings, text, a.workload))
+          for n, v in topo for i, (label, settings) in enumerate(coh)]
+    vm_runs = {k: [] for k in range(len(vm))}
+    ref_line = None
+    for rep in range(a.reps):
+        for th in threads:
             args = [os.path.join(TOOLS, "wordcount-ref"), "--threads", str(th), text]
             if a.workload == "invindex":
                 args.insert(1, "--invindex")
@@ -190,73 +202,75 @@ def bench(a, coh, topo, tmp):
             ref_line = ref_line or out.strip()
             if out.strip() != ref_line:
                 sys.exit(f"wordcount-ref with {th} threads printed a different line:\n{out}\n{ref_line}")
-            times.append(float(m.group(1)))
-        native[th] = times
-        report["native"][th] = times
+            native[th].append(float(m.group(1)))
+        for k, (n, v, label, settings, cfg) in enumerate(vm):
+            rc, out, err, wall = run([a.giantvm, "up", cfg, "--timeout", "600"], 700)
+            res = guest_line(out, "RESULT ")
+            dl = next((re.sub(r"^\[node \d+\] ", "", l) for l in out.splitlines() if " DATA " in l or l.startswith("DATA ")), None)
+            if rc == 0 and res is not None and dl == ref_line:
+                j = json.loads(res)
+                vm_runs[k].append({"job_ms": j["job_us"] / 1000, "wall_s": wall, "stats": node_stats(out), "result": j})
+                continue
+            why = failure(rc, out, err)
+            if rc == 0 and dl != ref_line:
+                why = f"guest DATA line differs from the reference: {dl}"
+            print(f"  {n}x{v} {label}: run failed (status {rc}): {why[:300]}", flush=True)
+            vm_runs[k].append(None)
+    report["native"] = native
     print(f"reference: {ref_line[:160]}...")
     print()
     hdr = f"{'case':<14}{'settings':<22}{'job ms':<22}{'x native':<10}{'wall s':<8}per-node DSM stats of the median run"
     print(hdr)
     print("-" * len(hdr))
-    for th in sorted(native):
+    for th in threads:
         print(f"{'native ' + str(th) + 't':<14}{'-':<22}{spread(native[th]):<22}{'1.00':<10}{'-':<8}")
-    for n, v in topo:
-        for label, settings in coh:
-            cfg = config(tmp, f"data{n}x{v}", n, v, a.memory, settings, text, a.workload)
-            runs = []
-            for _ in range(a.reps):
-                rc, out, err, wall = run([a.giantvm, "up", cfg, "--timeout", "600"], 700)
-                res = guest_line(out, "RESULT ")
-                dl = next((re.sub(r"^\[node \d+\] ", "", l) for l in out.splitlines() if " DATA " in l or l.startswith("DATA ")), None)
-                ok = rc == 0 and res is not None and dl == ref_line
-                if not ok:
-                    why = failure(rc, out, err)
-                    if rc == 0 and dl != ref_line:
-                        why = f"guest DATA line differs from the reference: {dl}"
-                    print(f"  {n}x{v} {label}: run failed (status {rc}): {why[:300]}", flush=True)
-                    runs.append(None)
-                    continue
-                j = json.loads(res)
-                runs.append({"job_ms": j["job_us"] / 1000, "wall_s": wall, "stats": node_stats(out), "result": j})
-            good = [r for r in runs if r]
-            jobs = [r["job_ms"] for r in good]
-            ratio = med(jobs) / med(native[n * v]) if jobs else float("nan")
-            stats = ""
-            if good:
-                mid = sorted(good, key=lambda r: r["job_ms"])[len(good) // 2]
-                stats = "; ".join(f"n{k}: rm={s.get('read_miss', 0)} wm={s.get('write_miss', 0)} sent={s.get('pages_sent', 0)} "
-                                  f"p50={s.get('fault_p50_us', 0)}us" for k, s in sorted(mid["stats"].items()))
-            walls = [r["wall_s"] for r in good]
-            print(f"{f'{n}x{v}':<14}{label:<22}{spread(jobs):<22}{ratio:<10.2f}{med(walls) if walls else float('nan'):<8.1f}{stats}", flush=True)
-            report["vm"].append({"topology": f"{n}x{v}", "coherence": label, "settings": settings, "runs": runs,
-                                 "job_ms_median": med(jobs) if jobs else None, "ratio_to_native": ratio if jobs else None})
+    for k, (n, v, label, settings, _) in enumerate(vm):
+        runs = vm_runs[k]
+        good = [r for r in runs if r]
+        jobs = [r["job_ms"] for r in good]
+        ratio = med(jobs) / med(native[n * v]) if jobs else float("nan")
+        stats = ""
+        if good:
+            mid = sorted(good, key=lambda r: r["job_ms"])[len(good) // 2]
+            stats = "; ".join(f"n{i}: rm={s.get('read_miss', 0)} wm={s.get('write_miss', 0)} sent={s.get('pages_sent', 0)} "
+                              f"p50={s.get('fault_p50_us', 0)}us" for i, s in sorted(mid["stats"].items()))
+        walls = [r["wall_s"] for r in good]
+        print(f"{f'{n}x{v}':<14}{label:<22}{spread(jobs):<22}{ratio:<10.2f}{med(walls) if walls else float('nan'):<8.1f}{stats}", flush=True)
+        report["vm"].append({"topology": f"{n}x{v}", "coherence": label, "settings": settings, "runs": runs,
+                             "job_ms_median": med(jobs) if jobs else None, "ratio_to_native": ratio if jobs else None})
+    if a.no_seqread:
+        targets(report, [])
+        return report
+    return seqread(a, coh, tmp, report)
 
-    # Sequential remote read beside the transport's bandwidth between the same two nodes.
+
+def seqread(a, coh, tmp, report):
+    """The sequential remote read beside the transport's bandwidth between the same two nodes."""
     print()
-    cfg = config(tmp, "seq2x1", 2, 1, a.memory, "{}", None, "hello")
-    bw = []
-    for _ in range(a.reps):
-        rc, out, err, _ = run([a.giantvm, "net-bench", cfg, "--megabytes", "64", "--round-trips", "200"], 300)
+    bench_cfg = config(tmp, "seq2x1", 2, 1, a.memory, "{}", None, "hello")
+    seq_cfgs = [config(tmp, f"seq2x1-{i}", 2, 1, a.memory, settings, None, f"seqread total={a.seqread_mib}")
+                for i, (_, settings) in enumerate(coh)]
+    bw, pps, mibs = [], [[] for _ in coh], [[] for _ in coh]
+    for rep in range(a.reps):
+        rc, out, err, _ = run([a.giantvm, "net-bench", bench_cfg, "--megabytes", "64", "--round-trips", "200"], 300)
         m = re.search(r"node 0 -> 1\s+bandwidth ([\d.]+) MiB/s", out + err)
         if m:
             bw.append(float(m.group(1)))
-    print(f"{'seqread 2x1':<14}{'transport':<22}{'-':<22}{'-':<10}{'-':<8}net-bench node 0 -> 1: {spread(bw, '{:.1f}')} MiB/s")
-    report["transport_mib_s"] = bw
-    for label, settings in coh:
-        cfg = config(tmp, "seq2x1", 2, 1, a.memory, settings, None, f"seqread total={a.seqread_mib}")
-        pps, mibs = [], []
-        for _ in range(a.reps):
-            rc, out, err, _ = run([a.giantvm, "up", cfg, "--timeout", "300"], 400)
+        for i, (label, _) in enumerate(coh):
+            rc, out, err, _ = run([a.giantvm, "up", seq_cfgs[i], "--timeout", "300"], 400)
             res = guest_line(out, "RESULT ")
             if rc != 0 or not res:
                 print(f"  seqread {label}: run failed (status {rc}): {failure(rc, out, err)[:300]}")
                 continue
             j = json.loads(res)
-            pps.append(j["pages_per_s"])
-            mibs.append(j["mib_s"])
-        frac = med(mibs) / med(bw) if mibs and bw else float("nan")
-        print(f"{'seqread 2x1':<14}{label:<22}{spread(pps) + ' pages/s':<32}{spread(mibs, '{:.1f}')} MiB/s = {frac:.2f} of the transport")
-        report["seqread"].append({"coherence": label, "settings": settings, "pages_per_s": pps, "mib_s": mibs})
+            pps[i].append(j["pages_per_s"])
+            mibs[i].append(j["mib_s"])
+    print(f"{'seqread 2x1':<14}{'transport':<22}{'-':<22}{'-':<10}{'-':<8}net-bench node 0 -> 1: {spread(bw, '{:.1f}')} MiB/s")
+    report["transport_mib_s"] = bw
+    for i, (label, settings) in enumerate(coh):
+        frac = med(mibs[i]) / med(bw) if mibs[i] and bw else float("nan")
+        print(f"{'seqread 2x1':<14}{label:<22}{spread(pps[i]) + ' pages/s':<32}{spread(mibs[i], '{:.1f}')} MiB/s = {frac:.2f} of the transport")
+        report["seqread"].append({"coherence": label, "settings": settings, "pages_per_s": pps[i], "mib_s": mibs[i]})
     targets(report, bw)
     return report
 

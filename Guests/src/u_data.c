@@ -190,3 +190,45 @@ int w_seqread(u32 id)
     barrier_all(id);
     return ok;
 }
+
+/* modwrite: coherence of the module's pages after a write. Every vCPU reads
+ * word 1 of module pages 0-2; then the last vCPU (on the last node) writes
+ * page 1 and vCPU 0 writes page 2; after a barrier every vCPU must see both
+ * writes and page 0 unchanged. With replicated modules (every node starts with
+ * its own read copy) this is the write-invalidates-the-copies path. */
+int w_modwrite(u32 id)
+{
+    u32 n = g_info.vcpus, last = n - 1;
+    if (!g_info.nmods || g_info.mod_len[0] < 3 * PAGE) {
+        if (id) sys_idle();
+        fail("modwrite: give the VM a module of at least 3 pages (YAML guest.modules)");
+    }
+    volatile u64 *pg[3];
+    for (int k = 0; k < 3; k++) pg[k] = (volatile u64 *)(g_info.mod_start[0] + (u64)k * PAGE);
+    u64 before0 = pg[0][1];
+    (void)pg[1][1];
+    (void)pg[2][1];
+    barrier_all(id);
+    u64 mark1 = 0x5EED000000000001UL + ((u64)last << 8), mark2 = 0x5EED000000000002UL;
+    if (id == last) pg[1][1] = mark1;
+    if (id == 0) pg[2][1] = mark2;
+    barrier_all(id);
+    u64 bad = (pg[1][1] != mark1) + (pg[2][1] != mark2) + (pg[0][1] != before0);
+    g_ucpu[id].val[0] = bad;
+    barrier_all(id);
+    if (id) return 1;
+    u64 all = 0;
+    for (u32 v = 0; v < n; v++) all += g_ucpu[v].val[0];
+    char r[300];
+    struct buf j = BUF_INIT(r);
+    buf_char(&j, '{');
+    buf_kv_str(&j, "workload", "modwrite");
+    buf_kv_u64(&j, "vcpus", n);
+    buf_kv_u64(&j, "writer", last);
+    buf_kv_bool(&j, "cross_node", g_info.vcpu_node[last] != g_info.vcpu_node[0]);
+    buf_kv_u64(&j, "bad", all);
+    buf_kv_bool(&j, "ok", all == 0);
+    buf_char(&j, '}');
+    emit_result(&j);
+    return all == 0;
+}

@@ -15,7 +15,7 @@ static const struct workload {
     {"hello", w_hello}, {"ipi", w_ipi}, {"counter", w_counter}, {"litmus", w_litmus},
     {"memory", w_memory}, {"mutex", w_mutex}, {"cpu", w_cpu},
     {"fault", w_fault}, {"triplefault", w_triplefault},
-    {"wordcount", w_wordcount}, {"invindex", w_invindex}, {"seqread", w_seqread},   /* u_data.c */
+    {"wordcount", w_wordcount}, {"invindex", w_invindex}, {"seqread", w_seqread}, {"modwrite", w_modwrite},   /* u_data.c */
     {"pc", w_pc}, {"pcreset", w_pcreset}, {"pcoff", w_pcoff},
     {"cpuid", w_cpuid}, {"msrgp", w_msrgp},
     {"readfile", w_readfile}, {"disk-verify", w_disk_verify}, {"net-echo", w_net_echo}, {"virtio-hostile", w_virtio_hostile},
@@ -86,7 +86,7 @@ static const struct workload *parse(u32 id)
                 struct buf b = BUF_INIT(m);
                 buf_str(&b, "unknown workload '");
                 buf_str(&b, tok);
-                buf_str(&b, "' (expected hello, ipi, counter, litmus, memory, mutex, cpu, wordcount, invindex or seqread)");
+                buf_str(&b, "' (expected hello, ipi, counter, litmus, memory, mutex, cpu, wordcount, invindex, seqread or modwrite)");
                 buf_term(&b);
                 fail(m);
             }

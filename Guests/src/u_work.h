@@ -19,6 +19,7 @@ int w_triplefault(u32 id);
 int w_wordcount(u32 id);    /* u_data.c */
 int w_invindex(u32 id);
 int w_seqread(u32 id);
+int w_modwrite(u32 id);
 int w_pc(u32 id);        /* u_pc.c */
 int w_pcreset(u32 id);
 int w_pcoff(u32 id);

@@ -91,6 +91,43 @@ public final class CoherenceStack: @unchecked Sendable {
     /// The plugin's coherence-hint hook for devices (nil if it has none: hints are UNSUPPORTED).
     public var hintHook: ((_ kind: UInt32, _ gpa: UInt64, _ length: UInt64) -> Int32)? { instance.hintHook }
 
+    /// ABI 4: asks the plugin to start [gpa, gpa+length) (page aligned) as read copies on every
+    /// node (GVM_HINT_REPLICATED) and, when it accepts, installs the bytes `fill` writes in state
+    /// SHARED, 64 pages per copy. `fill(buffer, offset)` fills `buffer` with the range's bytes at
+    /// `offset` (the buffer's tail past the range's data is zeros). Returns false when the plugin
+    /// does not take the hint (no hint hook, or GVM_ERR_UNSUPPORTED): the caller then loads the
+    /// range on one node. Main thread, after `start`, before any vCPU runs on any node.
+    public func replicate(gpa: UInt64, length: UInt64,
+                          fill: (_ buffer: UnsafeMutableRawBufferPointer, _ offset: UInt64) throws -> Void) throws -> Bool {
+        let page = UInt64(guestPageSize)
+        guard length > 0, gpa % page == 0, length % page == 0 else {
+            throw AssemblyError("replicated range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)) is not page aligned")
+        }
+        guard let hint = hintHook else { return false }
+        let rc = hint(GVM_HINT_REPLICATED, gpa, length)
+        if rc == GVM_ERR_UNSUPPORTED.rawValue { return false }
+        guard rc == GVM_OK.rawValue else {
+            throw AssemblyError("coherence.plugin \(pluginName): refused the replicated range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)): \(String(cString: gvm_status_name(rc)))")
+        }
+        let chunkPages = GuestMemory.maxInstallBatch
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkPages * guestPageSize, alignment: guestPageSize)
+        defer { buffer.deallocate() }
+        var done: UInt64 = 0
+        while done < length {
+            let pages = Int(min((length - done) / page, UInt64(chunkPages)))
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(pages * guestPageSize)])
+            part.initializeMemory(as: UInt8.self, repeating: 0)
+            try fill(part, done)
+            let status = memory.installBatch((gpa + done) / page, count: pages, bytes: UnsafeRawPointer(part.baseAddress!),
+                                             state: GVM_PAGE_SHARED)
+            guard status == GVM_OK else {
+                throw AssemblyError("replicated range: installing guest pages at 0x\(String(gpa + done, radix: 16)) (\(pages) pages): \(String(cString: gvm_status_name(status.rawValue)))")
+            }
+            done += UInt64(pages) * page
+        }
+        return true
+    }
+
     /// Starts the plugin, then the fault handlers.
     public func start() throws {
         try instance.start()

@@ -1,8 +1,11 @@
 // The guest image of a config, read and recognised once: a GiantVM ELF64 (loaded by the VMM's
 // own 64-bit entry contract) or a firmware-booted image (multiboot, Linux) with its initrd, and
 // its `guest.modules`. Every node reads the image and checks the modules (so a bad path fails
-// everywhere at once); the BSP's node loads them, so the coherence protocol serves the modules'
-// pages to the other nodes like any page the BSP's node wrote.
+// everywhere at once). Modules of a GiantVM ELF64 image are replicated when the coherence plugin
+// takes GVM_HINT_REPLICATED (ABI 4): every node loads them into its own guest RAM before the
+// start-up barrier and their pages start as read copies everywhere (`replicateModules`);
+// otherwise the BSP's node loads them, and the protocol serves the modules' pages to the other
+// nodes like any page the BSP's node wrote.
 
 import Config
 import Firmware
@@ -92,25 +95,71 @@ public struct GuestImage {
         return p
     }
 
-    /// Loads the image (and the modules) into the machine's RAM and sets the boot vCPU's entry;
-    /// returns a summary.
-    public func load(into machine: Machine) throws -> String {
-        if let elf {
-            // Modules go page-aligned after the image's highest byte (bss included), one after the
-            // other, like a multiboot loader places them; the boot info lists them.
-            var next = Self.pageUp(elf.segments.map { $0.physicalAddress + $0.memorySize }.max() ?? BootLayout.imageMinimum)
-            var placed: [(start: UInt64, length: UInt64)] = []
-            for m in modules {
-                let ram = machine.ram.size
-                guard next <= ram, m.size <= ram - next else {
-                    throw AssemblyError("guest.modules: \(m.path) (\(m.size) bytes) does not fit in guest RAM at 0x\(String(next, radix: 16)) (RAM is \(ram) bytes): give the guest more memory")
+    /// Where the modules of a GiantVM ELF64 image go: page-aligned after the image's highest byte
+    /// (bss included), one after the other, like a multiboot loader places them (the boot info
+    /// lists them). Empty for firmware-booted images (their loader places the modules).
+    public func modulePlacement(ramSize ram: UInt64) throws -> [(start: UInt64, length: UInt64)] {
+        guard let elf else { return [] }
+        var next = Self.pageUp(elf.segments.map { $0.physicalAddress + $0.memorySize }.max() ?? BootLayout.imageMinimum)
+        var placed: [(start: UInt64, length: UInt64)] = []
+        for m in modules {
+            guard next <= ram, m.size <= ram - next else {
+                throw AssemblyError("guest.modules: \(m.path) (\(m.size) bytes) does not fit in guest RAM at 0x\(String(next, radix: 16)) (RAM is \(ram) bytes): give the guest more memory")
+            }
+            placed.append((next, m.size))
+            next = Self.pageUp(next + m.size)
+        }
+        return placed
+    }
+
+    /// Every node, before the start-up barrier (no vCPU runs anywhere yet): loads the modules of a
+    /// GiantVM ELF64 image into this node's own guest RAM as read copies replicated on every node,
+    /// when the coherence plugin takes GVM_HINT_REPLICATED (ABI 4). Returns false (nothing loaded:
+    /// `load` then copies them on the BSP's node) for firmware-booted images, no modules, or a
+    /// plugin that answers GVM_ERR_UNSUPPORTED. Each node reads the files itself.
+    public func replicateModules(_ stack: CoherenceStack, ramSize: UInt64) throws -> Bool {
+        let placed = try modulePlacement(ramSize: ramSize)
+        guard !placed.isEmpty, placed.count == modules.count else { return false }
+        for (i, m) in modules.enumerated() {
+            let fd = open(m.path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw AssemblyError("guest.modules: \(m.path): cannot open: \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            let size = m.size
+            let ok = try stack.replicate(gpa: placed[i].start, length: Self.pageUp(size)) { buf, offset in
+                guard offset < size else { return }
+                let n = Int(min(size - offset, UInt64(buf.count)))
+                var filled = 0
+                while filled < n {
+                    let r = pread(fd, buf.baseAddress! + filled, n - filled, off_t(offset) + off_t(filled))
+                    if r < 0 && errno == EINTR { continue }
+                    if r <= 0 { break }
+                    filled += r
                 }
-                try Self.copy(m.path, size: m.size, into: machine.ram, at: next)
-                placed.append((next, m.size))
-                next = Self.pageUp(next + m.size)
+                guard filled == n else {
+                    throw AssemblyError("guest.modules: \(m.path): read \(offset + UInt64(filled)) of \(size) bytes (the file shrank or could not be read while loading)")
+                }
+            }
+            if !ok {
+                guard i == 0 else {
+                    throw AssemblyError("guest.modules: the coherence plugin took module 0 as a replicated range but not module \(i) (\(m.path))")
+                }
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Loads the image (and the modules, unless `replicateModules` already put them in every
+    /// node's RAM) into the machine's RAM and sets the boot vCPU's entry; returns a summary.
+    public func load(into machine: Machine, modulesReplicated: Bool = false) throws -> String {
+        if let elf {
+            let placed = try modulePlacement(ramSize: machine.ram.size)
+            if !modulesReplicated {
+                for (m, p) in zip(modules, placed) { try Self.copy(m.path, size: m.size, into: machine.ram, at: p.start) }
             }
             try machine.load(image: elf, modules: placed)
             return "GiantVM 64-bit entry 0x\(String(elf.entry, radix: 16))"
+                + (modulesReplicated && !placed.isEmpty ? ", modules replicated on every node" : "")
                 + placed.enumerated().map { ", module \($0.offset) at 0x\(String($0.element.start, radix: 16))+\($0.element.length)" }.joined()
         }
         guard var firmwareBoot else { return "nothing to load" }

@@ -11,8 +11,9 @@
 //   3. the machine, then this node's devices (YAML `node:`), from their plugins;
 //   4. the distributed components register their message types;
 //   5. coherence start, node start (meets every peer), device maps exchanged, time aligned,
-//      READY barrier;
-//   6. the BSP's node loads the image;
+//      every node loads the modules as replicated read copies when the protocol takes
+//      GVM_HINT_REPLICATED (ABI 4; not on a one-node VM), READY barrier;
+//   6. the BSP's node loads the image (and the modules, unless replicated);
 //   7. every node runs its vCPUs until the guest exits, a vCPU fails, or the cluster stops: the
 //      first cause stops every node (`StopCause`).
 //
@@ -29,6 +30,7 @@ import GuestMemory
 import Logging
 import Machine
 import Metrics
+import PluginAPI
 import PluginHost
 import Synchronization
 import Telemetry
@@ -91,6 +93,8 @@ public final class VMNode: @unchecked Sendable {
     private let loopback: InMemoryNetwork?
     /// The live metrics endpoint (YAML `metrics:`), from `startUp` to `shutdown`.
     private var metricsServer: MetricsServer?
+    /// Whether `startUp` loaded the modules on every node as replicated read copies (ABI 4).
+    public private(set) var modulesReplicated = false
 
     /// Assembles node `id` of `cfg` (nothing runs yet). Errors name the file, field, node and cause.
     public init(config cfg: ClusterConfig, id: UInt32, loader: PluginLoader, logger: Logger, options: VMOptions = VMOptions(),
@@ -170,7 +174,7 @@ public final class VMNode: @unchecked Sendable {
         let m: Machine
         // Multiple-writer protocols flush at the VMM's synchronisation points.
         do { m = try Machine(config: mc, ram: ram, remote: cpu, fence: coherence?.fenceHook,
-                                      coherenceHint: coherence?.hintHook, logger: logger) } catch {
+                                      coherenceHint: Self.guestHints(coherence?.hintHook), logger: logger) } catch {
             throw AssemblyError("node \(id): cannot create the VM: \(error)")
         }
         cpu?.attach(m)
@@ -239,6 +243,13 @@ public final class VMNode: @unchecked Sendable {
         }
     }
 
+    /// The plugin's hint hook as devices (the guest) may use it: GVM_HINT_REPLICATED is the
+    /// host's own, at start-up only, so a device passing it gets GVM_ERR_INVALID.
+    static func guestHints(_ hook: ((UInt32, UInt64, UInt64) -> Int32)?) -> ((UInt32, UInt64, UInt64) -> Int32)? {
+        guard let hook else { return nil }
+        return { kind, gpa, length in kind == GVM_HINT_REPLICATED ? GVM_ERR_INVALID.rawValue : hook(kind, gpa, length) }
+    }
+
     /// Stops this node's VM for `cause` (any thread). The first cause wins; the cluster hears it.
     public func stop(_ cause: StopCause) {
         let first = localCause.withLock { c -> Bool in
@@ -282,14 +293,33 @@ public final class VMNode: @unchecked Sendable {
             if id != 0 && options.timeSync && !machine.localClocks.isEmpty {   // a device-only node has no TSC to set
                 say(timeLine(try clock.sync(leader: 0, timeout: max(5, config.timeouts.failure * 2))))
             }
+            modulesReplicated = try replicateModules()
             try barrier.arriveAndWait(timeout: config.timeouts.connect)
             placement?.start()
+        } else {
+            modulesReplicated = try replicateModules()
         }
         if machine.config.localVCPUs.contains(0) {
-            let summary = try image.load(into: machine)
+            let summary = try image.load(into: machine, modulesReplicated: modulesReplicated)
             logger.info("loaded \(image.path): \(summary)")
         }
         if options.consoleInput { startConsoleInput() }
+    }
+
+    /// Every node, before the start-up barrier: the modules as read copies in this node's own RAM
+    /// when the coherence plugin takes GVM_HINT_REPLICATED (GuestImage.replicateModules). Not on
+    /// a one-node VM: nothing to replicate to, and on this host a read-only (write-protected)
+    /// page costs the guest more on its first access than the writable pages the BSP's loader
+    /// leaves (docs/performance.md).
+    private func replicateModules() throws -> Bool {
+        guard let coherence, !image.modules.isEmpty, config.nodes.count > 1 else { return false }
+        let t0 = monotonicNanoseconds()
+        let done = try image.replicateModules(coherence, ramSize: machine.ram.size)
+        if done {
+            let bytes = image.modules.reduce(UInt64(0)) { $0 + $1.size }
+            logger.info("guest.modules: \(image.modules.count) module(s), \(bytes) bytes, loaded on this node as read copies replicated on every node (\(String(format: "%.1f", Double(monotonicNanoseconds() - t0) / 1e6)) ms)")
+        }
+        return done
     }
 
     private func timeLine(_ r: ClockAligner.Result) -> String {

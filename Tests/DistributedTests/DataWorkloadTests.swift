@@ -38,9 +38,16 @@ final class DataWorkloadTests: XCTestCase {
     }
 
     /// A VM of `vcpus[i]` vCPUs on node i with the text as module 0.
-    func config(port: Int, vcpus: [Int], memory: String = "128MiB", cmdline: String, modules: [String]? = nil) -> String {
+    /// `replicated`: dsm-ivy's `replicated: on` spelled out (the default: the modules start as
+    /// read copies on every node).
+    func config(port: Int, vcpus: [Int], memory: String = "128MiB", cmdline: String, modules: [String]? = nil,
+                replicated: Bool = false) -> String {
         let base = vmConfig(port: port, vcpus: vcpus, memory: memory, cmdline: cmdline)
         var text = try! String(contentsOfFile: base, encoding: .utf8)
+        if replicated {
+            precondition(text.contains("coherence: {plugin: dsm-ivy}"), text)
+            text = text.replacingOccurrences(of: "coherence: {plugin: dsm-ivy}", with: "coherence: {plugin: dsm-ivy, settings: {replicated: on}}")
+        }
         let mods = (modules ?? [Self.text!]).map { "\"\($0)\"" }.joined(separator: ", ")
         text += "\n  modules: [\(mods)]\n"
         FileManager.default.createFile(atPath: base, contents: Data(text.utf8))
@@ -51,16 +58,30 @@ final class DataWorkloadTests: XCTestCase {
         lines(r.stdout, "[node 0] ").filter { $0.hasPrefix(prefix) }
     }
 
-    func assertMatches(_ workload: String, vcpus: [Int], port: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+    @discardableResult
+    func assertMatches(_ workload: String, vcpus: [Int], port: Int, replicated: Bool = false,
+                       file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
         let total = vcpus.reduce(0, +)
         let want = try reference(workload, threads: total)
-        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: workload), "--timeout", "60"], timeout: 90)
+        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: workload, replicated: replicated), "--timeout", "60"], timeout: 90)
         XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
         XCTAssertEqual(guestLines(r, "DATA "), [want], "\(vcpus.count) node(s) x \(vcpus) vCPUs: \(r.output)", file: file, line: line)
         let result = guestLines(r, "RESULT ")
         XCTAssertEqual(result.count, 1, r.output, file: file, line: line)
         XCTAssertTrue(result.first?.contains("\"workload\":\"\(workload)\",\"vcpus\":\(total),\"bytes\":3145728,") ?? false, "\(result)", file: file, line: line)
         XCTAssertTrue(result.first?.hasSuffix("\"ok\":true}") ?? false, "\(result)", file: file, line: line)
+        return r
+    }
+
+    /// The text is replicated on every node (ABI 4, GVM_HINT_REPLICATED): node 1 reads its half
+    /// (384 of the 3 MiB text's 768 pages) from its own copy, so node 0 sends far fewer pages than
+    /// that (what remains: the guest's code, tables and the exports node 1 merges, ~100 pages).
+    /// With `replicated: off` node 0 sends the half too.
+    func assertTextNotPulled(_ r: ProcessResult, file: StaticString = #filePath, line: UInt = #line) {
+        let sent = stat(r.stdout, node: 0, "pages_sent")
+        XCTAssertNotNil(sent, r.output, file: file, line: line)
+        XCTAssertLessThan(sent ?? .max, 300, "node 0 sent node 1 the replicated text: \(r.output)", file: file, line: line)
+        XCTAssertLessThan(stat(r.stdout, node: 1, "read_miss") ?? .max, 100, r.output, file: file, line: line)
     }
 
     /// The reference itself does not depend on its thread count (slices, merge by partition).
@@ -73,11 +94,48 @@ final class DataWorkloadTests: XCTestCase {
     }
 
     func testWordcountOneNodeTwoVCPUs() throws { try assertMatches("wordcount", vcpus: [2], port: 20800) }
-    func testWordcountTwoNodesOneVCPU() throws { try assertMatches("wordcount", vcpus: [1, 1], port: 20802) }
-    func testWordcountTwoNodesTwoVCPUs() throws { try assertMatches("wordcount", vcpus: [2, 2], port: 20804) }
+    func testWordcountTwoNodesOneVCPU() throws {
+        assertTextNotPulled(try assertMatches("wordcount", vcpus: [1, 1], port: 20802, replicated: true))
+    }
+    func testWordcountTwoNodesTwoVCPUs() throws {
+        assertTextNotPulled(try assertMatches("wordcount", vcpus: [2, 2], port: 20804, replicated: true))
+    }
+    /// `replicated: off` (dsm-ivy): the BSP's node loads the text and node 1 pulls its half
+    /// through the DSM, as before ABI 4; the result is the same.
+    func testWordcountTwoNodesWithoutReplication() throws {
+        let want = try reference("wordcount", threads: 2)
+        let path = config(port: 20896, vcpus: [1, 1], cmdline: "wordcount")
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = text.replacingOccurrences(of: "plugin: dsm-ivy}", with: "plugin: dsm-ivy, settings: {replicated: off}}")
+        XCTAssertTrue(text.contains("replicated: off"), text)
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        let r = try giantvm(["up", path, "--timeout", "60"], timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertEqual(guestLines(r, "DATA "), [want], r.output)
+        XCTAssertGreaterThanOrEqual(stat(r.stdout, node: 0, "pages_sent") ?? 0, 384, "node 1 pulled its half of the text: \(r.output)")
+    }
+
     func testInvindexOneNodeTwoVCPUs() throws { try assertMatches("invindex", vcpus: [2], port: 20806) }
     func testInvindexTwoNodesOneVCPU() throws { try assertMatches("invindex", vcpus: [1, 1], port: 20808) }
     func testInvindexTwoNodesTwoVCPUs() throws { try assertMatches("invindex", vcpus: [2, 2], port: 20810) }
+
+    /// A guest write to a replicated module page on one node is seen by every other node: the
+    /// last vCPU (node 1) writes module page 1, vCPU 0 (node 0) page 2; after a barrier every vCPU
+    /// checks both and that page 0 is unchanged (`modwrite`, Guests/src/u_data.c).
+    func assertModuleWriteCoherent(vcpus: [Int], port: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: "modwrite", replicated: true), "--timeout", "60"], timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
+        let total = vcpus.reduce(0, +)
+        XCTAssertEqual(guestLines(r, "RESULT "),
+                       [#"RESULT {"workload":"modwrite","vcpus":\#(total),"writer":\#(total - 1),"cross_node":true,"bad":0,"ok":true}"#],
+                       r.output, file: file, line: line)
+        // The writes invalidated the other nodes' read copies.
+        let inv = (0..<vcpus.count).reduce(0) { $0 + (stat(r.stdout, node: $1, "invalidations_sent") ?? 0) }
+        XCTAssertGreaterThanOrEqual(inv, 2, r.output, file: file, line: line)
+    }
+
+    func testModuleWriteIsSeenAcrossTwoNodes() throws { try assertModuleWriteCoherent(vcpus: [1, 1], port: 20892) }
+    func testModuleWriteIsSeenAcrossTwoNodesTwoVCPUs() throws { try assertModuleWriteCoherent(vcpus: [2, 2], port: 20894) }
 
     /// Through the guest's multiboot entry (`guest.protocol: multiboot`): the firmware loader places
     /// the module and lists it in the multiboot information's mods list; the guest's 32-bit entry

@@ -23,6 +23,8 @@ public final class IvyPlugin: CoherencePlugin {
                     "after a fault is resolved, forwards and invalidations for that page wait this long so woken threads use it (0 to 1s; 0 = no hold)"),
         SettingInfo("read_ahead", default: "16",
                     "pages requested ahead of a sequential or strided read stream, batched per manager and owner (0 = off, up to 64)"),
+        SettingInfo("replicated", default: "on",
+                    "on: guest.modules every node loads itself start as read copies on every node (ABI 4 GVM_HINT_REPLICATED); off: the boot node loads them and the others fault them in"),
         SettingInfo("request_timeout", default: "10s",
                     "a page request unanswered this long stops the cluster naming request, page and peer (0 = off, or 1ms to 1h)"),
         SettingInfo("send_wait", default: "5s",
@@ -48,6 +50,18 @@ public final class IvyPlugin: CoherencePlugin {
 
     public func receive(from src: UInt32, message: UnsafeRawBufferPointer) {
         node.receive(from: src, bytes: message)
+    }
+
+    /// Hints (ABI 4): GVM_HINT_REPLICATED only (Replicated.swift); every page is sequentially
+    /// consistent already, so fences and class changes are UNSUPPORTED.
+    public static var handlesHints: Bool { true }
+    public func hint(kind: UInt32, gpa: UInt64, length: UInt64) -> PageStatus {
+        guard kind == GVM_HINT_REPLICATED else { return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) }
+        guard let pages = IvyNode.pageRange(gpa: gpa, length: length, pageCount: node.pageCount) else {
+            node.services.log(.warning, "replicated range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)) is not page aligned inside guest memory")
+            return .invalid
+        }
+        return node.replicate(pages)
     }
 
     public func pageUnpinned(gfn: UInt64) { node.pageUnpinned(gfn: gfn) }

@@ -53,8 +53,12 @@ public struct IvyConfig: Sendable, Equatable {
     /// `read_ahead`: pages requested ahead of a sequential or strided read stream, 0 (off) to
     /// IvyWire.maxBatch. See ReadAhead.swift.
     public var readAhead: Int = 16
+    /// `replicated`: accept GVM_HINT_REPLICATED (on, the default: modules every node loads start
+    /// as read copies everywhere) or answer UNSUPPORTED (off: the boot node loads them and the
+    /// others fault them in, as before ABI 4). See Replicated.swift and docs/performance.md.
+    public var replicated = true
 
-    public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead"] + livenessSettingKeys
+    public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead", "replicated"] + livenessSettingKeys
 
     /// `manager_chunk`: "auto" (default: contiguous ranges, one per node) or a size that is a
     /// multiple of 4 KiB ("4KiB", "64KiB", "2MiB", "8192"): interleave chunks over the nodes.
@@ -94,6 +98,11 @@ public struct IvyConfig: Sendable, Equatable {
                 throw PluginError("setting 'read_ahead': '\(r)' is not a page count from 0 (off) to \(IvyWire.maxBatch)")
             }
             config.readAhead = n
+        }
+        switch settings["replicated"]?.trimmingSpaces ?? "on" {
+        case "on": config.replicated = true
+        case "off": config.replicated = false
+        case let v: throw PluginError("setting 'replicated': '\(v)' is not on or off")
         }
         return config
     }

@@ -4,7 +4,9 @@
 // after the last fault of a stream (or, for a stride d with 1 < |d| <= maxStride, the same stride
 // twice in a row) confirms a sequential or strided stream. From then on every fault of the stream
 // (a miss at the end of what was requested, or a wait on a page still in flight) asks for the
-// pages up to `read_ahead` strides past it that this node does not hold.
+// pages up to `read_ahead` strides past it that this node does not hold. A stream whose reader
+// misses one stride past everything requested (it used the whole window before asking for more)
+// doubles its window, up to ReadAheadDetector.growth times `read_ahead`.
 //
 // How a prefetch runs, and why the Ivy invariants stay exact: each prefetched page takes the
 // table's own read miss, (I, Load) -> IS_D [r_startReadMiss, r_sendGetS], exactly as a local
@@ -46,9 +48,12 @@ public struct ReadAheadDetector: Sendable {
         var ahead: UInt64         // the furthest page requested along the stride (= last when none)
         var pending: [UInt64]     // pages requested ahead and not yet passed, in stride order
         var tick: UInt64
+        var window = 0            // pages to keep requested ahead (grows, see `advance`)
     }
 
     public let window: Int
+    /// The most a stream's window grows to: `growth` times `window`.
+    public static let growth = 4
     var streams: [Stream] = []
     var tick: UInt64 = 0
 
@@ -87,6 +92,7 @@ public struct ReadAheadDetector: Sendable {
                 streams[i].confirmed = true
                 streams[i].ahead = streams[i].last
                 streams[i].pending = []
+                streams[i].window = window
                 return advance(i, gfn, pageCount)
             }
             streams[i].stride = d
@@ -119,6 +125,11 @@ public struct ReadAheadDetector: Sendable {
         var s = streams[i]
         let d = s.stride, g = Int64(gfn)
         var out = Decision(stride: d)
+        // A miss one stride past everything requested: the reader used the whole window before
+        // the next fault asked for more, so each window costs it a round trip. Double the window
+        // (up to `growth` times the setting): fewer round trips per page on a long stream.
+        if s.window == 0 { s.window = window }
+        if s.ahead != s.last, g - Int64(s.ahead) == d { s.window = min(s.window * 2, window * Self.growth) }
         // Pages requested ahead that lie before this fault along the stride were passed over.
         let sign: Int64 = d > 0 ? 1 : -1
         let cut = s.pending.firstIndex { (Int64($0) - g) * sign >= 0 } ?? s.pending.count
@@ -127,7 +138,7 @@ public struct ReadAheadDetector: Sendable {
         if s.pending.first == gfn { s.pending.removeFirst() }
         // Request up to `window` strides past this fault, beyond what was requested already.
         var next = max((Int64(s.ahead) - g) / d, 0) + 1
-        while next <= Int64(window) {
+        while next <= Int64(s.window) {
             let p = g + next * d
             guard p >= 0, p < Int64(pageCount) else { break }
             out.fetch.append(UInt64(p))
@@ -226,7 +237,12 @@ extension IvyNode {
         guard !failed else { return }
         for (key, list) in gathered.sorted(by: { ($0.key.owner, $0.value[0].gfn) < ($1.key.owner, $1.value[0].gfn) }) {
             if key.owner == selfID {
-                for e in list { localQueue.append(Message(type: .fwdGetS, hops: key.hops, node: key.requester, gfn: e.gfn, txn: e.txn)) }
+                // The manager owns the pages itself (the usual case: pages start at their manager):
+                // the same forward batch through the local queue, so the read copies still leave
+                // as DataBatch messages (one per frame budget, not one message per page).
+                var f = Message(type: .fwdGetSBatch, hops: key.hops, node: key.requester, gfn: list[0].gfn)
+                f.entries = list.map { BatchEntry(gfn: $0.gfn, txn: $0.txn) }
+                localQueue.append(f)
                 continue
             }
             var start = 0

@@ -13,6 +13,7 @@
 //   ivy.refusals                       forwards refused (Nack) by a node that no longer owns
 //   ivy.rx_malformed                   messages that failed to decode (the node then stops)
 //   ivy.zero_pages_sent                pages handed over as "zero" without data (part of dsm.page.sent_nodata)
+//   ivy.replicated                     pages started as read copies on every node (GVM_HINT_REPLICATED)
 //
 // Each handle is a closure from ProtocolServices so the same code counts through the host's C
 // table and in tests. Events that are both standard and Ivy-specific update both names here, so
@@ -30,7 +31,7 @@ final class IvyStats {
     let msgCount: [(UInt64) -> Void]   // indexed by type raw value
     let msgBytes: [(UInt64) -> Void]
     let coalesced, stale, pagesSent, zeroPagesSent, pinDeferred, stalled, invalidationsSent,
-        upgradeLostCopy, upgradeRefetch, managerQueued, refusals, localFaults, malformed, held: (UInt64) -> Void
+        upgradeLostCopy, upgradeRefetch, managerQueued, refusals, localFaults, malformed, held, replicated: (UInt64) -> Void
     private let messagesReceived, bytesReceived, invalidationsReceived: (UInt64) -> Void
 
     init(_ s: ProtocolServices) {
@@ -81,6 +82,7 @@ final class IvyStats {
         refusals = s.makeCounter("ivy.refusals")
         malformed = s.makeCounter("ivy.rx_malformed")
         held = s.makeCounter("ivy.held")
+        replicated = s.makeCounter("ivy.replicated")
     }
 
     /// A well-formed message of `type` arrived (`bytes` long).

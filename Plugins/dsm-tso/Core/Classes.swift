@@ -354,3 +354,22 @@ extension TSONode {
         if changed && !(toMw && config.startSc) { (toMw ? stats.toMw : stats.toSc)(1) }
     }
 }
+
+extension TSONode {
+    // MARK: - replicated ranges (ABI 4)
+
+    /// GVM_HINT_REPLICATED: a range every node loaded itself starts as dsm-ivy read copies
+    /// everywhere (IvyCore Replicated.swift). Only for sc pages: a range touching a relaxed range
+    /// (whose class comes from the settings, the same on every node) is GVM_ERR_UNSUPPORTED, and
+    /// the host then loads it on one node as before.
+    public func replicate(_ pages: Range<UInt64>) -> PageStatus {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        guard !failed else { return .closed }
+        for g in pages where relaxed[Int(g)] != PageClass.sc {
+            services.log(.info, "node \(selfID): replicated range gfn \(pages.lowerBound)..<\(pages.upperBound) overlaps relaxed page \(g): loaded on one node instead")
+            return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+        }
+        return ivy.replicate(pages)
+    }
+}

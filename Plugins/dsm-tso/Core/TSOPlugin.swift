@@ -64,6 +64,9 @@ public final class TSOPlugin: CoherencePlugin {
                 return .invalid
             }
             return node.setClass((gpa / page)..<((gpa + length) / page), relaxed: kind == GVM_HINT_RELAXED)
+        case GVM_HINT_REPLICATED:   // ABI 4: sc pages only (dsm-ivy's initial read copies)
+            guard let pages = IvyNode.pageRange(gpa: gpa, length: length, pageCount: node.pageCount) else { return .invalid }
+            return node.replicate(pages)
         default:
             return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
         }

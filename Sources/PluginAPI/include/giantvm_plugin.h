@@ -44,6 +44,9 @@
  * ABI 4 — node evacuation: gvm_coherence_ops ends with the OPTIONAL drain hook (hand every page a
  * leaving node owns or holds, and the manager role of the pages it manages, to another node;
  * gvm_drain_report says what moved); a protocol without it cannot let a node leave.
+ * Also ABI 4 — GVM_HINT_REPLICATED: the host tells the protocol, at start-up before any vCPU runs, that
+ * every node holds identical read-only content for a range (a module every node loaded from its own
+ * file): the pages start SHARED everywhere, a write invalidates as usual (gvm_coherence_ops.hint).
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -514,7 +517,8 @@ typedef struct gvm_coherence_ops {
      *  (a kind this protocol does not take), GVM_ERR_INVALID (a range outside guest memory or
      *  not page aligned) or GVM_ERR_STATE (a change the protocol cannot make now, logged). NULL:
      *  every hint is GVM_ERR_UNSUPPORTED (invalidation protocols: every page is sequentially
-     *  consistent, and the host's fences are enough). */
+     *  consistent, and the host's fences are enough). ABI 4: the host itself passes
+     *  GVM_HINT_REPLICATED at start-up (main thread, before any vCPU runs; see its definition). */
     int (*hint)(void *coherence, uint32_t kind, uint64_t gpa, uint64_t length);
 
     /* --- ABI 4 (appended: the host checks `size` covers it before use) */
@@ -550,6 +554,22 @@ typedef struct gvm_coherence_ops {
 #define GVM_HINT_RELAXED 2u   /* [gpa, gpa+length) holds only data whose synchronisation the host
                                  sees (locks and flags elsewhere): it may use a weaker protocol */
 #define GVM_HINT_SC 3u        /* [gpa, gpa+length) is sequentially consistent again */
+/** ABI 4. [gpa, gpa+length) (page aligned) holds the same bytes on every node: the host loaded them
+ *  into each node's guest RAM itself (a guest.modules file every node can read) and installs them
+ *  SHARED (present, write-protected) on every node right after the protocol accepts. Passed by the
+ *  host only — never by a device (the host refuses it from gvm_device_host.coherence_hint with
+ *  GVM_ERR_INVALID) — on EVERY node with the same range, on the main thread after start() and
+ *  before any vCPU runs or any peer may fault on the range (before the start-up barrier).
+ *  The protocol makes each page's initial state "read-only copy on every node": e.g. its usual
+ *  initial owner keeps ownership with a read-only copy and a copyset of all other nodes, every
+ *  other node holds a read-only copy; a later write invalidates the other copies normally, so
+ *  coherence holds. It applies the state locally, without messages (every node gets the same
+ *  call). Returns GVM_OK (the host installs the bytes SHARED), GVM_ERR_STATE (a page of the
+ *  range was already touched: nothing changed), GVM_ERR_INVALID (range) or GVM_ERR_UNSUPPORTED:
+ *  the host then loads the range on the boot vCPU's node only, as before ABI 4, and the other
+ *  nodes fault its pages in through the protocol. A plugin that accepts must accept on every
+ *  node or on none (the answer may depend only on its settings and the range). */
+#define GVM_HINT_REPLICATED 4u
 
 /* ---------------------------------------------------------------------------------------------
  * Standard statistics
