@@ -17,11 +17,17 @@ final class EvacuationProcessTests: XCTestCase {
     }
 
     /// A config of `vcpus` nodes with a metrics (and control) listener at `metricsPort + id`.
+    /// `extraDevice`: one more device line (YAML flow map) after the config's.
     func config(port: Int, metricsPort: Int, vcpus: [Int], cmdline: String, uartNode: Int = 0,
-                coherence: String = "dsm-ivy") throws -> String {
+                coherence: String = "dsm-ivy", extraDevice: String? = nil) throws -> String {
         let cfg = vmConfig(port: port, vcpus: vcpus, cmdline: cmdline, uartNode: uartNode)
         var text = try String(contentsOfFile: cfg, encoding: .utf8) + "\nmetrics: {address: 127.0.0.1, port: \(metricsPort)}\n"
         text = text.replacingOccurrences(of: "coherence: {plugin: dsm-ivy}", with: "coherence: {plugin: \(coherence)}")
+        if let extraDevice {
+            let results = "  - {name: results, model: results, node: 0, base: 0xe0}\n"
+            XCTAssertTrue(text.contains(results))
+            text = text.replacingOccurrences(of: results, with: results + "  - \(extraDevice)\n")
+        }
         try text.write(toFile: cfg, atomically: true, encoding: .utf8)
         return cfg
     }
@@ -33,10 +39,13 @@ final class EvacuationProcessTests: XCTestCase {
     }
 
     /// Runs the VM with `giantvm up`, evacuates `node` once the workload runs, waits for the VM.
+    /// `resultNode`: the node whose console prints the guest's RESULT line (the UART's home at
+    /// the end: `uartNode` unless the UART moved).
     func evacuateMidRun(port: Int, metricsPort: Int, vcpus: [Int], cmdline: String, node: Int, timeout: Int = 90,
-                        uartNode: Int = 0, coherence: String = "dsm-ivy") throws -> Evacuated {
+                        uartNode: Int = 0, resultNode: Int? = nil, coherence: String = "dsm-ivy",
+                        extraDevice: String? = nil) throws -> Evacuated {
         let cfg = try config(port: port, metricsPort: metricsPort, vcpus: vcpus, cmdline: cmdline, uartNode: uartNode,
-                             coherence: coherence)
+                             coherence: coherence, extraDevice: extraDevice)
         let up = try Child(Built.giantvm, ["up", cfg, "--timeout", "\(timeout)"])
         defer { up.signal(SIGKILL) }
         XCTAssertTrue(up.waitForOutput(timeout: 30) { $0.contains("guest: workload=") }, up.stdoutSoFar + up.stderrSoFar)
@@ -44,7 +53,7 @@ final class EvacuationProcessTests: XCTestCase {
         let e = try giantvm(["evacuate", cfg, "--node", "\(node)"], timeout: 90)
         let r = up.wait(timeout: Double(timeout + 20))
         XCTAssertFalse(r.timedOut, r.output)
-        return Evacuated(evacuate: e, vm: r, result: lines(r.stdout, "[node \(uartNode)] RESULT ").first ?? "")   // the console's node
+        return Evacuated(evacuate: e, vm: r, result: lines(r.stdout, "[node \(resultNode ?? uartNode)] RESULT ").first ?? "")   // the console's node
     }
 
     /// The evacuation succeeded: vCPUs moved, the node left and exited 0, bytes < guest RAM / 4.
@@ -89,15 +98,32 @@ final class EvacuationProcessTests: XCTestCase {
         XCTAssertTrue(e.result.hasSuffix(#""ok":true}"#), e.result)
     }
 
-    /// A device homed on the node: its vCPUs move, the node stays (refusal naming the device),
-    /// the guest finishes exact.
-    func testDeviceHomedOnTheNodeRefusesTheLeaveNamingIt() throws {
+    /// The UART (the guest's console) homed on the node: its home moves to node 0 with its
+    /// state (ABI 4 save_state/load_state), every node reroutes port 0x3f8, the node leaves and
+    /// the guest's output carries on from node 0: its RESULT line is exact.
+    func testUARTHomedOnTheNodeMovesWithItAndTheConsoleCarriesOn() throws {
+        let e = try evacuateMidRun(port: 24300, metricsPort: 24390, vcpus: [2, 2], cmdline: "counter iters=150000000 timeout=80",
+                                   node: 1, uartNode: 1, resultNode: 0)
+        assertLeft(e, node: 1, vcpus: 2)
+        XCTAssertTrue(e.evacuate.stdout.contains("device_homes_moved=1 "), e.evacuate.output)
+        XCTAssertTrue(e.vm.output.contains("node 1: device home(s) com1 moved to node 0"), e.vm.output)
+        // The guest's first lines came from node 1's UART, its result from node 0's.
+        XCTAssertFalse(lines(e.vm.stdout, "[node 1] guest: workload=counter").isEmpty, e.vm.output)
+        XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":600000000,"total":600000000,"#), e.vm.output)
+        XCTAssertTrue(lines(e.vm.stdout, "[node 1] RESULT ").isEmpty, e.vm.output)
+    }
+
+    /// A device without a state transfer homed on the node (irq-lines, beside the movable UART):
+    /// its vCPUs move, the node stays (refusal naming that device only, nothing moved), the guest
+    /// finishes exact on the UART's unchanged home.
+    func testDeviceWithoutStateTransferRefusesTheLeaveNamingIt() throws {
         let e = try evacuateMidRun(port: 24130, metricsPort: 24160, vcpus: [2, 2], cmdline: "counter iters=100000000 timeout=80",
-                                   node: 1, uartNode: 1)
+                                   node: 1, uartNode: 1, extraDevice: "{name: lines, model: irq-lines, node: 1}")
         XCTAssertEqual(e.evacuate.status, 1, e.evacuate.output)
         XCTAssertTrue(e.evacuate.stdout.contains("ok vcpu=2 ") && e.evacuate.stdout.contains("ok vcpu=3 "), e.evacuate.output)
-        XCTAssertTrue(e.evacuate.stdout.contains("the node cannot leave: failed: device(s) 'com1' (uart16550) homed on node 1 cannot move"),
-                      e.evacuate.output)
+        XCTAssertTrue(e.evacuate.stdout.contains("the node cannot leave: failed: device(s) 'lines' (irq-lines) homed on node 1 cannot move: "
+                                                 + "their model offers no state transfer"), e.evacuate.output)
+        XCTAssertFalse(e.evacuate.stdout.contains("'com1'"), e.evacuate.output)
         XCTAssertEqual(e.vm.status, 0, e.vm.output)
         XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":400000000,"total":400000000,"#), e.result)
     }
