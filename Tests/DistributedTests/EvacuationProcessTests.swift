@@ -139,6 +139,36 @@ final class EvacuationProcessTests: XCTestCase {
         XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":400000000,"total":400000000,"#), e.result)
     }
 
+    /// Node 1 killed while node 2 moves its UART's home to node 0 (node 1's DEVICE_ROUTE_ACK to
+    /// node 2 is delayed 3 s by the transport's fault injection, so the routing switch is surely
+    /// under way): every node still running stops with a named error, none says it left.
+    func testNodeKilledDuringDeviceMoveStopsEveryNode() throws {
+        let cfg = try config(port: 24310, metricsPort: 24380, vcpus: [2, 1, 1], cmdline: "counter iters=1000000000 timeout=60", uartNode: 2)
+        let slowAck = "transport: {plugin: transport-tcp, faults: {rules: [{channel: io, type: 11, from: 1, to: 2, action: delay, delay: 3s}]}}"
+        let text = try String(contentsOfFile: cfg, encoding: .utf8).replacingOccurrences(of: "transport: {plugin: transport-tcp}", with: slowAck)
+        try text.write(toFile: cfg, atomically: true, encoding: .utf8)
+        let nodes = try (0..<3).map { try Child(Built.giantvm, ["node", "--config", cfg, "--id", "\($0)", "--timeout", "60"]) }
+        defer { for n in nodes { n.signal(SIGKILL) } }
+        XCTAssertTrue(nodes[2].waitForOutput(timeout: 30) { $0.contains("guest: workload=counter") }, nodes[2].stdoutSoFar + nodes[2].stderrSoFar)
+        let evacuate = try Child(Built.giantvm, ["evacuate", cfg, "--node", "2"])
+        defer { evacuate.signal(SIGKILL) }
+        XCTAssertTrue(evacuate.waitForOutput(timeout: 30) { $0.contains("ok vcpu=3 ") }, evacuate.stdoutSoFar + evacuate.stderrSoFar)
+        usleep(500_000)
+        nodes[1].signal(SIGKILL)
+        for i in [0, 2] {
+            let r = nodes[i].wait(timeout: 25)
+            XCTAssertFalse(r.timedOut, "node \(i) did not stop after node 1 died: \(r.output)")
+            XCTAssertNotEqual(r.status, 0, r.output)
+            XCTAssertTrue(r.stderr.contains("lost node 1"), r.output)
+            XCTAssertFalse(r.output.contains("left the cluster"), r.output)
+        }
+        let e = evacuate.wait(timeout: 100)
+        XCTAssertFalse(e.timedOut, "giantvm evacuate hung: \(e.output)")
+        XCTAssertNotEqual(e.status, 0, e.output)
+        XCTAssertTrue(e.output.contains("cannot leave: moving the home of device(s) 'com1' to node 0 failed"), e.output)
+        _ = nodes[1].wait(timeout: 5)
+    }
+
     /// Node 1 killed while node 2 drains (node 1's PrepareAck to node 2 is delayed 3 s by the
     /// transport's fault injection, so the drain is surely under way): every node still running
     /// stops with a named error ("lost node 1"), and `giantvm evacuate` fails instead of hanging.
