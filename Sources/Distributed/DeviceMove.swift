@@ -69,14 +69,16 @@ public final class DeviceMover: @unchecked Sendable {
 
     /// Moves the devices `save` returns (called on the I/O server thread, with no access served
     /// meanwhile) to `successor`, and every other node's routing with them. Returns how many
-    /// moved. Throws naming the node and the cause; after a throw the homes are unknown.
-    public func move(to successor: UInt32, timeout: Double, save: @escaping () throws -> [MovingDevice]) throws -> Int {
+    /// moved and their state's bytes. Throws naming the node and the cause; after a throw the
+    /// homes are unknown.
+    public func move(to successor: UInt32, timeout: Double,
+                     save: @escaping () throws -> [MovingDevice]) throws -> (devices: Int, stateBytes: Int) {
         let move = mon.withLock { () -> UInt64 in
             defer { nextMove += 1 }
             return (UInt64(node.id) << 48) | nextMove
         }
         var failure: Error?
-        var moved = 0
+        var moved = 0, bytes = 0
         let ran = forwarder.runBetweenAccesses { [self] in
             do {
                 let devices = try save()
@@ -101,6 +103,7 @@ public final class DeviceMover: @unchecked Sendable {
                     }
                 }
                 moved = devices.count
+                bytes = devices.reduce(0) { $0 + $1.state.count }
                 let others = node.peers.filter { $0 != successor && !node.hasDeparted($0) }
                 var rw = MessageWriter(type: IOMessageType.deviceRoute.rawValue)
                 rw.u64(move); rw.u32(successor); rw.u32(UInt32(devices.count))
@@ -115,7 +118,7 @@ public final class DeviceMover: @unchecked Sendable {
         }
         if !ran { throw WireError("the I/O server is stopping") }
         if let failure { throw failure }
-        return moved
+        return (moved, bytes)
     }
 
     private func wait(for what: String, timeout: Double, _ done: () -> Bool) throws {
@@ -152,7 +155,8 @@ public final class DeviceMover: @unchecked Sendable {
                 devices.append((name, blob))
             }
             guard r.remaining == 0 else { return reject(move, from, "\(r.remaining) trailing bytes") }
-            let t = Thread { [self] in takeIn(devices, move: move, from: from) }
+            let incoming = devices
+            let t = Thread { [self] in takeIn(incoming, move: move, from: from) }
             t.name = "device-move-in"
             t.start()
         case .deviceStateAck:

@@ -127,8 +127,10 @@ extension VMNode {
         var homesMoved = 0
         let homed = homes.homed(own: devices, bus: machine.bus)
         if !homed.isEmpty, let mover {
+            let started = monotonicNanoseconds()
+            let stateBytes: Int
             do {
-                homesMoved = try mover.move(to: to, timeout: max(5, min(timeout, 30))) {
+                (homesMoved, stateBytes) = try mover.move(to: to, timeout: max(5, min(timeout, 30))) {
                     try homed.map { MovingDevice(name: $0.device.name, ranges: $0.ranges, state: try $0.device.saveState()) }
                 }
             } catch {
@@ -139,7 +141,8 @@ extension VMNode {
             }
             homes.markMovedOut(homed.map(\.device.name))
             for h in homed { h.device.destroy() }   // every node routes to the new home
-            say("node \(id): device home(s) \(homed.map(\.device.name).joined(separator: ", ")) moved to node \(to)")
+            say("node \(id): device home(s) \(homed.map(\.device.name).joined(separator: ", ")) moved to node \(to) "
+                + "(\(stateBytes) state bytes, every node rerouted in \(String(format: "%.1f", Double(monotonicNanoseconds() - started) / 1e6)) ms)")
         }
         let d: DrainOutcome
         do {
