@@ -98,15 +98,15 @@ final class EvacuationProcessTests: XCTestCase {
         XCTAssertTrue(e.result.hasSuffix(#""ok":true}"#), e.result)
     }
 
-    /// The UART (the guest's console) homed on the node: its home moves to node 0 with its
-    /// state (ABI 4 save_state/load_state), every node reroutes port 0x3f8, the node leaves and
-    /// the guest's output carries on from node 0: its RESULT line is exact.
+    /// The UART (the guest's console) and port 0x92 homed on the node: their homes move to node
+    /// 0 with their state (ABI 4 save_state/load_state), every node reroutes their ports, the
+    /// node leaves and the guest's output carries on from node 0: its RESULT line is exact.
     func testUARTHomedOnTheNodeMovesWithItAndTheConsoleCarriesOn() throws {
         let e = try evacuateMidRun(port: 24300, metricsPort: 24390, vcpus: [2, 2], cmdline: "counter iters=150000000 timeout=80",
-                                   node: 1, uartNode: 1, resultNode: 0)
+                                   node: 1, uartNode: 1, resultNode: 0, extraDevice: "{name: a20, model: port92, node: 1}")
         assertLeft(e, node: 1, vcpus: 2)
-        XCTAssertTrue(e.evacuate.stdout.contains("device_homes_moved=1 "), e.evacuate.output)
-        XCTAssertTrue(e.vm.output.contains("node 1: device home(s) com1 moved to node 0"), e.vm.output)
+        XCTAssertTrue(e.evacuate.stdout.contains("device_homes_moved=2 "), e.evacuate.output)
+        XCTAssertTrue(e.vm.output.contains("node 1: device home(s) com1, a20 moved to node 0 (14 state bytes"), e.vm.output)
         // The guest's first lines came from node 1's UART, its result from node 0's.
         XCTAssertFalse(lines(e.vm.stdout, "[node 1] guest: workload=counter").isEmpty, e.vm.output)
         XCTAssertTrue(e.result.hasPrefix(#"{"workload":"counter","vcpus":4,"expected":600000000,"total":600000000,"#), e.vm.output)

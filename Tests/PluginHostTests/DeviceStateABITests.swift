@@ -105,6 +105,29 @@ extension DevicePluginABITests {
         withExtendedLifetime(svc) {}
     }
 
+    func testPort92StateMovesAndAHostileBlobIsRefused() throws {
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: Built.plugin("devices")), "run swift build first")
+        let ops = try deviceOps("devices")
+        let host = FakeDeviceHost(), host2 = FakeDeviceHost(), svc = services("devices")
+        let (m, a0, msg) = try makeDevice(plugin: "devices", model: "port92", name: "a20", base: nil, settings: [], host: host, services: svc)
+        let (_, b0, msg2) = try makeDevice(plugin: "devices", model: "port92", name: "a20", base: nil, settings: [], host: host2, services: svc)
+        let a = try XCTUnwrap(a0, msg), b = try XCTUnwrap(b0, msg2)
+        _ = io(m, a, offset: 0, write: [0xc0])   // A20 off, the LED bits on
+        let blob = try save(ops, a)
+        XCTAssertEqual(blob, [1, 0xc0])
+        XCTAssertEqual(try load(ops, b, blob).0, GVM_OK.rawValue)
+        XCTAssertEqual(io(m, b, offset: 0, readLength: 1), [0xc0])
+        for (bad, want) in [([2, 0xc0], "version 2"), ([1, 0x03], "has the reset bit"), ([1], "1 bytes")] as [([UInt8], String)] {
+            let (rc, why) = try load(ops, b, bad)
+            XCTAssertEqual(rc, GVM_ERR_INVALID.rawValue, want)
+            XCTAssertTrue(why.contains(want), why)
+        }
+        XCTAssertEqual(io(m, b, offset: 0, readLength: 1), [0xc0], "a refused blob changes nothing")
+        m.pointee.destroy(a)
+        m.pointee.destroy(b)
+        withExtendedLifetime(svc) {}
+    }
+
     func testModelsWithoutATransferSayUnsupported() throws {
         try XCTSkipUnless(FileManager.default.fileExists(atPath: Built.plugin("devices")), "run swift build first")
         let ops = try deviceOps("devices")
