@@ -709,7 +709,9 @@ typedef struct gvm_device_model {
     const char *name;    /* model name used as `model:` in the YAML */
     const char *summary; /* one line for `giantvm plugins list` */
 
-    /** REQUIRED. Create one instance on its home node and map its I/O ranges. Thread: main. */
+    /** REQUIRED. Create one instance on its home node and map its I/O ranges. Thread: main;
+     *  for an instance whose home moves here from a leaving node (gvm_device_ops.load_state
+     *  follows), a host thread of this node before the instance is reachable. */
     void *(*create)(const gvm_host_services *svc, const gvm_device_host *dh,
                     const gvm_device_config *config, const gvm_setting *settings,
                     uint32_t setting_count, gvm_error *err);
