@@ -3,9 +3,11 @@
 // `giantvm evacuate` moves every vCPU off a node, then the node's pages and manager role go to
 // another node and the node leaves: the guest's results must be exact, the evacuated node must
 // exit 0 while the others finish the guest, and the bytes sent must stay well below the guest's
-// memory size. Refusals (a device homed on the node, a protocol without the drain hook) leave the
-// VM running; a node killed during an evacuation stops every node with a named error. Every wait
-// is bounded.
+// memory size. Devices homed on the node move with it when their model can transfer its state
+// (the UART and port 0x92: the guest's console carries on from the successor). Refusals (a device
+// without that transfer homed on the node, a protocol without the drain hook) leave the VM
+// running; a node killed during a device move or a drain stops every node with a named error.
+// Every wait is bounded.
 
 import Foundation
 import TestSupport
