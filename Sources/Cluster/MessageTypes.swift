@@ -67,6 +67,8 @@ public enum MessageType {
         /// Start-up: what a node's host lets the VMM offer (hidden CPUID features, kvmclock), so
         /// every node offers the same CPUID (Sources/Distributed/StartupBarrier.swift).
         case cpuFeatures = 0x07
+        /// Node evacuation: a device's home moves (Sources/Distributed/DeviceMove.swift).
+        case deviceState = 0x08, deviceStateAck = 0x09, deviceRoute = 0x0A, deviceRouteAck = 0x0B
         case probePing = 0xE0, probePong = 0xE1
     }
 

@@ -52,6 +52,11 @@ public final class IOForwarder: @unchecked Sendable {
     /// The node whose access the server thread is serving (read and written by that thread only).
     private var servingFrom: UInt32?
     private var serverTID: pthread_t?
+    /// Ranges whose device moved to another node (node evacuation): accesses still reaching
+    /// this node are forwarded there by the server thread. (space, base, length, new home)
+    private var redirects: [(space: IOSpaceKind, base: UInt64, length: UInt64, home: UInt32)] = []
+    /// Work to run on the server thread between two accesses (DeviceMove: the save).
+    private var tasks: [() -> Void] = []
 
     let cCalls: UInt32, cServed: UInt32, cBytes: UInt32, hRoundTrip: UInt32
     let metrics: MetricsRegistry
@@ -78,6 +83,11 @@ public final class IOForwarder: @unchecked Sendable {
     public func serve(bus: IOBus) {
         let warned = Mutex<Set<UInt64>>([])
         serve = { [logger] space, address, size, data, isWrite in
+            // A device moved in (DeviceMove) answers through its stub's local instance.
+            if let r = bus.lookup(space, address), let stub = r.device as? RemoteDevice, let local = stub.localTarget {
+                local.io(space: space, offset: address - r.base, data: data, isWrite: isWrite)
+                return .ok
+            }
             guard let r = bus.lookup(space, address), !(r.device is RemoteDevice) else {
                 if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
                 if warned.withLock({ $0.insert(UInt64(space.rawValue) << 60 | address).inserted }) {
@@ -145,6 +155,9 @@ public final class IOForwarder: @unchecked Sendable {
         queueCond.unlock()
     }
 
+    /// Whether the server thread is stopping (a task that waits checks it).
+    public var isStopping: Bool { queueCond.lock(); defer { queueCond.unlock() }; return serverStopped }
+
     // MARK: receive (transport threads)
 
     func handle(from: UInt32, _ payload: UnsafeRawBufferPointer) {
@@ -194,11 +207,40 @@ public final class IOForwarder: @unchecked Sendable {
         return servingFrom
     }
 
+    /// Runs `body` on the server thread between two accesses and waits for it: while it runs no
+    /// peer's access is served (they queue). False when the server stopped first.
+    public func runBetweenAccesses(_ body: @escaping () -> Void) -> Bool {
+        let done = DispatchSemaphore(value: 0)
+        queueCond.lock()
+        if serverStopped || serverThread == nil { queueCond.unlock(); return false }
+        tasks.append { body(); done.signal() }
+        queueCond.signal()
+        queueCond.unlock()
+        done.wait()
+        return true
+    }
+
+    /// From now on, accesses to [base, base+length) reaching this node go on to `home` (the
+    /// device's new home). Call on the server thread (inside `runBetweenAccesses`).
+    public func redirect(space: IOSpaceKind, base: UInt64, length: UInt64, to home: UInt32) {
+        lock.withLock { redirects.append((space, base, length, home)) }
+    }
+
+    private func redirectHome(_ space: IOSpaceKind, _ address: UInt64) -> UInt32? {
+        lock.withLock { redirects.first { $0.space == space && address >= $0.base && address - $0.base < $0.length }?.home }
+    }
+
     private func serverLoop() {
         serverTID = pthread_self()
         while true {
             queueCond.lock()
-            while queue.isEmpty && !serverStopped { queueCond.wait() }
+            while queue.isEmpty && tasks.isEmpty && !serverStopped { queueCond.wait() }
+            if !tasks.isEmpty {
+                let t = tasks.removeFirst()
+                queueCond.unlock()
+                t()
+                continue
+            }
             if queue.isEmpty && serverStopped { queueCond.unlock(); return }
             let r = queue.removeFirst()
             queueCond.unlock()
@@ -207,7 +249,18 @@ public final class IOForwarder: @unchecked Sendable {
             var status = IOReplyStatus.noDevice
             servingFrom = r.from
             defer { servingFrom = nil }
-            if let space = IOSpaceKind(rawValue: UInt32(r.space)), let serve {
+            if let space = IOSpaceKind(rawValue: UInt32(r.space)), let home = redirectHome(space, r.address) {
+                // The device moved: pass the access on whole and answer with its result.
+                status = buf.withUnsafeMutableBytes { b in
+                    do {
+                        try call(home: home, space: space, address: r.address, itemSize: size, data: b, isWrite: r.write)
+                        return .ok
+                    } catch {
+                        logger.error("access 0x\(String(r.address, radix: 16)) of node \(r.from) to a device moved to node \(home): \(error)")
+                        return .stopping
+                    }
+                }
+            } else if let space = IOSpaceKind(rawValue: UInt32(r.space)), let serve {
                 status = buf.withUnsafeMutableBytes { b in
                     var st = IOReplyStatus.ok
                     for i in 0..<Int(r.count) {
@@ -226,23 +279,40 @@ public final class IOForwarder: @unchecked Sendable {
 }
 
 /// A device homed on another node, as seen on this node's bus: every access is forwarded.
+/// Its home changes when the device moves (node evacuation, DeviceMove.swift): to another node
+/// (`home`), or to this node (`localTarget`: the moved-in instance, offsets from `base`).
 final class RemoteDevice: IOStringDevice, @unchecked Sendable {
     let name: String
-    let home: UInt32
     let base: UInt64
     let forwarder: IOForwarder
     /// Stops the VM when forwarding fails (the home node is gone or silent).
     let onFailure: (String) -> Void
+    private let routeLock = NSLock()
+    private var currentHome: UInt32
+    private var local: IODevice?
 
     init(name: String, home: UInt32, base: UInt64, forwarder: IOForwarder, onFailure: @escaping (String) -> Void) {
-        self.name = name; self.home = home; self.base = base; self.forwarder = forwarder; self.onFailure = onFailure
+        self.name = name; self.currentHome = home; self.base = base; self.forwarder = forwarder; self.onFailure = onFailure
     }
+
+    var home: UInt32 { routeLock.withLock { currentHome } }
+    var localTarget: IODevice? { routeLock.withLock { local } }
+    func route(to home: UInt32) { routeLock.withLock { currentHome = home } }
+    func routeHere(_ device: IODevice) { routeLock.withLock { local = device } }
 
     func io(space: IOSpaceKind, offset: UInt64, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
         ioString(space: space, offset: offset, itemSize: data.count, data: data, isWrite: isWrite)
     }
 
     func ioString(space: IOSpaceKind, offset: UInt64, itemSize: Int, data: UnsafeMutableRawBufferPointer, isWrite: Bool) {
+        let (home, local) = routeLock.withLock { (currentHome, self.local) }
+        if let local {
+            for i in 0..<(data.count / itemSize) {
+                local.io(space: space, offset: offset, data: UnsafeMutableRawBufferPointer(rebasing: data[(i * itemSize)..<((i + 1) * itemSize)]),
+                         isWrite: isWrite)
+            }
+            return
+        }
         do {
             try forwarder.call(home: home, space: space, address: base + offset, itemSize: itemSize, data: data, isWrite: isWrite)
         } catch {

@@ -223,6 +223,8 @@ public enum IOMessage: Equatable {
             throw WireError("io message type 0x\(String(t, radix: 16)) belongs to the channel probe")
         case .dmaRequest, .dmaReply:
             throw WireError("io message type 0x\(String(t, radix: 16)) belongs to DMA forwarding (DMAForwarding.swift)")
+        case .deviceState, .deviceStateAck, .deviceRoute, .deviceRouteAck:
+            throw WireError("io message type 0x\(String(t, radix: 16)) belongs to device moves (DeviceMove.swift)")
         }
     }
 

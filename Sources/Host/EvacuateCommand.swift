@@ -12,9 +12,10 @@ struct Evacuate: ParsableCommand {
             runs the fewest, one `migrate` at a time, then asks --node to leave (`POST /leave`):
             the coherence plugin hands the pages it owns or holds and the manager role of the
             pages it manages to --to (drain hook, ABI 4), every node records that it left, and it
-            exits 0 while the others run on. Refused, with the reason, when a device or the IOAPIC
-            is homed on the node, for node 0, or when the coherence plugin has no drain hook (the
-            vCPUs still move). Prints one answer per vCPU and a summary with the bytes sent beside
+            exits 0 while the others run on. Devices homed on the node move first to --to when
+            their model can transfer its state (ABI 4: the UART); refused, with the reason, when
+            the IOAPIC or a device without that transfer is homed on the node, for node 0, or
+            when the coherence plugin has no drain hook (the vCPUs still move). Prints one answer per vCPU and a summary with the bytes sent beside
             the guest's memory size (see docs/migration.md). Exit status 0 when the node left
             (with --vcpus-only: when every vCPU moved).
             """)

@@ -88,6 +88,10 @@ public final class VMNode: @unchecked Sendable {
     public let migrator: VCPUMigrator?
     /// The placement policy (YAML `placement:`; nil without one or on a one-node VM).
     public let placement: PlacementService?
+    /// Moves device homes off this node when it leaves (nil on a one-node VM): Evacuation.swift.
+    let mover: DeviceMover?
+    /// The devices homed here now (moved in and out by evacuations).
+    let homes = DeviceHomes()
     private let localCause = Mutex<StopCause?>(nil)
     /// The in-process transport of a one-node VM (its endpoint holds it weakly).
     private let loopback: InMemoryNetwork?
@@ -231,8 +235,11 @@ public final class VMNode: @unchecked Sendable {
             }
             clock = ClockAligner(node: n, machine: m, skew: options.tscSkew, logger: logger)
             barrier = StartupBarrier(node: n, logger: logger)
+            mover = DeviceMover(node: n, bus: m.bus, forwarder: forwarder, logger: logger,
+                                takeIn: VMNode.takeIn(config: cfg, machine: m, homes: homes, loader: loader, metrics: metrics,
+                                                      logger: logger, cmdline: kernelCmdline))
         } else {
-            io = nil; clock = nil; barrier = nil; dma = nil
+            io = nil; clock = nil; barrier = nil; dma = nil; mover = nil
         }
         target.vm = self
         n.onStop { [weak m, io, dma, migrator] r in
@@ -393,6 +400,7 @@ public final class VMNode: @unchecked Sendable {
     public func shutdown() {
         placement?.stop()
         machine.shutdownDevices()
+        homes.destroyMovedIn()
         coherence?.stop()
         metricsServer?.stop()
     }

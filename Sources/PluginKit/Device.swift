@@ -77,10 +77,23 @@ public protocol DeviceModel: AnyObject {
     func shutdown()
     /// The settings this model accepts, with defaults and meanings (ABI 3 descriptor).
     static var settingInfo: [SettingInfo] { get }
+    /// ABI 4 (gvm_device_ops.save_state / load_state): an upper bound of `saveState()`'s blob
+    /// (at most GVM_DEVICE_STATE_MAX), or nil when the model's state cannot move to another
+    /// node (the default: host resources, or not written).
+    static var stateCapacity: Int? { get }
+    /// The instance's state as a versioned blob (first byte: the model's own version).
+    /// Thread: the host's I/O forwarding thread; no io() overlaps.
+    func saveState() throws -> [UInt8]
+    /// Loads a blob from `saveState()` on another node (untrusted: range-check every field;
+    /// throw naming it, leaving the instance unchanged). Do not drive the interrupt line here.
+    func loadState(_ blob: UnsafeRawBufferPointer) throws
 }
 
 public extension DeviceModel {
     static var settingInfo: [SettingInfo] { [] }
+    static var stateCapacity: Int? { nil }
+    func saveState() throws -> [UInt8] { throw PluginError("\(Self.modelName) has no state transfer") }
+    func loadState(_ blob: UnsafeRawBufferPointer) throws { throw PluginError("\(Self.modelName) has no state transfer") }
     func consoleInput(_ bytes: UnsafeRawBufferPointer) {}
     func reset() {}
     func shutdown() {}
@@ -174,8 +187,55 @@ public struct DevicePluginEntry: @unchecked Sendable {
             (table + i).initialize(to: model)
         }
         let o = UnsafeMutablePointer<gvm_device_ops>.allocate(capacity: 1)
-        o.initialize(to: gvm_device_ops(size: UInt32(MemoryLayout<gvm_device_ops>.size),
-                                        model_count: UInt32(models.count), models: table))
+        var dops = gvm_device_ops()
+        dops.size = UInt32(MemoryLayout<gvm_device_ops>.size)
+        dops.model_count = UInt32(models.count)
+        dops.models = UnsafePointer(table)
+        dops.save_state = { inst, buf, capacity, len, err in
+            guard let inst, let len else { return GVM_ERR_INVALID.rawValue }
+            let d = deviceInstance(inst)
+            guard let bound = type(of: d).stateCapacity, bound > 0, bound <= Int(GVM_DEVICE_STATE_MAX) else {
+                fill(err, "\(type(of: d).modelName) has no state transfer")
+                return GVM_ERR_UNSUPPORTED.rawValue
+            }
+            guard let buf else {   // the probe
+                len.pointee = bound
+                return GVM_OK.rawValue
+            }
+            do {
+                let blob = try d.saveState()
+                guard blob.count <= capacity else {
+                    fill(err, "\(type(of: d).modelName): state of \(blob.count) bytes exceeds the buffer (\(capacity))")
+                    return GVM_ERR_INVALID.rawValue
+                }
+                blob.withUnsafeBytes { UnsafeMutableRawPointer(buf).copyMemory(from: $0.baseAddress!, byteCount: blob.count) }
+                len.pointee = blob.count
+                return GVM_OK.rawValue
+            } catch {
+                fill(err, "\(error)")
+                return GVM_ERR_INVALID.rawValue
+            }
+        }
+        dops.load_state = { inst, buf, len, err in
+            guard let inst, buf != nil || len == 0 else { return GVM_ERR_INVALID.rawValue }
+            let d = deviceInstance(inst)
+            guard type(of: d).stateCapacity != nil else {
+                fill(err, "\(type(of: d).modelName) has no state transfer")
+                return GVM_ERR_UNSUPPORTED.rawValue
+            }
+            guard len <= Int(GVM_DEVICE_STATE_MAX) else {
+                fill(err, "\(type(of: d).modelName): a state blob of \(len) bytes exceeds GVM_DEVICE_STATE_MAX")
+                return GVM_ERR_INVALID.rawValue
+            }
+            do {
+                try d.loadState(UnsafeRawBufferPointer(start: len == 0 ? nil : buf, count: len))
+                return GVM_OK.rawValue
+            } catch {
+                fill(err, "\(error)")
+                return GVM_ERR_INVALID.rawValue
+            }
+        }
+        o.initialize(to: dops)
         ops = UnsafePointer(o)
         descriptor = PluginEntry.makeDescriptor(kind: GVM_PLUGIN_DEVICE, name: name, version: version,
                                                 summary: summary, ops: UnsafeRawPointer(o),

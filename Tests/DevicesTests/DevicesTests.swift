@@ -108,3 +108,36 @@ final class ExitAndResultsTests: XCTestCase {
         XCTAssertTrue(r.buffer.isEmpty)
     }
 }
+
+/// The uart16550's state blob (ABI 4 state transfer), on the register file directly.
+final class UARTStateTests: XCTestCase {
+    func testRoundTripKeepsEveryRegisterTheFIFOAndTheFlags() throws {
+        var r = UARTRegisters()
+        _ = r.write(UARTRegisters.Offset.lcr, 0x80); _ = r.write(0, 0x30); _ = r.write(1, 0x02)
+        _ = r.write(UARTRegisters.Offset.lcr, 0x1b); _ = r.write(UARTRegisters.Offset.ierDlm, 0x0f)
+        _ = r.write(UARTRegisters.Offset.mcr, 0x0b); _ = r.write(UARTRegisters.Offset.scr, 0xa5); _ = r.write(2, 0x01)
+        r.receive(Array(repeating: 0x41, count: 70))   // overrun past the 64-byte FIFO
+        r.msrDelta = true
+        let blob = r.encodeState(lineAsserted: true)
+        XCTAssertEqual(blob.count, UARTRegisters.stateCapacity)
+        let (back, asserted) = try blob.withUnsafeBytes { try UARTRegisters.decodeState($0) }
+        XCTAssertEqual(back, r)
+        XCTAssertTrue(asserted)
+        XCTAssertEqual(back.pendingInterrupt, UARTRegisters.iirRLS)
+    }
+
+    func testHostileBlobsAreRefused() {
+        let good = UARTRegisters().encodeState(lineAsserted: false)
+        func refuses(_ b: [UInt8], _ field: String, line: UInt = #line) {
+            XCTAssertThrowsError(try b.withUnsafeBytes { try UARTRegisters.decodeState($0) }, line: line) {
+                XCTAssertTrue("\($0)".contains(field), "\($0)", line: line)
+            }
+        }
+        var b = good; b[0] = 0; refuses(b, "version 0")
+        b = good; b[3] = 0x20; refuses(b, "mcr 0x20")
+        b = good; b[9] = 0x06; refuses(b, "fcr 0x6")
+        b = good; b[11] = 65; refuses(b + Array(repeating: 0, count: 65), "fifo count 65")
+        b = good; b[11] = 1; b[4] |= UARTRegisters.lsrDataReady; refuses(b, "13")
+        refuses([], "0 bytes")
+    }
+}

@@ -172,9 +172,11 @@ final class LoaderTests: XCTestCase {
             XCTAssertEqual(memcmp(p.ops + 4, buffer + 4, size - 4), 0)
         }
         // Device: the table, then the model count is bounded before the models are read.
-        buffer.storeBytes(of: UInt32(MemoryLayout<gvm_device_ops>.size - 8), as: UInt32.self)
+        // (Its required part ends with `models`; the ABI 4 state hooks after it are OPTIONAL.)
+        let deviceNeeded = MemoryLayout<gvm_device_ops>.offset(of: \gvm_device_ops.models)! + 8
+        buffer.storeBytes(of: UInt32(deviceNeeded - 8), as: UInt32.self)
         XCTAssertThrowsError(try PluginLoader.check(descriptor(GVM_PLUGIN_DEVICE, buffer), path: "/x.so")) { e in
-            guard case .opsTooSmall(_, _, "gvm_device_ops", _, MemoryLayout<gvm_device_ops>.size)? = e as? PluginLoadError else {
+            guard case .opsTooSmall(_, _, "gvm_device_ops", _, deviceNeeded)? = e as? PluginLoadError else {
                 return XCTFail("\(e)")
             }
         }

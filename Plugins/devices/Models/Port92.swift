@@ -57,4 +57,16 @@ public final class Port92: DeviceModel {
     }
 
     public func reset() { state = Port92State() }
+
+    /// State transfer (ABI 4): [version 1, value]; the stored value never has the reset bit.
+    public static var stateCapacity: Int? { 2 }
+
+    public func saveState() throws -> [UInt8] { [1, state.value] }
+
+    public func loadState(_ blob: UnsafeRawBufferPointer) throws {
+        guard blob.count == 2 else { throw PluginError("port92 state: \(blob.count) bytes (expected 2)") }
+        guard blob[0] == 1 else { throw PluginError("port92 state: version \(blob[0]) (this model reads version 1)") }
+        guard blob[1] & Port92State.resetBit == 0 else { throw PluginError("port92 state: value 0x\(String(blob[1], radix: 16)) has the reset bit") }
+        state.value = blob[1]
+    }
 }

@@ -128,6 +128,44 @@ struct UARTRegisters: Equatable {
     }
 }
 
+/// The state transfer (ABI 4, gvm_device_ops.save_state/load_state): the register file, the
+/// pending-interrupt flags, the line level and the receive FIFO, so the UART continues on another
+/// node exactly where it was. Blob, version 1 (22 + FIFO bytes at most 75):
+///   version=1, ier, lcr, mcr, lsr, msr, scr, dll, dlm, fcr, flags (bit 0 THRE interrupt pending,
+///   bit 1 modem-status change pending, bit 2 line asserted), fifo count, fifo bytes.
+/// A blob from a peer is untrusted: every field is range-checked and a bad one is named.
+extension UARTRegisters {
+    static let stateVersion: UInt8 = 1
+    static let stateHeader = 12
+    static let stateCapacity = stateHeader + fifoCapacity
+
+    func encodeState(lineAsserted: Bool) -> [UInt8] {
+        let flags: UInt8 = (thrInterrupt ? 1 : 0) | (msrDelta ? 2 : 0) | (lineAsserted ? 4 : 0)
+        return [UARTRegisters.stateVersion, ier, lcr, mcr, lsr, msr, scr, dll, dlm, fcr, flags, UInt8(rx.count)] + rx
+    }
+
+    /// The registers and the line level of a blob, or an error naming the bad field.
+    static func decodeState(_ b: UnsafeRawBufferPointer) throws -> (UARTRegisters, lineAsserted: Bool) {
+        func bad(_ why: String) -> PluginError { PluginError("uart16550 state: \(why)") }
+        guard b.count >= stateHeader else { throw bad("\(b.count) bytes, shorter than its \(stateHeader)-byte header") }
+        guard b[0] == stateVersion else { throw bad("version \(b[0]) (this model reads version \(stateVersion))") }
+        var r = UARTRegisters()
+        r.ier = b[1]; r.lcr = b[2]; r.mcr = b[3]; r.lsr = b[4]; r.msr = b[5]; r.scr = b[6]; r.dll = b[7]; r.dlm = b[8]; r.fcr = b[9]
+        let flags = b[10], count = Int(b[11])
+        guard r.ier & ~0x0F == 0 else { throw bad("ier 0x\(String(r.ier, radix: 16)) has bits outside 0x0f") }
+        guard r.mcr & ~0x1F == 0 else { throw bad("mcr 0x\(String(r.mcr, radix: 16)) has bits outside 0x1f") }
+        guard r.fcr & ~0xC9 == 0 else { throw bad("fcr 0x\(String(r.fcr, radix: 16)) has bits outside 0xc9") }
+        guard flags & ~0x07 == 0 else { throw bad("flags 0x\(String(flags, radix: 16)) has bits outside 0x07") }
+        guard count <= fifoCapacity else { throw bad("fifo count \(count) exceeds the FIFO's \(fifoCapacity) bytes") }
+        guard b.count == stateHeader + count else { throw bad("\(b.count) bytes for a fifo of \(count) (expected \(stateHeader + count))") }
+        guard (r.lsr & lsrDataReady != 0) == (count > 0) else { throw bad("lsr data-ready bit disagrees with a fifo of \(count) bytes") }
+        r.rx = Array(b[stateHeader...])
+        r.thrInterrupt = flags & 1 != 0
+        r.msrDelta = flags & 2 != 0
+        return (r, flags & 4 != 0)
+    }
+}
+
 public final class UART16550: DeviceModel {
     public static let modelName = "uart16550"
     public static let summary = "16550A UART (COM1 default 0x3f8, irq 4): output to the console, interrupts"
@@ -172,6 +210,17 @@ public final class UART16550: DeviceModel {
     public func reset() {
         regs = UARTRegisters()
         updateIRQ()
+    }
+
+    public static var stateCapacity: Int? { UARTRegisters.stateCapacity }
+
+    public func saveState() throws -> [UInt8] { regs.encodeState(lineAsserted: irqLevel) }
+
+    /// The line stays where the saving instance left it: only the remembered level is taken.
+    public func loadState(_ blob: UnsafeRawBufferPointer) throws {
+        let (r, asserted) = try UARTRegisters.decodeState(blob)
+        regs = r
+        irqLevel = irq != nil && asserted
     }
 
     func updateIRQ() {

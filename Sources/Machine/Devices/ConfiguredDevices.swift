@@ -42,6 +42,7 @@ extension Machine {
                 let dev = try PluginDevice(name: d.name, model: model, services: services.pointer, base: d.base, irq: d.irq,
                                            settings: table.pointer, settingCount: table.count, delegate: self,
                                            keepAlive: [services, table])
+                dev.stateOps = plugin.deviceOps
                 addDevice(dev)
                 created.append(dev)
             } catch let e as DeviceError {

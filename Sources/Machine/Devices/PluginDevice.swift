@@ -34,6 +34,8 @@ public final class PluginDevice: IODevice, @unchecked Sendable {
     var mapErrors: [String] = []
     /// Kept alive as long as the instance (the plugin holds their pointers).
     var keepAlive: [AnyObject] = []
+    /// The plugin's ops table, for the ABI 4 state hooks (DeviceState.swift); nil: no transfer.
+    public var stateOps: UnsafePointer<gvm_device_ops>?
 
     /// Creates the instance: calls the model's create() with a device-host table whose `host`
     /// is this object. `services`, `settings` must stay valid until `destroy()`; pass their

@@ -43,7 +43,10 @@
  * migration; the result comes back through migration_done).
  * ABI 4 — node evacuation: gvm_coherence_ops ends with the OPTIONAL drain hook (hand every page a
  * leaving node owns or holds, and the manager role of the pages it manages, to another node;
- * gvm_drain_report says what moved); a protocol without it cannot let a node leave.
+ * gvm_drain_report says what moved); a protocol without it cannot let a node leave. Also for
+ * evacuation, gvm_device_ops ends with the OPTIONAL save_state and load_state hooks (a device
+ * instance's state, at most GVM_DEVICE_STATE_MAX bytes, moves to a fresh instance on another
+ * node); a device whose model lacks them keeps its node from leaving.
  * Also ABI 4 — GVM_HINT_REPLICATED: the host tells the protocol, at start-up before any vCPU runs, that
  * every node holds identical read-only content for a range (a module every node loaded from its own
  * file): the pages start SHARED everywhere, a write invalidates as usual (gvm_coherence_ops.hint).
@@ -726,7 +729,9 @@ typedef struct gvm_device_model {
     const char *name;    /* model name used as `model:` in the YAML */
     const char *summary; /* one line for `giantvm plugins list` */
 
-    /** REQUIRED. Create one instance on its home node and map its I/O ranges. Thread: main. */
+    /** REQUIRED. Create one instance on its home node and map its I/O ranges. Thread: main;
+     *  for an instance whose home moves here from a leaving node (gvm_device_ops.load_state
+     *  follows), a host thread of this node before the instance is reachable. */
     void *(*create)(const gvm_host_services *svc, const gvm_device_host *dh,
                     const gvm_device_config *config, const gvm_setting *settings,
                     uint32_t setting_count, gvm_error *err);
@@ -750,10 +755,47 @@ typedef struct gvm_device_model {
     void (*destroy)(void *device);
 } gvm_device_model;
 
+/** ABI 4. The largest device state blob (gvm_device_ops.save_state / load_state), bytes. */
+#define GVM_DEVICE_STATE_MAX 65536u
+
 typedef struct gvm_device_ops {
     uint32_t size;
     uint32_t model_count;
     const gvm_device_model *models;
+
+    /* --- ABI 4 (appended: the host checks `size` covers them before use) */
+
+    /** OPTIONAL (both hooks or neither). Save the state of `device` (an instance create()
+     *  returned, of any model of this table) so that load_state can rebuild it in a fresh
+     *  instance on another node: the device's home moves there when its node leaves the cluster
+     *  (docs/migration.md, "Evacuating a node").
+     *  Probe: with buf == NULL and capacity == 0, set *len to an upper bound of the blob and
+     *  return GVM_OK when this instance's model can move, GVM_ERR_UNSUPPORTED when it cannot
+     *  (host resources: files, sockets, backends; the host then refuses the leave naming it).
+     *  Save: write at most `capacity` bytes (the host passes GVM_DEVICE_STATE_MAX) to buf, set
+     *  *len, return GVM_OK; GVM_ERR_INVALID (with err) when it does not fit.
+     *  The blob is opaque to the host and sent as is; the model versions it itself (a version
+     *  byte first is the convention) and load_state refuses a version it does not know.
+     *  After a successful save the host sends no more io() to the instance, destroys it once
+     *  every node agreed on the new home, and the instance must not drive its line (set_irq)
+     *  any more (the line's level moves with the state: the loading instance asserts what the
+     *  saving one asserted).
+     *  Thread: the host's I/O forwarding thread, while it holds every access to the device
+     *  back (no io() call overlaps it; timers may: cancel them or make them harmless here).
+     *  May block: no. */
+    int (*save_state)(void *device, uint8_t *buf, size_t capacity, size_t *len, gvm_error *err);
+
+    /** OPTIONAL (with save_state). Load a blob save_state produced into `device`, a fresh
+     *  instance the host just created on the new home node with the same YAML entry (model,
+     *  base, irq, settings) and before any io() reaches it. The blob comes from a peer: the
+     *  model range-checks every field (length, version, register values, FIFO counts) and
+     *  returns GVM_ERR_INVALID with err naming the field when one is out of range, leaving the
+     *  instance in its power-on state (the host then stops the VM with that error). It does
+     *  not drive its interrupt line here: the line's level is already asserted where the
+     *  saving instance left it. len <= GVM_DEVICE_STATE_MAX.
+     *  Thread: a host thread of the new home node, before the instance is reachable.
+     *  May block: no. */
+    int (*load_state)(void *device, const uint8_t *buf, size_t len, gvm_error *err);
 } gvm_device_ops;
 
 /* ---------------------------------------------------------------------------------------------
