@@ -31,6 +31,19 @@
 #ifndef __ASSEMBLY__
 struct irqtest { volatile unsigned int c[VEC_TEST_COUNT]; } __attribute__((aligned(4096)));
 extern struct irqtest g_irqtest[];
+
+#ifdef U_LIB_H
+/* Ring 3's side: one ring-0 primitive through the SYS_KCALL system call. */
+static inline u64 kcall(u64 op, u64 a, u64 b)
+{
+    u64 r;
+    __asm__ volatile("int $0x80"
+                     : "=a"(r), "+D"(op), "+S"(a), "+d"(b)
+                     : "a"((u64)SYS_KCALL)
+                     : "rcx", "r8", "r9", "r10", "r11", "memory");
+    return r;
+}
+#endif
 #endif
 
 #endif

@@ -21,16 +21,6 @@ struct irqtest g_irqtest[MAX_VCPUS];
 
 static u32 nv(void) { return g_info.vcpus; }
 
-static inline u64 kcall(u64 op, u64 a, u64 b)
-{
-    u64 r;
-    __asm__ volatile("int $0x80"
-                     : "=a"(r), "+D"(op), "+S"(a), "+d"(b)
-                     : "a"((u64)SYS_KCALL)
-                     : "rcx", "r8", "r9", "r10", "r11", "memory");
-    return r;
-}
-
 static u32 mmio_r(u64 a) { return (u32)kcall(KC_MMIO_R32, a, 0); }
 static void mmio_w(u64 a, u32 v) { kcall(KC_MMIO_W32, a, v); }
 static void line(u32 l, u32 level) { kcall(KC_OUTB, IRQ_LINES_BASE + l, level); }

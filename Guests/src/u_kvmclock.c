@@ -61,16 +61,6 @@ static struct {
 } g_order PAGE_ALIGNED;
 static struct { volatile u32 bad; char why[120]; volatile u64 retries, reads, base, features; u32 node[MAX_VCPUS]; } g_kc PAGE_ALIGNED;
 
-static inline u64 kcall(u64 op, u64 a, u64 b)
-{
-    u64 r;
-    __asm__ volatile("int $0x80"
-                     : "=a"(r), "+D"(op), "+S"(a), "+d"(b)
-                     : "a"((u64)SYS_KCALL)
-                     : "rcx", "r8", "r9", "r10", "r11", "memory");
-    return r;
-}
-
 /* CPUID as ring 0 sees it (ring 3 CPUID may run natively on this KVM). */
 static u32 kcpuid(u32 leaf, u32 reg)
 {
