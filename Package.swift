@@ -226,7 +226,7 @@ let package = Package(
                     dependencies: ["GuestMemory", "UserfaultFD", "CSystem", "PluginAPI", "DsmLocal", "PluginHost",
                                    "Metrics", "TestSupport", .product(name: "Logging", package: "swift-log")],
                     path: "Tests/GuestMemoryTests"),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "PluginAPI"], path: "Tests/CLITests"),
         .testTarget(name: "InterruptsTests", dependencies: ["Interrupts"], path: "Tests/InterruptsTests"),
         .testTarget(name: "TimeSyncTests", dependencies: ["TimeSync"], path: "Tests/TimeSyncTests"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "Interrupts", "Metrics", "TestSupport",

@@ -1,5 +1,6 @@
 import XCTest
 import TestSupport
+import PluginAPI
 
 /// Runs the built `giantvm` binary as a user would.
 final class CLITests: XCTestCase {
@@ -69,7 +70,7 @@ final class CLITests: XCTestCase {
         let line = r.stdout.split(separator: "\n").first { $0.hasPrefix("example-c ") }
         XCTAssertNotNil(line, r.stdout)
         let cols = line.map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) } ?? []
-        XCTAssertEqual(Array(cols.prefix(4)), ["example-c", "device", "0.1.0", "3"])
+        XCTAssertEqual(Array(cols.prefix(4)), ["example-c", "device", "0.1.0", String(GVM_ABI_VERSION)])
         XCTAssertEqual(cols.last, Built.plugin("example-c"))
         XCTAssertFalse(r.stdout.contains("test-abi-too-old"), "fixtures hidden by default")
         let all = try giantvm(["plugins", "list", "--include-test-fixtures"])
