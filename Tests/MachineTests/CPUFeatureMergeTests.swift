@@ -20,24 +20,7 @@ final class CPUFeatureMergeTests: XCTestCase {
     }
 
     func config(port: Int, cmdline: String) -> String {
-        temporaryFile("""
-            cluster: merge
-            nodes:
-              - {id: 0, address: 127.0.0.1, port: \(port), vcpus: 1}
-              - {id: 1, address: 127.0.0.1, port: \(port + 1), vcpus: 1}
-            memory: 32MiB
-            transport: {plugin: transport-tcp}
-            coherence: {plugin: dsm-ivy}
-            devices:
-              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
-              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
-              - {name: results, model: results, node: 0, base: 0xe0}
-              - {name: fwcfg, model: fw-cfg, node: 0}
-            guest:
-              image: \(elf)
-              protocol: multiboot
-              cmdline: "\(cmdline)"
-            """)
+        multibootTestConfig(cluster: "merge", port: port, vcpus: [1, 1], cmdline: cmdline)
     }
 
     /// Node 0 and node 1 (with `env1` in its environment); returns both results.

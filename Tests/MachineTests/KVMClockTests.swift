@@ -126,23 +126,7 @@ final class KVMClockGuestTests: XCTestCase {
     }
 
     func config(nodes: Int, port: Int, cmdline: String) -> String {
-        temporaryFile("""
-            cluster: kvmclock\(nodes)
-            nodes:
-            \((0..<nodes).map { "  - {id: \($0), address: 127.0.0.1, port: \(port + $0), vcpus: \(nodes == 1 ? 2 : 1)}" }.joined(separator: "\n"))
-            memory: 32MiB
-            transport: {plugin: transport-tcp}
-            coherence: {plugin: \(nodes == 1 ? "dsm-local" : "dsm-ivy")}
-            devices:
-              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
-              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
-              - {name: results, model: results, node: 0, base: 0xe0}
-              - {name: fwcfg, model: fw-cfg, node: 0}
-            guest:
-              image: \(elf)
-              protocol: multiboot
-              cmdline: "\(cmdline)"
-            """)
+        multibootTestConfig(cluster: "kvmclock\(nodes)", port: port, vcpus: nodes == 1 ? [2] : Array(repeating: 1, count: nodes), cmdline: cmdline)
     }
 
     /// The signed value of `"key":<n>` in `text`.

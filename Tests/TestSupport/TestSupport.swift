@@ -183,6 +183,30 @@ public final class LockedValue<T>: @unchecked Sendable {
     public func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
 }
 
+/// Writes a config that boots the test guest through multiboot with the firmware's devices on
+/// node 0: `vcpus[i]` vCPUs on node i, dsm-local on one node and dsm-ivy across several.
+public func multibootTestConfig(cluster: String, port: Int, vcpus: [Int], cmdline: String) -> String {
+    let image = Built.packageRoot + "/Guests/build/testguest.elf"
+    let nodes = vcpus.enumerated().map { "  - {id: \($0.offset), address: 127.0.0.1, port: \(port + $0.offset), vcpus: \($0.element)}" }
+    return temporaryFile("""
+        cluster: \(cluster)
+        nodes:
+        \(nodes.joined(separator: "\n"))
+        memory: 32MiB
+        transport: {plugin: transport-tcp}
+        coherence: {plugin: \(vcpus.count == 1 ? "dsm-local" : "dsm-ivy")}
+        devices:
+          - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
+          - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
+          - {name: results, model: results, node: 0, base: 0xe0}
+          - {name: fwcfg, model: fw-cfg, node: 0}
+        guest:
+          image: \(image)
+          protocol: multiboot
+          cmdline: "\(cmdline)"
+        """)
+}
+
 /// Writes a 2-node VM config (ports from this area's range 20000-20999).
 public func vmConfig(port: Int, vcpus: [Int] = [2, 2], addresses: [String]? = nil, memory: String = "32MiB",
               cmdline: String = "hello", ioapicNode: Int = 0, uartNode: Int = 0) -> String {
