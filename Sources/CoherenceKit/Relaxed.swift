@@ -178,6 +178,18 @@ extension Conformance {
         return p
     }
 
+    /// Reads `words` on every node (`readEverywhere`): a problem when the reads fail, and one for
+    /// each node whose values are not all `expected` (`mismatch` says it).
+    static func expectEverywhere(_ c: SimCluster, _ words: [(UInt64, Int)], equal expected: UInt64, reading what: String,
+                                 mismatch: (Int, [UInt64]) -> String) -> [String] {
+        let (seen, rep) = readEverywhere(c, words)
+        var problems: [String] = rep.ok ? [] : ["reading \(what) from every node: \(rep)"]
+        for (i, v) in seen.enumerated() where v != [UInt64](repeating: expected, count: words.count) {
+            problems.append(mismatch(i, v))
+        }
+        return problems
+    }
+
     /// Whether every byte of `v` is the same byte of one of `values`.
     static func isByteMix(_ v: UInt64, of values: Set<UInt64>) -> Bool {
         (0..<8).allSatisfy { b in values.contains { ($0 >> (8 * UInt64(b))) & 0xFF == (v >> (8 * UInt64(b))) & 0xFF } }
@@ -198,10 +210,8 @@ extension Conformance {
         var extra = Array(s.violations.prefix(8))
         if r.ok && extra.isEmpty {
             let expected = UInt64(nodes * threadsPerNode * increments)
-            let (seen, rep) = readEverywhere(c, words)
-            if !rep.ok { extra.append("reading the data from every node: \(rep)") }
-            for (i, v) in seen.enumerated() where v != [UInt64](repeating: expected, count: words.count) {
-                extra.append("node \(i) reads \(v) at \(words.map { "gfn \($0.0)+\($0.1)" }), expected \(expected) in each")
+            extra += expectEverywhere(c, words, equal: expected, reading: "the data") { i, v in
+                "node \(i) reads \(v) at \(words.map { "gfn \($0.0)+\($0.1)" }), expected \(expected) in each"
             }
         }
         return finish(c, r, extra)
@@ -224,10 +234,8 @@ extension Conformance {
         let r = c.run(maxSteps: options.maxSteps)
         var extra: [String] = []
         if r.ok {
-            let (seen, rep) = readEverywhere(c, words)
-            if !rep.ok { extra.append("reading the words from every node: \(rep)") }
-            for (i, v) in seen.enumerated() where v != [UInt64](repeating: UInt64(count), count: words.count) {
-                extra.append("node \(i) reads \(v) at offsets \(words.map(\.1)) of gfn \(page), expected \(count) in each (a lost write)")
+            extra += expectEverywhere(c, words, equal: UInt64(count), reading: "the words") { i, v in
+                "node \(i) reads \(v) at offsets \(words.map(\.1)) of gfn \(page), expected \(count) in each (a lost write)"
             }
         }
         return finish(c, r, extra)
@@ -250,10 +258,8 @@ extension Conformance {
         var extra: [String] = []
         if r.ok {
             extra += convergence(c)
-            let (seen, rep) = readEverywhere(c, own)
-            if !rep.ok { extra.append("reading the own words from every node: \(rep)") }
-            for (i, v) in seen.enumerated() where v != [UInt64](repeating: UInt64(count), count: own.count) {
-                extra.append("node \(i) reads \(v) in the threads' own words, expected \(count) in each (a lost write beside a race)")
+            extra += expectEverywhere(c, own, equal: UInt64(count), reading: "the own words") { i, v in
+                "node \(i) reads \(v) in the threads' own words, expected \(count) in each (a lost write beside a race)"
             }
         }
         return finish(c, r, extra)

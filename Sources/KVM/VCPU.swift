@@ -49,9 +49,9 @@ public final class VCPU: @unchecked Sendable {
     let run: UnsafeMutablePointer<kvm_run>
     let runSize: Int
     private let thread = Mutex<pthread_t?>(nil)
-    /// The exit `runOnce` last returned when KVM finishes its instruction only at the next
-    /// KVM_RUN (I/O, MMIO, user-space RDMSR/WRMSR), nil otherwise. Only the vCPU's thread.
-    private var unfinishedExit: String?
+    /// The exit `runOnce` last returned is one whose instruction KVM finishes only at the next
+    /// KVM_RUN (I/O, MMIO, user-space RDMSR/WRMSR): kvm_run still describes it. Only the vCPU's thread.
+    private var exitOwesCompletion = false
 
     /// The signal that kicks vCPU threads (SIGRTMIN); `installKickHandler()` installs its handler.
     public static var kickSignal: Int32 { gvm_sigrtmin() }
@@ -102,28 +102,23 @@ public final class VCPU: @unchecked Sendable {
     public func runOnce() throws -> VCPUExit {
         // Sound: KVM_RUN takes no argument; results land in the mmapped kvm_run page we own.
         let rc = gvm_ioctl_int(fd, gvm_KVM_RUN(), 0)
-        unfinishedExit = nil
+        exitOwesCompletion = false
         if rc < 0 {
             let e = gvm_errno()
             if e == EINTR || e == EAGAIN { return .interrupted }
             throw KVMError(call: "KVM_RUN", errno: e, context: "vCPU \(id)")
         }
         let r = run
-        let reason = Int32(gvm_run_exit_reason(r))
-        switch reason {
-        case KVM_EXIT_IO: unfinishedExit = "I/O (KVM_EXIT_IO)"
-        case KVM_EXIT_MMIO: unfinishedExit = "MMIO (KVM_EXIT_MMIO)"
-        case gvm_KVM_EXIT_X86_RDMSR(), gvm_KVM_EXIT_X86_WRMSR(): unfinishedExit = "MSR (KVM_EXIT_X86_RDMSR/WRMSR)"
-        default: break
-        }
-        switch reason {
+        switch Int32(gvm_run_exit_reason(r)) {
         case KVM_EXIT_IO:
+            exitOwesCompletion = true
             let size = Int(gvm_run_io_size(r)), count = Int(gvm_run_io_count(r))
             let base = UnsafeMutableRawPointer(r) + Int(gvm_run_io_data_offset(r))
             return .io(port: gvm_run_io_port(r), size: size, count: count,
                        isWrite: gvm_run_io_direction(r) == UInt8(KVM_EXIT_IO_OUT),
                        data: UnsafeMutableRawBufferPointer(start: base, count: size * count))
         case KVM_EXIT_MMIO:
+            exitOwesCompletion = true
             let len = Int(min(gvm_run_mmio_len(r), 8))
             return .mmio(address: gvm_run_mmio_phys_addr(r), isWrite: gvm_run_mmio_is_write(r) != 0,
                          data: UnsafeMutableRawBufferPointer(start: gvm_run_mmio_data(r), count: len))
@@ -140,8 +135,11 @@ public final class VCPU: @unchecked Sendable {
         case KVM_EXIT_EXCEPTION: return .exception(vector: gvm_run_ex_exception(r), errorCode: gvm_run_ex_error_code(r))
         case KVM_EXIT_DEBUG: return .debug
         case KVM_EXIT_HYPERCALL: return .hypercall(number: gvm_run_hypercall_nr(r))
-        case gvm_KVM_EXIT_X86_RDMSR(): return .rdmsr(index: gvm_run_msr_index(r), reason: gvm_run_msr_reason(r))
+        case gvm_KVM_EXIT_X86_RDMSR():
+            exitOwesCompletion = true
+            return .rdmsr(index: gvm_run_msr_index(r), reason: gvm_run_msr_reason(r))
         case gvm_KVM_EXIT_X86_WRMSR():
+            exitOwesCompletion = true
             return .wrmsr(index: gvm_run_msr_index(r), value: gvm_run_msr_data(r), reason: gvm_run_msr_reason(r))
         default: return .unknown(reason: gvm_run_exit_reason(r))
         }
@@ -149,7 +147,14 @@ public final class VCPU: @unchecked Sendable {
 
     /// The last exit left its instruction for KVM to finish at the next KVM_RUN (see
     /// `finishPendingExit`): what kind of exit it was, nil when nothing is pending.
-    public var pendingExit: String? { unfinishedExit }
+    public var pendingExit: String? {
+        guard exitOwesCompletion else { return nil }
+        switch Int32(gvm_run_exit_reason(run)) {
+        case KVM_EXIT_IO: return "I/O (KVM_EXIT_IO)"
+        case KVM_EXIT_MMIO: return "MMIO (KVM_EXIT_MMIO)"
+        default: return "MSR (KVM_EXIT_X86_RDMSR/WRMSR)"
+        }
+    }
 
     /// Lets KVM finish the instruction the last exit left half done, without running the guest
     /// further: KVM_RUN with kvm_run.immediate_exit set. For an I/O, MMIO or user-space MSR exit
@@ -160,7 +165,7 @@ public final class VCPU: @unchecked Sendable {
     /// Returns `.interrupted` when done, or the next exit the same instruction needs (a string
     /// I/O or split MMIO access continuing), which must be handled and finished in turn.
     public func finishPendingExit() throws -> VCPUExit {
-        guard unfinishedExit != nil else { return .interrupted }
+        guard exitOwesCompletion else { return .interrupted }
         gvm_run_set_immediate_exit(run, 1)
         defer { gvm_run_set_immediate_exit(run, 0) }
         return try runOnce()

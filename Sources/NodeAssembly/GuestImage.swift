@@ -121,23 +121,14 @@ public struct GuestImage {
         let placed = try modulePlacement(ramSize: ramSize)
         guard !placed.isEmpty, placed.count == modules.count else { return false }
         for (i, m) in modules.enumerated() {
-            let fd = open(m.path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw AssemblyError("guest.modules: \(m.path): cannot open: \(String(cString: strerror(errno)))") }
+            let fd = try Self.openModule(m.path)
             defer { close(fd) }
             let size = m.size
             let ok = try stack.replicate(gpa: placed[i].start, length: Self.pageUp(size)) { buf, offset in
                 guard offset < size else { return }
                 let n = Int(min(size - offset, UInt64(buf.count)))
-                var filled = 0
-                while filled < n {
-                    let r = pread(fd, buf.baseAddress! + filled, n - filled, off_t(offset) + off_t(filled))
-                    if r < 0 && errno == EINTR { continue }
-                    if r <= 0 { break }
-                    filled += r
-                }
-                guard filled == n else {
-                    throw AssemblyError("guest.modules: \(m.path): read \(offset + UInt64(filled)) of \(size) bytes (the file shrank or could not be read while loading)")
-                }
+                let filled = Self.readFully(fd, buf.baseAddress!, n, at: offset)
+                guard filled == n else { throw Self.shortRead(m.path, got: offset + UInt64(filled), size: size) }
             }
             if !ok {
                 guard i == 0 else {
@@ -190,27 +181,40 @@ public struct GuestImage {
     /// Streams a module file into guest RAM 1 MiB at a time (never the whole file in host memory);
     /// the file must still be `size` bytes long.
     static func copy(_ path: String, size: UInt64, into ram: any GuestRAM, at gpa: UInt64) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw AssemblyError("guest.modules: \(path): cannot open: \(String(cString: strerror(errno)))") }
+        let fd = try openModule(path)
         defer { close(fd) }
         var done: UInt64 = 0
         while done < size {
             let n = Int(min(size - done, 1 << 20))
-            let got = try ram.withPinned(gpa: gpa + done, length: n, write: true) { dst -> Int in
-                var filled = 0
-                while filled < n {
-                    let r = Glibc.read(fd, dst.baseAddress! + filled, n - filled)
-                    if r < 0 && errno == EINTR { continue }
-                    if r <= 0 { break }
-                    filled += r
-                }
-                return filled
+            let got = try ram.withPinned(gpa: gpa + done, length: n, write: true) { dst in
+                readFully(fd, dst.baseAddress!, n, at: done)
             }
-            guard got == n else {
-                throw AssemblyError("guest.modules: \(path): read \(done + UInt64(got)) of \(size) bytes (the file shrank or could not be read while loading)")
-            }
+            guard got == n else { throw shortRead(path, got: done + UInt64(got), size: size) }
             done += UInt64(n)
         }
+    }
+
+    static func openModule(_ path: String) throws -> Int32 {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AssemblyError("guest.modules: \(path): cannot open: \(String(cString: strerror(errno)))") }
+        return fd
+    }
+
+    /// Reads `n` bytes at `offset` of `fd` into `dst` (EINTR retried); returns how many it got
+    /// (fewer at the end of the file or on an error).
+    static func readFully(_ fd: Int32, _ dst: UnsafeMutableRawPointer, _ n: Int, at offset: UInt64) -> Int {
+        var filled = 0
+        while filled < n {
+            let r = pread(fd, dst + filled, n - filled, off_t(offset) + off_t(filled))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { break }
+            filled += r
+        }
+        return filled
+    }
+
+    static func shortRead(_ path: String, got: UInt64, size: UInt64) -> AssemblyError {
+        AssemblyError("guest.modules: \(path): read \(got) of \(size) bytes (the file shrank or could not be read while loading)")
     }
 
     static func readAll(_ path: String, size: UInt64) throws -> [UInt8] {

@@ -879,7 +879,7 @@ public final class IvyNode: @unchecked Sendable {
     // MARK: - sending
 
     func send(_ m: Message, to dst: UInt32, urgent: Bool? = nil) {
-        if (m.type == .getS || m.type == .getX), frozen[dst] != nil, !pulling {
+        if !frozen.isEmpty, m.type == .getS || m.type == .getX, frozen[dst] != nil, !pulling {
             deferred.append(m)   // its manager is handing its role over (Drain.swift)
             drainDeferred(1)
             return
