@@ -186,7 +186,7 @@ extension IvyNode {
                 return
             }
             if d.phase == .Pulling && d.pullsInFlight == 0 {
-                if !heldPages().isEmpty { runDrain(.holding, from: selfID) } else if directoryIdle() { runDrain(.settled, from: selfID) }
+                if state.contains(where: Self.isHeld) { runDrain(.holding, from: selfID) } else if directoryIdle() { runDrain(.settled, from: selfID) }
                 drain()
             }
             if let d = leaving, d.phase == .Left {
@@ -233,11 +233,12 @@ extension IvyNode {
         }
     }
 
-    /// Pages this node holds in a state other than I and OZ (lock held).
+    /// A page this node still holds: any state but I and OZ.
+    static func isHeld(_ s: CacheState) -> Bool { s != .I && s != .OZ }
+
+    /// Pages this node holds (lock held).
     func heldPages() -> [UInt64] {
-        var out: [UInt64] = []
-        for (g, s) in state.enumerated() where s != .I && s != .OZ { out.append(UInt64(g)) }
-        return out
+        state.indices.filter { Self.isHeld(state[$0]) }.map(UInt64.init)
     }
 
     /// Nothing in progress here: no request, owner transaction, stash, held or stalled input,
