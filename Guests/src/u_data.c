@@ -192,10 +192,13 @@ int w_seqread(u32 id)
 }
 
 /* modwrite: coherence of the module's pages after a write. Every vCPU reads
- * word 1 of module pages 0-2; then the last vCPU (on the last node) writes
- * page 1 and vCPU 0 writes page 2; after a barrier every vCPU must see both
- * writes and page 0 unchanged. With replicated modules (every node starts with
- * its own read copy) this is the write-invalidates-the-copies path. */
+ * word 1 of module pages 0-2 and of three pages in the module's middle; then
+ * the last vCPU (on the last node) writes the second page of each three and
+ * vCPU 0 the third; after a barrier every vCPU must see all four writes and
+ * the first pages unchanged. With replicated modules (every node starts with
+ * its own read copy) this is the write-invalidates-the-copies path; the middle
+ * pages lie in the part the VMM backs with huge pages when the module is large
+ * enough (docs/performance.md), the first ones in its 4 KiB edge. */
 int w_modwrite(u32 id)
 {
     u32 n = g_info.vcpus, last = n - 1;
@@ -203,17 +206,22 @@ int w_modwrite(u32 id)
         if (id) sys_idle();
         fail("modwrite: give the VM a module of at least 3 pages (YAML guest.modules)");
     }
-    volatile u64 *pg[3];
-    for (int k = 0; k < 3; k++) pg[k] = (volatile u64 *)(g_info.mod_start[0] + (u64)k * PAGE);
-    u64 before0 = pg[0][1];
-    (void)pg[1][1];
-    (void)pg[2][1];
+    u64 mid = (g_info.mod_len[0] / PAGE - 3) / 2;
+    if (mid < 3) mid = 0;                   /* too small to hold two apart: the same three pages */
+    volatile u64 *pg[6];
+    for (int k = 0; k < 3; k++) {
+        pg[k] = (volatile u64 *)(g_info.mod_start[0] + (u64)k * PAGE);
+        pg[3 + k] = (volatile u64 *)(g_info.mod_start[0] + (mid + (u64)k) * PAGE);
+    }
+    u64 before0 = pg[0][1], before3 = pg[3][1];
+    for (int k = 1; k < 6; k++) (void)pg[k][1];
     barrier_all(id);
     u64 mark1 = 0x5EED000000000001UL + ((u64)last << 8), mark2 = 0x5EED000000000002UL;
-    if (id == last) pg[1][1] = mark1;
-    if (id == 0) pg[2][1] = mark2;
+    if (id == last) { pg[1][1] = mark1; pg[4][1] = mark1; }
+    if (id == 0) { pg[2][1] = mark2; pg[5][1] = mark2; }
     barrier_all(id);
-    u64 bad = (pg[1][1] != mark1) + (pg[2][1] != mark2) + (pg[0][1] != before0);
+    u64 bad = (pg[1][1] != mark1) + (pg[2][1] != mark2) + (pg[4][1] != mark1) + (pg[5][1] != mark2)
+            + (pg[0][1] != before0) + (pg[3][1] != before3);
     g_ucpu[id].val[0] = bad;
     barrier_all(id);
     if (id) return 1;

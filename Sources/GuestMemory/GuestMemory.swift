@@ -223,10 +223,17 @@ public final class GuestMemory: @unchecked Sendable {
             }
         }
         let length = Int(bytes)
-        guard let map = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              map != MAP_FAILED else {
+        // 2 MiB aligned (map 2 MiB more, unmap the ends), so guest and host addresses agree
+        // modulo a huge page and `installSharedHuge` can use huge pages wherever the guest can.
+        let slack = Self.hugePageBytes
+        guard let raw = mmap(nil, length + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              raw != MAP_FAILED else {
             throw GuestMemoryError.mapping("mmap of \(bytes) bytes failed: \(String(cString: strerror(errno)))")
         }
+        let head = (slack - Int(UInt(bitPattern: raw) % UInt(slack))) % slack
+        let map = raw + head
+        if head > 0 { munmap(raw, head) }
+        if slack - head > 0 { munmap(map + length, slack - head) }
         // No transparent huge pages (a 2 MiB page would bypass per-page states) and not inherited
         // by forked children (helpers we spawn must not share or COW guest RAM).
         _ = madvise(map, length, MADV_NOHUGEPAGE)
@@ -549,6 +556,60 @@ public final class GuestMemory: @unchecked Sendable {
         }
         for i in 0..<count { setState(gfn + UInt64(i), state) }
         if let a = attribution { for i in 0..<count { a.installed(gfn + UInt64(i)) } }
+        return GVM_OK
+    }
+
+    /// Bytes of one transparent huge page (x86-64 PMD mapping).
+    public static let hugePageBytes = 2 << 20
+
+    /// Read copies backed by transparent huge pages, for a range no vCPU has touched yet (the
+    /// replicated modules, loaded before the start-up barrier): `fill` writes the range's bytes in
+    /// place, then the whole range is write-protected and every page is SHARED, as
+    /// `installBatch(state: SHARED)` leaves them. The difference is the kernel's mapping: the range
+    /// leaves userfaultfd while it is filled (`MADV_HUGEPAGE`, so the kernel backs it with 2 MiB
+    /// pages), is registered again and write-protected at 2 MiB granularity. KVM then maps each
+    /// 2 MiB of the guest's read copy with one fault, where 4 KiB read-only pages cost the guest
+    /// one slow KVM fault each (about 20 µs on the PVM host measured in docs/performance.md). A later
+    /// drop, upgrade or patch of one page splits its huge page in the kernel; nothing else changes.
+    ///
+    /// `gfn` and `count` must cover whole huge pages in guest and host address (GVM_ERR_INVALID
+    /// otherwise: the caller installs 4 KiB pages); every page must be INVALID and unpinned
+    /// (GVM_ERR_STATE / GVM_ERR_PINNED, nothing changed). Where the kernel gives no huge page the
+    /// bytes land in 4 KiB pages, with the same states. On a failure after the range left
+    /// userfaultfd it is registered again and dropped (every page INVALID) before the error returns.
+    public func installSharedHuge(_ gfn: UInt64, count: Int,
+                                  fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> gvm_status {
+        let hugePages = UInt64(Self.hugePageBytes / guestPageSize)
+        guard count > 0, gfn < pageCount, UInt64(count) <= pageCount - gfn,
+              gfn % hugePages == 0, UInt64(count) % hugePages == 0,
+              UInt(bitPattern: pageAddress(gfn)) % UInt(Self.hugePageBytes) == 0 else { return GVM_ERR_INVALID }
+        // Every stripe (the range may span them all), in ascending order like installBatch.
+        for s in 0..<Self.stripeCount { pthread_mutex_lock(mutexes + s) }
+        defer { for s in (0..<Self.stripeCount).reversed() { pthread_mutex_unlock(mutexes + s) } }
+        for g in Int(gfn)..<(Int(gfn) + count) {
+            if readPins[g] != 0 || writePins[g] != 0 { return GVM_ERR_PINNED }
+            if UInt32(states[g]) != GVM_PAGE_INVALID { return GVM_ERR_STATE }
+        }
+        let start = pageAddress(gfn), length = count * guestPageSize
+        try uffd.unregister(start, length: length)
+        var failure: Error?
+        do {
+            _ = madvise(start, length, MADV_HUGEPAGE)      // advice only: 4 KiB pages are as correct
+            try fill(UnsafeMutableRawBufferPointer(start: start, count: length))
+        } catch { failure = error }
+        do { try uffd.register(start, length: length, mode: [.missing, .writeProtect]) } catch {
+            // The range would be the kernel's own, unseen by the protocol: the node cannot go on.
+            throw GuestMemoryError.mapping("pages \(gfn)..\(gfn + UInt64(count) - 1): registering the huge-page range again: \(error)")
+        }
+        if failure == nil {
+            do { try uffd.writeProtect(start, length: length, enable: true, wake: false) } catch { failure = error }
+        }
+        if let failure {
+            _ = madvise(start, length, MADV_DONTNEED)
+            throw failure
+        }
+        for g in gfn..<(gfn + UInt64(count)) { setState(g, GVM_PAGE_SHARED) }
+        if let a = attribution { for g in gfn..<(gfn + UInt64(count)) { a.installed(g) } }
         return GVM_OK
     }
 

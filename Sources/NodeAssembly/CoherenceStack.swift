@@ -109,6 +109,39 @@ public final class CoherenceStack: @unchecked Sendable {
         guard rc == GVM_OK.rawValue else {
             throw AssemblyError("coherence.plugin \(pluginName): refused the replicated range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)): \(String(cString: gvm_status_name(rc)))")
         }
+        // The 2 MiB-aligned middle as huge read copies (GuestMemory.installSharedHuge); the
+        // edges, and all of a range the kernel's alignment does not allow, as 4 KiB copies.
+        let huge = UInt64(GuestMemory.hugePageBytes)
+        let middle = (lo: (gpa + huge - 1) / huge * huge, hi: (gpa + length) / huge * huge)
+        if middle.lo < middle.hi, hugeReplicas {
+            let status = try memory.installSharedHuge(middle.lo / page, count: Int((middle.hi - middle.lo) / page)) { buf in
+                try fill(buf, middle.lo - gpa)
+            }
+            if status == GVM_OK {
+                hugeReplicaBytes += middle.hi - middle.lo
+                try installShared(gpa, middle.lo - gpa, base: gpa, fill: fill)
+                try installShared(middle.hi, gpa + length - middle.hi, base: gpa, fill: fill)
+                return true
+            }
+            guard status == GVM_ERR_INVALID else {
+                throw AssemblyError("replicated range: installing guest pages at 0x\(String(middle.lo, radix: 16)) (huge pages): \(String(cString: gvm_status_name(status.rawValue)))")
+            }
+        }
+        try installShared(gpa, length, base: gpa, fill: fill)
+        return true
+    }
+
+    /// Whether `replicate` backs the 2 MiB-aligned middle of a range with huge pages (the
+    /// default; `GIANTVM_HUGE_REPLICAS=0` installs 4 KiB copies throughout, for comparison).
+    public var hugeReplicas = true
+    /// Bytes `replicate` installed in huge pages so far.
+    public private(set) var hugeReplicaBytes: UInt64 = 0
+
+    /// Installs [at, at+length) (page aligned, inside a replicated range starting at `base`) as
+    /// SHARED 4 KiB copies, 64 pages per UFFDIO_COPY.
+    private func installShared(_ at: UInt64, _ length: UInt64, base: UInt64,
+                               fill: (_ buffer: UnsafeMutableRawBufferPointer, _ offset: UInt64) throws -> Void) throws {
+        let page = UInt64(guestPageSize)
         let chunkPages = GuestMemory.maxInstallBatch
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkPages * guestPageSize, alignment: guestPageSize)
         defer { buffer.deallocate() }
@@ -117,15 +150,14 @@ public final class CoherenceStack: @unchecked Sendable {
             let pages = Int(min((length - done) / page, UInt64(chunkPages)))
             let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(pages * guestPageSize)])
             part.initializeMemory(as: UInt8.self, repeating: 0)
-            try fill(part, done)
-            let status = memory.installBatch((gpa + done) / page, count: pages, bytes: UnsafeRawPointer(part.baseAddress!),
+            try fill(part, at - base + done)
+            let status = memory.installBatch((at + done) / page, count: pages, bytes: UnsafeRawPointer(part.baseAddress!),
                                              state: GVM_PAGE_SHARED)
             guard status == GVM_OK else {
-                throw AssemblyError("replicated range: installing guest pages at 0x\(String(gpa + done, radix: 16)) (\(pages) pages): \(String(cString: gvm_status_name(status.rawValue)))")
+                throw AssemblyError("replicated range: installing guest pages at 0x\(String(at + done, radix: 16)) (\(pages) pages): \(String(cString: gvm_status_name(status.rawValue)))")
             }
             done += UInt64(pages) * page
         }
-        return true
     }
 
     /// Starts the plugin, then the fault handlers.

@@ -314,17 +314,27 @@ public final class VMNode: @unchecked Sendable {
     }
 
     /// Every node, before the start-up barrier: the modules as read copies in this node's own RAM
-    /// when the coherence plugin takes GVM_HINT_REPLICATED (GuestImage.replicateModules). Not on
-    /// a one-node VM: nothing to replicate to, and on this host a read-only (write-protected)
-    /// page costs the guest more on its first access than the writable pages the BSP's loader
-    /// leaves (docs/performance.md).
+    /// when the coherence plugin takes GVM_HINT_REPLICATED (GuestImage.replicateModules), their
+    /// 2 MiB-aligned middle in huge pages (CoherenceStack.replicate). A one-node VM takes the same
+    /// path: huge read-only pages cost the guest one KVM fault per 2 MiB, where the 4 KiB pages
+    /// the boot node's loader writes cost one per few pages (docs/performance.md).
+    /// `GIANTVM_HUGE_REPLICAS=0` keeps every copy in 4 KiB pages (and a one-node VM's modules
+    /// with the loader), for comparison.
     private func replicateModules() throws -> Bool {
-        guard let coherence, !image.modules.isEmpty, config.nodes.count > 1 else { return false }
+        guard let coherence, !image.modules.isEmpty else { return false }
+        switch getenv("GIANTVM_HUGE_REPLICAS").map({ String(cString: $0) }) {
+        case nil, "1": coherence.hugeReplicas = true
+        case "0": coherence.hugeReplicas = false
+        case let other?:
+            throw AssemblyError("environment GIANTVM_HUGE_REPLICAS=\(other): expected 0 (read copies in 4 KiB pages) or 1 (the 2 MiB-aligned middle in huge pages, the default)")
+        }
+        // One node has nobody to replicate to: only the huge-page layout makes it worth it.
+        guard config.nodes.count > 1 || coherence.hugeReplicas else { return false }
         let t0 = monotonicNanoseconds()
         let done = try image.replicateModules(coherence, ramSize: machine.ram.size)
         if done {
             let bytes = image.modules.reduce(UInt64(0)) { $0 + $1.size }
-            logger.info("guest.modules: \(image.modules.count) module(s), \(bytes) bytes, loaded on this node as read copies replicated on every node (\(String(format: "%.1f", Double(monotonicNanoseconds() - t0) / 1e6)) ms)")
+            logger.info("guest.modules: \(image.modules.count) module(s), \(bytes) bytes, loaded on this node as read copies replicated on every node (\(String(format: "%.1f", Double(monotonicNanoseconds() - t0) / 1e6)) ms; \(coherence.hugeReplicaBytes) bytes of them in 2 MiB pages)")
         }
         return done
     }

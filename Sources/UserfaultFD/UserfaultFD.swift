@@ -213,6 +213,13 @@ public final class Userfaultfd: @unchecked Sendable {
         return got
     }
 
+    /// UFFDIO_UNREGISTER of `length` bytes at `start`: the kernel resolves faults there itself
+    /// (zero pages, transparent huge pages where the range allows) until it is registered again.
+    public func unregister(_ start: UnsafeMutableRawPointer, length: Int) throws {
+        let rc = gvm_uffd_unregister(fd, UInt64(UInt(bitPattern: start)), UInt64(length))
+        if rc < 0 { throw UFFDError(errno: -rc, operation: "UFFDIO_UNREGISTER") }
+    }
+
     /// UFFDIO_COPY: copies `length` bytes (a multiple of the page size) from `source` into the
     /// missing pages at `destination`, mapped write-protected if `writeProtect`
     /// (UFFDIO_COPY_MODE_WP) and waking the faulting threads unless `wake` is false

@@ -12,6 +12,7 @@ final class DataWorkloadTests: XCTestCase {
     static let tools = Built.packageRoot + "/Guests/build"
     /// One text for the whole class (3 MiB, seed 15), and the reference lines for it.
     nonisolated(unsafe) static var text: String?
+    nonisolated(unsafe) static var bigText: String?
 
     override func setUpWithError() throws {
         try Requirement.testGuestVM()
@@ -122,8 +123,10 @@ final class DataWorkloadTests: XCTestCase {
     /// A guest write to a replicated module page on one node is seen by every other node: the
     /// last vCPU (node 1) writes module page 1, vCPU 0 (node 0) page 2; after a barrier every vCPU
     /// checks both and that page 0 is unchanged (`modwrite`, Guests/src/u_data.c).
-    func assertModuleWriteCoherent(vcpus: [Int], port: Int, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: "modwrite", replicated: true), "--timeout", "60"], timeout: 90)
+    func assertModuleWriteCoherent(vcpus: [Int], port: Int, modules: [String]? = nil,
+                                   file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try giantvm(["up", config(port: port, vcpus: vcpus, cmdline: "modwrite", modules: modules, replicated: true),
+                             "--timeout", "60"], timeout: 90)
         XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
         let total = vcpus.reduce(0, +)
         XCTAssertEqual(guestLines(r, "RESULT "),
@@ -135,6 +138,48 @@ final class DataWorkloadTests: XCTestCase {
     }
 
     func testModuleWriteIsSeenAcrossTwoNodes() throws { try assertModuleWriteCoherent(vcpus: [1, 1], port: 20892) }
+    /// The same with an 8 MiB module: the middle pages are in every node's huge read copies.
+    func testModuleWriteIsSeenAcrossTwoNodesInHugeReadCopies() throws {
+        try assertModuleWriteCoherent(vcpus: [1, 1], port: 20886, modules: [try bigText()])
+    }
+
+    /// An 8 MiB text (made once): its middle holds whole 2 MiB pages wherever it is placed.
+    func bigText() throws -> String {
+        if let t = Self.bigText { return t }
+        let path = temporaryFile("", name: "zipf-8MiB.txt")
+        let g = try TestSupport.run(Self.tools + "/zipf-text", ["--size", "8M", "--seed", "3", "-o", path], timeout: 60)
+        XCTAssertEqual(g.status, 0, g.output)
+        Self.bigText = path
+        return path
+    }
+    /// One node replicates too (its modules' middle in huge read-only pages): a write there
+    /// upgrades the page in place, splitting its huge page, and every vCPU reads it back.
+    func testModuleWriteOnOneNodeWithHugeReadCopies() throws {
+        let r = try giantvm(["up", config(port: 20890, vcpus: [2], cmdline: "modwrite", modules: [try bigText()]), "--timeout", "60",
+                             "--log-level", "info"], timeout: 90)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertEqual(guestLines(r, "RESULT "), [#"RESULT {"workload":"modwrite","vcpus":2,"writer":1,"cross_node":false,"bad":0,"ok":true}"#],
+                       r.output)
+        // An 8 MiB module holds at least two whole 2 MiB pages, the middle pages among them.
+        XCTAssertNotNil(r.output.range(of: #"loaded on this node as read copies .* ([4-9]|[1-9][0-9])[0-9]{6} bytes of them in 2 MiB pages"#,
+                                       options: .regularExpression), r.output)
+        XCTAssertGreaterThanOrEqual(stat(r.stdout, node: 0, "upgrade") ?? 0, 2, "the writes upgraded read copies in place: \(r.output)")
+    }
+
+    /// `GIANTVM_HUGE_REPLICAS=0`: a one-node VM leaves its modules to the loader again (4 KiB
+    /// writable pages), with the same result; a bad value stops at start naming the variable.
+    func testHugeReplicasSwitch() throws {
+        let want = try reference("wordcount", threads: 2)
+        let path = config(port: 20888, vcpus: [2], cmdline: "wordcount")
+        let off = try giantvm(["up", path, "--timeout", "60", "--log-level", "info"], timeout: 90,
+                              environment: ["GIANTVM_HUGE_REPLICAS": "0"])
+        XCTAssertEqual(off.status, 0, off.output)
+        XCTAssertEqual(guestLines(off, "DATA "), [want], off.output)
+        XCTAssertFalse(off.output.contains("loaded on this node as read copies"), off.output)
+        let bad = try giantvm(["up", path, "--timeout", "60"], timeout: 90, environment: ["GIANTVM_HUGE_REPLICAS": "yes"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.output.contains("GIANTVM_HUGE_REPLICAS=yes: expected 0"), bad.output)
+    }
     func testModuleWriteIsSeenAcrossTwoNodesTwoVCPUs() throws { try assertModuleWriteCoherent(vcpus: [2, 2], port: 20894) }
 
     /// Through the guest's multiboot entry (`guest.protocol: multiboot`): the firmware loader places

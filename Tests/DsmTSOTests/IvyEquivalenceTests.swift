@@ -15,9 +15,10 @@ final class IvyEquivalenceTests: XCTestCase {
         for seed in UInt64(1)...UInt64(60) {
             let nodes = 2 + Int(seed % 3)
             let opts = ConformanceOptions(maxDelay: Int(seed % 4) * 2, threadBias: 20 + Int(seed % 5) * 15)
-            // dsm-tso never reads ahead (Config.swift): it equals dsm-ivy with read-ahead off.
+            // dsm-tso neither reads nor zero-fills ahead by default (Config.swift): it equals
+            // dsm-ivy with both off.
             var ivyOpts = opts
-            ivyOpts.settings = [("read_ahead", "0")]
+            ivyOpts.settings = [("read_ahead", "0"), ("zero_ahead", "1")]
             let a = try Conformance.lockedCounter(ivy, nodes: nodes, threadsPerNode: 2, increments: 5, seed: seed, options: ivyOpts)
             let b = try Conformance.lockedCounter(tso, nodes: nodes, threadsPerNode: 2, increments: 5, seed: seed, options: opts)
             XCTAssertTrue(b.ok, "seed \(seed): \(b)")

@@ -52,3 +52,105 @@ final class InstallBatchTests: XCTestCase {
                        GVM_ERR_INVALID.rawValue)
     }
 }
+
+/// `installSharedHuge`: read copies of a range no vCPU has touched, backed by transparent huge
+/// pages and write-protected at 2 MiB granularity (the replicated modules' middle).
+final class HugeReadCopyTests: XCTestCase {
+    let S = GVM_PAGE_SHARED, M = GVM_PAGE_MODIFIED, I = GVM_PAGE_INVALID
+    let hugePages = GuestMemory.hugePageBytes / 4096
+
+    /// AnonHugePages (KiB) of the mapping holding `address`, from /proc/self/smaps.
+    func anonHugeKiB(at address: UnsafeMutableRawPointer) throws -> Int {
+        let a = UInt(bitPattern: address)
+        var inside = false
+        // Read to the end: a /proc file reports size 0, so a read by size would stop short.
+        guard let file = fopen("/proc/self/smaps", "r") else { throw CocoaError(.fileReadUnknown) }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, file)
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let r = f.first, r.contains("-"), !r.hasSuffix(":") {
+                let b = r.split(separator: "-")
+                if b.count == 2, let lo = UInt(b[0], radix: 16), let hi = UInt(b[1], radix: 16) { inside = lo <= a && a < hi }
+                continue
+            }
+            if inside, f.first == "AnonHugePages:", f.count >= 2, let k = Int(f[1]) { return k }
+        }
+        return 0
+    }
+
+    func testHugeReadCopiesHoldTheirBytesWriteProtectedAndSplitPerPage() throws {
+        try requireUserfaultfd()
+        let h = try Harness(pages: 4 * hugePages, scripted: ScriptedCoherence(mode: .hold))
+        defer { h.close() }
+        XCTAssertEqual(UInt(bitPattern: h.memory.base) % UInt(GuestMemory.hugePageBytes), 0, "guest RAM is 2 MiB aligned")
+        let first = UInt64(hugePages), count = 2 * hugePages
+        var calls = 0
+        let status = try h.memory.installSharedHuge(first, count: count) { buf in
+            calls += 1
+            XCTAssertEqual(buf.count, count * page)
+            for p in 0..<count { buf[p * page + 9] = UInt8(truncatingIfNeeded: p &* 13 &+ 1) }
+        }
+        XCTAssertEqual(status, GVM_OK)
+        XCTAssertEqual(calls, 1)
+        for p in 0..<count {
+            let g = first + UInt64(p)
+            let s = try h.states(g)
+            XCTAssertEqual(s.host, S, "gfn \(g)")
+            XCTAssertEqual(s.kernel, S, "gfn \(g): the kernel maps it write-protected")
+            XCTAssertEqual(load(h.addr(g, 9)), UInt8(truncatingIfNeeded: p &* 13 &+ 1), "gfn \(g)")
+        }
+        XCTAssertEqual(try h.states(first - 1).kernel, I, "before the range")
+        XCTAssertEqual(try h.states(first + UInt64(count)).kernel, I, "after the range")
+        XCTAssertEqual(h.memory.stats.missingEvents, 0, "filling the range faulted nothing to the protocol")
+        let thp = (try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/enabled", encoding: .utf8)) ?? ""
+        if !thp.contains("[never]") {
+            XCTAssertGreaterThan(try anonHugeKiB(at: h.addr(first)), 0, "the range is backed by huge pages")
+        }
+        // One page's upgrade and another's drop split their huge page; the neighbours keep their
+        // state and bytes, and a write to the range is caught until upgraded.
+        let host = h.host.pointee
+        XCTAssertEqual(host.page_upgrade(host.host, first + 5), GVM_OK.rawValue)
+        XCTAssertEqual(try h.states(first + 5).kernel, M)
+        store(h.addr(first + 5, 100), 0xAB)
+        XCTAssertEqual(host.page_drop(host.host, first + 7, nil), GVM_OK.rawValue)
+        XCTAssertEqual(try h.states(first + 7).kernel, I)
+        for g in [first + 4, first + 6, first + 8, first + UInt64(count) - 1] {
+            XCTAssertEqual(try h.states(g).kernel, S, "gfn \(g)")
+            XCTAssertEqual(load(h.addr(g, 9)), UInt8(truncatingIfNeeded: Int(g - first) &* 13 &+ 1), "gfn \(g)")
+        }
+        XCTAssertEqual(load(h.addr(first + 5, 100)), 0xAB)
+    }
+
+    func testRefusalsChangeNothing() throws {
+        try requireUserfaultfd()
+        let h = try Harness(pages: 4 * hugePages, scripted: ScriptedCoherence(mode: .hold))
+        defer { h.close() }
+        var filled = false
+        let fill: (UnsafeMutableRawBufferPointer) throws -> Void = { _ in filled = true }
+        XCTAssertEqual(try h.memory.installSharedHuge(1, count: hugePages, fill: fill), GVM_ERR_INVALID, "not aligned")
+        XCTAssertEqual(try h.memory.installSharedHuge(0, count: hugePages - 1, fill: fill), GVM_ERR_INVALID, "not whole huge pages")
+        XCTAssertEqual(try h.memory.installSharedHuge(UInt64(3 * hugePages), count: 2 * hugePages, fill: fill), GVM_ERR_INVALID, "past the end")
+        let host = h.host.pointee
+        XCTAssertEqual(host.page_install(host.host, UInt64(hugePages) + 3, nil, M), GVM_OK.rawValue)
+        XCTAssertEqual(try h.memory.installSharedHuge(UInt64(hugePages), count: hugePages, fill: fill), GVM_ERR_STATE, "a page is present")
+        XCTAssertFalse(filled)
+        XCTAssertEqual(try h.states(UInt64(hugePages)).kernel, I)
+        XCTAssertEqual(try h.states(UInt64(hugePages) + 3).kernel, M)
+        // A failing fill leaves the range absent and registered: a later access faults to the protocol.
+        struct Boom: Error {}
+        XCTAssertThrowsError(try h.memory.installSharedHuge(UInt64(2 * hugePages), count: hugePages) { buf in
+            buf[0] = 1
+            throw Boom()
+        })
+        XCTAssertEqual(try h.states(UInt64(2 * hugePages)).kernel, I)
+        XCTAssertEqual(h.memory.pageState(UInt64(2 * hugePages)), I)
+        XCTAssertEqual(host.page_install(host.host, UInt64(2 * hugePages), nil, S), GVM_OK.rawValue, "still under userfaultfd")
+    }
+}

@@ -59,7 +59,7 @@ final class SettingInfoTests: XCTestCase {
     func testInTreePluginsDeclareTheirSettings() throws {
         let loader = PluginLoader(searchPath: [Built.productsDirectory])
         let ivy = try loader.load("dsm-ivy")
-        XCTAssertEqual(ivy.settings.map(\.key), ["manager_chunk", "hold_time", "read_ahead", "replicated", "request_timeout", "send_wait"])
+        XCTAssertEqual(ivy.settings.map(\.key), ["manager_chunk", "hold_time", "read_ahead", "replicated", "zero_ahead", "request_timeout", "send_wait"])
         XCTAssertEqual(ivy.settings.first { $0.key == "hold_time" }?.defaultValue, "20us")
         XCTAssertTrue(ivy.descriptionText?.contains("Cache controller states") ?? false)
         let devices = try loader.load("devices")

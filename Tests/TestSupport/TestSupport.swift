@@ -132,8 +132,9 @@ public func run(_ executable: String, _ arguments: [String], timeout: TimeInterv
 }
 
 /// Runs the built giantvm.
-public func giantvm(_ arguments: [String], timeout: TimeInterval = 60, directory: String? = nil) throws -> ProcessResult {
-    try run(Built.giantvm, arguments, timeout: timeout, directory: directory)
+public func giantvm(_ arguments: [String], timeout: TimeInterval = 60, environment: [String: String]? = nil,
+                    directory: String? = nil) throws -> ProcessResult {
+    try run(Built.giantvm, arguments, timeout: timeout, environment: environment, directory: directory)
 }
 
 /// Writes `text` to a fresh temporary file and returns its path.

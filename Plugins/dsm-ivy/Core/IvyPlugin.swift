@@ -25,6 +25,8 @@ public final class IvyPlugin: CoherencePlugin {
                     "pages requested ahead of a sequential or strided read stream, batched per manager and owner (0 = off, up to 64)"),
         SettingInfo("replicated", default: "on",
                     "on: guest.modules every node loads itself start as read copies on every node (ABI 4 GVM_HINT_REPLICATED); off: the boot node loads them and the others fault them in"),
+        SettingInfo("zero_ahead", default: "64",
+                    "when a local fault makes a never-written page present, the other never-written pages of its aligned group of this many pages come with it, as zeros in one copy (1 = off; a power of two up to 64)"),
         SettingInfo("request_timeout", default: "10s",
                     "a page request unanswered this long stops the cluster naming request, page and peer (0 = off, or 1ms to 1h)"),
         SettingInfo("send_wait", default: "5s",

@@ -57,8 +57,12 @@ public struct IvyConfig: Sendable, Equatable {
     /// as read copies everywhere) or answer UNSUPPORTED (off: the boot node loads them and the
     /// others fault them in, as before ABI 4). See Replicated.swift and docs/performance.md.
     public var replicated = true
+    /// `zero_ahead`: when a local fault makes a never-written page present, the other
+    /// never-written pages of its aligned group of this many pages are made present with it
+    /// (1 = off, up to IvyWire.maxBatch). See ZeroAhead.swift.
+    public var zeroAhead: Int = 64
 
-    public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead", "replicated"] + livenessSettingKeys
+    public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead", "replicated", "zero_ahead"] + livenessSettingKeys
 
     /// `manager_chunk`: "auto" (default: contiguous ranges, one per node) or a size that is a
     /// multiple of 4 KiB ("4KiB", "64KiB", "2MiB", "8192"): interleave chunks over the nodes.
@@ -98,6 +102,12 @@ public struct IvyConfig: Sendable, Equatable {
                 throw PluginError("setting 'read_ahead': '\(r)' is not a page count from 0 (off) to \(IvyWire.maxBatch)")
             }
             config.readAhead = n
+        }
+        if let z = settings["zero_ahead"] {
+            guard let n = Int(z.trimmingSpaces), n >= 1, n <= IvyWire.maxBatch, n & (n - 1) == 0 else {
+                throw PluginError("setting 'zero_ahead': '\(z)' is not a power of two from 1 (off) to \(IvyWire.maxBatch) pages")
+            }
+            config.zeroAhead = n
         }
         switch settings["replicated"]?.trimmingSpaces ?? "on" {
         case "on": config.replicated = true
@@ -156,6 +166,7 @@ public final class IvyNode: @unchecked Sendable {
     let services: ProtocolServices
     let stats: IvyStats
     let raStats: ReadAheadStats
+    let zaStats: ZeroAheadStats
     /// Messages that found the transport's queue full and waited in the outbox (Liveness.swift).
     let sendWaits: (UInt64) -> Void
     /// Node evacuation (Drain.swift): requests deferred for a manager handing over, pulls taken,
@@ -291,6 +302,7 @@ public final class IvyNode: @unchecked Sendable {
         self.services = services
         self.stats = IvyStats(services)
         self.raStats = ReadAheadStats(services)
+        self.zaStats = ZeroAheadStats(services)
         self.detector = ReadAheadDetector(window: config.readAhead)
         self.sendWaits = services.makeCounter("ivy.send_waits")
         drainDeferred = services.makeCounter("ivy.drain.deferred")
@@ -488,6 +500,7 @@ public final class IvyNode: @unchecked Sendable {
         ctx.requester = selfID
         run(event, &ctx)
         if access == .read, before == .I || before == .IS_D, !prefetching { readAhead(after: gfn) }
+        if before == .OZ, state[g] == .OM { zeroAhead(after: gfn) }
     }
 
     func handleMessage(_ m: Message, from src: UInt32) {

@@ -50,6 +50,8 @@ public struct TSOConfig: Sendable, Equatable {
         // naming the page). With read_ahead set, dsm-ivy prefetches only pages of class sc
         // outside every relaxed range (TSONode sets IvyNode.readAheadFilter).
         if ivySettings["read_ahead"] == nil { ivySettings["read_ahead"] = "0" }
+        // Zero-fill ahead likewise: pages made present ahead are in use.
+        if ivySettings["zero_ahead"] == nil { ivySettings["zero_ahead"] = "1" }
         var ivy = try IvyConfig.parse(ivySettings, pageCount: pageCount, nodeCount: nodeCount)
         try ivy.parseLivenessSettings(ivySettings)
         var config = TSOConfig(ivy: ivy)

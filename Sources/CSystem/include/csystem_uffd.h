@@ -72,6 +72,13 @@ static inline int gvm_uffd_register(int fd, uint64_t start, uint64_t len, uint64
     return 0;
 }
 
+/// UFFDIO_UNREGISTER of [start, start+len): faults there are the kernel's own again.
+static inline int gvm_uffd_unregister(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_range r = { .start = start, .len = len };
+    // Sound: UFFDIO_UNREGISTER reads one struct uffdio_range on our stack.
+    return ioctl(fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+}
+
 /// UFFDIO_COPY of len bytes from src to dst (both page aligned) with `mode` (UFFDIO_COPY_MODE_*).
 /// `copied` out: bytes copied (also on a partial failure), or 0.
 static inline int gvm_uffd_copy(int fd, uint64_t dst, const void *src, uint64_t len, uint64_t mode,
