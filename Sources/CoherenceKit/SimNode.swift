@@ -144,6 +144,7 @@ public final class SimNode {
         m.page_pinned = { h, g in SimNode.of(h).pinned(g) }
         m.page_wake = { h, g in SimNode.of(h).cluster.wake(node: SimNode.of(h).id, gfn: g) }
         m.page_install_batch = { h, g, n, b, st in SimNode.of(h).installBatch(g, n, b, st) }
+        m.page_downgrade_batch = { h, g, n in SimNode.of(h).downgradeBatch(g, n) }
         memory.initialize(to: m)
 
         for i in 0..<cluster.nodeCount {
@@ -271,6 +272,24 @@ public final class SimNode {
 
     /// page_install_batch calls that installed pages.
     public internal(set) var batchInstalls = 0
+
+    /// page_downgrade_batch: all or nothing, every page MODIFIED and not pinned for write.
+    func downgradeBatch(_ gfn: UInt64, _ count: UInt32) -> Int32 {
+        guard count >= 1, count <= 64, gfn < UInt64(pageCount), UInt64(count) <= UInt64(pageCount) - gfn else {
+            return GVM_ERR_INVALID.rawValue
+        }
+        for i in 0..<Int(count) {
+            let g = Int(gfn) + i
+            if pageState[g] != GVM_PAGE_MODIFIED { return GVM_ERR_STATE.rawValue }
+            if pinWrite[g] > 0 { return GVM_ERR_PINNED.rawValue }
+        }
+        for i in 0..<Int(count) { _ = downgrade(gfn + UInt64(i), nil) }
+        batchDowngrades += 1
+        return GVM_OK.rawValue
+    }
+
+    /// page_downgrade_batch calls that downgraded pages.
+    public internal(set) var batchDowngrades = 0
 
     func install(_ gfn: UInt64, _ src: UnsafeRawPointer?, _ st: UInt32) -> Int32 {
         guard gfn < UInt64(pageCount), st == GVM_PAGE_SHARED || st == GVM_PAGE_MODIFIED else { return GVM_ERR_INVALID.rawValue }

@@ -559,6 +559,27 @@ public final class GuestMemory: @unchecked Sendable {
         return GVM_OK
     }
 
+    /// MODIFIED -> SHARED for `count` contiguous pages with one write-protection (one TLB flush
+    /// for the run). All or nothing: a page not MODIFIED gives GVM_ERR_STATE, one pinned for write
+    /// GVM_ERR_PINNED, and nothing changes. The bytes stay; `readPage` copies them.
+    public func downgradeBatch(_ gfn: UInt64, count: Int) -> gvm_status {
+        guard count >= 1, count <= Self.maxInstallBatch, gfn < pageCount, UInt64(count) <= pageCount - gfn else { return GVM_ERR_INVALID }
+        let stripes = (0..<UInt64(count)).map { Int((gfn + $0) & stripeMask) }.sorted()
+        for s in stripes { pthread_mutex_lock(mutexes + s) }
+        defer { for s in stripes.reversed() { pthread_mutex_unlock(mutexes + s) } }
+        for i in 0..<count {
+            let g = Int(gfn) + i
+            if UInt32(states[g]) != GVM_PAGE_MODIFIED { return GVM_ERR_STATE }
+            if writePins[g] != 0 { return GVM_ERR_PINNED }
+        }
+        do { try uffd.writeProtect(pageAddress(gfn), length: count * guestPageSize, enable: true, wake: false) } catch {
+            logger.error("pages \(gfn)..\(gfn + UInt64(count) - 1): batch downgrade: \(error)")
+            return GVM_ERR_IO
+        }
+        for i in 0..<count { setState(gfn + UInt64(i), GVM_PAGE_SHARED) }
+        return GVM_OK
+    }
+
     /// Bytes of one transparent huge page (x86-64 PMD mapping).
     public static let hugePageBytes = 2 << 20
 
@@ -906,6 +927,9 @@ public final class GuestMemory: @unchecked Sendable {
         table.pointee.page_install_batch = { h, gfn, count, bytes, state in
             guard let bytes else { return GVM_ERR_INVALID.rawValue }
             return GuestMemory.from(h).installBatch(gfn, count: Int(count), bytes: bytes, state: state).rawValue
+        }
+        table.pointee.page_downgrade_batch = { h, gfn, count in
+            GuestMemory.from(h).downgradeBatch(gfn, count: Int(count)).rawValue
         }
         table.pointee.page_upgrade = { h, gfn in GuestMemory.from(h).upgrade(gfn).rawValue }
         table.pointee.page_downgrade = { h, gfn, out in GuestMemory.from(h).downgrade(gfn, into: out).rawValue }

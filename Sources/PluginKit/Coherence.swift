@@ -77,6 +77,19 @@ public struct CoherenceHost: @unchecked Sendable {
         return PageStatus(raw: f(host, gfn, UInt32(count), bytes, state.rawValue))
     }
 
+    /// Write-protects `count` contiguous MODIFIED pages with one call, all or nothing
+    /// (page_downgrade_batch, ABI 5). A host without the service: GVM_ERR_UNSUPPORTED
+    /// (downgrade page by page instead).
+    @discardableResult
+    public func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus {
+        let end = MemoryLayout<gvm_coherence_host>.offset(of: \gvm_coherence_host.page_downgrade_batch)!
+            + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(raw.pointee.size) >= end, let f = raw.pointee.page_downgrade_batch, count >= 1, count <= 64 else {
+            return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+        }
+        return PageStatus(raw: f(host, gfn, UInt32(count)))
+    }
+
     @discardableResult
     public func upgrade(_ gfn: UInt64) -> PageStatus {
         PageStatus(raw: raw.pointee.page_upgrade(host, gfn))

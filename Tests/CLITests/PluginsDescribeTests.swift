@@ -1,5 +1,6 @@
 import XCTest
 import TestSupport
+import PluginAPI
 
 /// `giantvm plugins describe`: the ABI 3 self-description of every in-tree plugin, read from its
 /// descriptor by the built binary.
@@ -11,7 +12,7 @@ final class PluginsDescribeTests: XCTestCase {
     func testCoherencePluginPrintsItsStateTableAndSettings() throws {
         let r = try describe("dsm-ivy")
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.hasPrefix("dsm-ivy 0.1.0 — coherence plugin, ABI 4"), r.stdout)
+        XCTAssertTrue(r.stdout.hasPrefix("dsm-ivy 0.1.0 — coherence plugin, ABI \(GVM_ABI_VERSION)"), r.stdout)
         XCTAssertTrue(r.stdout.contains("state table:"), r.stdout)
         XCTAssertTrue(r.stdout.contains("Cache controller transitions"), "the Ivy table itself: \(r.stdout)")
         let rows = r.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
@@ -50,7 +51,7 @@ final class PluginsDescribeTests: XCTestCase {
     func testCPluginsByPathDescribeThemselves() throws {
         let r = try describe(Built.plugin("example-c"))
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.stdout.contains("example-c 0.1.0 — device plugin, ABI 4"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("example-c 0.1.0 — device plugin, ABI \(GVM_ABI_VERSION)"), r.stdout)
         XCTAssertTrue(r.stdout.contains("  scratch:\n    KEY      DEFAULT  MEANING\n    initial  0 "), r.stdout)
         let rdma = Built.plugin("transport-rdma")
         if FileManager.default.fileExists(atPath: rdma) {

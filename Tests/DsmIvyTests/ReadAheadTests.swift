@@ -236,8 +236,12 @@ final class ReadAheadClusterTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(reader.counter("ivy.readahead.used"), 16)
         XCTAssertEqual(reader.counter("ivy.readahead.wasted"), 0)
         XCTAssertLessThanOrEqual(reader.counter("ivy.readahead.used"), prefetched)
-        // The replies came batched: forwards gathered by the manager, read copies by the owner.
+        // The replies came batched: forwards gathered by the manager, read copies by the owner,
+        // which write-protected each run of its modified pages with one call (ABI 5).
         XCTAssertGreaterThan(on.totals["ivy.msg.DataBatch"] ?? 0, 0)
+        XCTAssertGreaterThan(onCluster.nodes[1].batchDowngrades, 0)
+        XCTAssertEqual(onCluster.nodes[1].counter("ivy.readahead.batch_downgrades"), UInt64(onCluster.nodes[1].batchDowngrades))
+        XCTAssertEqual(offCluster.nodes[1].batchDowngrades, 0, "a single FwdGetS downgrades its page alone")
         XCTAssertGreaterThan(on.totals["ivy.msg.FwdGetSBatch"] ?? 0, 0)
         // ... and contiguous runs of them were installed with one page_install_batch each.
         XCTAssertGreaterThan(reader.counter("ivy.readahead.batch_installs"), 0)

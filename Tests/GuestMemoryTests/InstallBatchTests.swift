@@ -53,6 +53,56 @@ final class InstallBatchTests: XCTestCase {
     }
 }
 
+/// page_downgrade_batch (ABI 5): contiguous modified pages write-protected with one call, all or
+/// nothing, through the coherence host table as a plugin calls it.
+final class DowngradeBatchTests: XCTestCase {
+    let S = GVM_PAGE_SHARED, M = GVM_PAGE_MODIFIED, I = GVM_PAGE_INVALID
+
+    func testModifiedRunBecomesSharedWithItsBytes() throws {
+        try requireUserfaultfd()
+        let h = try Harness(scripted: ScriptedCoherence(mode: .hold))
+        defer { h.close() }
+        let host = h.host.pointee
+        for g in UInt64(10)..<14 {
+            XCTAssertEqual(host.page_install(host.host, g, nil, M), GVM_OK.rawValue)
+            store(h.addr(g, 7), UInt8(g))
+        }
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 10, 4), GVM_OK.rawValue)
+        for g in UInt64(10)..<14 {
+            let s = try h.states(g)
+            XCTAssertEqual(s.host, S, "gfn \(g)")
+            XCTAssertEqual(s.kernel, S, "gfn \(g): the kernel maps it write-protected")
+            XCTAssertEqual(load(h.addr(g, 7)), UInt8(g))
+        }
+    }
+
+    func testAllOrNothing() throws {
+        try requireUserfaultfd()
+        let h = try Harness(scripted: ScriptedCoherence(mode: .hold))
+        defer { h.close() }
+        let host = h.host.pointee
+        for g in UInt64(20)..<23 { XCTAssertEqual(host.page_install(host.host, g, nil, M), GVM_OK.rawValue) }
+        XCTAssertEqual(host.page_install(host.host, 23, nil, S), GVM_OK.rawValue)
+        // 23 is SHARED, 24 absent: nothing of the run changes.
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 20, 4), GVM_ERR_STATE.rawValue)
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 22, 3), GVM_ERR_STATE.rawValue)
+        for g in UInt64(20)..<23 { XCTAssertEqual(try h.states(g).kernel, M, "gfn \(g)") }
+        // A write pin refuses the run; a read pin does not.
+        let pin = try h.memory.pin(gpa: 21 * UInt64(page), length: 8, for: .write, timeout: 5)
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 20, 3), GVM_ERR_PINNED.rawValue)
+        XCTAssertEqual(try h.states(20).kernel, M)
+        h.memory.unpin(pin)
+        let rpin = try h.memory.pin(gpa: 21 * UInt64(page), length: 8, for: .read, timeout: 5)
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 20, 3), GVM_OK.rawValue)
+        h.memory.unpin(rpin)
+        XCTAssertEqual(try h.states(21).kernel, S)
+        // Bad arguments.
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 20, 0), GVM_ERR_INVALID.rawValue)
+        XCTAssertEqual(host.page_downgrade_batch(host.host, 20, 65), GVM_ERR_INVALID.rawValue)
+        XCTAssertEqual(host.page_downgrade_batch(host.host, host.page_count - 1, 2), GVM_ERR_INVALID.rawValue)
+    }
+}
+
 /// `installSharedHuge`: read copies of a range no vCPU has touched, backed by transparent huge
 /// pages and write-protected at 2 MiB granularity (the replicated modules' middle).
 final class HugeReadCopyTests: XCTestCase {

@@ -17,6 +17,9 @@ public protocol PageHost {
     /// `count` contiguous absent pages in one copy, all or nothing (page_install_batch, ABI 3);
     /// anything but OK means "install them one by one".
     func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus
+    /// `count` contiguous MODIFIED pages write-protected in one call, all or nothing
+    /// (page_downgrade_batch, ABI 5); anything but OK means "downgrade them one by one".
+    func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus
     func upgrade(_ gfn: UInt64) -> PageStatus
     func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
     func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
@@ -31,6 +34,11 @@ extension CoherenceHost: PageHost {}
 extension PageHost {
     /// A host without a batch service: the pages go one by one.
     public func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus {
+        PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+    }
+
+    /// A host without a batch downgrade: the pages go one by one.
+    public func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus {
         PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
     }
 }

@@ -222,6 +222,7 @@ public final class IvyNode: @unchecked Sendable {
     var forwardGather: [ForwardKey: [(gfn: UInt64, txn: UInt64)]]? = nil  // serving a GetSBatch
     var dataGather: [UInt32: [GatheredData]]? = nil        // serving a FwdGetSBatch: Data per requester
     var preinstalled = Set<UInt64>()                       // a DataBatch run installed in one copy; Data_S next
+    var predowngraded = Set<UInt64>()                      // a FwdGetSBatch run write-protected at once; FwdGetS next
     /// A hook for a protocol built on this one (dsm-tso): called under this node's lock before
     /// a transition whose first action sends this page's contents away or gives up this node's
     /// copy (`CacheAction.movesPageAway`). Returning false keeps the event stalled, exactly as a
@@ -680,7 +681,11 @@ public final class IvyNode: @unchecked Sendable {
             try pageOp(host.drop(gfn, into: scratch), "drop")
             ctx.zero = IvyWire.isZeroPage(scratch)
         case .p_downgradeToBuffer:
-            try pageOp(host.downgrade(gfn, into: scratch), "downgrade")
+            if predowngraded.remove(gfn) != nil {
+                try pageOp(host.read(gfn, into: scratch), "read (downgraded with its batch)")
+            } else {
+                try pageOp(host.downgrade(gfn, into: scratch), "downgrade")
+            }
             ctx.zero = IvyWire.isZeroPage(scratch)
         case .p_readToBuffer:
             try pageOp(host.read(gfn, into: scratch), "read")

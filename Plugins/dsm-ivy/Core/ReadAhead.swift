@@ -155,9 +155,10 @@ public struct ReadAheadDetector: Sendable {
 
 /// The read-ahead counters (extras of dsm-ivy, see the header of this file).
 final class ReadAheadStats {
-    let prefetched, used, wasted, batches, batchInstalls: (UInt64) -> Void
+    let prefetched, used, wasted, batches, batchInstalls, batchDowngrades: (UInt64) -> Void
     init(_ s: ProtocolServices) {
         batchInstalls = s.makeCounter("ivy.readahead.batch_installs")
+        batchDowngrades = s.makeCounter("ivy.readahead.batch_downgrades")
         prefetched = s.makeCounter("ivy.readahead.prefetched")
         used = s.makeCounter("ivy.readahead.used")
         wasted = s.makeCounter("ivy.readahead.wasted")
@@ -261,14 +262,44 @@ extension IvyNode {
     /// hold window and pins as usual); the read copies sent meanwhile go out as DataBatch messages.
     func serveForwardBatch(_ m: Message, from src: UInt32) {
         dataGather = [:]
+        predowngradeRuns(m.entries.map(\.gfn))
         for e in m.entries {
             if failed { break }
             handleMessage(Message(type: .fwdGetS, hops: m.hops, node: m.node, gfn: e.gfn, txn: e.txn), from: src)
+            if predowngraded.remove(e.gfn) != nil {
+                fail("gfn \(e.gfn): write-protected with its FwdGetSBatch run but its downgrade did not run")
+                return
+            }
         }
         let gathered = dataGather ?? [:]
         dataGather = nil
         guard !failed else { return }
         for (dst, list) in gathered.sorted(by: { $0.key < $1.key }) { flushData(list, to: dst) }
+    }
+
+    /// The owner's side of a FwdGetSBatch, before its FwdGetS run: runs of consecutive pages
+    /// whose FwdGetS will take (OM, FwdGetS) at once — whose first action is the downgrade — are
+    /// write-protected first with one call (page_downgrade_batch: one TLB flush for the run, where
+    /// a downgrade per page pays one each); their downgrade then only reads the bytes. A run the
+    /// host refuses (a pin, no service) goes page by page.
+    func predowngradeRuns(_ gfns: [UInt64]) {
+        guard releaseGate == nil else { return }     // a protocol built on this one decides per page
+        let now = services.nowNanoseconds()
+        func ready(_ g: UInt64) -> Bool {
+            guard state[Int(g)] == .OM, held[g] == nil, stalled[g] == nil else { return false }
+            if let until = heldUntil[g], now < until { return false }
+            return true
+        }
+        var i = 0
+        while i < gfns.count {
+            var j = i
+            while j < gfns.count, j - i < IvyWire.maxBatch, ready(gfns[j]), j == i || gfns[j] == gfns[j - 1] + 1 { j += 1 }
+            if j - i >= 2, host.downgradeBatch(gfns[i], count: j - i) == .ok {
+                for g in gfns[i..<j] { predowngraded.insert(g) }
+                raStats.batchDowngrades(1)
+            }
+            i = max(j, i + 1)
+        }
     }
 
     /// The requester's side of a DataBatch: one Data_S per entry, in order. Runs of consecutive

@@ -50,6 +50,9 @@
  * Also ABI 4 — GVM_HINT_REPLICATED: the host tells the protocol, at start-up before any vCPU runs, that
  * every node holds identical read-only content for a range (a module every node loaded from its own
  * file): the pages start SHARED everywhere, a write invalidates as usual (gvm_coherence_ops.hint).
+ * ABI 5 — gvm_coherence_host ends with page_downgrade_batch (OPTIONAL: contiguous modified pages
+ * write-protected with one call, one TLB flush for the run, for batched read copies such as
+ * dsm-ivy's read-ahead replies). Additive: ABI 4 plugins load unchanged (GVM_ABI_MIN_VERSION 4).
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -81,7 +84,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------------- */
 
 /** The ABI version this header describes. Bumped on every incompatible change while pre-1.0. */
-#define GVM_ABI_VERSION 4u
+#define GVM_ABI_VERSION 5u
 /** The oldest plugin ABI version a host built from this header still loads. (ABI 1 coherence
  *  plugins do not report the standard statistics, so summaries would show them as zeros.) */
 #define GVM_ABI_MIN_VERSION 4u
@@ -444,6 +447,18 @@ typedef struct gvm_coherence_host {
      *  call page_wake for each page. Thread: any. May block: on the pages' locks only. */
     int (*page_install_batch)(gvm_host *host, uint64_t gfn, uint32_t count, const void *bytes,
                               uint32_t state);
+
+    /* ---- ABI 5 ---- */
+
+    /** OPTIONAL (NULL, or past the end of a shorter table: downgrade page by page). Makes the
+     *  `count` pages gfn .. gfn+count-1 (1 .. 64), every one GVM_PAGE_MODIFIED, GVM_PAGE_SHARED
+     *  with one write-protection of the run (one UFFDIO_WRITEPROTECT: one TLB flush and one KVM
+     *  invalidation for the run, where page_downgrade pays one per page). The bytes stay as they
+     *  are; read them with page_read, as after page_downgrade(..., NULL). All or nothing: every
+     *  page must be MODIFIED and not pinned for write, else nothing changes and it returns
+     *  GVM_ERR_STATE or GVM_ERR_PINNED; GVM_ERR_INVALID for a bad range or count.
+     *  Thread: any. May block: on the pages' locks only. */
+    int (*page_downgrade_batch)(gvm_host *host, uint64_t gfn, uint32_t count);
 } gvm_coherence_host;
 
 /** ABI 4. What a drain moved (gvm_coherence_ops.drain), counted on the leaving node. */
