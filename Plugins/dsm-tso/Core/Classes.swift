@@ -20,6 +20,10 @@ final class WakeWatchHost: PageHost, @unchecked Sendable {
     var pageCount: UInt64 { base.pageCount }
     func send(to node: UInt32, _ parts: [UnsafeRawBufferPointer], urgent: Bool) -> PageStatus { base.send(to: node, parts, urgent: urgent) }
     func install(_ gfn: UInt64, bytes: UnsafeRawPointer?, state: PageState) -> PageStatus { base.install(gfn, bytes: bytes, state: state) }
+    func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus {
+        base.installBatch(gfn, count: count, bytes: bytes, state: state)
+    }
+    func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus { base.downgradeBatch(gfn, count: count) }
     func upgrade(_ gfn: UInt64) -> PageStatus { base.upgrade(gfn) }
     func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus { base.downgrade(gfn, into: out) }
     func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus { base.drop(gfn, into: out) }
