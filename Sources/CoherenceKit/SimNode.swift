@@ -145,6 +145,7 @@ public final class SimNode {
         m.page_wake = { h, g in SimNode.of(h).cluster.wake(node: SimNode.of(h).id, gfn: g) }
         m.page_install_batch = { h, g, n, b, st in SimNode.of(h).installBatch(g, n, b, st) }
         m.page_downgrade_batch = { h, g, n in SimNode.of(h).downgradeBatch(g, n) }
+        m.page_install_zeros = { h, g, n in SimNode.of(h).installZeros(g, n) }
         memory.initialize(to: m)
 
         for i in 0..<cluster.nodeCount {
@@ -287,6 +288,24 @@ public final class SimNode {
         batchDowngrades += 1
         return GVM_OK.rawValue
     }
+
+    /// page_install_zeros: all or nothing, every page absent and unpinned (counted for tests).
+    func installZeros(_ gfn: UInt64, _ count: UInt32) -> Int32 {
+        guard count >= 1, count <= GVM_ZERO_RUN_MAX, gfn < UInt64(pageCount), UInt64(count) <= UInt64(pageCount) - gfn else {
+            return GVM_ERR_INVALID.rawValue
+        }
+        for i in 0..<Int(count) {
+            let g = Int(gfn) + i
+            if pinRead[g] > 0 || pinWrite[g] > 0 { return GVM_ERR_PINNED.rawValue }
+            if pageState[g] != GVM_PAGE_INVALID { return GVM_ERR_STATE.rawValue }
+        }
+        for i in 0..<Int(count) { _ = install(gfn + UInt64(i), nil, GVM_PAGE_MODIFIED) }
+        zeroRuns += 1
+        return GVM_OK.rawValue
+    }
+
+    /// page_install_zeros calls that installed pages.
+    public internal(set) var zeroRuns = 0
 
     /// page_downgrade_batch calls that downgraded pages.
     public internal(set) var batchDowngrades = 0

@@ -163,6 +163,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// A page of zeros, the source of every zero-filled install (never UFFDIO_ZEROPAGE).
     let zeroPage: UnsafeMutableRawPointer
+    let zeroRun: UnsafeMutableRawPointer                   // maxInstallBatch pages of zeros
     // Counters: indexes into `counters` (atomic adds).
     let counters: UnsafeMutablePointer<UInt64>
 
@@ -280,6 +281,8 @@ public final class GuestMemory: @unchecked Sendable {
         pthread_condattr_destroy(&cattr)
         zeroPage = UnsafeMutableRawPointer.allocate(byteCount: guestPageSize, alignment: guestPageSize)
         zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: guestPageSize)
+        zeroRun = UnsafeMutableRawPointer.allocate(byteCount: Self.maxInstallBatch * guestPageSize, alignment: guestPageSize)
+        zeroRun.initializeMemory(as: UInt8.self, repeating: 0, count: Self.maxInstallBatch * guestPageSize)
         counters = .allocate(capacity: Counter.count)
         counters.initialize(repeating: 0, count: Counter.count)
         table = .allocate(capacity: 1)
@@ -299,7 +302,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         states.deallocate(); readPins.deallocate(); writePins.deallocate(); wakeGens.deallocate(); pageFaults.deallocate()
         mutexes.deallocate(); conds.deallocate(); pinWaiters.deallocate()
-        zeroPage.deallocate(); counters.deallocate(); table.deallocate()
+        zeroPage.deallocate(); zeroRun.deallocate(); counters.deallocate(); table.deallocate()
     }
 
     // MARK: - The coherence plugin
@@ -577,6 +580,67 @@ public final class GuestMemory: @unchecked Sendable {
             return GVM_ERR_IO
         }
         for i in 0..<count { setState(gfn + UInt64(i), GVM_PAGE_SHARED) }
+        return GVM_OK
+    }
+
+    /// The most pages `installZeros` takes (GVM_ZERO_RUN_MAX: one huge page).
+    public static let maxZeroRun = Int(GVM_ZERO_RUN_MAX)
+
+    /// Whether `installZeros` backs a whole aligned huge page with a transparent huge page (the
+    /// default; false copies zeros in 4 KiB pages, for comparison).
+    public var hugeZeroRuns = true
+
+    /// Makes `count` contiguous absent pages present as zeros, MODIFIED (page_install_zeros).
+    /// All or nothing: a present page gives GVM_ERR_STATE, a pinned one GVM_ERR_PINNED, and nothing
+    /// is installed. A run that is exactly one 2 MiB-aligned huge page is filled by the kernel
+    /// under a transparent huge page: the range leaves userfaultfd (threads stopped on a fault in
+    /// it are woken and find the kernel's zero page fill), is populated writable with
+    /// MADV_HUGEPAGE, and is registered again — correct whatever a vCPU does meanwhile, because
+    /// every page of it is becoming a writable zero page this node owns, and no page operation
+    /// can run on it (its locks are held). Other runs, or a huge page the kernel cannot give, are
+    /// copied from zeros in 4 KiB pages. Does not wake.
+    public func installZeros(_ gfn: UInt64, count: Int) -> gvm_status {
+        guard count >= 1, count <= Self.maxZeroRun, gfn < pageCount, UInt64(count) <= pageCount - gfn else { return GVM_ERR_INVALID }
+        let stripes = Set((0..<UInt64(count)).map { Int((gfn + $0) & stripeMask) }).sorted()
+        for s in stripes { pthread_mutex_lock(mutexes + s) }
+        defer { for s in stripes.reversed() { pthread_mutex_unlock(mutexes + s) } }
+        for g in Int(gfn)..<(Int(gfn) + count) {
+            if readPins[g] != 0 || writePins[g] != 0 { return GVM_ERR_PINNED }
+            if UInt32(states[g]) != GVM_PAGE_INVALID { return GVM_ERR_STATE }
+        }
+        let start = pageAddress(gfn), length = count * guestPageSize
+        var filled = false
+        if hugeZeroRuns, length == Self.hugePageBytes, UInt(bitPattern: start) % UInt(Self.hugePageBytes) == 0 {
+            do {
+                try uffd.unregister(start, length: length)
+                _ = madvise(start, length, MADV_HUGEPAGE)
+                filled = madvise(start, length, 23 /* MADV_POPULATE_WRITE */) == 0
+                if !filled { _ = madvise(start, length, MADV_DONTNEED) }   // back to absent: the copy path
+                do { try uffd.register(start, length: length, mode: [.missing, .writeProtect]) } catch {
+                    onFatal("pages \(gfn)..\(gfn + UInt64(count) - 1): registering a zero-filled huge page again: \(error)")
+                    return GVM_ERR_IO
+                }
+            } catch {
+                logger.warning("pages \(gfn)..\(gfn + UInt64(count) - 1): huge zero fill: \(error); copying zeros instead")
+            }
+        }
+        if !filled {
+            var done = 0
+            while done < count {
+                let n = min(count - done, Self.maxInstallBatch)
+                do {
+                    try uffd.copy(to: pageAddress(gfn + UInt64(done)), from: zeroRun, length: n * guestPageSize,
+                                  writeProtect: false, wake: false)
+                } catch {
+                    logger.error("pages \(gfn)..\(gfn + UInt64(count) - 1): zero install: \(error)")
+                    _ = madvise(start, length, MADV_DONTNEED)
+                    return GVM_ERR_IO
+                }
+                done += n
+            }
+        }
+        for g in gfn..<(gfn + UInt64(count)) { setState(g, GVM_PAGE_MODIFIED) }
+        if let a = attribution { for g in gfn..<(gfn + UInt64(count)) { a.installed(g) } }
         return GVM_OK
     }
 
@@ -930,6 +994,9 @@ public final class GuestMemory: @unchecked Sendable {
         }
         table.pointee.page_downgrade_batch = { h, gfn, count in
             GuestMemory.from(h).downgradeBatch(gfn, count: Int(count)).rawValue
+        }
+        table.pointee.page_install_zeros = { h, gfn, count in
+            GuestMemory.from(h).installZeros(gfn, count: Int(count)).rawValue
         }
         table.pointee.page_upgrade = { h, gfn in GuestMemory.from(h).upgrade(gfn).rawValue }
         table.pointee.page_downgrade = { h, gfn, out in GuestMemory.from(h).downgrade(gfn, into: out).rawValue }

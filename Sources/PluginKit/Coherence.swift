@@ -90,6 +90,19 @@ public struct CoherenceHost: @unchecked Sendable {
         return PageStatus(raw: f(host, gfn, UInt32(count)))
     }
 
+    /// Makes `count` contiguous absent pages present as zeros, MODIFIED, all or nothing
+    /// (page_install_zeros, ABI 5; 1...GVM_ZERO_RUN_MAX). A host without the service:
+    /// GVM_ERR_UNSUPPORTED (install zeros another way).
+    @discardableResult
+    public func installZeros(_ gfn: UInt64, count: Int) -> PageStatus {
+        let end = MemoryLayout<gvm_coherence_host>.offset(of: \gvm_coherence_host.page_install_zeros)!
+            + MemoryLayout<UnsafeRawPointer>.size
+        guard Int(raw.pointee.size) >= end, let f = raw.pointee.page_install_zeros, count >= 1, count <= Int(GVM_ZERO_RUN_MAX) else {
+            return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+        }
+        return PageStatus(raw: f(host, gfn, UInt32(count)))
+    }
+
     @discardableResult
     public func upgrade(_ gfn: UInt64) -> PageStatus {
         PageStatus(raw: raw.pointee.page_upgrade(host, gfn))

@@ -147,7 +147,8 @@ final class DrainTests: XCTestCase {
     func testDeferredRequestForANeverWrittenPageBecomesALocalFault() throws {
         var refaults: UInt64 = 0
         for seed in UInt64(0)..<30 {
-            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: seed, settings: noRequestTimeout)
+            // Zero-fill ahead off: page 7 must stay never-written (OZ) on node 1 until node 0 asks.
+            let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 8, seed: seed, settings: noRequestTimeout + [("zero_ahead", "1")])
             var leaverDone = false, drainStarted = false, finished = false
             var polls = 0
             c.hold = { m in

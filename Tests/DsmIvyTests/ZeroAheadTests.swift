@@ -40,6 +40,7 @@ final class ZeroAheadTests: XCTestCase {
         // Pages 0-15, 16-31 and 32-47: one fault each; the rest of each group came with it.
         XCTAssertEqual(writer.counter("dsm.fault.write_miss"), 3)
         XCTAssertEqual(writer.counter("ivy.zero_ahead.batches"), 3)
+        XCTAssertEqual(writer.zeroRuns, 3, "one page_install_zeros per group")
         XCTAssertEqual(writer.counter("ivy.zero_ahead.pages"), 45, "3 groups of 16, less the 3 faulting pages")
         // No message was needed to make them present; the reader's traffic is the same.
         XCTAssertEqual(writer.counter("dsm.msg.sent") + onCluster.nodes[1].counter("dsm.msg.sent"),
@@ -76,12 +77,13 @@ final class ZeroAheadTests: XCTestCase {
     }
 
     func testTheSettingIsAPowerOfTwoUpToTheBatchLimit() throws {
-        for bad in ["0", "3", "65", "128", "-1", "x"] {
+        for bad in ["0", "3", "65", "1024", "-1", "x"] {
             XCTAssertThrowsError(try IvyConfig.parse(["zero_ahead": bad], pageCount: 64, nodeCount: 2), bad) {
-                XCTAssertTrue("\($0)".contains("setting 'zero_ahead': '\(bad)' is not a power of two from 1 (off) to 64 pages"), "\($0)")
+                XCTAssertTrue("\($0)".contains("setting 'zero_ahead': '\(bad)' is not a power of two from 1 (off) to 512 pages"), "\($0)")
             }
         }
         XCTAssertEqual(try IvyConfig.parse(["zero_ahead": "1"], pageCount: 64, nodeCount: 2).zeroAhead, 1)
-        XCTAssertEqual(try IvyConfig.parse([:], pageCount: 64, nodeCount: 2).zeroAhead, 64)
+        XCTAssertEqual(try IvyConfig.parse(["zero_ahead": "128"], pageCount: 64, nodeCount: 2).zeroAhead, 128)
+        XCTAssertEqual(try IvyConfig.parse([:], pageCount: 64, nodeCount: 2).zeroAhead, 512, "one 2 MiB huge page")
     }
 }

@@ -178,6 +178,41 @@ final class HugeReadCopyTests: XCTestCase {
         XCTAssertEqual(load(h.addr(first + 5, 100)), 0xAB)
     }
 
+    /// page_install_zeros (ABI 5): a 2 MiB-aligned run of 512 pages is one writable huge page of
+    /// zeros; any other run is copied in 4 KiB pages; all or nothing.
+    func testZeroRunsAreModifiedZerosAndAWholeAlignedRunIsOneHugePage() throws {
+        try requireUserfaultfd()
+        let h = try Harness(pages: 4 * hugePages, scripted: ScriptedCoherence(mode: .hold))
+        defer { h.close() }
+        let host = h.host.pointee
+        let first = UInt64(hugePages)
+        XCTAssertEqual(host.page_install_zeros(host.host, first, UInt32(hugePages)), GVM_OK.rawValue)
+        for g in [first, first + 1, first + 200, first + UInt64(hugePages) - 1] {
+            XCTAssertEqual(try h.states(g).host, M, "gfn \(g)")
+            XCTAssertEqual(try h.states(g).kernel, M, "gfn \(g): writable")
+            XCTAssertEqual(load(h.addr(g, 77)), 0)
+            store(h.addr(g, 77), 0x42)
+        }
+        XCTAssertEqual(h.memory.stats.missingEvents, 0, "no page of the run faulted")
+        let thp = (try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/enabled", encoding: .utf8)) ?? ""
+        if !thp.contains("[never]") { XCTAssertGreaterThan(try anonHugeKiB(at: h.addr(first)), 0, "one huge page") }
+        // A later drop of one page splits it; the page faults to the protocol again.
+        XCTAssertEqual(host.page_drop(host.host, first + 3, nil), GVM_OK.rawValue)
+        XCTAssertEqual(try h.states(first + 3).kernel, I)
+        XCTAssertEqual(load(h.addr(first + 200, 77)), 0x42)
+        // Not aligned: 4 KiB copies, same states.
+        XCTAssertEqual(host.page_install_zeros(host.host, 3 * first + 5, 70), GVM_OK.rawValue)
+        XCTAssertEqual(try h.states(3 * first + 5).kernel, M)
+        XCTAssertEqual(try h.states(3 * first + 74).kernel, M)
+        XCTAssertEqual(try h.states(3 * first + 75).kernel, I)
+        // All or nothing, and the bounds.
+        XCTAssertEqual(host.page_install_zeros(host.host, 3 * first, 10), GVM_ERR_STATE.rawValue, "page +5 is present")
+        XCTAssertEqual(try h.states(3 * first).kernel, I)
+        XCTAssertEqual(host.page_install_zeros(host.host, 0, 0), GVM_ERR_INVALID.rawValue)
+        XCTAssertEqual(host.page_install_zeros(host.host, 0, GVM_ZERO_RUN_MAX + 1), GVM_ERR_INVALID.rawValue)
+        XCTAssertEqual(host.page_install_zeros(host.host, host.page_count - 1, 2), GVM_ERR_INVALID.rawValue)
+    }
+
     func testRefusalsChangeNothing() throws {
         try requireUserfaultfd()
         let h = try Harness(pages: 4 * hugePages, scripted: ScriptedCoherence(mode: .hold))

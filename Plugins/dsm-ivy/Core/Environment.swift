@@ -20,6 +20,10 @@ public protocol PageHost {
     /// `count` contiguous MODIFIED pages write-protected in one call, all or nothing
     /// (page_downgrade_batch, ABI 5); anything but OK means "downgrade them one by one".
     func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus
+    /// `count` contiguous absent pages made present as zeros, MODIFIED, all or nothing
+    /// (page_install_zeros, ABI 5; a 2 MiB-aligned run of 512 may become one huge page);
+    /// anything but OK means "install the zeros another way".
+    func installZeros(_ gfn: UInt64, count: Int) -> PageStatus
     func upgrade(_ gfn: UInt64) -> PageStatus
     func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
     func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
@@ -34,6 +38,11 @@ extension CoherenceHost: PageHost {}
 extension PageHost {
     /// A host without a batch service: the pages go one by one.
     public func installBatch(_ gfn: UInt64, count: Int, bytes: UnsafeRawPointer, state: PageState) -> PageStatus {
+        PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
+    }
+
+    /// A host without the zero-run service.
+    public func installZeros(_ gfn: UInt64, count: Int) -> PageStatus {
         PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
     }
 

@@ -59,8 +59,8 @@ public struct IvyConfig: Sendable, Equatable {
     public var replicated = true
     /// `zero_ahead`: when a local fault makes a never-written page present, the other
     /// never-written pages of its aligned group of this many pages are made present with it
-    /// (1 = off, up to IvyWire.maxBatch). See ZeroAhead.swift.
-    public var zeroAhead: Int = 64
+    /// (1 = off, a power of two up to GVM_ZERO_RUN_MAX). See ZeroAhead.swift.
+    public var zeroAhead: Int = Int(GVM_ZERO_RUN_MAX)
 
     public static let settingKeys = ["manager_chunk", "hold_time", "read_ahead", "replicated", "zero_ahead"] + livenessSettingKeys
 
@@ -104,8 +104,8 @@ public struct IvyConfig: Sendable, Equatable {
             config.readAhead = n
         }
         if let z = settings["zero_ahead"] {
-            guard let n = Int(z.trimmingSpaces), n >= 1, n <= IvyWire.maxBatch, n & (n - 1) == 0 else {
-                throw PluginError("setting 'zero_ahead': '\(z)' is not a power of two from 1 (off) to \(IvyWire.maxBatch) pages")
+            guard let n = Int(z.trimmingSpaces), n >= 1, n <= Int(GVM_ZERO_RUN_MAX), n & (n - 1) == 0 else {
+                throw PluginError("setting 'zero_ahead': '\(z)' is not a power of two from 1 (off) to \(GVM_ZERO_RUN_MAX) pages")
             }
             config.zeroAhead = n
         }

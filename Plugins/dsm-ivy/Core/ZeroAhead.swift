@@ -5,8 +5,9 @@
 // A vCPU filling a fresh table or arena takes that fault once per 4 KiB page, and on this host
 // each one is a userfaultfd round trip through the handler thread (tens of µs from a guest vCPU).
 // So when a local fault resolves an OZ page, the other OZ pages of its aligned group of
-// `zero_ahead` pages take the same transition in the same step: installed as zeros, MODIFIED, in
-// contiguous runs with one page_install_batch each. Nothing else changes: each page goes exactly
+// `zero_ahead` pages (default 512: 2 MiB) take the same transition in the same step: installed
+// as zeros, MODIFIED, in contiguous runs with one page_install_zeros each (ABI 5; a whole group of
+// 512 may become one transparent huge page, which KVM then maps with one fault). Nothing else changes: each page goes exactly
 // where a local store to it would have taken it, no message is sent, no other node's state moves;
 // the pages are just writable here before the guest touches them. A page with anything in
 // progress (a request, a held or stalled input, an open transaction), a page whose manager is
@@ -16,6 +17,7 @@
 // Costs: the group's untouched pages hold memory (zeros) on this node; a peer that later wants one
 // gets a zero page flagged on the wire (no bytes), as from OZ, but through the owner's OM path.
 import PluginAPI
+import PluginKit
 
 /// `ivy.zero_ahead.*`: pages made present ahead, and the host calls that did it.
 final class ZeroAheadStats {
@@ -45,13 +47,30 @@ extension IvyNode {
             guard canZeroAhead(p) else { p += 1; continue }
             var q = p + 1
             while q < end, canZeroAhead(q) { q += 1 }
-            let count = Int(q - p)
-            if host.installBatch(p, count: count, bytes: Self.zeroRun, state: .modified) == .ok {
+            if installZeros(p, count: Int(q - p)) {
                 for g in p..<q { state[Int(g)] = .OM }
-                zaStats.pages(UInt64(count))
-                zaStats.batches(1)
+                zaStats.pages(q - p)
             }
             p = q
+        }
+    }
+
+    /// Installs zeros, MODIFIED, in `count` absent pages from gfn: one page_install_zeros (ABI 5:
+    /// a whole aligned 2 MiB group may become one huge page), or on an older host
+    /// page_install_batch in runs of at most IvyWire.maxBatch. All or nothing.
+    private func installZeros(_ gfn: UInt64, count: Int) -> Bool {
+        switch host.installZeros(gfn, count: count) {
+        case .ok:
+            zaStats.batches(1)
+            return true
+        case PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue):
+            guard count <= IvyWire.maxBatch, host.installBatch(gfn, count: count, bytes: Self.zeroRun, state: .modified) == .ok else {
+                return false
+            }
+            zaStats.batches(1)
+            return true
+        default:
+            return false
         }
     }
 

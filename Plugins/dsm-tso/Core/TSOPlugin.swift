@@ -25,7 +25,7 @@ public final class TSOPlugin: CoherencePlugin {
         SettingInfo("read_ahead", default: "0",
                     "as dsm-ivy's, for sc pages outside every relaxed range only; off by default: a guest hint over a prefetched page is refused (0 = off, up to 64)"),
         SettingInfo("zero_ahead", default: "1",
-                    "as dsm-ivy's, for sc pages outside every relaxed range only; off by default for the same reason as read_ahead (1 = off; a power of two up to 64)"),
+                    "as dsm-ivy's, for sc pages outside every relaxed range only; off by default for the same reason as read_ahead (1 = off; a power of two up to 512)"),
     ] + IvyPlugin.settingInfo.filter { $0.key != "read_ahead" && $0.key != "zero_ahead" }
     /// Both state tables, printed by `giantvm plugins describe dsm-tso`.
     public static var pluginDescription: String? { TSOTable.describe() }

@@ -52,7 +52,9 @@
  * file): the pages start SHARED everywhere, a write invalidates as usual (gvm_coherence_ops.hint).
  * ABI 5 — gvm_coherence_host ends with page_downgrade_batch (OPTIONAL: contiguous modified pages
  * write-protected with one call, one TLB flush for the run, for batched read copies such as
- * dsm-ivy's read-ahead replies). Additive: ABI 4 plugins load unchanged (GVM_ABI_MIN_VERSION 4).
+ * dsm-ivy's read-ahead replies) and page_install_zeros (OPTIONAL: never-written pages made
+ * present as zeros, a 2 MiB-aligned run of 512 as one huge page, for dsm-ivy's zero-fill ahead).
+ * Additive: ABI 4 plugins load unchanged (GVM_ABI_MIN_VERSION 4).
  *
  * Conventions used by every hook below:
  *   - REQUIRED hooks must be non-NULL; OPTIONAL hooks may be NULL.
@@ -459,7 +461,20 @@ typedef struct gvm_coherence_host {
      *  GVM_ERR_STATE or GVM_ERR_PINNED; GVM_ERR_INVALID for a bad range or count.
      *  Thread: any. May block: on the pages' locks only. */
     int (*page_downgrade_batch)(gvm_host *host, uint64_t gfn, uint32_t count);
+
+    /** OPTIONAL (NULL, or past the end of a shorter table: install zero pages one by one or with
+     *  page_install_batch). Makes the `count` pages gfn .. gfn+count-1 (1 .. GVM_ZERO_RUN_MAX)
+     *  present as zeros in state GVM_PAGE_MODIFIED, for pages the protocol knows were never
+     *  written anywhere. All or nothing: every page must be INVALID and unpinned, else nothing is
+     *  installed and it returns GVM_ERR_STATE or GVM_ERR_PINNED; GVM_ERR_INVALID for a bad range
+     *  or count. Where the run is exactly one 2 MiB-aligned huge page (512 pages) the host may
+     *  back it with a transparent huge page, so KVM maps it with one fault. Does not wake waiters.
+     *  Thread: any. May block: on the pages' locks only. */
+    int (*page_install_zeros)(gvm_host *host, uint64_t gfn, uint32_t count);
 } gvm_coherence_host;
+
+/** The most pages one page_install_zeros call takes: one 2 MiB huge page of 4 KiB pages. */
+#define GVM_ZERO_RUN_MAX 512u
 
 /** ABI 4. What a drain moved (gvm_coherence_ops.drain), counted on the leaving node. */
 typedef struct gvm_drain_report {
