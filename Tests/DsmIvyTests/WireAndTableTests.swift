@@ -181,7 +181,7 @@ final class SettingsTests: XCTestCase {
         XCTAssertEqual(message(["manager_chunk": "3000"]), "setting 'manager_chunk': 3000 bytes is not a positive multiple of 4096")
         XCTAssertEqual(message(["manager_chunk": "lots"]), "setting 'manager_chunk': 'lots' is not 'auto' or a size like 4KiB, 64KiB, 2MiB")
         XCTAssertEqual(message(["hold_time": "forever"]), "setting 'hold_time': 'forever' is not a duration up to 1s like 0, 20us, 1ms")
-        XCTAssertEqual(message(["colour": "red"]), "unknown setting 'colour' (accepted: manager_chunk, hold_time, read_ahead, replicated, request_timeout, send_wait)")
+        XCTAssertEqual(message(["colour": "red"]), "unknown setting 'colour' (accepted: manager_chunk, hold_time, read_ahead, replicated, zero_ahead, request_timeout, send_wait)")
     }
 
     func testPluginCreateReportsBadSettings() {
