@@ -183,6 +183,23 @@ final class PageWriter: SimProgram {
     }
 }
 
+/// Node `writer` writes `pages` (PageWriter), then node `reader` runs `read`: every check of the
+/// simulation (golden memory, single writer, exact totals) and the standard statistics, with the
+/// counters summed over the nodes.
+func writeThenRead(_ c: SimCluster, writer: UInt32, _ pages: [UInt64], reader: UInt32, _ read: SimProgram) -> RunOutcome {
+    c.addThread(node: writer, PageWriter(pages: pages))
+    var r = c.run(maxSteps: 400_000)
+    guard r.ok else { return RunOutcome(problems: ["writer: \(r)"], totals: [:]) }
+    c.addThread(node: reader, read)
+    r = c.run(maxSteps: 400_000)
+    var problems = r.violations + r.fatals
+    if let s = r.stuck { problems.append("stuck: \(s)") }
+    var totals: [String: UInt64] = [:]
+    for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
+    let stats = problems.isEmpty ? Conformance.statisticsProblems(c) : []
+    return RunOutcome(problems: problems + stats, totals: totals)
+}
+
 /// One run's problems (empty = every check held) and counter totals over the nodes.
 struct RunOutcome: CustomStringConvertible {
     var problems: [String]
@@ -202,17 +219,9 @@ final class ReadAheadClusterTests: XCTestCase {
         c.network.maxDelay = delay
         let span = (0..<pages).map { UInt64(Int64($0) * stride) }
         // Phase 1: the last node writes (becomes owner of every page); phase 2: node 0 reads.
-        c.addThread(node: UInt32(nodes - 1), PageWriter(pages: span))
-        var r = c.run(maxSteps: 400_000)
-        guard r.ok else { return (RunOutcome(problems: ["writer: \(r)"], totals: [:]), c) }
-        c.addThread(node: 0, StreamReader(first: 0, pages: pages, stride: stride, rounds: 2))
-        r = c.run(maxSteps: 400_000)
-        var problems = r.violations + r.fatals
-        if let s = r.stuck { problems.append("stuck: \(s)") }
-        var totals: [String: UInt64] = [:]
-        for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
-        let stats = problems.isEmpty ? Conformance.statisticsProblems(c) : []
-        return (RunOutcome(problems: problems + stats, totals: totals), c)
+        let outcome = writeThenRead(c, writer: UInt32(nodes - 1), span,
+                                    reader: 0, StreamReader(first: 0, pages: pages, stride: stride, rounds: 2))
+        return (outcome, c)
     }
 
     func testSequentialRemoteReadGetsPagesPrefetchedAndStaysExact() throws {

@@ -11,30 +11,20 @@ import CoherenceKit
 final class ZeroAheadTests: XCTestCase {
     /// Node 0 writes `pages` pages it manages (manager_chunk auto: node 0 manages the first half),
     /// then node 1 reads them; returns the outcome and the cluster.
-    func writeThenRead(zeroAhead: String, pages: Int = 40, seed: UInt64 = 1, delay: Int = 0) throws -> (RunOutcome, SimCluster) {
+    func run(zeroAhead: String, pages: Int = 40, seed: UInt64 = 1, delay: Int = 0) throws -> (RunOutcome, SimCluster) {
         let c = try SimCluster(descriptor: ivy, nodes: 2, pages: 128, seed: seed,
                                settings: [("zero_ahead", zeroAhead), ("read_ahead", "0")])
         c.network.maxDelay = delay
-        c.addThread(node: 0, PageWriter(pages: (0..<UInt64(pages)).map { $0 }))
-        var r = c.run(maxSteps: 400_000)
-        guard r.ok else { return (RunOutcome(problems: ["writer: \(r)"], totals: [:]), c) }
-        c.addThread(node: 1, StreamReader(first: 0, pages: pages))
-        r = c.run(maxSteps: 400_000)
-        var problems = r.violations + r.fatals
-        if let s = r.stuck { problems.append("stuck: \(s)") }
-        var totals: [String: UInt64] = [:]
-        for n in c.nodes { for (k, v) in n.counters { totals[k, default: 0] += v } }
-        let stats = problems.isEmpty ? Conformance.statisticsProblems(c) : []
-        return (RunOutcome(problems: problems + stats, totals: totals), c)
+        return (writeThenRead(c, writer: 0, (0..<UInt64(pages)).map { $0 }, reader: 1, StreamReader(first: 0, pages: pages)), c)
     }
 
     func testAWriterOfFreshPagesFaultsOncePerGroupAndTheReaderSeesItsWrites() throws {
-        let (off, offCluster) = try writeThenRead(zeroAhead: "1")
+        let (off, offCluster) = try run(zeroAhead: "1")
         XCTAssertTrue(off.ok, "\(off)")
         XCTAssertEqual(offCluster.nodes[0].counter("dsm.fault.write_miss"), 40)
         XCTAssertEqual(off.totals["ivy.zero_ahead.pages"] ?? 0, 0)
 
-        let (on, onCluster) = try writeThenRead(zeroAhead: "16")
+        let (on, onCluster) = try run(zeroAhead: "16")
         XCTAssertTrue(on.ok, "\(on)")
         let writer = onCluster.nodes[0]
         // Pages 0-15, 16-31 and 32-47: one fault each; the rest of each group came with it.
@@ -64,7 +54,7 @@ final class ZeroAheadTests: XCTestCase {
 
     func testEveryIvyCheckHoldsWithZeroAheadOnRandomRuns() throws {
         for seed in UInt64(1)...UInt64(30) {
-            let (r, _) = try writeThenRead(zeroAhead: "8", pages: 20 + Int(seed % 20), seed: seed, delay: Int(seed % 4) * 2)
+            let (r, _) = try run(zeroAhead: "8", pages: 20 + Int(seed % 20), seed: seed, delay: Int(seed % 4) * 2)
             XCTAssertTrue(r.ok, "seed \(seed): \(r)")
             var opts = ConformanceOptions(maxDelay: Int(seed % 4) * 2, threadBias: 20 + Int(seed % 5) * 15)
             opts.settings = [("zero_ahead", "4")]
