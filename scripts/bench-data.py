@@ -3,8 +3,9 @@
 inverted index) over a seeded Zipf text given to the VM as guest.modules, side by side:
 
   native      Guests/build/wordcount-ref (same algorithm, C -O2, pthreads) with 1 and N threads
-  1x2 ...     the test guest on `giantvm up` topologies (nodes x vCPUs per node), dsm-ivy over
-              transport-tcp on loopback, once per --coherence setting
+  1x2 ...     the test guest on `giantvm up` topologies (nodes x vCPUs per node), transport-tcp on
+              loopback, once per --coherence column (by default dsm-ivy and dsm-tso, each with its
+              defaults)
 
 with the guest's job time (scan + export + merge, measured by the guest's TSC; the text is
 already in guest RAM), the ratio to native with as many threads as the VM has vCPUs, the
@@ -12,22 +13,25 @@ whole-command wall time, and each node's DSM statistics (the `node N: DSM stats:
 median run). The guest's DATA line must equal the reference's, or the run counts as failed.
 
 Then the sequential remote read: the test guest's `seqread` on 2 nodes x 1 vCPU (vCPU 0 on node 0
-reads what vCPU 1 wrote on node 1: pages/s, MiB/s), once per --coherence setting, beside the
-transport's own one-way bandwidth between the same two nodes (`giantvm net-bench`).
+reads what vCPU 1 wrote on node 1: pages/s, MiB/s), once per --coherence column (by default:
+dsm-ivy with read-ahead off, dsm-ivy, dsm-tso), beside the transport's own one-way bandwidth
+between the same two nodes (`giantvm net-bench`).
 
 Every figure is the median of --reps runs (min-max beside it); the runs are interleaved (every
 case once per round, --reps rounds), so a load that comes and goes falls on every case alike. The last lines compare the medians
 with issue 15's bars (2x1 at most 1.5x native, 1x2 at most 1.1x; seqread at least 5x the first
---coherence column's pages/s and at least half the transport's bandwidth).
+sequential-read column's pages/s and at least half the transport's bandwidth).
 
     python3 scripts/bench-data.py [--size 200M] [--reps 3] [--quick]
         [--topologies 1x2,2x1,2x2,4x1] [--workload wordcount|invindex]
-        [--coherence 'default={}' --coherence 'ra-off={read_ahead: 0}' ...]
+        [--coherence 'ra-off={read_ahead: 0}' --coherence 'tso=dsm-tso:{}' ...]
         [--giantvm .build/release/giantvm] [--json out.json]
 
---coherence LABEL=SETTINGS (repeatable) names a dsm-ivy `settings:` mapping in YAML flow style;
-each becomes a column set, so the same command compares e.g. read-ahead off and on once the
-plugin has the setting (a setting the plugin does not know fails that column, with its message).
+--coherence LABEL=[PLUGIN:]SETTINGS (repeatable) names a coherence plugin (dsm-ivy when left out)
+and its `settings:` mapping in YAML flow style; each becomes a column set, so the same command
+compares e.g. read-ahead off and on, or dsm-ivy and dsm-tso (a setting the plugin does not know
+fails that column, with its message). Given once or more, the same columns serve the sequential
+read too.
 """
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -44,14 +48,14 @@ def default_giantvm():
     return dbg
 
 
-def config(tmp, name, nodes, vcpus, memory, settings, text, cmdline):
+def config(tmp, name, nodes, vcpus, memory, coherence, text, cmdline):
     lines = [f"cluster: {name}", "nodes:"]
     for i in range(nodes):
         lines.append(f"  - {{id: {i}, address: 127.0.0.1, port: {PORT + i}, vcpus: {vcpus}}}")
     lines += [
         f"memory: {memory}",
         "transport: {plugin: transport-tcp}",
-        f"coherence: {{plugin: dsm-ivy, settings: {settings}}}",
+        f"coherence: {coherence}",
         "devices:",
         "  - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}",
         "  - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}",
@@ -120,6 +124,21 @@ def spread(xs, fmt="{:.0f}"):
     return f"{fmt.format(med(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})" if xs else "failed"
 
 
+def parse_coherence(c):
+    """LABEL=[PLUGIN:]SETTINGS -> (label, the YAML flow value of `coherence:`). PLUGIN defaults
+    to dsm-ivy; SETTINGS is a YAML flow mapping."""
+    if "=" not in c:
+        sys.exit(f"--coherence {c!r}: expected LABEL=[PLUGIN:]SETTINGS, e.g. 'ra-off={{read_ahead: 0}}' or 'tso=dsm-tso:{{}}'")
+    label, spec = (x.strip() for x in c.split("=", 1))
+    plugin = "dsm-ivy"
+    m = re.fullmatch(r"([A-Za-z0-9_.-]+):(.*)", spec)
+    if m and not m.group(1).startswith("{"):
+        plugin, spec = m.group(1), m.group(2).strip()
+    if not label:
+        sys.exit(f"--coherence {c!r}: the label is empty")
+    return label, f"{{plugin: {plugin}, settings: {spec or '{}'}}}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="200M", help="text size for zipf-text (default 200M)")
@@ -130,8 +149,10 @@ def main():
     ap.add_argument("--topologies", default="1x2,2x1,2x2,4x1")
     ap.add_argument("--workload", default="wordcount", choices=["wordcount", "invindex"])
     ap.add_argument("--memory", default="2GiB", help="guest RAM (at most 3GiB)")
-    ap.add_argument("--coherence", action="append", metavar="LABEL=SETTINGS",
-                    help="dsm-ivy settings to compare, e.g. 'ra-off={read_ahead: 0}' (default: 'default={}')")
+    ap.add_argument("--coherence", action="append", metavar="LABEL=[PLUGIN:]SETTINGS",
+                    help="a coherence column: dsm-ivy settings, e.g. 'ra-off={read_ahead: 0}', or another plugin's, "
+                         "e.g. 'tso=dsm-tso:{}' (default: dsm-ivy and dsm-tso with their defaults; for the "
+                         "sequential read also dsm-ivy with read_ahead 0 first)")
     ap.add_argument("--seqread-mib", type=int, default=64)
     ap.add_argument("--no-seqread", action="store_true", help="skip the sequential remote read and net-bench")
     ap.add_argument("--seqread-only", action="store_true", help="only the sequential remote read and net-bench")
@@ -142,12 +163,9 @@ def main():
         a.size, a.reps, a.topologies = "16M", 1, "1x2,2x1"
     if not 1 <= a.reps <= 50:
         sys.exit("--reps must be 1..50")
-    coh = []
-    for c in a.coherence or ["default={}"]:
-        if "=" not in c:
-            sys.exit(f"--coherence {c!r}: expected LABEL=SETTINGS, e.g. 'ra-off={{read_ahead: 0}}'")
-        label, settings = c.split("=", 1)
-        coh.append((label.strip(), settings.strip() or "{}"))
+    coh = [parse_coherence(c) for c in a.coherence] if a.coherence else \
+        [parse_coherence("dsm-ivy={}"), parse_coherence("dsm-tso=dsm-tso:{}")]
+    seq_coh = coh if a.coherence else [parse_coherence("ivy-ra-off={read_ahead: 0}")] + coh
     topo = []
     for t in a.topologies.split(","):
         m = re.fullmatch(r"(\d+)x(\d+)", t.strip())
@@ -160,7 +178,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="bench-data-")
     try:
-        report = bench(a, coh, topo, tmp)
+        report = bench(a, coh, seq_coh, topo, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if a.json:
@@ -168,12 +186,12 @@ def main():
             json.dump(report, f, indent=1)
 
 
-def bench(a, coh, topo, tmp):
+def bench(a, coh, seq_coh, topo, tmp):
     """Every case runs once per round, rounds repeated --reps times (A/B interleaved: a load that
     comes and goes on a shared host falls on every case alike)."""
     if a.seqread_only:
         print(f"bench-data: seqread {a.seqread_mib} MiB, {a.reps} run(s) each, interleaved, giantvm {os.path.relpath(a.giantvm, ROOT)}")
-        return seqread(a, coh, tmp, {"workload": "seqread", "reps": a.reps, "native": {}, "vm": [], "seqread": []})
+        return seqread(a, seq_coh, tmp, {"workload": "seqread", "reps": a.reps, "native": {}, "vm": [], "seqread": []})
     text = a.text
     if not text:
         text = os.path.join(tmp, "text.txt")
@@ -241,13 +259,13 @@ def bench(a, coh, topo, tmp):
     if a.no_seqread:
         targets(report, [])
         return report
-    return seqread(a, coh, tmp, report)
+    return seqread(a, seq_coh, tmp, report)
 
 
 def seqread(a, coh, tmp, report):
     """The sequential remote read beside the transport's bandwidth between the same two nodes."""
     print()
-    bench_cfg = config(tmp, "seq2x1", 2, 1, a.memory, "{}", None, "hello")
+    bench_cfg = config(tmp, "seq2x1", 2, 1, a.memory, "{plugin: dsm-ivy}", None, "hello")
     seq_cfgs = [config(tmp, f"seq2x1-{i}", 2, 1, a.memory, settings, None, f"seqread total={a.seqread_mib}")
                 for i, (_, settings) in enumerate(coh)]
     bw, pps, mibs = [], [[] for _ in coh], [[] for _ in coh]
