@@ -609,13 +609,13 @@ public final class GuestMemory: @unchecked Sendable {
             if UInt32(states[g]) != GVM_PAGE_INVALID { return GVM_ERR_STATE }
         }
         let start = pageAddress(gfn), length = count * guestPageSize
-        var filled = false
+        var filled = false, left = false
         if hugeZeroRuns, length == Self.hugePageBytes, UInt(bitPattern: start) % UInt(Self.hugePageBytes) == 0 {
             do {
                 try uffd.unregister(start, length: length)
+                left = true
                 _ = madvise(start, length, MADV_HUGEPAGE)
                 filled = madvise(start, length, 23 /* MADV_POPULATE_WRITE */) == 0
-                if !filled { _ = madvise(start, length, MADV_DONTNEED) }   // back to absent: the copy path
                 do { try uffd.register(start, length: length, mode: [.missing, .writeProtect]) } catch {
                     onFatal("pages \(gfn)..\(gfn + UInt64(count) - 1): registering a zero-filled huge page again: \(error)")
                     return GVM_ERR_IO
@@ -623,6 +623,20 @@ public final class GuestMemory: @unchecked Sendable {
             } catch {
                 logger.warning("pages \(gfn)..\(gfn + UInt64(count) - 1): huge zero fill: \(error); copying zeros instead")
             }
+        }
+        if !filled && left {
+            // The kernel could not populate it all (memory): a vCPU may have touched (and
+            // written) some pages while the range was out of userfaultfd. Keep those; copy zeros
+            // into the others.
+            for g in gfn..<(gfn + UInt64(count)) {
+                do { try uffd.copy(to: pageAddress(g), from: zeroPage, length: guestPageSize, writeProtect: false, wake: false) }
+                catch UFFDError.exists { continue }
+                catch {
+                    logger.error("page \(g): zero install after a failed huge fill: \(error)")
+                    return GVM_ERR_IO
+                }
+            }
+            filled = true
         }
         if !filled {
             var done = 0

@@ -95,12 +95,17 @@ public struct CoherenceHost: @unchecked Sendable {
     /// GVM_ERR_UNSUPPORTED (install zeros another way).
     @discardableResult
     public func installZeros(_ gfn: UInt64, count: Int) -> PageStatus {
-        let end = MemoryLayout<gvm_coherence_host>.offset(of: \gvm_coherence_host.page_install_zeros)!
-            + MemoryLayout<UnsafeRawPointer>.size
-        guard Int(raw.pointee.size) >= end, let f = raw.pointee.page_install_zeros, count >= 1, count <= Int(GVM_ZERO_RUN_MAX) else {
+        guard hasZeroRuns, let f = raw.pointee.page_install_zeros, count >= 1, count <= Int(GVM_ZERO_RUN_MAX) else {
             return PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
         }
         return PageStatus(raw: f(host, gfn, UInt32(count)))
+    }
+
+    /// Whether the host offers page_install_zeros (ABI 5; its table is long enough and the hook set).
+    public var hasZeroRuns: Bool {
+        let end = MemoryLayout<gvm_coherence_host>.offset(of: \gvm_coherence_host.page_install_zeros)!
+            + MemoryLayout<UnsafeRawPointer>.size
+        return Int(raw.pointee.size) >= end && raw.pointee.page_install_zeros != nil
     }
 
     @discardableResult

@@ -24,6 +24,8 @@ public protocol PageHost {
     /// (page_install_zeros, ABI 5; a 2 MiB-aligned run of 512 may become one huge page);
     /// anything but OK means "install the zeros another way".
     func installZeros(_ gfn: UInt64, count: Int) -> PageStatus
+    /// Whether `installZeros` is there (else zero runs go as page_install_batch of zeros).
+    var hasZeroRuns: Bool { get }
     func upgrade(_ gfn: UInt64) -> PageStatus
     func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
     func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus
@@ -45,6 +47,7 @@ extension PageHost {
     public func installZeros(_ gfn: UInt64, count: Int) -> PageStatus {
         PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue)
     }
+    public var hasZeroRuns: Bool { false }
 
     /// A host without a batch downgrade: the pages go one by one.
     public func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus {

@@ -43,13 +43,20 @@ extension IvyNode {
         guard group > 1, !failed, leaving == nil, frozen.isEmpty else { return }
         let first = gfn / group * group, end = min(first + group, pageCount)
         var p = first
-        while p < end {
+        while p < end, !failed {
             guard canZeroAhead(p) else { p += 1; continue }
             var q = p + 1
             while q < end, canZeroAhead(q) { q += 1 }
-            if installZeros(p, count: Int(q - p)) {
-                for g in p..<q { state[Int(g)] = .OM }
-                zaStats.pages(q - p)
+            // An older host without page_install_zeros takes the run in page_install_batch pieces.
+            let piece = host.hasZeroRuns ? q - p : UInt64(IvyWire.maxBatch)
+            var r = p
+            while r < q, !failed {
+                let n = min(piece, q - r)
+                if installZeros(r, count: Int(n)) {
+                    for g in r..<(r + n) { state[Int(g)] = .OM }
+                    zaStats.pages(n)
+                }
+                r += n
             }
             p = q
         }
@@ -58,18 +65,22 @@ extension IvyNode {
     /// Installs zeros, MODIFIED, in `count` absent pages from gfn: one page_install_zeros (ABI 5:
     /// a whole aligned 2 MiB group may become one huge page), or on an older host
     /// page_install_batch in runs of at most IvyWire.maxBatch. All or nothing.
+    /// A pinned or present page (the host refuses the run) leaves the pages to fault as before;
+    /// any other failure stops the node (the host could not say which pages it filled).
     private func installZeros(_ gfn: UInt64, count: Int) -> Bool {
-        switch host.installZeros(gfn, count: count) {
+        var status = host.installZeros(gfn, count: count)
+        if status == PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) {
+            status = host.installBatch(gfn, count: count, bytes: Self.zeroRun, state: .modified)
+            if status == PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) { return false }
+        }
+        switch status {
         case .ok:
             zaStats.batches(1)
             return true
-        case PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue):
-            guard count <= IvyWire.maxBatch, host.installBatch(gfn, count: count, bytes: Self.zeroRun, state: .modified) == .ok else {
-                return false
-            }
-            zaStats.batches(1)
-            return true
+        case .pinned, PageStatus(raw: GVM_ERR_STATE.rawValue):
+            return false
         default:
+            fail("zero-fill ahead of gfn \(gfn)..\(gfn + UInt64(count) - 1): the host failed (\(status))")
             return false
         }
     }

@@ -25,6 +25,7 @@ final class WakeWatchHost: PageHost, @unchecked Sendable {
     }
     func downgradeBatch(_ gfn: UInt64, count: Int) -> PageStatus { base.downgradeBatch(gfn, count: count) }
     func installZeros(_ gfn: UInt64, count: Int) -> PageStatus { base.installZeros(gfn, count: count) }
+    var hasZeroRuns: Bool { base.hasZeroRuns }
     func upgrade(_ gfn: UInt64) -> PageStatus { base.upgrade(gfn) }
     func downgrade(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus { base.downgrade(gfn, into: out) }
     func drop(_ gfn: UInt64, into out: UnsafeMutableRawPointer?) -> PageStatus { base.drop(gfn, into: out) }
