@@ -132,7 +132,7 @@ def parse_coherence(c):
     label, spec = (x.strip() for x in c.split("=", 1))
     plugin = "dsm-ivy"
     m = re.fullmatch(r"([A-Za-z0-9_.-]+):(.*)", spec)
-    if m and not m.group(1).startswith("{"):
+    if m:
         plugin, spec = m.group(1), m.group(2).strip()
     if not label:
         sys.exit(f"--coherence {c!r}: the label is empty")

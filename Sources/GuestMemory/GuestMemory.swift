@@ -586,10 +586,6 @@ public final class GuestMemory: @unchecked Sendable {
     /// The most pages `installZeros` takes (GVM_ZERO_RUN_MAX: one huge page).
     public static let maxZeroRun = Int(GVM_ZERO_RUN_MAX)
 
-    /// Whether `installZeros` backs a whole aligned huge page with a transparent huge page (the
-    /// default; false copies zeros in 4 KiB pages, for comparison).
-    public var hugeZeroRuns = true
-
     /// Makes `count` contiguous absent pages present as zeros, MODIFIED (page_install_zeros).
     /// All or nothing: a present page gives GVM_ERR_STATE, a pinned one GVM_ERR_PINNED, and nothing
     /// is installed. A run that is exactly one 2 MiB-aligned huge page is filled by the kernel
@@ -601,7 +597,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// copied from zeros in 4 KiB pages. Does not wake.
     public func installZeros(_ gfn: UInt64, count: Int) -> gvm_status {
         guard count >= 1, count <= Self.maxZeroRun, gfn < pageCount, UInt64(count) <= pageCount - gfn else { return GVM_ERR_INVALID }
-        let stripes = Set((0..<UInt64(count)).map { Int((gfn + $0) & stripeMask) }).sorted()
+        // count <= 512 < stripeCount: the stripes are distinct.
+        let stripes = (0..<UInt64(count)).map { Int((gfn + $0) & stripeMask) }.sorted()
         for s in stripes { pthread_mutex_lock(mutexes + s) }
         defer { for s in stripes.reversed() { pthread_mutex_unlock(mutexes + s) } }
         for g in Int(gfn)..<(Int(gfn) + count) {
@@ -610,7 +607,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         let start = pageAddress(gfn), length = count * guestPageSize
         var filled = false, left = false
-        if hugeZeroRuns, length == Self.hugePageBytes, UInt(bitPattern: start) % UInt(Self.hugePageBytes) == 0 {
+        if length == Self.hugePageBytes, UInt(bitPattern: start) % UInt(Self.hugePageBytes) == 0 {
             do {
                 try uffd.unregister(start, length: length)
                 left = true

@@ -187,24 +187,8 @@ final class DataWorkloadTests: XCTestCase {
     /// turns that into its boot info's module table. One node, plain `giantvm run`.
     func testWordcountThroughTheMultibootModulesList() throws {
         let want = try reference("wordcount", threads: 2)
-        let cfg = temporaryFile("""
-            cluster: mbdata
-            nodes:
-              - {id: 0, address: 127.0.0.1, port: 20818, vcpus: 2}
-            memory: 64MiB
-            transport: {plugin: transport-tcp}
-            coherence: {plugin: dsm-local}
-            devices:
-              - {name: com1, model: uart16550, node: 0, base: 0x3f8, irq: 4}
-              - {name: exit, model: isa-debug-exit, node: 0, base: 0xf4}
-              - {name: results, model: results, node: 0, base: 0xe0}
-              - {name: fwcfg, model: fw-cfg, node: 0}
-            guest:
-              image: \(Built.packageRoot)/Guests/build/testguest.elf
-              protocol: multiboot
-              cmdline: "wordcount"
-              modules: ["\(Self.text!)"]
-            """)
+        let cfg = multibootTestConfig(cluster: "mbdata", port: 20818, vcpus: [2], cmdline: "wordcount", memory: "64MiB",
+                                      modules: [Self.text!])
         let r = try giantvm(["run", "--config", cfg, "--timeout", "60"], timeout: 90)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertEqual(r.stdout.split(separator: "\n").map(String.init).filter { $0.hasPrefix("DATA ") }, [want], r.output)

@@ -13,10 +13,7 @@ final class CPUFeatureMergeTests: XCTestCase {
     let elf = Built.packageRoot + "/Guests/build/testguest.elf"
 
     override func setUpWithError() throws {
-        try Requirement.kvm()
-        try Requirement.userfaultfd()
-        try Requirement.builtGiantVM()
-        guard FileManager.default.fileExists(atPath: elf) else { throw XCTSkip("Guests/build/testguest.elf not built (make -C Guests)") }
+        try Requirement.testGuestVM()
     }
 
     func config(port: Int, cmdline: String) -> String {

@@ -51,10 +51,7 @@ final class TruthfulCPUIDGuestTests: XCTestCase {
     let elf = Built.packageRoot + "/Guests/build/testguest.elf"
 
     override func setUpWithError() throws {
-        try Requirement.kvm()
-        try Requirement.userfaultfd()
-        try Requirement.builtGiantVM()
-        guard FileManager.default.fileExists(atPath: elf) else { throw XCTSkip("Guests/build/testguest.elf not built (make -C Guests)") }
+        try Requirement.testGuestVM()
     }
 
     func config(nodes: Int, port: Int, cmdline: String) -> String {

@@ -115,10 +115,7 @@ final class KVMClockGuestTests: XCTestCase {
     let elf = Built.packageRoot + "/Guests/build/testguest.elf"
 
     override func setUpWithError() throws {
-        try Requirement.kvm()
-        try Requirement.userfaultfd()
-        try Requirement.builtGiantVM()
-        guard FileManager.default.fileExists(atPath: elf) else { throw XCTSkip("Guests/build/testguest.elf not built (make -C Guests)") }
+        try Requirement.testGuestVM()
         let kvm = try KVMSystem()
         guard KVMClockProbe.support(kvm: kvm, supported: try kvm.supportedCPUID()).works else {
             throw XCTSkip("kvmclock does not work on this KVM: it is not offered (the VMM logs why at info)")

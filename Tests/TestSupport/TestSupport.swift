@@ -185,15 +185,18 @@ public final class LockedValue<T>: @unchecked Sendable {
 }
 
 /// Writes a config that boots the test guest through multiboot with the firmware's devices on
-/// node 0: `vcpus[i]` vCPUs on node i, dsm-local on one node and dsm-ivy across several.
-public func multibootTestConfig(cluster: String, port: Int, vcpus: [Int], cmdline: String) -> String {
+/// node 0: `vcpus[i]` vCPUs on node i, dsm-local on one node and dsm-ivy across several, and
+/// `modules` as guest.modules.
+public func multibootTestConfig(cluster: String, port: Int, vcpus: [Int], cmdline: String, memory: String = "32MiB",
+                                modules: [String] = []) -> String {
     let image = Built.packageRoot + "/Guests/build/testguest.elf"
     let nodes = vcpus.enumerated().map { "  - {id: \($0.offset), address: 127.0.0.1, port: \(port + $0.offset), vcpus: \($0.element)}" }
+    let mods = modules.isEmpty ? "" : "\n  modules: [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))]"
     return temporaryFile("""
         cluster: \(cluster)
         nodes:
         \(nodes.joined(separator: "\n"))
-        memory: 32MiB
+        memory: \(memory)
         transport: {plugin: transport-tcp}
         coherence: {plugin: \(vcpus.count == 1 ? "dsm-local" : "dsm-ivy")}
         devices:
@@ -204,7 +207,7 @@ public func multibootTestConfig(cluster: String, port: Int, vcpus: [Int], cmdlin
         guest:
           image: \(image)
           protocol: multiboot
-          cmdline: "\(cmdline)"
+          cmdline: "\(cmdline)"\(mods)
         """)
 }
 

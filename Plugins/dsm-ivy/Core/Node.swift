@@ -681,7 +681,7 @@ public final class IvyNode: @unchecked Sendable {
             try pageOp(host.drop(gfn, into: scratch), "drop")
             ctx.zero = IvyWire.isZeroPage(scratch)
         case .p_downgradeToBuffer:
-            if predowngraded.remove(gfn) != nil {
+            if !predowngraded.isEmpty, predowngraded.remove(gfn) != nil {   // only while serving a batch
                 try pageOp(host.read(gfn, into: scratch), "read (downgraded with its batch)")
             } else {
                 try pageOp(host.downgrade(gfn, into: scratch), "downgrade")

@@ -42,42 +42,35 @@ extension IvyNode {
         let group = UInt64(config.zeroAhead)
         guard group > 1, !failed, leaving == nil, frozen.isEmpty else { return }
         let first = gfn / group * group, end = min(first + group, pageCount)
+        // A host without page_install_zeros (ABI 4) takes each run in page_install_batch pieces.
+        let zeroRuns = host.hasZeroRuns
+        let piece = zeroRuns ? group : UInt64(IvyWire.maxBatch)
         var p = first
         while p < end, !failed {
             guard canZeroAhead(p) else { p += 1; continue }
             var q = p + 1
-            while q < end, canZeroAhead(q) { q += 1 }
-            // An older host without page_install_zeros takes the run in page_install_batch pieces.
-            let piece = host.hasZeroRuns ? q - p : UInt64(IvyWire.maxBatch)
-            var r = p
-            while r < q, !failed {
-                let n = min(piece, q - r)
-                if installZeros(r, count: Int(n)) {
-                    for g in r..<(r + n) { state[Int(g)] = .OM }
-                    zaStats.pages(n)
-                }
-                r += n
+            while q < end, q - p < piece, canZeroAhead(q) { q += 1 }
+            if installZeros(p, count: Int(q - p), zeroRuns: zeroRuns) {
+                for g in p..<q { state[Int(g)] = .OM }
+                zaStats.pages(q - p)
             }
             p = q
         }
     }
 
-    /// Installs zeros, MODIFIED, in `count` absent pages from gfn: one page_install_zeros (ABI 5:
-    /// a whole aligned 2 MiB group may become one huge page), or on an older host
-    /// page_install_batch in runs of at most IvyWire.maxBatch. All or nothing.
-    /// A pinned or present page (the host refuses the run) leaves the pages to fault as before;
-    /// any other failure stops the node (the host could not say which pages it filled).
-    private func installZeros(_ gfn: UInt64, count: Int) -> Bool {
-        var status = host.installZeros(gfn, count: count)
-        if status == PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) {
-            status = host.installBatch(gfn, count: count, bytes: Self.zeroRun, state: .modified)
-            if status == PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue) { return false }
-        }
+    /// Installs zeros, MODIFIED, in `count` absent pages from gfn, all or nothing: one
+    /// page_install_zeros (ABI 5: a whole aligned 2 MiB group may become one huge page), or
+    /// page_install_batch from a zero buffer. A pinned or present page (the host refuses the run)
+    /// or a host without the service leaves the pages to fault as before; any other failure stops
+    /// the node (the host could not say which pages it filled).
+    private func installZeros(_ gfn: UInt64, count: Int, zeroRuns: Bool) -> Bool {
+        let status = zeroRuns ? host.installZeros(gfn, count: count)
+                              : host.installBatch(gfn, count: count, bytes: Self.zeroRun, state: .modified)
         switch status {
         case .ok:
             zaStats.batches(1)
             return true
-        case .pinned, PageStatus(raw: GVM_ERR_STATE.rawValue):
+        case .pinned, PageStatus(raw: GVM_ERR_STATE.rawValue), PageStatus(raw: GVM_ERR_UNSUPPORTED.rawValue):
             return false
         default:
             fail("zero-fill ahead of gfn \(gfn)..\(gfn + UInt64(count) - 1): the host failed (\(status))")
